@@ -1,0 +1,280 @@
+"""The admin API: create, list, get and revoke an org's API keys; the permission catalogue."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import unicodedata
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+import msgspec
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from admin_api import schemas
+from admin_api.auth import MANAGE, READ, OrgNotFound, Principal, authenticate
+from admin_api.openapi import build_openapi
+from gateway import errors
+from gateway import store as store_mod
+from gateway.config import AdminSettings
+from gateway.model import EXPIRY_CHOICES, expires_at_for, rfc3339
+from gateway.proxy import error_response, new_request_id
+from gateway.reload import RulesHolder
+from gateway.scopes import RuleSet
+from gateway.store import KeyStore, decode_cursor
+
+MAX_BODY = 64 * 1024
+ORG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_BIDI_CONTROLS = set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
+_json = msgspec.json.Encoder()
+_create_decoder = msgspec.json.Decoder(schemas.CreateKeyRequest)
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
+
+@dataclass
+class AdminState:
+    settings: AdminSettings
+    store: KeyStore
+    rules: RulesHolder
+    clock: Callable[[], float]
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+
+ADMIN = web.AppKey("admin_state", AdminState)
+
+
+class FieldError(errors.ValidationFailed):
+    """400 naming the field at fault."""
+
+    def __init__(self, field: str, message: str, **extra) -> None:
+        super().__init__(message, field=field, **extra)
+
+
+def make_admin_app(
+    settings: AdminSettings, *, clock: Callable[[], float] = time.time, rules: RuleSet | None = None
+) -> web.Application:
+    """The admin API application (routes below; documented in /openapi.json)."""
+    app = web.Application(middlewares=[envelope_middleware], client_max_size=MAX_BODY)
+    client = store_mod.connect(settings.redis, timeout=settings.redis_timeout)
+    app[ADMIN] = AdminState(settings, KeyStore(client, settings.redis_prefix), RulesHolder(settings.scopes, rules), clock)
+    r = app.router
+    r.add_get("/v1/permissions", list_permissions)
+    r.add_post("/v1/orgs/{org_id}/api-keys", create_key)
+    r.add_get("/v1/orgs/{org_id}/api-keys", list_keys)
+    r.add_get("/v1/orgs/{org_id}/api-keys/{key_id}", get_key)
+    r.add_post("/v1/orgs/{org_id}/api-keys/{key_id}/revoke", revoke_key)
+    r.add_get("/v1/orgs/{org_id}/audit-events", list_audit_events)
+    r.add_get("/openapi.json", openapi)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    st = app[ADMIN]
+    watcher = asyncio.create_task(st.rules.watch(st.settings.reload_interval))
+    yield
+    watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
+    await st.store.redis.aclose()
+
+
+@web.middleware
+async def envelope_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Every error becomes the JSON envelope; every response gets the security headers."""
+    request_id = new_request_id()
+    try:
+        response = await handler(request)
+    except errors.ApiError as err:
+        response = error_response(err, request_id)
+    except web.HTTPMethodNotAllowed as exc:
+        response = error_response(errors.MethodNotAllowed(tuple(sorted(exc.allowed_methods))), request_id)
+    except web.HTTPRequestEntityTooLarge:
+        response = error_response(errors.PayloadTooLarge(f"The body must be at most {MAX_BODY} bytes."), request_id)
+    except web.HTTPNotFound:
+        response = error_response(errors.NotFound("No such endpoint."), request_id)
+    except (RedisError, OSError):
+        # SECURITY: a store fault is a 503, never a 401 or a half-done write reported as done.
+        response = error_response(errors.StoreUnavailable(), request_id)
+    response.headers.setdefault("X-Request-Id", request_id)
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+async def _principal(request: web.Request) -> Principal:
+    st = request.app[ADMIN]
+    return await authenticate(request.headers.items(), st.store, st.settings.operator_tokens, st.now_ms())
+
+
+def _org_id(request: web.Request) -> str:
+    org_id = request.match_info["org_id"]
+    if not ORG_ID.match(org_id):
+        raise OrgNotFound()
+    return org_id
+
+
+def _json_response(body: msgspec.Struct, status: int = 200, **headers: str) -> web.Response:
+    return web.Response(body=_json.encode(body), status=status, content_type="application/json", headers=headers)
+
+
+async def list_permissions(request: web.Request) -> web.Response:
+    """GET /v1/permissions?q=: the scope catalogue, searchable by scope or label."""
+    (await _principal(request)).require(READ)
+    catalogue = request.app[ADMIN].rules.current.catalogue(request.query.get("q", ""))
+    return _json_response(schemas.PermissionList([schemas.Permission(p.scope, p.resource, p.action, p.label) for p in catalogue]))
+
+
+async def create_key(request: web.Request) -> web.Response:
+    """POST /v1/orgs/{org_id}/api-keys: create a key; the secret is in this response only."""
+    st = request.app[ADMIN]
+    principal = await _principal(request)
+    org_id = _org_id(request)
+    principal.require(MANAGE, org_id)
+    body = await _read_create(request)
+    name = _valid_name(body.name)
+    scopes = list(dict.fromkeys(body.scopes))  # de-duplicated, order kept
+    known = st.rules.current.permissions
+    unknown = [s for s in scopes if s not in known]
+    if unknown:
+        raise FieldError("scopes", f"Unknown scopes: {', '.join(unknown)}.", unknown_scopes=unknown)
+    refused = principal.grantable(scopes)
+    if refused:
+        raise errors.ScopeNotGrantable(
+            f"This key cannot grant scopes it does not hold: {', '.join(refused)}.", scopes=refused
+        )
+    now = st.now_ms()
+    record, secret = await st.store.create(
+        org_id=org_id, name=name, scopes=scopes, expires_at=expires_at_for(body.expires_in, now),
+        actor=principal.actor, now_ms=now,
+    )
+    return _json_response(
+        schemas.created_out(record, now, secret), 201,
+        Location=f"/v1/orgs/{org_id}/api-keys/{record.id}",
+    )
+
+
+async def _read_create(request: web.Request) -> schemas.CreateKeyRequest:
+    if request.content_type != "application/json":
+        raise errors.UnsupportedMediaType()
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise errors.PayloadTooLarge(f"The body must be at most {MAX_BODY} bytes.")
+    raw = await request.read()
+    try:
+        return _create_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise _field_error(str(exc)) from None
+    except msgspec.DecodeError:
+        raise errors.InvalidJson() from None
+
+
+def _field_error(message: str) -> FieldError:
+    # msgspec: "Expected `str`, got `int` - at `$.name`", "Object contains unknown field `x`",
+    # "Object missing required field `name`".
+    field = ""
+    if " - at `$." in message:
+        message, _, path = message.rpartition(" - at `$.")
+        field = path.rstrip("`").split("[", 1)[0]
+    elif "field `" in message:
+        field = message.split("field `", 1)[1].split("`", 1)[0]
+    if field == "expires_in":
+        message = f"expires_in must be one of: {', '.join(EXPIRY_CHOICES)}."
+    return FieldError(field or "body", message.rstrip(".") + ".")
+
+
+def _valid_name(name: str) -> str:
+    name = name.strip()
+    if not 1 <= len(name) <= 100:
+        raise FieldError("name", "The name must be 1 to 100 characters long.")
+    for ch in name:
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ord(ch) in _BIDI_CONTROLS:
+            raise FieldError("name", "The name must not contain control characters.")
+    return name
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    """GET /v1/orgs/{org_id}/api-keys: newest first, paginated; revoked only on request."""
+    st = request.app[ADMIN]
+    principal = await _principal(request)
+    org_id = _org_id(request)
+    principal.require(READ, org_id)
+    q = request.query
+    include_revoked = _bool_param(q.get("include_revoked", "false"), "include_revoked")
+    try:
+        limit = int(q.get("limit", "50"))
+        if not 1 <= limit <= 100:
+            raise ValueError
+    except ValueError:
+        raise FieldError("limit", "limit must be an integer from 1 to 100.") from None
+    cursor = q.get("cursor") or None
+    if cursor is not None:
+        try:
+            decode_cursor(cursor)
+        except ValueError:
+            raise FieldError("cursor", "cursor is not one returned by this API.") from None
+    page = await st.store.list(org_id, limit=limit, cursor=cursor, include_revoked=include_revoked)
+    now = st.now_ms()
+    return _json_response(schemas.ApiKeyList([schemas.key_out(r, now) for r in page.records], page.next_cursor))
+
+
+def _bool_param(value: str, name: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no", ""):
+        return False
+    raise FieldError(name, f"{name} must be true or false.")
+
+
+async def get_key(request: web.Request) -> web.Response:
+    """GET /v1/orgs/{org_id}/api-keys/{key_id}: one key, never the secret."""
+    st = request.app[ADMIN]
+    principal = await _principal(request)
+    org_id = _org_id(request)
+    principal.require(READ, org_id)
+    record = await st.store.get_for_org(org_id, request.match_info["key_id"])
+    if record is None:
+        raise errors.KeyNotFound()
+    return _json_response(schemas.key_out(record, st.now_ms()))
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    """POST .../{key_id}/revoke: idempotent; the gateways refuse the key from now on."""
+    st = request.app[ADMIN]
+    principal = await _principal(request)
+    org_id = _org_id(request)
+    principal.require(MANAGE, org_id)
+    key_id = request.match_info["key_id"]
+    if await st.store.get_for_org(org_id, key_id) is None:
+        raise errors.KeyNotFound()
+    now = st.now_ms()
+    record = await st.store.revoke(org_id=org_id, key_id=key_id, actor=principal.actor, now_ms=now)
+    if record is None:
+        raise errors.KeyNotFound()
+    return _json_response(schemas.key_out(record, now))
+
+
+async def list_audit_events(request: web.Request) -> web.Response:
+    """GET /v1/orgs/{org_id}/audit-events: creates and revokes with actor and time."""
+    st = request.app[ADMIN]
+    principal = await _principal(request)
+    org_id = _org_id(request)
+    principal.require(READ, org_id)
+    events = await st.store.audit_events(org_id, limit=100)
+    return _json_response(schemas.AuditEventList([
+        schemas.AuditEvent(e.action, e.key_id, e.org_id, e.actor, rfc3339(e.at)) for e in events
+    ]))
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """GET /openapi.json: the OpenAPI 3.1 description of this API."""
+    return web.json_response(build_openapi())

@@ -1,0 +1,81 @@
+"""Who is calling the admin API: an operator token (any org) or an org's own API key."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from gateway import errors, keys
+from gateway.credentials import extract_credential
+from gateway.store import KeyStore
+
+READ, MANAGE = "api_keys:read", "api_keys:manage"
+
+
+class MissingToken(errors.Unauthorized):
+    code, message = "missing_token", "Send an operator token or an API key as Authorization: Bearer."
+    rfc6750_error = None
+
+
+class OrgNotFound(errors.NotFound):
+    code, message = "org_not_found", "No such organization, or no access to it."
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller."""
+
+    actor: str  # recorded in the audit trail: "operator" or "key:<key_id>"
+    org_id: str | None  # None for operators (any org)
+    scopes: frozenset[str]
+
+    @property
+    def is_operator(self) -> bool:
+        return self.org_id is None
+
+    def require(self, scope: str, org_id: str | None = None) -> None:
+        """Raise unless the caller may use ``scope`` on ``org_id``."""
+        if self.is_operator:
+            return
+        # Another org answers 404, so an org key cannot even probe which orgs exist.
+        if org_id is not None and org_id != self.org_id:
+            raise OrgNotFound()
+        # api_keys:manage implies api_keys:read.
+        if scope not in self.scopes and not (scope == READ and MANAGE in self.scopes):
+            raise errors.InsufficientScope(scope)
+
+    def grantable(self, scopes: list[str]) -> list[str]:
+        """The requested scopes this caller may not grant (empty when all are fine)."""
+        if self.is_operator:
+            return []
+        return [s for s in scopes if s not in self.scopes]
+
+
+async def authenticate(headers, store: KeyStore, operator_tokens: tuple[str, ...], now_ms: int) -> Principal:
+    """Resolve the Authorization header to a Principal (401 otherwise)."""
+    try:
+        token = extract_credential(headers)
+    except errors.MissingApiKey:
+        raise MissingToken() from None
+    except errors.InvalidApiKey:
+        raise errors.InvalidToken() from None
+    token_bytes = token.encode("utf-8", "replace")
+    # SECURITY: compare against every operator token in constant time; no early exit.
+    is_operator = False
+    for candidate in operator_tokens:
+        is_operator |= hmac.compare_digest(token_bytes, candidate.encode())
+    if is_operator:
+        return Principal(actor="operator", org_id=None, scopes=frozenset())
+    try:
+        parsed = keys.parse_key(token)
+    except keys.InvalidKeyFormat:
+        raise errors.InvalidToken() from None
+    record = await store.verify(parsed)  # no cache: the admin API always reads the truth
+    if record is None:
+        raise errors.InvalidToken()
+    status = record.status(now_ms)
+    if status == "revoked":
+        raise errors.RevokedApiKey()
+    if status == "expired":
+        raise errors.ExpiredApiKey()
+    return Principal(actor=f"key:{record.id}", org_id=record.org_id, scopes=frozenset(record.scopes))

@@ -1,0 +1,127 @@
+"""The OpenAPI 3.1 document of the admin API, built from the same Structs that encode responses."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import msgspec
+
+from admin_api import schemas
+
+REF = "#/components/schemas/{name}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(name=name)}
+
+
+def _json(name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {
+        400: "Invalid request (the error names the field)",
+        401: "Missing or invalid credential",
+        403: "The credential lacks the needed scope",
+        404: "Unknown organization or key",
+        413: "Body larger than 64 KiB",
+        415: "Body is not application/json",
+        503: "The key store is unavailable; nothing was changed",
+    }
+    return {str(s): _json("Error", text[s]) for s in statuses}
+
+
+ORG = {"name": "org_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}}
+KEY = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
+SECURITY = [{"bearer": []}]
+
+
+@functools.cache
+def build_openapi() -> dict[str, Any]:
+    """The document served at /openapi.json."""
+    _, components = msgspec.json.schema_components(
+        [schemas.CreateKeyRequest, schemas.CreatedApiKey, schemas.ApiKey, schemas.ApiKeyList,
+         schemas.PermissionList, schemas.AuditEventList, schemas.Error],
+        ref_template=REF,
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "API key admin API",
+            "version": "1.0.0",
+            "description": (
+                "Create, list and revoke an organization's API keys. Authenticate with "
+                "`Authorization: Bearer <operator token>` (any org) or an API key of the org holding "
+                "`api_keys:read` (read) or `api_keys:manage` (create and revoke; implies read)."
+            ),
+        },
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": SECURITY,
+        "paths": {
+            "/v1/permissions": {"get": {
+                "operationId": "listPermissions",
+                "summary": "The permission catalogue",
+                "parameters": [{"name": "q", "in": "query", "required": False, "schema": {"type": "string"},
+                                "description": "Case-insensitive search in scope and label"}],
+                "responses": {"200": _json("PermissionList", "Permissions in catalogue order"), **_errors(401, 403, 503)},
+            }},
+            "/v1/orgs/{org_id}/api-keys": {
+                "parameters": [ORG],
+                "post": {
+                    "operationId": "createApiKey",
+                    "summary": "Create a key (the secret is returned once)",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CreateKeyRequest")}}},
+                    "responses": {
+                        "201": {**_json("CreatedApiKey", "Created; `key` is the secret, shown only here"),
+                                "headers": {"Location": {"schema": {"type": "string"}}}},
+                        **_errors(400, 401, 403, 404, 413, 415, 503),
+                    },
+                },
+                "get": {
+                    "operationId": "listApiKeys",
+                    "summary": "List keys, newest first",
+                    "parameters": [
+                        {"name": "include_revoked", "in": "query", "required": False, "schema": {"type": "boolean", "default": False}},
+                        {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
+                        {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+                    ],
+                    "responses": {"200": _json("ApiKeyList", "A page of keys"), **_errors(400, 401, 403, 404, 503)},
+                },
+            },
+            "/v1/orgs/{org_id}/api-keys/{key_id}": {
+                "parameters": [ORG, KEY],
+                "get": {
+                    "operationId": "getApiKey",
+                    "summary": "One key (never the secret)",
+                    "responses": {"200": _json("ApiKey", "The key"), **_errors(401, 403, 404, 503)},
+                },
+            },
+            "/v1/orgs/{org_id}/api-keys/{key_id}/revoke": {
+                "parameters": [ORG, KEY],
+                "post": {
+                    "operationId": "revokeApiKey",
+                    "summary": "Revoke a key; idempotent and effective immediately",
+                    "responses": {"200": _json("ApiKey", "The revoked key"), **_errors(401, 403, 404, 503)},
+                },
+            },
+            "/v1/orgs/{org_id}/audit-events": {
+                "parameters": [ORG],
+                "get": {
+                    "operationId": "listAuditEvents",
+                    "summary": "The org's audit trail of creates and revokes, newest first",
+                    "responses": {"200": _json("AuditEventList", "Up to 100 events"), **_errors(401, 403, 404, 503)},
+                },
+            },
+            "/openapi.json": {"get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": {"description": "OpenAPI 3.1 document", "content": {"application/json": {"schema": {"type": "object"}}}}},
+            }},
+        },
+    }

@@ -1,0 +1,112 @@
+"""Request and response bodies of the admin API (msgspec Structs; also the OpenAPI schemas)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from gateway.model import KeyRecord, rfc3339
+
+ExpiresIn = Literal["never", "30d", "90d", "1y"]
+Timestamp = Annotated[str, Meta(description="RFC 3339 UTC time", examples=["2026-11-26T17:52:59.123Z"])]
+
+
+class CreateKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of POST /v1/orgs/{org_id}/api-keys."""
+
+    name: Annotated[str, Meta(description="1-100 characters after trimming, no control characters")]
+    scopes: Annotated[list[str], Meta(min_length=1, max_length=200, description="Known resource:action scopes")]
+    expires_in: Annotated[ExpiresIn, Meta(description="When the key stops working")] = "never"
+
+
+class ApiKey(msgspec.Struct):
+    """An API key as the admin API shows it: never the secret, only its display prefix."""
+
+    id: str
+    org_id: str
+    name: str
+    prefix: Annotated[str, Meta(description="Type prefix + first random characters, enough to recognise the key")]
+    scopes: list[str]
+    status: Literal["active", "expired", "revoked"]
+    created_at: Timestamp
+    created_by: str
+    expires_at: Timestamp | None
+    last_used_at: Timestamp | None
+    request_count: int
+    revoked_at: Timestamp | None
+    revoked_by: str | None
+
+
+class CreatedApiKey(ApiKey):
+    """The create response: the only time the full key is returned."""
+
+    key: Annotated[str, Meta(description="The secret key; shown once, store it now", pattern=r"^sop_[0-9A-Za-z]{36}$")]
+
+
+class ApiKeyList(msgspec.Struct):
+    """A page of keys, newest first."""
+
+    data: list[ApiKey]
+    next_cursor: Annotated[str | None, Meta(description="Pass as ?cursor= for the next page; null on the last")]
+
+
+class Permission(msgspec.Struct):
+    """One scope of the catalogue."""
+
+    scope: str
+    resource: str
+    action: str
+    label: str
+
+
+class PermissionList(msgspec.Struct):
+    data: list[Permission]
+
+
+class AuditEvent(msgspec.Struct):
+    """A create or revoke with its actor and time."""
+
+    action: Literal["api_key.created", "api_key.revoked"]
+    key_id: str
+    org_id: str
+    actor: str
+    at: Timestamp
+
+
+class AuditEventList(msgspec.Struct):
+    data: list[AuditEvent]
+
+
+class ErrorDetail(msgspec.Struct, omit_defaults=True):
+    code: str
+    message: str
+    request_id: str
+    field: str | None = None
+    required_scope: str | None = None
+    unknown_scopes: list[str] | None = None
+    scopes: list[str] | None = None
+
+
+class Error(msgspec.Struct):
+    """Every error response."""
+
+    error: ErrorDetail
+
+
+def key_out(record: KeyRecord, now_ms: int) -> ApiKey:
+    return ApiKey(**_fields(record, now_ms))
+
+
+def created_out(record: KeyRecord, now_ms: int, secret: str) -> CreatedApiKey:
+    return CreatedApiKey(**_fields(record, now_ms), key=secret)
+
+
+def _fields(r: KeyRecord, now_ms: int) -> dict:
+    return dict(
+        id=r.id, org_id=r.org_id, name=r.name, prefix=r.prefix, scopes=list(r.scopes),
+        status=r.status(now_ms), created_at=rfc3339(r.created_at), created_by=r.created_by,
+        expires_at=rfc3339(r.expires_at), last_used_at=rfc3339(r.last_used_at),
+        request_count=r.request_count, revoked_at=rfc3339(r.revoked_at), revoked_by=r.revoked_by,
+    )

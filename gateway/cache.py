@@ -1,0 +1,78 @@
+"""The in-process verdict cache: key id -> record (or "unknown"), bounded in size and time.
+
+Pure (no I/O). A generation counter, bumped on every invalidation, stops a fill that read
+Redis before a revoke from being stored after it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Callable
+
+from gateway.model import KeyRecord
+
+MISS = object()  # sentinel: nothing cached (distinct from a cached "unknown key" = None)
+
+
+class VerdictCache:
+    """LRU of verified records and of unknown key ids, each with its own TTL."""
+
+    def __init__(
+        self,
+        *,
+        max_size: int,
+        ttl: float,
+        negative_ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_size = max_size
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.clock = clock
+        self.generation = 0
+        # SECURITY: the cache is only consulted while the invalidation channel is known to be
+        # delivering; the listener sets this after subscribing and clears it on any error.
+        self.trusted = False
+        self._entries: OrderedDict[str, tuple[float, KeyRecord | None]] = OrderedDict()
+        self.hits = self.misses = self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key_id: str) -> KeyRecord | None | object:
+        """The cached record, None for a cached unknown id, or MISS."""
+        if not self.trusted or self.ttl <= 0:
+            return MISS
+        entry = self._entries.get(key_id)
+        if entry is None or entry[0] <= self.clock():
+            if entry is not None:
+                del self._entries[key_id]
+            self.misses += 1
+            return MISS
+        self.hits += 1
+        return entry[1]
+
+    def put(self, key_id: str, record: KeyRecord | None, generation: int) -> None:
+        """Store a verdict read from Redis while ``generation`` was current."""
+        if not self.trusted or self.ttl <= 0 or generation != self.generation:
+            return
+        ttl = self.ttl if record is not None else self.negative_ttl
+        if ttl <= 0:
+            return
+        self._entries[key_id] = (self.clock() + ttl, record)
+        self._entries.move_to_end(key_id)
+        while len(self._entries) > self.max_size:
+            self._entries.popitem(last=False)
+            self.evictions += 1
+
+    def invalidate(self, key_id: str) -> None:
+        """Forget one key (a revoke message) and fence off fills already in flight."""
+        self.generation += 1
+        self._entries.pop(key_id, None)
+
+    def clear(self, *, trusted: bool) -> None:
+        """Forget everything; ``trusted`` says whether the cache may be used afterwards."""
+        self.generation += 1
+        self._entries.clear()
+        self.trusted = trusted

@@ -1,0 +1,169 @@
+"""Typed settings for `gateway serve` and `gateway admin`, read from flags and GATEWAY_* variables.
+
+Each field becomes a flag (``ops_listen`` -> ``--ops-listen``) and an environment variable
+(``GATEWAY_OPS_LISTEN``); flags win. Settings are validated once, at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from typing import Annotated, Any, Mapping
+
+import msgspec
+from msgspec import Meta
+
+# Extra environment names accepted for a few settings (the names other tools use).
+ENV_ALIASES = {
+    "redis": ("GATEWAY_REDIS_URL",),
+    "upstream": ("GATEWAY_UPSTREAM_URL",),
+    "scopes": ("GATEWAY_SCOPES_FILE",),
+    "operator_tokens": ("GATEWAY_OPERATOR_TOKEN",),
+}
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the flag and the variable."""
+
+
+def _check_listen(value: str, field: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{field}: expected HOST:PORT, got {value!r}")
+
+
+def _check_redis_url(value: str, field: str) -> None:
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{field}: expected a redis://, rediss:// or unix:// URL, got {value!r}")
+
+
+Seconds = Annotated[float, Meta(gt=0, le=3600)]
+
+
+class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Settings of the edge proxy (`gateway serve`)."""
+
+    upstream: Annotated[str, Meta(description="Base URL of the backend, e.g. http://127.0.0.1:9000")]
+    listen: Annotated[str, Meta(description="HOST:PORT the proxy listens on")] = "127.0.0.1:8080"
+    redis: Annotated[str, Meta(description="Redis URL of the key store")] = "redis://127.0.0.1:6379/0"
+    scopes: Annotated[str, Meta(description="Path of scopes.yaml")] = "scopes.yaml"
+    ops_listen: Annotated[str, Meta(description="HOST:PORT of /healthz, /readyz, /metrics")] = (
+        "127.0.0.1:9090"
+    )
+    redis_prefix: Annotated[str, Meta(description="Prefix of every Redis key", pattern=r"^[a-z0-9_]{1,16}$")] = "gw"
+    redis_timeout: Annotated[Seconds, Meta(description="Timeout of each Redis call, seconds")] = 0.5
+    cache_ttl: Annotated[float, Meta(ge=0, le=3600, description="Seconds a verified key stays cached (0 disables the cache)")] = 30.0
+    negative_cache_ttl: Annotated[float, Meta(ge=0, le=3600, description="Seconds an unknown key id stays cached")] = 5.0
+    cache_size: Annotated[int, Meta(ge=1, description="Most cached keys (oldest evicted first)")] = 100_000
+    max_body_bytes: Annotated[int, Meta(ge=0, description="Largest request body forwarded, bytes")] = 100 * 1024 * 1024
+    connect_timeout: Annotated[Seconds, Meta(description="Upstream connect timeout, seconds")] = 5.0
+    read_timeout: Annotated[Seconds, Meta(description="Upstream read timeout (between bytes), seconds")] = 60.0
+    flush_interval: Annotated[Seconds, Meta(description="Seconds between last-used flushes to Redis")] = 1.0
+    reload_interval: Annotated[float, Meta(ge=0, le=3600, description="Seconds between scopes.yaml change checks (0: only on SIGHUP)")] = 2.0
+    trusted_proxies: Annotated[tuple[str, ...], Meta(description="Comma-separated CIDRs whose X-Forwarded-* headers are trusted")] = ()
+
+    def __post_init__(self) -> None:
+        _check_listen(self.listen, "--listen")
+        _check_listen(self.ops_listen, "--ops-listen")
+        _check_redis_url(self.redis, "--redis")
+        if not self.upstream.startswith(("http://", "https://")):
+            raise ValueError(f"--upstream: expected an http:// or https:// URL, got {self.upstream!r}")
+        for cidr in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"--trusted-proxies: {cidr!r} is not an IP network") from None
+
+
+class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Settings of the admin API and its page (`gateway admin`)."""
+
+    listen: Annotated[str, Meta(description="HOST:PORT the admin API listens on")] = "127.0.0.1:8081"
+    redis: Annotated[str, Meta(description="Redis URL of the key store")] = "redis://127.0.0.1:6379/0"
+    scopes: Annotated[str, Meta(description="Path of scopes.yaml")] = "scopes.yaml"
+    redis_prefix: Annotated[str, Meta(description="Prefix of every Redis key", pattern=r"^[a-z0-9_]{1,16}$")] = "gw"
+    redis_timeout: Annotated[Seconds, Meta(description="Timeout of each Redis call, seconds")] = 0.5
+    reload_interval: Annotated[float, Meta(ge=0, le=3600, description="Seconds between scopes.yaml change checks (0: only on SIGHUP)")] = 2.0
+    operator_tokens: Annotated[
+        tuple[str, ...],
+        Meta(description="Operator tokens (comma-separated, >= 16 chars each); env GATEWAY_OPERATOR_TOKEN"),
+    ] = ()
+
+    def __post_init__(self) -> None:
+        _check_listen(self.listen, "--listen")
+        _check_redis_url(self.redis, "--redis")
+        for token in self.operator_tokens:
+            if len(token) < 16:
+                raise ValueError("GATEWAY_OPERATOR_TOKEN: each operator token needs at least 16 characters")
+
+
+def flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def env_names(field: str) -> tuple[str, ...]:
+    return ("GATEWAY_" + field.upper(), *ENV_ALIASES.get(field, ()))
+
+
+def add_arguments(parser: argparse.ArgumentParser, settings_type: type[msgspec.Struct], skip: tuple[str, ...] = ()) -> None:
+    """One flag per settings field, described from its Meta, defaulting to None (= unset)."""
+    for field in msgspec.structs.fields(settings_type):
+        if field.name in skip:
+            continue
+        meta = _meta(settings_type, field.name)
+        envs = " or ".join(env_names(field.name))
+        parser.add_argument(
+            flag(field.name),
+            dest=field.name,
+            default=None,
+            help=f"{meta} (env {envs})",
+        )
+
+
+def _meta(settings_type: type, name: str) -> str:
+    hint = settings_type.__annotations__.get(name, "")
+    text = str(hint)
+    marker = "description='"
+    if marker in text:
+        return text.split(marker, 1)[1].split("'", 1)[0]
+    return name
+
+
+def load(settings_type: type[msgspec.Struct], args: Mapping[str, Any], environ: Mapping[str, str] | None = None):
+    """Merge flags (winning) over GATEWAY_* variables over defaults, then validate."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for field in msgspec.structs.fields(settings_type):
+        value = args.get(field.name)
+        where = flag(field.name)
+        if value is None:
+            for env in env_names(field.name):
+                if environ.get(env, "") != "":
+                    value, where = environ[env], env
+                    break
+        if value is None:
+            continue
+        if field.type is not str and "tuple" in str(field.type):
+            value = tuple(v.strip() for v in str(value).split(",") if v.strip())
+        raw[field.name] = value
+        source[field.name] = where
+    try:
+        return msgspec.convert(raw, settings_type, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(str(exc), source)) from None
+
+
+def _explain(message: str, source: Mapping[str, str]) -> str:
+    # msgspec says "... - at `$.redis_timeout`"; name the flag or variable it came from.
+    if "`$." in message:
+        text, _, path = message.rpartition(" - at `$.")
+        name = path.rstrip("`").split("[", 1)[0]
+        return f"invalid setting {source.get(name, flag(name))}: {text}"
+    if message.startswith("Object missing required field"):
+        name = message.split("`")[1]
+        return f"missing setting {flag(name)} (or {env_names(name)[0]})"
+    if message.startswith(("--", "GATEWAY_")):
+        return f"invalid setting {message}"
+    return f"invalid settings: {message}"

@@ -1,0 +1,189 @@
+"""Every error the gateway and the admin API answer with: HTTP status, stable code, fixed message.
+
+ApiError
+├── BadRequest (400): InvalidPath, AmbiguousCredentials, KeyInQuery, InvalidJson, ValidationFailed
+├── Unauthorized (401, with WWW-Authenticate): MissingApiKey, InvalidApiKey, ExpiredApiKey,
+│   RevokedApiKey, InvalidToken
+├── Forbidden (403): InsufficientScope, ScopeNotGrantable
+├── NotFound (404): RouteNotFound, KeyNotFound
+├── MethodNotAllowed (405, with Allow)
+├── PayloadTooLarge (413), UnsupportedMediaType (415)
+├── AuthUnavailable (503, with Retry-After), StoreUnavailable (503)
+└── UpstreamUnavailable (502), UpstreamTimeout (504)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+REALM = "api"
+
+
+class ApiError(Exception):
+    """Base: carries the HTTP status, the stable ``code`` and a public message."""
+
+    status = 500
+    code = "internal_error"
+    message = "Internal error."
+
+    def __init__(self, message: str | None = None, **extra: Any) -> None:
+        super().__init__(message or self.message)
+        if message:
+            self.message = message
+        self.extra = extra  # extra fields for the JSON envelope (e.g. required_scope)
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class BadRequest(ApiError):
+    status, code, message = 400, "bad_request", "The request is malformed."
+
+
+class InvalidPath(BadRequest):
+    code, message = "invalid_path", "The request path is not in canonical form."
+
+
+class AmbiguousCredentials(BadRequest):
+    code = "ambiguous_credentials"
+    message = "Send exactly one credential: one Authorization or one X-API-Key header."
+
+
+class KeyInQuery(BadRequest):
+    code = "api_key_in_query"
+    message = "API keys are not accepted in the query string; send them in a header."
+
+
+class InvalidJson(BadRequest):
+    code, message = "invalid_json", "The request body is not a valid JSON object."
+
+
+class ValidationFailed(BadRequest):
+    code, message = "validation_failed", "The request body is invalid."
+
+
+class Unauthorized(ApiError):
+    status, code, message = 401, "unauthorized", "Authentication failed."
+    rfc6750_error: str | None = "invalid_token"
+
+    def headers(self) -> dict[str, str]:
+        if self.rfc6750_error is None:
+            return {"WWW-Authenticate": f'Bearer realm="{REALM}"'}
+        return {
+            "WWW-Authenticate": (
+                f'Bearer realm="{REALM}", error="{self.rfc6750_error}", '
+                f'error_description="{self.message}"'
+            )
+        }
+
+
+class MissingApiKey(Unauthorized):
+    code, message = "missing_api_key", "An API key is required."
+    rfc6750_error = None  # RFC 6750 3.1: no error code when no credential was sent
+
+
+class InvalidApiKey(Unauthorized):
+    code, message = "invalid_api_key", "The API key is not valid."
+
+
+class ExpiredApiKey(Unauthorized):
+    code, message = "expired_api_key", "The API key has expired."
+
+
+class RevokedApiKey(Unauthorized):
+    code, message = "revoked_api_key", "The API key has been revoked."
+
+
+class InvalidToken(Unauthorized):
+    code, message = "invalid_token", "The admin credential is not valid."
+
+
+class Forbidden(ApiError):
+    status, code, message = 403, "forbidden", "Not allowed."
+
+
+class InsufficientScope(Forbidden):
+    code = "insufficient_scope"
+
+    def __init__(self, required_scope: str) -> None:
+        super().__init__(
+            f"The API key lacks the scope {required_scope}.", required_scope=required_scope
+        )
+        self.required_scope = required_scope
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "WWW-Authenticate": (
+                f'Bearer realm="{REALM}", error="insufficient_scope", '
+                f'scope="{self.required_scope}"'
+            )
+        }
+
+
+class ScopeNotGrantable(Forbidden):
+    code = "scope_not_grantable"
+    message = "A key can only grant scopes it holds itself."
+
+
+class NotFound(ApiError):
+    status, code, message = 404, "not_found", "Not found."
+
+
+class RouteNotFound(NotFound):
+    code, message = "route_not_found", "No API route matches this path."
+
+
+class KeyNotFound(NotFound):
+    code, message = "key_not_found", "No such API key in this organization."
+
+
+class MethodNotAllowed(ApiError):
+    status, code = 405, "method_not_allowed"
+
+    def __init__(self, allow: tuple[str, ...]) -> None:
+        super().__init__(f"Method not allowed here; allowed: {', '.join(allow)}.")
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allow)}
+
+
+class PayloadTooLarge(ApiError):
+    status, code, message = 413, "payload_too_large", "The request body is too large."
+
+
+class UnsupportedMediaType(ApiError):
+    status, code, message = 415, "unsupported_media_type", "Send the body as application/json."
+
+
+class ServiceUnavailable(ApiError):
+    status, code, message = 503, "service_unavailable", "Temporarily unavailable."
+    retry_after = 1
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class AuthUnavailable(ServiceUnavailable):
+    code = "auth_unavailable"
+    message = "API key verification is temporarily unavailable; retry shortly."
+
+
+class StoreUnavailable(ServiceUnavailable):
+    code = "store_unavailable"
+    message = "The key store is temporarily unavailable; nothing was changed, retry shortly."
+
+
+class UpstreamUnavailable(ApiError):
+    status, code, message = 502, "upstream_unavailable", "The upstream service is unavailable."
+
+
+class UpstreamTimeout(ApiError):
+    status, code, message = 504, "upstream_timeout", "The upstream service did not answer in time."
+
+
+def envelope(err: ApiError, request_id: str) -> dict[str, Any]:
+    """The JSON error body shared by the gateway and the admin API."""
+    body: dict[str, Any] = {"code": err.code, "message": err.message, "request_id": request_id}
+    body.update(err.extra)
+    return {"error": body}

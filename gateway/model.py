@@ -1,0 +1,68 @@
+"""The API key record shared by the gateway and the admin API, its status and time helpers.
+
+Pure: times are integer milliseconds since the Unix epoch; status is computed at read time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+
+DAY_MS = 86_400_000
+EXPIRY_CHOICES: dict[str, int | None] = {
+    "never": None,
+    "30d": 30 * DAY_MS,
+    "90d": 90 * DAY_MS,
+    "1y": 365 * DAY_MS,
+}
+
+
+class KeyRecord(msgspec.Struct, frozen=True):
+    """One API key as stored; never holds the secret, only its SHA-256 digest."""
+
+    id: str
+    org_id: str
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    digest: str
+    created_at: int
+    created_by: str
+    expires_at: int | None = None
+    last_used_at: int | None = None
+    request_count: int = 0
+    revoked_at: int | None = None
+    revoked_by: str | None = None
+
+    def status(self, now_ms: int) -> str:
+        """``revoked`` if revoked, else ``expired`` if expires_at <= now, else ``active``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now_ms:
+            return "expired"
+        return "active"
+
+
+class AuditEvent(msgspec.Struct, frozen=True):
+    """A create or revoke, with who did it and when."""
+
+    action: str
+    key_id: str
+    org_id: str
+    actor: str
+    at: int
+
+
+def expires_at_for(choice: str, now_ms: int) -> int | None:
+    """Absolute expiry for an ``expires_in`` choice (KeyError for unknown choices)."""
+    period = EXPIRY_CHOICES[choice]
+    return None if period is None else now_ms + period
+
+
+def rfc3339(ms: int | None) -> str | None:
+    """Milliseconds since the epoch -> ``2026-11-26T17:52:59.123Z`` (None stays None)."""
+    if ms is None:
+        return None
+    t = dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"

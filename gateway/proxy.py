@@ -1,0 +1,237 @@
+"""The edge proxy's request pipeline, top to bottom in `handle`, and the streaming forwarder.
+
+canonicalize -> public? -> credential -> verify -> route + scope -> rewrite headers -> forward
+-> record use. Every refusal is an ApiError turned into the JSON envelope right here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
+
+import aiohttp
+import orjson
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from gateway import errors, keys
+from gateway.cache import MISS, VerdictCache
+from gateway.config import ServeSettings
+from gateway.credentials import extract_credential, key_in_query
+from gateway.headers import ClientInfo, Identity, upstream_request_headers, upstream_response_headers
+from gateway.metrics import Metrics
+from gateway.model import KeyRecord
+from gateway.paths import InvalidPath, Target, canonicalize, query_params
+from gateway.reload import RulesHolder
+from gateway.scopes import Match, MethodNotAllowed, RouteNotFound
+from gateway.store import KeyStore
+from gateway.usage import UsageBuffer
+
+access_log = logging.getLogger("gateway.access")
+log = logging.getLogger("gateway")
+
+CHUNK = 64 * 1024
+
+
+@dataclass
+class GatewayState:
+    """Everything one gateway process shares between requests."""
+
+    settings: ServeSettings
+    rules: RulesHolder
+    store: KeyStore
+    cache: VerdictCache
+    metrics: Metrics
+    clock: Callable[[], float]
+    usage: UsageBuffer = field(default_factory=UsageBuffer)
+    session: aiohttp.ClientSession | None = None
+    trusted_nets: tuple = ()
+    upstream: str = ""
+
+
+STATE = web.AppKey("gateway_state", GatewayState)
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """The whole per-request pipeline of the gateway."""
+    st = request.app[STATE]
+    started = time.perf_counter()
+    request_id = new_request_id()
+    entry: dict = {"request_id": request_id, "method": request.method, "route": None,
+                   "org_id": None, "key_id": None}
+    outcome = "ok"
+    response: web.StreamResponse | None = None
+    try:
+        # 1. Canonicalize: authorize exactly the path that will be forwarded.
+        try:
+            target = canonicalize(request.raw_path)
+        except InvalidPath:
+            raise errors.InvalidPath() from None
+        entry["path"] = target.path  # never the query string: it may carry secrets
+        if target.query and key_in_query(query_params(target.query)):
+            raise errors.KeyInQuery()
+        found = st.rules.current.match(request.method, target.segments)
+
+        # 2. Public route: forwarded without a key.
+        identity = None
+        if not (isinstance(found, Match) and found.rule.public):
+            # 3. Credential, 4. verify (401 before anything about routes is revealed).
+            record = await verify(st, extract_credential(request.headers.items()))
+            entry["org_id"], entry["key_id"] = record.org_id, record.id
+            # 5. Route, then scope.
+            authorize(found, record)
+            identity = Identity(record.org_id, record.id, record.scopes)
+        entry["route"] = found.rule.template
+
+        # 6. Header hygiene, then injection; stream to the upstream and back.
+        headers = upstream_request_headers(
+            request.headers.items(), identity=identity, request_id=request_id,
+            client=client_info(request, st),
+        )
+        response = await forward(request, st, target, headers, request_id)
+
+        # 7. Record use (buffered; flushed to Redis in batches).
+        if identity is not None:
+            st.usage.add(identity.key_id, int(st.clock() * 1000))
+        return response
+    except errors.ApiError as err:
+        outcome = err.code
+        response = error_response(err, request_id)
+        return response
+    finally:
+        duration = time.perf_counter() - started
+        status = response.status if response is not None else 499
+        st.metrics.requests.labels(outcome, entry["route"] or "-").inc()
+        st.metrics.latency.observe(duration)
+        entry.update(status=status, outcome=outcome, duration_ms=round(duration * 1000, 3))
+        access_log.info(orjson.dumps(entry).decode())
+
+
+async def verify(st: GatewayState, key: str) -> KeyRecord:
+    """Format and checksum, then the in-process cache, then one Redis read."""
+    try:
+        parsed = keys.parse_key(key)
+    except keys.InvalidKeyFormat:
+        raise errors.InvalidApiKey() from None  # no Redis command for a malformed key
+    record = st.cache.get(parsed.key_id)
+    if record is MISS:
+        generation = st.cache.generation
+        started = time.perf_counter()
+        try:
+            record = await st.store.get(parsed.key_id)
+        except (RedisError, OSError):
+            st.metrics.redis_errors.labels("verify").inc()
+            # SECURITY: fail closed, and say so: never a 401 or an allow without Redis.
+            raise errors.AuthUnavailable() from None
+        st.metrics.redis_latency.observe(time.perf_counter() - started)
+        st.cache.put(parsed.key_id, record, generation)
+    # SECURITY: the digest comparison authenticates, cached or not.
+    if record is None or not secrets.compare_digest(record.digest, parsed.digest):
+        raise errors.InvalidApiKey()
+    status = record.status(int(st.clock() * 1000))
+    if status == "revoked":
+        raise errors.RevokedApiKey()
+    if status == "expired":
+        raise errors.ExpiredApiKey()
+    return record
+
+
+def authorize(found: Match | RouteNotFound | MethodNotAllowed, record: KeyRecord) -> None:
+    """404 / 405 for the route, then 403 when the key lacks the rule's scope."""
+    if isinstance(found, RouteNotFound):
+        raise errors.RouteNotFound()
+    if isinstance(found, MethodNotAllowed):
+        raise errors.MethodNotAllowed(found.allow)
+    scope = found.rule.scope
+    if scope is not None and scope not in record.scopes:
+        raise errors.InsufficientScope(scope)
+
+
+def client_info(request: web.Request, st: GatewayState) -> ClientInfo:
+    peer = request.remote or ""
+    trusted = False
+    if st.trusted_nets and peer:
+        try:
+            addr = ipaddress.ip_address(peer)
+            trusted = any(addr in net for net in st.trusted_nets)
+        except ValueError:
+            trusted = False
+    return ClientInfo(peer=peer, proto=request.scheme, host=request.headers.get("Host"), trusted_proxy=trusted)
+
+
+async def forward(
+    request: web.Request, st: GatewayState, target: Target, headers: list[tuple[str, str]], request_id: str
+) -> web.StreamResponse:
+    """Stream the request to the upstream and its response back, with limits and timeouts."""
+    limit = st.settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.PayloadTooLarge()
+    too_large = False
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal too_large
+        sent = 0
+        while chunk := await request.content.readany():
+            sent += len(chunk)
+            if sent > limit:
+                too_large = True
+                raise errors.PayloadTooLarge()
+            yield chunk
+
+    url = st.upstream + target.path + ("?" + target.query if target.query else "")
+    data = body() if request.body_exists else None
+    assert st.session is not None
+    try:
+        upstream = await st.session.request(
+            request.method, url, headers=headers, data=data, allow_redirects=False,
+            auto_decompress=False, skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        )
+    except errors.ApiError:
+        raise
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        raise errors.UpstreamTimeout() from None
+    except (aiohttp.ClientError, OSError):
+        if too_large:
+            raise errors.PayloadTooLarge() from None
+        raise errors.UpstreamUnavailable() from None
+    async with upstream:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for name, value in upstream_response_headers(_decode_headers(upstream.raw_headers), request_id=request_id):
+            response.headers.add(name, value)
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_chunked(CHUNK):
+                await response.write(chunk)
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            # Headers are gone already: cut the connection so the client sees a truncated
+            # body rather than a clean end of message.
+            log.warning("upstream failed mid-response (request %s): %r", request_id, exc)
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError("upstream failed mid-response") from None
+        await response.write_eof()
+    return response
+
+
+def error_response(err: errors.ApiError, request_id: str) -> web.Response:
+    """The JSON error envelope with its status-specific headers."""
+    headers = {"X-Request-Id": request_id, "Cache-Control": "no-store", **err.headers()}
+    return web.Response(
+        status=err.status,
+        body=orjson.dumps(errors.envelope(err, request_id)),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _decode_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]

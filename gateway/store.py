@@ -1,0 +1,319 @@
+"""The Redis data-access layer: the only module that knows the key layout and record encoding.
+
+Layout (hash tags keep each atomic operation inside one slot, so the same code runs on
+standalone Redis, Sentinel and Redis Cluster):
+
+  {P}:key:{<key_id>}          hash   the key record (digest, scopes, times, actors)
+  {P}:key:{<key_id>}:audit    list   the key's audit events, written atomically with the change
+  {P}:org:{<org_id>}:keys     zset   key ids of the org scored by created_at (ms)
+  {P}:org:{<org_id>}:audit    stream the org's audit trail (create and revoke events)
+  {P}:invalidate              pubsub channel carrying revoked key ids
+
+The key id is derived one-way from the secret (gateway.keys.key_id_for), so verification is a
+single HGETALL of the record followed by a constant-time digest comparison.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import msgspec
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from gateway import keys
+from gateway.model import AuditEvent, KeyRecord
+
+__all__ = ["KeyStore", "Page", "RedisError", "connect"]
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('RPUSH', KEYS[2], ARGV[1])
+return 1
+"""
+
+_REVOKE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+if redis.call('HGET', KEYS[1], 'org_id') ~= ARGV[1] then return {} end
+if redis.call('HEXISTS', KEYS[1], 'revoked_at') == 0 then
+  redis.call('HSET', KEYS[1], 'revoked_at', ARGV[2], 'revoked_by', ARGV[3])
+  redis.call('RPUSH', KEYS[2], ARGV[4])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# SECURITY/consistency: monotonic, never recreates a record that does not exist.
+_TOUCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local cur = tonumber(redis.call('HGET', KEYS[1], 'last_used_at') or '0')
+if tonumber(ARGV[1]) > cur then redis.call('HSET', KEYS[1], 'last_used_at', ARGV[1]) end
+redis.call('HINCRBY', KEYS[1], 'request_count', ARGV[2])
+return 1
+"""
+
+_event_json = msgspec.json.Encoder()
+_event_dec = msgspec.json.Decoder(AuditEvent)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of an org's keys, newest first; ``next_cursor`` is None on the last page."""
+
+    records: list[KeyRecord]
+    next_cursor: str | None
+
+
+def connect(url: str, *, timeout: float = 0.5) -> aioredis.Redis:
+    """A Redis client where every call has a timeout and one quick retry."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+        health_check_interval=15,
+    )
+
+
+def _encode(record: KeyRecord) -> list[str]:
+    fields: list[str] = []
+    for name, value in msgspec.structs.asdict(record).items():
+        if value is None:
+            continue
+        if name == "scopes":
+            value = " ".join(value)
+        fields += [name, str(value)]
+    return fields
+
+
+_INT_FIELDS = ("created_at", "expires_at", "last_used_at", "request_count", "revoked_at")
+
+
+def _decode(raw: dict[Any, Any] | list[Any]) -> KeyRecord | None:
+    if isinstance(raw, list):  # Lua returns HGETALL as a flat list
+        raw = dict(zip(raw[::2], raw[1::2]))
+    if not raw:
+        return None
+    h = {(k.decode() if isinstance(k, bytes) else k): v.decode() for k, v in raw.items()}
+    try:
+        return KeyRecord(
+            id=h["id"],
+            org_id=h["org_id"],
+            name=h["name"],
+            prefix=h["prefix"],
+            scopes=tuple(h["scopes"].split()),
+            digest=h["digest"],
+            created_by=h["created_by"],
+            revoked_by=h.get("revoked_by"),
+            **{f: int(h[f]) for f in _INT_FIELDS if f in h},
+        )
+    except (KeyError, ValueError):
+        return None  # a half-written or foreign hash is never treated as a key
+
+
+def _encode_cursor(score: int, key_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{score}:{key_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """Parse a list cursor; ValueError when it was not made by this store."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, key_id = raw.split(":", 1)
+        if not key_id.startswith("key_"):
+            raise ValueError
+        return int(score), key_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("invalid cursor") from exc
+
+
+class KeyStore:
+    """Create, read, verify, list, revoke and touch API keys in Redis."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "gw") -> None:
+        self.redis = client
+        self.p = prefix
+        self.channel = f"{prefix}:invalidate"
+        self._create = client.register_script(_CREATE)
+        self._revoke = client.register_script(_REVOKE)
+        self._touch = client.register_script(_TOUCH)
+
+    # -- key names -----------------------------------------------------------------------
+    def _rec(self, key_id: str) -> str:
+        return f"{self.p}:key:{{{key_id}}}"
+
+    def _rec_audit(self, key_id: str) -> str:
+        return f"{self.p}:key:{{{key_id}}}:audit"
+
+    def _org_keys(self, org_id: str) -> str:
+        return f"{self.p}:org:{{{org_id}}}:keys"
+
+    def _org_audit(self, org_id: str) -> str:
+        return f"{self.p}:org:{{{org_id}}}:audit"
+
+    # -- writes --------------------------------------------------------------------------
+    async def create(
+        self,
+        *,
+        org_id: str,
+        name: str,
+        scopes: Iterable[str],
+        expires_at: int | None,
+        actor: str,
+        now_ms: int,
+    ) -> tuple[KeyRecord, str]:
+        """Create a key; return its record and the secret (the only time it exists)."""
+        for _ in range(3):
+            secret = keys.generate_key()
+            parsed = keys.parse_key(secret)
+            record = KeyRecord(
+                id=parsed.key_id,
+                org_id=org_id,
+                name=name,
+                prefix=parsed.prefix,
+                scopes=tuple(scopes),
+                digest=parsed.digest,
+                created_at=now_ms,
+                created_by=actor,
+                expires_at=expires_at,
+            )
+            event = AuditEvent("api_key.created", record.id, org_id, actor, now_ms)
+            # Index first: an index entry without a record is invisible (filtered on read),
+            # while a record without an index entry would be an unlisted, working key.
+            await self.redis.zadd(self._org_keys(org_id), {record.id: now_ms})
+            try:
+                created = await self._create(
+                    keys=[self._rec(record.id), self._rec_audit(record.id)],
+                    args=[_event_json.encode(event), *_encode(record)],
+                )
+            except RedisError:
+                await self._forget_index(org_id, record.id)
+                raise
+            if created:
+                await self._org_event(event)
+                return record, secret
+        raise RuntimeError("could not allocate a unique key id")  # pragma: no cover
+
+    async def revoke(self, *, org_id: str, key_id: str, actor: str, now_ms: int) -> KeyRecord | None:
+        """Revoke atomically; idempotent (a second call returns the first revocation)."""
+        event = AuditEvent("api_key.revoked", key_id, org_id, actor, now_ms)
+        raw = await self._revoke(
+            keys=[self._rec(key_id), self._rec_audit(key_id)],
+            args=[org_id, now_ms, actor, _event_json.encode(event)],
+        )
+        record = _decode(raw)
+        if record is None:
+            return None
+        await self.publish_invalidation(key_id)
+        if record.revoked_at == now_ms and record.revoked_by == actor:
+            await self._org_event(event)
+        return record
+
+    async def record_usage(self, batch: dict[str, tuple[int, int]]) -> None:
+        """Write last-used times and request counts for many keys in one pipeline."""
+        if not batch:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key_id, (last_ms, count) in batch.items():
+                await self._touch(keys=[self._rec(key_id)], args=[last_ms, count], client=pipe)
+            await pipe.execute()
+
+    async def publish_invalidation(self, key_id: str) -> None:
+        await self.redis.publish(self.channel, key_id)
+
+    async def _org_event(self, event: AuditEvent) -> None:
+        try:
+            await self.redis.xadd(
+                self._org_audit(event.org_id),
+                {"event": _event_json.encode(event)},
+                maxlen=100_000,
+                approximate=True,
+            )
+        except RedisError:
+            pass  # the per-key audit list, written atomically with the change, is the record
+
+    async def _forget_index(self, org_id: str, key_id: str) -> None:
+        try:
+            await self.redis.zrem(self._org_keys(org_id), key_id)
+        except RedisError:
+            pass  # a dangling index entry is filtered out on read
+
+    # -- reads ---------------------------------------------------------------------------
+    async def get(self, key_id: str) -> KeyRecord | None:
+        """One record by id (any org)."""
+        return _decode(await self.redis.hgetall(self._rec(key_id)))
+
+    async def get_for_org(self, org_id: str, key_id: str) -> KeyRecord | None:
+        """One record by id, None unless it belongs to ``org_id``."""
+        if not key_id.startswith("key_") or len(key_id) > 64:
+            return None
+        record = await self.get(key_id)
+        return record if record is not None and record.org_id == org_id else None
+
+    async def verify(self, parsed: keys.ParsedKey) -> KeyRecord | None:
+        """Look a presented key up in one round trip; None when unknown."""
+        record = await self.get(parsed.key_id)
+        # SECURITY: the id only locates the record; the digest comparison authenticates.
+        if record is None or not secrets.compare_digest(record.digest, parsed.digest):
+            return None
+        return record
+
+    async def list(
+        self, org_id: str, *, limit: int = 50, cursor: str | None = None, include_revoked: bool = False
+    ) -> Page:
+        """An org's keys newest first, reading only that org's index."""
+        index = self._org_keys(org_id)
+        max_score, after_id = decode_cursor(cursor) if cursor else (None, None)
+        out: list[KeyRecord] = []
+        offset, batch = 0, max(limit * 2, 20)
+        while len(out) <= limit:
+            top = "+inf" if max_score is None else max_score
+            rows = await self.redis.zrange(
+                index, top, "-inf", desc=True, byscore=True, offset=offset, num=batch, withscores=True
+            )
+            if not rows:
+                break
+            offset += len(rows)
+            ids = []
+            for member, score in rows:
+                member = member.decode()
+                # Skip what the previous page already returned (ties on created_at).
+                if max_score is not None and int(score) == max_score and member >= after_id:
+                    continue
+                ids.append(member)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key_id in ids:
+                    pipe.hgetall(self._rec(key_id))
+                raws = await pipe.execute()
+            for raw in raws:
+                record = _decode(raw)
+                if record is None or record.org_id != org_id:
+                    continue
+                if record.revoked_at is not None and not include_revoked:
+                    continue
+                out.append(record)
+            if len(rows) < batch:
+                break
+        next_cursor = None
+        if len(out) > limit:
+            last = out[limit - 1]
+            next_cursor = _encode_cursor(last.created_at, last.id)
+        return Page(out[:limit], next_cursor)
+
+    async def audit_events(self, org_id: str, *, limit: int = 100) -> list[AuditEvent]:
+        """The org's most recent audit events, newest first."""
+        rows = await self.redis.xrevrange(self._org_audit(org_id), count=limit)
+        return [_event_dec.decode(fields[b"event"]) for _, fields in rows]
+
+    async def key_audit(self, key_id: str) -> list[AuditEvent]:
+        """A key's own audit events, oldest first (written atomically with each change)."""
+        return [_event_dec.decode(raw) for raw in await self.redis.lrange(self._rec_audit(key_id), 0, -1)]
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())

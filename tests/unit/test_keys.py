@@ -1,0 +1,87 @@
+"""Key format: generation, parsing, checksum, derived id and display prefix."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway import keys
+
+
+def test_generated_key_matches_documented_regex_and_parses():
+    key = keys.generate_key()
+    assert len(key) == keys.KEY_LEN == 40
+    assert re.fullmatch(keys.KEY_PATTERN.replace(r"\b", ""), key)
+    parsed = keys.parse_key(key)
+    assert parsed.prefix == key[:10] and parsed.prefix.startswith("sop_")
+    assert parsed.key_id.startswith("key_") and len(parsed.key_id) == 20
+    assert len(parsed.digest) == 64 and key not in parsed.digest
+
+
+def test_keys_are_unique_and_ids_stable():
+    batch = {keys.generate_key() for _ in range(2000)}
+    assert len(batch) == 2000
+    key = next(iter(batch))
+    assert keys.parse_key(key) == keys.parse_key(key)
+    assert len({keys.parse_key(k).key_id for k in batch}) == 2000
+
+
+def test_hidden_part_keeps_at_least_128_bits():
+    import math
+
+    hidden = keys.RANDOM_LEN - keys.DISPLAY_RANDOM_CHARS
+    assert hidden * math.log2(62) >= 128
+    assert keys.RANDOM_LEN * math.log2(62) >= 160
+
+
+GOOD = keys.generate_key()
+
+
+def _flip(ch: str) -> str:
+    return "a" if ch != "a" else "b"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        GOOD[:-1],
+        GOOD + "a",
+        "sk_" + GOOD[4:] + "x",
+        "SOP_" + GOOD[4:],
+        GOOD[:10] + "-" + GOOD[11:],
+        GOOD[:10] + "é" + GOOD[11:],
+        GOOD[:-1] + _flip(GOOD[-1]),  # checksum off by one char
+        GOOD[:8] + _flip(GOOD[8]) + GOOD[9:],  # body changed, checksum kept
+        " " + GOOD[1:],
+    ],
+    ids=["empty", "short", "long", "prefix", "case", "alphabet", "unicode", "checksum", "body", "space"],
+)
+def test_rejects_malformed(bad):
+    with pytest.raises(keys.InvalidKeyFormat):
+        keys.parse_key(bad)
+
+
+@given(st.text(max_size=60))
+def test_random_strings_never_parse_unless_well_formed(text):
+    try:
+        keys.parse_key(text)
+    except keys.InvalidKeyFormat:
+        return
+    assert text.startswith("sop_") and len(text) == 40  # only a real key gets here
+
+
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_base62_round_trip(number):
+    encoded = keys.base62(number, 6)
+    assert len(encoded) == 6
+    assert sum(keys.ALPHABET.index(c) * 62**i for i, c in enumerate(reversed(encoded))) == number
+
+
+def test_regex_finds_leaked_keys_in_text():
+    key = keys.generate_key()
+    assert keys.looks_like_key(f"config: token={key}\n")
+    assert not keys.looks_like_key("sop_short")
