@@ -18,7 +18,7 @@ from gateway import store as store_mod
 from gateway.cache import VerdictCache
 from gateway.config import ServeSettings
 from gateway.metrics import CONTENT_TYPE, Metrics
-from gateway.proxy import STATE, GatewayState, handle
+from gateway.proxy import STATE, GatewayState, handle, router_errors
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
 from gateway.tasks import flush_usage, listen_for_revocations, usage_flusher
@@ -53,7 +53,10 @@ def make_app(
         upstream=settings.upstream.rstrip("/"),
     )
     # The proxy must see raw targets such as "//x" or "/a/../b", so no path normalisation.
-    app = web.Application(client_max_size=settings.max_body_bytes, handler_args={"max_field_size": 16384})
+    app = web.Application(
+        middlewares=[router_errors], client_max_size=settings.max_body_bytes,
+        handler_args={"max_field_size": 16384},
+    )
     app[STATE] = state
     app.router.add_route("*", "/{tail:.*}", handle)
     app.cleanup_ctx.append(_upstream_session)

@@ -7,11 +7,14 @@ import asyncio
 import logging
 import sys
 import time
+from pathlib import Path
 
 import orjson
 
 from gateway import config
-from gateway.scopes import ScopesError, load_rules, split_path
+from gateway.scopes import ScopesError, load_rules
+
+SHIPPED_SCOPES = Path(__file__).resolve().parent.parent / "scopes.yaml"
 
 
 def _setup_logging() -> None:
@@ -79,7 +82,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from gateway.dev import run_dev
 
-    return asyncio.run(run_dev(redis_url=args.redis, scopes=args.scopes, base_port=args.port))
+    scopes = args.scopes or ("scopes.yaml" if Path("scopes.yaml").is_file() else str(SHIPPED_SCOPES))
+    return asyncio.run(run_dev(redis_url=args.redis, scopes=scopes, base_port=args.port))
 
 
 def _keys_store(args: argparse.Namespace):
@@ -162,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="run Redis, gateway, admin API and a demo upstream locally")
     dev.add_argument("--redis", default=None, help="use this Redis instead of starting one")
-    dev.add_argument("--scopes", default="scopes.yaml", help="scopes file (default scopes.yaml)")
+    dev.add_argument("--scopes", default=None,
+                     help="scopes file (default ./scopes.yaml, else the example shipped with the gateway)")
     dev.add_argument("--port", type=int, default=8080, help="gateway port; admin +1, upstream +2, ops +10")
     dev.set_defaults(func=cmd_dev)
 

@@ -145,8 +145,8 @@ def load(settings_type: type[msgspec.Struct], args: Mapping[str, Any], environ: 
                     break
         if value is None:
             continue
-        if field.type is not str and "tuple" in str(field.type):
-            value = tuple(v.strip() for v in str(value).split(",") if v.strip())
+        if "tuple" in str(field.type) and isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
         raw[field.name] = value
         source[field.name] = where
     try:

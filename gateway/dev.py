@@ -110,8 +110,10 @@ Try:
   curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:{gw}/v1/tasks
   # a call outside the key's scopes (403 insufficient_scope, needs tasks:write)
   curl -s -X POST -H "Authorization: Bearer $KEY" http://127.0.0.1:{gw}/v1/tasks
-  # no key (401 missing_api_key); a public route (200)
-  curl -s http://127.0.0.1:{gw}/v1/tasks ; curl -s http://127.0.0.1:{gw}/v1/status
+  # no key (401 missing_api_key)
+  curl -s http://127.0.0.1:{gw}/v1/tasks
+  # a public route (200, no key needed)
+  curl -s http://127.0.0.1:{gw}/v1/status
   # the org's keys, with last_used_at (written about a second after a call)
   curl -s -H "Authorization: Bearer $TOKEN" http://127.0.0.1:{admin}/v1/orgs/{DEMO_ORG}/api-keys
   # create a key

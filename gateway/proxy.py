@@ -197,12 +197,17 @@ async def forward(
         )
     except errors.ApiError:
         raise
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-        raise errors.UpstreamTimeout() from None
-    except (aiohttp.ClientError, OSError):
+    except aiohttp.ConnectionTimeoutError:
+        raise errors.UpstreamUnavailable() from None
+    except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
         if too_large:
             raise errors.PayloadTooLarge() from None
+        if isinstance(exc, asyncio.TimeoutError):
+            raise errors.UpstreamTimeout() from None
         raise errors.UpstreamUnavailable() from None
+    if too_large:  # the upstream answered before the body was cut off
+        upstream.close()
+        raise errors.PayloadTooLarge()
     async with upstream:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for name, value in upstream_response_headers(_decode_headers(upstream.raw_headers), request_id=request_id):
@@ -220,6 +225,15 @@ async def forward(
             raise ConnectionResetError("upstream failed mid-response") from None
         await response.write_eof()
     return response
+
+
+@web.middleware
+async def router_errors(request: web.Request, handler) -> web.StreamResponse:
+    """What aiohttp itself refuses (a target the catch-all route cannot match) gets our envelope."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return error_response(errors.InvalidPath(), new_request_id())
 
 
 def error_response(err: errors.ApiError, request_id: str) -> web.Response:

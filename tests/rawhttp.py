@@ -34,6 +34,10 @@ async def raw_request(base_url: str, request: bytes, timeout: float = 10.0) -> R
         data = await asyncio.wait_for(reader.read(), timeout)
     finally:
         writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ")[1])

@@ -10,8 +10,7 @@ import msgspec
 import pytest
 
 from admin_api.app import make_admin_app
-from gateway.app import make_ops_app
-from gateway.app import make_app
+from gateway.app import make_app, make_ops_app
 from gateway.config import AdminSettings, ServeSettings
 from gateway.echo import RECEIVED, make_echo_app
 from gateway.proxy import STATE, GatewayState
@@ -79,10 +78,11 @@ async def make_stack(aiohttp_server, redis_url, clock, echo_server):
     made = []
 
     async def factory(scopes: str = str(SCOPES), **overrides) -> Stack:
-        serve = ServeSettings(
-            upstream=str(echo_server.make_url("")).rstrip("/"), redis=redis_url, scopes=scopes,
-            **{"flush_interval": 3600.0, "reload_interval": 0.0, **overrides},
-        )
+        settings = {
+            "upstream": str(echo_server.make_url("")).rstrip("/"), "redis": redis_url, "scopes": scopes,
+            "flush_interval": 3600.0, "reload_interval": 0.0, **overrides,
+        }
+        serve = ServeSettings(**settings)
         gw_app = make_app(serve, clock=clock)
         gw = await aiohttp_server(gw_app)
         state = gw_app[STATE]

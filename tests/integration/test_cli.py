@@ -99,6 +99,7 @@ async def test_serve_process_end_to_end_and_sigterm_flushes_last_used(redis_url,
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, err
     listed = json.loads(gateway("keys", "list", "--org", "acme", env=env, check=True).stdout)
     assert listed[0]["last_used_at"] is not None and listed[0]["request_count"] == 1
@@ -129,13 +130,16 @@ def test_dev_works_as_it_prints(tmp_path):
         curls = [line.strip() for line in _join_continuations(banner) if line.strip().startswith("curl")]
         results = [subprocess.run(["bash", "-c", c + " -o /dev/null -w '%{http_code} '"], env=shell_env,
                                   capture_output=True, text=True, timeout=10).stdout.split() for c in curls]
-        assert results == [["200"], ["403"], ["401", "200"], ["200"], ["201"]], (curls, results)
+        assert results == [["200"], ["403"], ["401"], ["200"], ["200"], ["201"]], (curls, results)
         assert (tmp_path / ".data" / "redis" / "appendonlydir").is_dir()  # AOF is on
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
     assert proc.returncode == 0
     redis_port = int(re.search(r"redis +redis://127.0.0.1:(\d+)", banner).group(1))
     for p in (port, port + 1, port + 2, port + 10, redis_port):

@@ -1,0 +1,180 @@
+"""Header hygiene for the forwarded request and the returned response (pure; no I/O).
+
+Headers are sequences of (name, value) str pairs, possibly repeated, in any case.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key"})
+IDENTITY_HEADERS = frozenset({
+    "x-org-id", "x-api-key-id", "x-api-key-scopes", "x-request-id",
+    "x-gateway-signature", "x-gateway-signature-key-id", "x-gateway-timestamp",
+})
+METHOD_OVERRIDE_HEADERS = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+    "te", "trailer", "transfer-encoding", "upgrade",
+})
+FORWARDING_HEADERS = frozenset({
+    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-real-ip", "forwarded",
+})
+# SECURITY: whole families are dropped by prefix, so spoof variants such as
+# "X-Api-Key-Scopes-Extra" or "X-Org-Name" never reach a backend that matches loosely.
+DROPPED_PREFIXES = ("x-forwarded-", "x-api-key", "x-org-", "x-gateway-")
+
+# RFC 9110 token: the only valid field-name characters.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BREAKS_FIELD = re.compile(r"[\r\n\x00]")
+_WHITESPACE = re.compile(r"\s")
+
+Headers = Iterable[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The verified caller, injected for the backend."""
+
+    org_id: str
+    key_id: str
+    scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """The connection the request came on: socket peer IP, "http"/"https", its Host header."""
+
+    peer: str
+    proto: str
+    host: str | None
+    trusted_proxy: bool
+
+
+def fold_name(name: str) -> str:
+    """Normalize a header name for comparison: strip, lower-case, "_" -> "-"."""
+    # SECURITY: CGI/WSGI-style backends map both "X-Org-Id" and "X_Org_Id" to HTTP_X_ORG_ID,
+    # so both spellings must be treated as the same header here.
+    return name.strip().lower().replace("_", "-")
+
+
+def connection_tokens(headers: Headers) -> frozenset[str]:
+    """Folded names listed in every ``Connection`` header (comma separated)."""
+    tokens: set[str] = set()
+    for name, value in headers:
+        if fold_name(name) == "connection":
+            tokens.update(fold_name(tok) for tok in value.split(","))
+    tokens.discard("")
+    return frozenset(tokens)
+
+
+def _forwardable(name: str, value: str) -> bool:
+    # SECURITY: a CR, LF or NUL in a value (or a name that is not a token) could split or
+    # truncate the header block on the way out; the HTTP parser normally refuses these
+    # earlier, this is defence in depth. The header is dropped, never repaired.
+    return _TOKEN.fullmatch(name) is not None and _BREAKS_FIELD.search(value) is None
+
+
+def _is_dropped_request_header(folded: str, listed: frozenset[str]) -> bool:
+    return (
+        folded in CREDENTIAL_HEADERS
+        or folded in IDENTITY_HEADERS
+        or folded in METHOD_OVERRIDE_HEADERS
+        or folded in HOP_BY_HOP
+        or folded in FORWARDING_HEADERS
+        or folded in listed
+        or folded == "host"
+        or folded.startswith(DROPPED_PREFIXES)
+    )
+
+
+def _trusted_value(headers: list[tuple[str, str]], name: str) -> str | None:
+    """The comma-joined values of header ``name`` (exact spelling, any case), or None."""
+    # SECURITY: only the real hyphenated name counts, not "_" variants: a trusted proxy may
+    # pass a client's "X_Forwarded_For" through after its own X-Forwarded-For, and taking it
+    # would let the client choose the right-most (most trusted) hop.
+    values = [v.strip() for n, v in headers if n.lower() == name and _forwardable(n, v)]
+    joined = ", ".join(v for v in values if v)
+    return joined or None
+
+
+def _injected(name: str, value: str) -> tuple[str, str]:
+    # SECURITY: gateway-made values are never dropped silently (a backend would then see a
+    # request without identity); a bad one is a bug or corrupt data, so fail closed.
+    if _BREAKS_FIELD.search(value):
+        raise ValueError(f"refusing to inject {name}: value contains CR, LF or NUL")
+    return name, value
+
+
+def upstream_request_headers(
+    client_headers: Headers, *, identity: Identity | None, request_id: str, client: ClientInfo
+) -> list[tuple[str, str]]:
+    """The headers to send upstream: the client's, cleaned, then forwarding and identity headers.
+
+    Drops every copy of credential, identity, method-override, hop-by-hop, Connection-listed,
+    Host and forwarding headers (and the x-api-key*, x-org-*, x-gateway-*, x-forwarded-*
+    families); then sets X-Forwarded-For/-Proto/-Host and injects X-Request-Id and, with an
+    identity, X-Org-Id, X-Api-Key-Id and X-Api-Key-Scopes, one copy each, last.
+    Raises ValueError if an injected identity value or request id is not a safe header value.
+    """
+    headers = list(client_headers)
+    # Collected before anything is removed, and applied to client headers only: injected
+    # headers are added afterwards, so "Connection: X-Org-Id" cannot remove them.
+    listed = connection_tokens(headers)
+    out = [
+        (name, value)
+        for name, value in headers
+        if not _is_dropped_request_header(fold_name(name), listed) and _forwardable(name, value)
+    ]
+
+    # SECURITY: the client's X-Forwarded-* are believed only from a trusted proxy; otherwise
+    # they are replaced by what this connection shows.
+    trusted_for = _trusted_value(headers, "x-forwarded-for") if client.trusted_proxy else None
+    trusted_proto = _trusted_value(headers, "x-forwarded-proto") if client.trusted_proxy else None
+    trusted_host = _trusted_value(headers, "x-forwarded-host") if client.trusted_proxy else None
+    hops = [h for h in (trusted_for, client.peer) if h]
+    forwarded = [
+        ("X-Forwarded-For", ", ".join(hops) if hops else None),
+        ("X-Forwarded-Proto", trusted_proto or client.proto or None),
+        ("X-Forwarded-Host", trusted_host or client.host),
+    ]
+    out.extend((n, v) for n, v in forwarded if v is not None and _forwardable(n, v))
+
+    out.append(_injected("X-Request-Id", request_id))
+    if identity is not None:
+        for scope in identity.scopes:
+            # SECURITY: scopes travel space-separated; a scope holding whitespace (or an empty
+            # one) would read as different scopes on the backend.
+            if not scope or _WHITESPACE.search(scope):
+                raise ValueError("refusing to inject X-Api-Key-Scopes: a scope is empty or has whitespace")
+        out.append(_injected("X-Org-Id", identity.org_id))
+        out.append(_injected("X-Api-Key-Id", identity.key_id))
+        out.append(_injected("X-Api-Key-Scopes", " ".join(identity.scopes)))
+    return out
+
+
+def upstream_response_headers(upstream_headers: Headers, *, request_id: str) -> list[tuple[str, str]]:
+    """The upstream response headers to return to the client, plus one ``X-Request-Id``.
+
+    Drops hop-by-hop and Connection-listed headers, any upstream X-Request-Id, and
+    Content-Length when Transfer-Encoding is present (kept otherwise).
+    """
+    headers = list(upstream_headers)
+    listed = connection_tokens(headers)
+    folded = [fold_name(name) for name, _ in headers]
+    # SECURITY: both framing headers together is the request-smuggling shape; the body is
+    # re-framed by our server, so the stale length must not be passed on.
+    chunked = "transfer-encoding" in folded
+    out = []
+    for (name, value), fname in zip(headers, folded):
+        if fname in HOP_BY_HOP or fname in listed or fname == "x-request-id":
+            continue
+        if chunked and fname == "content-length":
+            continue
+        if not _forwardable(name, value):
+            continue
+        out.append((name, value))
+    out.append(_injected("X-Request-Id", request_id))
+    return out

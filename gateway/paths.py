@@ -1,0 +1,120 @@
+"""Canonicalize the raw HTTP request target (pure; no I/O).
+
+The gateway authorizes on exactly the path it forwards: ambiguous targets are rejected, not repaired.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, unquote_plus, unquote_to_bytes
+
+MAX_PATH_LENGTH = 8192
+MAX_SEGMENTS = 64
+# RFC 3986 unreserved + sub-delims + ":" "@", minus ";" (rejected). quote() always keeps
+# A-Za-z0-9 and "-._~"; they are listed anyway so the set reads as documented.
+SEGMENT_SAFE = "-._~!$&'()*+,=:@"
+
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]*")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# SECURITY: characters that change how a backend splits or resolves a path once decoded:
+# "/" and "\" (separators), ";" (matrix parameters / Tomcat path params), controls and NUL.
+_FORBIDDEN_DECODED = re.compile(r"[\x00-\x1f\x7f/\\;]")
+
+
+class InvalidPath(ValueError):
+    """The request target is refused; ``reason`` is short and never repeats the input."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A canonical request target: decoded segments, the path to forward, the raw query."""
+
+    segments: tuple[str, ...]
+    path: str
+    query: str
+
+
+def canonicalize(raw_target: str) -> Target:
+    """Validate ``raw_target`` (as in the request line) and return its canonical form.
+
+    Raises InvalidPath for anything that is not an unambiguous origin-form target.
+    ``canonicalize(t.path)`` gives back ``t`` (with an empty query) for every result ``t``.
+    """
+    if not isinstance(raw_target, str):
+        raise InvalidPath("target is not text")
+    if not raw_target:
+        raise InvalidPath("empty target")
+    # SECURITY: only origin-form; absolute-form, authority-form and "*" would let the client
+    # pick what the path means (or which host it is for).
+    if raw_target[0] != "/":
+        raise InvalidPath("target must start with /")
+    raw_path, _, query = raw_target.partition("?")
+    if len(raw_path) > MAX_PATH_LENGTH:
+        raise InvalidPath("path too long")
+    # SECURITY: whitespace, controls, DEL, non-ASCII and surrogate escapes are refused outright
+    # instead of being encoded, so no two parsers can disagree about where the target ends.
+    if _PRINTABLE_ASCII.fullmatch(raw_target) is None:
+        raise InvalidPath("character outside printable ASCII")
+    # SECURITY: a fragment is never sent by a conforming client; some servers cut the path at it.
+    if "#" in raw_target:
+        raise InvalidPath("fragment not allowed")
+    # SECURITY: some backends (and most Windows stacks) treat "\" as a path separator.
+    if "\\" in raw_path:
+        raise InvalidPath("backslash in path")
+
+    raw_segments = raw_path[1:].split("/") if raw_path != "/" else []
+    if len(raw_segments) > MAX_SEGMENTS:
+        raise InvalidPath("too many segments")
+    # SECURITY: "//" is collapsed by some routers and not others; only a single trailing slash
+    # (a final empty segment) is allowed.
+    if any(seg == "" for seg in raw_segments[:-1]):
+        raise InvalidPath("empty path segment")
+
+    segments = tuple(_decode_segment(seg) for seg in raw_segments)
+    path = "/" + "/".join(quote(seg, safe=SEGMENT_SAFE) for seg in segments)
+    # Re-encoding can lengthen the path ('"' -> "%22"); checked again so that canonicalizing
+    # the forwarded path always succeeds (idempotence).
+    if len(path) > MAX_PATH_LENGTH:
+        raise InvalidPath("path too long")
+    return Target(segments=segments, path=path, query=query)
+
+
+def _decode_segment(raw: str) -> str:
+    """Strictly percent-decode one raw segment and refuse what could be re-read differently."""
+    if _BAD_ESCAPE.search(raw):
+        raise InvalidPath("malformed percent-escape")
+    try:
+        # SECURITY: strict UTF-8 refuses overlong forms (%C0%AE is not "."), surrogates and
+        # truncated sequences, which lenient decoders turn into "/" or "." or U+FFFD.
+        decoded = unquote_to_bytes(raw).decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidPath("invalid UTF-8 in path") from None
+    if _FORBIDDEN_DECODED.search(decoded):
+        raise InvalidPath("forbidden character in path segment")
+    # SECURITY: dot segments, raw or encoded, are refused: the backend (or an HTTP client on
+    # the way) would resolve them, so the route authorized here would not be the one served.
+    if decoded in (".", ".."):
+        raise InvalidPath("dot segment")
+    return decoded
+
+
+def query_params(query: str) -> list[tuple[str, str]]:
+    """Parse ``a=1&b=2`` into decoded (name, value) pairs, in order, blanks kept.
+
+    Percent and "+" are decoded with errors="replace"; a pair without "=" has value "".
+    Used only to look for credentials in the query string.
+    """
+    pairs: list[tuple[str, str]] = []
+    # SECURITY: ";" is split on as well as "&": some backends still accept it as a separator,
+    # and a credential hidden behind one must be found too (over-reporting is the safe side).
+    for part in re.split(r"[&;]", query):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        pairs.append((unquote_plus(name, errors="replace"), unquote_plus(value, errors="replace")))
+    return pairs
