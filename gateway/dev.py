@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -16,6 +18,7 @@ from gateway.store import KeyStore, connect
 
 DEMO_ORG = "demo"
 DEMO_SCOPES = ("tasks:read", "reservations:read")
+PR_SET_PDEATHSIG = 1
 REDIS_CONF = Path(__file__).resolve().parent.parent / "deploy" / "redis.conf"
 
 
@@ -23,6 +26,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the child when `gateway dev` dies, even by SIGKILL (nothing left running)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the finally block in run_dev still stops it
+        pass
 
 
 async def start_redis(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
@@ -36,6 +47,7 @@ async def start_redis(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
         binary, str(REDIS_CONF), "--port", str(port), "--dir", str(data_dir.resolve()),
         "--bind", "127.0.0.1", "--logfile", "redis.log",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
     )
     url = f"redis://127.0.0.1:{port}/0"
     client = connect(url)
@@ -53,14 +65,26 @@ async def start_redis(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
 
 
 async def run_dev(*, redis_url: str | None, scopes: str, base_port: int) -> int:
+    """Start Redis (unless given), then the stack; Redis stops with it, however it ends."""
+    redis_proc = None
+    if redis_url is None:
+        redis_proc, redis_url = await start_redis(Path(".data") / "redis")
+    try:
+        await _run_stack(redis_url=redis_url, scopes=scopes, base_port=base_port)
+    finally:
+        if redis_proc is not None and redis_proc.returncode is None:
+            redis_proc.terminate()
+            await redis_proc.wait()
+    print("gateway dev: stopped", file=sys.stderr)
+    return 0
+
+
+async def _run_stack(*, redis_url: str, scopes: str, base_port: int) -> None:
     from admin_api.app import make_admin_app
     from gateway.app import make_app, make_ops_app, run_apps
     from gateway.echo import make_echo_app
     from gateway.proxy import STATE
 
-    redis_proc = None
-    if redis_url is None:
-        redis_proc, redis_url = await start_redis(Path(".data") / "redis")
     token = os.environ.get("GATEWAY_OPERATOR_TOKEN") or "dev-operator-" + secrets.token_urlsafe(16)
     gw_port, admin_port, up_port, ops_port = base_port, base_port + 1, base_port + 2, base_port + 10
     serve = config.load(config.ServeSettings, {
@@ -72,23 +96,18 @@ async def run_dev(*, redis_url: str | None, scopes: str, base_port: int) -> int:
         "operator_tokens": (token,),
     }, environ={})
     gateway_app = make_app(serve)
+    store = KeyStore(connect(redis_url))
     try:
-        store = KeyStore(connect(redis_url))
         now = int(time.time() * 1000)
         _, key = await store.create(org_id=DEMO_ORG, name="Demo key (gateway dev)", scopes=DEMO_SCOPES,
                                     expires_at=None, actor="gateway dev", now_ms=now)
-        await store.redis.aclose()
-        await run_apps(
-            [(make_echo_app(), f"127.0.0.1:{up_port}"), (gateway_app, serve.listen),
-             (make_ops_app(gateway_app[STATE]), serve.ops_listen), (make_admin_app(admin), admin.listen)],
-            on_started=lambda: print(_banner(key, token, redis_url, gw_port, admin_port, up_port, ops_port), flush=True),
-        )
     finally:
-        if redis_proc is not None and redis_proc.returncode is None:
-            redis_proc.terminate()
-            await redis_proc.wait()
-    print("gateway dev: stopped", file=sys.stderr)
-    return 0
+        await store.redis.aclose()
+    await run_apps(
+        [(make_echo_app(), f"127.0.0.1:{up_port}"), (gateway_app, serve.listen),
+         (make_ops_app(gateway_app[STATE]), serve.ops_listen), (make_admin_app(admin), admin.listen)],
+        on_started=lambda: print(_banner(key, token, redis_url, gw_port, admin_port, up_port, ops_port), flush=True),
+    )
 
 
 def _banner(key: str, token: str, redis_url: str, gw: int, admin: int, up: int, ops: int) -> str:
