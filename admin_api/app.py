@@ -7,6 +7,7 @@ import re
 import time
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 from typing import AsyncIterator, Callable
 
 import msgspec
@@ -15,7 +16,7 @@ from redis.exceptions import RedisError
 
 from admin_api import schemas
 from admin_api.auth import MANAGE, READ, OrgNotFound, Principal, authenticate
-from admin_api.openapi import build_openapi
+from admin_api.openapi import STATIC_FILES, build_openapi
 from gateway import errors
 from gateway import store as store_mod
 from gateway.config import AdminSettings
@@ -37,6 +38,15 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
 }
+
+
+# The page may load its own script and style sheet and call this API; nothing else, no inline code.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
 
 
 @dataclass
@@ -68,6 +78,7 @@ def make_admin_app(
     client = store_mod.connect(settings.redis, timeout=settings.redis_timeout)
     app[ADMIN] = AdminState(settings, KeyStore(client, settings.redis_prefix), RulesHolder(settings.scopes, rules), clock)
     r = app.router
+    r.add_get("/v1/me", whoami)
     r.add_get("/v1/permissions", list_permissions)
     r.add_post("/v1/orgs/{org_id}/api-keys", create_key)
     r.add_get("/v1/orgs/{org_id}/api-keys", list_keys)
@@ -75,6 +86,8 @@ def make_admin_app(
     r.add_post("/v1/orgs/{org_id}/api-keys/{key_id}/revoke", revoke_key)
     r.add_get("/v1/orgs/{org_id}/audit-events", list_audit_events)
     r.add_get("/openapi.json", openapi)
+    r.add_get("/", page)
+    r.add_get("/static/{file}", static_file)
     app.cleanup_ctx.append(_lifecycle)
     return app
 
@@ -126,6 +139,15 @@ def _org_id(request: web.Request) -> str:
 
 def _json_response(body: msgspec.Struct, status: int = 200, **headers: str) -> web.Response:
     return web.Response(body=_json.encode(body), status=status, content_type="application/json", headers=headers)
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """GET /v1/me: the caller behind the credential (operator, or which org and scopes)."""
+    principal = await _principal(request)
+    return _json_response(schemas.Caller(
+        actor=principal.actor, operator=principal.is_operator, org_id=principal.org_id,
+        scopes=sorted(principal.scopes), can_manage=principal.is_operator or MANAGE in principal.scopes,
+    ))
 
 
 async def list_permissions(request: web.Request) -> web.Response:
@@ -278,3 +300,25 @@ async def list_audit_events(request: web.Request) -> web.Response:
 async def openapi(request: web.Request) -> web.Response:
     """GET /openapi.json: the OpenAPI 3.1 description of this API."""
     return web.json_response(build_openapi())
+
+
+async def page(request: web.Request) -> web.Response:
+    """GET /: the Settings -> API Keys page (plain HTML; the script does the rest)."""
+    return _static_response("index.html")
+
+
+async def static_file(request: web.Request) -> web.Response:
+    """GET /static/{file}: the page's script and style sheet, nothing else."""
+    name = request.match_info["file"]
+    if name not in STATIC_FILES:
+        raise errors.NotFound("No such file.")
+    return _static_response(name)
+
+
+def _static_response(name: str) -> web.Response:
+    path = STATIC_DIR / name
+    return web.Response(
+        body=path.read_bytes(), content_type=CONTENT_TYPES[path.suffix], charset="utf-8",
+        headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache",
+                 "Cross-Origin-Opener-Policy": "same-origin"},
+    )

@@ -10,6 +10,7 @@ import msgspec
 from admin_api import schemas
 
 REF = "#/components/schemas/{name}"
+STATIC_FILES = ("app.js", "app.css")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -42,7 +43,7 @@ SECURITY = [{"bearer": []}]
 def build_openapi() -> dict[str, Any]:
     """The document served at /openapi.json."""
     _, components = msgspec.json.schema_components(
-        [schemas.CreateKeyRequest, schemas.CreatedApiKey, schemas.ApiKey, schemas.ApiKeyList,
+        [schemas.Caller, schemas.CreateKeyRequest, schemas.CreatedApiKey, schemas.ApiKey, schemas.ApiKeyList,
          schemas.PermissionList, schemas.AuditEventList, schemas.Error],
         ref_template=REF,
     )
@@ -63,6 +64,12 @@ def build_openapi() -> dict[str, Any]:
         },
         "security": SECURITY,
         "paths": {
+            "/v1/me": {"get": {
+                "operationId": "whoami",
+                "summary": "The caller behind the credential",
+                "description": "Any valid credential may call this; it needs no scope.",
+                "responses": {"200": _json("Caller", "The caller"), **_errors(401, 503)},
+            }},
             "/v1/permissions": {"get": {
                 "operationId": "listPermissions",
                 "summary": "The permission catalogue",
@@ -117,6 +124,24 @@ def build_openapi() -> dict[str, Any]:
                     "responses": {"200": _json("AuditEventList", "Up to 100 events"), **_errors(401, 403, 404, 503)},
                 },
             },
+            "/": {"get": {
+                "operationId": "apiKeysPage",
+                "summary": "The Settings -> API Keys web page (sign in with the same credentials)",
+                "security": [],
+                "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}},
+            }},
+            "/static/{file}": {"get": {
+                "operationId": "pageAsset",
+                "summary": "The page's script and style sheet",
+                "security": [],
+                "parameters": [{"name": "file", "in": "path", "required": True,
+                                "schema": {"type": "string", "enum": list(STATIC_FILES)}}],
+                "responses": {
+                    "200": {"description": "The file", "content": {
+                        "text/javascript": {"schema": {"type": "string"}}, "text/css": {"schema": {"type": "string"}}}},
+                    "404": _json("Error", "No such file"),
+                },
+            }},
             "/openapi.json": {"get": {
                 "operationId": "openapi",
                 "summary": "This document",

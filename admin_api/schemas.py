@@ -52,6 +52,16 @@ class ApiKeyList(msgspec.Struct):
     next_cursor: Annotated[str | None, Meta(description="Pass as ?cursor= for the next page; null on the last")]
 
 
+class Caller(msgspec.Struct):
+    """Who the credential belongs to (GET /v1/me): what the page needs to show the right actions."""
+
+    actor: Annotated[str, Meta(description="Recorded in the audit trail: operator or key:<key_id>")]
+    operator: Annotated[bool, Meta(description="An operator token: acts on any org and may grant any scope")]
+    org_id: Annotated[str | None, Meta(description="The key's org; null for operators")]
+    scopes: Annotated[list[str], Meta(description="The key's scopes (what it may grant); empty for operators")]
+    can_manage: Annotated[bool, Meta(description="May create and revoke keys")]
+
+
 class Permission(msgspec.Struct):
     """One scope of the catalogue."""
 

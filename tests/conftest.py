@@ -106,3 +106,8 @@ async def eventually(check, timeout: float = 5.0):
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
+
+
+# The full-stack fixtures (used by tests/integration and tests/browser). Imported last: tests.stack
+# imports the helpers above.
+from tests.stack import Stack, echo_server, make_stack, stack  # noqa: E402,F401

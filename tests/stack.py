@@ -1,4 +1,4 @@
-"""A full stack per test: echo upstream, gateway and admin API on real sockets, real Redis."""
+"""A full stack per test: echo upstream, gateway and admin API on real sockets, real Redis (fixtures)."""
 
 from __future__ import annotations
 
