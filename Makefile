@@ -3,18 +3,24 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test system-deps clean
+.PHONY: run test screenshots clean
 
-run: system-deps $(STAMP)
+run: $(STAMP)
+	@scripts/install-system-deps.sh
 	$(VENV)/bin/gateway dev
 
-test: system-deps $(STAMP)
+test: $(STAMP)
+	@scripts/install-system-deps.sh test
 	$(PY) -m pytest -q
 
-system-deps:
-	@scripts/install-system-deps.sh
+# The browser tests save screenshots of the page (list, create and reveal dialogs, 375 px).
+screenshots: $(STAMP)
+	@scripts/install-system-deps.sh test
+	$(PY) -m pytest -q tests/browser
+	@echo "screenshots in artifacts/screenshots/"
 
 $(STAMP): pyproject.toml
+	@scripts/install-system-deps.sh
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Installs the system packages the gateway needs (Debian/Ubuntu), only those that are missing.
+# Installs the Debian/Ubuntu packages the gateway needs, only those that are missing.
+#   scripts/install-system-deps.sh        what `make run` needs: redis-server, python3-venv
+#   scripts/install-system-deps.sh test   also what the test suite needs: chromium (browser tests)
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ "${1:-}" = "test" ]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -252,10 +252,14 @@ function keyRow(key) {
   tr.dataset.keyId = key.id;
   tr.className = "is-" + key.status;
 
-  const name = text("td", key.name, "name");
+  const name = document.createElement("td");
+  name.className = "name";
   name.dataset.label = "Name";
-  name.append(text("span", key.scopes.map(scopeLabel).join(", "), "scopes"));
-  name.lastChild.title = key.scopes.join(" ");
+  const nameBox = document.createElement("div");
+  const scopes = text("span", key.scopes.map(scopeLabel).join(", "), "scopes");
+  scopes.title = key.scopes.join(" ");
+  nameBox.append(text("span", key.name, "key-title"), scopes);
+  name.append(nameBox);
 
   const prefix = document.createElement("td");
   prefix.dataset.label = "Key";
@@ -431,7 +435,11 @@ function renderPermissions() {
         label.className = "disabled";
         label.title = "Your key does not hold this permission, so it cannot grant it.";
       }
-      label.append(box, text("span", perm.label), text("code", perm.scope));
+      const scope = text("code", perm.scope);
+      scope.id = box.id + "-scope";
+      box.setAttribute("aria-label", perm.label); // the label is the name; the scope describes it
+      box.setAttribute("aria-describedby", scope.id);
+      label.append(box, text("span", perm.label), scope);
       li.append(label);
       list.append(li);
     }

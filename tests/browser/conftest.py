@@ -1,0 +1,65 @@
+"""Real headless Chromium (Debian's /usr/bin/chromium) driven by Playwright against a real stack."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+
+import pytest
+from playwright.async_api import Page, async_playwright
+
+from tests.conftest import OPERATOR_TOKEN, ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+
+
+@dataclass
+class Browser:
+    page: Page
+    problems: list[str] = field(default_factory=list)  # console errors, CSP violations, alerts
+
+    async def shot(self, name: str) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        await self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture
+async def browser(stack):
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        context = await chromium.new_context(
+            viewport={"width": 1280, "height": 900}, locale="en-US", timezone_id="America/New_York",
+        )
+        await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.admin)
+        page = await context.new_page()
+        page.set_default_timeout(10_000)
+        b = Browser(page)
+
+        def on_console(msg):
+            # A 4xx answer is logged by Chromium as "Failed to load resource"; the page handles those.
+            if msg.type == "error" and not msg.text.startswith("Failed to load resource"):
+                b.problems.append(f"console: {msg.text}")
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda exc: b.problems.append(f"page error: {exc}"))
+
+        async def on_dialog(dialog):
+            b.problems.append(f"unexpected {dialog.type}: {dialog.message}")
+            await dialog.dismiss()
+
+        page.on("dialog", on_dialog)
+        yield b
+        await context.close()
+        await chromium.close()
+    assert b.problems == []
+
+
+async def sign_in(b: Browser, stack, credential: str = OPERATOR_TOKEN, org: str | None = "acme") -> None:
+    page = b.page
+    await page.goto(stack.admin + "/")
+    await page.get_by_label("Operator token or API key").fill(credential)
+    if org is not None:
+        await page.get_by_label("Organization ID").fill(org)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_role("heading", name="API Keys", exact=True).wait_for()
