@@ -40,6 +40,12 @@ def _try_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def _http_parser() -> str:
+    from aiohttp import http_parser
+
+    return "pure-Python" if http_parser.HttpRequestParser is http_parser.HttpRequestParserPy else "C (llhttp)"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.app import install_sighup, make_app, make_ops_app, run_apps
     from gateway.proxy import STATE
@@ -53,7 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         await run_apps(
             [(app, settings.listen), (make_ops_app(state), settings.ops_listen)],
             on_started=lambda: logging.getLogger("gateway").info(
-                "gateway on http://%s -> %s (ops on http://%s)", settings.listen, settings.upstream, settings.ops_listen
+                "gateway on http://%s -> %s (ops on http://%s; HTTP parser: %s)",
+                settings.listen, settings.upstream, settings.ops_listen, _http_parser(),
             ),
         )
 

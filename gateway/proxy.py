@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
+from yarl import URL
 
 from gateway import errors, keys
 from gateway.cache import MISS, VerdictCache
@@ -187,7 +188,9 @@ async def forward(
                 raise errors.PayloadTooLarge()
             yield chunk
 
-    url = st.upstream + target.path + ("?" + target.query if target.query else "")
+    # SECURITY: encoded=True sends the canonical path (and the query) byte for byte; without it
+    # yarl would re-quote them, so the backend could see something other than what was authorized.
+    url = URL(st.upstream + target.path + ("?" + target.query if target.query else ""), encoded=True)
     data = body() if request.body_exists else None
     assert st.session is not None
     try:

@@ -1,0 +1,251 @@
+"""The security suite's stack: a real `gateway serve` process in front of a byte-exact recorder.
+
+The gateway runs as a subprocess so each test module can run it twice, once with aiohttp's C
+HTTP parser and once with the pure-Python one (AIOHTTP_NO_EXTENSIONS=1), and so its logs and
+memory can be inspected from outside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from gateway.store import KeyStore, connect
+from tests.conftest import ROOT, SCOPES, free_port
+from tests.security.recorder import Recorder
+
+TRUSTED_PROXY = "127.0.0.2"  # connect from this address to act as a trusted proxy
+SECURITY_ORG = "sec-org"
+
+
+@dataclass
+class RawResponse:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    raw: bytes
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def parse_responses(data: bytes) -> list[RawResponse]:
+    """Split a byte stream into HTTP/1.1 responses (Content-Length or chunked bodies)."""
+    out = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        lines = head.decode("latin-1").split("\r\n")
+        _, status, *reason = lines[0].split(" ", 2)
+        headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
+        names = {k.lower(): v for k, v in headers}
+        if "content-length" in names:
+            n = int(names["content-length"])
+            body, rest = rest[:n], rest[n:]
+        elif "chunked" in names.get("transfer-encoding", "").lower():
+            body = b""
+            while True:
+                size_line, _, rest = rest.partition(b"\r\n")
+                size = int(size_line.split(b";")[0] or b"0", 16)
+                if size == 0:
+                    rest = rest.partition(b"\r\n")[2]
+                    break
+                body, rest = body + rest[:size], rest[size + 2:]
+        else:
+            body, rest = rest, b""
+        out.append(RawResponse(int(status), reason[0] if reason else "", headers, body, data[: len(data) - len(rest)]))
+        data = rest
+    return out
+
+
+@dataclass
+class GatewayProcess:
+    url: str
+    port: int
+    ops: str
+    parser: str  # "c" or "py"
+    recorder: Recorder
+    proc: subprocess.Popen
+    stdout: Path
+    stderr: Path
+    keys: dict[str, dict] = field(default_factory=dict)  # name -> {"key", "id", "scopes"}
+
+    def send(self, raw: bytes, *, source: str = "127.0.0.1", timeout: float = 5.0, shutdown: bool = False) -> bytes:
+        """Write ``raw`` on a fresh connection and return every byte until the gateway closes."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout, source_address=(source, 0)) as s:
+            s.sendall(raw)
+            if shutdown:
+                s.shutdown(socket.SHUT_WR)
+            chunks = []
+            try:
+                while chunk := s.recv(65536):
+                    chunks.append(chunk)
+            except (ConnectionResetError, socket.timeout):
+                pass
+            return b"".join(chunks)
+
+    def exchange(self, raw: bytes, **kw) -> RawResponse:
+        """Send one request (it should say Connection: close) and parse the single answer."""
+        data = self.send(raw, **kw)
+        responses = parse_responses(data)
+        assert responses, f"no HTTP response to {raw[:200]!r}: got {data[:200]!r}"
+        return responses[0]
+
+    def request(self, method: str, target: str, headers=(), *, key: str | None = None, body: bytes = b"",
+                source: str = "127.0.0.1") -> RawResponse:
+        lines = [f"{method} {target} HTTP/1.1", "Host: api.example", "Connection: close"]
+        if key is not None:
+            lines.append(f"Authorization: Bearer {key}")
+        items = headers.items() if isinstance(headers, dict) else headers
+        lines += [f"{k}: {v}" for k, v in items]
+        if body:
+            lines.append(f"Content-Length: {len(body)}")
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        return self.exchange(raw, source=source)
+
+    def access_log(self) -> list[dict]:
+        return [json.loads(line) for line in self.stdout.read_text().splitlines() if line.startswith("{")]
+
+    def log_entry(self, request_id: str) -> dict:
+        for _ in range(100):  # the line may still be in flight
+            for entry in self.access_log():
+                if entry["request_id"] == request_id:
+                    return entry
+            time.sleep(0.01)
+        raise AssertionError(f"no access log line for {request_id}")
+
+    def all_logs(self) -> str:
+        return self.stdout.read_text() + self.stderr.read_text()
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def create_keys(redis_url: str, specs: dict[str, tuple[str, ...]]) -> dict[str, dict]:
+    async def run() -> dict[str, dict]:
+        store = KeyStore(connect(redis_url))
+        out = {}
+        try:
+            for name, scopes in specs.items():
+                record, secret = await store.create(org_id=SECURITY_ORG, name=name, scopes=list(scopes),
+                                                    expires_at=None, actor="test", now_ms=int(time.time() * 1000))
+                out[name] = {"key": secret, "id": record.id, "scopes": scopes}
+        finally:
+            await store.redis.aclose()
+        return out
+
+    return asyncio.run(run())
+
+
+def start_gateway(tmp: Path, redis_url: str, recorder: Recorder, parser: str, *extra: str,
+                  env: dict | None = None) -> GatewayProcess:
+    port, ops = free_port(), free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "AIOHTTP_NO_EXTENSIONS"))}
+    if parser == "py":
+        environ["AIOHTTP_NO_EXTENSIONS"] = "1"
+    environ.update(env or {})
+    stdout, stderr = tmp / f"gateway-{parser}.out", tmp / f"gateway-{parser}.err"
+    cmd = [sys.executable, "-m", "gateway", "serve", "--listen", f"127.0.0.1:{port}",
+           "--ops-listen", f"127.0.0.1:{ops}", "--upstream", recorder.url, "--redis", redis_url,
+           "--scopes", str(SCOPES), "--trusted-proxies", f"{TRUSTED_PROXY}/32", "--max-body-bytes", "1048576",
+           "--read-timeout", "5", *extra]
+    with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=out, stderr=err)
+    gw = GatewayProcess(f"http://127.0.0.1:{port}", port, f"http://127.0.0.1:{ops}", parser, recorder, proc,
+                        stdout, stderr)
+    deadline = time.monotonic() + 20
+    while True:
+        assert proc.poll() is None, f"gateway exited: {stderr.read_text()}"
+        try:
+            with socket.create_connection(("127.0.0.1", ops), timeout=1) as s:
+                s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"gateway not ready: {stderr.read_text()}"
+        time.sleep(0.05)
+    return gw
+
+
+def stop_gateway(gw: GatewayProcess) -> None:
+    if gw.proc.poll() is None:
+        gw.proc.terminate()
+        try:
+            gw.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            gw.proc.kill()
+            gw.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def recorder():
+    rec = Recorder().start()
+    yield rec
+    rec.stop()
+
+
+KEY_SPECS = {
+    "reader": ("tasks:read", "reservations:read", "properties:read"),
+    "writer": ("tasks:read", "tasks:write", "reservations:read", "reservations:write"),
+    "admin": ("api_keys:read", "api_keys:manage", "tasks:read"),
+}
+
+
+@pytest.fixture(scope="module", params=["c", "py"], ids=["c-parser", "py-parser"])
+def gateway(request, redis_server, recorder, tmp_path_factory) -> GatewayProcess:
+    """A `gateway serve` process (C parser, then pure-Python parser) with keys for SECURITY_ORG."""
+    redis_server.client.flushall()
+    keys = create_keys(redis_server.url, KEY_SPECS)
+    gw = start_gateway(tmp_path_factory.mktemp("gw"), redis_server.url, recorder, request.param)
+    gw.keys = keys
+    yield gw
+    stop_gateway(gw)
+    assert gw.proc.returncode == 0, gw.stderr.read_text()
+
+
+def check_forwarded_as_authorized(gw: GatewayProcess, resp: RawResponse) -> "Received | None":
+    """The invariant: a forwarded request reached the upstream with exactly the path that was
+    authorized (the access log's canonical path, matched by the logged route); a refused one
+    reached nothing. Returns what the upstream received, or None."""
+    from gateway.paths import canonicalize
+    from gateway.scopes import Match, load_rules
+
+    request_id = resp.header("X-Request-Id")
+    assert request_id, resp.raw[:300]
+    entry = gw.log_entry(request_id)
+    got = gw.recorder.by_request_id(request_id)
+    if resp.header("X-Upstream") != "recorder":
+        assert got is None, f"refused with {resp.status} but forwarded: {got}"
+        assert resp.status >= 400
+        return None
+    assert got is not None
+    assert got.path == entry["path"], (got.request_line, entry)
+    target = canonicalize(got.target)
+    assert target.path == got.path  # what arrived is itself canonical: the backend cannot re-read it
+    found = load_rules(SCOPES).match(got.method if got.method != "HEAD" else "HEAD", target.segments)
+    assert isinstance(found, Match) and found.rule.template == entry["route"], (found, entry)
+    return got

@@ -1,0 +1,126 @@
+"""An upstream that records the exact bytes of every request it receives (request line, header
+lines, body) and answers 200 with a small JSON body. It runs its own event loop in a thread so
+sync and async tests can use it alike; it parses HTTP/1.1 by hand so nothing is normalised."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Received:
+    request_line: str  # e.g. "GET /v1/tasks?x=1 HTTP/1.1", exactly as sent
+    headers: list[tuple[str, str]]  # in order, repeated names kept, raw case
+    body: bytes
+
+    @property
+    def method(self) -> str:
+        return self.request_line.split(" ")[0]
+
+    @property
+    def target(self) -> str:
+        return self.request_line.split(" ")[1]
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    def values(self, name: str) -> list[str]:
+        """Every value of header ``name`` (case-insensitive)."""
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def header(self, name: str) -> str | None:
+        values = self.values(name)
+        assert len(values) <= 1, f"{name} sent {len(values)} times: {values}"
+        return values[0] if values else None
+
+
+@dataclass
+class Recorder:
+    port: int = 0
+    received: list[Received] = field(default_factory=list)
+    _loop: asyncio.AbstractEventLoop | None = None
+    _server: asyncio.AbstractServer | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def by_request_id(self, request_id: str) -> Received | None:
+        for r in self.received:
+            if r.header("X-Request-Id") == request_id:
+                return r
+        return None
+
+    def start(self) -> "Recorder":
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+
+            async def main() -> None:
+                self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+                self.port = self._server.sockets[0].getsockname()[1]
+                ready.set()
+                async with self._server:
+                    try:
+                        await self._server.serve_forever()
+                    except asyncio.CancelledError:
+                        pass
+
+            self._loop.run_until_complete(main())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True, name="recorder")
+        self._thread.start()
+        assert ready.wait(5), "recorder did not start"
+        return self
+
+    def stop(self) -> None:
+        if self._loop and self._server:
+            self._loop.call_soon_threadsafe(self._server.close)
+            for task in asyncio.all_tasks(self._loop):
+                self._loop.call_soon_threadsafe(task.cancel)
+        if self._thread:
+            self._thread.join(5)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head[:-4].decode("latin-1").split("\r\n")
+                headers = [tuple(part.strip() if i else part for i, part in enumerate(line.split(":", 1)))
+                           for line in lines[1:]]
+                body = await self._read_body(reader, headers)
+                got = Received(lines[0], [(k, v) for k, v in headers], body)
+                self.received.append(got)
+                payload = json.dumps({"request_line": got.request_line, "headers": got.headers,
+                                      "body_bytes": len(body)}).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(payload)).encode() + b"\r\nX-Upstream: recorder\r\n\r\n" + payload)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    @staticmethod
+    async def _read_body(reader: asyncio.StreamReader, headers: list[tuple[str, str]]) -> bytes:
+        names = {k.lower(): v for k, v in headers}
+        if "chunked" in names.get("transfer-encoding", "").lower():
+            body = b""
+            while True:
+                size_line = await reader.readuntil(b"\r\n")
+                size = int(size_line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    await reader.readuntil(b"\r\n")
+                    return body
+                body += await reader.readexactly(size)
+                await reader.readexactly(2)
+        length = int(names.get("content-length", "0") or 0)
+        return await reader.readexactly(length) if length else b""
