@@ -22,6 +22,7 @@ from gateway.proxy import STATE, GatewayState, handle, router_errors
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
 from gateway.tasks import flush_usage, listen_for_revocations, usage_flusher
+from gateway.throttle import FailureThrottle, KnownKeys
 
 log = logging.getLogger("gateway")
 
@@ -49,6 +50,9 @@ def make_app(
         cache=cache,
         metrics=metrics,
         clock=clock,
+        throttle=FailureThrottle(limit=settings.auth_failure_limit, window=settings.auth_failure_window,
+                                 max_clients=settings.throttle_max_clients, clock=clock),
+        known_keys=KnownKeys(settings.cache_size),
         trusted_nets=tuple(ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxies),
         upstream=settings.upstream.rstrip("/"),
     )
@@ -58,6 +62,7 @@ def make_app(
         handler_args={"max_field_size": 16384},
     )
     app[STATE] = state
+    metrics.add_throttle(state.throttle)
     app.router.add_route("*", "/{tail:.*}", handle)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_background_tasks)

@@ -62,6 +62,9 @@ class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     flush_interval: Annotated[Seconds, Meta(description="Seconds between last-used flushes to Redis")] = 1.0
     reload_interval: Annotated[float, Meta(ge=0, le=3600, description="Seconds between scopes.yaml change checks (0: only on SIGHUP)")] = 2.0
     trusted_proxies: Annotated[tuple[str, ...], Meta(description="Comma-separated CIDRs whose X-Forwarded-* headers are trusted")] = ()
+    auth_failure_limit: Annotated[int, Meta(ge=0, description="Failed authentications per client address within --auth-failure-window before 429 (0 disables)")] = 20
+    auth_failure_window: Annotated[Seconds, Meta(description="Seconds over which --auth-failure-limit failures are allowed")] = 60.0
+    throttle_max_clients: Annotated[int, Meta(ge=1, description="Most client addresses tracked by the failure throttle")] = 100_000
 
     def __post_init__(self) -> None:
         _check_listen(self.listen, "--listen")

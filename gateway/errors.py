@@ -1,13 +1,14 @@
 """Every error the gateway and the admin API answer with: HTTP status, stable code, fixed message.
 
 ApiError
-├── BadRequest (400): InvalidPath, AmbiguousCredentials, KeyInQuery, InvalidJson, ValidationFailed
+├── BadRequest (400): InvalidPath, AmbiguousCredentials, KeyInQuery, MethodOverrideRefused,
+│   InvalidJson, ValidationFailed
 ├── Unauthorized (401, with WWW-Authenticate): MissingApiKey, InvalidApiKey, ExpiredApiKey,
 │   RevokedApiKey, InvalidToken
 ├── Forbidden (403): InsufficientScope, ScopeNotGrantable
 ├── NotFound (404): RouteNotFound, KeyNotFound
 ├── MethodNotAllowed (405, with Allow)
-├── PayloadTooLarge (413), UnsupportedMediaType (415)
+├── PayloadTooLarge (413), UnsupportedMediaType (415), TooManyFailedAttempts (429)
 ├── AuthUnavailable (503, with Retry-After), StoreUnavailable (503)
 └── UpstreamUnavailable (502), UpstreamTimeout (504)
 """
@@ -52,6 +53,11 @@ class AmbiguousCredentials(BadRequest):
 class KeyInQuery(BadRequest):
     code = "api_key_in_query"
     message = "API keys are not accepted in the query string; send them in a header."
+
+
+class MethodOverrideRefused(BadRequest):
+    code = "method_override_refused"
+    message = "Method-override parameters such as _method are not accepted; send the real method."
 
 
 class InvalidJson(BadRequest):
@@ -154,6 +160,18 @@ class PayloadTooLarge(ApiError):
 
 class UnsupportedMediaType(ApiError):
     status, code, message = 415, "unsupported_media_type", "Send the body as application/json."
+
+
+class TooManyFailedAttempts(ApiError):
+    status, code = 429, "too_many_failed_attempts"
+    message = "Too many failed authentication attempts from this address; retry later."
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__()
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class ServiceUnavailable(ApiError):

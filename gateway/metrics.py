@@ -35,7 +35,14 @@ class Metrics:
             buckets=(1, 10, 100, 1000, 10000), registry=r,
         )
         self.reloads = Counter("gateway_rules_reloads", "scopes.yaml reloads by result", ["result"], registry=r)
+        self.throttled = Counter(
+            "gateway_auth_throttled", "Requests refused with 429 too_many_failed_attempts", registry=r,
+        )
         self.usage_pending = Gauge("gateway_usage_pending_keys", "Keys waiting for the next flush", registry=r)
+
+    def add_throttle(self, throttle) -> None:
+        """Export how many client addresses the failure throttle tracks."""
+        self.registry.register(_ThrottleCollector(throttle))
 
     def add_cache(self, cache) -> None:
         """Export the verdict cache's own counters at scrape time."""
@@ -58,3 +65,17 @@ class _CacheCollector:
             yield CounterMetricFamily(f"gateway_cache_{name}", f"Verdict cache {name}", value=value)
         yield GaugeMetricFamily("gateway_cache_entries", "Keys in the verdict cache", value=len(c))
         yield GaugeMetricFamily("gateway_cache_trusted", "1 while the invalidation channel is live", value=int(c.trusted))
+
+
+class _ThrottleCollector:
+    def __init__(self, throttle) -> None:
+        self.throttle = throttle
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        yield GaugeMetricFamily("gateway_auth_throttle_clients", "Client addresses with recent failed authentications",
+                                value=len(self.throttle))
+        yield CounterMetricFamily("gateway_auth_throttle_evictions", "Addresses forgotten to bound memory",
+                                  value=self.throttle.evictions)

@@ -1,7 +1,7 @@
 """The edge proxy's request pipeline, top to bottom in `handle`, and the streaming forwarder.
 
-canonicalize -> public? -> credential -> verify -> route + scope -> rewrite headers -> forward
--> record use. Every refusal is an ApiError turned into the JSON envelope right here.
+canonicalize -> public? -> credential -> throttle + verify -> route + scope -> rewrite headers
+-> forward -> record use. Every refusal is an ApiError turned into the JSON envelope right here.
 """
 
 from __future__ import annotations
@@ -23,14 +23,17 @@ from yarl import URL
 from gateway import errors, keys
 from gateway.cache import MISS, VerdictCache
 from gateway.config import ServeSettings
+from gateway.clientaddr import client_address
 from gateway.credentials import extract_credential, key_in_query
 from gateway.headers import ClientInfo, Identity, upstream_request_headers, upstream_response_headers
 from gateway.metrics import Metrics
 from gateway.model import KeyRecord
 from gateway.paths import InvalidPath, Target, canonicalize, query_params
+from gateway.query import method_override_in_query
 from gateway.reload import RulesHolder
 from gateway.scopes import Match, MethodNotAllowed, RouteNotFound
 from gateway.store import KeyStore
+from gateway.throttle import FailureThrottle, KnownKeys
 from gateway.usage import UsageBuffer
 
 access_log = logging.getLogger("gateway.access")
@@ -49,6 +52,8 @@ class GatewayState:
     cache: VerdictCache
     metrics: Metrics
     clock: Callable[[], float]
+    throttle: FailureThrottle
+    known_keys: KnownKeys
     usage: UsageBuffer = field(default_factory=UsageBuffer)
     session: aiohttp.ClientSession | None = None
     trusted_nets: tuple = ()
@@ -78,15 +83,19 @@ async def handle(request: web.Request) -> web.StreamResponse:
         except InvalidPath:
             raise errors.InvalidPath() from None
         entry["path"] = target.path  # never the query string: it may carry secrets
-        if target.query and key_in_query(query_params(target.query)):
-            raise errors.KeyInQuery()
+        if target.query:
+            params = query_params(target.query)
+            if key_in_query(params):
+                raise errors.KeyInQuery()
+            if method_override_in_query(params):
+                raise errors.MethodOverrideRefused()
         found = st.rules.current.match(request.method, target.segments)
 
         # 2. Public route: forwarded without a key.
         identity = None
         if not (isinstance(found, Match) and found.rule.public):
-            # 3. Credential, 4. verify (401 before anything about routes is revealed).
-            record = await verify(st, extract_credential(request.headers.items()))
+            # 3. Credential, 4. throttle + verify (401 before anything about routes is revealed).
+            record = await authenticate(st, request, extract_credential(request.headers.items()))
             entry["org_id"], entry["key_id"] = record.org_id, record.id
             # 5. Route, then scope.
             authorize(found, record)
@@ -117,12 +126,33 @@ async def handle(request: web.Request) -> web.StreamResponse:
         access_log.info(orjson.dumps(entry).decode())
 
 
-async def verify(st: GatewayState, key: str) -> KeyRecord:
-    """Format and checksum, then the in-process cache, then one Redis read."""
+async def authenticate(st: GatewayState, request: web.Request, credential: str) -> KeyRecord:
+    """The failed-auth throttle, then verification; each failure counts against the client address."""
+    client = client_address(request.remote or "", request.headers.getall("X-Forwarded-For", ()), st.trusted_nets)
     try:
-        parsed = keys.parse_key(key)
+        parsed = keys.parse_key(credential)
     except keys.InvalidKeyFormat:
-        raise errors.InvalidApiKey() from None  # no Redis command for a malformed key
+        parsed = None  # no Redis command for a malformed key
+    # SECURITY: decided before any Redis lookup; a key this process has verified before is
+    # never locked out by someone else's guessing from the same address (it is still verified).
+    if parsed is None or not st.known_keys.vouches_for(parsed.key_id, parsed.digest):
+        wait = st.throttle.retry_after(client)
+        if wait:
+            st.metrics.throttled.inc()
+            raise errors.TooManyFailedAttempts(wait)
+    try:
+        if parsed is None:
+            raise errors.InvalidApiKey()
+        record = await verify(st, parsed)
+    except errors.Unauthorized:
+        st.throttle.record_failure(client)
+        raise
+    st.known_keys.add(record.id, record.digest)
+    return record
+
+
+async def verify(st: GatewayState, parsed: keys.ParsedKey) -> KeyRecord:
+    """The in-process cache, then one Redis read; then digest, revocation and expiry."""
     record = st.cache.get(parsed.key_id)
     if record is MISS:
         generation = st.cache.generation

@@ -220,7 +220,10 @@ def gateway(request, redis_server, recorder, tmp_path_factory) -> GatewayProcess
     """A `gateway serve` process (C parser, then pure-Python parser) with keys for SECURITY_ORG."""
     redis_server.client.flushall()
     keys = create_keys(redis_server.url, KEY_SPECS)
-    gw = start_gateway(tmp_path_factory.mktemp("gw"), redis_server.url, recorder, request.param)
+    # The failure throttle is off here so that tests can send many bad keys from one address;
+    # tests/security/test_credentials.py runs its own gateway with it on.
+    gw = start_gateway(tmp_path_factory.mktemp("gw"), redis_server.url, recorder, request.param,
+                       "--auth-failure-limit", "0")
     gw.keys = keys
     yield gw
     stop_gateway(gw)

@@ -1,0 +1,48 @@
+"""The client's address for throttling: the TCP peer, or from X-Forwarded-For behind trusted proxies (pure)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable, Sequence
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _is_trusted(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, trusted: Sequence[Network]) -> bool:
+    return any(addr in net for net in trusted)
+
+
+def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    text = text.strip()
+    if text.startswith("[") and "]" in text:  # "[2001:db8::1]:443"
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:  # "192.0.2.1:443"
+        text = text.split(":", 1)[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def client_address(peer: str, forwarded_for: Iterable[str], trusted: Sequence[Network]) -> str:
+    """The address a request comes from.
+
+    SECURITY: X-Forwarded-For is read only when the TCP peer is a trusted proxy, and then from
+    the right: each trusted hop is skipped, and the first address that is not a trusted proxy is
+    the client. Entries left of it were written by the client itself and are ignored. A
+    malformed entry stops the walk at the last address a trusted proxy vouched for.
+    """
+    current = parse_ip(peer)
+    if current is None:
+        return peer
+    if not trusted or not _is_trusted(current, trusted):
+        return str(current)
+    hops = [h for value in forwarded_for for h in value.split(",") if h.strip()]
+    for hop in reversed(hops):
+        addr = parse_ip(hop)
+        if addr is None:
+            break
+        current = addr
+        if not _is_trusted(addr, trusted):
+            break
+    return str(current)
