@@ -25,6 +25,7 @@ from gateway.proxy import error_response, new_request_id
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
 from gateway.store import KeyStore, decode_cursor
+from gateway.tasks import ACK_TIMEOUT
 
 MAX_BODY = 64 * 1024
 ORG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -279,7 +280,9 @@ async def revoke_key(request: web.Request) -> web.Response:
     if await st.store.get_for_org(org_id, key_id) is None:
         raise errors.KeyNotFound()
     now = st.now_ms()
-    record = await st.store.revoke(org_id=org_id, key_id=key_id, actor=principal.actor, now_ms=now)
+    # Answered only once every live gateway has dropped the key (or can no longer use its cache).
+    record = await st.store.revoke(org_id=org_id, key_id=key_id, actor=principal.actor, now_ms=now,
+                                   ack_timeout=ACK_TIMEOUT)
     if record is None:
         raise errors.KeyNotFound()
     return _json_response(schemas.key_out(record, now))

@@ -32,13 +32,24 @@ class VerdictCache:
         self.clock = clock
         self.generation = 0
         # SECURITY: the cache is only consulted while the invalidation channel is known to be
-        # delivering; the listener sets this after subscribing and clears it on any error.
-        self.trusted = False
+        # delivering: the listener extends this deadline each time it hears from Redis and
+        # drops it on any error. A listener that stalls silently loses trust by the deadline,
+        # without having to notice anything, which is what lets the admin API bound its wait
+        # for acknowledgements (see gateway.tasks).
+        self.trusted_until = float("-inf")
         self._entries: OrderedDict[str, tuple[float, KeyRecord | None]] = OrderedDict()
         self.hits = self.misses = self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def trusted(self) -> bool:
+        return self.clock() < self.trusted_until
+
+    def trust_until(self, deadline: float) -> None:
+        """The invalidation channel was heard from: the cache may be used until ``deadline``."""
+        self.trusted_until = max(self.trusted_until, deadline)
 
     def get(self, key_id: str) -> KeyRecord | None | object:
         """The cached record, None for a cached unknown id, or MISS."""
@@ -71,8 +82,8 @@ class VerdictCache:
         self.generation += 1
         self._entries.pop(key_id, None)
 
-    def clear(self, *, trusted: bool) -> None:
-        """Forget everything; ``trusted`` says whether the cache may be used afterwards."""
+    def clear(self, *, trusted_until: float = float("-inf")) -> None:
+        """Forget everything; the cache may be used afterwards only until ``trusted_until``."""
         self.generation += 1
         self._entries.clear()
-        self.trusted = trusted
+        self.trusted_until = trusted_until

@@ -101,8 +101,9 @@ def _keys_store(args: argparse.Namespace):
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from gateway.model import expires_at_for
     from admin_api.schemas import created_out, key_out
+    from gateway.model import expires_at_for
+    from gateway.tasks import ACK_TIMEOUT
 
     settings, store = _keys_store(args)
     now = int(time.time() * 1000)
@@ -127,7 +128,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     out += [key_out(r, now) for r in page.records]
                     if not (cursor := page.next_cursor):
                         return out
-            record = await store.revoke(org_id=args.org, key_id=args.key_id, actor="cli", now_ms=now)
+            record = await store.revoke(org_id=args.org, key_id=args.key_id, actor="cli", now_ms=now,
+                                        ack_timeout=ACK_TIMEOUT)
             if record is None:
                 raise SystemExit(_fail(f"no key {args.key_id} in org {args.org}"))
             return key_out(record, now)

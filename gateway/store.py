@@ -7,7 +7,9 @@ standalone Redis, Sentinel and Redis Cluster):
   {P}:key:{<key_id>}:audit    list   the key's audit events, written atomically with the change
   {P}:org:{<org_id>}:keys     zset   key ids of the org scored by created_at (ms)
   {P}:org:{<org_id>}:audit    stream the org's audit trail (create and revoke events)
-  {P}:invalidate              pubsub channel carrying revoked key ids
+  {P}:invalidate              pubsub channel carrying "<key_id> <nonce>" for each revoke
+  {P}:acks                    pubsub channel carrying "<nonce> <node_id>" acknowledgements
+  {P}:gateways                zset   live gateway processes, scored by registration expiry (ms)
 
 The key id is derived one-way from the secret (gateway.keys.key_id_for), so verification is a
 single HGETALL of the record followed by a constant-time digest comparison.
@@ -15,6 +17,7 @@ single HGETALL of the record followed by a constant-time digest comparison.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 from dataclasses import dataclass
@@ -56,6 +59,22 @@ local cur = tonumber(redis.call('HGET', KEYS[1], 'last_used_at') or '0')
 if tonumber(ARGV[1]) > cur then redis.call('HSET', KEYS[1], 'last_used_at', ARGV[1]) end
 redis.call('HINCRBY', KEYS[1], 'request_count', ARGV[2])
 return 1
+"""
+
+# Registry times come from the Redis server's clock, so gateways and admin APIs on different
+# machines agree on who is live whatever their own clocks say.
+_REGISTER = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+
+_LIVE = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 """
 
 _event_json = msgspec.json.Encoder()
@@ -140,7 +159,11 @@ class KeyStore:
         self.redis = client
         self.p = prefix
         self.channel = f"{prefix}:invalidate"
+        self.ack_channel = f"{prefix}:acks"
+        self.registry = f"{prefix}:gateways"
         self._create = client.register_script(_CREATE)
+        self._register = client.register_script(_REGISTER)
+        self._live = client.register_script(_LIVE)
         self._revoke = client.register_script(_REVOKE)
         self._touch = client.register_script(_TOUCH)
 
@@ -200,8 +223,13 @@ class KeyStore:
                 return record, secret
         raise RuntimeError("could not allocate a unique key id")  # pragma: no cover
 
-    async def revoke(self, *, org_id: str, key_id: str, actor: str, now_ms: int) -> KeyRecord | None:
-        """Revoke atomically; idempotent (a second call returns the first revocation)."""
+    async def revoke(self, *, org_id: str, key_id: str, actor: str, now_ms: int,
+                     ack_timeout: float = 0.0) -> KeyRecord | None:
+        """Revoke atomically; idempotent (a second call returns the first revocation).
+
+        With ``ack_timeout``, returns only once every live gateway has dropped the key from its
+        cache, or ``ack_timeout`` seconds have passed (see ``broadcast_revocation``).
+        """
         event = AuditEvent("api_key.revoked", key_id, org_id, actor, now_ms)
         raw = await self._revoke(
             keys=[self._rec(key_id), self._rec_audit(key_id)],
@@ -210,10 +238,54 @@ class KeyStore:
         record = _decode(raw)
         if record is None:
             return None
-        await self.publish_invalidation(key_id)
+        if ack_timeout > 0:
+            await self.broadcast_revocation(key_id, ack_timeout)
+        else:
+            await self.publish_invalidation(key_id, secrets.token_hex(8))
         if record.revoked_at == now_ms and record.revoked_by == actor:
             await self._org_event(event)
         return record
+
+    async def broadcast_revocation(self, key_id: str, timeout: float) -> tuple[set[str], set[str]]:
+        """Publish the revocation and wait until every live gateway acknowledges it.
+
+        Returns (acknowledged, expected) node ids. A gateway that does not acknowledge within
+        ``timeout`` has stopped trusting its cache by then (its trust lapses one silence limit
+        after it last heard from Redis), so the key is refused everywhere either way.
+        """
+        nonce = secrets.token_hex(8)
+        acked: set[str] = set()
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(self.ack_channel)
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:  # the subscription must be live before anything can be acknowledged
+                msg = await pubsub.get_message(timeout=0.05)
+                if msg is not None and msg["type"] == "subscribe":
+                    break
+                if asyncio.get_running_loop().time() > deadline:
+                    raise ConnectionError("acknowledgement channel did not confirm the subscription")
+            expected = {m.decode() for m in await self._live(keys=[self.registry], args=[])}
+            await self.publish_invalidation(key_id, nonce)
+            while not expected <= acked:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                msg = await pubsub.get_message(timeout=min(left, 0.05))
+                if msg is not None and msg["type"] == "message":
+                    got_nonce, _, node = msg["data"].decode().partition(" ")
+                    if got_nonce == nonce:
+                        acked.add(node)
+            return acked, expected
+        finally:
+            await asyncio.shield(pubsub.aclose())
+
+    async def register_gateway(self, node_id: str, ttl_ms: int) -> None:
+        """Announce a live gateway (its cache is in use) for ``ttl_ms`` by the server's clock."""
+        await self._register(keys=[self.registry], args=[node_id, ttl_ms])
+
+    async def acknowledge(self, nonce: str, node_id: str) -> None:
+        await self.redis.publish(self.ack_channel, f"{nonce} {node_id}")
 
     async def record_usage(self, batch: dict[str, tuple[int, int]]) -> None:
         """Write last-used times and request counts for many keys in one pipeline."""
@@ -224,8 +296,8 @@ class KeyStore:
                 await self._touch(keys=[self._rec(key_id)], args=[last_ms, count], client=pipe)
             await pipe.execute()
 
-    async def publish_invalidation(self, key_id: str) -> None:
-        await self.redis.publish(self.channel, key_id)
+    async def publish_invalidation(self, key_id: str, nonce: str) -> None:
+        await self.redis.publish(self.channel, f"{key_id} {nonce}")
 
     async def _org_event(self, event: AuditEvent) -> None:
         try:

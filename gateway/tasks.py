@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import time
 
 from redis.exceptions import RedisError
@@ -15,46 +17,66 @@ from gateway.usage import UsageBuffer
 
 log = logging.getLogger("gateway")
 
-PING_EVERY = 1.0  # seconds between liveness pings on the subscription
-SILENCE_LIMIT = 3.0  # no reply for this long: the channel is broken
+PING_EVERY = 0.25  # seconds between liveness pings on the subscription
+SILENCE_LIMIT = 1.0  # the cache is trusted for this long after Redis was last heard from
+REGISTER_EVERY = 1.0  # seconds between registry refreshes
+REGISTRY_TTL_MS = 3000  # a gateway that stops refreshing leaves the registry after this
+ACK_TIMEOUT = SILENCE_LIMIT + 0.25  # how long the admin API waits for acknowledgements
 
 
-async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: Metrics) -> None:
+def new_node_id() -> str:
+    return f"gw_{os.getpid()}_{secrets.token_hex(4)}"
+
+
+async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: Metrics,
+                                 node_id: str | None = None) -> None:
     """Keep the cache in step with revocations published by admin API processes.
 
-    SECURITY: while subscribed and hearing pongs, the cache is trusted; on any error or
-    silence it is emptied and bypassed until a new subscription is confirmed, so a
-    missed message can never leave a revoked key cached.
+    SECURITY: the cache is trusted only until SILENCE_LIMIT after Redis was last heard from on
+    the subscription (a message or a pong; pings go out every PING_EVERY). Each revocation is
+    applied, then acknowledged with this node's id, so the admin API can answer a revoke once
+    every registered gateway has dropped the key. A gateway is registered before its cache is
+    trusted, and drops that trust if it cannot stay registered, so an admin API that waits
+    ACK_TIMEOUT for a silent gateway knows that gateway no longer serves from its cache.
     """
+    node_id = node_id or new_node_id()
     delay = 0.05
     while True:
         pubsub = store.redis.pubsub()
         try:
             await pubsub.subscribe(store.channel)
             await _await_subscribed(pubsub)
-            cache.clear(trusted=True)
+            await store.register_gateway(node_id, REGISTRY_TTL_MS)
+            cache.clear(trusted_until=time.monotonic() + SILENCE_LIMIT)
             delay = 0.05
-            last_seen = last_ping = time.monotonic()
+            last_ping = last_register = time.monotonic()
             while True:
-                msg = await pubsub.get_message(timeout=0.25)
+                msg = await pubsub.get_message(timeout=PING_EVERY / 2)
                 now = time.monotonic()
                 if msg is not None:
-                    last_seen = now
                     if msg["type"] == "message":
-                        cache.invalidate(msg["data"].decode())
+                        key_id, _, nonce = msg["data"].decode().partition(" ")
+                        cache.invalidate(key_id)
                         metrics.invalidations.inc()
+                        if nonce:
+                            await store.acknowledge(nonce, node_id)
+                    # Heard from Redis after everything published before this point.
+                    cache.trust_until(now + SILENCE_LIMIT)
                 if now - last_ping >= PING_EVERY:
                     await pubsub.ping()
                     last_ping = now
-                if now - last_seen > SILENCE_LIMIT:
+                if now - last_register >= REGISTER_EVERY:
+                    await store.register_gateway(node_id, REGISTRY_TTL_MS)
+                    last_register = now
+                if not cache.trusted:
                     raise ConnectionError("revocation channel went silent")
         except asyncio.CancelledError:
-            cache.clear(trusted=False)
+            cache.clear()
             raise
         except (RedisError, OSError) as exc:
             if cache.trusted:
                 log.warning("revocation channel lost (%s); cache bypassed until resubscribed", exc)
-            cache.clear(trusted=False)
+            cache.clear()
             metrics.resyncs.inc()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)

@@ -23,15 +23,31 @@ class Tick:
 def make(**kw) -> tuple[VerdictCache, Tick]:
     tick = Tick()
     cache = VerdictCache(**{"max_size": 3, "ttl": 10, "negative_ttl": 2, "clock": tick, **kw})
-    cache.clear(trusted=True)
+    cache.clear(trusted_until=float("inf"))
     return cache, tick
 
 
 def test_untrusted_cache_is_never_used():
     cache, _ = make()
-    cache.clear(trusted=False)
+    cache.clear()
     cache.put("key_a", record(), cache.generation)
     assert cache.get("key_a") is MISS and len(cache) == 0
+
+
+def test_trust_lapses_by_itself_at_its_deadline():
+    cache, tick = make()
+    cache.clear(trusted_until=1.0)
+    cache.put("key_a", record(), cache.generation)
+    assert cache.get("key_a") == record()
+    cache.trust_until(0.5)  # never shortened by a late, older extension
+    tick.t = 0.99
+    assert cache.get("key_a") == record()
+    tick.t = 1.0  # the listener went silent: no entry is served, without anyone noticing
+    assert cache.get("key_a") is MISS
+    cache.put("key_b", record("key_b"), cache.generation)
+    assert len(cache) == 0 or cache.get("key_b") is MISS
+    cache.trust_until(5.0)
+    assert cache.trusted
 
 
 def test_positive_and_negative_ttl():
