@@ -21,6 +21,7 @@ from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.proxy import STATE, GatewayState, handle, router_errors
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
+from gateway.signing import make_signer
 from gateway.tasks import flush_usage, listen_for_revocations, usage_flusher
 from gateway.throttle import FailureThrottle, KnownKeys
 
@@ -55,6 +56,7 @@ def make_app(
         known_keys=KnownKeys(settings.cache_size),
         trusted_nets=tuple(ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxies),
         upstream=settings.upstream.rstrip("/"),
+        signer=make_signer(settings.signing_secrets, settings.upstream),
     )
     # The proxy must see raw targets such as "//x" or "/a/../b", so no path normalisation.
     app = web.Application(
@@ -132,8 +134,12 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def run_apps(apps: list[tuple[web.Application, str]], *, on_started: Callable[[], None] | None = None) -> None:
-    """Serve each (app, HOST:PORT) until SIGINT/SIGTERM, then shut all down cleanly."""
+async def run_apps(apps: list[tuple[web.Application, str]], *, on_started: Callable[[], None] | None = None,
+                   reuse_port: tuple[str, ...] = ()) -> None:
+    """Serve each (app, HOST:PORT) until SIGINT/SIGTERM, then shut all down cleanly.
+
+    Listeners named in ``reuse_port`` bind with SO_REUSEPORT (the workers of one gateway).
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -145,7 +151,7 @@ async def run_apps(apps: list[tuple[web.Application, str]], *, on_started: Calla
             await runner.setup()
             runners.append(runner)
             host, port = split_listen(listen)
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            await web.TCPSite(runner, host, port, reuse_address=True, reuse_port=listen in reuse_port or None).start()
         if on_started:
             on_started()
         await stop.wait()

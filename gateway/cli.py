@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,7 +51,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.app import install_sighup, make_app, make_ops_app, run_apps
     from gateway.proxy import STATE
 
+    from gateway.workers import WORKER_ENV, run_supervisor
+
     settings = config.load(config.ServeSettings, vars(args))
+    if settings.workers > 1:
+        return asyncio.run(run_supervisor(settings))
+    worker = os.environ.get(WORKER_ENV)
     app = make_app(settings)
     state = app[STATE]
 
@@ -59,9 +65,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         await run_apps(
             [(app, settings.listen), (make_ops_app(state), settings.ops_listen)],
             on_started=lambda: logging.getLogger("gateway").info(
-                "gateway on http://%s -> %s (ops on http://%s; HTTP parser: %s)",
-                settings.listen, settings.upstream, settings.ops_listen, _http_parser(),
+                "gateway%s on http://%s -> %s (ops on http://%s; HTTP parser: %s)",
+                f" worker {worker}" if worker else "", settings.listen, settings.upstream, settings.ops_listen,
+                _http_parser(),
             ),
+            reuse_port=(settings.listen,) if worker else (),
         )
 
     asyncio.run(main())

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Mapping
 import msgspec
 from msgspec import Meta
 
+from gateway.signing import parse_secrets
+
 # Extra environment names accepted for a few settings (the names other tools use).
 ENV_ALIASES = {
     "redis": ("GATEWAY_REDIS_URL",),
@@ -34,8 +36,12 @@ def _check_listen(value: str, field: str) -> None:
 
 
 def _check_redis_url(value: str, field: str) -> None:
-    if not value.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"{field}: expected a redis://, rediss:// or unix:// URL, got {value!r}")
+    from gateway.store import parse_redis_url
+
+    try:
+        parse_redis_url(value)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
 
 
 Seconds = Annotated[float, Meta(gt=0, le=3600)]
@@ -62,9 +68,14 @@ class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     flush_interval: Annotated[Seconds, Meta(description="Seconds between last-used flushes to Redis")] = 1.0
     reload_interval: Annotated[float, Meta(ge=0, le=3600, description="Seconds between scopes.yaml change checks (0: only on SIGHUP)")] = 2.0
     trusted_proxies: Annotated[tuple[str, ...], Meta(description="Comma-separated CIDRs whose X-Forwarded-* headers are trusted")] = ()
+    workers: Annotated[int, Meta(ge=1, le=64, description="Gateway processes sharing the port (SO_REUSEPORT) under one supervisor")] = 1
     auth_failure_limit: Annotated[int, Meta(ge=0, description="Failed authentications per client address within --auth-failure-window before 429 (0 disables)")] = 20
     auth_failure_window: Annotated[Seconds, Meta(description="Seconds over which --auth-failure-limit failures are allowed")] = 60.0
     throttle_max_clients: Annotated[int, Meta(ge=1, description="Most client addresses tracked by the failure throttle")] = 100_000
+    signing_secrets: Annotated[
+        tuple[str, ...],
+        Meta(description="KID:SECRET pairs that sign the identity headers (comma-separated, secrets >= 32 bytes; the first one signs); give it in the environment, not as a flag"),
+    ] = ()
 
     def __post_init__(self) -> None:
         _check_listen(self.listen, "--listen")
@@ -77,6 +88,11 @@ class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
                 raise ValueError(f"--trusted-proxies: {cidr!r} is not an IP network") from None
+        if self.signing_secrets:
+            try:
+                parse_secrets(self.signing_secrets)
+            except ValueError as exc:
+                raise ValueError(f"--signing-secrets: {exc}") from None
 
 
 class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

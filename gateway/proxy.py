@@ -32,6 +32,7 @@ from gateway.paths import InvalidPath, Target, canonicalize, query_params
 from gateway.query import method_override_in_query
 from gateway.reload import RulesHolder
 from gateway.scopes import Match, MethodNotAllowed, RouteNotFound
+from gateway.signing import Signer
 from gateway.store import KeyStore
 from gateway.throttle import FailureThrottle, KnownKeys
 from gateway.usage import UsageBuffer
@@ -58,6 +59,7 @@ class GatewayState:
     session: aiohttp.ClientSession | None = None
     trusted_nets: tuple = ()
     upstream: str = ""
+    signer: Signer | None = None  # signs the identity headers when --signing-secrets is set
 
 
 STATE = web.AppKey("gateway_state", GatewayState)
@@ -107,6 +109,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
             request.headers.items(), identity=identity, request_id=request_id,
             client=client_info(request, st),
         )
+        if st.signer is not None:
+            headers.extend(st.signer.headers(
+                now=st.clock(), method=request.method, path=target.path, query=target.query,
+                identity=identity, request_id=request_id,
+            ))
         response = await forward(request, st, target, headers, request_id)
 
         # 7. Record use (buffered; flushed to Redis in batches).

@@ -42,8 +42,10 @@ async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: 
     node_id = node_id or new_node_id()
     delay = 0.05
     while True:
-        pubsub = store.redis.pubsub()
+        pubsub = None
         try:
+            await store.initialize()
+            pubsub = store.redis.pubsub()
             await pubsub.subscribe(store.channel)
             await _await_subscribed(pubsub)
             await store.register_gateway(node_id, REGISTRY_TTL_MS)
@@ -82,7 +84,8 @@ async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: 
             delay = min(delay * 2, 1.0)
         finally:
             try:
-                await asyncio.shield(pubsub.aclose())
+                if pubsub is not None:
+                    await asyncio.shield(pubsub.aclose())
             except (RedisError, OSError):
                 pass
 

@@ -88,10 +88,10 @@ async def make_stack(aiohttp_server, redis_url, clock, echo_server):
         state = gw_app[STATE]
         ops = await aiohttp_server(make_ops_app(state))
         admin = await aiohttp_server(make_admin_app(
-            AdminSettings(redis=redis_url, scopes=scopes, operator_tokens=(OPERATOR_TOKEN,)), clock=clock,
+            AdminSettings(redis=serve.redis, scopes=scopes, operator_tokens=(OPERATOR_TOKEN,)), clock=clock,
         ))
         http = aiohttp.ClientSession()
-        store = KeyStore(connect(redis_url))
+        store = KeyStore(connect(serve.redis, timeout=2.0))
         made.append((http, store))
         await wait_for(lambda: state.cache.trusted or serve.cache_ttl == 0)
         return Stack(

@@ -1,0 +1,121 @@
+"""The same gateway and admin API on a real Redis Cluster (3 masters) and on Sentinel with failover."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+
+from gateway.tasks import flush_usage
+from tests.conftest import wait_for
+from tests.redis_topologies import (
+    migrate_keys, migrate_slot_begin, migrate_slot_finish, start_cluster, start_sentinels,
+)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def sentinels(tmp_path_factory):
+    s = start_sentinels(tmp_path_factory.mktemp("sentinel"))
+    yield s
+    s.stop()
+
+
+async def test_cluster_create_list_verify_flush_revoke(cluster, make_stack):
+    stack = await make_stack(redis=cluster.url)
+    assert stack.state.cache.trusted  # the invalidation subscription works on the cluster
+    keys = []
+    for i in range(6):
+        stack.clock.advance(1)
+        keys.append(await stack.create_key(org="acme", name=f"k{i}"))
+    slots = {cluster.keyslot(f"gw:key:{{{k['id']}}}") for k in keys}
+    owners = {cluster.owner_of(s) for s in slots}
+    assert len(owners) >= 2  # the records really are spread over several masters
+
+    status, listed, _ = await stack.admin_call("GET", "/v1/orgs/acme/api-keys?limit=4")
+    assert status == 200 and [k["name"] for k in listed["data"]] == ["k5", "k4", "k3", "k2"]
+    for k in keys:
+        assert (await stack.call("GET", "/v1/tasks", k["key"]))[0] == 200
+    assert await flush_usage(stack.state.store, stack.state.usage, stack.state.metrics)
+    status, listed, _ = await stack.admin_call("GET", "/v1/orgs/acme/api-keys")
+    assert all(k["last_used_at"] and k["request_count"] == 1 for k in listed["data"])
+
+    victim = keys[0]
+    assert (await stack.admin_call("POST", f"/v1/orgs/acme/api-keys/{victim['id']}/revoke"))[0] == 200
+    status, body, _ = await stack.call("GET", "/v1/tasks", victim["key"])
+    assert status == 401 and body["error"]["code"] == "revoked_api_key"
+    assert stack.state.metrics.invalidations._value.get() == 1
+
+
+async def test_cluster_keeps_working_while_a_slot_migrates(cluster, make_stack):
+    stack = await make_stack(redis=cluster.url, cache_ttl=0)  # every request reads Redis
+    created = await stack.create_key(org="migr", name="moving")
+    record_key = f"gw:key:{{{created['id']}}}"
+    slot = cluster.keyslot(record_key)
+    src, dst = migrate_slot_begin(cluster, slot)
+    try:
+        # Still on the source while the slot is MIGRATING: served normally.
+        assert (await stack.call("GET", "/v1/tasks", created["key"]))[0] == 200
+        migrate_keys(cluster, src, dst, [record_key, record_key + ":audit"])
+        # Moved, slot not yet reassigned: the source answers ASK, the client follows it.
+        assert (await stack.call("GET", "/v1/tasks", created["key"]))[0] == 200
+        status, one, _ = await stack.admin_call("GET", f"/v1/orgs/migr/api-keys/{created['id']}")
+        assert status == 200 and one["name"] == "moving"
+    finally:
+        migrate_slot_finish(cluster, slot, dst)
+    # Reassigned: MOVED, then the refreshed slot map.
+    assert (await stack.call("GET", "/v1/tasks", created["key"]))[0] == 200
+    assert (await stack.admin_call("POST", f"/v1/orgs/migr/api-keys/{created['id']}/revoke"))[0] == 200
+    assert (await stack.call("GET", "/v1/tasks", created["key"]))[0] == 401
+    assert cluster.owner_of(slot) == dst
+    stack.state.usage.add(created["id"], 1)
+    assert await flush_usage(stack.state.store, stack.state.usage, stack.state.metrics)
+
+
+async def test_sentinel_failover_keeps_verification_and_writes_going(sentinels, make_stack):
+    stack = await make_stack(redis=sentinels.url, cache_ttl=0)
+    before = await stack.create_key(org="sent", name="before")
+    stack.clock.advance(1)
+    assert (await stack.call("GET", "/v1/tasks", before["key"]))[0] == 200
+    old_master = sentinels.current_master()
+
+    # 1. A graceful failover: the old master becomes a replica under open connections, so the
+    #    next write there answers READONLY; the client must find the new master by itself.
+    import redis as sync_redis
+
+    sync_redis.Redis(port=sentinels.sentinel_ports[0]).execute_command("SENTINEL", "FAILOVER", sentinels.service)
+    await wait_for(lambda: sentinels.current_master() != old_master, timeout=15)
+    new_master = sentinels.current_master()
+    await _eventually_ok(lambda: stack.create_key(org="sent", name="after failover"))
+    stack.clock.advance(1)
+    assert (await stack.call("GET", "/v1/tasks", before["key"]))[0] == 200
+
+    # 2. The new master dies: after the sentinels promote the other node, everything resumes.
+    sentinels.procs[new_master].send_signal(signal.SIGKILL)
+    await wait_for(lambda: sentinels.current_master() != new_master, timeout=20)
+    after = await _eventually_ok(lambda: stack.create_key(org="sent", name="after kill"))
+    assert (await stack.call("GET", "/v1/tasks", after["key"]))[0] == 200
+    assert (await stack.admin_call("POST", f"/v1/orgs/sent/api-keys/{before['id']}/revoke"))[0] == 200
+    assert (await stack.call("GET", "/v1/tasks", before["key"]))[0] == 401
+    status, listed, _ = await stack.admin_call("GET", "/v1/orgs/sent/api-keys?include_revoked=true")
+    assert [k["name"] for k in listed["data"]] == ["after kill", "after failover", "before"]
+
+
+async def _eventually_ok(make, timeout: float = 10.0):
+    """Retry an operation that may meet 503 while the topology changes; return its result."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await make()
+        except AssertionError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.1)

@@ -1,0 +1,166 @@
+"""Real Redis topologies for tests: a 3-master Redis Cluster, and a master + replica + 3 sentinels."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from tests.conftest import free_port
+
+REDIS_SERVER = shutil.which("redis-server") or "redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "redis-cli"
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free and valid too."""
+    import random
+    import socket
+
+    while True:
+        port = random.randint(20000, 29999)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([REDIS_SERVER, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait(check, what: str, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except (redis.RedisError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Cluster:
+    ports: list[int]
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, decode_responses=True)
+
+    def node_ids(self) -> dict[int, str]:
+        return {p: self.client(p).execute_command("CLUSTER MYID") for p in self.ports}
+
+    def owner_of(self, slot: int) -> int:
+        for start, end, master, *_ in self.client(self.ports[0]).execute_command("CLUSTER SLOTS"):
+            if start <= slot <= end:
+                return int(master[1])
+        raise AssertionError(f"slot {slot} has no owner")
+
+    def keyslot(self, key: str) -> int:
+        return int(self.client(self.ports[0]).execute_command("CLUSTER KEYSLOT", key))
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+
+
+def start_cluster(tmp: Path, masters: int = 3) -> Cluster:
+    cluster = Cluster([cluster_port() for _ in range(masters)])
+    for port in cluster.ports:
+        cluster.procs.append(_start(["--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                                     "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+                                     "--save", "", "--appendonly", "no"], tmp / str(port)))
+    for port in cluster.ports:
+        _wait(lambda: cluster.client(port).ping(), f"redis {port}")
+    subprocess.run([REDIS_CLI, "--cluster", "create", *[f"127.0.0.1:{p}" for p in cluster.ports],
+                    "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=30)
+    for port in cluster.ports:
+        _wait(lambda: "cluster_state:ok" in str(cluster.client(port).execute_command("CLUSTER INFO"))
+              or "'cluster_state': 'ok'" in str(cluster.client(port).execute_command("CLUSTER INFO")),
+              f"cluster state ok on {port}")
+    return cluster
+
+
+def migrate_slot_begin(cluster: Cluster, slot: int) -> tuple[int, int]:
+    """Put ``slot`` in the MIGRATING/IMPORTING state between its owner and another master."""
+    src = cluster.owner_of(slot)
+    dst = next(p for p in cluster.ports if p != src)
+    ids = cluster.node_ids()
+    cluster.client(dst).execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[src])
+    cluster.client(src).execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[dst])
+    return src, dst
+
+
+def migrate_keys(cluster: Cluster, src: int, dst: int, keys: list[str]) -> None:
+    cluster.client(src).execute_command("MIGRATE", "127.0.0.1", dst, "", 0, 5000, "KEYS", *keys)
+
+
+def migrate_slot_finish(cluster: Cluster, slot: int, dst: int) -> None:
+    ids = cluster.node_ids()
+    for port in cluster.ports:
+        cluster.client(port).execute_command("CLUSTER SETSLOT", slot, "NODE", ids[dst])
+
+
+@dataclass
+class SentinelSetup:
+    master_port: int
+    replica_port: int
+    sentinel_ports: list[int]
+    procs: dict[int, subprocess.Popen] = field(default_factory=dict)
+    service: str = "mymaster"
+
+    @property
+    def url(self) -> str:
+        return "redis+sentinel://" + ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports) + f"/{self.service}"
+
+    def current_master(self) -> int:
+        addr = redis.Redis(port=self.sentinel_ports[0], decode_responses=True).execute_command(
+            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        return int(addr[1])
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.kill()
+            proc.wait()
+
+
+def start_sentinels(tmp: Path) -> SentinelSetup:
+    setup = SentinelSetup(free_port(), free_port(), [free_port() for _ in range(3)])
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    setup.procs[setup.master_port] = _start(["--port", str(setup.master_port), *common], tmp / "master")
+    setup.procs[setup.replica_port] = _start(["--port", str(setup.replica_port), *common,
+                                              "--replicaof", "127.0.0.1", str(setup.master_port)], tmp / "replica")
+    _wait(lambda: redis.Redis(port=setup.replica_port).info("replication")["master_link_status"] == "up",
+          "replica in sync")
+    for port in setup.sentinel_ports:
+        conf = tmp / f"sentinel-{port}.conf"
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\n"
+            f"sentinel monitor {setup.service} 127.0.0.1 {setup.master_port} 2\n"
+            f"sentinel down-after-milliseconds {setup.service} 500\n"
+            f"sentinel failover-timeout {setup.service} 3000\n"
+            f"sentinel parallel-syncs {setup.service} 1\n"
+        )
+        setup.procs[port] = _start([str(conf), "--sentinel"], tmp / f"s{port}")
+    for port in setup.sentinel_ports:
+        _wait(lambda: int(redis.Redis(port=port, decode_responses=True).sentinel_master(setup.service)
+                          ["num-other-sentinels"]) == 2 and redis.Redis(port=port, decode_responses=True)
+              .sentinel_master(setup.service)["num-slaves"] == 1, f"sentinel {port} sees the others")
+    return setup
