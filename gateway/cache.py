@@ -82,6 +82,20 @@ class VerdictCache:
         self.generation += 1
         self._entries.pop(key_id, None)
 
+    def distrust(self) -> None:
+        """The invalidation channel broke: stop using the cache, but keep the entries for
+        ``get_stale`` (opt-in --stale-if-error); a new subscription clears them."""
+        self.generation += 1
+        self.trusted_until = float("-inf")
+
+    def get_stale(self, key_id: str, max_stale: float) -> KeyRecord | None:
+        """A verified record that expired less than ``max_stale`` seconds ago (or is still
+        fresh), whatever the trust; None otherwise. Only for when Redis cannot answer."""
+        entry = self._entries.get(key_id)
+        if entry is None or entry[1] is None or entry[0] + max_stale <= self.clock():
+            return None
+        return entry[1]
+
     def clear(self, *, trusted_until: float = float("-inf")) -> None:
         """Forget everything; the cache may be used afterwards only until ``trusted_until``."""
         self.generation += 1

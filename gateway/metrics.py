@@ -35,6 +35,10 @@ class Metrics:
             buckets=(1, 10, 100, 1000, 10000), registry=r,
         )
         self.reloads = Counter("gateway_rules_reloads", "scopes.yaml reloads by result", ["result"], registry=r)
+        self.stale_served = Counter(
+            "gateway_stale_verdicts_served", "Requests allowed from the cache while Redis failed (--stale-if-error)",
+            registry=r,
+        )
         self.throttled = Counter(
             "gateway_auth_throttled", "Requests refused with 429 too_many_failed_attempts", registry=r,
         )

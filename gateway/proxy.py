@@ -168,10 +168,16 @@ async def verify(st: GatewayState, parsed: keys.ParsedKey) -> KeyRecord:
             record = await st.store.get(parsed.key_id)
         except (RedisError, OSError):
             st.metrics.redis_errors.labels("verify").inc()
-            # SECURITY: fail closed, and say so: never a 401 or an allow without Redis.
-            raise errors.AuthUnavailable() from None
-        st.metrics.redis_latency.observe(time.perf_counter() - started)
-        st.cache.put(parsed.key_id, record, generation)
+            # SECURITY: fail closed, and say so: never a 401 and never an allow without Redis,
+            # unless the operator opted in to serving recently verified keys (--stale-if-error),
+            # at the price of not seeing revocations made during the outage.
+            record = st.cache.get_stale(parsed.key_id, st.settings.stale_if_error) if st.settings.stale_if_error else None
+            if record is None:
+                raise errors.AuthUnavailable() from None
+            st.metrics.stale_served.inc()
+        else:
+            st.metrics.redis_latency.observe(time.perf_counter() - started)
+            st.cache.put(parsed.key_id, record, generation)
     # SECURITY: the digest comparison authenticates, cached or not.
     if record is None or not secrets.compare_digest(record.digest, parsed.digest):
         raise errors.InvalidApiKey()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+import time
 from dataclasses import dataclass
 from urllib.parse import unquote
 from typing import Any, Iterable
@@ -38,22 +39,39 @@ from gateway.model import AuditEvent, KeyRecord
 
 __all__ = ["KeyStore", "Page", "RedisError", "connect"]
 
-_CREATE = """
+# Writes carry a deadline (ms, wall clock) checked against the server's clock: a write that a
+# stalled or partitioned Redis runs only after the caller gave up (and answered 503 "nothing
+# was changed") is refused instead of appearing later as a key nobody was shown.
+_DEADLINE = """
+local t = redis.call('TIME')
+if t[1] * 1000 + math.floor(t[2] / 1000) > tonumber(ARGV[1]) then return -1 end
+"""
+
+_CREATE = _DEADLINE + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('RPUSH', KEYS[2], ARGV[2])
 return 1
 """
 
-_REVOKE = """
+_REVOKE = _DEADLINE + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-if redis.call('HGET', KEYS[1], 'org_id') ~= ARGV[1] then return {} end
+if redis.call('HGET', KEYS[1], 'org_id') ~= ARGV[2] then return {} end
 if redis.call('HEXISTS', KEYS[1], 'revoked_at') == 0 then
-  redis.call('HSET', KEYS[1], 'revoked_at', ARGV[2], 'revoked_by', ARGV[3])
-  redis.call('RPUSH', KEYS[2], ARGV[4])
+  redis.call('HSET', KEYS[1], 'revoked_at', ARGV[3], 'revoked_by', ARGV[4])
+  redis.call('RPUSH', KEYS[2], ARGV[5])
 end
 return redis.call('HGETALL', KEYS[1])
 """
+
+WRITE_DEADLINE_MS = 5000  # generous against clock skew between the admin host and Redis
+
+
+class WriteTooLate(RedisError):
+    """Redis ran a write after its deadline and refused it: nothing was changed."""
+
+
+
 
 # SECURITY/consistency: monotonic, never recreates a record that does not exist.
 _TOUCH = """
@@ -229,6 +247,7 @@ class KeyStore:
     def __init__(self, client: aioredis.Redis, prefix: str = "gw") -> None:
         self.redis = client
         self.p = prefix
+        self.write_deadline_ms = WRITE_DEADLINE_MS
         self.channel = f"{prefix}:invalidate"
         self.ack_channel = f"{prefix}:acks"
         self.registry = f"{prefix}:gateways"
@@ -237,6 +256,9 @@ class KeyStore:
         self._live = client.register_script(_LIVE)
         self._revoke = client.register_script(_REVOKE)
         self._touch = client.register_script(_TOUCH)
+
+    def _deadline(self) -> int:
+        return int(time.time() * 1000) + self.write_deadline_ms
 
     # -- key names -----------------------------------------------------------------------
     def _rec(self, key_id: str) -> str:
@@ -284,8 +306,10 @@ class KeyStore:
             try:
                 created = await self._create(
                     keys=[self._rec(record.id), self._rec_audit(record.id)],
-                    args=[_event_json.encode(event), *_encode(record)],
+                    args=[self._deadline(), _event_json.encode(event), *_encode(record)],
                 )
+                if created == -1:
+                    raise WriteTooLate("the create reached Redis after its deadline")
             except RedisError:
                 await self._forget_index(org_id, record.id)
                 raise
@@ -304,8 +328,10 @@ class KeyStore:
         event = AuditEvent("api_key.revoked", key_id, org_id, actor, now_ms)
         raw = await self._revoke(
             keys=[self._rec(key_id), self._rec_audit(key_id)],
-            args=[org_id, now_ms, actor, _event_json.encode(event)],
+            args=[self._deadline(), org_id, now_ms, actor, _event_json.encode(event)],
         )
+        if raw == -1:
+            raise WriteTooLate("the revoke reached Redis after its deadline")
         record = _decode(raw)
         if record is None:
             return None

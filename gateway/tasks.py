@@ -78,7 +78,7 @@ async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: 
         except (RedisError, OSError) as exc:
             if cache.trusted:
                 log.warning("revocation channel lost (%s); cache bypassed until resubscribed", exc)
-            cache.clear()
+            cache.distrust()  # entries stay only for --stale-if-error; resubscribing clears them
             metrics.resyncs.inc()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import aiohttp
@@ -116,14 +118,16 @@ def test_dev_works_as_it_prints(tmp_path):
                             env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
         banner = ""
         deadline = time.monotonic() + 30
-        while "Try:" not in banner or "create a key" not in banner:
-            line = proc.stdout.readline()
-            assert line or time.monotonic() < deadline, proc.stderr.read()
-            banner += line
-        while not banner.rstrip().endswith("api-keys"):
-            banner += proc.stdout.readline()
+        while not ("create a key" in banner and banner.rstrip().endswith("api-keys")):
+            try:
+                banner += lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                proc.kill()
+                raise AssertionError(f"no banner in 30 s; stdout so far: {banner!r}; stderr: {proc.stderr.read()}")
         key = re.search(r"export KEY=(\S+)", banner).group(1)
         token = re.search(r"export TOKEN=(\S+)", banner).group(1)
         shell_env = {**env, "KEY": key, "TOKEN": token}
