@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import re
 import time
 import unicodedata
@@ -12,6 +14,7 @@ from typing import AsyncIterator, Callable
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from redis.exceptions import RedisError
 
 from admin_api import schemas
@@ -29,6 +32,7 @@ from gateway.tasks import ACK_TIMEOUT
 
 MAX_BODY = 64 * 1024
 ORG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+KEY_ID = re.compile(r"^key_[0-9A-Za-z]{1,60}$")
 _BIDI_CONTROLS = set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
 _json = msgspec.json.Encoder()
 _create_decoder = msgspec.json.Decoder(schemas.CreateKeyRequest)
@@ -75,7 +79,8 @@ def make_admin_app(
     settings: AdminSettings, *, clock: Callable[[], float] = time.time, rules: RuleSet | None = None
 ) -> web.Application:
     """The admin API application (routes below; documented in /openapi.json)."""
-    app = web.Application(middlewares=[envelope_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[envelope_middleware], client_max_size=MAX_BODY,
+                          handler_args={"logger": server_log})
     client = store_mod.connect(settings.redis, timeout=settings.redis_timeout)
     app[ADMIN] = AdminState(settings, KeyStore(client, settings.redis_prefix), RulesHolder(settings.scopes, rules), clock)
     r = app.router
@@ -102,6 +107,24 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await st.store.redis.aclose()
 
 
+class _RedactMalformedRequests(logging.Filter):
+    """aiohttp logs a request its parser refuses with the offending bytes, which can be the
+    Authorization header: keep the event and the peer, drop the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            # SECURITY: the exception text repeats the raw request line or header (a credential).
+            record.msg = f"malformed HTTP request refused ({type(exc).__name__}, status {exc.code}) from %s"
+            record.args = record.args[-1:] if isinstance(record.args, tuple) else record.args
+            record.exc_info = record.exc_text = None
+        return True
+
+
+server_log = logging.getLogger("admin_api.server")
+server_log.addFilter(_RedactMalformedRequests())
+
+
 @web.middleware
 async def envelope_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Every error becomes the JSON envelope; every response gets the security headers."""
@@ -119,6 +142,11 @@ async def envelope_middleware(request: web.Request, handler) -> web.StreamRespon
     except (RedisError, OSError):
         # SECURITY: a store fault is a 503, never a 401 or a half-done write reported as done.
         response = error_response(errors.StoreUnavailable(), request_id)
+    except Exception:
+        # A bug still answers in the envelope (aiohttp's own 500 page is plain text); logged
+        # with the request id and method only, never the body or headers.
+        server_log.exception("unhandled error (request %s, %s)", request_id, request.method)
+        response = error_response(errors.ApiError(), request_id)
     response.headers.setdefault("X-Request-Id", request_id)
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
@@ -133,9 +161,17 @@ async def _principal(request: web.Request) -> Principal:
 
 def _org_id(request: web.Request) -> str:
     org_id = request.match_info["org_id"]
-    if not ORG_ID.match(org_id):
+    # SECURITY: fullmatch, since "$" also matches before a final newline ("acme%0A").
+    if not ORG_ID.fullmatch(org_id):
         raise OrgNotFound()
     return org_id
+
+
+def _key_id(request: web.Request) -> str:
+    key_id = request.match_info["key_id"]
+    if not KEY_ID.fullmatch(key_id):  # not an id this API hands out: no Redis lookup for it
+        raise errors.KeyNotFound()
+    return key_id
 
 
 def _json_response(body: msgspec.Struct, status: int = 200, **headers: str) -> web.Response:
@@ -188,17 +224,36 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def _read_create(request: web.Request) -> schemas.CreateKeyRequest:
-    if request.content_type != "application/json":
+    # JSON is UTF-8 (RFC 8259); a body declared in another charset would be misread, so refuse it.
+    charset = (request.charset or "utf-8").lower()
+    if request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
         raise errors.UnsupportedMediaType()
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise errors.PayloadTooLarge(f"The body must be at most {MAX_BODY} bytes.")
-    raw = await request.read()
     try:
-        return _create_decoder.decode(raw)
+        raw = await request.read()
+    except web.RequestPayloadError:  # e.g. "Content-Encoding: gzip" over bytes that are not gzip
+        raise errors.BadRequest("The request body could not be read (check Content-Encoding).") from None
+    try:
+        body = _create_decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise _field_error(str(exc)) from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for invalid UTF-8
         raise errors.InvalidJson() from None
+    # SECURITY: {"scopes": [...], "scopes": [...]} means one thing to this parser (the last) and
+    # another to a proxy or log reader that keeps the first; refuse it. The body is a valid flat
+    # object by now, so this second parse is cheap and cannot recurse deeply.
+    json.loads(raw, object_pairs_hook=_no_duplicate_fields)
+    return body
+
+
+def _no_duplicate_fields(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    seen: dict[str, object] = {}
+    for name, value in pairs:
+        if name in seen:
+            raise FieldError(name, "The field appears more than once.")
+        seen[name] = value
+    return seen
 
 
 def _field_error(message: str) -> FieldError:
@@ -232,13 +287,15 @@ async def list_keys(request: web.Request) -> web.Response:
     org_id = _org_id(request)
     principal.require(READ, org_id)
     q = request.query
+    for name in ("include_revoked", "limit", "cursor"):
+        if len(q.getall(name, ())) > 1:  # which one would count? Say so instead of guessing.
+            raise FieldError(name, f"{name} is given more than once.")
     include_revoked = _bool_param(q.get("include_revoked", "false"), "include_revoked")
-    try:
-        limit = int(q.get("limit", "50"))
-        if not 1 <= limit <= 100:
-            raise ValueError
-    except ValueError:
-        raise FieldError("limit", "limit must be an integer from 1 to 100.") from None
+    limit_text = q.get("limit", "50")
+    # Plain ASCII digits: int() would also take " 5", "5_0" and other scripts' digits.
+    if not (limit_text.isascii() and limit_text.isdigit() and 1 <= int(limit_text) <= 100):
+        raise FieldError("limit", "limit must be an integer from 1 to 100.")
+    limit = int(limit_text)
     cursor = q.get("cursor") or None
     if cursor is not None:
         try:
@@ -251,9 +308,10 @@ async def list_keys(request: web.Request) -> web.Response:
 
 
 def _bool_param(value: str, name: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
+    # Only what the OpenAPI document allows for a boolean query parameter.
+    if value.lower() == "true":
         return True
-    if value.lower() in ("false", "0", "no", ""):
+    if value.lower() == "false":
         return False
     raise FieldError(name, f"{name} must be true or false.")
 
@@ -264,7 +322,7 @@ async def get_key(request: web.Request) -> web.Response:
     principal = await _principal(request)
     org_id = _org_id(request)
     principal.require(READ, org_id)
-    record = await st.store.get_for_org(org_id, request.match_info["key_id"])
+    record = await st.store.get_for_org(org_id, _key_id(request))
     if record is None:
         raise errors.KeyNotFound()
     return _json_response(schemas.key_out(record, st.now_ms()))
@@ -276,7 +334,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     principal = await _principal(request)
     org_id = _org_id(request)
     principal.require(MANAGE, org_id)
-    key_id = request.match_info["key_id"]
+    key_id = _key_id(request)
     if await st.store.get_for_org(org_id, key_id) is None:
         raise errors.KeyNotFound()
     now = st.now_ms()
@@ -302,7 +360,7 @@ async def list_audit_events(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     """GET /openapi.json: the OpenAPI 3.1 description of this API."""
-    return web.json_response(build_openapi())
+    return web.json_response(build_openapi(tuple(request.app[ADMIN].rules.current.permissions)))
 
 
 async def page(request: web.Request) -> web.Response:

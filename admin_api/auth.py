@@ -59,11 +59,16 @@ async def authenticate(headers, store: KeyStore, operator_tokens: tuple[str, ...
         raise MissingToken() from None
     except errors.InvalidApiKey:
         raise errors.InvalidToken() from None
-    token_bytes = token.encode("utf-8", "replace")
+    # SECURITY: the bytes as sent ("replace" would turn every undecodable byte into "?", so a
+    # token with "?" in it would match other bytes too).
+    try:
+        token_bytes = token.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise errors.InvalidToken() from None
     # SECURITY: compare against every operator token in constant time; no early exit.
     is_operator = False
     for candidate in operator_tokens:
-        is_operator |= hmac.compare_digest(token_bytes, candidate.encode())
+        is_operator |= hmac.compare_digest(token_bytes, candidate.encode("utf-8", "surrogateescape"))
     if is_operator:
         return Principal(actor="operator", org_id=None, scopes=frozenset())
     try:

@@ -23,7 +23,7 @@ def _json(name: str, description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {
-        400: "Invalid request (the error names the field)",
+        400: "Invalid request (the error names the field), or two different credentials",
         401: "Missing or invalid credential",
         403: "The credential lacks the needed scope",
         404: "Unknown organization or key",
@@ -35,18 +35,27 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 ORG = {"name": "org_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}}
-KEY = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
+KEY = {"name": "key_id", "in": "path", "required": True,
+       "schema": {"type": "string", "pattern": "^key_[0-9A-Za-z]{1,60}$"}}
+# The create response names the new key: the key's own operations take its id from there.
+KEY_LINKS = {
+    op: {"operationId": op, "parameters": {"org_id": "$request.path.org_id", "key_id": "$response.body#/id"}}
+    for op in ("getApiKey", "revokeApiKey")
+}
 SECURITY = [{"bearer": []}]
 
 
 @functools.cache
-def build_openapi() -> dict[str, Any]:
-    """The document served at /openapi.json."""
+def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The document served at /openapi.json; ``scopes`` is the current catalogue (the create
+    body may name only these), so the document follows a reloaded scopes.yaml."""
     _, components = msgspec.json.schema_components(
         [schemas.Caller, schemas.CreateKeyRequest, schemas.CreatedApiKey, schemas.ApiKey, schemas.ApiKeyList,
          schemas.PermissionList, schemas.AuditEventList, schemas.Error],
         ref_template=REF,
     )
+    if scopes:
+        components["CreateKeyRequest"]["properties"]["scopes"]["items"]["enum"] = list(scopes)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -68,14 +77,14 @@ def build_openapi() -> dict[str, Any]:
                 "operationId": "whoami",
                 "summary": "The caller behind the credential",
                 "description": "Any valid credential may call this; it needs no scope.",
-                "responses": {"200": _json("Caller", "The caller"), **_errors(401, 503)},
+                "responses": {"200": _json("Caller", "The caller"), **_errors(400, 401, 503)},
             }},
             "/v1/permissions": {"get": {
                 "operationId": "listPermissions",
                 "summary": "The permission catalogue",
                 "parameters": [{"name": "q", "in": "query", "required": False, "schema": {"type": "string"},
                                 "description": "Case-insensitive search in scope and label"}],
-                "responses": {"200": _json("PermissionList", "Permissions in catalogue order"), **_errors(401, 403, 503)},
+                "responses": {"200": _json("PermissionList", "Permissions in catalogue order"), **_errors(400, 401, 403, 503)},
             }},
             "/v1/orgs/{org_id}/api-keys": {
                 "parameters": [ORG],
@@ -85,7 +94,7 @@ def build_openapi() -> dict[str, Any]:
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CreateKeyRequest")}}},
                     "responses": {
                         "201": {**_json("CreatedApiKey", "Created; `key` is the secret, shown only here"),
-                                "headers": {"Location": {"schema": {"type": "string"}}}},
+                                "headers": {"Location": {"schema": {"type": "string"}}}, "links": KEY_LINKS},
                         **_errors(400, 401, 403, 404, 413, 415, 503),
                     },
                 },
@@ -95,7 +104,9 @@ def build_openapi() -> dict[str, Any]:
                     "parameters": [
                         {"name": "include_revoked", "in": "query", "required": False, "schema": {"type": "boolean", "default": False}},
                         {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
-                        {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+                        {"name": "cursor", "in": "query", "required": False,
+                         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]*$"},
+                         "description": "Opaque: the next_cursor of the previous page (empty: the first page)"},
                     ],
                     "responses": {"200": _json("ApiKeyList", "A page of keys"), **_errors(400, 401, 403, 404, 503)},
                 },
@@ -105,7 +116,7 @@ def build_openapi() -> dict[str, Any]:
                 "get": {
                     "operationId": "getApiKey",
                     "summary": "One key (never the secret)",
-                    "responses": {"200": _json("ApiKey", "The key"), **_errors(401, 403, 404, 503)},
+                    "responses": {"200": _json("ApiKey", "The key"), **_errors(400, 401, 403, 404, 503)},
                 },
             },
             "/v1/orgs/{org_id}/api-keys/{key_id}/revoke": {
@@ -113,7 +124,7 @@ def build_openapi() -> dict[str, Any]:
                 "post": {
                     "operationId": "revokeApiKey",
                     "summary": "Revoke a key; idempotent and effective immediately",
-                    "responses": {"200": _json("ApiKey", "The revoked key"), **_errors(401, 403, 404, 503)},
+                    "responses": {"200": _json("ApiKey", "The revoked key"), **_errors(400, 401, 403, 404, 503)},
                 },
             },
             "/v1/orgs/{org_id}/audit-events": {
@@ -121,7 +132,7 @@ def build_openapi() -> dict[str, Any]:
                 "get": {
                     "operationId": "listAuditEvents",
                     "summary": "The org's audit trail of creates and revokes, newest first",
-                    "responses": {"200": _json("AuditEventList", "Up to 100 events"), **_errors(401, 403, 404, 503)},
+                    "responses": {"200": _json("AuditEventList", "Up to 100 events"), **_errors(400, 401, 403, 404, 503)},
                 },
             },
             "/": {"get": {

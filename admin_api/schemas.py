@@ -10,13 +10,27 @@ from msgspec import Meta
 from gateway.model import KeyRecord, rfc3339
 
 ExpiresIn = Literal["never", "30d", "90d", "1y"]
+
+# What str.strip() trims (str.isspace), and what a name may never contain: controls (Cc), line and
+# paragraph separators (Zl, Zp) and the bidi embeddings, overrides and isolates (Trojan Source).
+# admin_api.app._valid_name enforces this; NAME_PATTERN says the same thing in the OpenAPI document
+# (tests/security/test_fuzz_properties.py checks that the two agree).
+NAME_SPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NAME_FORBIDDEN = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+NAME_PATTERN = (
+    f"^[{NAME_SPACE}]*[^{NAME_SPACE}{NAME_FORBIDDEN}]"
+    f"(?:[^{NAME_FORBIDDEN}]{{0,98}}[^{NAME_SPACE}{NAME_FORBIDDEN}])?[{NAME_SPACE}]*$"
+)
 Timestamp = Annotated[str, Meta(description="RFC 3339 UTC time", examples=["2026-11-26T17:52:59.123Z"])]
 
 
 class CreateKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Body of POST /v1/orgs/{org_id}/api-keys."""
 
-    name: Annotated[str, Meta(description="1-100 characters after trimming, no control characters")]
+    name: Annotated[str, Meta(
+        description="1-100 characters after trimming, no control, line-separator or bidi-override characters",
+        extra_json_schema={"pattern": NAME_PATTERN},  # documented only: _valid_name gives the clearer 400s
+    )]
     scopes: Annotated[list[str], Meta(min_length=1, max_length=200, description="Known resource:action scopes")]
     expires_in: Annotated[ExpiresIn, Meta(description="When the key stops working")] = "never"
 
