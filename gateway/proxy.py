@@ -17,6 +17,7 @@ from typing import AsyncIterator, Callable
 import aiohttp
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 from redis.exceptions import RedisError
 from yarl import URL
 
@@ -79,30 +80,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     outcome = "ok"
     response: web.StreamResponse | None = None
     try:
-        # 1. Canonicalize: authorize exactly the path that will be forwarded.
-        try:
-            target = canonicalize(request.raw_path)
-        except InvalidPath:
-            raise errors.InvalidPath() from None
-        entry["path"] = target.path  # never the query string: it may carry secrets
-        if target.query:
-            params = query_params(target.query)
-            if key_in_query(params):
-                raise errors.KeyInQuery()
-            if method_override_in_query(params):
-                raise errors.MethodOverrideRefused()
-        found = st.rules.current.match(request.method, target.segments)
-
-        # 2. Public route: forwarded without a key.
-        identity = None
-        if not (isinstance(found, Match) and found.rule.public):
-            # 3. Credential, 4. throttle + verify (401 before anything about routes is revealed).
-            record = await authenticate(st, request, extract_credential(request.headers.items()))
-            entry["org_id"], entry["key_id"] = record.org_id, record.id
-            # 5. Route, then scope.
-            authorize(found, record)
-            identity = Identity(record.org_id, record.id, record.scopes)
-        entry["route"] = found.rule.template
+        # 1-5. Canonicalize, public route?, credential, throttle + verify, route + scope.
+        target, identity = await decide(st, request.method, request.raw_path, request.headers,
+                                        request.remote or "", entry)
 
         # 6. Header hygiene, then injection; stream to the upstream and back.
         headers = upstream_request_headers(
@@ -133,9 +113,44 @@ async def handle(request: web.Request) -> web.StreamResponse:
         access_log.info(orjson.dumps(entry).decode())
 
 
-async def authenticate(st: GatewayState, request: web.Request, credential: str) -> KeyRecord:
+async def decide(st: GatewayState, method: str, raw_target: str, headers: CIMultiDictProxy[str] | CIMultiDict[str],
+                 peer: str, entry: dict) -> tuple[Target, Identity | None]:
+    """May this request pass? Steps 1-5 of the pipeline, shared by the proxy and forward-auth.
+
+    Returns the canonical target and the identity to inject (None on a public route); raises
+    the ApiError to answer otherwise. Fills ``entry`` (the access log line) as it learns.
+    """
+    # 1. Canonicalize: authorize exactly the path that will be forwarded.
+    try:
+        target = canonicalize(raw_target)
+    except InvalidPath:
+        raise errors.InvalidPath() from None
+    entry["path"] = target.path  # never the query string: it may carry secrets
+    if target.query:
+        params = query_params(target.query)
+        if key_in_query(params):
+            raise errors.KeyInQuery()
+        if method_override_in_query(params):
+            raise errors.MethodOverrideRefused()
+    found = st.rules.current.match(method, target.segments)
+
+    # 2. Public route: forwarded without a key.
+    identity = None
+    if not (isinstance(found, Match) and found.rule.public):
+        # 3. Credential, 4. throttle + verify (401 before anything about routes is revealed).
+        record = await authenticate(st, headers, peer, extract_credential(headers.items()))
+        entry["org_id"], entry["key_id"] = record.org_id, record.id
+        # 5. Route, then scope.
+        authorize(found, record)
+        identity = Identity(record.org_id, record.id, record.scopes)
+    entry["route"] = found.rule.template
+    return target, identity
+
+
+async def authenticate(st: GatewayState, headers: CIMultiDictProxy[str] | CIMultiDict[str], peer: str,
+                       credential: str) -> KeyRecord:
     """The failed-auth throttle, then verification; each failure counts against the client address."""
-    client = client_address(request.remote or "", request.headers.getall("X-Forwarded-For", ()), st.trusted_nets)
+    client = client_address(peer, headers.getall("X-Forwarded-For", ()), st.trusted_nets)
     try:
         parsed = keys.parse_key(credential)
     except keys.InvalidKeyFormat:
