@@ -12,8 +12,10 @@ from typing import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from redis.exceptions import RedisError
 
+from gateway import forward_auth
 from gateway import store as store_mod
 from gateway.cache import VerdictCache
 from gateway.config import ServeSettings
@@ -24,10 +26,29 @@ from gateway.scopes import RuleSet
 from gateway.signing import make_signer
 from gateway.tasks import flush_usage, listen_for_revocations, usage_flusher
 from gateway.throttle import FailureThrottle, KnownKeys
+from gateway.upstream import UpstreamPool
 
 log = logging.getLogger("gateway")
 
 SHUTDOWN_FLUSH_DEADLINE = 5.0  # seconds; well inside a 30 s orchestrator grace period
+# SECURITY: how long a connection may stay open without a complete request head (from accept,
+# then after each response). aiohttp's own default is an hour, which lets slow or idle clients
+# hold sockets nearly for ever; 75 s is the usual keep-alive and outlives load-balancer idles.
+KEEPALIVE_TIMEOUT = 75.0
+
+
+class ServerLog(logging.LoggerAdapter):
+    """aiohttp's server logger, without the raw bytes of requests that failed to parse."""
+
+    def process(self, msg, kwargs):
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, HttpProcessingError):
+            # SECURITY: aiohttp's parse errors quote the offending line, which may be an
+            # Authorization or X-API-Key header: only the error class is logged, no traceback.
+            # Worded as the admin API's filter words it, so one search finds both.
+            kwargs["exc_info"] = None
+            msg = f"malformed HTTP request refused ({type(exc).__name__}, status {exc.code}) from %s"
+        return msg, kwargs
 
 
 def make_app(
@@ -61,27 +82,25 @@ def make_app(
     # The proxy must see raw targets such as "//x" or "/a/../b", so no path normalisation.
     app = web.Application(
         middlewares=[router_errors], client_max_size=settings.max_body_bytes,
-        handler_args={"max_field_size": 16384},
+        handler_args={"max_field_size": 16384, "keepalive_timeout": KEEPALIVE_TIMEOUT},
     )
     app[STATE] = state
     metrics.add_throttle(state.throttle)
-    app.router.add_route("*", "/{tail:.*}", handle)
-    app.cleanup_ctx.append(_upstream_session)
+    # "[\s\S]" and not ".": the router matches the decoded path, and "." stops at a newline
+    # ("%0a"), which would skip the pipeline and its access-log line.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handle if settings.mode == "proxy" else forward_auth.check)
+    if settings.mode == "proxy":  # forward-auth answers the edge and forwards nothing itself
+        app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_background_tasks)
     return app
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     st = app[STATE]
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=st.settings.connect_timeout, sock_read=st.settings.read_timeout
-    )
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
-    st.session = aiohttp.ClientSession(
-        connector=connector, timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
-    )
+    st.pool = UpstreamPool(st.settings.upstream, connect_timeout=st.settings.connect_timeout,
+                           read_timeout=st.settings.read_timeout)
     yield
-    await st.session.close()
+    await st.pool.close()
 
 
 async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
@@ -147,7 +166,8 @@ async def run_apps(apps: list[tuple[web.Application, str]], *, on_started: Calla
     runners = []
     try:
         for app, listen in apps:
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                   logger=ServerLog(logging.getLogger("aiohttp.server")))
             await runner.setup()
             runners.append(runner)
             host, port = split_listen(listen)

@@ -54,6 +54,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.workers import WORKER_ENV, run_supervisor
 
     settings = config.load(config.ServeSettings, vars(args))
+    if settings.mode == "forward-auth" and not settings.trusted_proxies:
+        logging.getLogger("gateway").warning(
+            "forward-auth without --trusted-proxies: every client shares the edge's address in the failed-auth throttle")
     if settings.workers > 1:
         return asyncio.run(run_supervisor(settings))
     worker = os.environ.get(WORKER_ENV)
@@ -66,7 +69,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             [(app, settings.listen), (make_ops_app(state), settings.ops_listen)],
             on_started=lambda: logging.getLogger("gateway").info(
                 "gateway%s on http://%s -> %s (ops on http://%s; HTTP parser: %s)",
-                f" worker {worker}" if worker else "", settings.listen, settings.upstream, settings.ops_listen,
+                f" worker {worker}" if worker else "", settings.listen,
+                settings.upstream if settings.mode == "proxy" else "forward-auth (the edge forwards)", settings.ops_listen,
                 _http_parser(),
             ),
             reuse_port=(settings.listen,) if worker else (),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import msgspec
 from msgspec import Meta
@@ -50,7 +50,11 @@ Seconds = Annotated[float, Meta(gt=0, le=3600)]
 class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Settings of the edge proxy (`gateway serve`)."""
 
-    upstream: Annotated[str, Meta(description="Base URL of the backend, e.g. http://127.0.0.1:9000")]
+    upstream: Annotated[str, Meta(description="Base URL of the backend, e.g. http://127.0.0.1:9000 (required in proxy mode)")] = ""
+    mode: Annotated[
+        Literal["proxy", "forward-auth"],
+        Meta(description="proxy: forward each request to --upstream; forward-auth: only answer whether it may pass, for nginx auth_request, Traefik ForwardAuth or Envoy ext_authz"),
+    ] = "proxy"
     listen: Annotated[str, Meta(description="HOST:PORT the proxy listens on")] = "127.0.0.1:8080"
     redis: Annotated[str, Meta(description="Redis URL of the key store")] = "redis://127.0.0.1:6379/0"
     scopes: Annotated[str, Meta(description="Path of scopes.yaml")] = "scopes.yaml"
@@ -82,7 +86,9 @@ class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         _check_listen(self.listen, "--listen")
         _check_listen(self.ops_listen, "--ops-listen")
         _check_redis_url(self.redis, "--redis")
-        if not self.upstream.startswith(("http://", "https://")):
+        if self.mode == "proxy" and not self.upstream:
+            raise ValueError("--upstream: required in proxy mode (or GATEWAY_UPSTREAM); --mode forward-auth needs none")
+        if self.upstream and not self.upstream.startswith(("http://", "https://")):
             raise ValueError(f"--upstream: expected an http:// or https:// URL, got {self.upstream!r}")
         for cidr in self.trusted_proxies:
             try:

@@ -60,3 +60,17 @@ def make_echo_app(*, keep: bool = False) -> web.Application:
         app[RECEIVED] = []
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
+
+
+def main() -> None:
+    """`python -m gateway.echo --listen HOST:PORT`: the demo backend of deploy/docker-compose.yml."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m gateway.echo", description=__doc__)
+    parser.add_argument("--listen", default="127.0.0.1:8000", help="HOST:PORT (default 127.0.0.1:8000)")
+    host, _, port = parser.parse_args().listen.rpartition(":")
+    web.run_app(make_echo_app(), host=host.strip("[]"), port=int(port), print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,7 @@
 
 ApiError
 ├── BadRequest (400): InvalidPath, AmbiguousCredentials, KeyInQuery, MethodOverrideRefused,
-│   InvalidJson, ValidationFailed
+│   MissingOriginalRequest, InvalidJson, ValidationFailed
 ├── Unauthorized (401, with WWW-Authenticate): MissingApiKey, InvalidApiKey, ExpiredApiKey,
 │   RevokedApiKey, InvalidToken
 ├── Forbidden (403): InsufficientScope, ScopeNotGrantable
@@ -58,6 +58,14 @@ class KeyInQuery(BadRequest):
 class MethodOverrideRefused(BadRequest):
     code = "method_override_refused"
     message = "Method-override parameters such as _method are not accepted; send the real method."
+
+
+class MissingOriginalRequest(BadRequest):
+    code = "missing_original_request"
+    message = (
+        "Forward-auth needs the original request: X-Original-Method and X-Original-URI (nginx), "
+        "X-Forwarded-Method and X-Forwarded-Uri (Traefik), or a path under /envoy/ (Envoy), once each."
+    )
 
 
 class InvalidJson(BadRequest):

@@ -19,6 +19,10 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "transfer-encoding", "upgrade",
 })
+# Redone by the gateway for its own hop: its server has answered "Expect: 100-continue" already
+# (passed on, the upstream client would wait for a second 100 that a backend may never send),
+# and the forwarder frames the body itself (its own Content-Length, or chunked).
+REFRAMED_HEADERS = frozenset({"expect", "content-length"})
 FORWARDING_HEADERS = frozenset({
     "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-real-ip", "forwarded",
 })
@@ -29,6 +33,8 @@ DROPPED_PREFIXES = ("x-forwarded-", "x-api-key", "x-org-", "x-gateway-")
 # RFC 9110 token: the only valid field-name characters.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BREAKS_FIELD = re.compile(r"[\r\n\x00]")
+# Header bytes that are not UTF-8 arrive from aiohttp's parser as lone surrogates.
+_NOT_ENCODABLE = re.compile("[\ud800-\udfff]")
 _WHITESPACE = re.compile(r"\s")
 
 Headers = Iterable[tuple[str, str]]
@@ -74,12 +80,21 @@ def _forwardable(name: str, value: str) -> bool:
     # SECURITY: a CR, LF or NUL in a value (or a name that is not a token) could split or
     # truncate the header block on the way out; the HTTP parser normally refuses these
     # earlier, this is defence in depth. The header is dropped, never repaired.
-    return _TOKEN.fullmatch(name) is not None and _BREAKS_FIELD.search(value) is None
+    # A value holding non-UTF-8 bytes cannot be written back as it came either: aiohttp's C
+    # writer silently drops those bytes and its pure-Python writer raises (a 500).
+    return (
+        _TOKEN.fullmatch(name) is not None
+        and _BREAKS_FIELD.search(value) is None
+        and _NOT_ENCODABLE.search(value) is None
+    )
 
 
 def _is_dropped_request_header(folded: str, listed: frozenset[str]) -> bool:
     return (
         folded in CREDENTIAL_HEADERS
+        # SECURITY: every spelling of Content-Length, "_" ones included: next to the forwarder's
+        # own length, a backend would see two (a desync on the pooled upstream connection).
+        or folded in REFRAMED_HEADERS
         or folded in IDENTITY_HEADERS
         or folded in METHOD_OVERRIDE_HEADERS
         or folded in HOP_BY_HOP
@@ -114,9 +129,10 @@ def upstream_request_headers(
     """The headers to send upstream: the client's, cleaned, then forwarding and identity headers.
 
     Drops every copy of credential, identity, method-override, hop-by-hop, Connection-listed,
-    Host and forwarding headers (and the x-api-key*, x-org-*, x-gateway-*, x-forwarded-*
-    families); then sets X-Forwarded-For/-Proto/-Host and injects X-Request-Id and, with an
-    identity, X-Org-Id, X-Api-Key-Id and X-Api-Key-Scopes, one copy each, last.
+    Host, Expect, Content-Length and forwarding headers (and the x-api-key*, x-org-*, x-gateway-*,
+    x-forwarded-* families), and headers that cannot be sent as they came;
+    then sets X-Forwarded-For/-Proto/-Host and injects X-Request-Id and, with an identity,
+    X-Org-Id, X-Api-Key-Id and X-Api-Key-Scopes, one copy each, last.
     Raises ValueError if an injected identity value or request id is not a safe header value.
     """
     headers = list(client_headers)

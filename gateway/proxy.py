@@ -14,12 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
-import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from redis.exceptions import RedisError
-from yarl import URL
 
 from gateway import errors, keys
 from gateway.cache import MISS, VerdictCache
@@ -36,6 +34,7 @@ from gateway.scopes import Match, MethodNotAllowed, RouteNotFound
 from gateway.signing import Signer
 from gateway.store import KeyStore
 from gateway.throttle import FailureThrottle, KnownKeys
+from gateway.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
 from gateway.usage import UsageBuffer
 
 access_log = logging.getLogger("gateway.access")
@@ -57,7 +56,7 @@ class GatewayState:
     throttle: FailureThrottle
     known_keys: KnownKeys
     usage: UsageBuffer = field(default_factory=UsageBuffer)
-    session: aiohttp.ClientSession | None = None
+    pool: UpstreamPool | None = None
     trusted_nets: tuple = ()
     upstream: str = ""
     signer: Signer | None = None  # signs the identity headers when --signing-secrets is set
@@ -105,12 +104,16 @@ async def handle(request: web.Request) -> web.StreamResponse:
         response = error_response(err, request_id)
         return response
     finally:
-        duration = time.perf_counter() - started
-        status = response.status if response is not None else 499
-        st.metrics.requests.labels(outcome, entry["route"] or "-").inc()
-        st.metrics.latency.observe(duration)
-        entry.update(status=status, outcome=outcome, duration_ms=round(duration * 1000, 3))
-        access_log.info(orjson.dumps(entry).decode())
+        log_request(st, entry, response.status if response is not None else 499, outcome, started)
+
+
+def log_request(st: GatewayState, entry: dict, status: int, outcome: str, started: float) -> None:
+    """Metrics and the JSON access-log line of one request (the proxy's and forward-auth's)."""
+    duration = time.perf_counter() - started
+    st.metrics.requests.labels(outcome, entry["route"] or "-").inc()
+    st.metrics.latency.observe(duration)
+    entry.update(status=status, outcome=outcome, duration_ms=round(duration * 1000, 3))
+    access_log.info(orjson.dumps(entry).decode())
 
 
 async def decide(st: GatewayState, method: str, raw_target: str, headers: CIMultiDictProxy[str] | CIMultiDict[str],
@@ -239,52 +242,59 @@ async def forward(
     async def body() -> AsyncIterator[bytes]:
         nonlocal too_large
         sent = 0
-        while chunk := await request.content.readany():
+        while True:
+            try:
+                chunk = await request.content.readany()
+            except web.RequestPayloadError:  # a malformed chunked body from the client
+                raise errors.BadRequest() from None
+            if not chunk:
+                break
             sent += len(chunk)
             if sent > limit:
                 too_large = True
                 raise errors.PayloadTooLarge()
             yield chunk
 
-    # SECURITY: encoded=True sends the canonical path (and the query) byte for byte; without it
-    # yarl would re-quote them, so the backend could see something other than what was authorized.
-    url = URL(st.upstream + target.path + ("?" + target.query if target.query else ""), encoded=True)
+    # SECURITY: the canonical path (and the query) go out byte for byte: the backend sees
+    # exactly what was authorized.
+    target_text = target.path + ("?" + target.query if target.query else "")
     data = body() if request.body_exists else None
-    assert st.session is not None
+    assert st.pool is not None
     try:
-        upstream = await st.session.request(
-            request.method, url, headers=headers, data=data, allow_redirects=False,
-            auto_decompress=False, skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        )
+        upstream = await st.pool.request(request.method, target_text, headers, data, request.content_length)
     except errors.ApiError:
         raise
-    except aiohttp.ConnectionTimeoutError:
-        raise errors.UpstreamUnavailable() from None
-    except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+    except UpstreamTimeout:
+        raise errors.UpstreamTimeout() from None
+    except (UpstreamError, OSError):
         if too_large:
             raise errors.PayloadTooLarge() from None
-        if isinstance(exc, asyncio.TimeoutError):
-            raise errors.UpstreamTimeout() from None
         raise errors.UpstreamUnavailable() from None
-    if too_large:  # the upstream answered before the body was cut off
-        upstream.close()
-        raise errors.PayloadTooLarge()
-    async with upstream:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        for name, value in upstream_response_headers(_decode_headers(upstream.raw_headers), request_id=request_id):
-            response.headers.add(name, value)
-        await response.prepare(request)
-        try:
-            async for chunk in upstream.content.iter_chunked(CHUNK):
-                await response.write(chunk)
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
-            # Headers are gone already: cut the connection so the client sees a truncated
-            # body rather than a clean end of message.
-            log.warning("upstream failed mid-response (request %s): %r", request_id, exc)
-            if request.transport is not None:
-                request.transport.abort()
-            raise ConnectionResetError("upstream failed mid-response") from None
-        await response.write_eof()
+    response_headers = upstream_response_headers(_decode_headers(upstream.raw_headers), request_id=request_id)
+    body_now = upstream.complete_body if request.method != "HEAD" else None
+    if body_now is not None:  # the whole (small) reply is in already: one write
+        response = web.Response(status=upstream.status, reason=upstream.reason or None, body=body_now)
+        for name, value in response_headers:
+            if name.lower() != "content-length":
+                response.headers.add(name, value)
+        return response
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None)
+    for name, value in response_headers:
+        response.headers.add(name, value)
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.iter_chunks():
+            await response.write(chunk)
+    except (UpstreamError, OSError) as exc:
+        # Headers are gone already: cut the connection so the client sees a truncated
+        # body rather than a clean end of message.
+        log.warning("upstream failed mid-response (request %s): %r", request_id, exc)
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("upstream failed mid-response") from None
+    finally:
+        upstream.release()
+    await response.write_eof()
     return response
 
 

@@ -1,0 +1,136 @@
+"""Forward-auth mode: answer "may this request pass?" for nginx, Traefik and Envoy.
+
+The edge (nginx `auth_request`, Traefik `ForwardAuth`, Envoy `ext_authz` HTTP service) asks
+before it forwards a request itself. The answer runs the proxy's own steps 1-5 (`decide`):
+200 with the identity headers for the edge to copy upstream, or the usual JSON error.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Iterable, NamedTuple
+
+from aiohttp import web
+
+from gateway import errors
+from gateway.headers import Identity
+from gateway.paths import InvalidPath, canonicalize
+from gateway.proxy import STATE, decide, error_response, log_request, new_request_id
+from gateway.signing import KEY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
+
+# The headers a 200 carries, for the edge to set on the forwarded request (deploy/ lists them).
+IDENTITY_RESPONSE_HEADERS = ("X-Org-Id", "X-Api-Key-Id", "X-Api-Key-Scopes", "X-Request-Id")
+SIGNATURE_RESPONSE_HEADERS = (SIGNATURE_HEADER, KEY_ID_HEADER, TIMESTAMP_HEADER)
+# nginx's auth_request drops the body of a refusal, and turns any status but 401/403 into a
+# 500: the JSON error travels in this header too, so nginx can answer it as is (deploy/nginx).
+ERROR_HEADER = "X-Gateway-Error"
+ENVOY_PREFIX = "/envoy"  # the ext_authz http_service path_prefix (deploy/envoy/envoy.yaml)
+
+NGINX_HEADERS = ("x-original-method", "x-original-uri")
+TRAEFIK_HEADERS = ("x-forwarded-method", "x-forwarded-uri")
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 9110 token
+
+
+class Original(NamedTuple):
+    """The request the edge asks about: which edge, its method, its raw request target."""
+
+    edge: str  # "nginx", "traefik" or "envoy"
+    method: str
+    target: str
+
+
+def original_request(method: str, raw_target: str, headers: Iterable[tuple[str, str]]) -> Original:
+    """Read the original method and target from the check request of nginx, Traefik or Envoy.
+
+    ``method`` and ``raw_target`` are the check request's own; ``headers`` its (name, value) pairs.
+    Raises MissingOriginalRequest when none, several, or half of one convention is present.
+    """
+    seen: dict[str, list[str]] = {name: [] for name in NGINX_HEADERS + TRAEFIK_HEADERS}
+    for name, value in headers:
+        found = seen.get(name.lower())
+        if found is not None:
+            found.append(value)
+    if any(len(values) > 1 for values in seen.values()):
+        raise errors.MissingOriginalRequest("An X-Original-* or X-Forwarded-Method/-Uri header is repeated.")
+    envoy = raw_target.startswith(ENVOY_PREFIX + "/")
+    nginx = any(seen[name] for name in NGINX_HEADERS)
+    traefik = any(seen[name] for name in TRAEFIK_HEADERS)
+    # SECURITY: exactly one convention. With two, a header the client sent (and a misconfigured
+    # edge passed on) could choose what gets authorized instead of what gets forwarded.
+    if envoy + nginx + traefik > 1:
+        raise errors.MissingOriginalRequest("The check request mixes the nginx, Traefik and Envoy conventions.")
+    if envoy:
+        original = Original("envoy", method, raw_target[len(ENVOY_PREFIX):])
+    elif nginx or traefik:
+        method_header, uri_header = NGINX_HEADERS if nginx else TRAEFIK_HEADERS
+        if not seen[method_header] or not seen[uri_header]:
+            raise errors.MissingOriginalRequest()
+        original = Original("nginx" if nginx else "traefik", seen[method_header][0], seen[uri_header][0])
+    else:
+        raise errors.MissingOriginalRequest()
+    if not _METHOD.fullmatch(original.method):
+        raise errors.MissingOriginalRequest("The original method is not an HTTP method token.")
+    return original
+
+
+def require_canonical(raw_target: str) -> None:
+    """Refuse a target that is not already in canonical form (400 invalid_path).
+
+    SECURITY: the edge forwards the raw target, not our canonical form. `/v1/%74asks` would be
+    authorized as /v1/tasks but reach the backend as it was sent, so only targets that are
+    their own canonical form can be authorized: exactly what the edge will forward.
+    """
+    try:
+        target = canonicalize(raw_target)
+    except InvalidPath:
+        raise errors.InvalidPath() from None
+    if target.path + ("?" + target.query if target.query else "") != raw_target:
+        raise errors.InvalidPath()
+
+
+def identity_headers(identity: Identity | None, request_id: str) -> list[tuple[str, str]]:
+    """The identity headers of a 200 answer (only X-Request-Id on a public route)."""
+    headers = [("X-Request-Id", request_id)]
+    if identity is not None:
+        headers += [("X-Org-Id", identity.org_id), ("X-Api-Key-Id", identity.key_id),
+                    ("X-Api-Key-Scopes", " ".join(identity.scopes))]
+    return headers
+
+
+async def check(request: web.Request) -> web.Response:
+    """May the request the edge describes pass? 200 with identity headers, or the JSON error."""
+    st = request.app[STATE]
+    started = time.perf_counter()
+    request_id = new_request_id()
+    entry: dict = {"request_id": request_id, "method": request.method, "route": None,
+                   "org_id": None, "key_id": None}
+    outcome = "ok"
+    response: web.Response | None = None
+    try:
+        original = original_request(request.method, request.raw_path, request.headers.items())
+        method, raw_target = original.method, original.target
+        entry["method"] = method
+        require_canonical(raw_target)
+        # Steps 1-5, as in the proxy. The throttle's client address is the edge's
+        # X-Forwarded-For only when the edge is in --trusted-proxies.
+        target, identity = await decide(st, method, raw_target, request.headers, request.remote or "", entry)
+        headers = identity_headers(identity, request_id)
+        if st.signer is not None:
+            headers += st.signer.headers(now=st.clock(), method=method, path=target.path, query=target.query,
+                                         identity=identity, request_id=request_id)
+        if identity is not None:
+            st.usage.add(identity.key_id, int(st.clock() * 1000))
+        response = web.Response(status=200, headers={"Cache-Control": "no-store"})
+        for name, value in headers:
+            response.headers.add(name, value)
+        return response
+    except errors.ApiError as err:
+        outcome = err.code
+        response = error_response(err, request_id)
+        if "X-Original-URI" in request.headers:
+            assert isinstance(response.body, bytes)
+            response.headers[ERROR_HEADER] = response.body.decode()
+        return response
+    finally:
+        log_request(st, entry, response.status if response is not None else 499, outcome, started)

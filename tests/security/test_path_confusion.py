@@ -1,0 +1,253 @@
+"""Path confusion over raw sockets: the path the upstream receives is the path that was authorized.
+
+Every target is sent as exact bytes. Each one is either refused (4xx, nothing reaches the
+upstream) or forwarded with exactly the canonical path the access log says was authorized.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.paths import canonicalize
+from gateway.scopes import Match, load_rules
+from tests.conftest import SCOPES
+from tests.security.conftest import GatewayProcess, RawResponse, check_forwarded_as_authorized
+
+RULES = load_rules(SCOPES)
+
+
+def raw_request(method: bytes, target: bytes, key: str | None) -> bytes:
+    lines = [method + b" " + target + b" HTTP/1.1", b"Host: api.example", b"Connection: close"]
+    if key is not None:
+        lines.append(b"Authorization: Bearer " + key.encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def send(gw: GatewayProcess, target: bytes, key: str | None, method: bytes = b"GET"):
+    """Send one request; check the core invariant; return (response, what the upstream got or None)."""
+    before = len(gw.recorder.received)
+    resp = gw.exchange(raw_request(method, target, key))
+    new = gw.recorder.received[before:]
+    if resp.header("X-Request-Id") is None:
+        # Refused by aiohttp's own parser, before the gateway's pipeline ran.
+        assert resp.status == 400, resp.raw[:300]
+        assert new == [], new
+        return resp, None
+    got = check_forwarded_as_authorized(gw, resp)
+    assert new == ([got] if got else []), new
+    return resp, got
+
+
+def assert_invalid(resp: RawResponse, got) -> None:
+    assert got is None
+    assert resp.status == 400, resp.raw[:300]
+    if resp.header("X-Request-Id") is not None:  # the gateway's envelope, not aiohttp's parser
+        assert resp.json()["error"]["code"] == "invalid_path", resp.body
+
+
+# Targets the product contract says must be refused with 400 `invalid_path` (or that aiohttp's
+# parser refuses first). Each aims at a route the reader key can reach or at one next to it.
+MUST_REFUSE = {
+    "dot segments": [
+        b"/v1/tasks/../status", b"/v1/tasks/%2e%2e/status", b"/v1/tasks/%2E%2E/status", b"/v1/tasks/%2E./status",
+        b"/v1/tasks/.%2e/status", b"/v1/tasks/%2e./status", b"/v1/tasks/.%2E/status", b"/v1/tasks/./42",
+        b"/v1/tasks/%2e/42", b"/v1/tasks/%2E/42", b"/v1/./tasks", b"/./v1/tasks", b"/v1/tasks/.", b"/v1/tasks/..",
+        b"/v1/tasks/%2e%2e", b"/v1/tasks/42/..", b"/v1/tasks/42/.", b"/v1/reservations/../tasks",
+        b"/v1/tasks/../../v1/tasks", b"/%2e%2e/v1/tasks", b"/../v1/tasks", b"/v1/status/..",
+        b"/v1/properties/1/documents/../../../tasks", b"/v1/properties/1/documents/a/%2e%2e/b",
+        b"/v1/properties/1/documents/./a",
+    ],
+    "encoded and raw separators": [
+        b"/v1/tasks%2f42", b"/v1/tasks%2F42", b"/v1/tasks/42%2fcomplete", b"/v1%2ftasks", b"/v1/tasks/..%2fstatus",
+        b"/v1/tasks/%2e%2e%2fstatus", b"/v1/tasks%5c42", b"/v1/tasks%5C42", b"/v1/tasks/..%5cstatus",
+        b"/v1/tasks\\42", b"/v1\\tasks", b"/v1/tasks/..\\status", b"/v1/properties/1/documents/a%2fb",
+        b"/v1/properties/1/documents/a%5cb", b"/v1/properties/1/documents/a\\b",
+    ],
+    "double slashes": [
+        b"//v1/tasks", b"/v1//tasks", b"/v1/tasks//42", b"/v1/tasks//", b"///v1/tasks", b"//v1/status",
+        b"/v1/properties/1/documents//a", b"/v1/properties/1/documents/a//b",
+    ],
+    "matrix parameters": [
+        b"/v1/tasks;jsessionid=1", b"/v1/tasks/42;x=1", b"/v1;/tasks", b"/v1/tasks/..;/status", b"/v1/tasks;/42",
+        b"/v1/tasks%3bx", b"/v1/tasks/42%3Bx", b"/v1/tasks/%3b", b"/v1/status;.js",
+        b"/v1/properties/1/documents/a;b",
+    ],
+    "overlong and invalid UTF-8": [
+        b"/v1/tasks/%c0%ae%c0%ae/status", b"/v1/tasks/%c0%ae", b"/v1/tasks/%c0%2e", b"/v1/tasks%c0%af42",
+        b"/v1/tasks/%e0%80%ae%e0%80%ae", b"/v1/tasks%e0%80%af42", b"/v1/tasks/%ff", b"/v1/tasks/%fe%ff",
+        b"/v1/tasks/%ed%a0%80", b"/v1/tasks/%f4%90%80%80", b"/v1/tasks/%c3", b"/v1/tasks/%c3%28",
+        b"/v1/tasks/%80", b"/v1/tasks/%f8%88%80%80%80",
+    ],
+    "malformed escapes": [
+        b"/v1/tasks/%", b"/v1/tasks/%2", b"/v1/tasks/%zz", b"/v1/tasks/%u002e%u002e", b"/v1/tasks/%%32%65",
+        b"/v1/tasks/%2g",
+    ],
+    "absolute, authority and asterisk forms": [
+        b"http://evil/v1/tasks", b"http://api.example/v1/tasks", b"https://api.example:443/v1/tasks",
+        b"HTTP://evil/v1/tasks", b"http://evil@api.example/v1/tasks", b"http:/v1/tasks", b"api.example:443",
+        b"api.example:80/v1/tasks", b"*", b"v1/tasks", b"evil/v1/tasks",
+    ],
+    "fragments": [
+        b"/v1/tasks#x", b"/v1/status#/../tasks", b"/v1/tasks?x=1#y", b"/v1/tasks/42#", b"/v1/status#",
+    ],
+    "NUL, controls and spaces": [
+        b"/v1/tasks\x00", b"/v1/tasks/4\x002", b"/v1/tasks\x01", b"/v1/tasks\x1b", b"/v1/tasks\x7f",
+        b"/v1/tasks\t", b"/v1/ta sks", b"/v1/tasks\x0b", b"/v1/tasks\x0c", b"/v1/tasks\r", b"/v1/tasks%00",
+        b"/v1/tasks/42%00.json", b"/v1/tasks/%0a", b"/v1/tasks/%0d%0aX-Org-Id:%20evil", b"/v1/tasks/%09",
+        b"/v1/tasks/%7f", b"/v1/tasks?a=\x00", b"/v1/tasks?a=b c",
+    ],
+    "raw non-ASCII": [
+        b"/v1/t\xd0\xb0sks", b"/v1/tasks/\xc3\xa9", b"/v1/tasks/\xff", b"/v1/tasks\xef\xbc\x8f42",
+        b"/v1/tasks?q=\xe9",
+    ],
+    "too long": [
+        b"/v1/" + b"a/" * 70 + b"b",  # more segments than any rule could use
+        b"/v1/tasks/" + b"a" * 9000,  # longer than the request-line limit
+        b"/v1/properties/1/documents/" + b"a" * 20000,
+    ],
+}
+
+MUST_REFUSE_CASES = [
+    pytest.param(target, id=f"{group}:{target[:40]!r}") for group, targets in MUST_REFUSE.items() for target in targets
+]
+
+
+@pytest.mark.parametrize("target", MUST_REFUSE_CASES)
+def test_ambiguous_targets_are_refused(gateway, target):
+    resp, got = send(gateway, target, gateway.keys["reader"]["key"])
+    assert_invalid(resp, got)
+
+
+# Targets that are unambiguous, so they need not be refused; each must get exactly the answer
+# below, and a forwarded one must arrive as exactly `forwarded` (request target incl. query).
+RESOLVED = [
+    # trailing slashes and case: different paths, no rule matches them
+    (b"/v1/tasks/", 404, None),
+    (b"/v1/tasks/42/", 404, None),
+    (b"/v1/status/", 404, None),
+    (b"/V1/TASKS", 404, None),
+    (b"/v1/Tasks", 404, None),
+    (b"/V1/tasks", 404, None),
+    (b"/v1/TASKS/42", 404, None),
+    (b"/v1/STATUS", 404, None),
+    (b"/v1/%74asks", 200, b"/v1/tasks"),  # an encoded unreserved character is decoded, then authorized
+    (b"/v1/tasks/%34%32", 200, b"/v1/tasks/42"),
+    # rule prefixes never match a longer segment
+    (b"/v1/tasksX", 404, None),
+    (b"/v1/tasks-admin", 404, None),
+    (b"/v1/tasks.json", 404, None),
+    (b"/v1/tasks..", 404, None),
+    (b"/v1/statusX", 404, None),
+    (b"/v1/status.", 404, None),
+    (b"/v1/tasks%20", 404, None),
+    (b"/v1/tasks%23x", 404, None),
+    (b"/v1/tasks%3fx=1", 404, None),
+    (b"/v1/tasks/42/completeX", 404, None),
+    (b"/v1/tasks/42/complete/x", 404, None),
+    (b"/v1/reservations/upcomingX", 200, b"/v1/reservations/upcomingX"),  # {reservation_id}, same scope
+    # look-alike characters are ordinary characters of a segment: never separators or dots
+    (b"/v1/tasks%ef%bc%8f42", 404, None),  # fullwidth solidus
+    (b"/v1/tasks/42%ef%bc%8fcomplete", 200, b"/v1/tasks/42%EF%BC%8Fcomplete"),
+    (b"/v1/tasks/%e2%80%a4%e2%80%a4/status", 404, None),  # one-dot leaders
+    (b"/v1/tasks/%e2%80%a4%e2%80%a4", 200, b"/v1/tasks/%E2%80%A4%E2%80%A4"),
+    (b"/v1/tasks/%ef%bc%8e%ef%bc%8e", 200, b"/v1/tasks/%EF%BC%8E%EF%BC%8E"),  # fullwidth full stops
+    (b"/v1/t%d0%b0sks", 404, None),  # Cyrillic a
+    (b"/v1/%d1%82asks", 404, None),  # Cyrillic te
+    (b"/v1/%d1%95tatus", 404, None),  # Cyrillic dze
+    (b"/v1/tasks/...", 200, b"/v1/tasks/..."),  # three dots is a name, not a dot segment
+    (b"/v1/tasks/.hidden", 200, b"/v1/tasks/.hidden"),
+    (b"/v1/tasks/%252e%252e", 200, b"/v1/tasks/%252e%252e"),  # decoded once: the literal "%2e%2e"
+    (b"/v1/tasks/%252f", 200, b"/v1/tasks/%252f"),
+    (b"/v1/tasks/%255c", 200, b"/v1/tasks/%255c"),
+    (b"/v1/tasks/a%20b", 200, b"/v1/tasks/a%20b"),
+    (b"/v1/tasks/a+b", 200, b"/v1/tasks/a+b"),
+    (b"/v1/tasks/%7e", 200, b"/v1/tasks/~"),
+    (b'/v1/tasks/"', 200, b"/v1/tasks/%22"),
+    # the query string is forwarded as sent, but never used to route or authorize
+    (b"/v1/status?/../tasks", 200, b"/v1/status?/../tasks"),
+    (b"/v1/status?x=/v1/tasks", 200, b"/v1/status?x=/v1/tasks"),
+    (b"/v1/status?%2f..%2ftasks", 200, b"/v1/status?%2f..%2ftasks"),
+    (b"/v1/status??/tasks", 200, b"/v1/status??/tasks"),
+    (b"/v1/tasks?/../../guests", 200, b"/v1/tasks?/../../guests"),
+    (b"/v1/tasks?", 200, b"/v1/tasks"),
+    (b"/v1/guests?/../tasks", 403, None),
+    # long but within every limit
+    (b"/v1/tasks/" + b"a" * 8000, 200, b"/v1/tasks/" + b"a" * 8000),
+    (b"/v1/properties/1/documents/" + b"d/" * 50 + b"f", 200, b"/v1/properties/1/documents/" + b"d/" * 50 + b"f"),
+]
+
+
+@pytest.mark.parametrize("target, status, forwarded", [
+    pytest.param(t, s, f, id=repr(t[:48])) for t, s, f in RESOLVED
+])
+def test_unambiguous_targets_are_authorized_on_what_is_forwarded(gateway, target, status, forwarded):
+    resp, got = send(gateway, target, gateway.keys["reader"]["key"])
+    assert resp.status == status, resp.raw[:300]
+    if forwarded is None:
+        assert got is None
+    else:
+        assert got is not None and got.target.encode("latin-1") == forwarded, got
+
+
+# Every target above, and the confusion shapes below aimed at routes the key cannot reach.
+SHAPES = [
+    "/v1/tasks/../{t}", "/v1/tasks/%2e%2e/{t}", "/v1/tasks/%2E%2E/{t}", "/v1/tasks/.%2e/{t}", "/v1/tasks/%2e./{t}",
+    "/v1/tasks/..%2f{t}", "/v1/tasks%2f..%2f{t}", "/v1/tasks/..%5c{t}", "/v1/tasks\\..\\{t}", "/v1/tasks/..;/{t}",
+    "/v1/tasks;/../{t}", "/v1/status/../{t}", "/v1/status?/../{t}", "/v1/status#/../{t}", "/v1/./{t}",
+    "/v1/tasks/%c0%ae%c0%ae/{t}", "/v1/tasks/%c0%af..%c0%af{t}", "/v1/tasks/%252e%252e/{t}",
+    "/v1/tasks/%ef%bc%8f..%ef%bc%8f{t}", "/v1/tasks/%e2%80%a4%e2%80%a4/{t}", "/v1/tasks/%2e%2e%2f{t}",
+    "/v1/properties/1/documents/../../../{t}", "/v1/properties/1/documents/%2e%2e/%2e%2e/%2e%2e/{t}",
+    "/v1/properties/1/documents/..%2f..%2f..%2f{t}", "/v1/properties/1/documents/%2e%2e%5c%2e%2e%5c%2e%2e%5c{t}",
+    "/v1/tasks/1/..//{t}", "//v1/{t}", "/v1//{t}", "http://api.example/v1/{t}", "/v1/{t}%00", "/v1/{t}/",
+    "/v1/{T}", "/v1/{t};x", "/v1/{t}%3b", "/v1/{t}#", "/v1/properties/1/documents/{t}",
+]
+FORBIDDEN_FOR_READER = ["guests", "guests/1", "messages", "messages/1", "guests/1/reservations"]
+
+
+def key_may_reach(scopes: tuple[str, ...], method: str, path: str) -> bool:
+    found = RULES.match(method, canonicalize(path).segments)
+    return isinstance(found, Match) and (found.rule.public or found.rule.scope in scopes)
+
+
+def assert_only_reachable_routes(gw: GatewayProcess, key_name: str, method: bytes, target: bytes) -> None:
+    spec = gw.keys[key_name]
+    resp, got = send(gw, target, spec["key"], method)
+    if got is not None:
+        assert resp.status == 200
+        assert key_may_reach(spec["scopes"], got.method, got.path), (key_name, got.request_line)
+        assert got.method == method.decode().upper()
+
+
+@pytest.mark.parametrize("tail", FORBIDDEN_FOR_READER)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_confusion_never_reaches_a_route_the_key_lacks(gateway, shape, tail):
+    target = shape.replace("{t}", tail).replace("{T}", tail.upper()).encode()
+    before = len(gateway.recorder.received)
+    assert_only_reachable_routes(gateway, "reader", b"GET", target)
+    for got in gateway.recorder.received[before:]:
+        assert not got.path.startswith(("/v1/guests", "/v1/messages")), got.request_line
+
+
+ALL_TARGETS = [t for targets in MUST_REFUSE.values() for t in targets] + [t for t, _, _ in RESOLVED]
+
+
+@pytest.mark.parametrize("key_name, method", [
+    ("admin", b"GET"),  # tasks:read only among the API scopes
+    ("reader", b"DELETE"),  # no write scope at all
+    ("reader", b"POST"),
+])
+def test_every_variant_with_a_key_lacking_scope(gateway, key_name, method):
+    """Each variant again, with a key (or method) that lacks the scope most of them would need:
+    whatever is forwarded is a route that key may reach, with the method that was authorized."""
+    for target in ALL_TARGETS:
+        assert_only_reachable_routes(gateway, key_name, method, target)
+
+
+@pytest.mark.parametrize("target", [b"/v1/status", b"/v1/status?/../tasks", b"/v1/status/../tasks",
+                                    b"/v1/status%2f..%2ftasks", b"/v1/tasks", b"/v1/tasks/..%2fstatus"])
+def test_without_a_key_only_the_public_route_is_forwarded(gateway, target):
+    resp, got = send(gateway, target, None)
+    if got is not None:
+        assert got.path == "/v1/status" and got.header("X-Org-Id") is None
+    else:
+        assert resp.status in (400, 401)
