@@ -23,6 +23,7 @@ from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.proxy import STATE, GatewayState, handle, router_errors
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
+from gateway.server import EnvelopeAppRunner
 from gateway.signing import make_signer
 from gateway.tasks import flush_usage, listen_for_revocations, usage_flusher
 from gateway.throttle import FailureThrottle, KnownKeys
@@ -166,7 +167,7 @@ async def run_apps(apps: list[tuple[web.Application, str]], *, on_started: Calla
     runners = []
     try:
         for app, listen in apps:
-            runner = web.AppRunner(app, access_log=None, handle_signals=False,
+            runner = EnvelopeAppRunner(app, access_log=None, handle_signals=False,
                                    logger=ServerLog(logging.getLogger("aiohttp.server")))
             await runner.setup()
             runners.append(runner)

@@ -54,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.workers import WORKER_ENV, run_supervisor
 
     settings = config.load(config.ServeSettings, vars(args))
-    if settings.mode == "forward-auth" and not settings.trusted_proxies:
+    if settings.mode == "forward-auth" and not settings.trusted_proxies and not os.environ.get(WORKER_ENV):
         logging.getLogger("gateway").warning(
             "forward-auth without --trusted-proxies: every client shares the edge's address in the failed-auth throttle")
     if settings.workers > 1:

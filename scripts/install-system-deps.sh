@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages the gateway needs, only those that are missing.
 #   scripts/install-system-deps.sh        what `make run` needs: redis-server, python3-venv
-#   scripts/install-system-deps.sh test   also what the test suite needs: chromium (browser tests)
+#   scripts/install-system-deps.sh test   also what the test suite needs: chromium (browser tests),
+#                                         nginx (forward-auth tests with a real nginx)
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -9,6 +10,7 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${1:-}" = "test" ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -8,6 +8,7 @@ memory can be inspected from outside.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import socket
@@ -230,12 +231,30 @@ def gateway(request, redis_server, recorder, tmp_path_factory) -> GatewayProcess
     assert gw.proc.returncode == 0, gw.stderr.read_text()
 
 
+@functools.cache
+def _shipped_rules():
+    from gateway.scopes import load_rules
+
+    return load_rules(SCOPES)
+
+
+def refused_by_parser(resp: RawResponse) -> bool:
+    """aiohttp's HTTP parser refused the request before the pipeline ran (gateway/server.py
+    answers those with the envelope and code malformed_request)."""
+    if resp.header("X-Request-Id") is None:
+        return True
+    try:
+        return resp.json()["error"]["code"] == "malformed_request"
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
 def check_forwarded_as_authorized(gw: GatewayProcess, resp: RawResponse) -> "Received | None":
     """The invariant: a forwarded request reached the upstream with exactly the path that was
     authorized (the access log's canonical path, matched by the logged route); a refused one
     reached nothing. Returns what the upstream received, or None."""
     from gateway.paths import canonicalize
-    from gateway.scopes import Match, load_rules
+    from gateway.scopes import Match
 
     request_id = resp.header("X-Request-Id")
     assert request_id, resp.raw[:300]
@@ -249,6 +268,6 @@ def check_forwarded_as_authorized(gw: GatewayProcess, resp: RawResponse) -> "Rec
     assert got.path == entry["path"], (got.request_line, entry)
     target = canonicalize(got.target)
     assert target.path == got.path  # what arrived is itself canonical: the backend cannot re-read it
-    found = load_rules(SCOPES).match(got.method if got.method != "HEAD" else "HEAD", target.segments)
+    found = _shipped_rules().match(got.method if got.method != "HEAD" else "HEAD", target.segments)
     assert isinstance(found, Match) and found.rule.template == entry["route"], (found, entry)
     return got

@@ -361,7 +361,7 @@ async def test_bodies_over_64_kib_are_413(admin, how):
 ], ids=["not-gzip", "corrupt-gzip", "not-deflate"])
 async def test_a_body_that_is_not_what_its_encoding_says_is_400(admin, encoding, data):
     # Caught by the handler (was a 500) or, when the first bytes already fail, by aiohttp's
-    # parser before any handler runs (its plain-text 400: see the xfail test at the end).
+    # parser before any handler runs (answered with the JSON envelope by gateway/server.py: see the test at the end).
     before = admin.keyspace()
     status, body, resp = await admin.call("POST", CREATE, data=data, headers={**JSON, "Content-Encoding": encoding})
     assert status == 400, body
@@ -660,12 +660,9 @@ async def test_malformed_requests_are_logged_without_the_credential(admin_proces
     assert OPERATOR_TOKEN not in text and OPERATOR_TOKEN[:12] not in text, text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "aiohttp answers a request its HTTP parser refuses itself, in text/plain, repeating the offending "
-    "header (here the credential) back; needs a RequestHandler.handle_error override where the runner "
-    "is built (gateway/app.py run_apps), see the report of issue #4"))
 async def test_malformed_requests_get_the_envelope_without_the_credential(admin_process):
     url, _ = admin_process
     resp = await raw_request(url, MALFORMED[0].replace(b"%s", OPERATOR_TOKEN.encode()))
     assert OPERATOR_TOKEN.encode() not in resp.body
-    assert resp.json()["error"]["code"] == "bad_request"
+    assert resp.json()["error"]["code"] == "malformed_request"
+    assert resp.header("Content-Type").startswith("application/json")

@@ -39,7 +39,6 @@ SHIPPED = ROOT / "deploy" / "nginx" / "forward-auth.conf"
 SECRET = "nginx-2025:forward-auth-signing-secret-0123456789abcdef"
 RULES = load_rules(SCOPES)
 
-pytestmark = pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is required (make test installs it)")
 
 
 def render(conf: str, *, listen: int, auth_port: int, backend_port: int) -> str:
@@ -93,6 +92,7 @@ class Nginx:
 
 
 def start_nginx(tmp: Path, *, auth_port: int, backend_port: int) -> Nginx:
+    assert Path(NGINX).exists(), "nginx is required (make test installs it)"
     port = free_port()
     (tmp / "forward-auth.conf").write_text(render(SHIPPED.read_text(), listen=port, auth_port=auth_port,
                                                   backend_port=backend_port))

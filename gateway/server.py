@@ -1,0 +1,66 @@
+"""aiohttp's server, with its own error pages replaced by the JSON envelope.
+
+When aiohttp's HTTP parser refuses a request (a malformed header, a bad chunk size, a line
+too long), aiohttp answers by itself in text/plain and quotes the offending line, which can be
+an Authorization or X-API-Key header. This runner answers those with the same JSON error
+envelope as everything else, without repeating a byte of the request.
+
+It hooks into two aiohttp internals (``AppRunner._make_server`` and ``Server.__call__``);
+tests/security/test_http_parsing.py and test_admin_abuse.py fail if an aiohttp upgrade
+breaks the hook.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from aiohttp import web, web_protocol, web_server
+
+from gateway import errors
+
+access_log = logging.getLogger("gateway.access")
+
+
+class ParseError(errors.BadRequest):
+    code, message = "malformed_request", "The request is not valid HTTP/1.1."
+
+
+class EnvelopeRequestHandler(web_protocol.RequestHandler):
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        # Logging (through the redacting ServerLog) and the "response already started" check.
+        super().handle_error(request, status, exc, "")
+        from gateway.proxy import error_response, new_request_id  # proxy imports this module's users
+
+        if status == 400:
+            err: errors.ApiError = ParseError()
+        elif status == 413:
+            err = errors.PayloadTooLarge()
+        else:
+            err = errors.ApiError()
+            err.status = status
+        request_id = new_request_id()
+        response = error_response(err, request_id)
+        response.force_close()
+        # The access log has a line for every answer, this one included (nothing of the
+        # request is in it: its method and path are exactly what could not be parsed).
+        access_log.info(orjson.dumps({
+            "request_id": request_id, "method": None, "route": None, "org_id": None, "key_id": None,
+            "path": None, "status": err.status, "outcome": err.code, "duration_ms": 0.0,
+        }).decode())
+        return response
+
+
+class EnvelopeServer(web_server.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return EnvelopeRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class EnvelopeAppRunner(web.AppRunner):
+    """web.AppRunner whose protocol errors get the JSON envelope."""
+
+    async def _make_server(self) -> web_server.Server:
+        server = await super()._make_server()
+        server.__class__ = EnvelopeServer  # same state, one overridden factory method
+        return server
