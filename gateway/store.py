@@ -98,6 +98,21 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 """
 
+# The same, for many records in one call (standalone and Sentinel: Cluster would refuse keys
+# of several slots). ARGV holds (last_used_ms, count) pairs in KEYS order.
+_TOUCH_MANY = """
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    local cur = tonumber(redis.call('HGET', key, 'last_used_at') or '0')
+    local ts = tonumber(ARGV[2 * i - 1])
+    if ts > cur then redis.call('HSET', key, 'last_used_at', ARGV[2 * i - 1]) end
+    redis.call('HINCRBY', key, 'request_count', ARGV[2 * i])
+  end
+end
+return 1
+"""
+TOUCH_BATCH = 500  # records per script call: one round trip, and Redis is never blocked for long
+
 _event_json = msgspec.json.Encoder()
 _event_dec = msgspec.json.Decoder(AuditEvent)
 
@@ -256,6 +271,7 @@ class KeyStore:
         self._live = client.register_script(_LIVE)
         self._revoke = client.register_script(_REVOKE)
         self._touch = client.register_script(_TOUCH)
+        self._touch_many = client.register_script(_TOUCH_MANY)
 
     def _deadline(self) -> int:
         return int(time.time() * 1000) + self.write_deadline_ms
@@ -391,7 +407,7 @@ class KeyStore:
         await self.redis.publish(self.ack_channel, f"{nonce} {node_id}")
 
     async def record_usage(self, batch: dict[str, tuple[int, int]]) -> None:
-        """Write last-used times and request counts for many keys in one pipeline."""
+        """Write last-used times and request counts: one script call per 500 keys (standalone)."""
         if not batch:
             return
         if isinstance(self.redis, RedisCluster):
@@ -404,10 +420,11 @@ class KeyStore:
                     for key_id, (last_ms, count) in items[start:start + 256]
                 ))
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key_id, (last_ms, count) in batch.items():
-                await self._touch(keys=[self._rec(key_id)], args=[last_ms, count], client=pipe)
-            await pipe.execute()
+        items = list(batch.items())
+        for start in range(0, len(items), TOUCH_BATCH):
+            part = items[start:start + TOUCH_BATCH]
+            await self._touch_many(keys=[self._rec(key_id) for key_id, _ in part],
+                                   args=[v for _, (last_ms, count) in part for v in (last_ms, count)])
 
     async def publish_invalidation(self, key_id: str, nonce: str) -> None:
         await self.redis.publish(self.channel, f"{key_id} {nonce}")

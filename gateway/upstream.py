@@ -163,6 +163,11 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def time_out(self) -> None:
+        """The upstream sent no response head within the read timeout."""
+        if self.headers_done is not None and not self.headers_done.done():
+            self._fail(UpstreamTimeout("no response from the upstream in time"))
+
     def _wake(self) -> None:
         if self.data_waiter is not None and not self.data_waiter.done():
             self.data_waiter.set_result(None)
@@ -324,9 +329,21 @@ class UpstreamPool:
         conn.start(head_only=method == "HEAD")
         assert conn.transport is not None and conn.headers_done is not None
         conn.transport.write(head)
-        sender = None
-        if body is not None:
-            sender = asyncio.ensure_future(self._send_body(conn, body, chunked))
+        if body is None:  # the common case: one future, one timer, no task
+            if not conn.headers_done.done():
+                timer = loop.call_later(self.read_timeout, conn.time_out)
+                try:
+                    await conn.headers_done
+                except BaseException:
+                    self._discard(conn)
+                    raise
+                finally:
+                    timer.cancel()
+            elif conn.headers_done.exception() is not None:
+                self._discard(conn)
+                conn.headers_done.result()
+            return UpstreamResponse(self, conn)
+        sender = asyncio.ensure_future(self._send_body(conn, body, chunked))
         try:
             while not conn.headers_done.done():
                 left = self.read_timeout - (loop.time() - conn.last_data)
