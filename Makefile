@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test screenshots clean
+.PHONY: run test bench screenshots clean
 
 run: $(STAMP)
 	@scripts/install-system-deps.sh
@@ -12,6 +12,12 @@ run: $(STAMP)
 test: $(STAMP)
 	@scripts/install-system-deps.sh test
 	$(PY) -m pytest -q
+	$(PY) bench/run.py --smoke --output artifacts/bench-smoke.json
+
+# The benchmark of issue #6 (about 6 minutes; see bench/README.md).
+bench: $(STAMP)
+	@scripts/install-system-deps.sh test
+	$(PY) bench/run.py
 
 # The browser tests save screenshots of the page (list, create and reveal dialogs, 375 px).
 screenshots: $(STAMP)
