@@ -16,6 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from redis.exceptions import RedisError
 
 from gateway import forward_auth
+from gateway import accesslog
 from gateway import store as store_mod
 from gateway.cache import VerdictCache
 from gateway.config import ServeSettings
@@ -179,6 +180,7 @@ async def run_apps(apps: list[tuple[web.Application, str]], *, on_started: Calla
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+        accesslog.flush()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)

@@ -12,14 +12,10 @@ breaks the hook.
 
 from __future__ import annotations
 
-import logging
-
 import orjson
 from aiohttp import web, web_protocol, web_server
 
-from gateway import errors
-
-access_log = logging.getLogger("gateway.access")
+from gateway import accesslog, errors
 
 
 class ParseError(errors.BadRequest):
@@ -45,10 +41,10 @@ class EnvelopeRequestHandler(web_protocol.RequestHandler):
         response.force_close()
         # The access log has a line for every answer, this one included (nothing of the
         # request is in it: its method and path are exactly what could not be parsed).
-        access_log.info(orjson.dumps({
+        accesslog.write(orjson.dumps({
             "request_id": request_id, "method": None, "route": None, "org_id": None, "key_id": None,
             "path": None, "status": err.status, "outcome": err.code, "duration_ms": 0.0,
-        }).decode())
+        }))
         return response
 
 
