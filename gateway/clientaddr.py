@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Iterable, Sequence
 
@@ -12,6 +13,7 @@ def _is_trusted(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, trusted: Se
     return any(addr in net for net in trusted)
 
 
+@functools.lru_cache(maxsize=8192)  # peers and proxies repeat; bounded for hostile X-Forwarded-For
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # "[2001:db8::1]:443"
@@ -32,10 +34,12 @@ def client_address(peer: str, forwarded_for: Iterable[str], trusted: Sequence[Ne
     the client. Entries left of it were written by the client itself and are ignored. A
     malformed entry stops the walk at the last address a trusted proxy vouched for.
     """
+    if not trusted:
+        return peer  # the socket's own address: nothing to parse or believe
     current = parse_ip(peer)
     if current is None:
         return peer
-    if not trusted or not _is_trusted(current, trusted):
+    if not _is_trusted(current, trusted):
         return str(current)
     hops = [h for value in forwarded_for for h in value.split(",") if h.strip()]
     for hop in reversed(hops):

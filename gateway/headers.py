@@ -5,6 +5,7 @@ Headers are sequences of (name, value) str pairs, possibly repeated, in any case
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -35,6 +36,7 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BREAKS_FIELD = re.compile(r"[\r\n\x00]")
 # Header bytes that are not UTF-8 arrive from aiohttp's parser as lone surrogates.
 _NOT_ENCODABLE = re.compile("[\ud800-\udfff]")
+_UNSENDABLE_VALUE = re.compile("[\r\n\x00\ud800-\udfff]")  # either of the two above, in one pass
 _WHITESPACE = re.compile(r"\s")
 
 Headers = Iterable[tuple[str, str]]
@@ -59,6 +61,7 @@ class ClientInfo:
     trusted_proxy: bool
 
 
+@functools.lru_cache(maxsize=4096)  # names repeat from request to request; bounded for hostile ones
 def fold_name(name: str) -> str:
     """Normalize a header name for comparison: strip, lower-case, "_" -> "-"."""
     # SECURITY: CGI/WSGI-style backends map both "X-Org-Id" and "X_Org_Id" to HTTP_X_ORG_ID,
@@ -82,14 +85,20 @@ def _forwardable(name: str, value: str) -> bool:
     # earlier, this is defence in depth. The header is dropped, never repaired.
     # A value holding non-UTF-8 bytes cannot be written back as it came either: aiohttp's C
     # writer silently drops those bytes and its pure-Python writer raises (a 500).
-    return (
-        _TOKEN.fullmatch(name) is not None
-        and _BREAKS_FIELD.search(value) is None
-        and _NOT_ENCODABLE.search(value) is None
-    )
+    return _is_token(name) and _UNSENDABLE_VALUE.search(value) is None
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_token(name: str) -> bool:
+    return _TOKEN.fullmatch(name) is not None
 
 
 def _is_dropped_request_header(folded: str, listed: frozenset[str]) -> bool:
+    return folded in listed or _always_dropped(folded)
+
+
+@functools.lru_cache(maxsize=4096)
+def _always_dropped(folded: str) -> bool:
     return (
         folded in CREDENTIAL_HEADERS
         # SECURITY: every spelling of Content-Length, "_" ones included: next to the forwarder's
@@ -99,7 +108,6 @@ def _is_dropped_request_header(folded: str, listed: frozenset[str]) -> bool:
         or folded in METHOD_OVERRIDE_HEADERS
         or folded in HOP_BY_HOP
         or folded in FORWARDING_HEADERS
-        or folded in listed
         or folded == "host"
         or folded.startswith(DROPPED_PREFIXES)
     )

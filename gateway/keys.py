@@ -38,15 +38,21 @@ class ParsedKey:
     prefix: str  # display prefix, e.g. "sop_AbC123"
 
 
+_PAIRS = [a + b for a in ALPHABET for b in ALPHABET]  # 3,844 two-digit strings: half the divmods
+
+
 def base62(number: int, width: int) -> str:
     """Encode a non-negative integer as exactly ``width`` base62 characters."""
-    chars = []
-    for _ in range(width):
+    parts = []
+    for _ in range(width // 2):
+        number, rem = divmod(number, 3844)
+        parts.append(_PAIRS[rem])
+    if width % 2:
         number, rem = divmod(number, 62)
-        chars.append(ALPHABET[rem])
+        parts.append(ALPHABET[rem])
     if number:
         raise ValueError("number does not fit in width")
-    return "".join(reversed(chars))
+    return "".join(reversed(parts))
 
 
 def checksum(body: str) -> str:

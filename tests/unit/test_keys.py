@@ -85,3 +85,15 @@ def test_regex_finds_leaked_keys_in_text():
     key = keys.generate_key()
     assert keys.looks_like_key(f"config: token={key}\n")
     assert not keys.looks_like_key("sop_short")
+
+
+@given(st.integers(min_value=0, max_value=62**16 - 1), st.integers(min_value=1, max_value=16))
+def test_base62_matches_the_digit_by_digit_definition(number, width):
+    from gateway.keys import ALPHABET, base62
+
+    number %= 62**width
+    digits, n = [], number
+    for _ in range(width):
+        n, rem = divmod(n, 62)
+        digits.append(ALPHABET[rem])
+    assert base62(number, width) == "".join(reversed(digits))
