@@ -13,6 +13,7 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self._request_children: dict[tuple[str, str], object] = {}
         self.requests = Counter(
             "gateway_requests", "Requests by outcome code and route template",
             ["outcome", "route"], registry=r,
@@ -43,6 +44,15 @@ class Metrics:
             "gateway_auth_throttled", "Requests refused with 429 too_many_failed_attempts", registry=r,
         )
         self.usage_pending = Gauge("gateway_usage_pending_keys", "Keys waiting for the next flush", registry=r)
+
+    def request_counter(self, outcome: str, route: str):
+        """The requests counter's child for (outcome, route), looked up once per pair: both
+        come from closed sets (error codes and scopes.yaml templates), so this stays small."""
+        key = (outcome, route)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(outcome, route)
+        return child
 
     def add_throttle(self, throttle) -> None:
         """Export how many client addresses the failure throttle tracks."""

@@ -115,7 +115,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
 def log_request(st: GatewayState, entry: dict, status: int, outcome: str, started: float) -> None:
     """Metrics and the JSON access-log line of one request (the proxy's and forward-auth's)."""
     duration = time.perf_counter() - started
-    st.metrics.requests.labels(outcome, entry["route"] or "-").inc()
+    st.metrics.request_counter(outcome, entry["route"] or "-").inc()
     st.metrics.latency.observe(duration)
     entry.update(status=status, outcome=outcome, duration_ms=round(duration * 1000, 3))
     accesslog.write(orjson.dumps(entry))
