@@ -115,7 +115,14 @@ async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
     yield
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    # Bounded: a task that swallowed its cancellation (a library turning it into a timeout
+    # error, say) must not hold the shutdown, and the last-used flush below, hostage.
+    _, pending = await asyncio.wait(tasks, timeout=3.0)
+    for task in pending:
+        log.error("background task %s did not stop when cancelled; cancelling it again", task.get_name())
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=1.0)
     # Nothing lost on shutdown: the buffered last-used data goes out within a deadline.
     try:
         await asyncio.wait_for(flush_usage(st.store, st.usage, st.metrics), SHUTDOWN_FLUSH_DEADLINE)

@@ -28,7 +28,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: SIGTERM the child when `gateway dev` dies, even by SIGKILL (nothing left running)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -47,7 +47,7 @@ async def start_redis(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
         binary, str(REDIS_CONF), "--port", str(port), "--dir", str(data_dir.resolve()),
         "--bind", "127.0.0.1", "--logfile", "redis.log",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     url = f"redis://127.0.0.1:{port}/0"
     client = connect(url)

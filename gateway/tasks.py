@@ -76,6 +76,12 @@ async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: 
             cache.clear()
             raise
         except (RedisError, OSError) as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # A cancellation that a timeout inside the Redis client turned into an error:
+                # shutting down, not a lost channel.
+                cache.clear()
+                raise asyncio.CancelledError() from exc
             if cache.trusted:
                 log.warning("revocation channel lost (%s); cache bypassed until resubscribed", exc)
             cache.distrust()  # entries stay only for --stale-if-error; resubscribing clears them

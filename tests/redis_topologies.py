@@ -10,6 +10,7 @@ from pathlib import Path
 
 import redis
 
+from gateway.dev import die_with_parent  # SIGTERM if the test run is killed
 from tests.conftest import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "redis-server"
@@ -34,7 +35,8 @@ def cluster_port() -> int:
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([REDIS_SERVER, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen([REDIS_SERVER, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=die_with_parent)
 
 
 def _wait(check, what: str, timeout: float = 15.0):
@@ -83,6 +85,15 @@ class Cluster:
 
 def start_cluster(tmp: Path, masters: int = 3) -> Cluster:
     cluster = Cluster([cluster_port() for _ in range(masters)])
+    try:
+        _start_cluster(cluster, tmp)
+    except BaseException:
+        cluster.stop()  # nothing left running when start-up fails
+        raise
+    return cluster
+
+
+def _start_cluster(cluster: Cluster, tmp: Path) -> None:
     for port in cluster.ports:
         cluster.procs.append(_start(["--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                                      "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
@@ -95,7 +106,6 @@ def start_cluster(tmp: Path, masters: int = 3) -> Cluster:
         _wait(lambda: "cluster_state:ok" in str(cluster.client(port).execute_command("CLUSTER INFO"))
               or "'cluster_state': 'ok'" in str(cluster.client(port).execute_command("CLUSTER INFO")),
               f"cluster state ok on {port}")
-    return cluster
 
 
 def migrate_slot_begin(cluster: Cluster, slot: int) -> tuple[int, int]:
@@ -143,6 +153,15 @@ class SentinelSetup:
 
 def start_sentinels(tmp: Path) -> SentinelSetup:
     setup = SentinelSetup(free_port(), free_port(), [free_port() for _ in range(3)])
+    try:
+        _start_sentinels(setup, tmp)
+    except BaseException:
+        setup.stop()  # nothing left running when start-up fails
+        raise
+    return setup
+
+
+def _start_sentinels(setup: SentinelSetup, tmp: Path) -> None:
     common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     setup.procs[setup.master_port] = _start(["--port", str(setup.master_port), *common], tmp / "master")
     setup.procs[setup.replica_port] = _start(["--port", str(setup.replica_port), *common,
@@ -163,4 +182,3 @@ def start_sentinels(tmp: Path) -> SentinelSetup:
         _wait(lambda: int(redis.Redis(port=port, decode_responses=True).sentinel_master(setup.service)
                           ["num-other-sentinels"]) == 2 and redis.Redis(port=port, decode_responses=True)
               .sentinel_master(setup.service)["num-slaves"] == 1, f"sentinel {port} sees the others")
-    return setup

@@ -15,6 +15,7 @@ import time
 import aiohttp
 import pytest
 
+from gateway.dev import die_with_parent
 from tests.conftest import ROOT, SCOPES, eventually, free_port
 
 
@@ -116,7 +117,7 @@ def test_dev_works_as_it_prints(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "dev", "--port", str(port)], cwd=tmp_path,
                             env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=die_with_parent)  # nothing left if the test run is killed
     try:
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
