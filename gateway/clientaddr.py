@@ -9,6 +9,14 @@ from typing import Iterable, Sequence
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def is_trusted_peer(peer: str, trusted: Sequence[Network]) -> bool:
+    """Is the TCP peer one of the trusted proxies?"""
+    if not trusted:
+        return False
+    addr = parse_ip(peer)
+    return addr is not None and _is_trusted(addr, trusted)
+
+
 def _is_trusted(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, trusted: Sequence[Network]) -> bool:
     return any(addr in net for net in trusted)
 

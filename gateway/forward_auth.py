@@ -14,7 +14,7 @@ from typing import Iterable, NamedTuple
 from aiohttp import web
 
 from gateway import errors
-from gateway.headers import Identity
+from gateway.headers import identity_headers
 from gateway.paths import InvalidPath, canonicalize
 from gateway.proxy import STATE, decide, error_response, log_request, new_request_id
 from gateway.signing import KEY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
@@ -87,15 +87,6 @@ def require_canonical(raw_target: str) -> None:
         raise errors.InvalidPath() from None
     if target.path + ("?" + target.query if target.query else "") != raw_target:
         raise errors.InvalidPath()
-
-
-def identity_headers(identity: Identity | None, request_id: str) -> list[tuple[str, str]]:
-    """The identity headers of a 200 answer (only X-Request-Id on a public route)."""
-    headers = [("X-Request-Id", request_id)]
-    if identity is not None:
-        headers += [("X-Org-Id", identity.org_id), ("X-Api-Key-Id", identity.key_id),
-                    ("X-Api-Key-Scopes", " ".join(identity.scopes))]
-    return headers
 
 
 async def check(request: web.Request) -> web.Response:

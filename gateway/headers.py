@@ -166,7 +166,17 @@ def upstream_request_headers(
     ]
     out.extend((n, v) for n, v in forwarded if v is not None and _forwardable(n, v))
 
-    out.append(_injected("X-Request-Id", request_id))
+    out.extend(identity_headers(identity, request_id))
+    return out
+
+
+def identity_headers(identity: Identity | None, request_id: str) -> list[tuple[str, str]]:
+    """X-Request-Id and, with an identity, X-Org-Id, X-Api-Key-Id and X-Api-Key-Scopes.
+
+    The headers the gateway vouches for: injected upstream by the proxy, answered to the edge
+    by forward-auth. Raises ValueError if a value is not a safe header value.
+    """
+    out = [_injected("X-Request-Id", request_id)]
     if identity is not None:
         for scope in identity.scopes:
             # SECURITY: scopes travel space-separated; a scope holding whitespace (or an empty

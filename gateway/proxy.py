@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import ipaddress
 import logging
 import secrets
 import time
@@ -23,7 +22,7 @@ from redis.exceptions import RedisError
 from gateway import accesslog, errors, keys
 from gateway.cache import MISS, VerdictCache
 from gateway.config import ServeSettings
-from gateway.clientaddr import client_address
+from gateway.clientaddr import client_address, is_trusted_peer
 from gateway.credentials import extract_credential, key_in_query
 from gateway.headers import ClientInfo, Identity, upstream_request_headers, upstream_response_headers
 from gateway.metrics import Metrics
@@ -225,14 +224,8 @@ def authorize(found: Match | RouteNotFound | MethodNotAllowed, record: KeyRecord
 
 def client_info(request: web.Request, st: GatewayState) -> ClientInfo:
     peer = request.remote or ""
-    trusted = False
-    if st.trusted_nets and peer:
-        try:
-            addr = ipaddress.ip_address(peer)
-            trusted = any(addr in net for net in st.trusted_nets)
-        except ValueError:
-            trusted = False
-    return ClientInfo(peer=peer, proto=request.scheme, host=request.headers.get("Host"), trusted_proxy=trusted)
+    return ClientInfo(peer=peer, proto=request.scheme, host=request.headers.get("Host"),
+                      trusted_proxy=is_trusted_peer(peer, st.trusted_nets))
 
 
 async def forward(

@@ -43,22 +43,18 @@ class Stack:
             return body
 
     async def call(self, method: str, path: str, key: str | None = None, **kw) -> tuple[int, Any, aiohttp.ClientResponse]:
-        headers = dict(kw.pop("headers", {}) or {})
-        if key is not None:
-            headers["Authorization"] = f"Bearer {key}"
-        async with self.http.request(method, self.gateway + path, headers=headers, **kw) as resp:
-            raw = await resp.read()
-            try:
-                body = msgspec.json.decode(raw) if raw else None
-            except msgspec.DecodeError:
-                body = raw
-            return resp.status, body, resp
+        """A request through the gateway, with ``key`` as the Bearer credential."""
+        return await self._request(self.gateway, method, path, key, **kw)
 
     async def admin_call(self, method: str, path: str, token: str = OPERATOR_TOKEN, **kw):
+        """A request to the admin API, with ``token`` as the Bearer credential (None: none)."""
+        return await self._request(self.admin, method, path, token, **kw)
+
+    async def _request(self, base: str, method: str, path: str, bearer: str | None, **kw):
         headers = dict(kw.pop("headers", {}) or {})
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        async with self.http.request(method, self.admin + path, headers=headers, **kw) as resp:
+        if bearer is not None:
+            headers["Authorization"] = f"Bearer {bearer}"
+        async with self.http.request(method, base + path, headers=headers, **kw) as resp:
             raw = await resp.read()
             try:
                 body = msgspec.json.decode(raw) if raw else None
