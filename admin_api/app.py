@@ -24,7 +24,8 @@ from gateway import errors
 from gateway import store as store_mod
 from gateway.config import AdminSettings
 from gateway.model import EXPIRY_CHOICES, expires_at_for, rfc3339
-from gateway.proxy import error_response, new_request_id
+from gateway.proxy import new_request_id
+from gateway.server import error_response
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
 from gateway.store import KeyStore, decode_cursor

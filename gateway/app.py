@@ -1,14 +1,15 @@
-"""Builds the gateway's aiohttp applications (proxy and ops listener) and runs them."""
+"""Builds the gateway (its proxy or forward-auth listener, and the aiohttp ops listener) and runs them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import signal
 import time
-from typing import AsyncIterator, Callable
+from typing import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -21,7 +22,8 @@ from gateway import store as store_mod
 from gateway.cache import VerdictCache
 from gateway.config import ServeSettings
 from gateway.metrics import CONTENT_TYPE, Metrics
-from gateway.proxy import STATE, GatewayState, handle, router_errors
+from gateway.httpserver import HttpServer, Limits
+from gateway.proxy import GatewayState, answer_protocol_error, handle
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
 from gateway.server import EnvelopeAppRunner
@@ -34,9 +36,10 @@ log = logging.getLogger("gateway")
 
 SHUTDOWN_FLUSH_DEADLINE = 5.0  # seconds; well inside a 30 s orchestrator grace period
 # SECURITY: how long a connection may stay open without a complete request head (from accept,
-# then after each response). aiohttp's own default is an hour, which lets slow or idle clients
-# hold sockets nearly for ever; 75 s is the usual keep-alive and outlives load-balancer idles.
+# then after each response), so slow or idle clients cannot hold sockets for ever; 75 s is the
+# usual keep-alive and outlives load-balancer idles.
 KEEPALIVE_TIMEOUT = 75.0
+SHUTDOWN_REQUEST_GRACE = 10.0  # seconds in-flight requests get to finish on SIGTERM
 
 
 class ServerLog(logging.LoggerAdapter):
@@ -53,13 +56,9 @@ class ServerLog(logging.LoggerAdapter):
         return msg, kwargs
 
 
-def make_app(
-    settings: ServeSettings,
-    *,
-    clock: Callable[[], float] = time.time,
-    rules: RuleSet | None = None,
-) -> web.Application:
-    """The proxy application; ``clock`` and ``rules`` are injectable for tests."""
+def make_state(settings: ServeSettings, *, clock: Callable[[], float] = time.time,
+               rules: RuleSet | None = None) -> GatewayState:
+    """Everything one gateway process shares between requests; ``clock`` and ``rules`` are injectable."""
     metrics = Metrics()
     cache = VerdictCache(
         max_size=settings.cache_size, ttl=settings.cache_ttl, negative_ttl=settings.negative_cache_ttl
@@ -81,55 +80,61 @@ def make_app(
         upstream=settings.upstream.rstrip("/"),
         signer=make_signer(settings.signing_secrets, settings.upstream),
     )
-    # The proxy must see raw targets such as "//x" or "/a/../b", so no path normalisation.
-    app = web.Application(
-        middlewares=[router_errors], client_max_size=settings.max_body_bytes,
-        handler_args={"max_field_size": 16384, "keepalive_timeout": KEEPALIVE_TIMEOUT},
-    )
-    app[STATE] = state
     metrics.add_throttle(state.throttle)
-    # "[\s\S]" and not ".": the router matches the decoded path, and "." stops at a newline
-    # ("%0a"), which would skip the pipeline and its access-log line.
-    app.router.add_route("*", r"/{tail:[\s\S]*}", handle if settings.mode == "proxy" else forward_auth.check)
-    if settings.mode == "proxy":  # forward-auth answers the edge and forwards nothing itself
-        app.cleanup_ctx.append(_upstream_session)
-    app.cleanup_ctx.append(_background_tasks)
-    return app
+    return state
 
 
-async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
-    st = app[STATE]
-    st.pool = UpstreamPool(st.settings.upstream, connect_timeout=st.settings.connect_timeout,
-                           read_timeout=st.settings.read_timeout)
-    yield
-    await st.pool.close()
+class Gateway:
+    """One gateway process's listener (proxy or forward-auth), its state and background tasks."""
 
+    def __init__(self, settings: ServeSettings, *, clock: Callable[[], float] = time.time,
+                 rules: RuleSet | None = None) -> None:
+        self.state = st = make_state(settings, clock=clock, rules=rules)
+        handler = handle if settings.mode == "proxy" else forward_auth.check
+        self.server = HttpServer(functools.partial(handler, st), answer_protocol_error,
+                                 Limits(head_timeout=KEEPALIVE_TIMEOUT))
+        self._tasks: list[asyncio.Task] = []
+        self.port = 0
 
-async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
-    st = app[STATE]
-    tasks = [
-        asyncio.create_task(listen_for_revocations(st.store, st.cache, st.metrics), name="revocations"),
-        asyncio.create_task(usage_flusher(st.store, st.usage, st.metrics, st.settings.flush_interval), name="usage"),
-        asyncio.create_task(st.rules.watch(st.settings.reload_interval), name="rules"),
-    ]
-    yield
-    for task in tasks:
-        task.cancel()
-    # Bounded: a task that swallowed its cancellation (a library turning it into a timeout
-    # error, say) must not hold the shutdown, and the last-used flush below, hostage.
-    _, pending = await asyncio.wait(tasks, timeout=3.0)
-    for task in pending:
-        log.error("background task %s did not stop when cancelled; cancelling it again", task.get_name())
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending, timeout=1.0)
-    # Nothing lost on shutdown: the buffered last-used data goes out within a deadline.
-    try:
-        await asyncio.wait_for(flush_usage(st.store, st.usage, st.metrics), SHUTDOWN_FLUSH_DEADLINE)
-    except asyncio.TimeoutError:
-        log.error("last-used flush did not finish within %ss; %d keys not written",
-                  SHUTDOWN_FLUSH_DEADLINE, len(st.usage))
-    await st.store.redis.aclose()
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Start the background tasks and listen on host:port (0: any free port); returns the port."""
+        st = self.state
+        if st.settings.mode == "proxy":  # forward-auth answers the edge and forwards nothing itself
+            st.pool = UpstreamPool(st.settings.upstream, connect_timeout=st.settings.connect_timeout,
+                                   read_timeout=st.settings.read_timeout)
+        self._tasks = [
+            asyncio.create_task(listen_for_revocations(st.store, st.cache, st.metrics), name="revocations"),
+            asyncio.create_task(usage_flusher(st.store, st.usage, st.metrics, st.settings.flush_interval), name="usage"),
+            asyncio.create_task(st.rules.watch(st.settings.reload_interval), name="rules"),
+        ]
+        self.port = await self.server.start(host, port, reuse_port=reuse_port)
+        return self.port
+
+    async def stop(self) -> None:
+        """Finish in-flight requests, stop the tasks, flush last-used data, close connections."""
+        st = self.state
+        await self.server.stop(grace=SHUTDOWN_REQUEST_GRACE)
+        for task in self._tasks:
+            task.cancel()
+        # Bounded: a task that swallowed its cancellation (a library turning it into a timeout
+        # error, say) must not hold the shutdown, and the last-used flush below, hostage.
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=3.0)
+            for task in pending:
+                log.error("background task %s did not stop when cancelled; cancelling it again", task.get_name())
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        self._tasks = []
+        # Nothing lost on shutdown: the buffered last-used data goes out within a deadline.
+        try:
+            await asyncio.wait_for(flush_usage(st.store, st.usage, st.metrics), SHUTDOWN_FLUSH_DEADLINE)
+        except asyncio.TimeoutError:
+            log.error("last-used flush did not finish within %ss; %d keys not written",
+                      SHUTDOWN_FLUSH_DEADLINE, len(st.usage))
+        await st.store.redis.aclose()
+        if st.pool is not None:
+            await st.pool.close()
 
 
 def make_ops_app(state: GatewayState) -> web.Application:
@@ -162,9 +167,12 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def run_apps(apps: list[tuple[web.Application, str]], *, on_started: Callable[[], None] | None = None,
+Service = web.Application | Gateway
+
+
+async def run_apps(apps: list[tuple[Service, str]], *, on_started: Callable[[], None] | None = None,
                    reuse_port: tuple[str, ...] = ()) -> None:
-    """Serve each (app, HOST:PORT) until SIGINT/SIGTERM, then shut all down cleanly.
+    """Serve each (app or gateway, HOST:PORT) until SIGINT/SIGTERM, then shut all down cleanly.
 
     Listeners named in ``reuse_port`` bind with SO_REUSEPORT (the workers of one gateway).
     """
@@ -172,21 +180,25 @@ async def run_apps(apps: list[tuple[web.Application, str]], *, on_started: Calla
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    runners = []
+    started: list[Callable[[], Awaitable[None]]] = []
     try:
         for app, listen in apps:
-            runner = EnvelopeAppRunner(app, access_log=None, handle_signals=False,
-                                   logger=ServerLog(logging.getLogger("aiohttp.server")))
-            await runner.setup()
-            runners.append(runner)
             host, port = split_listen(listen)
+            if isinstance(app, Gateway):
+                started.append(app.stop)
+                await app.start(host, port, reuse_port=listen in reuse_port)
+                continue
+            runner = EnvelopeAppRunner(app, access_log=None, handle_signals=False,
+                                       logger=ServerLog(logging.getLogger("aiohttp.server")))
+            await runner.setup()
+            started.append(runner.cleanup)
             await web.TCPSite(runner, host, port, reuse_address=True, reuse_port=listen in reuse_port or None).start()
         if on_started:
             on_started()
         await stop.wait()
     finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
+        for cleanup in reversed(started):
+            await cleanup()
         accesslog.flush()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):

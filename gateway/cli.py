@@ -38,16 +38,8 @@ def _try_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _http_parser() -> str:
-    from aiohttp import http_parser
-
-    return "pure-Python" if http_parser.HttpRequestParser is http_parser.HttpRequestParserPy else "C (llhttp)"
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.app import install_sighup, make_app, make_ops_app, run_apps
-    from gateway.proxy import STATE
-
+    from gateway.app import Gateway, install_sighup, make_ops_app, run_apps
     from gateway.workers import WORKER_ENV, run_supervisor
 
     settings = config.load(config.ServeSettings, vars(args))
@@ -57,8 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.workers > 1:
         return asyncio.run(run_supervisor(settings))
     worker = os.environ.get(WORKER_ENV)
-    app = make_app(settings)
-    state = app[STATE]
+    gateway = Gateway(settings)
+    state = gateway.state
     # Everything built so far lives as long as the process: keep the collector off it, and
     # collect the young generation less often (a request allocates a few hundred objects).
     gc.collect()
@@ -68,12 +60,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def main() -> None:
         install_sighup(state.rules)
         await run_apps(
-            [(app, settings.listen), (make_ops_app(state), settings.ops_listen)],
+            [(gateway, settings.listen), (make_ops_app(state), settings.ops_listen)],
             on_started=lambda: logging.getLogger("gateway").info(
-                "gateway%s on http://%s -> %s (ops on http://%s; HTTP parser: %s)",
+                "gateway%s on http://%s -> %s (ops on http://%s)",
                 f" worker {worker}" if worker else "", settings.listen,
                 settings.upstream if settings.mode == "proxy" else "forward-auth (the edge forwards)", settings.ops_listen,
-                _http_parser(),
             ),
             reuse_port=(settings.listen,) if worker else (),
         )

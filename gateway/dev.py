@@ -81,9 +81,8 @@ async def run_dev(*, redis_url: str | None, scopes: str, base_port: int) -> int:
 
 async def _run_stack(*, redis_url: str, scopes: str, base_port: int) -> None:
     from admin_api.app import make_admin_app
-    from gateway.app import make_app, make_ops_app, run_apps
+    from gateway.app import Gateway, make_ops_app, run_apps
     from gateway.echo import make_echo_app
-    from gateway.proxy import STATE
 
     token = os.environ.get("GATEWAY_OPERATOR_TOKEN") or "dev-operator-" + secrets.token_urlsafe(16)
     gw_port, admin_port, up_port, ops_port = base_port, base_port + 1, base_port + 2, base_port + 10
@@ -95,7 +94,7 @@ async def _run_stack(*, redis_url: str, scopes: str, base_port: int) -> None:
         "listen": f"127.0.0.1:{admin_port}", "redis": redis_url, "scopes": scopes,
         "operator_tokens": (token,),
     }, environ={})
-    gateway_app = make_app(serve)
+    gateway = Gateway(serve)
     store = KeyStore(connect(redis_url))
     try:
         now = int(time.time() * 1000)
@@ -104,8 +103,8 @@ async def _run_stack(*, redis_url: str, scopes: str, base_port: int) -> None:
     finally:
         await store.redis.aclose()
     await run_apps(
-        [(make_echo_app(), f"127.0.0.1:{up_port}"), (gateway_app, serve.listen),
-         (make_ops_app(gateway_app[STATE]), serve.ops_listen), (make_admin_app(admin), admin.listen)],
+        [(make_echo_app(), f"127.0.0.1:{up_port}"), (gateway, serve.listen),
+         (make_ops_app(gateway.state), serve.ops_listen), (make_admin_app(admin), admin.listen)],
         on_started=lambda: print(_banner(key, token, redis_url, gw_port, admin_port, up_port, ops_port), flush=True),
     )
 

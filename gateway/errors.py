@@ -1,14 +1,15 @@
 """Every error the gateway and the admin API answer with: HTTP status, stable code, fixed message.
 
 ApiError
-├── BadRequest (400): InvalidPath, AmbiguousCredentials, KeyInQuery, MethodOverrideRefused,
+├── BadRequest (400): MalformedRequest, InvalidPath, AmbiguousCredentials, KeyInQuery, MethodOverrideRefused,
 │   MissingOriginalRequest, InvalidJson, ValidationFailed
 ├── Unauthorized (401, with WWW-Authenticate): MissingApiKey, InvalidApiKey, ExpiredApiKey,
 │   RevokedApiKey, InvalidToken
 ├── Forbidden (403): InsufficientScope, ScopeNotGrantable
 ├── NotFound (404): RouteNotFound, KeyNotFound
 ├── MethodNotAllowed (405, with Allow)
-├── PayloadTooLarge (413), UnsupportedMediaType (415), TooManyFailedAttempts (429)
+├── PayloadTooLarge (413), UriTooLong (414), UnsupportedMediaType (415), TooManyFailedAttempts (429),
+│   HeadersTooLarge (431)
 ├── AuthUnavailable (503, with Retry-After), StoreUnavailable (503)
 └── UpstreamUnavailable (502), UpstreamTimeout (504)
 """
@@ -39,6 +40,10 @@ class ApiError(Exception):
 
 class BadRequest(ApiError):
     status, code, message = 400, "bad_request", "The request is malformed."
+
+
+class MalformedRequest(BadRequest):
+    code, message = "malformed_request", "The request is not valid HTTP/1.1."
 
 
 class InvalidPath(BadRequest):
@@ -164,6 +169,14 @@ class MethodNotAllowed(ApiError):
 
 class PayloadTooLarge(ApiError):
     status, code, message = 413, "payload_too_large", "The request body is too large."
+
+
+class UriTooLong(ApiError):
+    status, code, message = 414, "uri_too_long", "The request target is too long."
+
+
+class HeadersTooLarge(ApiError):
+    status, code, message = 431, "headers_too_large", "The request headers are too large or too many."
 
 
 class UnsupportedMediaType(ApiError):

@@ -11,12 +11,11 @@ import re
 import time
 from typing import Iterable, NamedTuple
 
-from aiohttp import web
-
 from gateway import errors
 from gateway.headers import identity_headers
 from gateway.paths import InvalidPath, canonicalize
-from gateway.proxy import STATE, decide, error_response, log_request, new_request_id
+from gateway.httpserver import HttpConnection, HttpRequest
+from gateway.proxy import GatewayState, decide, error_body, error_headers, log_request, new_request_id
 from gateway.signing import KEY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 # The headers a 200 carries, for the edge to set on the forwarded request (deploy/ lists them).
@@ -89,39 +88,36 @@ def require_canonical(raw_target: str) -> None:
         raise errors.InvalidPath()
 
 
-async def check(request: web.Request) -> web.Response:
+async def check(st: GatewayState, req: HttpRequest, conn: HttpConnection) -> None:
     """May the request the edge describes pass? 200 with identity headers, or the JSON error."""
-    st = request.app[STATE]
     started = time.perf_counter()
     request_id = new_request_id()
-    entry: dict = {"request_id": request_id, "method": request.method, "route": None,
+    entry: dict = {"request_id": request_id, "method": req.method, "route": None,
                    "org_id": None, "key_id": None}
     outcome = "ok"
-    response: web.Response | None = None
+    status = 499
     try:
-        original = original_request(request.method, request.raw_path, request.headers.items())
+        original = original_request(req.method, req.target, req.headers)
         method, raw_target = original.method, original.target
         entry["method"] = method
         require_canonical(raw_target)
         # Steps 1-5, as in the proxy. The throttle's client address is the edge's
         # X-Forwarded-For only when the edge is in --trusted-proxies.
-        target, identity = await decide(st, method, raw_target, request.headers, request.remote or "", entry)
-        headers = identity_headers(identity, request_id)
+        target, identity = await decide(st, method, raw_target, req.headers, req.peer, entry)
+        headers = [("Cache-Control", "no-store"), *identity_headers(identity, request_id)]
         if st.signer is not None:
             headers += st.signer.headers(now=st.clock(), method=method, path=target.path, query=target.query,
                                          identity=identity, request_id=request_id)
         if identity is not None:
             st.usage.add(identity.key_id, int(st.clock() * 1000))
-        response = web.Response(status=200, headers={"Cache-Control": "no-store"})
-        for name, value in headers:
-            response.headers.add(name, value)
-        return response
+        status = 200
+        conn.respond(200, "", headers, b"")
     except errors.ApiError as err:
-        outcome = err.code
-        response = error_response(err, request_id)
-        if "X-Original-URI" in request.headers:
-            assert isinstance(response.body, bytes)
-            response.headers[ERROR_HEADER] = response.body.decode()
-        return response
+        outcome, status = err.code, err.status
+        headers = error_headers(err, request_id)
+        body = error_body(err, request_id)
+        if req.header("x-original-uri") is not None:
+            headers.append((ERROR_HEADER, body.decode()))
+        conn.respond(err.status, "", headers, body)
     finally:
-        log_request(st, entry, response.status if response is not None else 499, outcome, started)
+        log_request(st, entry, status, outcome, started)

@@ -6,7 +6,6 @@ canonicalize -> public? -> credential -> throttle + verify -> route + scope -> r
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import secrets
@@ -15,8 +14,6 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
 import orjson
-from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
 from redis.exceptions import RedisError
 
 from gateway import accesslog, errors, keys
@@ -24,6 +21,7 @@ from gateway.cache import MISS, VerdictCache
 from gateway.config import ServeSettings
 from gateway.clientaddr import client_address, is_trusted_peer
 from gateway.credentials import extract_credential, key_in_query
+from gateway.httpserver import BodyError, HttpConnection, HttpRequest, RequestBody
 from gateway.headers import ClientInfo, Identity, upstream_request_headers, upstream_response_headers
 from gateway.metrics import Metrics
 from gateway.model import KeyRecord
@@ -38,9 +36,6 @@ from gateway.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
 from gateway.usage import UsageBuffer
 
 log = logging.getLogger("gateway")
-
-CHUNK = 64 * 1024
-
 
 @dataclass
 class GatewayState:
@@ -61,9 +56,6 @@ class GatewayState:
     signer: Signer | None = None  # signs the identity headers when --signing-secrets is set
 
 
-STATE = web.AppKey("gateway_state", GatewayState)
-
-
 _REQUEST_ID_PREFIX = "req_" + secrets.token_hex(6)  # random per process
 _request_ids = itertools.count()
 
@@ -73,42 +65,45 @@ def new_request_id() -> str:
     return f"{_REQUEST_ID_PREFIX}{next(_request_ids):012x}"
 
 
-async def handle(request: web.Request) -> web.StreamResponse:
+async def handle(st: GatewayState, req: HttpRequest, conn: HttpConnection) -> None:
     """The whole per-request pipeline of the gateway."""
-    st = request.app[STATE]
     started = time.perf_counter()
     request_id = new_request_id()
-    entry: dict = {"request_id": request_id, "method": request.method, "route": None,
+    entry: dict = {"request_id": request_id, "method": req.method, "route": None,
                    "org_id": None, "key_id": None}
     outcome = "ok"
-    response: web.StreamResponse | None = None
+    status = 499
     try:
         # 1-5. Canonicalize, public route?, credential, throttle + verify, route + scope.
-        target, identity = await decide(st, request.method, request.raw_path, request.headers,
-                                        request.remote or "", entry)
+        target, identity = await decide(st, req.method, req.target, req.headers, req.peer, entry)
 
         # 6. Header hygiene, then injection; stream to the upstream and back.
         headers = upstream_request_headers(
-            request.headers.items(), identity=identity, request_id=request_id,
-            client=client_info(request, st),
+            req.headers, identity=identity, request_id=request_id, client=client_info(req, st),
         )
         if st.signer is not None:
             headers.extend(st.signer.headers(
-                now=st.clock(), method=request.method, path=target.path, query=target.query,
+                now=st.clock(), method=req.method, path=target.path, query=target.query,
                 identity=identity, request_id=request_id,
             ))
-        response = await forward(request, st, target, headers, request_id)
+        status, outcome = await forward(st, req, conn, target, headers, request_id)
 
         # 7. Record use (buffered; flushed to Redis in batches).
         if identity is not None:
             st.usage.add(identity.key_id, int(st.clock() * 1000))
-        return response
     except errors.ApiError as err:
-        outcome = err.code
-        response = error_response(err, request_id)
-        return response
+        outcome, status = err.code, err.status
+        send_error(conn, err, request_id)
+    except Exception:
+        log.exception("request %s failed", request_id)
+        err = errors.ApiError()
+        outcome, status = err.code, err.status
+        if not conn.response_started:
+            send_error(conn, err, request_id, close=True)
+        else:
+            conn.abort()
     finally:
-        log_request(st, entry, response.status if response is not None else 499, outcome, started)
+        log_request(st, entry, status, outcome, started)
 
 
 def log_request(st: GatewayState, entry: dict, status: int, outcome: str, started: float) -> None:
@@ -120,7 +115,7 @@ def log_request(st: GatewayState, entry: dict, status: int, outcome: str, starte
     accesslog.write(orjson.dumps(entry))
 
 
-async def decide(st: GatewayState, method: str, raw_target: str, headers: CIMultiDictProxy[str] | CIMultiDict[str],
+async def decide(st: GatewayState, method: str, raw_target: str, headers: list[tuple[str, str]],
                  peer: str, entry: dict) -> tuple[Target, Identity | None]:
     """May this request pass? Steps 1-5 of the pipeline, shared by the proxy and forward-auth.
 
@@ -145,7 +140,7 @@ async def decide(st: GatewayState, method: str, raw_target: str, headers: CIMult
     identity = None
     if not (isinstance(found, Match) and found.rule.public):
         # 3. Credential, 4. throttle + verify (401 before anything about routes is revealed).
-        record = await authenticate(st, headers, peer, extract_credential(headers.items()))
+        record = await authenticate(st, headers, peer, extract_credential(headers))
         entry["org_id"], entry["key_id"] = record.org_id, record.id
         # 5. Route, then scope.
         authorize(found, record)
@@ -154,10 +149,9 @@ async def decide(st: GatewayState, method: str, raw_target: str, headers: CIMult
     return target, identity
 
 
-async def authenticate(st: GatewayState, headers: CIMultiDictProxy[str] | CIMultiDict[str], peer: str,
-                       credential: str) -> KeyRecord:
+async def authenticate(st: GatewayState, headers: list[tuple[str, str]], peer: str, credential: str) -> KeyRecord:
     """The failed-auth throttle, then verification; each failure counts against the client address."""
-    client = client_address(peer, headers.getall("X-Forwarded-For", ()), st.trusted_nets)
+    client = client_address(peer, (v for n, v in headers if n.lower() == "x-forwarded-for"), st.trusted_nets)
     try:
         parsed = keys.parse_key(credential)
     except keys.InvalidKeyFormat:
@@ -222,98 +216,112 @@ def authorize(found: Match | RouteNotFound | MethodNotAllowed, record: KeyRecord
         raise errors.InsufficientScope(scope)
 
 
-def client_info(request: web.Request, st: GatewayState) -> ClientInfo:
-    peer = request.remote or ""
-    return ClientInfo(peer=peer, proto=request.scheme, host=request.headers.get("Host"),
-                      trusted_proxy=is_trusted_peer(peer, st.trusted_nets))
+def client_info(req: HttpRequest, st: GatewayState) -> ClientInfo:
+    return ClientInfo(peer=req.peer, proto=req.scheme, host=req.header("host"),
+                      trusted_proxy=is_trusted_peer(req.peer, st.trusted_nets))
 
 
-async def forward(
-    request: web.Request, st: GatewayState, target: Target, headers: list[tuple[str, str]], request_id: str
-) -> web.StreamResponse:
-    """Stream the request to the upstream and its response back, with limits and timeouts."""
+async def _body_chunks(body: RequestBody, limit: int, state: dict) -> AsyncIterator[bytes]:
+    """The request body as it arrives, refused once it exceeds ``limit`` bytes."""
+    sent = 0
+    while True:
+        try:
+            chunk = await body.read()
+        except BodyError:  # a malformed chunked body, or the client went away
+            raise errors.BadRequest() from None
+        if not chunk:
+            return
+        sent += len(chunk)
+        if sent > limit:
+            state["too_large"] = True
+            raise errors.PayloadTooLarge()
+        yield chunk
+
+
+async def forward(st: GatewayState, req: HttpRequest, conn: HttpConnection, target: Target,
+                  headers: list[tuple[str, str]], request_id: str) -> tuple[int, str]:
+    """Stream the request to the upstream and its response back, with limits and timeouts.
+
+    Returns the status answered and the access log's outcome.
+    """
     limit = st.settings.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
+    if req.content_length is not None and req.content_length > limit:
         raise errors.PayloadTooLarge()
-    too_large = False
-
-    async def body() -> AsyncIterator[bytes]:
-        nonlocal too_large
-        sent = 0
-        while True:
-            try:
-                chunk = await request.content.readany()
-            except web.RequestPayloadError:  # a malformed chunked body from the client
-                raise errors.BadRequest() from None
-            if not chunk:
-                break
-            sent += len(chunk)
-            if sent > limit:
-                too_large = True
-                raise errors.PayloadTooLarge()
-            yield chunk
-
+    body_state: dict = {}
     # SECURITY: the canonical path (and the query) go out byte for byte: the backend sees
     # exactly what was authorized.
     target_text = target.path + ("?" + target.query if target.query else "")
-    data = body() if request.body_exists else None
+    data = _body_chunks(req.body, limit, body_state) if req.body is not None else None
     assert st.pool is not None
     try:
-        upstream = await st.pool.request(request.method, target_text, headers, data, request.content_length)
+        upstream = await st.pool.request(req.method, target_text, headers, data, req.content_length)
     except errors.ApiError:
         raise
     except UpstreamTimeout:
         raise errors.UpstreamTimeout() from None
     except (UpstreamError, OSError):
-        if too_large:
+        if body_state.get("too_large"):
             raise errors.PayloadTooLarge() from None
         raise errors.UpstreamUnavailable() from None
     response_headers = upstream_response_headers(_decode_headers(upstream.raw_headers), request_id=request_id)
-    body_now = upstream.complete_body if request.method != "HEAD" else None
+    length = None
+    for i, (name, value) in enumerate(response_headers):
+        if name.lower() == "content-length":
+            del response_headers[i]
+            length = int(value) if value.isdigit() else None
+            break
+    body_now = upstream.complete_body if req.method != "HEAD" else None
     if body_now is not None:  # the whole (small) reply is in already: one write
-        response = web.Response(status=upstream.status, reason=upstream.reason or None, body=body_now)
-        for name, value in response_headers:
-            if name.lower() != "content-length":
-                response.headers.add(name, value)
-        return response
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None)
-    for name, value in response_headers:
-        response.headers.add(name, value)
-    await response.prepare(request)
+        conn.respond(upstream.status, upstream.reason, response_headers, body_now)
+        return upstream.status, "ok"
+    stream = conn.start_response(upstream.status, upstream.reason, response_headers, length)
     try:
         async for chunk in upstream.iter_chunks():
-            await response.write(chunk)
+            await stream.write(chunk)
     except (UpstreamError, OSError) as exc:
         # Headers are gone already: cut the connection so the client sees a truncated
         # body rather than a clean end of message.
         log.warning("upstream failed mid-response (request %s): %r", request_id, exc)
-        if request.transport is not None:
-            request.transport.abort()
-        raise ConnectionResetError("upstream failed mid-response") from None
+        conn.abort()
+        return upstream.status, "upstream_failed_mid_response"
     finally:
         upstream.release()
-    await response.write_eof()
-    return response
+    stream.end()
+    return upstream.status, "ok"
 
 
-@web.middleware
-async def router_errors(request: web.Request, handler) -> web.StreamResponse:
-    """What aiohttp itself refuses (a target the catch-all route cannot match) gets our envelope."""
-    try:
-        return await handler(request)
-    except web.HTTPNotFound:
-        return error_response(errors.InvalidPath(), new_request_id())
+def send_error(conn: HttpConnection, err: errors.ApiError, request_id: str, close: bool = False) -> None:
+    """Answer the JSON error envelope with its status-specific headers."""
+    conn.respond(err.status, "", error_headers(err, request_id), error_body(err, request_id), close=close)
 
 
-def error_response(err: errors.ApiError, request_id: str) -> web.Response:
-    """The JSON error envelope with its status-specific headers."""
-    headers = {"X-Request-Id": request_id, "Cache-Control": "no-store", **err.headers()}
-    return web.Response(
-        status=err.status,
-        body=orjson.dumps(errors.envelope(err, request_id)),
-        content_type="application/json",
-        headers=headers,
-    )
+def error_headers(err: errors.ApiError, request_id: str) -> list[tuple[str, str]]:
+    return [("Content-Type", "application/json"), ("X-Request-Id", request_id), ("Cache-Control", "no-store"),
+            *err.headers().items()]
+
+
+def error_body(err: errors.ApiError, request_id: str) -> bytes:
+    return orjson.dumps(errors.envelope(err, request_id))
+
+
+_PROTOCOL_ERRORS: dict[int, type[errors.ApiError]] = {
+    400: errors.MalformedRequest, 413: errors.PayloadTooLarge, 414: errors.UriTooLong, 431: errors.HeadersTooLarge,
+}
+
+
+def answer_protocol_error(conn: HttpConnection, status: int, reason: str) -> None:
+    """What the HTTP parser refused, or a limit: the envelope, never a byte of the request."""
+    # Worded as the admin API's filter (gateway/app.py ServerLog) words it, so one search finds both.
+    log.warning("malformed HTTP request refused (%s, status %d) from %s", reason, status, conn.peer)
+    err = _PROTOCOL_ERRORS.get(status, errors.ApiError)()
+    request_id = new_request_id()
+    send_error(conn, err, request_id, close=True)
+    # The access log has a line for every answer, this one included (nothing of the request
+    # is in it: its method and path are exactly what could not be parsed).
+    accesslog.write(orjson.dumps({
+        "request_id": request_id, "method": None, "route": None, "org_id": None, "key_id": None,
+        "path": None, "status": err.status, "outcome": err.code, "duration_ms": 0.0,
+    }))
 
 
 def _decode_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:

@@ -18,8 +18,12 @@ from aiohttp import web, web_protocol, web_server
 from gateway import accesslog, errors
 
 
-class ParseError(errors.BadRequest):
-    code, message = "malformed_request", "The request is not valid HTTP/1.1."
+def error_response(err: errors.ApiError, request_id: str) -> web.Response:
+    """The JSON error envelope with its status-specific headers, as an aiohttp response."""
+    return web.Response(
+        status=err.status, body=orjson.dumps(errors.envelope(err, request_id)), content_type="application/json",
+        headers={"X-Request-Id": request_id, "Cache-Control": "no-store", **err.headers()},
+    )
 
 
 class EnvelopeRequestHandler(web_protocol.RequestHandler):
@@ -27,10 +31,10 @@ class EnvelopeRequestHandler(web_protocol.RequestHandler):
                      message: str | None = None) -> web.StreamResponse:
         # Logging (through the redacting ServerLog) and the "response already started" check.
         super().handle_error(request, status, exc, "")
-        from gateway.proxy import error_response, new_request_id  # proxy imports this module's users
+        from gateway.proxy import new_request_id  # proxy imports this module's users
 
         if status == 400:
-            err: errors.ApiError = ParseError()
+            err: errors.ApiError = errors.MalformedRequest()
         elif status == 413:
             err = errors.PayloadTooLarge()
         else:

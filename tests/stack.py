@@ -10,10 +10,10 @@ import msgspec
 import pytest
 
 from admin_api.app import make_admin_app
-from gateway.app import make_app, make_ops_app
+from gateway.app import Gateway, make_ops_app
 from gateway.config import AdminSettings, ServeSettings
 from gateway.echo import RECEIVED, make_echo_app
-from gateway.proxy import STATE, GatewayState
+from gateway.proxy import GatewayState
 from gateway.store import KeyStore, connect
 from tests.conftest import OPERATOR_TOKEN, SCOPES, Clock, wait_for
 
@@ -79,27 +79,28 @@ async def make_stack(aiohttp_server, redis_url, clock, echo_server):
             "flush_interval": 3600.0, "reload_interval": 0.0, **overrides,
         }
         serve = ServeSettings(**settings)
-        gw_app = make_app(serve, clock=clock)
-        gw = await aiohttp_server(gw_app)
-        state = gw_app[STATE]
+        gw = Gateway(serve, clock=clock)
+        await gw.start("127.0.0.1", 0)
+        state = gw.state
         ops = await aiohttp_server(make_ops_app(state))
         admin = await aiohttp_server(make_admin_app(
             AdminSettings(redis=serve.redis, scopes=scopes, operator_tokens=(OPERATOR_TOKEN,)), clock=clock,
         ))
         http = aiohttp.ClientSession()
         store = KeyStore(connect(serve.redis, timeout=2.0))
-        made.append((http, store))
+        made.append((http, store, gw))
         await wait_for(lambda: state.cache.trusted or serve.cache_ttl == 0)
         return Stack(
-            gateway=str(gw.make_url("")).rstrip("/"), admin=str(admin.make_url("")).rstrip("/"),
+            gateway=f"http://127.0.0.1:{gw.port}", admin=str(admin.make_url("")).rstrip("/"),
             ops=str(ops.make_url("")).rstrip("/"), http=http, store=store, state=state,
             received=echo_server.app[RECEIVED], clock=clock,
         )
 
     yield factory
-    for http, store in made:
+    for http, store, gw in made:
         await http.close()
         await store.redis.aclose()
+        await gw.stop()
 
 
 @pytest.fixture

@@ -1,8 +1,7 @@
 """The security suite's stack: a real `gateway serve` process in front of a byte-exact recorder.
 
-The gateway runs as a subprocess so each test module can run it twice, once with aiohttp's C
-HTTP parser and once with the pure-Python one (AIOHTTP_NO_EXTENSIONS=1), and so its logs and
-memory can be inspected from outside.
+The gateway runs as a subprocess, as deployed, so its logs and memory can be inspected from
+outside. Its proxy port parses HTTP with httptools (llhttp) in gateway/httpserver.py.
 """
 
 from __future__ import annotations
@@ -81,7 +80,6 @@ class GatewayProcess:
     url: str
     port: int
     ops: str
-    parser: str  # "c" or "py"
     recorder: Recorder
     proc: subprocess.Popen
     stdout: Path
@@ -161,21 +159,19 @@ def create_keys(redis_url: str, specs: dict[str, tuple[str, ...]]) -> dict[str, 
     return asyncio.run(run())
 
 
-def start_gateway(tmp: Path, redis_url: str, recorder: Recorder, parser: str, *extra: str,
+def start_gateway(tmp: Path, redis_url: str, recorder: Recorder, *extra: str,
                   env: dict | None = None) -> GatewayProcess:
     port, ops = free_port(), free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "AIOHTTP_NO_EXTENSIONS"))}
-    if parser == "py":
-        environ["AIOHTTP_NO_EXTENSIONS"] = "1"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     environ.update(env or {})
-    stdout, stderr = tmp / f"gateway-{parser}.out", tmp / f"gateway-{parser}.err"
+    stdout, stderr = tmp / "gateway.out", tmp / "gateway.err"
     cmd = [sys.executable, "-m", "gateway", "serve", "--listen", f"127.0.0.1:{port}",
            "--ops-listen", f"127.0.0.1:{ops}", "--upstream", recorder.url, "--redis", redis_url,
            "--scopes", str(SCOPES), "--trusted-proxies", f"{TRUSTED_PROXY}/32", "--max-body-bytes", "1048576",
            "--read-timeout", "5", *extra]
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=out, stderr=err)
-    gw = GatewayProcess(f"http://127.0.0.1:{port}", port, f"http://127.0.0.1:{ops}", parser, recorder, proc,
+    gw = GatewayProcess(f"http://127.0.0.1:{port}", port, f"http://127.0.0.1:{ops}", recorder, proc,
                         stdout, stderr)
     deadline = time.monotonic() + 20
     while True:
@@ -216,14 +212,14 @@ KEY_SPECS = {
 }
 
 
-@pytest.fixture(scope="module", params=["c", "py"], ids=["c-parser", "py-parser"])
-def gateway(request, redis_server, recorder, tmp_path_factory) -> GatewayProcess:
-    """A `gateway serve` process (C parser, then pure-Python parser) with keys for SECURITY_ORG."""
+@pytest.fixture(scope="module")
+def gateway(redis_server, recorder, tmp_path_factory) -> GatewayProcess:
+    """A `gateway serve` process with keys for SECURITY_ORG."""
     redis_server.client.flushall()
     keys = create_keys(redis_server.url, KEY_SPECS)
     # The failure throttle is off here so that tests can send many bad keys from one address;
     # tests/security/test_credentials.py runs its own gateway with it on.
-    gw = start_gateway(tmp_path_factory.mktemp("gw"), redis_server.url, recorder, request.param,
+    gw = start_gateway(tmp_path_factory.mktemp("gw"), redis_server.url, recorder,
                        "--auth-failure-limit", "0")
     gw.keys = keys
     yield gw
@@ -239,12 +235,13 @@ def _shipped_rules():
 
 
 def refused_by_parser(resp: RawResponse) -> bool:
-    """aiohttp's HTTP parser refused the request before the pipeline ran (gateway/server.py
-    answers those with the envelope and code malformed_request)."""
+    """The HTTP parser (or a head limit) refused the request before the pipeline ran
+    (gateway/httpserver.py; answered with the envelope and code malformed_request,
+    uri_too_long or headers_too_large)."""
     if resp.header("X-Request-Id") is None:
         return True
     try:
-        return resp.json()["error"]["code"] == "malformed_request"
+        return resp.json()["error"]["code"] in ("malformed_request", "uri_too_long", "headers_too_large")
     except (ValueError, KeyError, TypeError):
         return False
 

@@ -40,7 +40,7 @@ def metric(gw, name: str) -> float:
     raise AssertionError(f"{name} not exported")
 
 
-# ---- with the shared gateway (throttle off), on both HTTP parsers ----
+# ---- with the shared gateway (throttle off) ----
 
 def test_keys_in_the_query_are_refused_and_nothing_secret_is_logged(gateway):
     key = gateway.keys["reader"]["key"]
@@ -150,7 +150,7 @@ LIMIT = 5
 @pytest.fixture(scope="module")
 def throttled(redis_server, recorder, tmp_path_factory):
     redis_server.client.flushall()
-    gw = start_gateway(tmp_path_factory.mktemp("throttled"), redis_server.url, recorder, "c",
+    gw = start_gateway(tmp_path_factory.mktemp("throttled"), redis_server.url, recorder,
                        "--auth-failure-limit", str(LIMIT), "--auth-failure-window", "60",
                        "--throttle-max-clients", "50")
     gw.keys = create_keys(redis_server.url, {"valid": ("tasks:read",), "fresh": ("tasks:read",)})

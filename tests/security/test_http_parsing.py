@@ -262,8 +262,8 @@ def test_a_parse_error_never_logs_the_key(gateway):
                  b"X-API-Key: " + key.encode() + b"\rX: y", b"X-API-Key: " + key.encode() + b"a" * 17000):
         before = len(gateway.recorder.received)
         responses, _ = converse(gateway, head(b"GET", b"/v1/tasks", [line]))
-        assert responses and responses[0].status == 400
-        assert responses[0].json()["error"]["code"] == "malformed_request"
+        assert responses and (responses[0].status, responses[0].json()["error"]["code"]) in (
+            (400, "malformed_request"), (431, "headers_too_large"))
         assert gateway.recorder.received[before:] == []
         echoed += key[4:20].encode() in responses[0].raw
     deadline = time.monotonic() + 5
@@ -272,7 +272,7 @@ def test_a_parse_error_never_logs_the_key(gateway):
         time.sleep(0.02)
     logs = gateway.all_logs()
     assert key not in logs and key[4:20] not in logs
-    # aiohttp's own 400 would quote the offending line back; gateway/server.py answers with the
+    # aiohttp's own 400 quoted the offending line back; gateway/httpserver.py answers with the
     # JSON envelope instead, which never repeats the request.
     assert echoed == 0
 

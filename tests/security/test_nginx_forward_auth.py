@@ -136,7 +136,7 @@ def stop_nginx(nginx: Nginx) -> None:
 def start_forward_auth(tmp: Path, redis_url: str, recorder, *extra: str, ready: bool = True) -> GatewayProcess:
     """`gateway serve --mode forward-auth` (no --upstream), trusting nginx's 127.0.0.1, signing on."""
     port, ops = free_port(), free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "AIOHTTP_NO_EXTENSIONS"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     environ["GATEWAY_SIGNING_SECRETS"] = SECRET
     stdout, stderr = tmp / "gateway.out", tmp / "gateway.err"
     cmd = [sys.executable, "-m", "gateway", "serve", "--mode", "forward-auth", "--listen", f"127.0.0.1:{port}",
@@ -144,7 +144,7 @@ def start_forward_auth(tmp: Path, redis_url: str, recorder, *extra: str, ready: 
            "--trusted-proxies", "127.0.0.1/32", *extra]
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=out, stderr=err)
-    gw = GatewayProcess(f"http://127.0.0.1:{port}", port, f"http://127.0.0.1:{ops}", "c", recorder, proc, stdout, stderr)
+    gw = GatewayProcess(f"http://127.0.0.1:{port}", port, f"http://127.0.0.1:{ops}", recorder, proc, stdout, stderr)
     probe = b"GET /readyz" if ready else b"GET /healthz"
     deadline = time.monotonic() + 20
     while True:
