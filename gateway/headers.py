@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key"})
 IDENTITY_HEADERS = frozenset({
@@ -42,8 +41,7 @@ _WHITESPACE = re.compile(r"\s")
 Headers = Iterable[tuple[str, str]]
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(NamedTuple):
     """The verified caller, injected for the backend."""
 
     org_id: str
@@ -51,8 +49,7 @@ class Identity:
     scopes: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class ClientInfo:
+class ClientInfo(NamedTuple):
     """The connection the request came on: socket peer IP, "http"/"https", its Host header."""
 
     peer: str
@@ -159,12 +156,16 @@ def upstream_request_headers(
     trusted_proto = _trusted_value(headers, "x-forwarded-proto") if client.trusted_proxy else None
     trusted_host = _trusted_value(headers, "x-forwarded-host") if client.trusted_proxy else None
     hops = [h for h in (trusted_for, client.peer) if h]
-    forwarded = [
-        ("X-Forwarded-For", ", ".join(hops) if hops else None),
-        ("X-Forwarded-Proto", trusted_proto or client.proto or None),
-        ("X-Forwarded-Host", trusted_host or client.host),
-    ]
-    out.extend((n, v) for n, v in forwarded if v is not None and _forwardable(n, v))
+    if hops:
+        forwarded_for = ", ".join(hops)
+        if _forwardable("X-Forwarded-For", forwarded_for):
+            out.append(("X-Forwarded-For", forwarded_for))
+    proto = trusted_proto or client.proto
+    if proto and _forwardable("X-Forwarded-Proto", proto):
+        out.append(("X-Forwarded-Proto", proto))
+    host = trusted_host or client.host
+    if host is not None and _forwardable("X-Forwarded-Host", host):
+        out.append(("X-Forwarded-Host", host))
 
     out.extend(identity_headers(identity, request_id))
     return out
@@ -178,37 +179,62 @@ def identity_headers(identity: Identity | None, request_id: str) -> list[tuple[s
     """
     out = [_injected("X-Request-Id", request_id)]
     if identity is not None:
-        for scope in identity.scopes:
-            # SECURITY: scopes travel space-separated; a scope holding whitespace (or an empty
-            # one) would read as different scopes on the backend.
-            if not scope or _WHITESPACE.search(scope):
-                raise ValueError("refusing to inject X-Api-Key-Scopes: a scope is empty or has whitespace")
-        out.append(_injected("X-Org-Id", identity.org_id))
-        out.append(_injected("X-Api-Key-Id", identity.key_id))
-        out.append(_injected("X-Api-Key-Scopes", " ".join(identity.scopes)))
+        out.extend(_identity_values(identity))
     return out
 
 
-def upstream_response_headers(upstream_headers: Headers, *, request_id: str) -> list[tuple[str, str]]:
-    """The upstream response headers to return to the client, plus one ``X-Request-Id``.
+@functools.lru_cache(maxsize=16384)  # one entry per key in use; checked once, not per request
+def _identity_values(identity: Identity) -> tuple[tuple[str, str], ...]:
+    for scope in identity.scopes:
+        # SECURITY: scopes travel space-separated; a scope holding whitespace (or an empty
+        # one) would read as different scopes on the backend.
+        if not scope or _WHITESPACE.search(scope):
+            raise ValueError("refusing to inject X-Api-Key-Scopes: a scope is empty or has whitespace")
+    return (
+        _injected("X-Org-Id", identity.org_id),
+        _injected("X-Api-Key-Id", identity.key_id),
+        _injected("X-Api-Key-Scopes", " ".join(identity.scopes)),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _response_name(name: bytes) -> str | None:
+    """The folded name of a response header, or None when the name is not a token."""
+    text = name.decode("latin-1")
+    return fold_name(text) if _is_token(text) else None
+
+
+_UNSENDABLE_BYTES = re.compile(rb"[\r\n\x00]")
+
+
+def upstream_response_headers(upstream_headers: list[tuple[bytes, bytes]], *,
+                              request_id: str) -> list[tuple[bytes, bytes]]:
+    """The upstream response headers (raw bytes, as parsed) to return, plus one ``X-Request-Id``.
 
     Drops hop-by-hop and Connection-listed headers, any upstream X-Request-Id, and
-    Content-Length when Transfer-Encoding is present (kept otherwise).
+    Content-Length when Transfer-Encoding is present (kept otherwise). Values pass as bytes,
+    unchanged (no re-encoding of what the upstream sent).
     """
-    headers = list(upstream_headers)
-    listed = connection_tokens(headers)
-    folded = [fold_name(name) for name, _ in headers]
-    # SECURITY: both framing headers together is the request-smuggling shape; the body is
-    # re-framed by our server, so the stale length must not be passed on.
-    chunked = "transfer-encoding" in folded
+    listed: set[str] = set()
+    chunked = False
+    folded = []
+    for name, value in upstream_headers:
+        fname = _response_name(name)
+        folded.append(fname)
+        if fname == "connection":
+            listed.update(fold_name(tok) for tok in value.decode("latin-1").split(","))
+        elif fname == "transfer-encoding":
+            # SECURITY: both framing headers together is the request-smuggling shape; the body
+            # is re-framed by our server, so the stale length must not be passed on.
+            chunked = True
     out = []
-    for (name, value), fname in zip(headers, folded):
-        if fname in HOP_BY_HOP or fname in listed or fname == "x-request-id":
+    for (name, value), fname in zip(upstream_headers, folded):
+        if fname is None or fname in HOP_BY_HOP or fname == "x-request-id" or fname in listed:
             continue
         if chunked and fname == "content-length":
             continue
-        if not _forwardable(name, value):
+        if _UNSENDABLE_BYTES.search(value) is not None:
             continue
         out.append((name, value))
-    out.append(_injected("X-Request-Id", request_id))
+    out.append((b"X-Request-Id", _injected("X-Request-Id", request_id)[1].encode()))
     return out

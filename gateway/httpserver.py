@@ -26,6 +26,7 @@ gateway.forward_auth).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from collections import deque
@@ -324,7 +325,7 @@ class HttpConnection(asyncio.Protocol):
             self.active = None
             return
         req = self.active = self.queue.popleft()
-        self.loop.create_task(self._run(req))
+        _step(self._run(req))
 
     async def _run(self, req: HttpRequest) -> None:
         self._writing = req
@@ -371,7 +372,7 @@ class HttpConnection(asyncio.Protocol):
         if self._write_ready is not None and not self._write_ready.done():
             await self._write_ready
 
-    def respond(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes,
+    def respond(self, status: int, reason: str, headers: list[tuple[str, str]] | bytes, body: bytes,
                 close: bool = False) -> None:
         """Write a whole response (head and body) in one write."""
         if close or self._last_before_close():
@@ -386,7 +387,7 @@ class HttpConnection(asyncio.Protocol):
             self.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
         self._response_started = self._response_done = True
 
-    def start_response(self, status: int, reason: str, headers: list[tuple[str, str]],
+    def start_response(self, status: int, reason: str, headers: list[tuple[str, str]] | bytes,
                        content_length: int | None) -> "ResponseStream":
         """Write the head of a streamed response; the body follows through the returned stream."""
         no_body = (self._writing is not None and self._writing.method == "HEAD") or status in (204, 304)
@@ -487,6 +488,28 @@ class HttpConnection(asyncio.Protocol):
         return False
 
 
+def _step(coro, _done: "asyncio.Future | None" = None) -> None:
+    """Run a request's coroutine until it waits; resume it when what it waits for is done.
+
+    A task without the Task: no Task object, no trip through the event loop before the first
+    step (a cache hit runs straight up to the upstream exchange), about 2 µs a request less.
+    Nothing cancels these, and ``asyncio.current_task()`` is None inside them: what needs a
+    real task (redis-py's timeouts) runs in one of its own (gateway.proxy.verify).
+    """
+    try:
+        waited = coro.send(None)
+    except StopIteration:
+        return
+    except BaseException:  # _run answers every Exception itself: this is a bug, or shutdown
+        log.exception("request coroutine failed")
+        return
+    if waited is None:  # a bare yield (asyncio.sleep(0)): go round the loop once
+        asyncio.get_running_loop().call_soon(_step, coro)
+    else:
+        waited._asyncio_future_blocking = False
+        waited.add_done_callback(functools.partial(_step, coro))
+
+
 class ResponseStream:
     """The body of a streamed response: ``write`` each chunk (with backpressure), then ``end``."""
 
@@ -537,8 +560,11 @@ def status_line(status: int, reason: str) -> bytes:
     return line
 
 
-def _head(status: int, reason: str, headers: list[tuple[str, str]], close: bool) -> bytes:
-    """Status line and headers, without the framing header and the blank line."""
+def _head(status: int, reason: str, headers: list[tuple[str, str]] | bytes, close: bool) -> bytes:
+    """Status line and headers (pairs, or lines already rendered), without the framing header
+    and the blank line."""
+    if isinstance(headers, bytes):
+        return status_line(status, reason) + headers + (b"Connection: close\r\n" if close else b"")
     parts = [status_line(status, reason)]
     for name, value in headers:
         parts.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))

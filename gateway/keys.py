@@ -9,7 +9,7 @@ import hashlib
 import re
 import secrets
 import zlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 TYPE_PREFIX = "sop_"
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -29,8 +29,7 @@ class InvalidKeyFormat(ValueError):
     """The string is not a well-formed key (prefix, length, alphabet or checksum)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedKey:
+class ParsedKey(NamedTuple):
     """A key that passed the format and checksum checks."""
 
     key_id: str  # public, stable id derived one-way from the secret
@@ -77,11 +76,20 @@ def parse_key(key: str) -> ParsedKey:
     if not secrets.compare_digest(checksum(body), check):
         raise InvalidKeyFormat("malformed key")
     raw = key.encode("ascii")
-    return ParsedKey(
-        key_id=key_id_for(raw),
-        digest=hashlib.sha256(raw).hexdigest(),
-        prefix=key[: len(TYPE_PREFIX) + DISPLAY_RANDOM_CHARS],
-    )
+    digest = hashlib.sha256(raw).hexdigest()
+    key_id = _ids_by_digest.get(digest)
+    if key_id is None:
+        key_id = key_id_for(raw)
+        if len(_ids_by_digest) >= _IDS_MAX:
+            _ids_by_digest.clear()
+        _ids_by_digest[digest] = key_id
+    return ParsedKey(key_id=key_id, digest=digest, prefix=key[: len(TYPE_PREFIX) + DISPLAY_RANDOM_CHARS])
+
+
+# digest -> key id of keys seen lately: the id's base62 encoding costs more than the digest
+# itself, and both are public-safe (neither lets anyone authenticate); never the key itself.
+_ids_by_digest: dict[str, str] = {}
+_IDS_MAX = 65536
 
 
 def key_id_for(raw_key: bytes) -> str:

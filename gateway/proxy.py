@@ -6,6 +6,7 @@ canonicalize -> public? -> credential -> throttle + verify -> route + scope -> r
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import secrets
@@ -109,8 +110,7 @@ async def handle(st: GatewayState, req: HttpRequest, conn: HttpConnection) -> No
 def log_request(st: GatewayState, entry: dict, status: int, outcome: str, started: float) -> None:
     """Metrics and the JSON access-log line of one request (the proxy's and forward-auth's)."""
     duration = time.perf_counter() - started
-    st.metrics.request_counter(outcome, entry["route"] or "-").inc()
-    st.metrics.latency.observe(duration)
+    st.metrics.requests.record(outcome, entry["route"] or "-", duration)
     entry.update(status=status, outcome=outcome, duration_ms=round(duration * 1000, 3))
     accesslog.write(orjson.dumps(entry))
 
@@ -181,7 +181,9 @@ async def verify(st: GatewayState, parsed: keys.ParsedKey) -> KeyRecord:
         generation = st.cache.generation
         started = time.perf_counter()
         try:
-            record = await st.store.get(parsed.key_id)
+            # A task of its own: redis-py's timeouts need one (gateway/httpserver.py runs
+            # requests without).
+            record = await asyncio.ensure_future(st.store.get(parsed.key_id))
         except (RedisError, OSError):
             st.metrics.redis_errors.labels("verify").inc()
             # SECURITY: fail closed, and say so: never a 401 and never an allow without Redis,
@@ -263,13 +265,14 @@ async def forward(st: GatewayState, req: HttpRequest, conn: HttpConnection, targ
         if body_state.get("too_large"):
             raise errors.PayloadTooLarge() from None
         raise errors.UpstreamUnavailable() from None
-    response_headers = upstream_response_headers(_decode_headers(upstream.raw_headers), request_id=request_id)
     length = None
-    for i, (name, value) in enumerate(response_headers):
-        if name.lower() == "content-length":
-            del response_headers[i]
-            length = int(value) if value.isdigit() else None
-            break
+    lines = []
+    for name, value in upstream_response_headers(upstream.raw_headers, request_id=request_id):
+        if len(name) == 14 and name.lower() == b"content-length":
+            length = int(value)  # httptools accepted it: digits only
+        else:
+            lines.append(name + b": " + value + b"\r\n")
+    response_headers = b"".join(lines)
     body_now = upstream.complete_body if req.method != "HEAD" else None
     if body_now is not None:  # the whole (small) reply is in already: one write
         conn.respond(upstream.status, upstream.reason, response_headers, body_now)
@@ -323,6 +326,3 @@ def answer_protocol_error(conn: HttpConnection, status: int, reason: str) -> Non
         "path": None, "status": err.status, "outcome": err.code, "duration_ms": 0.0,
     }))
 
-
-def _decode_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]

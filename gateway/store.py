@@ -200,8 +200,22 @@ def connect(url: str, *, timeout: float = 0.5) -> aioredis.Redis | RedisCluster:
             list(target.nodes), sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
             username=target.username, password=target.password, db=target.db, **common,
         )
-        return sentinel.master_for(target.service, health_check_interval=15)
+        client = sentinel.master_for(target.service, redis_class=_SentinelMasterClient, health_check_interval=15)
+        client.sentinel = sentinel
+        return client
     return aioredis.Redis.from_url(url, health_check_interval=15, **common)
+
+
+class _SentinelMasterClient(aioredis.Redis):
+    """The master's client, which also closes its connections to the sentinels on aclose()."""
+
+    sentinel: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinel is not None:
+            for client in self.sentinel.sentinels:
+                await client.aclose()
 
 
 def _encode(record: KeyRecord) -> list[str]:

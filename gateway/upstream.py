@@ -24,6 +24,7 @@ import httptools
 HIGH_WATER = 256 * 1024  # buffered response bytes at which the socket is paused
 LOW_WATER = 64 * 1024
 NO_BODY_STATUS = frozenset({204, 304})
+SWEEP_INTERVAL = 0.05  # seconds: how late a read timeout may fire
 
 
 class UpstreamError(Exception):
@@ -63,6 +64,7 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         self._write_ready = loop.create_future()
         self._write_ready.set_result(None)
+        self._parser: httptools.HttpResponseParser | None = None
         self._reset()
 
     # -- per exchange ----------------------------------------------------------------------
@@ -83,7 +85,11 @@ class _Connection(asyncio.Protocol):
 
     def start(self, head_only: bool) -> None:
         self._reset()
-        self.parser = httptools.HttpResponseParser(self)
+        # One parser per connection (it reads one keep-alive reply after the other); a HEAD
+        # reply leaves it expecting a body, but such a connection is never reused (_finish).
+        if self._parser is None:
+            self._parser = httptools.HttpResponseParser(self)
+        self.parser = self._parser
         self.head_only = head_only
         self.headers_done = self.loop.create_future()
         self.last_data = self.loop.time()
@@ -261,6 +267,18 @@ class UpstreamPool:
         self.max_idle = max_idle
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
+        self._awaiting_head: set[_Connection] = set()  # exchanges waiting for a reply head
+        self._sweeper: asyncio.Task | None = None
+
+    async def _sweep(self) -> None:
+        """Time out exchanges whose upstream sent nothing for read_timeout seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = loop.time()
+            for conn in list(self._awaiting_head):
+                if now - conn.last_data >= self.read_timeout:
+                    conn.time_out()
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -325,20 +343,24 @@ class UpstreamPool:
 
     async def _exchange(self, conn: _Connection, method: str, head: bytes, body: AsyncIterator[bytes] | None,
                         chunked: bool) -> UpstreamResponse:
-        loop = asyncio.get_running_loop()
+        loop = conn.loop  # not asyncio.get_running_loop(): a getpid() syscall per call on 3.11
         conn.start(head_only=method == "HEAD")
         assert conn.transport is not None and conn.headers_done is not None
         conn.transport.write(head)
-        if body is None:  # the common case: one future, one timer, no task
+        if body is None:  # the common case: one future, no timer, no task
             if not conn.headers_done.done():
-                timer = loop.call_later(self.read_timeout, conn.time_out)
+                # The read timeout is enforced by the pool's sweeper (_sweep), not by a timer
+                # per request.
+                self._awaiting_head.add(conn)
+                if self._sweeper is None:
+                    self._sweeper = loop.create_task(self._sweep())
                 try:
                     await conn.headers_done
                 except BaseException:
                     self._discard(conn)
                     raise
                 finally:
-                    timer.cancel()
+                    self._awaiting_head.discard(conn)
             elif conn.headers_done.exception() is not None:
                 self._discard(conn)
                 conn.headers_done.result()
@@ -382,6 +404,9 @@ class UpstreamPool:
             conn.transport.write(b"0\r\n\r\n")
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self._all):
             if conn.transport is not None:
                 conn.transport.close()

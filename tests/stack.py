@@ -72,6 +72,7 @@ async def echo_server(aiohttp_server):
 async def make_stack(aiohttp_server, redis_url, clock, echo_server):
     """Factory: build a stack with optional ServeSettings overrides."""
     made = []
+    gateways: list[Gateway] = []
 
     async def factory(scopes: str = str(SCOPES), **overrides) -> Stack:
         settings = {
@@ -80,6 +81,7 @@ async def make_stack(aiohttp_server, redis_url, clock, echo_server):
         }
         serve = ServeSettings(**settings)
         gw = Gateway(serve, clock=clock)
+        gateways.append(gw)  # stopped at teardown even if the rest of the set-up fails
         await gw.start("127.0.0.1", 0)
         state = gw.state
         ops = await aiohttp_server(make_ops_app(state))
@@ -88,7 +90,7 @@ async def make_stack(aiohttp_server, redis_url, clock, echo_server):
         ))
         http = aiohttp.ClientSession()
         store = KeyStore(connect(serve.redis, timeout=2.0))
-        made.append((http, store, gw))
+        made.append((http, store))
         await wait_for(lambda: state.cache.trusted or serve.cache_ttl == 0)
         return Stack(
             gateway=f"http://127.0.0.1:{gw.port}", admin=str(admin.make_url("")).rstrip("/"),
@@ -97,9 +99,10 @@ async def make_stack(aiohttp_server, redis_url, clock, echo_server):
         )
 
     yield factory
-    for http, store, gw in made:
+    for http, store in made:
         await http.close()
         await store.redis.aclose()
+    for gw in gateways:
         await gw.stop()
 
 

@@ -175,7 +175,7 @@ async def test_use_is_recorded_and_logged_like_the_proxy(auth, caplog):
                         "outcome": "ok"}
     assert lines[1]["status"] == 403 and lines[1]["outcome"] == "insufficient_scope" and lines[1]["method"] == "POST"
     assert "secret" not in caplog.text and created["key"] not in caplog.text
-    ok = auth.state.metrics.requests.labels("ok", "/v1/tasks/{task_id}")._value.get()
+    ok = auth.state.metrics.requests.count("ok", "/v1/tasks/{task_id}")
     assert ok == 1
 
 

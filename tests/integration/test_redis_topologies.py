@@ -90,7 +90,8 @@ async def test_sentinel_failover_keeps_verification_and_writes_going(sentinels, 
     #    next write there answers READONLY; the client must find the new master by itself.
     import redis as sync_redis
 
-    sync_redis.Redis(port=sentinels.sentinel_ports[0]).execute_command("SENTINEL", "FAILOVER", sentinels.service)
+    with sync_redis.Redis(port=sentinels.sentinel_ports[0]) as sentinel:
+        sentinel.execute_command("SENTINEL", "FAILOVER", sentinels.service)
     await wait_for(lambda: sentinels.current_master() != old_master, timeout=15)
     new_master = sentinels.current_master()
     await _eventually_ok(lambda: stack.create_key(org="sent", name="after failover"))

@@ -353,3 +353,40 @@ def test_the_name_rule_is_exactly_the_published_pattern(name):
         accepted = False
     # JSON Schema "pattern" is a search; the pattern is anchored itself.
     assert accepted == (re.search(NAME_PATTERN, name) is not None), repr(name)
+
+
+# ---- the fast path of canonicalize ---------------------------------------------------------------
+
+def _slow_or_error(raw: str):
+    from gateway.paths import _canonicalize
+
+    try:
+        return _canonicalize(raw)
+    except InvalidPath:
+        return "refused"
+
+
+def _fast_or_error(raw: str):
+    try:
+        return canonicalize(raw)
+    except InvalidPath:
+        return "refused"
+
+
+@PROPERTY
+@given(st.one_of(
+    requests().map(lambda r: r[1]),
+    st.text(alphabet=st.sampled_from("/.-_~!$&'()*+,=:@aZ09%;?#\\ \t\x00é"), max_size=30).map(lambda s: "/" + s),
+    st.text(max_size=30),
+))
+@example("/v1/tasks")
+@example("/v1/./tasks")
+@example("/v1/.../x")
+@example("/v1/tasks/")
+@example("/v1/tasks//")
+@example("/v1/tasks?a=%41#x")
+@example("/")
+def test_the_fast_path_agrees_with_the_full_canonicalization(raw):
+    """SECURITY: the plain-path shortcut (gateway/paths.py) answers exactly what the full
+    validation answers, for accepted and refused targets alike."""
+    assert _fast_or_error(raw) == _slow_or_error(raw)

@@ -415,7 +415,9 @@ def test_property_no_client_identity_survives(client, trusted):
 
 
 def response(headers):
-    return upstream_response_headers(headers, request_id=RID)
+    """upstream_response_headers takes and gives raw bytes pairs; these tests read as text."""
+    raw = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in upstream_response_headers(raw, request_id=RID)]
 
 
 def test_response_drops_hop_by_hop_and_sets_request_id():

@@ -16,7 +16,7 @@ def test_readme_lists_exactly_the_exported_metrics():
     metrics = Metrics()
     metrics.add_cache(VerdictCache(max_size=1, ttl=1, negative_ttl=1))
     metrics.add_throttle(FailureThrottle(limit=1, window=1, max_clients=1, clock=lambda: 0.0))
-    metrics.requests.labels("ok", "/x").inc()
+    metrics.requests.record("ok", "/x", 0.002)
     metrics.redis_errors.labels("verify").inc()
     metrics.flushes.labels("ok").inc()
     metrics.reloads.labels("ok").inc()
@@ -38,3 +38,21 @@ def test_readme_lists_exactly_the_exported_metrics():
         else:
             documented.add(name)
     assert documented == exported
+
+
+def test_request_counts_and_latency_histogram_render():
+    metrics = Metrics()
+    for seconds in (0.0004, 0.0005, 0.003, 20.0):
+        metrics.requests.record("ok", "/v1/tasks", seconds)
+    metrics.requests.record("invalid_api_key", "-", 0.001)
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
+    counts = {(s.labels["outcome"], s.labels["route"]): s.value for s in families["gateway_requests"].samples
+              if s.name == "gateway_requests_total"}
+    assert counts == {("ok", "/v1/tasks"): 4, ("invalid_api_key", "-"): 1}
+    buckets = {s.labels["le"]: s.value for s in families["gateway_request_duration_seconds"].samples
+               if s.name.endswith("_bucket")}
+    # le is inclusive: 0.0005 falls in the 0.0005 bucket
+    assert buckets["0.0005"] == 2 and buckets["0.001"] == 3 and buckets["0.005"] == 4 and buckets["10.0"] == 4
+    assert buckets["+Inf"] == 5
+    total = [s.value for s in families["gateway_request_duration_seconds"].samples if s.name.endswith("_sum")]
+    assert total == [sum((0.0004, 0.0005, 0.003, 20.0, 0.001))]
