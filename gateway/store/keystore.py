@@ -63,7 +63,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 """
 
-FOLD_ON_READ_CHUNKS = 8  # a read that finds dead nodes folds at most this many chunks of them
+FOLD_ON_READ_CHUNKS = 8  # a read that finds a dead node folds at most this many chunks of it
 
 
 class WriteTooLate(RedisError):
@@ -327,10 +327,11 @@ class KeyStore:
             return records
         usage, dead = await self.ledger.read([r.id for r in records])
         if dead:
-            # Whoever notices a dead gateway's usage hash folds it (bounded, and never an error
-            # for this read: the merge above already counted it).
+            # Whoever notices a dead gateway's usage hash folds it: here one node, a bounded
+            # number of chunks per read, and never an error for this read (the merge above
+            # already counted it all).
             try:
-                await self.ledger.fold_dead(dead, max_chunks=FOLD_ON_READ_CHUNKS)
+                await self.ledger.fold(dead[0], only_if_idle=True, max_chunks=FOLD_ON_READ_CHUNKS)
             except RedisError:
                 pass
         return [msgspec.structs.replace(r, last_used_at=usage[r.id][0], request_count=usage[r.id][1])

@@ -11,6 +11,7 @@ from gateway.metrics import Metrics
 from gateway.store import KeyStore, codec, connect
 from gateway.tasks import flush_usage
 from gateway.usage import UsageBuffer
+from tests.conftest import eventually
 
 T1, T2, T3 = 1_700_000_000_000, 1_800_000_000_000, 1_900_000_000_000
 
@@ -138,7 +139,8 @@ async def test_a_dead_nodes_hash_is_folded_once_by_whoever_notices(store, monkey
     assert not await store.redis.exists(store.ledger.node_key("gw_dead"))
     assert await store.redis.exists(store.ledger.node_key("gw_alive"))
     assert [await usage_of(store, k) for k in ids] == expected
-    assert await store.ledger.fold_dead() == 0  # nothing left to fold: nothing counted twice
+    assert await store.ledger.fold_dead() and await store.ledger.dead_nodes() == []  # nothing left
+    assert [await usage_of(store, k) for k in ids] == expected  # and nothing counted twice
 
 
 async def test_the_admin_read_folds_dead_nodes(store):
@@ -153,6 +155,28 @@ async def test_the_admin_read_folds_dead_nodes(store):
     assert await usage_of(store, key_id) == (T1, 1)
 
 
+async def test_a_starting_gateway_folds_what_dead_ones_left(redis_url, make_stack, monkeypatch):
+    monkeypatch.setattr("gateway.store.ledger.FOLD_AFTER_MS", 100)
+    probe = KeyStore(connect(redis_url, timeout=2.0))
+    try:
+        (key_id,) = await make_keys(probe, 1)
+        crashed = UsageBuffer("gw_crashed")
+        for _ in range(4):
+            crashed.add(key_id, T1)
+        await flush(probe, crashed)
+        await asyncio.sleep(0.2)
+        stack = await make_stack()
+        node = probe.ledger.node_key("gw_crashed")
+        await eventually(lambda: _gone(probe, node))
+        assert await usage_of(stack.store, key_id) == (T1, 4)
+    finally:
+        await probe.redis.aclose()
+
+
+async def _gone(store: KeyStore, name: str) -> bool:
+    return not await store.redis.exists(name)
+
+
 async def test_a_node_folded_while_away_carries_on_without_counting_twice(store):
     (key_id,) = await make_keys(store, 1)
     buf = UsageBuffer("gw_sleepy")
@@ -161,7 +185,8 @@ async def test_a_node_folded_while_away_carries_on_without_counting_twice(store)
     await flush(store, buf)
     store.ledger.fold_after_ms = 100
     await asyncio.sleep(0.2)
-    assert await store.ledger.fold_dead() == 1  # it looked dead (say, a long partition)
+    assert await store.ledger.fold_dead()  # it looked dead (say, a long partition)
+    assert not await store.redis.exists(store.ledger.node_key("gw_sleepy"))
     for _ in range(2):
         buf.add(key_id, T2)
     buf.beat_at = None  # its last beat is long ago: it beats before writing
