@@ -42,13 +42,15 @@ PATH = "/v1/tasks"  # GET needs tasks:read in the shipped scopes.yaml
 
 
 
-def script_commands(store_py: Path) -> set[str]:
+def script_commands(store_dir: Path) -> set[str]:
     """Commands the store's Lua scripts call: when the gateway runs EVALSHA, Redis counts these too.
 
-    HGETALL is left out: verification sends it directly, and the revoke script that also calls
-    it never runs during a benchmark.
+    HGETALL and HSET are left out: the gateway sends them directly (verification, last-used
+    flushes), and the scripts that also call them (revoke, create, fold) do not run while a
+    configuration is measured.
     """
-    return {c.lower() for c in re.findall(r"redis\.call\('([A-Za-z]+)'", store_py.read_text())} - {"hgetall"}
+    text = "\n".join(p.read_text() for p in sorted(store_dir.glob("*.py")))
+    return {c.lower() for c in re.findall(r"redis\.call\('([A-Za-z]+)'", text)} - {"hgetall", "hset"}
 
 
 @dataclass
@@ -187,7 +189,11 @@ def median_row(rows: list[dict]) -> dict:
 # -- memory ----------------------------------------------------------------------------------
 
 def redis_memory(redis_port: int, n: int, keys_per_org: int, keep: int) -> tuple[dict, list[str]]:
-    """used_memory per key for ``n`` keys in an empty Redis, plus a per-structure breakdown."""
+    """used_memory per key for ``n`` keys in an empty Redis, plus a per-structure breakdown.
+
+    Then every key is used once through the gateway's own last-used path (a UsageBuffer
+    flushed into a node hash, then folded into the base as at shutdown), and measured again.
+    """
     url = f"redis://127.0.0.1:{redis_port}/0"
     client = redis.Redis(port=redis_port)
     try:
@@ -207,9 +213,7 @@ def redis_memory(redis_port: int, n: int, keys_per_org: int, keep: int) -> tuple
         try:  # MEMORY USAGE of each structure the store writes (its key-name helpers are private)
             breakdown = {
                 "record_hash": usage([names._rec(i) for i in ids]),
-                "key_audit_list": usage([names._rec_audit(i) for i in ids]),
                 "org_index_zset_share": usage([names._org_keys(o) for o in orgs]) / keys_per_org,
-                "org_audit_stream_share": usage([names._org_audit(o) for o in orgs]) / keys_per_org,
             }
         except AttributeError:
             breakdown = {}
@@ -226,9 +230,54 @@ def redis_memory(redis_port: int, n: int, keys_per_org: int, keep: int) -> tuple
             "memory_usage_breakdown_bytes_per_key": {k: round(v, 1) for k, v in breakdown.items()},
             "create_rate_keys_per_s": round(n / took),
         }
+        try:
+            result["after_every_key_was_used"] = _memory_after_use(client, url, n, before["used_memory"])
+        except (AttributeError, ImportError) as exc:  # a gateway without the usage ledger
+            result["after_every_key_was_used"] = {"error": repr(exc)}
         return result, secrets_kept
     finally:
         client.close()
+
+
+def _memory_after_use(client: redis.Redis, url: str, n: int, empty_used_memory: int) -> dict:
+    """Use every key once through the gateway's last-used path; memory per key then."""
+    import asyncio
+
+    from gateway.metrics import Metrics
+    from gateway.tasks import flush_usage
+    from gateway.usage import UsageBuffer
+
+    ids = [k.decode().split("{", 1)[1].rstrip("}") for k in client.scan_iter("gw:key:*", count=10_000)]
+    now_ms = int(time.time() * 1000)
+
+    async def run() -> dict:
+        store = store_mod.KeyStore(store_mod.connect(url, timeout=30), "gw")
+        buf = UsageBuffer()
+        try:
+            for key_id in ids:
+                buf.add(key_id, now_ms)
+            started = time.monotonic()
+            assert await flush_usage(store, buf, Metrics())
+            flushed = time.monotonic() - started
+            node_bytes = client.memory_usage(store.ledger.node_key(buf.node_id), samples=0)
+            buf.closing = True  # the shutdown path: fold this node's hash into the base
+            started = time.monotonic()
+            assert await flush_usage(store, buf, Metrics())
+            folded = time.monotonic() - started
+            buckets = [k for k in client.scan_iter(store.ledger.base_prefix + "*", count=10_000)]
+            sample = buckets[:: max(1, len(buckets) // 500)]
+            base_bytes = statistics.mean(client.memory_usage(k, samples=0) for k in sample) * len(buckets)
+            return {"keys_used": len(ids), "flush_seconds": round(flushed, 2), "fold_seconds": round(folded, 2),
+                    "live_node_hash_bytes_per_used_key": round(node_bytes / len(ids), 1),
+                    "usage_base_bytes_per_used_key": round(base_bytes / len(ids), 1),
+                    "usage_base_buckets": len(buckets)}
+        finally:
+            await store.redis.aclose()
+
+    out = asyncio.run(run())
+    time.sleep(0.2)  # let Redis drop the closed connections' buffers
+    out["bytes_per_key"] = round((client.info("memory")["used_memory"] - empty_used_memory) / n, 1)
+    return out
 
 
 def gateway_rss(procs: Processes, ctx: dict, redis_proc: Proc, secrets: list[str], args) -> dict:
@@ -284,6 +333,11 @@ def print_report(result: dict) -> None:
     if mem:
         print(f"  redis used_memory per key ({mem['keys']:,} keys): {mem['bytes_per_key']} bytes "
               f"(breakdown {mem['memory_usage_breakdown_bytes_per_key']})")
+        used = mem.get("after_every_key_was_used", {})
+        if "bytes_per_key" in used:
+            print(f"  ... after every key was used once (usage folded into the base): {used['bytes_per_key']} bytes "
+                  f"(usage base {used['usage_base_bytes_per_used_key']} bytes/key; a live gateway's node hash "
+                  f"{used['live_node_hash_bytes_per_used_key']} bytes/key used)")
     rss = result.get("gateway_rss")
     if rss:
         print(f"  gateway RSS with {rss['cached_keys']:,} cached keys: {rss['rss_warm_mib']} MiB "
@@ -417,7 +471,7 @@ def run(args, procs: Processes, workdir: Path) -> dict:
     sample_record = f"gw:key:{{{key_format.parse_key(secrets[0]).key_id}}}"
     ctx = {"procs": procs, "redis": redis_proc, "upstream": upstream, "redis_client": rc, "keys_file": keys_file,
            "scripts": loadgen.write_scripts(workdir), "seed": 1, "scopes_file": scopes_file,
-           "script_commands": script_commands(src / "gateway" / "store.py")}
+           "script_commands": script_commands(src / "gateway" / "store")}
 
     only = set(filter(None, args.only.split(",")))
     configs = [

@@ -14,6 +14,7 @@ import time
 
 import aiohttp
 import pytest
+import redis
 
 from gateway.dev import die_with_parent
 from tests.conftest import ROOT, SCOPES, eventually, free_port
@@ -106,6 +107,11 @@ async def test_serve_process_end_to_end_and_sigterm_flushes_last_used(redis_url,
     assert proc.returncode == 0, err
     listed = json.loads(gateway("keys", "list", "--org", "acme", env=env, check=True).stdout)
     assert listed[0]["last_used_at"] is not None and listed[0]["request_count"] == 1
+    client = redis.Redis.from_url(redis_url)
+    try:  # the process folded its usage hash into the base on the way out
+        assert client.keys("gw:usage:{gw}:node:*") == [] and client.keys("gw:usage:{gw}:base:*")
+    finally:
+        client.close()
     access = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert access[-1]["key_id"] == key["id"] and key["key"] not in out + err
 

@@ -168,7 +168,7 @@ async def test_use_is_recorded_and_logged_like_the_proxy(auth, caplog):
         status, _, resp = await check(auth, traefik("HEAD", "/v1/tasks/7?secret=1", created["key"]), "GET", "/")
         await check(auth, traefik("POST", "/v1/tasks", created["key"]))
     assert status == 200
-    assert created["id"] in auth.state.usage.drain()
+    assert created["id"] in auth.state.usage.drain().values
     lines = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
     assert lines[0] == {**lines[0], "request_id": resp.headers["X-Request-Id"], "method": "HEAD", "path": "/v1/tasks/7",
                         "route": "/v1/tasks/{task_id}", "org_id": "acme", "key_id": created["id"], "status": 200,

@@ -19,7 +19,9 @@ import redis
 
 from gateway import keys
 from gateway.store import KeyStore, WriteTooLate, connect
+from gateway.metrics import Metrics
 from gateway.tasks import flush_usage
+from gateway.usage import UsageBuffer
 from tests.conftest import free_port, wait_for
 
 
@@ -168,7 +170,7 @@ async def test_a_write_redis_runs_after_its_deadline_changes_nothing(own_redis):
             await store.create(org_id="o", name="late", scopes=["tasks:read"], expires_at=None, actor="t", now_ms=3)
         store.write_deadline_ms = 5000
         assert [r.name for r in (await store.list("o")).records] == ["kept"]
-        assert len(await store.redis.keys("gw:key:*")) == 2  # one record and its audit list
+        assert len(await store.redis.keys("gw:key:*")) == 1  # the one record (it is its own audit)
     finally:
         await store.redis.aclose()
 
@@ -206,6 +208,33 @@ async def test_stale_if_error_is_opt_in(own_redis, make_stack):
         assert status == 503  # only keys verified before the outage
     finally:
         own_redis.resume()
+
+
+async def test_a_flush_that_timed_out_but_ran_later_is_not_counted_twice(own_redis):
+    store = KeyStore(connect(own_redis.url, timeout=0.2))
+    metrics = Metrics()
+    try:
+        record, _ = await store.create(org_id="o", name="k", scopes=["tasks:read"], expires_at=None, actor="t",
+                                       now_ms=1)
+        buf = UsageBuffer()
+        for _ in range(3):
+            buf.add(record.id, 1_000)
+        assert await flush_usage(store, buf, metrics)
+        for _ in range(2):
+            buf.add(record.id, 2_000)
+        own_redis.pause()
+        try:
+            assert not await flush_usage(store, buf, metrics)  # sent, but no answer in time
+        finally:
+            own_redis.resume()
+        got = await store.get_for_org("o", record.id)
+        assert (got.last_used_at, got.request_count) == (2_000, 5)  # Redis ran it after all
+        assert await flush_usage(store, buf, metrics)  # the retry writes totals, it does not add
+        got = await store.get_for_org("o", record.id)
+        assert (got.last_used_at, got.request_count) == (2_000, 5)
+        assert metrics.flushes.labels("failed")._value.get() == 1
+    finally:
+        await store.redis.aclose()
 
 
 async def test_last_used_is_kept_through_an_outage_and_written_after(own_redis, make_stack):

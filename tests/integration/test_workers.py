@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+import redis
 
 from gateway.workers import merge_metrics
 from tests.conftest import OPERATOR_TOKEN, ROOT, SCOPES, free_port
@@ -95,6 +96,11 @@ def test_two_workers_share_the_port_refuse_a_revoked_key_everywhere_and_stop_cle
     assert err.count("worker 0") >= 1 and "worker 1" in err
     listed = gateway_cli("keys", "list", "--org", "acme", "--include-revoked", env=env)
     assert listed[0]["request_count"] == 60 and listed[0]["last_used_at"]  # both workers flushed on SIGTERM
+    client = redis.Redis.from_url(env["GATEWAY_REDIS_URL"])
+    try:  # ... and folded their usage hashes into the base
+        assert client.keys("gw:usage:{gw}:node:*") == [] and client.zcard("gw:usage:{gw}:nodes") == 0
+    finally:
+        client.close()
     for p in (port, ops):
         with pytest.raises(OSError):
             get(f"http://127.0.0.1:{p}/healthz")

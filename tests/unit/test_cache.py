@@ -1,10 +1,9 @@
-"""Verdict cache (TTL, size bound, generation fence, trust) and the last-used buffer."""
+"""Verdict cache: TTL, size bound, generation fence, trust (the last-used buffer: test_usage.py)."""
 
 from __future__ import annotations
 
 from gateway.cache import MISS, VerdictCache
 from gateway.model import KeyRecord
-from gateway.usage import UsageBuffer
 
 
 def record(key_id: str = "key_a") -> KeyRecord:
@@ -75,15 +74,3 @@ def test_size_bound_evicts_oldest():
         cache.put(f"key_{i}", record(f"key_{i}"), cache.generation)
     assert len(cache) == 3 and cache.evictions == 2
     assert cache.get("key_0") is MISS and cache.get("key_4") is not MISS
-
-
-def test_usage_buffer_keeps_latest_time_and_counts():
-    buf = UsageBuffer()
-    buf.add("k1", 100)
-    buf.add("k1", 50)
-    buf.add("k2", 7)
-    batch = buf.drain()
-    assert batch == {"k1": (100, 2), "k2": (7, 1)} and len(buf) == 0
-    buf.add("k1", 80)
-    buf.restore(batch)  # a failed flush comes back, merged
-    assert buf.drain() == {"k1": (100, 3), "k2": (7, 1)}

@@ -1,0 +1,107 @@
+"""Redis connections: parse the supported URLs (standalone, Sentinel, Cluster) and build clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff
+
+__all__ = ["RedisTarget", "connect", "parse_redis_url"]
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """A parsed Redis URL: standalone, Sentinel or Cluster."""
+
+    kind: str  # "standalone", "sentinel" or "cluster"
+    url: str  # standalone: the URL itself
+    nodes: tuple[tuple[str, int], ...] = ()  # sentinels or cluster seed nodes
+    service: str = ""  # sentinel: the monitored master's name
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """Parse ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` or ``redis+cluster://``.
+
+    redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]
+    redis+cluster://[[user]:password@]host:port[,host:port...]
+    The password is that of the data nodes (Sentinel and Cluster): ACL users work the same.
+    Raises ValueError with a message that never contains the password.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError("expected a URL such as redis://host:6379/0")
+    if scheme in ("redis", "rediss", "unix"):
+        return RedisTarget("standalone", url)
+    if scheme not in ("redis+sentinel", "redis+cluster"):
+        raise ValueError(f"unknown scheme {scheme}://; use redis://, rediss://, unix://, redis+sentinel:// "
+                         "or redis+cluster://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, pw = userinfo.partition(":")
+        username, password = (unquote(user) or None), (unquote(pw) if colon else None)
+    hosts, _, path = hostpart.partition("/")
+    nodes = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ValueError(f"expected host:port in the node list, got {item.strip()!r}")
+        nodes.append((host.strip("[]"), int(port)))
+    if scheme == "redis+cluster":
+        if path.strip("/"):
+            raise ValueError("redis+cluster:// takes no path (Redis Cluster has database 0 only)")
+        return RedisTarget("cluster", url, tuple(nodes), username=username, password=password)
+    service, _, db = path.partition("/")
+    if not service:
+        raise ValueError("redis+sentinel:// needs the master's service name: redis+sentinel://host:26379/mymaster")
+    if db and not db.isdigit():
+        raise ValueError(f"expected a database number after the service name, got {db!r}")
+    return RedisTarget("sentinel", url, tuple(nodes), service, int(db or 0), username, password)
+
+
+def connect(url: str, *, timeout: float = 0.5) -> aioredis.Redis | RedisCluster:
+    """A Redis client where every call has a timeout and one quick retry.
+
+    Sentinel: the client asks the sentinels for the master, and asks again after a
+    connection error or a READONLY reply (a failed-over master that became a replica).
+    Cluster: the client follows MOVED and ASK redirections and refreshes its slot map.
+    """
+    target = parse_redis_url(url)
+    common = dict(
+        socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+    )
+    if target.kind == "cluster":
+        return RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in target.nodes], username=target.username,
+            password=target.password, require_full_coverage=True, **common,
+        )
+    if target.kind == "sentinel":
+        sentinel = Sentinel(
+            list(target.nodes), sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+            username=target.username, password=target.password, db=target.db, **common,
+        )
+        client = sentinel.master_for(target.service, redis_class=_SentinelMasterClient, health_check_interval=15)
+        client.sentinel = sentinel
+        return client
+    return aioredis.Redis.from_url(url, health_check_interval=15, **common)
+
+
+class _SentinelMasterClient(aioredis.Redis):
+    """The master's client, which also closes its connections to the sentinels on aclose()."""
+
+    sentinel: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinel is not None:
+            for client in self.sentinel.sentinels:
+                await client.aclose()

@@ -1,0 +1,341 @@
+"""API keys in Redis: create, verify, list, revoke, the derived audit trail, the gateway registry."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from gateway import keys
+from gateway.model import AuditEvent, KeyRecord
+from gateway.store.codec import decode_cursor, decode_record, encode_cursor, encode_record
+from gateway.store.ledger import UsageLedger
+
+__all__ = ["KeyStore", "Page", "RedisError", "WriteTooLate", "decode_cursor"]
+
+# Writes carry a deadline (ms, wall clock) checked against the server's clock: a write that a
+# stalled or partitioned Redis runs only after the caller gave up (and answered 503 "nothing
+# was changed") is refused instead of appearing later as a key nobody was shown.
+_DEADLINE = """
+local t = redis.call('TIME')
+if t[1] * 1000 + math.floor(t[2] / 1000) > tonumber(ARGV[1]) then return -1 end
+"""
+
+_CREATE = _DEADLINE + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
+# The record is its own audit: created_at/_by and revoked_at/_by are written atomically with
+# the change they describe.
+_REVOKE = _DEADLINE + """
+if redis.call('HGET', KEYS[1], 'o') ~= ARGV[2] then return {} end
+if redis.call('HEXISTS', KEYS[1], 'r') == 0 then
+  redis.call('HSET', KEYS[1], 'r', ARGV[3], 'R', ARGV[4])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+WRITE_DEADLINE_MS = 5000  # generous against clock skew between the admin host and Redis
+
+# Registry times come from the Redis server's clock, so gateways and admin APIs on different
+# machines agree on who is live whatever their own clocks say.
+_REGISTER = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+
+_LIVE = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+"""
+
+FOLD_ON_READ_CHUNKS = 8  # a read that finds a dead node folds at most this many chunks of it
+
+
+class WriteTooLate(RedisError):
+    """Redis ran a write after its deadline and refused it: nothing was changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of an org's keys, newest first; ``next_cursor`` is None on the last page."""
+
+    records: list[KeyRecord]
+    next_cursor: str | None
+
+
+class KeyStore:
+    """Create, read, verify, list and revoke API keys; the usage ledger; the gateway registry."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "gw") -> None:
+        self.redis = client
+        self.p = prefix
+        self.write_deadline_ms = WRITE_DEADLINE_MS
+        self.channel = f"{prefix}:invalidate"
+        self.ack_channel = f"{prefix}:acks"
+        self.registry = f"{prefix}:gateways"
+        self.ledger = UsageLedger(client, prefix)
+        self._create = client.register_script(_CREATE)
+        self._register = client.register_script(_REGISTER)
+        self._live = client.register_script(_LIVE)
+        self._revoke = client.register_script(_REVOKE)
+
+    def _deadline(self) -> int:
+        return int(time.time() * 1000) + self.write_deadline_ms
+
+    # -- key names -----------------------------------------------------------------------
+    def _rec(self, key_id: str) -> str:
+        return f"{self.p}:key:{{{key_id}}}"
+
+    def _org_keys(self, org_id: str) -> str:
+        return f"{self.p}:org:{{{org_id}}}:keys"
+
+    def _org_revoked(self, org_id: str) -> str:
+        return f"{self.p}:org:{{{org_id}}}:revoked"
+
+    # -- writes --------------------------------------------------------------------------
+    async def create(
+        self,
+        *,
+        org_id: str,
+        name: str,
+        scopes: Iterable[str],
+        expires_at: int | None,
+        actor: str,
+        now_ms: int,
+    ) -> tuple[KeyRecord, str]:
+        """Create a key; return its record and the secret (the only time it exists)."""
+        for _ in range(3):
+            secret = keys.generate_key()
+            parsed = keys.parse_key(secret)
+            record = KeyRecord(
+                id=parsed.key_id,
+                org_id=org_id,
+                name=name,
+                prefix=parsed.prefix,
+                scopes=tuple(scopes),
+                digest=parsed.digest,
+                created_at=now_ms,
+                created_by=actor,
+                expires_at=expires_at,
+            )
+            # Index first: an index entry without a record is invisible (filtered on read),
+            # while a record without an index entry would be an unlisted, working key.
+            await self.redis.zadd(self._org_keys(org_id), {record.id: now_ms})
+            try:
+                created = await self._create(keys=[self._rec(record.id)],
+                                             args=[self._deadline(), *encode_record(record)])
+                if created == -1:
+                    raise WriteTooLate("the create reached Redis after its deadline")
+            except RedisError:
+                await self._forget(self._org_keys(org_id), record.id)
+                raise
+            if created:
+                return record, secret
+        raise RuntimeError("could not allocate a unique key id")  # pragma: no cover
+
+    async def revoke(self, *, org_id: str, key_id: str, actor: str, now_ms: int,
+                     ack_timeout: float = 0.0) -> KeyRecord | None:
+        """Revoke atomically; idempotent (a second call returns the first revocation).
+
+        With ``ack_timeout``, returns only once every live gateway has dropped the key from its
+        cache, or ``ack_timeout`` seconds have passed (see ``broadcast_revocation``).
+        """
+        # The org's revocation index first, as with creation: an entry whose record is not
+        # revoked is skipped when the audit trail is read.
+        await self.redis.zadd(self._org_revoked(org_id), {key_id: now_ms})
+        raw = await self._revoke(keys=[self._rec(key_id)], args=[self._deadline(), org_id, now_ms, actor])
+        if raw == -1:
+            raise WriteTooLate("the revoke reached Redis after its deadline")
+        record = decode_record(key_id, raw)
+        if record is None:
+            await self._forget(self._org_revoked(org_id), key_id)
+            return None
+        if record.revoked_at != now_ms:  # revoked before: index it at its real time
+            await self.redis.zadd(self._org_revoked(org_id), {key_id: record.revoked_at})
+        if ack_timeout > 0:
+            await self.broadcast_revocation(key_id, ack_timeout)
+        else:
+            await self.publish_invalidation(key_id, secrets.token_hex(8))
+        return (await self._with_usage([record]))[0]
+
+    async def broadcast_revocation(self, key_id: str, timeout: float) -> tuple[set[str], set[str]]:
+        """Publish the revocation and wait until every live gateway acknowledges it.
+
+        Returns (acknowledged, expected) node ids. A gateway that does not acknowledge within
+        ``timeout`` has stopped trusting its cache by then (its trust lapses one silence limit
+        after it last heard from Redis), so the key is refused everywhere either way.
+        """
+        nonce = secrets.token_hex(8)
+        acked: set[str] = set()
+        await self.initialize()
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(self.ack_channel)
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:  # the subscription must be live before anything can be acknowledged
+                msg = await pubsub.get_message(timeout=0.05)
+                if msg is not None and msg["type"] == "subscribe":
+                    break
+                if asyncio.get_running_loop().time() > deadline:
+                    raise ConnectionError("acknowledgement channel did not confirm the subscription")
+            expected = {m.decode() for m in await self._live(keys=[self.registry], args=[])}
+            await self.publish_invalidation(key_id, nonce)
+            while not expected <= acked:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                msg = await pubsub.get_message(timeout=min(left, 0.05))
+                if msg is not None and msg["type"] == "message":
+                    got_nonce, _, node = msg["data"].decode().partition(" ")
+                    if got_nonce == nonce:
+                        acked.add(node)
+            return acked, expected
+        finally:
+            await asyncio.shield(pubsub.aclose())
+
+    async def initialize(self) -> None:
+        """Load the slot map of a cluster client (its pub/sub needs it before any command)."""
+        if isinstance(self.redis, RedisCluster):
+            await self.redis.initialize()
+
+    async def register_gateway(self, node_id: str, ttl_ms: int) -> None:
+        """Announce a live gateway (its cache is in use) for ``ttl_ms`` by the server's clock."""
+        await self._register(keys=[self.registry], args=[node_id, ttl_ms])
+
+    async def acknowledge(self, nonce: str, node_id: str) -> None:
+        await self.redis.publish(self.ack_channel, f"{nonce} {node_id}")
+
+    async def publish_invalidation(self, key_id: str, nonce: str) -> None:
+        await self.redis.publish(self.channel, f"{key_id} {nonce}")
+
+    async def _forget(self, index: str, key_id: str) -> None:
+        try:
+            await self.redis.zrem(index, key_id)
+        except RedisError:
+            pass  # a dangling index entry is filtered out on read
+
+    # -- reads ---------------------------------------------------------------------------
+    async def get(self, key_id: str) -> KeyRecord | None:
+        """One record by id (any org), without usage: what verification needs, one round trip."""
+        return decode_record(key_id, await self.redis.hgetall(self._rec(key_id)))
+
+    async def get_for_org(self, org_id: str, key_id: str) -> KeyRecord | None:
+        """One record by id with its usage, None unless it belongs to ``org_id``."""
+        if not key_id.startswith("key_") or len(key_id) > 64:
+            return None
+        record = await self.get(key_id)
+        if record is None or record.org_id != org_id:
+            return None
+        return (await self._with_usage([record]))[0]
+
+    async def verify(self, parsed: keys.ParsedKey) -> KeyRecord | None:
+        """Look a presented key up in one round trip; None when unknown."""
+        record = await self.get(parsed.key_id)
+        # SECURITY: the id only locates the record; the digest comparison authenticates.
+        if record is None or not secrets.compare_digest(record.digest, parsed.digest):
+            return None
+        return record
+
+    async def list(
+        self, org_id: str, *, limit: int = 50, cursor: str | None = None, include_revoked: bool = False
+    ) -> Page:
+        """An org's keys newest first, with usage, reading only that org's index."""
+        page = await self._page(org_id, limit, cursor, include_revoked)
+        return Page(await self._with_usage(page.records), page.next_cursor)
+
+    async def _page(self, org_id: str, limit: int, cursor: str | None, include_revoked: bool) -> Page:
+        index = self._org_keys(org_id)
+        max_score, after_id = decode_cursor(cursor) if cursor else (None, None)
+        out: list[KeyRecord] = []
+        offset, batch = 0, max(limit * 2, 20)
+        while len(out) <= limit:
+            top = "+inf" if max_score is None else max_score
+            rows = await self.redis.zrange(
+                index, top, "-inf", desc=True, byscore=True, offset=offset, num=batch, withscores=True
+            )
+            if not rows:
+                break
+            offset += len(rows)
+            ids = []
+            for member, score in rows:
+                member = member.decode()
+                # Skip what the previous page already returned (ties on created_at).
+                if max_score is not None and int(score) == max_score and member >= after_id:
+                    continue
+                ids.append(member)
+            for record in await self._records(ids, org_id):
+                if record.revoked_at is not None and not include_revoked:
+                    continue
+                out.append(record)
+            if len(rows) < batch:
+                break
+        next_cursor = None
+        if len(out) > limit:
+            last = out[limit - 1]
+            next_cursor = encode_cursor(last.created_at, last.id)
+        return Page(out[:limit], next_cursor)
+
+    async def audit_events(self, org_id: str, *, limit: int = 100) -> list[AuditEvent]:
+        """The org's most recent creates and revokes, newest first, read from the records.
+
+        The record is the audit trail: who created and revoked a key, and when, are written
+        atomically with the change itself. Creates come from the org index (by creation time),
+        revokes from the org's revocation index; the records say who and when.
+        """
+        created = (await self._page(org_id, limit, None, True)).records
+        rows = await self.redis.zrange(self._org_revoked(org_id), 0, limit - 1, desc=True)
+        known = {r.id: r for r in created}
+        missing = [m.decode() for m in rows if m.decode() not in known]
+        known.update((r.id, r) for r in await self._records(missing, org_id))
+        events = [AuditEvent("api_key.created", r.id, org_id, r.created_by, r.created_at) for r in created]
+        for member in rows:
+            r = known.get(member.decode())
+            if r is not None and r.revoked_at is not None:
+                events.append(AuditEvent("api_key.revoked", r.id, org_id, r.revoked_by or "", r.revoked_at))
+        # Newest first; a revoke sorts before a create of the same millisecond.
+        return heapq.nsmallest(limit, events, key=lambda e: (-e.at, e.action != "api_key.revoked"))
+
+    async def _records(self, ids: list[str], org_id: str) -> list[KeyRecord]:
+        """The records of ``ids`` that exist and belong to ``org_id``, in order (one round trip)."""
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key_id in ids:
+                pipe.hgetall(self._rec(key_id))
+            raws = await pipe.execute()
+        records = (decode_record(key_id, raw) for key_id, raw in zip(ids, raws))
+        return [r for r in records if r is not None and r.org_id == org_id]
+
+    async def _with_usage(self, records: list[KeyRecord]) -> list[KeyRecord]:
+        """The records with last_used_at and request_count merged from the usage ledger."""
+        if not records:
+            return records
+        usage, dead = await self.ledger.read([r.id for r in records])
+        if dead:
+            # Whoever notices a dead gateway's usage hash folds it: here one node, a bounded
+            # number of chunks per read, and never an error for this read (the merge above
+            # already counted it all).
+            try:
+                await self.ledger.fold(dead[0], only_if_idle=True, max_chunks=FOLD_ON_READ_CHUNKS)
+            except RedisError:
+                pass
+        return [msgspec.structs.replace(r, last_used_at=usage[r.id][0], request_count=usage[r.id][1])
+                for r in records]
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())

@@ -1,0 +1,200 @@
+"""Last-used data in Redis: one hash per gateway process, merged on read, folded into a durable base.
+
+Each gateway process (a *node*) keeps its own absolute totals per key and writes the changed ones
+with ONE ``HSET`` per flush into its own hash. A node's values only grow, so no script is needed
+to keep them monotonic, and Redis executes one command per flush whatever the number of keys.
+Readers merge: last_used_at = the latest over the base and every node, request_count = the sum.
+
+A node hash is folded into the base (and deleted) when its node shuts down, and by whoever
+notices a node that has not been heard from for ``fold_after_ms``: the admin API when it reads
+usage, every gateway when it starts and every few minutes. Every fold is a script over a single
+hash slot (all usage keys share one hash tag), a chunk at a time: each field is either in its
+node's hash or in the base, never both, so nothing is counted twice or lost, on standalone
+Redis, Sentinel or Cluster.
+
+A node that was folded while it was away learns it from its next liveness beat (which it sends
+before writing whenever the last one is older than a minute) together with the sequence number
+of its last write that reached Redis, and starts again from what had not (``UsageBuffer.rebase``).
+"""
+
+from __future__ import annotations
+
+from gateway.store.codec import SEQ_FIELD, decode_usage, encode_usage, merge_usage
+
+FOLD_AFTER_MS = 600_000  # a node not heard from for 10 minutes is folded by whoever notices
+FOLD_CHUNK = 1000  # fields per fold script call: 3-4 ms of Redis time (measured here)
+FOLDED_TTL_MS = 7 * 86_400_000  # how long a folded node's last sequence number is remembered
+
+_NOW = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+"""
+
+# codec.usage_bucket, in Lua.
+_BUCKET = """
+local function bucket(id)
+  if #id == 20 and string.sub(id, 1, 4) == 'key_' then
+    return string.sub(id, 19, 20) .. (string.byte(id, 18) % 4), string.sub(id, 5, 18)
+  end
+  return '_', id
+end
+"""
+
+# KEYS: nodes, folded. ARGV: node id, "1" if this node has beaten before.
+# Returns -1 (carry on), or the sequence number of the node's last write that was folded while
+# it was away (0: unknown). Either way the node is registered again.
+_BEAT = _NOW + """
+local known = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+if known or ARGV[2] ~= '1' then return -1 end
+local seq = redis.call('HGET', KEYS[2], ARGV[1])
+if seq then redis.call('HDEL', KEYS[2], ARGV[1]) end
+return tonumber(seq or '0')
+"""
+
+# KEYS: nodes, folded, the node's hash. ARGV: node id, minimum idle ms ("" = fold now), chunk
+# size, base key prefix, "1" to remember the node's last sequence number.
+# Moves up to one chunk of fields into the base; returns -1 if the node is alive, 0 once the
+# node hash is gone, else the number of fields moved (call again).
+_FOLD = _NOW + _BUCKET + """
+if ARGV[2] ~= '' then
+  local seen = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if seen and tonumber(seen) > now - tonumber(ARGV[2]) then return -1 end
+end
+local limit = tonumber(ARGV[3])
+local items = redis.call('HRANDFIELD', KEYS[3], limit + 1, 'WITHVALUES')
+local fields = {}
+for i = 1, #items, 2 do
+  local f = items[i]
+  if f ~= '~' and #fields < limit then
+    fields[#fields + 1] = f
+    local last, n = string.match(items[i + 1], '^(%d+):(%d+)$')
+    if last then
+      last, n = tonumber(last), tonumber(n)
+      local b, sub = bucket(f)
+      local cur = redis.call('HGET', ARGV[4] .. b, sub)
+      if cur then
+        local l0, n0 = string.match(cur, '^(%d+):(%d+)$')
+        if l0 then
+          if tonumber(l0) > last then last = tonumber(l0) end
+          n = n + tonumber(n0)
+        end
+      end
+      redis.call('HSET', ARGV[4] .. b, sub, string.format('%d:%d', last, n))
+    end
+  end
+end
+if #fields > 0 then redis.call('HDEL', KEYS[3], unpack(fields)) end
+local seq = redis.call('HGET', KEYS[3], '~')
+if redis.call('HLEN', KEYS[3]) > (seq and 1 or 0) then return #fields end
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[1], ARGV[1])
+if ARGV[5] == '1' then
+  redis.call('HSET', KEYS[2], ARGV[1], seq or '0')
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[6]))
+end
+return 0
+"""
+
+# KEYS: nodes. ARGV: node key prefix, base key prefix, key ids...
+# Returns {server ms, {node, last beat, ...}, base values, one array of values per node}: one
+# consistent snapshot, so a fold running beside it can never make a use count twice or vanish.
+_READ = _NOW + _BUCKET + """
+local nodes = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local base = {}
+for i = 3, #ARGV do
+  local b, sub = bucket(ARGV[i])
+  base[i - 2] = redis.call('HGET', ARGV[2] .. b, sub)
+end
+local out = {now, nodes, base}
+if #ARGV > 2 then
+  for j = 1, #nodes, 2 do
+    out[#out + 1] = redis.call('HMGET', ARGV[1] .. nodes[j], unpack(ARGV, 3))
+  end
+end
+return out
+"""
+
+
+class UsageLedger:
+    """Per-node usage hashes, their liveness beats, merged reads and folds."""
+
+    def __init__(self, client, prefix: str) -> None:
+        self.redis = client
+        tag = f"{prefix}:usage:{{{prefix}}}"  # one hash tag: every fold and read is single-slot
+        self.nodes = f"{tag}:nodes"
+        self.folded = f"{tag}:folded"
+        self.node_prefix = f"{tag}:node:"
+        self.base_prefix = f"{tag}:base:"
+        self.fold_after_ms = FOLD_AFTER_MS
+        self._beat = client.register_script(_BEAT)
+        self._fold = client.register_script(_FOLD)
+        self._read = client.register_script(_READ)
+
+    def node_key(self, node_id: str) -> str:
+        return self.node_prefix + node_id
+
+    async def beat(self, node_id: str, registered: bool) -> int | None:
+        """Say this node is alive. None, or (folded while away) the seq of its last write that landed."""
+        landed = await self._beat(keys=[self.nodes, self.folded], args=[node_id, "1" if registered else "0"])
+        return None if landed == -1 else int(landed)
+
+    async def write(self, node_id: str, seq: int, values: dict[str, tuple[int, int]]) -> None:
+        """ONE command: this node's absolute totals for ``values`` and the write's sequence number."""
+        items: list[object] = [SEQ_FIELD, seq]
+        for key_id, (last_ms, count) in values.items():
+            items += (key_id, encode_usage(last_ms, count))
+        await self.redis.hset(self.node_key(node_id), items=items)
+
+    async def read(self, key_ids: list[str]) -> tuple[dict[str, tuple[int | None, int]], list[str]]:
+        """Merged (last_used_at, request_count) per key, and the nodes that look dead."""
+        now, nodes, base, *per_node = await self._read(
+            keys=[self.nodes], args=[self.node_prefix, self.base_prefix, *key_ids])
+        dead = [n.decode() for n, seen in zip(nodes[::2], nodes[1::2])
+                if float(seen) <= now - self.fold_after_ms]
+        merged = {
+            key_id: merge_usage([decode_usage(base[i]), *(decode_usage(col[i]) for col in per_node)])
+            for i, key_id in enumerate(key_ids)
+        }
+        return merged, dead
+
+    async def fold(self, node_id: str, *, only_if_idle: bool = False, max_chunks: int | None = None) -> bool:
+        """Fold a node's hash into the base, a chunk per script call; True once it is gone.
+
+        ``only_if_idle``: only while the node has not been heard from for ``fold_after_ms``
+        (checked atomically with each chunk); otherwise unconditionally (a node folding itself
+        at shutdown).
+        """
+        chunks = 0
+        while max_chunks is None or chunks < max_chunks:
+            moved = await self._fold_chunk(node_id, only_if_idle)
+            if moved <= 0:
+                return moved == 0
+            chunks += 1
+        return False
+
+    async def _fold_chunk(self, node_id: str, only_if_idle: bool) -> int:
+        """-1: the node is alive; 0: its hash is gone; else the number of fields moved."""
+        return await self._fold(
+            keys=[self.nodes, self.folded, self.node_key(node_id)],
+            args=[node_id, self.fold_after_ms if only_if_idle else "", FOLD_CHUNK, self.base_prefix,
+                  "1" if only_if_idle else "0", FOLDED_TTL_MS],
+        )
+
+    async def dead_nodes(self) -> list[str]:
+        """Nodes not heard from for ``fold_after_ms`` (by the Redis server's clock)."""
+        _, dead = await self.read([])
+        return dead
+
+    async def fold_dead(self, *, max_chunks: int | None = None) -> bool:
+        """Fold the hashes of dead nodes, at most ``max_chunks`` chunks in all; True if none is left."""
+        budget = max_chunks
+        for node_id in await self.dead_nodes():
+            while True:
+                if budget is not None:
+                    if budget <= 0:
+                        return False
+                    budget -= 1
+                if await self._fold_chunk(node_id, True) <= 0:
+                    break  # gone, or alive after all
+        return True

@@ -1,0 +1,38 @@
+"""Redis memory per stored key, measured in a real redis-server (issue #6: <= 400 bytes)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+
+from gateway.store import KeyStore, connect
+
+SCOPES = ("tasks:read", "reservations:read", "properties:read")  # as in bench/keyfill.py
+
+
+async def test_a_stored_key_takes_at_most_400_bytes(redis_server, redis_url):
+    n, per_org = 20_000, 10
+    store = KeyStore(connect(redis_url, timeout=10.0))
+    client = redis_server.client
+    try:
+        before = client.info("memory")["used_memory"]
+
+        async def one(i: int) -> str:
+            record, _ = await store.create(org_id=f"org_bench_{i // per_org:07d}", name=f"Integration {i:07d}",
+                                           scopes=SCOPES, expires_at=None, actor="usr_bench", now_ms=1_764_000_000_000)
+            return record.id
+
+        ids: list[str] = []
+        for first in range(0, n, 64):
+            ids += await asyncio.gather(*(one(i) for i in range(first, min(n, first + 64))))
+    finally:
+        await store.redis.aclose()  # its connections' buffers are not key memory
+    await asyncio.sleep(0.1)  # let Redis notice the closed connections
+    per_key = (client.info("memory")["used_memory"] - before) / n
+    # Nothing else per key: its record, plus one index entry in its org's sorted set.
+    assert client.dbsize() == n + n // per_org
+    sample = [store._rec(key_id) for key_id in ids[:200]]
+    assert {client.object("encoding", k) for k in sample} == {b"listpack"}
+    record_bytes = statistics.mean(client.memory_usage(k, samples=0) for k in sample)
+    assert record_bytes <= 300, record_bytes
+    assert per_key <= 400, f"{per_key:.0f} bytes per key (record hash {record_bytes:.0f})"
