@@ -63,7 +63,10 @@ class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     )
     redis_prefix: Annotated[str, Meta(description="Prefix of every Redis key", pattern=r"^[a-z0-9_]{1,16}$")] = "gw"
     redis_timeout: Annotated[Seconds, Meta(description="Timeout of each Redis call, seconds")] = 0.5
-    cache_ttl: Annotated[float, Meta(ge=0, le=3600, description="Seconds a verified key stays cached (0 disables the cache)")] = 30.0
+    # Revocations are pushed (pub/sub, acknowledged, with a 1 s trust lapse), and a record never
+    # changes otherwise; the TTL is only a backstop. Short TTLs cost a Redis read per key and
+    # TTL: 10,000 active keys at 30 s would be 333 reads a second.
+    cache_ttl: Annotated[float, Meta(ge=0, le=86400, description="Seconds a verified key stays cached (0 disables the cache)")] = 3600.0
     negative_cache_ttl: Annotated[float, Meta(ge=0, le=3600, description="Seconds an unknown key id stays cached")] = 5.0
     cache_size: Annotated[int, Meta(ge=1, description="Most cached keys (oldest evicted first)")] = 100_000
     max_body_bytes: Annotated[int, Meta(ge=0, description="Largest request body forwarded, bytes")] = 100 * 1024 * 1024
