@@ -35,6 +35,8 @@ from typing import Awaitable, Callable
 
 import httptools
 
+from gateway.writebatch import Deferred, batch_for
+
 log = logging.getLogger("gateway")
 
 HIGH_WATER = 256 * 1024  # buffered request-body bytes at which the socket is paused
@@ -171,6 +173,7 @@ class HttpConnection(asyncio.Protocol):
         self.loop = server.loop
         self.limits = server.limits
         self.transport: asyncio.Transport | None = None
+        self.out = Deferred(batch_for(server.loop))  # whole responses go out at the end of the round
         self.peer = ""
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[HttpRequest] = deque()
@@ -190,7 +193,7 @@ class HttpConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = self.out.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
         sock = transport.get_extra_info("socket")
@@ -234,6 +237,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.closing = True
+        self.out.drop_pending()
         if self._linger is not None:
             self._linger.cancel()
         self.server.connections.discard(self)
@@ -365,7 +369,9 @@ class HttpConnection(asyncio.Protocol):
         return self._response_started
 
     def write(self, data: bytes) -> None:
+        """Write now, after whatever this connection deferred."""
         if self.transport is not None and not self.lost:
+            self.out.flush_pending()
             self.transport.write(data)
 
     async def drain(self) -> None:
@@ -380,11 +386,13 @@ class HttpConnection(asyncio.Protocol):
         head = _head(status, reason, headers, self._close_after)
         if (self._writing is not None and self._writing.method == "HEAD") or status in (204, 304) or status < 200:
             if status in (204, 304) or status < 200:
-                self.write(head + b"\r\n")
+                data = head + b"\r\n"
             else:
-                self.write(head + b"Content-Length: %d\r\n\r\n" % len(body))
+                data = head + b"Content-Length: %d\r\n\r\n" % len(body)
         else:
-            self.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            data = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        if not self.lost:
+            self.out.write_soon(data)
         self._response_started = self._response_done = True
 
     def start_response(self, status: int, reason: str, headers: list[tuple[str, str]] | bytes,
@@ -418,6 +426,7 @@ class HttpConnection(asyncio.Protocol):
         if self.closing and self._linger is not None:
             return
         self.closing = True
+        self.out.flush_pending()
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -432,6 +441,7 @@ class HttpConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closing = True
+        self.out.drop_pending()
         if self.transport is not None:
             self.transport.abort()
 

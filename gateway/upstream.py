@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from gateway.writebatch import Deferred, batch_for
+
 HIGH_WATER = 256 * 1024  # buffered response bytes at which the socket is paused
 LOW_WATER = 64 * 1024
 NO_BODY_STATUS = frozenset({204, 304})
@@ -65,6 +67,7 @@ class _Connection(asyncio.Protocol):
         self._write_ready = loop.create_future()
         self._write_ready.set_result(None)
         self._parser: httptools.HttpResponseParser | None = None
+        self.out = Deferred(batch_for(loop))  # a body-less request goes out at the end of the round
         self._reset()
 
     # -- per exchange ----------------------------------------------------------------------
@@ -96,7 +99,7 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = self.out.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.last_data = self.loop.time()
@@ -346,7 +349,10 @@ class UpstreamPool:
         loop = conn.loop  # not asyncio.get_running_loop(): a getpid() syscall per call on 3.11
         conn.start(head_only=method == "HEAD")
         assert conn.transport is not None and conn.headers_done is not None
-        conn.transport.write(head)
+        if body is None:
+            conn.out.write_soon(head)
+        else:
+            conn.transport.write(head)
         if body is None:  # the common case: one future, no timer, no task
             if not conn.headers_done.done():
                 # The read timeout is enforced by the pool's sweeper (_sweep), not by a timer
