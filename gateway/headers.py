@@ -90,8 +90,10 @@ def _is_token(name: str) -> bool:
     return _TOKEN.fullmatch(name) is not None
 
 
-def _is_dropped_request_header(folded: str, listed: frozenset[str]) -> bool:
-    return folded in listed or _always_dropped(folded)
+@functools.lru_cache(maxsize=4096)
+def _always_refused(name: str) -> bool:
+    """A request header never forwarded whatever its value: a dropped name, or not a token."""
+    return not _is_token(name) or _always_dropped(fold_name(name))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -140,14 +142,15 @@ def upstream_request_headers(
     X-Org-Id, X-Api-Key-Id and X-Api-Key-Scopes, one copy each, last.
     Raises ValueError if an injected identity value or request id is not a safe header value.
     """
-    headers = list(client_headers)
+    headers = client_headers if isinstance(client_headers, list) else list(client_headers)
     # Collected before anything is removed, and applied to client headers only: injected
     # headers are added afterwards, so "Connection: X-Org-Id" cannot remove them.
     listed = connection_tokens(headers)
     out = [
         (name, value)
         for name, value in headers
-        if not _is_dropped_request_header(fold_name(name), listed) and _forwardable(name, value)
+        if not _always_refused(name) and (not listed or fold_name(name) not in listed)
+        and _UNSENDABLE_VALUE.search(value) is None
     ]
 
     # SECURITY: the client's X-Forwarded-* are believed only from a trusted proxy; otherwise

@@ -264,9 +264,6 @@ class HttpConnection(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._body: RequestBody | None = None
 
-    def on_message_begin(self) -> None:
-        self._reset_head()
-
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self.limits.max_target:
@@ -319,8 +316,7 @@ class HttpConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._body is not None:
             self._body.finish()
-        self._reset_head()
-        self._in_head = True
+        self._reset_head()  # for the next message (no on_message_begin callback: one call less)
 
     # -- running requests ---------------------------------------------------------------
     def _next(self) -> None:

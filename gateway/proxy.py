@@ -151,51 +151,62 @@ async def decide(st: GatewayState, method: str, raw_target: str, headers: list[t
 
 async def authenticate(st: GatewayState, headers: list[tuple[str, str]], peer: str, credential: str) -> KeyRecord:
     """The failed-auth throttle, then verification; each failure counts against the client address."""
-    client = client_address(peer, (v for n, v in headers if n.lower() == "x-forwarded-for"), st.trusted_nets)
     try:
         parsed = keys.parse_key(credential)
     except keys.InvalidKeyFormat:
         parsed = None  # no Redis command for a malformed key
     # SECURITY: decided before any Redis lookup; a key this process has verified before is
     # never locked out by someone else's guessing from the same address (it is still verified).
-    if parsed is None or not st.known_keys.vouches_for(parsed.key_id, parsed.digest):
-        wait = st.throttle.retry_after(client)
+    vouched = parsed is not None and st.known_keys.vouches_for(parsed.key_id, parsed.digest)
+    if not vouched:
+        wait = st.throttle.retry_after(_client(st, headers, peer))
         if wait:
             st.metrics.throttled.inc()
             raise errors.TooManyFailedAttempts(wait)
     try:
         if parsed is None:
             raise errors.InvalidApiKey()
-        record = await verify(st, parsed)
+        record = st.cache.get(parsed.key_id)
+        if record is MISS:
+            record = await lookup(st, parsed)
+        check(st, record, parsed)
     except errors.Unauthorized:
-        st.throttle.record_failure(client)
+        st.throttle.record_failure(_client(st, headers, peer))
         raise
     st.known_keys.add(record.id, record.digest)
     return record
 
 
-async def verify(st: GatewayState, parsed: keys.ParsedKey) -> KeyRecord:
-    """The in-process cache, then one Redis read; then digest, revocation and expiry."""
-    record = st.cache.get(parsed.key_id)
-    if record is MISS:
-        generation = st.cache.generation
-        started = time.perf_counter()
-        try:
-            # A task of its own: redis-py's timeouts need one (gateway/httpserver.py runs
-            # requests without).
-            record = await asyncio.ensure_future(st.store.get(parsed.key_id))
-        except (RedisError, OSError):
-            st.metrics.redis_errors.labels("verify").inc()
-            # SECURITY: fail closed, and say so: never a 401 and never an allow without Redis,
-            # unless the operator opted in to serving recently verified keys (--stale-if-error),
-            # at the price of not seeing revocations made during the outage.
-            record = st.cache.get_stale(parsed.key_id, st.settings.stale_if_error) if st.settings.stale_if_error else None
-            if record is None:
-                raise errors.AuthUnavailable() from None
-            st.metrics.stale_served.inc()
-        else:
-            st.metrics.redis_latency.observe(time.perf_counter() - started)
-            st.cache.put(parsed.key_id, record, generation)
+def _client(st: GatewayState, headers: list[tuple[str, str]], peer: str) -> str:
+    """The address failed attempts count against (only computed when the throttle needs it)."""
+    return client_address(peer, (v for n, v in headers if n.lower() == "x-forwarded-for"), st.trusted_nets)
+
+
+async def lookup(st: GatewayState, parsed: keys.ParsedKey) -> KeyRecord | None:
+    """Not in the cache: one Redis read (the record, or None for an unknown id), then cached."""
+    generation = st.cache.generation
+    started = time.perf_counter()
+    try:
+        # A task of its own: redis-py's timeouts need one (gateway/httpserver.py runs
+        # requests without).
+        record = await asyncio.ensure_future(st.store.get(parsed.key_id))
+    except (RedisError, OSError):
+        st.metrics.redis_errors.labels("verify").inc()
+        # SECURITY: fail closed, and say so: never a 401 and never an allow without Redis,
+        # unless the operator opted in to serving recently verified keys (--stale-if-error),
+        # at the price of not seeing revocations made during the outage.
+        record = st.cache.get_stale(parsed.key_id, st.settings.stale_if_error) if st.settings.stale_if_error else None
+        if record is None:
+            raise errors.AuthUnavailable() from None
+        st.metrics.stale_served.inc()
+        return record
+    st.metrics.redis_latency.observe(time.perf_counter() - started)
+    st.cache.put(parsed.key_id, record, generation)
+    return record
+
+
+def check(st: GatewayState, record: KeyRecord | None, parsed: keys.ParsedKey) -> None:
+    """Digest, revocation and expiry of a record, cached or just read."""
     # SECURITY: the digest comparison authenticates, cached or not.
     if record is None or not secrets.compare_digest(record.digest, parsed.digest):
         raise errors.InvalidApiKey()
@@ -204,7 +215,6 @@ async def verify(st: GatewayState, parsed: keys.ParsedKey) -> KeyRecord:
         raise errors.RevokedApiKey()
     if status == "expired":
         raise errors.ExpiredApiKey()
-    return record
 
 
 def authorize(found: Match | RouteNotFound | MethodNotAllowed, record: KeyRecord) -> None:
