@@ -53,10 +53,11 @@ class VerdictCache:
 
     def get(self, key_id: str) -> KeyRecord | None | object:
         """The cached record, None for a cached unknown id, or MISS."""
-        if not self.trusted or self.ttl <= 0:
+        now = self.clock()
+        if now >= self.trusted_until or self.ttl <= 0:
             return MISS
         entry = self._entries.get(key_id)
-        if entry is None or entry[0] <= self.clock():
+        if entry is None or entry[0] <= now:
             if entry is not None:
                 del self._entries[key_id]
             self.misses += 1

@@ -157,10 +157,9 @@ async def authenticate(st: GatewayState, headers: list[tuple[str, str]], peer: s
         parsed = None  # no Redis command for a malformed key
     # SECURITY: decided before any Redis lookup; a key this process has verified before is
     # never locked out by someone else's guessing from the same address (it is still verified).
-    vouched = parsed is not None and st.known_keys.vouches_for(parsed.key_id, parsed.digest)
-    if not vouched:
+    if st.throttle.tracking:
         wait = st.throttle.retry_after(_client(st, headers, peer))
-        if wait:
+        if wait and not (parsed is not None and st.known_keys.vouches_for(parsed.key_id, parsed.digest)):
             st.metrics.throttled.inc()
             raise errors.TooManyFailedAttempts(wait)
     try:

@@ -38,6 +38,11 @@ class FailureThrottle:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    @property
+    def tracking(self) -> bool:
+        """Could any client be throttled now? (False: no failure is on record.)"""
+        return bool(self._buckets) and self.enabled
+
     def _level(self, client: str, now: float) -> float:
         found = self._buckets.get(client)
         if found is None:
@@ -78,10 +83,13 @@ class KnownKeys:
         return len(self._digests)
 
     def add(self, key_id: str, digest: bytes) -> None:
-        self._digests[key_id] = digest
-        self._digests.move_to_end(key_id)
-        while len(self._digests) > self.max_size:
-            self._digests.popitem(last=False)
+        # Oldest first verified is forgotten first (not least recently used: no reordering on
+        # every request); a forgotten key is added again the next time it verifies.
+        digests = self._digests
+        if digests.get(key_id) != digest:
+            digests[key_id] = digest
+            if len(digests) > self.max_size:
+                digests.popitem(last=False)
 
     def vouches_for(self, key_id: str, digest: bytes) -> bool:
         known = self._digests.get(key_id)
