@@ -336,41 +336,43 @@ class UpstreamPool:
             conn = await self._connect()
         while True:
             try:
-                return await self._exchange(conn, method, head, body, chunked=framing == "Transfer-Encoding: chunked")
+                if body is not None:
+                    return await self._exchange(conn, method, head, body, chunked=framing == "Transfer-Encoding: chunked")
+                # The common case, inline (one coroutine less): one future, no timer, no task.
+                conn.start(head_only=method == "HEAD")
+                conn.out.write_soon(head)
+                headers_done = conn.headers_done
+                assert headers_done is not None
+                if not headers_done.done():
+                    # The read timeout is enforced by the pool's sweeper (_sweep), not by a
+                    # timer per request.
+                    self._awaiting_head.add(conn)
+                    if self._sweeper is None:
+                        self._sweeper = conn.loop.create_task(self._sweep())
+                    try:
+                        await headers_done
+                    finally:
+                        self._awaiting_head.discard(conn)
+                elif headers_done.exception() is not None:
+                    headers_done.result()
+                return UpstreamResponse(self, conn)
             except UpstreamBroken:
                 self._discard(conn)
                 if not retry or conn.status:
                     raise
                 retry = False
                 conn = await self._connect()
+            except BaseException:  # a timeout, or the request was abandoned: never reused
+                self._discard(conn)
+                raise
 
-    async def _exchange(self, conn: _Connection, method: str, head: bytes, body: AsyncIterator[bytes] | None,
+    async def _exchange(self, conn: _Connection, method: str, head: bytes, body: AsyncIterator[bytes],
                         chunked: bool) -> UpstreamResponse:
+        """One request with a body: the body is sent by a task of its own while the reply is awaited."""
         loop = conn.loop  # not asyncio.get_running_loop(): a getpid() syscall per call on 3.11
         conn.start(head_only=method == "HEAD")
         assert conn.transport is not None and conn.headers_done is not None
-        if body is None:
-            conn.out.write_soon(head)
-        else:
-            conn.transport.write(head)
-        if body is None:  # the common case: one future, no timer, no task
-            if not conn.headers_done.done():
-                # The read timeout is enforced by the pool's sweeper (_sweep), not by a timer
-                # per request.
-                self._awaiting_head.add(conn)
-                if self._sweeper is None:
-                    self._sweeper = loop.create_task(self._sweep())
-                try:
-                    await conn.headers_done
-                except BaseException:
-                    self._discard(conn)
-                    raise
-                finally:
-                    self._awaiting_head.discard(conn)
-            elif conn.headers_done.exception() is not None:
-                self._discard(conn)
-                conn.headers_done.result()
-            return UpstreamResponse(self, conn)
+        conn.transport.write(head)
         sender = asyncio.ensure_future(self._send_body(conn, body, chunked))
         try:
             while not conn.headers_done.done():

@@ -122,9 +122,11 @@ def test_response_time_does_not_depend_on_how_much_of_the_key_is_right(gateway, 
     conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)
     redis_server.client.config_resetstat()
     try:
-        for _ in range(120):
+        for _ in range(60):  # 29 correct characters leave 61 possible keys: each is tried once
             for correct, samples in classes.items():
                 g = guess(correct)
+                while g in sent:  # a repeat would be answered from the negative cache, faster
+                    g = guess(correct)
                 sent.add(g)
                 assert parse_key(g)  # well formed: the request reaches the key lookup
                 started = time.perf_counter()
