@@ -97,18 +97,29 @@ class Gateway:
         self.port = 0
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
-        """Start the background tasks and listen on host:port (0: any free port); returns the port."""
+        """Listen on host:port (0: any free port), then start the background tasks; returns the port."""
+        port = await self.listen(host, port, reuse_port=reuse_port)
+        self.start_tasks()
+        return port
+
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Bind and serve; requests are answered, Redis is not touched yet (see start_tasks)."""
         st = self.state
         if st.settings.mode == "proxy":  # forward-auth answers the edge and forwards nothing itself
             st.pool = UpstreamPool(st.settings.upstream, connect_timeout=st.settings.connect_timeout,
                                    read_timeout=st.settings.read_timeout)
+        self.port = await self.server.start(host, port, reuse_port=reuse_port)
+        return self.port
+
+    def start_tasks(self) -> None:
+        """The revocation listener (until it runs, the cache is not trusted), the last-used
+        flusher and the rules watcher."""
+        st = self.state
         self._tasks = [
             asyncio.create_task(listen_for_revocations(st.store, st.cache, st.metrics), name="revocations"),
             asyncio.create_task(usage_flusher(st.store, st.usage, st.metrics, st.settings.flush_interval), name="usage"),
             asyncio.create_task(st.rules.watch(st.settings.reload_interval), name="rules"),
         ]
-        self.port = await self.server.start(host, port, reuse_port=reuse_port)
-        return self.port
 
     async def stop(self) -> None:
         """Finish in-flight requests, stop the tasks, flush last-used data, close connections."""
@@ -186,13 +197,18 @@ async def run_apps(apps: list[tuple[Service, str]], *, on_started: Callable[[], 
             host, port = split_listen(listen)
             if isinstance(app, Gateway):
                 started.append(app.stop)
-                await app.start(host, port, reuse_port=listen in reuse_port)
+                await app.listen(host, port, reuse_port=listen in reuse_port)
                 continue
             runner = EnvelopeAppRunner(app, access_log=None, handle_signals=False,
                                        logger=ServerLog(logging.getLogger("aiohttp.server")))
             await runner.setup()
             started.append(runner.cleanup)
             await web.TCPSite(runner, host, port, reuse_address=True, reuse_port=listen in reuse_port or None).start()
+        # Only now the gateways' own Redis connections: made earlier, one could take the
+        # ephemeral port a listener above was about to bind.
+        for app, _ in apps:
+            if isinstance(app, Gateway):
+                app.start_tasks()
         if on_started:
             on_started()
         await stop.wait()

@@ -218,26 +218,34 @@ def upstream_response_headers(upstream_headers: list[tuple[bytes, bytes]], *,
     Content-Length when Transfer-Encoding is present (kept otherwise). Values pass as bytes,
     unchanged (no re-encoding of what the upstream sent).
     """
-    listed: set[str] = set()
-    chunked = False
-    folded = []
-    for name, value in upstream_headers:
-        fname = _response_name(name)
-        folded.append(fname)
-        if fname == "connection":
-            listed.update(fold_name(tok) for tok in value.decode("latin-1").split(","))
-        elif fname == "transfer-encoding":
-            # SECURITY: both framing headers together is the request-smuggling shape; the body
-            # is re-framed by our server, so the stale length must not be passed on.
-            chunked = True
-    out = []
-    for (name, value), fname in zip(upstream_headers, folded):
+    names = tuple([name for name, _ in upstream_headers])
+    listed = tuple([upstream_headers[i][1] for i in _connection_positions(names)])
+    out = [upstream_headers[i] for i in _response_plan(names, listed)]
+    # (one search over all values; "\t" cannot be a match, nor join two values into one)
+    if _UNSENDABLE_BYTES.search(b"\t".join([value for _, value in out])) is not None:
+        out = [(name, value) for name, value in out if _UNSENDABLE_BYTES.search(value) is None]
+    out.append((b"X-Request-Id", _injected("X-Request-Id", request_id)[1].encode()))
+    return out
+
+
+@functools.lru_cache(maxsize=1024)  # an upstream answers with a few header-name sequences
+def _connection_positions(names: tuple[bytes, ...]) -> tuple[int, ...]:
+    return tuple(i for i, name in enumerate(names) if _response_name(name) == "connection")
+
+
+@functools.lru_cache(maxsize=1024)
+def _response_plan(names: tuple[bytes, ...], connection_values: tuple[bytes, ...]) -> tuple[int, ...]:
+    """Which of the upstream's headers (by position) pass, given their names and Connection values."""
+    listed = {fold_name(tok) for value in connection_values for tok in value.decode("latin-1").split(",")}
+    folded = [_response_name(name) for name in names]
+    # SECURITY: both framing headers together is the request-smuggling shape; the body is
+    # re-framed by our server, so the stale length must not be passed on.
+    chunked = "transfer-encoding" in folded
+    keep = []
+    for i, fname in enumerate(folded):
         if fname is None or fname in HOP_BY_HOP or fname == "x-request-id" or fname in listed:
             continue
         if chunked and fname == "content-length":
             continue
-        if _UNSENDABLE_BYTES.search(value) is not None:
-            continue
-        out.append((name, value))
-    out.append((b"X-Request-Id", _injected("X-Request-Id", request_id)[1].encode()))
-    return out
+        keep.append(i)
+    return tuple(keep)
