@@ -173,18 +173,21 @@ async def fold_dead_usage(store: KeyStore, max_chunks: int | None = None) -> boo
 async def usage_flusher(store: KeyStore, usage: UsageBuffer, metrics: Metrics, interval: float) -> None:
     """Flush every ``interval`` seconds until cancelled; fold what dead gateways left, too.
 
-    Dead gateways are looked for at start and every FOLD_DEAD_EVERY seconds (one script call),
-    and folded at most FOLD_DEAD_CHUNKS chunks per flush interval, so flushes never wait long.
-    Cancelled means shutting down: the final flush (by the app, after the requests finished)
-    then also folds this node's hash.
+    Dead gateways are looked for after the first interval, then every FOLD_DEAD_EVERY seconds
+    (one script call), and folded at most FOLD_DEAD_CHUNKS chunks per flush interval, so
+    flushes never wait long. Not at the very start: on Redis Cluster, a fold run while the
+    cluster was changing slots right then made the client drop its connections (seen in
+    tests/integration/test_redis_topologies.py; not understood yet). Cancelled means shutting
+    down: the final flush (by the app, after the requests finished) then also folds this
+    node's hash.
     """
     next_fold = 0.0
     try:
         while True:
+            await asyncio.sleep(interval)
+            await flush_usage(store, usage, metrics)
             if time.monotonic() >= next_fold:
                 done = await fold_dead_usage(store, FOLD_DEAD_CHUNKS)
                 next_fold = time.monotonic() + (FOLD_DEAD_EVERY if done else interval)
-            await asyncio.sleep(interval)
-            await flush_usage(store, usage, metrics)
     finally:
         usage.closing = True

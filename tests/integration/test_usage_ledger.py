@@ -155,7 +155,7 @@ async def test_the_admin_read_folds_dead_nodes(store):
     assert await usage_of(store, key_id) == (T1, 1)
 
 
-async def test_a_starting_gateway_folds_what_dead_ones_left(redis_url, make_stack, monkeypatch):
+async def test_a_running_gateway_folds_what_dead_ones_left(redis_url, make_stack, monkeypatch):
     monkeypatch.setattr("gateway.store.ledger.FOLD_AFTER_MS", 100)
     probe = KeyStore(connect(redis_url, timeout=2.0))
     try:
@@ -165,7 +165,7 @@ async def test_a_starting_gateway_folds_what_dead_ones_left(redis_url, make_stac
             crashed.add(key_id, T1)
         await flush(probe, crashed)
         await asyncio.sleep(0.2)
-        stack = await make_stack()
+        stack = await make_stack(flush_interval=0.2)  # the first look is after one interval
         node = probe.ledger.node_key("gw_crashed")
         await eventually(lambda: _gone(probe, node))
         assert await usage_of(stack.store, key_id) == (T1, 4)
