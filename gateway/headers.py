@@ -47,6 +47,14 @@ class Identity(NamedTuple):
     org_id: str
     key_id: str
     scopes: tuple[str, ...]
+    # Its three headers, checked once (identity_of); computed per call when left empty.
+    lines: tuple[tuple[str, str], ...] = ()
+
+
+def identity_of(org_id: str, key_id: str, scopes: tuple[str, ...]) -> Identity:
+    """An Identity with its headers checked and rendered once (raises ValueError if unsafe)."""
+    identity = Identity(org_id, key_id, scopes)
+    return identity._replace(lines=_identity_values(identity))
 
 
 class ClientInfo(NamedTuple):
@@ -182,11 +190,10 @@ def identity_headers(identity: Identity | None, request_id: str) -> list[tuple[s
     """
     out = [_injected("X-Request-Id", request_id)]
     if identity is not None:
-        out.extend(_identity_values(identity))
+        out.extend(identity.lines or _identity_values(identity))
     return out
 
 
-@functools.lru_cache(maxsize=16384)  # one entry per key in use; checked once, not per request
 def _identity_values(identity: Identity) -> tuple[tuple[str, str], ...]:
     for scope in identity.scopes:
         # SECURITY: scopes travel space-separated; a scope holding whitespace (or an empty

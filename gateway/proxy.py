@@ -23,7 +23,7 @@ from gateway.config import ServeSettings
 from gateway.clientaddr import client_address, is_trusted_peer
 from gateway.credentials import extract_credential, key_in_query
 from gateway.httpserver import BodyError, HttpConnection, HttpRequest, RequestBody
-from gateway.headers import ClientInfo, Identity, upstream_request_headers, upstream_response_headers
+from gateway.headers import ClientInfo, Identity, identity_of, upstream_request_headers, upstream_response_headers
 from gateway.metrics import Metrics
 from gateway.model import KeyRecord
 from gateway.paths import InvalidPath, Target, canonicalize, query_params
@@ -144,7 +144,7 @@ async def decide(st: GatewayState, method: str, raw_target: str, headers: list[t
         entry["org_id"], entry["key_id"] = record.org_id, record.id
         # 5. Route, then scope.
         authorize(found, record)
-        identity = Identity(record.org_id, record.id, record.scopes)
+        identity = _identity(record)
     entry["route"] = found.rule.template
     return target, identity
 
@@ -214,6 +214,21 @@ def check(st: GatewayState, record: KeyRecord | None, parsed: keys.ParsedKey) ->
         raise errors.RevokedApiKey()
     if status == "expired":
         raise errors.ExpiredApiKey()
+
+
+_identities: dict[str, tuple[KeyRecord, Identity]] = {}  # key id -> (record, its identity)
+
+
+def _identity(record: KeyRecord) -> Identity:
+    """The identity of a record, built (and its headers checked) once per cached record."""
+    found = _identities.get(record.id)
+    if found is not None and found[0] is record:
+        return found[1]
+    identity = identity_of(record.org_id, record.id, record.scopes)
+    if len(_identities) >= 65536:
+        _identities.clear()
+    _identities[record.id] = (record, identity)
+    return identity
 
 
 def authorize(found: Match | RouteNotFound | MethodNotAllowed, record: KeyRecord) -> None:
