@@ -71,17 +71,21 @@ def parse_key(key: str) -> ParsedKey:
 
     Raises InvalidKeyFormat without saying which part failed (no oracle for guessers).
     """
-    if len(key) != KEY_LEN or not _EXACT.fullmatch(key):
-        raise InvalidKeyFormat("malformed key")
-    body, check = key[:-CHECKSUM_LEN], key[-CHECKSUM_LEN:]
-    # The checksum read as a number (cheaper than encoding the CRC; it is public, no timing concern).
-    if (_PAIR_VALUES[check[:2]] * 3844 + _PAIR_VALUES[check[2:4]]) * 3844 + _PAIR_VALUES[check[4:]] \
-            != zlib.crc32(body.encode("ascii")):
+    if len(key) != KEY_LEN or not key.isascii():
         raise InvalidKeyFormat("malformed key")
     raw = key.encode("ascii")
     digest = hashlib.sha256(raw).hexdigest()
     key_id = _ids_by_digest.get(digest)
     if key_id is None:
+        # Not seen lately: the full format check. (A digest in the memo is that of a key that
+        # passed it: the same key, SHA-256 being collision-resistant.)
+        if not _EXACT.fullmatch(key):
+            raise InvalidKeyFormat("malformed key")
+        body, check = key[:-CHECKSUM_LEN], key[-CHECKSUM_LEN:]
+        # The checksum read as a number (cheaper than encoding the CRC; it is public, no timing concern).
+        if (_PAIR_VALUES[check[:2]] * 3844 + _PAIR_VALUES[check[2:4]]) * 3844 + _PAIR_VALUES[check[4:]] \
+                != zlib.crc32(body.encode("ascii")):
+            raise InvalidKeyFormat("malformed key")
         key_id = key_id_for(raw)
         if len(_ids_by_digest) >= _IDS_MAX:
             _ids_by_digest.clear()
