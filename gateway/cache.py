@@ -37,6 +37,7 @@ class VerdictCache:
         # without having to notice anything, which is what lets the admin API bound its wait
         # for acknowledgements (see gateway.tasks).
         self.trusted_until = float("-inf")
+        self.trust_lost_at = float("-inf")  # when the channel last broke (see get_stale)
         self._entries: OrderedDict[str, tuple[float, KeyRecord | None]] = OrderedDict()
         self.hits = self.misses = self.evictions = 0
 
@@ -87,13 +88,22 @@ class VerdictCache:
         """The invalidation channel broke: stop using the cache, but keep the entries for
         ``get_stale`` (opt-in --stale-if-error); a new subscription clears them."""
         self.generation += 1
+        if self.trusted_until != float("-inf"):  # not already distrusted (retries call this again)
+            self.trust_lost_at = min(self.clock(), self.trusted_until)
         self.trusted_until = float("-inf")
 
     def get_stale(self, key_id: str, max_stale: float) -> KeyRecord | None:
-        """A verified record that expired less than ``max_stale`` seconds ago (or is still
-        fresh), whatever the trust; None otherwise. Only for when Redis cannot answer."""
+        """A verified record that was fresh when trust was lost, for ``max_stale`` seconds after
+        that moment; None otherwise. Only for when Redis cannot answer.
+
+        Counted from the loss of trust, not from the entry's TTL: every revocation published
+        before that moment was applied, so ``max_stale`` bounds how long one made during the
+        outage can go unseen, whatever the TTL.
+        """
+        lost = self.trusted_until if self.trusted_until != float("-inf") else self.trust_lost_at
+        lost = min(lost, self.clock())
         entry = self._entries.get(key_id)
-        if entry is None or entry[1] is None or entry[0] + max_stale <= self.clock():
+        if entry is None or entry[1] is None or entry[0] <= lost or lost + max_stale <= self.clock():
             return None
         return entry[1]
 

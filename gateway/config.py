@@ -75,7 +75,7 @@ class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     flush_interval: Annotated[Seconds, Meta(description="Seconds between last-used flushes to Redis")] = 1.0
     reload_interval: Annotated[float, Meta(ge=0, le=3600, description="Seconds between scopes.yaml change checks (0: only on SIGHUP)")] = 2.0
     trusted_proxies: Annotated[tuple[str, ...], Meta(description="Comma-separated CIDRs whose X-Forwarded-* headers are trusted")] = ()
-    stale_if_error: Annotated[float, Meta(ge=0, le=86400, description="Seconds past its cache TTL a verified key may still be accepted while Redis fails (0: fail closed)")] = 0.0
+    stale_if_error: Annotated[float, Meta(ge=0, le=86400, description="Seconds after losing contact with Redis that the keys cached then are still accepted (0: fail closed)")] = 0.0
     workers: Annotated[int, Meta(ge=1, le=64, description="Gateway processes sharing the port (SO_REUSEPORT) under one supervisor")] = 1
     auth_failure_limit: Annotated[int, Meta(ge=0, description="Failed authentications per client address within --auth-failure-window before 429 (0 disables)")] = 20
     auth_failure_window: Annotated[Seconds, Meta(description="Seconds over which --auth-failure-limit failures are allowed")] = 60.0

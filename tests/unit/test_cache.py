@@ -74,3 +74,46 @@ def test_size_bound_evicts_oldest():
         cache.put(f"key_{i}", record(f"key_{i}"), cache.generation)
     assert len(cache) == 3 and cache.evictions == 2
     assert cache.get("key_0") is MISS and cache.get("key_4") is not MISS
+
+
+def test_stale_verdicts_last_max_stale_from_the_loss_of_trust_not_from_the_ttl():
+    cache, tick = make(ttl=3600)
+    cache.put("key_a", record(), cache.generation)
+    tick.t = 100.0
+    cache.distrust()  # the channel broke at t=100
+    assert cache.get("key_a") is MISS
+    tick.t = 159.0
+    assert cache.get_stale("key_a", 60) == record()  # within 60 s of the loss of trust
+    tick.t = 160.0
+    assert cache.get_stale("key_a", 60) is None  # not for the rest of the hour-long TTL
+
+
+def test_a_silent_lapse_counts_from_the_trust_deadline():
+    cache, tick = make(ttl=3600)
+    cache.clear(trusted_until=10.0)
+    cache.put("key_a", record(), cache.generation)
+    tick.t = 50.0  # trust lapsed at t=10 without anyone calling distrust()
+    assert cache.get("key_a") is MISS
+    assert cache.get_stale("key_a", 60) == record()
+    tick.t = 70.0
+    assert cache.get_stale("key_a", 60) is None
+
+
+def test_an_entry_expired_before_trust_was_lost_is_never_served_stale():
+    cache, tick = make(ttl=10)
+    cache.put("key_a", record(), cache.generation)
+    tick.t = 20.0  # expired at t=10
+    cache.distrust()
+    assert cache.get_stale("key_a", 60) is None
+
+
+def test_repeated_distrust_keeps_the_first_loss_of_trust():
+    cache, tick = make(ttl=3600)
+    cache.put("key_a", record(), cache.generation)
+    tick.t = 100.0
+    cache.distrust()
+    tick.t = 130.0
+    cache.distrust()  # the listener's retries fail again and again
+    assert cache.get_stale("key_a", 60) == record()
+    tick.t = 160.0
+    assert cache.get_stale("key_a", 60) is None
