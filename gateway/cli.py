@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import orjson
-
 from gateway import accesslog, config
 from gateway.scopes import ScopesError, load_rules
 
