@@ -11,7 +11,6 @@ import signal
 import time
 from typing import Awaitable, Callable
 
-import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from redis.exceptions import RedisError
@@ -77,7 +76,6 @@ def make_state(settings: ServeSettings, *, clock: Callable[[], float] = time.tim
                                  max_clients=settings.throttle_max_clients, clock=clock),
         known_keys=KnownKeys(settings.cache_size),
         trusted_nets=tuple(ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxies),
-        upstream=settings.upstream.rstrip("/"),
         signer=make_signer(settings.signing_secrets, settings.upstream),
     )
     metrics.add_throttle(state.throttle)

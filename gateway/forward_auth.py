@@ -15,7 +15,7 @@ from gateway import errors
 from gateway.headers import identity_headers
 from gateway.paths import InvalidPath, canonicalize
 from gateway.httpserver import HttpConnection, HttpRequest
-from gateway.proxy import GatewayState, decide, error_body, error_headers, log_request, new_request_id
+from gateway.proxy import GatewayState, answer_failure, decide, error_body, error_headers, log_request, new_request_id
 from gateway.signing import KEY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 # The headers a 200 carries, for the edge to set on the forwarded request (deploy/ lists them).
@@ -119,5 +119,8 @@ async def check(st: GatewayState, req: HttpRequest, conn: HttpConnection) -> Non
         if req.header("x-original-uri") is not None:
             headers.append((ERROR_HEADER, body.decode()))
         conn.respond(err.status, "", headers, body)
+    except Exception:
+        err = answer_failure(conn, request_id)
+        outcome, status = err.code, err.status
     finally:
         log_request(st, entry, status, outcome, started)

@@ -33,9 +33,9 @@ DROPPED_PREFIXES = ("x-forwarded-", "x-api-key", "x-org-", "x-gateway-")
 # RFC 9110 token: the only valid field-name characters.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BREAKS_FIELD = re.compile(r"[\r\n\x00]")
-# Header bytes that are not UTF-8 arrive from aiohttp's parser as lone surrogates.
-_NOT_ENCODABLE = re.compile("[\ud800-\udfff]")
-_UNSENDABLE_VALUE = re.compile("[\r\n\x00\ud800-\udfff]")  # either of the two above, in one pass
+# The above, or header bytes that were not UTF-8 (decoded by gateway/httpserver.py as lone
+# surrogates, which could not be sent back as they came).
+_UNSENDABLE_VALUE = re.compile("[\r\n\x00\ud800-\udfff]")
 _WHITESPACE = re.compile(r"\s")
 
 Headers = Iterable[tuple[str, str]]
@@ -88,8 +88,8 @@ def _forwardable(name: str, value: str) -> bool:
     # SECURITY: a CR, LF or NUL in a value (or a name that is not a token) could split or
     # truncate the header block on the way out; the HTTP parser normally refuses these
     # earlier, this is defence in depth. The header is dropped, never repaired.
-    # A value holding non-UTF-8 bytes cannot be written back as it came either: aiohttp's C
-    # writer silently drops those bytes and its pure-Python writer raises (a 500).
+    # A value holding non-UTF-8 bytes cannot be written back as it came either (the upstream
+    # request head is encoded as UTF-8).
     return _is_token(name) and _UNSENDABLE_VALUE.search(value) is None
 
 
@@ -243,7 +243,7 @@ def _connection_positions(names: tuple[bytes, ...]) -> tuple[int, ...]:
 @functools.lru_cache(maxsize=1024)
 def _response_plan(names: tuple[bytes, ...], connection_values: tuple[bytes, ...]) -> tuple[int, ...]:
     """Which of the upstream's headers (by position) pass, given their names and Connection values."""
-    listed = {fold_name(tok) for value in connection_values for tok in value.decode("latin-1").split(",")}
+    listed = connection_tokens(("Connection", value.decode("latin-1")) for value in connection_values)
     folded = [_response_name(name) for name in names]
     # SECURITY: both framing headers together is the request-smuggling shape; the body is
     # re-framed by our server, so the stale length must not be passed on.

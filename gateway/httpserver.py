@@ -72,16 +72,13 @@ class BodyError(Exception):
 class HttpRequest:
     """One parsed request head, with its body stream (None when the request has no body)."""
 
-    __slots__ = ("method", "target", "headers", "version", "keep_alive", "peer", "scheme", "body",
-                 "content_length", "_conn")
+    __slots__ = ("method", "target", "headers", "keep_alive", "peer", "scheme", "body", "content_length")
 
     def __init__(self, conn: "HttpConnection", method: str, target: str, headers: list[tuple[str, str]],
-                 version: str, keep_alive: bool, body: "RequestBody | None", content_length: int | None) -> None:
-        self._conn = conn
+                 keep_alive: bool, body: "RequestBody | None", content_length: int | None) -> None:
         self.method = method
         self.target = target
         self.headers = headers
-        self.version = version
         self.keep_alive = keep_alive
         self.peer = conn.peer
         self.scheme = "http"
@@ -297,9 +294,8 @@ class HttpConnection(asyncio.Protocol):
         body = None
         if chunked or content_length:
             body = self._body = RequestBody(self, expect)
-        version = parser.get_http_version()
-        keep_alive = bool(parser.should_keep_alive()) and version == "1.1"
-        req = HttpRequest(self, method, self._url.decode("latin-1"), headers, version, keep_alive, body,
+        keep_alive = bool(parser.should_keep_alive()) and parser.get_http_version() == "1.1"
+        req = HttpRequest(self, method, self._url.decode("latin-1"), headers, keep_alive, body,
                           content_length if not chunked else None)
         self.queue.append(req)
         if self.active is None:
@@ -486,12 +482,10 @@ class HttpConnection(asyncio.Protocol):
             self.server.on_error(self, err.status, str(err))
         self.close()
 
-    def timed_out(self, now: float) -> bool:
+    def timed_out(self, now: float) -> None:
         """Called by the server's sweeper: close an idle or trickling connection."""
         if self.active is None and not self.closing and now >= self.deadline:
             self.close()
-            return True
-        return False
 
 
 def _step(coro, _done: "asyncio.Future | None" = None) -> None:
@@ -500,7 +494,7 @@ def _step(coro, _done: "asyncio.Future | None" = None) -> None:
     A task without the Task: no Task object, no trip through the event loop before the first
     step (a cache hit runs straight up to the upstream exchange), about 2 µs a request less.
     Nothing cancels these, and ``asyncio.current_task()`` is None inside them: what needs a
-    real task (redis-py's timeouts) runs in one of its own (gateway.proxy.verify).
+    real task (redis-py's timeouts) runs in one of its own (gateway.proxy.lookup).
     """
     try:
         waited = coro.send(None)

@@ -53,7 +53,6 @@ class GatewayState:
     usage: UsageBuffer = field(default_factory=UsageBuffer)
     pool: UpstreamPool | None = None
     trusted_nets: tuple = ()
-    upstream: str = ""
     signer: Signer | None = None  # signs the identity headers when --signing-secrets is set
 
 
@@ -96,13 +95,8 @@ async def handle(st: GatewayState, req: HttpRequest, conn: HttpConnection) -> No
         outcome, status = err.code, err.status
         send_error(conn, err, request_id)
     except Exception:
-        log.exception("request %s failed", request_id)
-        err = errors.ApiError()
+        err = answer_failure(conn, request_id)
         outcome, status = err.code, err.status
-        if not conn.response_started:
-            send_error(conn, err, request_id, close=True)
-        else:
-            conn.abort()
     finally:
         log_request(st, entry, status, outcome, started)
 
@@ -317,6 +311,18 @@ async def forward(st: GatewayState, req: HttpRequest, conn: HttpConnection, targ
     return upstream.status, "ok"
 
 
+def answer_failure(conn: HttpConnection, request_id: str) -> errors.ApiError:
+    """A bug while answering (the exception being handled): log it, answer 500 if nothing was
+    sent yet, else cut the connection. Returns the error answered, for the access log."""
+    log.exception("request %s failed", request_id)
+    err = errors.ApiError()
+    if not conn.response_started:
+        send_error(conn, err, request_id, close=True)
+    else:
+        conn.abort()
+    return err
+
+
 def send_error(conn: HttpConnection, err: errors.ApiError, request_id: str, close: bool = False) -> None:
     """Answer the JSON error envelope with its status-specific headers."""
     conn.respond(err.status, "", error_headers(err, request_id), error_body(err, request_id), close=close)
@@ -338,8 +344,9 @@ _PROTOCOL_ERRORS: dict[int, type[errors.ApiError]] = {
 
 def answer_protocol_error(conn: HttpConnection, status: int, reason: str) -> None:
     """What the HTTP parser refused, or a limit: the envelope, never a byte of the request."""
-    # Worded as the admin API's filter (gateway/app.py ServerLog) words it, so one search finds both.
-    log.warning("malformed HTTP request refused (%s, status %d) from %s", reason, status, conn.peer)
+    if status < 500:  # (a 500 here is a handler that failed: gateway/httpserver.py logged it)
+        # Worded as the admin API's filter (gateway/app.py ServerLog) words it, so one search finds both.
+        log.warning("malformed HTTP request refused (%s, status %d) from %s", reason, status, conn.peer)
     err = _PROTOCOL_ERRORS.get(status, errors.ApiError)()
     request_id = new_request_id()
     send_error(conn, err, request_id, close=True)

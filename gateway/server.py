@@ -5,9 +5,10 @@ too long), aiohttp answers by itself in text/plain and quotes the offending line
 an Authorization or X-API-Key header. This runner answers those with the same JSON error
 envelope as everything else, without repeating a byte of the request.
 
-It hooks into two aiohttp internals (``AppRunner._make_server`` and ``Server.__call__``);
-tests/security/test_http_parsing.py and test_admin_abuse.py fail if an aiohttp upgrade
-breaks the hook.
+It serves the admin API and the ops listener (the proxy port has its own server,
+gateway/httpserver.py). It hooks into two aiohttp internals (``AppRunner._make_server`` and
+``Server.__call__``); tests/security/test_admin_abuse.py fails if an aiohttp upgrade breaks
+the hook.
 """
 
 from __future__ import annotations

@@ -212,3 +212,27 @@ async def test_redis_down_is_503_never_an_allow(make_stack):
     assert_error(status, body, resp, 503, "auth_unavailable")
     assert resp.headers["Retry-After"] == "1"
     assert orjson.loads(resp.headers[ERROR_HEADER]) == orjson.loads(body)
+
+
+@pytest.mark.parametrize("mode", ["proxy", "forward-auth"])
+async def test_a_bug_is_one_500_envelope_and_one_access_line_in_either_mode(make_stack, monkeypatch, caplog, mode):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    if mode == "proxy":
+        stack = await make_stack()
+        monkeypatch.setattr("gateway.proxy.forward", broken)
+    else:
+        stack = await make_stack(mode="forward-auth", upstream="")
+        monkeypatch.setattr("gateway.forward_auth.require_canonical", broken)
+    created = await stack.create_key(scopes=("tasks:read",))
+    with caplog.at_level(logging.INFO):
+        status, body, resp = await check(stack, traefik("GET", "/v1/tasks", created["key"]), "GET",
+                                         "/v1/tasks" if mode == "proxy" else "/")
+    error = assert_error(status, body, resp, 500, "internal_error")
+    assert "a bug" not in error["message"]
+    lines = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    assert [(line["status"], line["outcome"], line["request_id"]) for line in lines] == [
+        (500, "internal_error", resp.headers["X-Request-Id"])]
+    assert "malformed HTTP request refused" not in caplog.text  # a bug is not the client's fault
+    assert any(r.exc_info and "a bug" in str(r.exc_info[1]) for r in caplog.records)

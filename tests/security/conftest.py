@@ -75,16 +75,10 @@ def parse_responses(data: bytes) -> list[RawResponse]:
     return out
 
 
-@dataclass
-class GatewayProcess:
-    url: str
+class RawClient:
+    """Raw HTTP/1.1 over a fresh socket to ``self.port`` (the gateway, or nginx in front of it)."""
+
     port: int
-    ops: str
-    recorder: Recorder
-    proc: subprocess.Popen
-    stdout: Path
-    stderr: Path
-    keys: dict[str, dict] = field(default_factory=dict)  # name -> {"key", "id", "scopes"}
 
     def send(self, raw: bytes, *, source: str = "127.0.0.1", timeout: float = 5.0, shutdown: bool = False) -> bytes:
         """Write ``raw`` on a fresh connection and return every byte until the gateway closes."""
@@ -118,6 +112,18 @@ class GatewayProcess:
             lines.append(f"Content-Length: {len(body)}")
         raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
         return self.exchange(raw, source=source)
+
+
+@dataclass
+class GatewayProcess(RawClient):
+    url: str
+    port: int
+    ops: str
+    recorder: Recorder
+    proc: subprocess.Popen
+    stdout: Path
+    stderr: Path
+    keys: dict[str, dict] = field(default_factory=dict)  # name -> {"key", "id", "scopes"}
 
     def access_log(self) -> list[dict]:
         return [json.loads(line) for line in self.stdout.read_text().splitlines() if line.startswith("{")]

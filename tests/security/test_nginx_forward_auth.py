@@ -29,7 +29,7 @@ from gateway.scopes import Match, load_rules
 from gateway_verify import verify_request
 from tests.conftest import ROOT, SCOPES, free_port
 from tests.security.conftest import (
-    KEY_SPECS, SECURITY_ORG, GatewayProcess, RawResponse, create_keys, parse_responses, stop_gateway,
+    KEY_SPECS, SECURITY_ORG, GatewayProcess, RawClient, RawResponse, create_keys, stop_gateway,
 )
 from tests.security.recorder import Received
 from tests.security.test_path_confusion import FORBIDDEN_FOR_READER, MUST_REFUSE, RESOLVED, SHAPES, key_may_reach
@@ -57,35 +57,10 @@ def render(conf: str, *, listen: int, auth_port: int, backend_port: int) -> str:
 
 
 @dataclass
-class Nginx:
+class Nginx(RawClient):
     port: int
     proc: subprocess.Popen
     dir: Path
-
-    def send(self, raw: bytes, *, source: str = "127.0.0.1", timeout: float = 5.0) -> bytes:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout, source_address=(source, 0)) as s:
-            s.sendall(raw)
-            chunks = []
-            try:
-                while chunk := s.recv(65536):
-                    chunks.append(chunk)
-            except (ConnectionResetError, socket.timeout):
-                pass
-            return b"".join(chunks)
-
-    def exchange(self, raw: bytes, **kw) -> RawResponse:
-        data = self.send(raw, **kw)
-        responses = parse_responses(data)
-        assert responses, f"no HTTP response to {raw[:200]!r}: got {data[:200]!r}"
-        return responses[0]
-
-    def request(self, method: str, target: str, headers=(), *, key: str | None = None,
-                source: str = "127.0.0.1") -> RawResponse:
-        lines = [f"{method} {target} HTTP/1.1", "Host: api.example", "Connection: close"]
-        if key is not None:
-            lines.append(f"Authorization: Bearer {key}")
-        lines += [f"{k}: {v}" for k, v in (headers.items() if isinstance(headers, dict) else headers)]
-        return self.exchange(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), source=source)
 
     def error_log(self) -> str:
         return (self.dir / "error.log").read_text("latin-1")

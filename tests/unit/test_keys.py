@@ -97,3 +97,16 @@ def test_base62_matches_the_digit_by_digit_definition(number, width):
         n, rem = divmod(n, 62)
         digits.append(ALPHABET[rem])
     assert base62(number, width) == "".join(reversed(digits))
+
+
+def test_a_key_seen_before_does_not_vouch_for_a_near_copy():
+    """parse_key skips the format checks for a digest it saw lately: any other string (a broken
+    checksum, a character outside the alphabet) has another digest and gets the full checks."""
+    key = keys.generate_key()
+    keys.parse_key(key)
+    broken_checksum = key[:-1] + ("A" if key[-1] != "A" else "B")
+    outside_alphabet = key[:10] + "!" + key[11:]
+    for bad in (broken_checksum, outside_alphabet):
+        with pytest.raises(keys.InvalidKeyFormat):
+            keys.parse_key(bad)
+    assert keys.parse_key(key) == keys.parse_key(key)
