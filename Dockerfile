@@ -3,7 +3,7 @@
 #   docker build -t api-key-gateway:0.1.0 .
 FROM python:3.12-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md gateway_verify.py scopes.yaml ./
+COPY pyproject.toml README.md gateway_verify.py ./
 COPY gateway ./gateway
 COPY admin_api ./admin_api
 RUN pip install --no-cache-dir --prefix=/install .
@@ -11,7 +11,7 @@ RUN pip install --no-cache-dir --prefix=/install .
 FROM python:3.12-slim
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin gateway
 COPY --from=build /install /usr/local
-COPY scopes.yaml /etc/gateway/scopes.yaml
+COPY gateway/data/scopes.yaml /etc/gateway/scopes.yaml
 USER 10001:10001
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 # proxy, admin API, ops (/healthz, /readyz, /metrics), forward-auth

@@ -3,16 +3,28 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench screenshots clean
+.PHONY: run test lint install-smoke bench screenshots clean
 
 run: $(STAMP)
 	@scripts/install-system-deps.sh
 	$(VENV)/bin/gateway dev
 
+# Lint, then the wheel on every Python found, the benchmark's smoke run, and the suite last
+# (its closing line is the run's summary).
 test: $(STAMP)
 	@scripts/install-system-deps.sh test
-	$(PY) -m pytest -q
+	$(VENV)/bin/ruff check .
+	$(PY) tests/install/run.py
 	$(PY) bench/run.py --smoke --output artifacts/bench-smoke.json
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# The wheel installed into a fresh venv per CPython >= 3.11 found, and run from outside the tree.
+install-smoke: $(STAMP)
+	@scripts/install-system-deps.sh
+	$(PY) tests/install/run.py
 
 # The benchmark of issue #6 (about 6 minutes; see bench/README.md).
 bench: $(STAMP)

@@ -8,6 +8,7 @@ process here, so 100,000 keys take ~15 s and 1,000,000 about two minutes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -37,7 +38,7 @@ async def _create_range(url: str, start: int, stop: int, keys_per_org: int, keep
         for first in range(start, stop, CONCURRENCY):
             batch = range(first, min(stop, first + CONCURRENCY))
             secrets = await asyncio.gather(*(one(i) for i in batch))
-            kept += [s for i, s in zip(batch, secrets) if i < keep]
+            kept += [s for i, s in zip(batch, secrets, strict=True) if i < keep]
     finally:
         await client.aclose()
     return kept
@@ -59,5 +60,5 @@ def create_keys(url: str, n: int, *, keys_per_org: int = 10, keep: int | None = 
     bounds = [n * p // processes for p in range(processes + 1)]
     with ProcessPoolExecutor(processes) as pool:
         parts = [pool.submit(_create_range_sync, url, a, b, keys_per_org, keep, org_prefix)
-                 for a, b in zip(bounds, bounds[1:])]
+                 for a, b in itertools.pairwise(bounds)]
         return [s for part in parts for s in part.result()]

@@ -136,7 +136,10 @@ async def main() -> int:
                 answered = time.perf_counter()
                 revoke_ms.append((answered - started) * 1000)
 
-                async def until_refused(gw: str) -> float:
+                seen_ok = {gw: False for gw, _ in gateways}
+
+                async def until_refused(gw: str, key: dict = key, seen_ok: dict = seen_ok,
+                                        answered: float = answered) -> float:
                     nonlocal accepted_after
                     while True:
                         async with http.get(gw + "/v1/tasks", headers=key) as resp:
@@ -145,7 +148,6 @@ async def main() -> int:
                             seen_ok[gw] = True
                             accepted_after += 1
 
-                seen_ok = {gw: False for gw, _ in gateways}
                 refused_ms += await asyncio.gather(*(until_refused(gw) for gw, _ in gateways))
 
         result = {

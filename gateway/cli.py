@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 from gateway import accesslog, config
+from gateway.resources import shipped
 from gateway.scopes import ScopesError, load_rules
 
-SHIPPED_SCOPES = Path(__file__).resolve().parent.parent / "scopes.yaml"
+SHIPPED_SCOPES = shipped("scopes.yaml")  # the example rules, installed with the package
 
 
 def _setup_logging() -> None:

@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 
 from gateway import config
+from gateway.resources import shipped
 from gateway.store import KeyStore, connect
 
 DEMO_ORG = "demo"
 DEMO_SCOPES = ("tasks:read", "reservations:read")
 PR_SET_PDEATHSIG = 1
-REDIS_CONF = Path(__file__).resolve().parent.parent / "deploy" / "redis.conf"
+REDIS_CONF = shipped("redis.conf")  # also deploy/redis.conf (a link to it)
 
 
 def free_port() -> int:

@@ -85,7 +85,7 @@ class RequestStats:
             requests.add_metric([outcome, route], n)
         yield requests
         cumulative, running = [], 0
-        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), self.buckets):
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), self.buckets, strict=True):
             running += n
             cumulative.append((str(float(bound)) if bound != float("inf") else "+Inf", running))
         yield HistogramMetricFamily("gateway_request_duration_seconds", "Time from request to response headers",

@@ -187,7 +187,7 @@ class RuleSet:
         for index, rule in enumerate(rule_tuple):
             where = f"routes[{index}]"
 
-            def fail(field: str, message: str) -> NoReturn:
+            def fail(field: str, message: str, rule: Rule = rule, where: str = where) -> NoReturn:
                 raise ScopesError(source, rule.line, where + field, message)
 
             if rule.method not in METHODS:

@@ -185,6 +185,11 @@ class _Connection(asyncio.Protocol):
         await self._write_ready
 
 
+def _wake(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class UpstreamResponse:
     """Status, headers and the streamed body of one upstream reply."""
 
@@ -227,16 +232,18 @@ class UpstreamResponse:
                     raise conn.error
                 if conn.complete:
                     return
-                conn.data_waiter = loop.create_future()
                 left = timeout - (loop.time() - conn.last_data)
                 if left <= 0:
+                    conn.reusable = False
                     raise UpstreamTimeout("no data from the upstream in time")
+                # A loop timer wakes the waiter, not asyncio.wait_for (see _connect); the
+                # loop above then sees whether data came or the read timeout ran out.
+                conn.data_waiter = waiter = loop.create_future()
+                timer = loop.call_later(left, _wake, waiter)
                 try:
-                    await asyncio.wait_for(conn.data_waiter, left)
-                except asyncio.TimeoutError:
-                    if loop.time() - conn.last_data >= timeout:
-                        conn.reusable = False
-                        raise UpstreamTimeout("no data from the upstream in time") from None
+                    await waiter
+                finally:
+                    timer.cancel()
         finally:
             self.release()
 
@@ -284,15 +291,34 @@ class UpstreamPool:
                     conn.time_out()
 
     async def _connect(self) -> _Connection:
+        # No asyncio.wait_for here: requests run as bare coroutines (gateway/httpserver.py
+        # _step), and from Python 3.12 on its timeout refuses to run outside a Task. The
+        # connect attempt runs as a Task of its own, which a loop timer cancels.
         loop = asyncio.get_running_loop()
+        connecting = asyncio.ensure_future(loop.create_connection(
+            lambda: _Connection(loop), self.host, self.port, ssl=self.ssl,
+            server_hostname=self.host if self.ssl else None))
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            connecting.cancel()
+
+        timer = loop.call_later(self.connect_timeout, expire)
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(loop), self.host, self.port, ssl=self.ssl,
-                                       server_hostname=self.host if self.ssl else None),
-                self.connect_timeout,
-            )
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            _, conn = await connecting
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            raise UpstreamConnectError(
+                f"cannot connect to the upstream: no connection within {self.connect_timeout:g} s") from None
+        except (OSError, ssl.SSLError) as exc:
             raise UpstreamConnectError(f"cannot connect to the upstream: {exc!r}") from None
+        finally:
+            timer.cancel()
+            if not connecting.done():  # this request was abandoned: so is its connect attempt
+                connecting.cancel()
         self._all.add(conn)
         return conn
 

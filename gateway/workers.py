@@ -180,7 +180,7 @@ def make_supervisor_ops_app(sup: Supervisor) -> web.Application:
 
     async def metrics(_: web.Request) -> web.Response:
         results = await gather("/metrics")
-        texts = {w.id: text for w, (status, text) in zip(sup.workers, results) if status == 200}
+        texts = {w.id: text for w, (status, text) in zip(sup.workers, results, strict=True) if status == 200}
         return web.Response(text=merge_metrics(texts), content_type="text/plain", charset="utf-8")
 
     app = web.Application()

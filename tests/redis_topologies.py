@@ -99,11 +99,11 @@ def _start_cluster(cluster: Cluster, tmp: Path) -> None:
                                      "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
                                      "--save", "", "--appendonly", "no"], tmp / str(port)))
     for port in cluster.ports:
-        _wait(lambda: cluster.client(port).ping(), f"redis {port}")
+        _wait(lambda port=port: cluster.client(port).ping(), f"redis {port}")
     subprocess.run([REDIS_CLI, "--cluster", "create", *[f"127.0.0.1:{p}" for p in cluster.ports],
                     "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=30)
     for port in cluster.ports:
-        _wait(lambda: "cluster_state:ok" in str(cluster.client(port).execute_command("CLUSTER INFO"))
+        _wait(lambda port=port: "cluster_state:ok" in str(cluster.client(port).execute_command("CLUSTER INFO"))
               or "'cluster_state': 'ok'" in str(cluster.client(port).execute_command("CLUSTER INFO")),
               f"cluster state ok on {port}")
 
@@ -179,6 +179,6 @@ def _start_sentinels(setup: SentinelSetup, tmp: Path) -> None:
         )
         setup.procs[port] = _start([str(conf), "--sentinel"], tmp / f"s{port}")
     for port in setup.sentinel_ports:
-        _wait(lambda: int(redis.Redis(port=port, decode_responses=True).sentinel_master(setup.service)
+        _wait(lambda port=port: int(redis.Redis(port=port, decode_responses=True).sentinel_master(setup.service)
                           ["num-other-sentinels"]) == 2 and redis.Redis(port=port, decode_responses=True)
               .sentinel_master(setup.service)["num-slaves"] == 1, f"sentinel {port} sees the others")

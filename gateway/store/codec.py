@@ -36,7 +36,7 @@ def encode_record(record: KeyRecord) -> list[Any]:
 def decode_record(key_id: str, raw: dict[Any, Any] | list[Any]) -> KeyRecord | None:
     """A record read back with HGETALL (a dict, or a flat list from Lua); None if it is no record."""
     if isinstance(raw, list):
-        raw = dict(zip(raw[::2], raw[1::2]))
+        raw = dict(zip(raw[::2], raw[1::2], strict=True))
     if not raw:
         return None
     h = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}

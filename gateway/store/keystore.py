@@ -318,7 +318,7 @@ class KeyStore:
             for key_id in ids:
                 pipe.hgetall(self._rec(key_id))
             raws = await pipe.execute()
-        records = (decode_record(key_id, raw) for key_id, raw in zip(ids, raws))
+        records = (decode_record(key_id, raw) for key_id, raw in zip(ids, raws, strict=True))
         return [r for r in records if r is not None and r.org_id == org_id]
 
     async def _with_usage(self, records: list[KeyRecord]) -> list[KeyRecord]:

@@ -150,7 +150,7 @@ class UsageLedger:
         """Merged (last_used_at, request_count) per key, and the nodes that look dead."""
         now, nodes, base, *per_node = await self._read(
             keys=[self.nodes], args=[self.node_prefix, self.base_prefix, *key_ids])
-        dead = [n.decode() for n, seen in zip(nodes[::2], nodes[1::2])
+        dead = [n.decode() for n, seen in zip(nodes[::2], nodes[1::2], strict=True)
                 if float(seen) <= now - self.fold_after_ms]
         merged = {
             key_id: merge_usage([decode_usage(base[i]), *(decode_usage(col[i]) for col in per_node)])

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
+
+import aiohttp
 import pytest
 
 from gateway import keys
@@ -177,6 +182,63 @@ async def test_upstream_too_slow_is_504(make_stack):
     created = await stack.create_key()
     status, body, resp = await stack.call("GET", "/v1/tasks?sleep=2", created["key"])
     assert_error(status, body, resp, 504, "upstream_timeout")
+
+
+async def test_upstream_that_never_accepts_is_502_within_the_connect_timeout(make_stack):
+    # A listener whose accept queue is full: the kernel drops further SYNs, so connect() hangs.
+    # The timeout is a loop timer, not asyncio.wait_for (which needs a Task from 3.12 on).
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(listener.getsockname())
+        fillers.append(s)
+    try:
+        stack = await make_stack(upstream=f"http://127.0.0.1:{listener.getsockname()[1]}", connect_timeout=0.3)
+        created = await stack.create_key()
+        started = time.monotonic()
+        status, body, resp = await stack.call("GET", "/v1/tasks", created["key"])
+        assert_error(status, body, resp, 502, "upstream_unavailable")
+        assert 0.25 <= time.monotonic() - started < 3
+    finally:
+        for s in [*fillers, listener]:
+            s.close()
+
+
+async def test_upstream_stalling_mid_body_is_cut_after_the_read_timeout(make_stack):
+    # The head and part of the body, then nothing: the gateway's body read times out (a loop
+    # timer) and the client's connection is closed before the promised length.
+    done = asyncio.Event()
+    writers = []
+
+    async def stall(reader, writer):
+        writers.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+        await writer.drain()
+        await done.wait()
+
+    server = await asyncio.start_server(stall, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        stack = await make_stack(upstream=f"http://127.0.0.1:{port}", read_timeout=0.3)
+        created = await stack.create_key()
+        started = time.monotonic()
+        async with stack.http.get(f"{stack.gateway}/v1/tasks",
+                                  headers={"Authorization": f"Bearer {created['key']}"}) as resp:
+            assert resp.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+        assert 0.25 <= time.monotonic() - started < 3
+    finally:
+        done.set()
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_body_over_the_limit_is_413(make_stack):

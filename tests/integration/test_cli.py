@@ -134,7 +134,7 @@ def test_dev_works_as_it_prints(tmp_path):
                 banner += lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 proc.kill()
-                raise AssertionError(f"no banner in 30 s; stdout so far: {banner!r}; stderr: {proc.stderr.read()}")
+                raise AssertionError(f"no banner in 30 s; stdout so far: {banner!r}; stderr: {proc.stderr.read()}") from None
         key = re.search(r"export KEY=(\S+)", banner).group(1)
         token = re.search(r"export TOKEN=(\S+)", banner).group(1)
         shell_env = {**env, "KEY": key, "TOKEN": token}

@@ -21,7 +21,7 @@ import pytest
 
 from gateway.store import KeyStore, connect
 from tests.conftest import ROOT, SCOPES, free_port
-from tests.security.recorder import Recorder
+from tests.security.recorder import Received, Recorder
 
 TRUSTED_PROXY = "127.0.0.2"  # connect from this address to act as a trusted proxy
 SECURITY_ORG = "sec-org"
@@ -252,7 +252,7 @@ def refused_by_parser(resp: RawResponse) -> bool:
         return False
 
 
-def check_forwarded_as_authorized(gw: GatewayProcess, resp: RawResponse) -> "Received | None":
+def check_forwarded_as_authorized(gw: GatewayProcess, resp: RawResponse) -> Received | None:
     """The invariant: a forwarded request reached the upstream with exactly the path that was
     authorized (the access log's canonical path, matched by the logged route); a refused one
     reached nothing. Returns what the upstream received, or None."""

@@ -247,7 +247,7 @@ def _matches(parts: list[tuple[str, str]], segs: tuple[str, ...]) -> bool:
         fixed = parts
         if len(segs) != len(fixed):
             return False
-    return all(kind != "lit" or text == seg for (kind, text), seg in zip(fixed, segs))
+    return all(kind != "lit" or text == seg for (kind, text), seg in zip(fixed, segs[:len(fixed)], strict=True))
 
 
 def oracle(rules: RuleSet, method: str, segs: tuple[str, ...]):

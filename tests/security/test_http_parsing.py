@@ -429,13 +429,13 @@ def test_200_pipelined_requests_are_answered_in_order(gateway):
     ids = [r.header("X-Request-Id") for r in responses]
     assert all(ids) and len(set(ids)) == len(ids)
     # each forwarded answer is the upstream's answer to *that* request, in order
-    for resp, (_, line) in zip(responses, expected):
+    for resp, (_, line) in zip(responses, expected, strict=True):
         if line is not None:
             assert resp.header("X-Upstream") == "recorder" and resp.json()["request_line"] == line
     got = gateway.recorder.received[before:]
     assert [g.request_line for g in got] == [line for _, line in expected if line is not None]
     assert [g.header("X-Request-Id") for g in got] == [r.header("X-Request-Id") for r, (_, line)
-                                                       in zip(responses, expected) if line is not None]
+                                                       in zip(responses, expected, strict=True) if line is not None]
     assert all(g.header("X-Org-Id") in (None, "sec-org") for g in got)
     for i, g in enumerate(g for g in got if g.method == "POST"):
         assert g.body == b'{"n": %d}' % (6 * i + 4)

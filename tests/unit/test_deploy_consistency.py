@@ -133,7 +133,7 @@ def env_names_in(text: str) -> set[str]:
 def underscore_spellings(name: str) -> set[str]:
     """Every spelling of a hyphenated header name with at least one "_" (lower case)."""
     parts = name.lower().split("-")
-    return {parts[0] + "".join(s + p for s, p in zip(seps, parts[1:]))
+    return {parts[0] + "".join(s + p for s, p in zip(seps, parts[1:], strict=True))
             for seps in itertools.product("-_", repeat=len(parts) - 1) if "_" in seps}
 
 

@@ -447,7 +447,7 @@ def template_matches(shape: tuple[tuple[str, str], ...], segs: tuple[str, ...]) 
         return False
     if any(seg == "" for seg in segs):
         return False
-    return all(kind != "lit" or text == seg for (kind, text), seg in zip(fixed, segs))
+    return all(kind != "lit" or text == seg for (kind, text), seg in zip(fixed, segs[:len(fixed)], strict=True))
 
 
 @settings(max_examples=300, deadline=None)

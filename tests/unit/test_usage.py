@@ -155,7 +155,7 @@ def make_record(**kw) -> KeyRecord:
 ])
 def test_records_round_trip_through_their_hash_fields(record):
     fields = codec.encode_record(record)
-    raw = {str(k).encode(): (v if isinstance(v, bytes) else str(v).encode()) for k, v in zip(fields[::2], fields[1::2])}
+    raw = {str(k).encode(): (v if isinstance(v, bytes) else str(v).encode()) for k, v in zip(fields[::2], fields[1::2], strict=True)}
     assert codec.decode_record(record.id, raw) == record
     assert codec.decode_record(record.id, [x for kv in raw.items() for x in kv]) == record  # Lua's flat list
     assert len(raw[b"d"]) == 32  # the digest is stored raw
