@@ -593,3 +593,27 @@ def test_the_redis_configurations_load(tmp_path, name):
         client.close()
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_image_copies_real_files_that_hold_every_package():
+    """The image is built from COPY lines: each source must be a real file or folder (a symlink
+    would land in the image as a dangling link), and together they must hold every package the
+    wheel installs, with its data files (once, gateway.store was left out of the install)."""
+    import tomllib
+
+    sources = [src for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")
+               and "--from=" not in line for src in line.split()[1:-1]]
+    assert sources, "no COPY lines in the Dockerfile"
+    for src in sources:
+        path = ROOT / src
+        assert path.exists() and not path.is_symlink(), f"Dockerfile: COPY {src} is not a real file or folder"
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {str(p.parent.relative_to(ROOT)).replace("/", ".") for p in ROOT.glob("*/**/__init__.py")
+                if not str(p.relative_to(ROOT)).startswith(("tests", "bench", ".venv", "build"))}
+    for package in packages:
+        assert any(package == pat or (pat.endswith(".*") and package.startswith(pat[:-1])) for pat in find["include"]), \
+            f"pyproject.toml: package {package} is not installed"
+        assert any(package.split(".")[0] == src.rstrip("/").split("/")[0] for src in sources), \
+            f"Dockerfile: package {package} is not copied into the build stage"
+    # What the CMD's --scopes points at is a file the image copies, not one left in the source tree.
+    assert "COPY gateway/data/scopes.yaml /etc/gateway/scopes.yaml" in (ROOT / "Dockerfile").read_text()
