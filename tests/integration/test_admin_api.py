@@ -113,6 +113,20 @@ async def test_org_key_scopes_and_isolation(stack):
     assert status == 403 and body["error"]["required_scope"] == "api_keys:read"
 
 
+async def test_a_manage_key_can_grant_read_since_manage_implies_read(stack):
+    manager = await stack.create_key(scopes=["api_keys:manage"])
+    for scopes in (["api_keys:read"], ["api_keys:manage"], ["api_keys:read", "api_keys:manage"]):
+        status, body, _ = await stack.admin_call("POST", "/v1/orgs/acme/api-keys", token=manager["key"],
+                                                 json={"name": "delegate", "scopes": scopes})
+        assert status == 201, body
+        assert body["scopes"] == scopes
+    # The implication runs one way only: a read key grants neither.
+    reader = await stack.create_key(scopes=["api_keys:read"])
+    status, body, _ = await stack.admin_call("POST", "/v1/orgs/acme/api-keys", token=reader["key"],
+                                             json={"name": "x", "scopes": ["api_keys:read"]})
+    assert status == 403 and body["error"]["code"] == "insufficient_scope"
+
+
 async def test_revoked_admin_key_is_refused_immediately(stack):
     manager = await stack.create_key(scopes=["api_keys:manage"])
     await stack.admin_call("POST", f"/v1/orgs/acme/api-keys/{manager['id']}/revoke")
