@@ -28,7 +28,7 @@ from gateway.proxy import new_request_id
 from gateway.server import error_response
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
-from gateway.store import KeyStore, decode_cursor
+from gateway.store import KeyStore, decode_audit_cursor, decode_cursor
 from gateway.tasks import ACK_TIMEOUT
 
 MAX_BODY = 64 * 1024
@@ -287,25 +287,40 @@ async def list_keys(request: web.Request) -> web.Response:
     principal = await _principal(request)
     org_id = _org_id(request)
     principal.require(READ, org_id)
+    include_revoked, limit, cursor = _list_params(request, decode_cursor, "include_revoked")
+    page = await st.store.list(org_id, limit=limit, cursor=cursor, include_revoked=include_revoked)
+    if not page.records:
+        await _require_org(st, principal, org_id)
+    now = st.now_ms()
+    return _json_response(schemas.ApiKeyList([schemas.key_out(r, now) for r in page.records], page.next_cursor))
+
+
+def _list_params(request: web.Request, decode: Callable[[str], object], *flags: str) -> tuple:
+    """The boolean ``flags``, then limit and cursor, of a paginated list, validated alike for
+    every list: (*flag values, limit, cursor or None)."""
     q = request.query
-    for name in ("include_revoked", "limit", "cursor"):
+    for name in (*flags, "limit", "cursor"):
         if len(q.getall(name, ())) > 1:  # which one would count? Say so instead of guessing.
             raise FieldError(name, f"{name} is given more than once.")
-    include_revoked = _bool_param(q.get("include_revoked", "false"), "include_revoked")
+    values = [_bool_param(q.get(name, "false"), name) for name in flags]
     limit_text = q.get("limit", "50")
     # Plain ASCII digits: int() would also take " 5", "5_0" and other scripts' digits.
     if not (limit_text.isascii() and limit_text.isdigit() and 1 <= int(limit_text) <= 100):
         raise FieldError("limit", "limit must be an integer from 1 to 100.")
-    limit = int(limit_text)
     cursor = q.get("cursor") or None
     if cursor is not None:
         try:
-            decode_cursor(cursor)
+            decode(cursor)
         except ValueError:
             raise FieldError("cursor", "cursor is not one returned by this API.") from None
-    page = await st.store.list(org_id, limit=limit, cursor=cursor, include_revoked=include_revoked)
-    now = st.now_ms()
-    return _json_response(schemas.ApiKeyList([schemas.key_out(r, now) for r in page.records], page.next_cursor))
+    return (*values, int(limit_text), cursor)
+
+
+async def _require_org(st: AdminState, principal: Principal, org_id: str) -> None:
+    """404 org_not_found for an org with no keys (an org exists from its first key on). Only
+    operators can get here with such an org: an org key's own org holds that key."""
+    if principal.is_operator and not await st.store.org_exists(org_id):
+        raise OrgNotFound()
 
 
 def _bool_param(value: str, name: str) -> bool:
@@ -325,6 +340,7 @@ async def get_key(request: web.Request) -> web.Response:
     principal.require(READ, org_id)
     record = await st.store.get_for_org(org_id, _key_id(request))
     if record is None:
+        await _require_org(st, principal, org_id)
         raise errors.KeyNotFound()
     return _json_response(schemas.key_out(record, st.now_ms()))
 
@@ -337,6 +353,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     principal.require(MANAGE, org_id)
     key_id = _key_id(request)
     if await st.store.get_for_org(org_id, key_id) is None:
+        await _require_org(st, principal, org_id)
         raise errors.KeyNotFound()
     now = st.now_ms()
     # Answered only once every live gateway has dropped the key (or can no longer use its cache).
@@ -348,15 +365,18 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 
 async def list_audit_events(request: web.Request) -> web.Response:
-    """GET /v1/orgs/{org_id}/audit-events: creates and revokes with actor and time."""
+    """GET /v1/orgs/{org_id}/audit-events: creates and revokes with actor and time, newest first, paginated."""
     st = request.app[ADMIN]
     principal = await _principal(request)
     org_id = _org_id(request)
     principal.require(READ, org_id)
-    events = await st.store.audit_events(org_id, limit=100)
+    limit, cursor = _list_params(request, decode_audit_cursor)
+    page = await st.store.audit_events(org_id, limit=limit, cursor=cursor)
+    if not page.events:
+        await _require_org(st, principal, org_id)
     return _json_response(schemas.AuditEventList([
-        schemas.AuditEvent(e.action, e.key_id, e.org_id, e.actor, rfc3339(e.at)) for e in events
-    ]))
+        schemas.AuditEvent(e.action, e.key_id, e.org_id, e.actor, rfc3339(e.at)) for e in page.events
+    ], page.next_cursor))
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -130,6 +130,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     page = await store.list(args.org, limit=100, cursor=cursor, include_revoked=args.include_revoked)
                     out += [key_out(r, now) for r in page.records]
                     if not (cursor := page.next_cursor):
+                        if not out and not await store.org_exists(args.org):  # an org exists from its first key
+                            print(f"gateway: no organization {args.org}", file=sys.stderr)
+                            raise SystemExit(1)
                         return out
             record = await store.revoke(org_id=args.org, key_id=args.key_id, actor="cli", now_ms=now,
                                         ack_timeout=ACK_TIMEOUT)

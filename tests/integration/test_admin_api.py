@@ -187,6 +187,74 @@ async def test_revoke_is_idempotent_and_audited(stack):
     assert status == 404 and body["error"]["code"] == "key_not_found"
 
 
+async def test_audit_trail_pages_through_every_event_exactly_once_in_order(stack):
+    # 130 keys, 44 of them revoked: 174 events, many in the same millisecond as others.
+    base = int(stack.clock() * 1000)
+    created = []
+    for i in range(130):
+        record, _ = await stack.store.create(org_id="acme", name=f"k{i}", scopes=["tasks:read"], expires_at=None,
+                                             actor="operator", now_ms=base + i // 4)
+        created.append(record)
+    for i, record in enumerate(created[::3]):
+        await stack.store.revoke(org_id="acme", key_id=record.id, actor="operator", now_ms=base + 10 + i // 2)
+    await stack.store.create(org_id="globex", name="other", scopes=["tasks:read"], expires_at=None,
+                             actor="operator", now_ms=base + 5)
+    revoked = {r.id: base + 10 + i // 2 for i, r in enumerate(created[::3])}
+    expected = [("api_key.created", r.id, r.created_at) for r in created]
+    expected += [("api_key.revoked", key_id, at) for key_id, at in revoked.items()]
+    expected.sort(key=lambda e: e[1], reverse=True)
+    expected.sort(key=lambda e: (-e[2], e[0] != "api_key.revoked"))
+    for limit in (100, 7, 1):
+        seen, cursor, pages = [], None, 0
+        while True:
+            status, page, _ = await stack.admin_call(
+                "GET", "/v1/orgs/acme/audit-events", params={"limit": limit, **({"cursor": cursor} if cursor else {})})
+            assert status == 200, page
+            assert len(page["data"]) <= limit and page["data"]
+            seen += [(e["action"], e["key_id"], e["at"]) for e in page["data"]]
+            pages += 1
+            if not (cursor := page["next_cursor"]):
+                break
+        assert len(expected) == len(seen) == 174 and pages == -(-174 // limit)
+        from gateway.model import rfc3339
+
+        assert seen == [(action, key_id, rfc3339(at)) for action, key_id, at in expected]
+    status, page, _ = await stack.admin_call("GET", "/v1/orgs/acme/audit-events")
+    assert len(page["data"]) == 50 and page["next_cursor"]  # the same default as the key list
+    for bad in ({"limit": 0}, {"limit": 101}, {"cursor": "garbage"}, {"cursor": page["data"][0]["key_id"]},
+                {"cursor": "5.key_abc"}):  # a key-list cursor is not an audit cursor
+        status, body, _ = await stack.admin_call("GET", "/v1/orgs/acme/audit-events", params=bad)
+        assert status == 400 and body["error"]["code"] == "validation_failed", bad
+
+
+async def test_cursors_of_the_documented_form_are_accepted(stack):
+    """Any cursor matching the documented pattern is a page (maybe empty), never a 400."""
+    await stack.create_key()
+    for cursor in ("0.key_a", "999999999999999.key_" + "z" * 60, "1764170000123.key_0123456789ABCDEF"):
+        status, body, _ = await stack.admin_call("GET", "/v1/orgs/acme/api-keys", params={"cursor": cursor})
+        assert status == 200, (cursor, body)
+    for cursor in ("0.r.key_a", "999999999999999.c.key_" + "z" * 60):
+        status, body, _ = await stack.admin_call("GET", "/v1/orgs/acme/audit-events", params={"cursor": cursor})
+        assert status == 200, (cursor, body)
+
+
+async def test_an_org_exists_from_its_first_key_on(stack):
+    missing = "/v1/orgs/newco"
+    for method, path in (("GET", "/api-keys"), ("GET", "/api-keys/key_0123456789ABCDEF"),
+                         ("POST", "/api-keys/key_0123456789ABCDEF/revoke"), ("GET", "/audit-events")):
+        status, body, _ = await stack.admin_call(method, missing + path)
+        assert status == 404 and body["error"]["code"] == "org_not_found", (method, path, body)
+    created = await stack.create_key(org="newco")  # creating its first key creates the org
+    status, body, _ = await stack.admin_call("GET", missing + "/api-keys")
+    assert status == 200 and [k["id"] for k in body["data"]] == [created["id"]]
+    status, body, _ = await stack.admin_call("GET", missing + "/api-keys/key_0123456789ABCDEF")
+    assert status == 404 and body["error"]["code"] == "key_not_found"
+    await stack.admin_call("POST", f"{missing}/api-keys/{created['id']}/revoke")
+    status, body, _ = await stack.admin_call("GET", missing + "/api-keys")  # revoked keys still make an org
+    assert status == 200 and body["data"] == []
+    assert (await stack.admin_call("GET", missing + "/audit-events"))[0] == 200
+
+
 async def test_permissions_catalogue_is_searchable(stack):
     status, body, _ = await stack.admin_call("GET", "/v1/permissions")
     assert status == 200
