@@ -291,6 +291,31 @@ async def test_openapi_document_validates_and_matches_routes(stack):
     await app[__import__("admin_api.app", fromlist=["ADMIN"]).ADMIN].store.redis.aclose()
 
 
+async def test_openapi_documents_error_headers_and_time_formats(stack):
+    _, doc, _ = await stack.admin_call("GET", "/openapi.json", token=None)
+    validate(doc)
+    statuses = set()
+    for ops in doc["paths"].values():
+        for method, op in ops.items():
+            if method == "parameters":
+                continue
+            for status, response in op["responses"].items():
+                statuses.add(status)
+                wanted = {"401": "WWW-Authenticate", "429": "Retry-After", "503": "Retry-After"}.get(status)
+                if wanted:
+                    assert response["headers"][wanted]["required"] is True, (method, status)
+    assert {"401", "429", "503"} <= statuses
+    schemas = doc["components"]["schemas"]
+    for name, fields in (("ApiKey", ("created_at", "expires_at", "revoked_at", "last_used_at")), ("AuditEvent", ("at",))):
+        for field in fields:
+            prop = schemas[name]["properties"][field]
+            strings = [s for s in prop.get("anyOf", [prop]) if s.get("type") == "string"]
+            assert strings and all(s["format"] == "date-time" for s in strings), (name, field)
+    # What the server sends is what the document says.
+    status, _, resp = await stack.admin_call("GET", "/v1/me", token=None)
+    assert status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
 async def test_responses_match_the_openapi_schemas(stack):
     _, doc, _ = await stack.admin_call("GET", "/openapi.json", token=None)
 
