@@ -18,8 +18,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from redis.exceptions import RedisError
 
 from admin_api import schemas
-from admin_api.auth import MANAGE, READ, OrgNotFound, Principal, authenticate
+from admin_api.auth import MANAGE, READ, MissingToken, OrgNotFound, Principal, authenticate
+from admin_api.guard import AuthGuard
 from admin_api.openapi import STATIC_FILES, build_openapi
+from admin_api.ops import ORG, PRINCIPAL, AdminMetrics, log_request
 from gateway import errors
 from gateway import store as store_mod
 from gateway.config import AdminSettings
@@ -61,6 +63,8 @@ class AdminState:
     store: KeyStore
     rules: RulesHolder
     clock: Callable[[], float]
+    guard: AuthGuard
+    metrics: AdminMetrics
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -83,7 +87,10 @@ def make_admin_app(
     app = web.Application(middlewares=[envelope_middleware], client_max_size=MAX_BODY,
                           handler_args={"logger": server_log})
     client = store_mod.connect(settings.redis, timeout=settings.redis_timeout)
-    app[ADMIN] = AdminState(settings, KeyStore(client, settings.redis_prefix), RulesHolder(settings.scopes, rules), clock)
+    guard = AuthGuard(settings, clock)
+    st = app[ADMIN] = AdminState(settings, KeyStore(client, settings.redis_prefix), RulesHolder(settings.scopes, rules),
+                                 clock, guard, AdminMetrics(guard))
+    st.rules.on_reload = lambda result: st.metrics.reloads.labels(result).inc()
     r = app.router
     r.add_get("/v1/me", whoami)
     r.add_get("/v1/permissions", list_permissions)
@@ -128,26 +135,33 @@ server_log.addFilter(_RedactMalformedRequests())
 
 @web.middleware
 async def envelope_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Every error becomes the JSON envelope; every response gets the security headers."""
+    """Every error becomes the JSON envelope; every response gets the security headers and an
+    access-log line."""
+    started = time.perf_counter()
     request_id = new_request_id()
+    err: errors.ApiError | None = None
     try:
         response = await handler(request)
-    except errors.ApiError as err:
-        response = error_response(err, request_id)
+    except errors.ApiError as exc:
+        err = exc
     except web.HTTPMethodNotAllowed as exc:
-        response = error_response(errors.MethodNotAllowed(tuple(sorted(exc.allowed_methods))), request_id)
+        err = errors.MethodNotAllowed(tuple(sorted(exc.allowed_methods)))
     except web.HTTPRequestEntityTooLarge:
-        response = error_response(errors.PayloadTooLarge(f"The body must be at most {MAX_BODY} bytes."), request_id)
+        err = errors.PayloadTooLarge(f"The body must be at most {MAX_BODY} bytes.")
     except web.HTTPNotFound:
-        response = error_response(errors.NotFound("No such endpoint."), request_id)
+        err = errors.NotFound("No such endpoint.")
     except (RedisError, OSError):
         # SECURITY: a store fault is a 503, never a 401 or a half-done write reported as done.
-        response = error_response(errors.StoreUnavailable(), request_id)
+        request.app[ADMIN].metrics.redis_errors.inc()
+        err = errors.StoreUnavailable()
     except Exception:
         # A bug still answers in the envelope (aiohttp's own 500 page is plain text); logged
         # with the request id and method only, never the body or headers.
         server_log.exception("unhandled error (request %s, %s)", request_id, request.method)
-        response = error_response(errors.ApiError(), request_id)
+        err = errors.ApiError()
+    if err is not None:
+        response = error_response(err, request_id)
+    log_request(request.app[ADMIN].metrics, request, request_id, response.status, err.code if err else "ok", started)
     response.headers.setdefault("X-Request-Id", request_id)
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
@@ -157,7 +171,18 @@ async def envelope_middleware(request: web.Request, handler) -> web.StreamRespon
 
 async def _principal(request: web.Request) -> Principal:
     st = request.app[ADMIN]
-    return await authenticate(request.headers.items(), st.store, st.settings.operator_tokens, st.now_ms())
+    headers, peer = list(request.headers.items()), request.remote or ""
+    st.guard.check(peer, headers)  # SECURITY: before any Redis command
+    try:
+        principal = await authenticate(headers, st.store, st.settings.operator_tokens, st.now_ms())
+    except MissingToken:
+        raise  # sending nothing is not a failed attempt
+    except errors.Unauthorized:
+        st.guard.failed(peer, headers)
+        raise
+    st.guard.accepted(headers)
+    request[PRINCIPAL] = principal  # for the access log
+    return principal
 
 
 def _org_id(request: web.Request) -> str:
@@ -165,6 +190,7 @@ def _org_id(request: web.Request) -> str:
     # SECURITY: fullmatch, since "$" also matches before a final newline ("acme%0A").
     if not ORG_ID.fullmatch(org_id):
         raise OrgNotFound()
+    request[ORG] = org_id  # for the access log
     return org_id
 
 

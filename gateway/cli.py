@@ -73,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_admin(args: argparse.Namespace) -> int:
     from admin_api.app import ADMIN, make_admin_app
-    from gateway.app import install_sighup, run_apps
+    from gateway.app import install_sighup, make_ops_app, run_apps
 
     settings = config.load(config.AdminSettings, vars(args))
     if not settings.operator_tokens:
@@ -82,8 +82,9 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         install_sighup(app[ADMIN].rules)
-        await run_apps([(app, settings.listen)], on_started=lambda: logging.getLogger("gateway").info(
-            "admin API on http://%s", settings.listen))
+        await run_apps([(app, settings.listen), (make_ops_app(app[ADMIN]), settings.ops_listen)],
+                       on_started=lambda: logging.getLogger("gateway").info(
+                           "admin API on http://%s (ops on http://%s)", settings.listen, settings.ops_listen))
 
     asyncio.run(main())
     return 0
