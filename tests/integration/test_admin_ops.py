@@ -14,7 +14,7 @@ from admin_api.app import ADMIN, make_admin_app
 from gateway import keys
 from gateway.app import make_ops_app
 from gateway.config import AdminSettings
-from tests.conftest import OPERATOR_TOKEN, SCOPES
+from tests.conftest import OPERATOR_TOKEN, SCOPES, eventually
 from tests.integration.test_redis_faults import OwnRedis
 
 
@@ -128,8 +128,6 @@ async def test_admin_ops_listener_readyz_follows_redis(aiohttp_server, tmp_path,
 
             async def ready_again():
                 return (await readyz())[0] == 200
-
-            from tests.conftest import eventually
 
             await eventually(ready_again)
         finally:
