@@ -15,7 +15,7 @@ COPY gateway/data/scopes.yaml /etc/gateway/scopes.yaml
 USER 10001:10001
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 # proxy, admin API, ops (/healthz, /readyz, /metrics), forward-auth
-EXPOSE 8080 8081 9090 9100
+EXPOSE 8080 8081 9090 9091 9100
 # The ops listener must listen on 0.0.0.0 in a container for probes to reach it.
 ENTRYPOINT ["gateway"]
 CMD ["serve", "--listen", "0.0.0.0:8080", "--ops-listen", "0.0.0.0:9090", "--scopes", "/etc/gateway/scopes.yaml"]

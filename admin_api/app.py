@@ -18,8 +18,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from redis.exceptions import RedisError
 
 from admin_api import schemas
-from admin_api.auth import MANAGE, READ, OrgNotFound, Principal, authenticate
+from admin_api.auth import MANAGE, READ, MissingToken, OrgNotFound, Principal, authenticate
+from admin_api.guard import AuthGuard
 from admin_api.openapi import STATIC_FILES, build_openapi
+from admin_api.ops import ORG, PRINCIPAL, AdminMetrics, log_request
 from gateway import errors
 from gateway import store as store_mod
 from gateway.config import AdminSettings
@@ -28,7 +30,7 @@ from gateway.proxy import new_request_id
 from gateway.server import error_response
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
-from gateway.store import KeyStore, decode_cursor
+from gateway.store import KeyStore, decode_audit_cursor, decode_cursor
 from gateway.tasks import ACK_TIMEOUT
 
 MAX_BODY = 64 * 1024
@@ -61,6 +63,8 @@ class AdminState:
     store: KeyStore
     rules: RulesHolder
     clock: Callable[[], float]
+    guard: AuthGuard
+    metrics: AdminMetrics
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -83,7 +87,10 @@ def make_admin_app(
     app = web.Application(middlewares=[envelope_middleware], client_max_size=MAX_BODY,
                           handler_args={"logger": server_log})
     client = store_mod.connect(settings.redis, timeout=settings.redis_timeout)
-    app[ADMIN] = AdminState(settings, KeyStore(client, settings.redis_prefix), RulesHolder(settings.scopes, rules), clock)
+    guard = AuthGuard(settings, clock)
+    st = app[ADMIN] = AdminState(settings, KeyStore(client, settings.redis_prefix), RulesHolder(settings.scopes, rules),
+                                 clock, guard, AdminMetrics(guard))
+    st.rules.on_reload = lambda result: st.metrics.reloads.labels(result).inc()
     r = app.router
     r.add_get("/v1/me", whoami)
     r.add_get("/v1/permissions", list_permissions)
@@ -128,26 +135,33 @@ server_log.addFilter(_RedactMalformedRequests())
 
 @web.middleware
 async def envelope_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Every error becomes the JSON envelope; every response gets the security headers."""
+    """Every error becomes the JSON envelope; every response gets the security headers and an
+    access-log line."""
+    started = time.perf_counter()
     request_id = new_request_id()
+    err: errors.ApiError | None = None
     try:
         response = await handler(request)
-    except errors.ApiError as err:
-        response = error_response(err, request_id)
+    except errors.ApiError as exc:
+        err = exc
     except web.HTTPMethodNotAllowed as exc:
-        response = error_response(errors.MethodNotAllowed(tuple(sorted(exc.allowed_methods))), request_id)
+        err = errors.MethodNotAllowed(tuple(sorted(exc.allowed_methods)))
     except web.HTTPRequestEntityTooLarge:
-        response = error_response(errors.PayloadTooLarge(f"The body must be at most {MAX_BODY} bytes."), request_id)
+        err = errors.PayloadTooLarge(f"The body must be at most {MAX_BODY} bytes.")
     except web.HTTPNotFound:
-        response = error_response(errors.NotFound("No such endpoint."), request_id)
+        err = errors.NotFound("No such endpoint.")
     except (RedisError, OSError):
         # SECURITY: a store fault is a 503, never a 401 or a half-done write reported as done.
-        response = error_response(errors.StoreUnavailable(), request_id)
+        request.app[ADMIN].metrics.redis_errors.inc()
+        err = errors.StoreUnavailable()
     except Exception:
         # A bug still answers in the envelope (aiohttp's own 500 page is plain text); logged
         # with the request id and method only, never the body or headers.
         server_log.exception("unhandled error (request %s, %s)", request_id, request.method)
-        response = error_response(errors.ApiError(), request_id)
+        err = errors.ApiError()
+    if err is not None:
+        response = error_response(err, request_id)
+    log_request(request.app[ADMIN].metrics, request, request_id, response.status, err.code if err else "ok", started)
     response.headers.setdefault("X-Request-Id", request_id)
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
@@ -157,7 +171,18 @@ async def envelope_middleware(request: web.Request, handler) -> web.StreamRespon
 
 async def _principal(request: web.Request) -> Principal:
     st = request.app[ADMIN]
-    return await authenticate(request.headers.items(), st.store, st.settings.operator_tokens, st.now_ms())
+    headers, peer = list(request.headers.items()), request.remote or ""
+    st.guard.check(peer, headers)  # SECURITY: before any Redis command
+    try:
+        principal = await authenticate(headers, st.store, st.settings.operator_tokens, st.now_ms())
+    except MissingToken:
+        raise  # sending nothing is not a failed attempt
+    except errors.Unauthorized:
+        st.guard.failed(peer, headers)
+        raise
+    st.guard.accepted(headers)
+    request[PRINCIPAL] = principal  # for the access log
+    return principal
 
 
 def _org_id(request: web.Request) -> str:
@@ -165,6 +190,7 @@ def _org_id(request: web.Request) -> str:
     # SECURITY: fullmatch, since "$" also matches before a final newline ("acme%0A").
     if not ORG_ID.fullmatch(org_id):
         raise OrgNotFound()
+    request[ORG] = org_id  # for the access log
     return org_id
 
 
@@ -287,25 +313,40 @@ async def list_keys(request: web.Request) -> web.Response:
     principal = await _principal(request)
     org_id = _org_id(request)
     principal.require(READ, org_id)
+    include_revoked, limit, cursor = _list_params(request, decode_cursor, "include_revoked")
+    page = await st.store.list(org_id, limit=limit, cursor=cursor, include_revoked=include_revoked)
+    if not page.records:
+        await _require_org(st, principal, org_id)
+    now = st.now_ms()
+    return _json_response(schemas.ApiKeyList([schemas.key_out(r, now) for r in page.records], page.next_cursor))
+
+
+def _list_params(request: web.Request, decode: Callable[[str], object], *flags: str) -> tuple:
+    """The boolean ``flags``, then limit and cursor, of a paginated list, validated alike for
+    every list: (*flag values, limit, cursor or None)."""
     q = request.query
-    for name in ("include_revoked", "limit", "cursor"):
+    for name in (*flags, "limit", "cursor"):
         if len(q.getall(name, ())) > 1:  # which one would count? Say so instead of guessing.
             raise FieldError(name, f"{name} is given more than once.")
-    include_revoked = _bool_param(q.get("include_revoked", "false"), "include_revoked")
+    values = [_bool_param(q.get(name, "false"), name) for name in flags]
     limit_text = q.get("limit", "50")
     # Plain ASCII digits: int() would also take " 5", "5_0" and other scripts' digits.
     if not (limit_text.isascii() and limit_text.isdigit() and 1 <= int(limit_text) <= 100):
         raise FieldError("limit", "limit must be an integer from 1 to 100.")
-    limit = int(limit_text)
     cursor = q.get("cursor") or None
     if cursor is not None:
         try:
-            decode_cursor(cursor)
+            decode(cursor)
         except ValueError:
             raise FieldError("cursor", "cursor is not one returned by this API.") from None
-    page = await st.store.list(org_id, limit=limit, cursor=cursor, include_revoked=include_revoked)
-    now = st.now_ms()
-    return _json_response(schemas.ApiKeyList([schemas.key_out(r, now) for r in page.records], page.next_cursor))
+    return (*values, int(limit_text), cursor)
+
+
+async def _require_org(st: AdminState, principal: Principal, org_id: str) -> None:
+    """404 org_not_found for an org with no keys (an org exists from its first key on). Only
+    operators can get here with such an org: an org key's own org holds that key."""
+    if principal.is_operator and not await st.store.org_exists(org_id):
+        raise OrgNotFound()
 
 
 def _bool_param(value: str, name: str) -> bool:
@@ -325,6 +366,7 @@ async def get_key(request: web.Request) -> web.Response:
     principal.require(READ, org_id)
     record = await st.store.get_for_org(org_id, _key_id(request))
     if record is None:
+        await _require_org(st, principal, org_id)
         raise errors.KeyNotFound()
     return _json_response(schemas.key_out(record, st.now_ms()))
 
@@ -337,6 +379,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     principal.require(MANAGE, org_id)
     key_id = _key_id(request)
     if await st.store.get_for_org(org_id, key_id) is None:
+        await _require_org(st, principal, org_id)
         raise errors.KeyNotFound()
     now = st.now_ms()
     # Answered only once every live gateway has dropped the key (or can no longer use its cache).
@@ -348,15 +391,18 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 
 async def list_audit_events(request: web.Request) -> web.Response:
-    """GET /v1/orgs/{org_id}/audit-events: creates and revokes with actor and time."""
+    """GET /v1/orgs/{org_id}/audit-events: creates and revokes with actor and time, newest first, paginated."""
     st = request.app[ADMIN]
     principal = await _principal(request)
     org_id = _org_id(request)
     principal.require(READ, org_id)
-    events = await st.store.audit_events(org_id, limit=100)
+    limit, cursor = _list_params(request, decode_audit_cursor)
+    page = await st.store.audit_events(org_id, limit=limit, cursor=cursor)
+    if not page.events:
+        await _require_org(st, principal, org_id)
     return _json_response(schemas.AuditEventList([
-        schemas.AuditEvent(e.action, e.key_id, e.org_id, e.actor, rfc3339(e.at)) for e in events
-    ]))
+        schemas.AuditEvent(e.action, e.key_id, e.org_id, e.actor, rfc3339(e.at)) for e in page.events
+    ], page.next_cursor))
 
 
 async def openapi(request: web.Request) -> web.Response:

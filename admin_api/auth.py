@@ -40,15 +40,19 @@ class Principal:
         # Another org answers 404, so an org key cannot even probe which orgs exist.
         if org_id is not None and org_id != self.org_id:
             raise OrgNotFound()
-        # api_keys:manage implies api_keys:read.
-        if scope not in self.scopes and not (scope == READ and MANAGE in self.scopes):
+        if not self.holds(scope):
             raise errors.InsufficientScope(scope)
 
+    def holds(self, scope: str) -> bool:
+        """Does the caller's key carry ``scope``? api_keys:manage implies api_keys:read."""
+        return scope in self.scopes or (scope == READ and MANAGE in self.scopes)
+
     def grantable(self, scopes: list[str]) -> list[str]:
-        """The requested scopes this caller may not grant (empty when all are fine)."""
+        """The requested scopes this caller may not grant (empty when all are fine): the ones
+        it does not hold, by the same rule as ``require``."""
         if self.is_operator:
             return []
-        return [s for s in scopes if s not in self.scopes]
+        return [s for s in scopes if not self.holds(s)]
 
 
 async def authenticate(headers, store: KeyStore, operator_tokens: tuple[str, ...], now_ms: int) -> Principal:

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from admin_api import schemas
+from gateway.store import AUDIT_CURSOR_PATTERN, CURSOR_PATTERN
 
 REF = "#/components/schemas/{name}"
 STATIC_FILES = ("app.js", "app.css")
@@ -21,17 +22,44 @@ def _json(name: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
 
 
+RETRY_AFTER = {"description": "Seconds to wait before trying again", "schema": {"type": "integer", "minimum": 1}}
+ERROR_HEADERS = {
+    401: {"WWW-Authenticate": {"description": "RFC 6750: `Bearer realm=\"api\"`, with `error` and "
+                                              "`error_description` when a credential was sent",
+                               "required": True, "schema": {"type": "string"}}},
+    429: {"Retry-After": {**RETRY_AFTER, "required": True}},
+    503: {"Retry-After": {**RETRY_AFTER, "required": True}},
+}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {
         400: "Invalid request (the error names the field), or two different credentials",
         401: "Missing or invalid credential",
         403: "The credential lacks the needed scope",
-        404: "Unknown organization or key",
+        404: "Unknown organization (one without keys) or key",
         413: "Body larger than 64 KiB",
         415: "Body is not application/json",
+        429: "Too many failed authentications from this address; retry after Retry-After seconds",
         503: "The key store is unavailable; nothing was changed",
     }
-    return {str(s): _json("Error", text[s]) for s in statuses}
+    out = {}
+    for status in statuses:
+        out[str(status)] = _json("Error", text[status])
+        if status in ERROR_HEADERS:
+            out[str(status)]["headers"] = ERROR_HEADERS[status]
+    return out
+
+
+def _list_params(cursor_pattern: str) -> list[dict[str, Any]]:
+    """limit and cursor, alike on every paginated list (admin_api.app._list_params checks them)."""
+    return [
+        {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
+        {"name": "cursor", "in": "query", "required": False,
+         # Exactly what the server decodes (tests/unit/test_cursors.py), or empty: the first page.
+         "schema": {"type": "string", "pattern": f"^(?:{cursor_pattern[1:-1]})?$"},
+         "description": "The next_cursor of the previous page (empty: the first page); treat it as opaque"},
+    ]
 
 
 ORG = {"name": "org_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}}
@@ -77,14 +105,14 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                 "operationId": "whoami",
                 "summary": "The caller behind the credential",
                 "description": "Any valid credential may call this; it needs no scope.",
-                "responses": {"200": _json("Caller", "The caller"), **_errors(400, 401, 503)},
+                "responses": {"200": _json("Caller", "The caller"), **_errors(400, 401, 429, 503)},
             }},
             "/v1/permissions": {"get": {
                 "operationId": "listPermissions",
                 "summary": "The permission catalogue",
                 "parameters": [{"name": "q", "in": "query", "required": False, "schema": {"type": "string"},
                                 "description": "Case-insensitive search in scope and label"}],
-                "responses": {"200": _json("PermissionList", "Permissions in catalogue order"), **_errors(400, 401, 403, 503)},
+                "responses": {"200": _json("PermissionList", "Permissions in catalogue order"), **_errors(400, 401, 403, 429, 503)},
             }},
             "/v1/orgs/{org_id}/api-keys": {
                 "parameters": [ORG],
@@ -95,7 +123,7 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                     "responses": {
                         "201": {**_json("CreatedApiKey", "Created; `key` is the secret, shown only here"),
                                 "headers": {"Location": {"schema": {"type": "string"}}}, "links": KEY_LINKS},
-                        **_errors(400, 401, 403, 404, 413, 415, 503),
+                        **_errors(400, 401, 403, 404, 413, 415, 429, 503),
                     },
                 },
                 "get": {
@@ -103,12 +131,9 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                     "summary": "List keys, newest first",
                     "parameters": [
                         {"name": "include_revoked", "in": "query", "required": False, "schema": {"type": "boolean", "default": False}},
-                        {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
-                        {"name": "cursor", "in": "query", "required": False,
-                         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]*$"},
-                         "description": "Opaque: the next_cursor of the previous page (empty: the first page)"},
+                        *_list_params(CURSOR_PATTERN),
                     ],
-                    "responses": {"200": _json("ApiKeyList", "A page of keys"), **_errors(400, 401, 403, 404, 503)},
+                    "responses": {"200": _json("ApiKeyList", "A page of keys"), **_errors(400, 401, 403, 404, 429, 503)},
                 },
             },
             "/v1/orgs/{org_id}/api-keys/{key_id}": {
@@ -116,7 +141,7 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                 "get": {
                     "operationId": "getApiKey",
                     "summary": "One key (never the secret)",
-                    "responses": {"200": _json("ApiKey", "The key"), **_errors(400, 401, 403, 404, 503)},
+                    "responses": {"200": _json("ApiKey", "The key"), **_errors(400, 401, 403, 404, 429, 503)},
                 },
             },
             "/v1/orgs/{org_id}/api-keys/{key_id}/revoke": {
@@ -124,7 +149,7 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                 "post": {
                     "operationId": "revokeApiKey",
                     "summary": "Revoke a key; idempotent and effective immediately",
-                    "responses": {"200": _json("ApiKey", "The revoked key"), **_errors(400, 401, 403, 404, 503)},
+                    "responses": {"200": _json("ApiKey", "The revoked key"), **_errors(400, 401, 403, 404, 429, 503)},
                 },
             },
             "/v1/orgs/{org_id}/audit-events": {
@@ -132,7 +157,8 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                 "get": {
                     "operationId": "listAuditEvents",
                     "summary": "The org's audit trail of creates and revokes, newest first",
-                    "responses": {"200": _json("AuditEventList", "Up to 100 events"), **_errors(400, 401, 403, 404, 503)},
+                    "parameters": _list_params(AUDIT_CURSOR_PATTERN),
+                    "responses": {"200": _json("AuditEventList", "A page of events"), **_errors(400, 401, 403, 404, 429, 503)},
                 },
             },
             "/": {"get": {

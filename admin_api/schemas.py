@@ -21,7 +21,8 @@ NAME_PATTERN = (
     f"^[{NAME_SPACE}]*[^{NAME_SPACE}{NAME_FORBIDDEN}]"
     f"(?:[^{NAME_FORBIDDEN}]{{0,98}}[^{NAME_SPACE}{NAME_FORBIDDEN}])?[{NAME_SPACE}]*$"
 )
-Timestamp = Annotated[str, Meta(description="RFC 3339 UTC time", examples=["2026-11-26T17:52:59.123Z"])]
+Timestamp = Annotated[str, Meta(description="RFC 3339 UTC time", examples=["2026-11-26T17:52:59.123Z"],
+                                 extra_json_schema={"format": "date-time"})]
 
 
 class CreateKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -100,7 +101,10 @@ class AuditEvent(msgspec.Struct):
 
 
 class AuditEventList(msgspec.Struct):
+    """A page of audit events, newest first."""
+
     data: list[AuditEvent]
+    next_cursor: Annotated[str | None, Meta(description="Pass as ?cursor= for the next page; null on the last")]
 
 
 class ErrorDetail(msgspec.Struct, omit_defaults=True):

@@ -25,7 +25,7 @@ from gateway.httpserver import HttpServer, Limits
 from gateway.proxy import GatewayState, answer_protocol_error, handle
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
-from gateway.server import EnvelopeAppRunner
+from gateway.server import EnvelopeAppRunner, ops_envelope_middleware
 from gateway.signing import make_signer
 from gateway.tasks import flush_usage, listen_for_revocations, usage_flusher
 from gateway.throttle import FailureThrottle, KnownKeys
@@ -147,7 +147,8 @@ class Gateway:
 
 
 def make_ops_app(state: GatewayState) -> web.Application:
-    """/healthz, /readyz and /metrics for one gateway process."""
+    """/healthz, /readyz and /metrics for one gateway process, or for the admin API (its
+    AdminState has the same settings.redis_timeout, rules, store and metrics.render())."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -164,7 +165,7 @@ def make_ops_app(state: GatewayState) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=state.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
-    app = web.Application()
+    app = web.Application(middlewares=[ops_envelope_middleware])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -74,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_admin(args: argparse.Namespace) -> int:
     from admin_api.app import ADMIN, make_admin_app
-    from gateway.app import install_sighup, run_apps
+    from gateway.app import install_sighup, make_ops_app, run_apps
 
     settings = config.load(config.AdminSettings, vars(args))
     if not settings.operator_tokens:
@@ -83,8 +83,9 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         install_sighup(app[ADMIN].rules)
-        await run_apps([(app, settings.listen)], on_started=lambda: logging.getLogger("gateway").info(
-            "admin API on http://%s", settings.listen))
+        await run_apps([(app, settings.listen), (make_ops_app(app[ADMIN]), settings.ops_listen)],
+                       on_started=lambda: logging.getLogger("gateway").info(
+                           "admin API on http://%s (ops on http://%s)", settings.listen, settings.ops_listen))
 
     asyncio.run(main())
     return 0
@@ -131,6 +132,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     page = await store.list(args.org, limit=100, cursor=cursor, include_revoked=args.include_revoked)
                     out += [key_out(r, now) for r in page.records]
                     if not (cursor := page.next_cursor):
+                        if not out and not await store.org_exists(args.org):  # an org exists from its first key
+                            print(f"gateway: no organization {args.org}", file=sys.stderr)
+                            raise SystemExit(1)
                         return out
             record = await store.revoke(org_id=args.org, key_id=args.key_id, actor="cli", now_ms=now,
                                         ack_timeout=ACK_TIMEOUT)

@@ -44,6 +44,14 @@ def _check_redis_url(value: str, field: str) -> None:
         raise ValueError(f"{field}: {exc}") from None
 
 
+def _check_networks(cidrs: tuple[str, ...], field: str) -> None:
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ValueError(f"{field}: {cidr!r} is not an IP network") from None
+
+
 Seconds = Annotated[float, Meta(gt=0, le=3600)]
 
 
@@ -93,11 +101,7 @@ class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("--upstream: required in proxy mode (or GATEWAY_UPSTREAM); --mode forward-auth needs none")
         if self.upstream and not self.upstream.startswith(("http://", "https://")):
             raise ValueError(f"--upstream: expected an http:// or https:// URL, got {self.upstream!r}")
-        for cidr in self.trusted_proxies:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ValueError(f"--trusted-proxies: {cidr!r} is not an IP network") from None
+        _check_networks(self.trusted_proxies, "--trusted-proxies")
         if self.signing_secrets:
             try:
                 parse_secrets(self.signing_secrets)
@@ -118,10 +122,20 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         tuple[str, ...],
         Meta(description="Operator tokens (comma-separated, >= 16 chars each); env GATEWAY_OPERATOR_TOKEN"),
     ] = ()
+    ops_listen: Annotated[str, Meta(description="HOST:PORT of the admin API's /healthz, /readyz, /metrics")] = (
+        "127.0.0.1:9091"
+    )
+    # The failed-auth throttle, as `gateway serve` has it (the same flags and defaults).
+    trusted_proxies: Annotated[tuple[str, ...], Meta(description="Comma-separated CIDRs whose X-Forwarded-For names the client for throttling")] = ()
+    auth_failure_limit: Annotated[int, Meta(ge=0, description="Failed authentications per client address within --auth-failure-window before 429 (0 disables)")] = 20
+    auth_failure_window: Annotated[Seconds, Meta(description="Seconds over which --auth-failure-limit failures are allowed")] = 60.0
+    throttle_max_clients: Annotated[int, Meta(ge=1, description="Most client addresses tracked by the failure throttle")] = 100_000
 
     def __post_init__(self) -> None:
         _check_listen(self.listen, "--listen")
+        _check_listen(self.ops_listen, "--ops-listen")
         _check_redis_url(self.redis, "--redis")
+        _check_networks(self.trusted_proxies, "--trusted-proxies")
         for token in self.operator_tokens:
             if len(token) < 16:
                 raise ValueError("GATEWAY_OPERATOR_TOKEN: each operator token needs at least 16 characters")

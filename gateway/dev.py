@@ -81,19 +81,20 @@ async def run_dev(*, redis_url: str | None, scopes: str, base_port: int) -> int:
 
 
 async def _run_stack(*, redis_url: str, scopes: str, base_port: int) -> None:
-    from admin_api.app import make_admin_app
+    from admin_api.app import ADMIN, make_admin_app
     from gateway.app import Gateway, make_ops_app, run_apps
     from gateway.echo import make_echo_app
 
     token = os.environ.get("GATEWAY_OPERATOR_TOKEN") or "dev-operator-" + secrets.token_urlsafe(16)
     gw_port, admin_port, up_port, ops_port = base_port, base_port + 1, base_port + 2, base_port + 10
+    admin_ops_port = base_port + 11
     serve = config.load(config.ServeSettings, {
         "listen": f"127.0.0.1:{gw_port}", "upstream": f"http://127.0.0.1:{up_port}",
         "redis": redis_url, "scopes": scopes, "ops_listen": f"127.0.0.1:{ops_port}",
     }, environ={})
     admin = config.load(config.AdminSettings, {
         "listen": f"127.0.0.1:{admin_port}", "redis": redis_url, "scopes": scopes,
-        "operator_tokens": (token,),
+        "operator_tokens": (token,), "ops_listen": f"127.0.0.1:{admin_ops_port}",
     }, environ={})
     gateway = Gateway(serve)
     store = KeyStore(connect(redis_url))
@@ -103,9 +104,11 @@ async def _run_stack(*, redis_url: str, scopes: str, base_port: int) -> None:
                                     expires_at=None, actor="gateway dev", now_ms=now)
     finally:
         await store.redis.aclose()
+    admin_app = make_admin_app(admin)
     await run_apps(
         [(make_echo_app(), f"127.0.0.1:{up_port}"), (gateway, serve.listen),
-         (make_ops_app(gateway.state), serve.ops_listen), (make_admin_app(admin), admin.listen)],
+         (make_ops_app(gateway.state), serve.ops_listen), (admin_app, admin.listen),
+         (make_ops_app(admin_app[ADMIN]), admin.ops_listen)],
         on_started=lambda: print(_banner(key, token, redis_url, gw_port, admin_port, up_port, ops_port), flush=True),
     )
 
@@ -116,7 +119,7 @@ API-key gateway (dev) is running. Ctrl-C stops everything.
 
   gateway    http://127.0.0.1:{gw}    -> demo upstream http://127.0.0.1:{up} (echoes what it receives)
   admin API  http://127.0.0.1:{admin}   (OpenAPI: http://127.0.0.1:{admin}/openapi.json)
-  ops        http://127.0.0.1:{ops}   (/healthz /readyz /metrics)
+  ops        http://127.0.0.1:{ops}   (/healthz /readyz /metrics; the admin API's on :{ops + 1})
   redis      {redis_url}
 
 Demo key for org "{DEMO_ORG}" with {", ".join(DEMO_SCOPES)} (shown once):

@@ -43,7 +43,7 @@ class Metrics:
 
     def add_throttle(self, throttle) -> None:
         """Export how many client addresses the failure throttle tracks."""
-        self.registry.register(_ThrottleCollector(throttle))
+        self.registry.register(ThrottleCollector(throttle))
 
     def add_cache(self, cache) -> None:
         """Export the verdict cache's own counters at scrape time."""
@@ -107,15 +107,18 @@ class _CacheCollector:
         yield GaugeMetricFamily("gateway_cache_trusted", "1 while the invalidation channel is live", value=int(c.trusted))
 
 
-class _ThrottleCollector:
-    def __init__(self, throttle) -> None:
+class ThrottleCollector:
+    """How many client addresses a failure throttle tracks (``prefix``: gateway or gateway_admin)."""
+
+    def __init__(self, throttle, prefix: str = "gateway") -> None:
         self.throttle = throttle
+        self.prefix = prefix
 
     def describe(self):
         return []
 
     def collect(self):
-        yield GaugeMetricFamily("gateway_auth_throttle_clients", "Client addresses with recent failed authentications",
+        yield GaugeMetricFamily(f"{self.prefix}_auth_throttle_clients", "Client addresses with recent failed authentications",
                                 value=len(self.throttle))
-        yield CounterMetricFamily("gateway_auth_throttle_evictions", "Addresses forgotten to bound memory",
+        yield CounterMetricFamily(f"{self.prefix}_auth_throttle_evictions", "Addresses forgotten to bound memory",
                                   value=self.throttle.evictions)

@@ -18,7 +18,8 @@ class RulesHolder:
         self.path = path
         self.current: RuleSet = rules if rules is not None else load_rules(path)
         self._stamp = self._stat()
-        self.on_reload = None  # optional callback(result: str)
+        self.rejected = 0  # rejected loads since the last good one (for the "recovered" line)
+        self.on_reload = None  # optional callback(result: str): "reloaded" or "rejected"
 
     def _stat(self) -> tuple[int, int] | None:
         try:
@@ -37,13 +38,22 @@ class RulesHolder:
             rules = load_rules(self.path)
         except ScopesError as exc:
             # Fail safe: the last good rules stay in force.
+            self.rejected += 1
             log.error("scopes file rejected, keeping the previous rules: %s", exc)
             result = "rejected"
         else:
+            recovered, self.rejected = self.rejected, 0
             if rules.digest == self.current.digest:
+                if recovered:  # the last good file restored: say the alarm is over
+                    log.info("scopes file %s is valid again; the rules in force are unchanged "
+                             "(recovered after %s)", self.path, _attempts(recovered))
                 return "unchanged"
             self.current = rules
-            log.info("scopes file reloaded: %d rules from %s", len(rules.rules), self.path)
+            if recovered:
+                log.info("scopes file %s is valid again; rules reloaded: %d rules "
+                         "(recovered after %s)", self.path, len(rules.rules), _attempts(recovered))
+            else:
+                log.info("scopes file reloaded: %d rules from %s", len(rules.rules), self.path)
             result = "reloaded"
         if self.on_reload:
             self.on_reload(result)
@@ -56,3 +66,7 @@ class RulesHolder:
         while True:
             await asyncio.sleep(interval)
             await asyncio.to_thread(self.reload)
+
+
+def _attempts(n: int) -> str:
+    return f"{n} rejected attempt" + ("" if n == 1 else "s")

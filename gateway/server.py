@@ -27,6 +27,20 @@ def error_response(err: errors.ApiError, request_id: str) -> web.Response:
     )
 
 
+@web.middleware
+async def ops_envelope_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """An ops listener's 404 and 405 in the JSON envelope, like every other error."""
+    from gateway.proxy import new_request_id  # proxy imports this module's users
+
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed as exc:
+        err: errors.ApiError = errors.MethodNotAllowed(tuple(sorted(exc.allowed_methods)))
+    except web.HTTPNotFound:
+        err = errors.NotFound("No such endpoint.")
+    return error_response(err, new_request_id())
+
+
 class EnvelopeRequestHandler(web_protocol.RequestHandler):
     def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import config
 from gateway.config import ServeSettings
+from gateway.server import ops_envelope_middleware
 
 log = logging.getLogger("gateway")
 
@@ -183,7 +184,7 @@ def make_supervisor_ops_app(sup: Supervisor) -> web.Application:
         texts = {w.id: text for w, (status, text) in zip(sup.workers, results, strict=True) if status == 200}
         return web.Response(text=merge_metrics(texts), content_type="text/plain", charset="utf-8")
 
-    app = web.Application()
+    app = web.Application(middlewares=[ops_envelope_middleware])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

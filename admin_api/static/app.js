@@ -219,7 +219,8 @@ async function loadKeys(more = false) {
     for (const key of page.data) $("keys-body").append(keyRow(key));
   } catch (err) {
     if (generation !== state.generation) return;
-    handleApiError(err, "list-error");
+    // An org exists from its first key on: for an operator, a new org is an empty list.
+    if (!(err.status === 404 && err.code === "org_not_found" && !more)) handleApiError(err, "list-error");
   } finally {
     if (generation === state.generation) {
       state.loading = false;

@@ -7,7 +7,7 @@ typical key, well inside the default ``hash-max-listpack-value`` of 64 bytes per
 
 from __future__ import annotations
 
-import base64
+import re
 from typing import Any, Iterable
 
 from gateway.model import KeyRecord
@@ -109,18 +109,36 @@ def usage_bucket(key_id: str) -> tuple[str, str]:
 
 
 # -- list cursors ------------------------------------------------------------------------------
+# Plain text, so that the OpenAPI document can give the exact pattern the server accepts: the
+# position of the last entry of a page (its index score, then its key id). Nothing secret: both
+# are in the page that handed the cursor out. The audit trail's also names the kind of event.
+
+CURSOR_PATTERN = r"^[0-9]{1,15}\.key_[0-9A-Za-z]{1,60}$"
+AUDIT_CURSOR_PATTERN = r"^[0-9]{1,15}\.[cr]\.key_[0-9A-Za-z]{1,60}$"
+_CURSOR = re.compile(CURSOR_PATTERN[1:-1])
+_AUDIT_CURSOR = re.compile(AUDIT_CURSOR_PATTERN[1:-1])
+
 
 def encode_cursor(score: int, key_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{score}:{key_id}".encode()).decode().rstrip("=")
+    return f"{score}.{key_id}"
 
 
 def decode_cursor(cursor: str) -> tuple[int, str]:
-    """Parse a list cursor; ValueError when it was not made by this store."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        score, key_id = raw.split(":", 1)
-        if not key_id.startswith("key_"):
-            raise ValueError
-        return int(score), key_id
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("invalid cursor") from exc
+    """Parse a list cursor; ValueError unless it matches CURSOR_PATTERN."""
+    if not _CURSOR.fullmatch(cursor):
+        raise ValueError("invalid cursor")
+    score, key_id = cursor.split(".", 1)
+    return int(score), key_id
+
+
+def encode_audit_cursor(at: int, revoked: bool, key_id: str) -> str:
+    return f"{at}.{'r' if revoked else 'c'}.{key_id}"
+
+
+def decode_audit_cursor(cursor: str) -> tuple[int, bool, str]:
+    """Parse an audit-trail cursor: (at, is a revoke, key id); ValueError unless it matches
+    AUDIT_CURSOR_PATTERN."""
+    if not _AUDIT_CURSOR.fullmatch(cursor):
+        raise ValueError("invalid cursor")
+    at, kind, key_id = cursor.split(".", 2)
+    return int(at), kind == "r", key_id

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
 import secrets
 import time
 from dataclasses import dataclass
@@ -16,10 +15,11 @@ from redis.exceptions import RedisError
 
 from gateway import keys
 from gateway.model import AuditEvent, KeyRecord
-from gateway.store.codec import decode_cursor, decode_record, encode_cursor, encode_record
+from gateway.store.codec import (decode_audit_cursor, decode_cursor, decode_record, encode_audit_cursor,
+                                 encode_cursor, encode_record)
 from gateway.store.ledger import UsageLedger
 
-__all__ = ["KeyStore", "Page", "RedisError", "WriteTooLate", "decode_cursor"]
+__all__ = ["AuditPage", "KeyStore", "Page", "RedisError", "WriteTooLate", "decode_cursor"]
 
 # Writes carry a deadline (ms, wall clock) checked against the server's clock: a write that a
 # stalled or partitioned Redis runs only after the caller gave up (and answered 503 "nothing
@@ -68,6 +68,14 @@ FOLD_ON_READ_CHUNKS = 8  # a read that finds a dead node folds at most this many
 
 class WriteTooLate(RedisError):
     """Redis ran a write after its deadline and refused it: nothing was changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    """One page of an org's audit events, newest first; ``next_cursor`` is None on the last page."""
+
+    events: list[AuditEvent]
+    next_cursor: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,25 +298,57 @@ class KeyStore:
             next_cursor = encode_cursor(last.created_at, last.id)
         return Page(out[:limit], next_cursor)
 
-    async def audit_events(self, org_id: str, *, limit: int = 100) -> list[AuditEvent]:
-        """The org's most recent creates and revokes, newest first, read from the records.
+    async def audit_events(self, org_id: str, *, limit: int = 100, cursor: str | None = None) -> AuditPage:
+        """A page of the org's creates and revokes, newest first, read from the records.
 
         The record is the audit trail: who created and revoked a key, and when, are written
         atomically with the change itself. Creates come from the org index (by creation time),
-        revokes from the org's revocation index; the records say who and when.
+        revokes from the org's revocation index; the records say who and when. The order is
+        total (time, then a revoke before a create of the same millisecond, then key id
+        descending), so the cursor, the position of a page's last event, never skips or
+        repeats one.
         """
-        created = (await self._page(org_id, limit, None, True)).records
-        rows = await self.redis.zrange(self._org_revoked(org_id), 0, limit - 1, desc=True)
-        known = {r.id: r for r in created}
-        missing = [m.decode() for m in rows if m.decode() not in known]
-        known.update((r.id, r) for r in await self._records(missing, org_id))
-        events = [AuditEvent("api_key.created", r.id, org_id, r.created_by, r.created_at) for r in created]
-        for member in rows:
-            r = known.get(member.decode())
-            if r is not None and r.revoked_at is not None:
-                events.append(AuditEvent("api_key.revoked", r.id, org_id, r.revoked_by or "", r.revoked_at))
-        # Newest first; a revoke sorts before a create of the same millisecond.
-        return heapq.nsmallest(limit, events, key=lambda e: (-e.at, e.action != "api_key.revoked"))
+        after = decode_audit_cursor(cursor) if cursor else None
+        created = await self._events_after(self._org_keys(org_id), org_id, False, after, limit + 1)
+        revoked = await self._events_after(self._org_revoked(org_id), org_id, True, after, limit + 1)
+        merged = sorted(created + revoked, key=lambda e: e[1], reverse=True)  # key id descending
+        merged.sort(key=lambda e: (-e[0].at, e[0].action != "api_key.revoked"))  # stable
+        events = [event for event, _ in merged[:limit]]
+        next_cursor = None
+        if len(merged) > limit:
+            last = events[-1]
+            next_cursor = encode_audit_cursor(last.at, last.action == "api_key.revoked", last.key_id)
+        return AuditPage(events, next_cursor)
+
+    async def _events_after(self, index: str, org_id: str, revokes: bool,
+                            after: tuple[int, bool, str] | None, want: int) -> list[tuple[AuditEvent, str]]:
+        """Up to ``want`` events of one index (creates or revokes) that come after ``after``."""
+        out: list[tuple[AuditEvent, str]] = []
+        offset, batch = 0, max(want, 20)
+        top = "+inf" if after is None else after[0]
+        while len(out) < want:
+            rows = await self.redis.zrange(index, top, "-inf", desc=True, byscore=True, offset=offset,
+                                           num=batch, withscores=True)
+            offset += len(rows)
+            ids = []
+            for member, score in rows:
+                member = member.decode()
+                if after is not None and int(score) == after[0]:
+                    # Same millisecond as the cursor: revokes come first, then key ids descending.
+                    if revokes != after[1]:
+                        if revokes:  # a revoke sorts before the cursor's create
+                            continue
+                    elif member >= after[2]:
+                        continue
+                ids.append(member)
+            for r in await self._records(ids, org_id):
+                if not revokes:
+                    out.append((AuditEvent("api_key.created", r.id, org_id, r.created_by, r.created_at), r.id))
+                elif r.revoked_at is not None:  # an index entry whose revoke did not happen is skipped
+                    out.append((AuditEvent("api_key.revoked", r.id, org_id, r.revoked_by or "", r.revoked_at), r.id))
+            if len(rows) < batch:
+                break
+        return out[:want]
 
     async def _records(self, ids: list[str], org_id: str) -> list[KeyRecord]:
         """The records of ``ids`` that exist and belong to ``org_id``, in order (one round trip)."""
@@ -336,6 +376,10 @@ class KeyStore:
                 pass
         return [msgspec.structs.replace(r, last_used_at=usage[r.id][0], request_count=usage[r.id][1])
                 for r in records]
+
+    async def org_exists(self, org_id: str) -> bool:
+        """An org exists from its first key on: its key index is there (one EXISTS)."""
+        return bool(await self.redis.exists(self._org_keys(org_id)))
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())

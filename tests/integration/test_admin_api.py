@@ -113,6 +113,20 @@ async def test_org_key_scopes_and_isolation(stack):
     assert status == 403 and body["error"]["required_scope"] == "api_keys:read"
 
 
+async def test_a_manage_key_can_grant_read_since_manage_implies_read(stack):
+    manager = await stack.create_key(scopes=["api_keys:manage"])
+    for scopes in (["api_keys:read"], ["api_keys:manage"], ["api_keys:read", "api_keys:manage"]):
+        status, body, _ = await stack.admin_call("POST", "/v1/orgs/acme/api-keys", token=manager["key"],
+                                                 json={"name": "delegate", "scopes": scopes})
+        assert status == 201, body
+        assert body["scopes"] == scopes
+    # The implication runs one way only: a read key grants neither.
+    reader = await stack.create_key(scopes=["api_keys:read"])
+    status, body, _ = await stack.admin_call("POST", "/v1/orgs/acme/api-keys", token=reader["key"],
+                                             json={"name": "x", "scopes": ["api_keys:read"]})
+    assert status == 403 and body["error"]["code"] == "insufficient_scope"
+
+
 async def test_revoked_admin_key_is_refused_immediately(stack):
     manager = await stack.create_key(scopes=["api_keys:manage"])
     await stack.admin_call("POST", f"/v1/orgs/acme/api-keys/{manager['id']}/revoke")
@@ -173,6 +187,74 @@ async def test_revoke_is_idempotent_and_audited(stack):
     assert status == 404 and body["error"]["code"] == "key_not_found"
 
 
+async def test_audit_trail_pages_through_every_event_exactly_once_in_order(stack):
+    # 130 keys, 44 of them revoked: 174 events, many in the same millisecond as others.
+    base = int(stack.clock() * 1000)
+    created = []
+    for i in range(130):
+        record, _ = await stack.store.create(org_id="acme", name=f"k{i}", scopes=["tasks:read"], expires_at=None,
+                                             actor="operator", now_ms=base + i // 4)
+        created.append(record)
+    for i, record in enumerate(created[::3]):
+        await stack.store.revoke(org_id="acme", key_id=record.id, actor="operator", now_ms=base + 10 + i // 2)
+    await stack.store.create(org_id="globex", name="other", scopes=["tasks:read"], expires_at=None,
+                             actor="operator", now_ms=base + 5)
+    revoked = {r.id: base + 10 + i // 2 for i, r in enumerate(created[::3])}
+    expected = [("api_key.created", r.id, r.created_at) for r in created]
+    expected += [("api_key.revoked", key_id, at) for key_id, at in revoked.items()]
+    expected.sort(key=lambda e: e[1], reverse=True)
+    expected.sort(key=lambda e: (-e[2], e[0] != "api_key.revoked"))
+    for limit in (100, 7, 1):
+        seen, cursor, pages = [], None, 0
+        while True:
+            status, page, _ = await stack.admin_call(
+                "GET", "/v1/orgs/acme/audit-events", params={"limit": limit, **({"cursor": cursor} if cursor else {})})
+            assert status == 200, page
+            assert len(page["data"]) <= limit and page["data"]
+            seen += [(e["action"], e["key_id"], e["at"]) for e in page["data"]]
+            pages += 1
+            if not (cursor := page["next_cursor"]):
+                break
+        assert len(expected) == len(seen) == 174 and pages == -(-174 // limit)
+        from gateway.model import rfc3339
+
+        assert seen == [(action, key_id, rfc3339(at)) for action, key_id, at in expected]
+    status, page, _ = await stack.admin_call("GET", "/v1/orgs/acme/audit-events")
+    assert len(page["data"]) == 50 and page["next_cursor"]  # the same default as the key list
+    for bad in ({"limit": 0}, {"limit": 101}, {"cursor": "garbage"}, {"cursor": page["data"][0]["key_id"]},
+                {"cursor": "5.key_abc"}):  # a key-list cursor is not an audit cursor
+        status, body, _ = await stack.admin_call("GET", "/v1/orgs/acme/audit-events", params=bad)
+        assert status == 400 and body["error"]["code"] == "validation_failed", bad
+
+
+async def test_cursors_of_the_documented_form_are_accepted(stack):
+    """Any cursor matching the documented pattern is a page (maybe empty), never a 400."""
+    await stack.create_key()
+    for cursor in ("0.key_a", "999999999999999.key_" + "z" * 60, "1764170000123.key_0123456789ABCDEF"):
+        status, body, _ = await stack.admin_call("GET", "/v1/orgs/acme/api-keys", params={"cursor": cursor})
+        assert status == 200, (cursor, body)
+    for cursor in ("0.r.key_a", "999999999999999.c.key_" + "z" * 60):
+        status, body, _ = await stack.admin_call("GET", "/v1/orgs/acme/audit-events", params={"cursor": cursor})
+        assert status == 200, (cursor, body)
+
+
+async def test_an_org_exists_from_its_first_key_on(stack):
+    missing = "/v1/orgs/newco"
+    for method, path in (("GET", "/api-keys"), ("GET", "/api-keys/key_0123456789ABCDEF"),
+                         ("POST", "/api-keys/key_0123456789ABCDEF/revoke"), ("GET", "/audit-events")):
+        status, body, _ = await stack.admin_call(method, missing + path)
+        assert status == 404 and body["error"]["code"] == "org_not_found", (method, path, body)
+    created = await stack.create_key(org="newco")  # creating its first key creates the org
+    status, body, _ = await stack.admin_call("GET", missing + "/api-keys")
+    assert status == 200 and [k["id"] for k in body["data"]] == [created["id"]]
+    status, body, _ = await stack.admin_call("GET", missing + "/api-keys/key_0123456789ABCDEF")
+    assert status == 404 and body["error"]["code"] == "key_not_found"
+    await stack.admin_call("POST", f"{missing}/api-keys/{created['id']}/revoke")
+    status, body, _ = await stack.admin_call("GET", missing + "/api-keys")  # revoked keys still make an org
+    assert status == 200 and body["data"] == []
+    assert (await stack.admin_call("GET", missing + "/audit-events"))[0] == 200
+
+
 async def test_permissions_catalogue_is_searchable(stack):
     status, body, _ = await stack.admin_call("GET", "/v1/permissions")
     assert status == 200
@@ -207,6 +289,31 @@ async def test_openapi_document_validates_and_matches_routes(stack):
     served = {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
     assert documented == served
     await app[__import__("admin_api.app", fromlist=["ADMIN"]).ADMIN].store.redis.aclose()
+
+
+async def test_openapi_documents_error_headers_and_time_formats(stack):
+    _, doc, _ = await stack.admin_call("GET", "/openapi.json", token=None)
+    validate(doc)
+    statuses = set()
+    for ops in doc["paths"].values():
+        for method, op in ops.items():
+            if method == "parameters":
+                continue
+            for status, response in op["responses"].items():
+                statuses.add(status)
+                wanted = {"401": "WWW-Authenticate", "429": "Retry-After", "503": "Retry-After"}.get(status)
+                if wanted:
+                    assert response["headers"][wanted]["required"] is True, (method, status)
+    assert {"401", "429", "503"} <= statuses
+    schemas = doc["components"]["schemas"]
+    for name, fields in (("ApiKey", ("created_at", "expires_at", "revoked_at", "last_used_at")), ("AuditEvent", ("at",))):
+        for field in fields:
+            prop = schemas[name]["properties"][field]
+            strings = [s for s in prop.get("anyOf", [prop]) if s.get("type") == "string"]
+            assert strings and all(s["format"] == "date-time" for s in strings), (name, field)
+    # What the server sends is what the document says.
+    status, _, resp = await stack.admin_call("GET", "/v1/me", token=None)
+    assert status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 async def test_responses_match_the_openapi_schemas(stack):

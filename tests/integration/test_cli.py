@@ -76,6 +76,13 @@ def test_keys_create_list_revoke(redis_url):
     assert unknown.returncode == 2 and "nope:nope" in unknown.stderr
 
 
+def test_keys_list_of_an_org_without_keys_says_so(redis_url):
+    env = {"GATEWAY_REDIS_URL": redis_url, "GATEWAY_SCOPES": str(SCOPES)}
+    result = gateway("keys", "list", "--org", "nobody", env=env)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == ["gateway: no organization nobody"]
+
+
 async def test_serve_process_end_to_end_and_sigterm_flushes_last_used(redis_url, echo_server):
     env = {"GATEWAY_REDIS_URL": redis_url, "GATEWAY_SCOPES": str(SCOPES)}
     key = json.loads(gateway("keys", "create", "--org", "acme", "--name", "p", "--scope", "tasks:read",

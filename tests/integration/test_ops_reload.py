@@ -6,7 +6,7 @@ import logging
 
 import orjson
 
-from tests.conftest import SCOPES, eventually, free_port
+from tests.conftest import ROOT, SCOPES, eventually, free_port
 
 
 async def test_healthz_readyz_metrics(stack):
@@ -65,3 +65,36 @@ async def test_changed_scopes_file_is_picked_up_and_bad_file_keeps_old_rules(mak
 
     await eventually(rejected)
     assert (await stack.call("GET", "/v1/reports", created["key"]))[0] == 200  # last good rules
+
+
+def test_a_valid_file_after_rejected_ones_logs_that_it_recovered(tmp_path, caplog):
+    from gateway.reload import RulesHolder
+
+    path = tmp_path / "scopes.yaml"
+    good = SCOPES.read_text()
+    path.write_text(good)
+    results: list[str] = []
+    holder = RulesHolder(str(path))
+    holder.on_reload = results.append
+    with caplog.at_level(logging.INFO, logger="gateway.rules"):
+        for _ in range(2):
+            path.write_text(good + "\n  - method: GET\n    path: /v1/reports\n    scope: nope:nope\n")
+            assert holder.reload(force=True) == "rejected"
+        path.write_text(good)  # the last good file restored: nothing to swap, but the alarm is over
+        assert holder.reload(force=True) == "unchanged"
+        path.write_text("not: [valid")
+        assert holder.reload(force=True) == "rejected"
+        path.write_text(good + "\n  - method: GET\n    path: /v1/reports\n    scope: tasks:read\n")
+        assert holder.reload(force=True) == "reloaded"
+        assert holder.reload(force=True) == "unchanged"
+    recovered = [r.getMessage() for r in caplog.records if "is valid again" in r.getMessage()]
+    assert recovered == [
+        f"scopes file {path} is valid again; the rules in force are unchanged (recovered after 2 rejected attempts)",
+        f"scopes file {path} is valid again; rules reloaded: {len(holder.current.rules)} rules "
+        "(recovered after 1 rejected attempt)",
+    ]
+    # The metric's labels are the ones the README names.
+    assert results == ["rejected", "rejected", "rejected", "reloaded"]
+    readme = (ROOT / "README.md").read_text()
+    assert 'gateway_rules_reloads_total{result="rejected"}' in readme and "`reloaded`" in readme
+    assert 'result="failed"}` (a good' not in readme

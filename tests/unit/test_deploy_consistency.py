@@ -39,7 +39,6 @@ IMAGE = "api-key-gateway"
 PLACEHOLDERS = {"GATEWAY_SIGNING_SECRETS": "test:" + "s" * 32, "GATEWAY_OPERATOR_TOKEN": "t" * 16}
 # Every status the forward-auth check can refuse with (nginx must answer each one itself).
 FORWARD_AUTH_STATUSES = {400, 401, 403, 404, 405, 429, 503}
-ADMIN_GET_PATHS = {"/", "/openapi.json", "/v1/me", "/v1/permissions"}
 IDENTITY = {h.lower() for h in forward_auth.IDENTITY_RESPONSE_HEADERS + forward_auth.SIGNATURE_RESPONSE_HEADERS}
 
 
@@ -212,12 +211,13 @@ def check_compose(d: Deploy) -> None:
         assert redis_url.hostname in d.compose["services"] and redis_url.port == redis_port, name
         for published in svc.get("ports", []):
             assert int(str(published).rsplit(":", 1)[1]) == port_of(settings.listen), f"{name}: {published}"
+        # Both commands have an ops listener; the healthcheck asks its /readyz (Redis answers).
+        assert host_of(settings.ops_listen) == "0.0.0.0", f"{name}: the ops listener must be reachable"
+        probe = " ".join(svc.get("healthcheck", {}).get("test", []))
+        assert f"127.0.0.1:{port_of(settings.ops_listen)}/readyz" in probe, f"{name}: healthcheck {probe!r}"
         if command != "serve":
             continue
         assert settings.mode == "forward-auth", name
-        assert host_of(settings.ops_listen) == "0.0.0.0", f"{name}: the ops listener must be reachable"
-        probe = " ".join(svc["healthcheck"]["test"])
-        assert f"127.0.0.1:{port_of(settings.ops_listen)}/readyz" in probe, f"{name}: healthcheck {probe}"
         assert any(ip == nginx_ip or ip == f"{nginx_ip}/32" for ip in settings.trusted_proxies), \
             f"{name}: nginx ({nginx_ip}) is not a trusted proxy"
 
@@ -294,17 +294,15 @@ def check_k8s(d: Deploy) -> None:
         for mount in mounts:
             assert "scopes.yaml" in config_maps[volumes[mount["name"]]["configMap"]["name"]]["data"]
         probes = {kind: container[f"{kind}Probe"]["httpGet"] for kind in ("readiness", "liveness")}
-        if command == "serve":
-            assert host_of(settings.ops_listen) == "0.0.0.0", f"k8s {name}: the kubelet cannot reach the ops port"
-            assert ports["ops"] == port_of(settings.ops_listen), f"k8s {name}: ops port vs --ops-listen"
-            assert probes["readiness"]["path"] == "/readyz" and probes["liveness"]["path"] == "/healthz", name
-            for probe in probes.values():
-                assert ports.get(probe["port"], probe["port"]) == port_of(settings.ops_listen), f"k8s {name}: probe port"
-            annotations = pod["metadata"].get("annotations", {})
-            assert int(annotations["prometheus.io/port"]) == port_of(settings.ops_listen), name
-        else:
-            for probe in probes.values():
-                assert probe["path"] in ADMIN_GET_PATHS and ports.get(probe["port"]) == port_of(settings.listen), name
+        # The gateway and the admin API alike: probes on the ops listener, so that a pod whose
+        # Redis does not answer is not Ready (a static path such as /openapi.json would be).
+        assert host_of(settings.ops_listen) == "0.0.0.0", f"k8s {name}: the kubelet cannot reach the ops port"
+        assert ports["ops"] == port_of(settings.ops_listen), f"k8s {name}: ops port vs --ops-listen"
+        assert probes["readiness"]["path"] == "/readyz" and probes["liveness"]["path"] == "/healthz", name
+        for probe in probes.values():
+            assert ports.get(probe["port"], probe["port"]) == port_of(settings.ops_listen), f"k8s {name}: probe port"
+        annotations = pod["metadata"].get("annotations", {})
+        assert int(annotations["prometheus.io/port"]) == port_of(settings.ops_listen), name
     assert sorted(commands.values()) == ["admin", "serve"]
     for name, svc in k8s_objects(d, "Service").items():
         (dep,) = [dep for dep in deployments.values()
@@ -503,7 +501,14 @@ BREAKAGES = {
     "k8s container port": (check_k8s, lambda d: k8s_container(d, "serve")["ports"][0].update(containerPort=8081)),
     "k8s scopes mount": (check_k8s, lambda d: set_arg(k8s_container(d, "admin")["args"], "--scopes", "/scopes.yaml")),
     "k8s admin probe path": (check_k8s, lambda d: k8s_container(d, "admin")["readinessProbe"]["httpGet"].update(
-        path="/healthz")),
+        path="/openapi.json")),
+    "k8s admin probe port": (check_k8s, lambda d: k8s_container(d, "admin")["readinessProbe"]["httpGet"].update(
+        port="http")),
+    "k8s admin ops on loopback": (check_k8s, lambda d: set_arg(k8s_container(d, "admin")["args"], "--ops-listen",
+                                                              "127.0.0.1:9091")),
+    "compose admin without healthcheck": (check_compose, lambda d: d.compose["services"]["admin"].pop("healthcheck")),
+    "compose admin healthcheck on the API port": (check_compose, lambda d: d.compose["services"]["admin"][
+        "healthcheck"].update(test=["CMD", "curl", "http://127.0.0.1:8081/readyz"])),
     "k8s proxy without upstream": (check_k8s, lambda d: k8s_container(d, "serve").update(
         env=[e for e in k8s_container(d, "serve")["env"] if e["name"] != "GATEWAY_UPSTREAM"])),
     "k8s service port": (check_k8s, lambda d: k8s_objects(d, "Service")["gateway"]["spec"]["ports"][0].update(
@@ -540,7 +545,7 @@ BREAKAGES = {
     "systemd hardening": (check_systemd, lambda d: d.units["gateway-admin.service"]["Service"].append(
         ("NoNewPrivileges", "no"))),
     "dockerfile expose": (check_dockerfile, lambda d: setattr(d, "dockerfile", d.dockerfile.replace(
-        "EXPOSE 8080 8081 9090 9100", "EXPOSE 8080 8081 9090"))),
+        "EXPOSE 8080 8081 9090 9091 9100", "EXPOSE 8080 8081 9090 9100"))),
     "dockerfile cmd": (check_dockerfile, lambda d: setattr(d, "dockerfile", d.dockerfile.replace(
         '"--ops-listen", "0.0.0.0:9090"', '"--ops-listen", "0.0.0.0:99999"'))),
     "sentinel service name": (check_sentinel, lambda d: setattr(d, "sentinel_conf", d.sentinel_conf.replace(

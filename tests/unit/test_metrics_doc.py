@@ -1,4 +1,4 @@
-"""Every metric the gateway exports is named in the README, and every name there exists."""
+"""Every metric the gateway and the admin API export is named in the README, and every name there exists."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from admin_api.guard import AuthGuard
+from admin_api.ops import AdminMetrics
 from gateway.cache import VerdictCache
+from gateway.config import AdminSettings
 from gateway.metrics import Metrics
 from gateway.throttle import FailureThrottle
 from tests.conftest import ROOT
@@ -19,14 +22,31 @@ def test_readme_lists_exactly_the_exported_metrics():
     metrics.requests.record("ok", "/x", 0.002)
     metrics.redis_errors.labels("verify").inc()
     metrics.flushes.labels("ok").inc()
-    metrics.reloads.labels("ok").inc()
+    metrics.reloads.labels("reloaded").inc()
+    assert documented_metrics(0) == exported_metrics(metrics.render())
+
+
+def test_readme_lists_exactly_the_admin_api_metrics():
+    guard = AuthGuard(AdminSettings(), clock=lambda: 0.0)
+    metrics = AdminMetrics(guard)
+    metrics.requests.labels("-", "404", "not_found").inc()
+    metrics.reloads.labels("reloaded").inc()
+    assert documented_metrics(1) == exported_metrics(metrics.render())
+
+
+def exported_metrics(text: bytes) -> set[str]:
     exported = set()
-    for family in text_string_to_metric_families(metrics.render().decode()):
+    for family in text_string_to_metric_families(text.decode()):
         if family.name.endswith("_created"):
             continue  # prometheus_client's creation timestamps, not metrics of ours
         exported.add(family.name + ("_total" if family.type == "counter" else ""))
+    return exported
+
+
+def documented_metrics(which: int) -> set[str]:
+    """The names in the README's ``which``-th "Metric names:" list (0: gateway, 1: admin API)."""
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("Metric names:", 1)[1].split("\n\n", 1)[0]
+    section = readme.split("Metric names:")[which + 1].split("\n\n", 1)[0]
     documented = set()
     for name in re.findall(r"`(gateway_[a-z_{},]+)", section):
         if name.endswith("}"):  # labels: gateway_requests_total{outcome,route}
@@ -37,7 +57,7 @@ def test_readme_lists_exactly_the_exported_metrics():
             documented |= {head + o + tail for o in options.split(",")}
         else:
             documented.add(name)
-    assert documented == exported
+    return documented
 
 
 def test_request_counts_and_latency_histogram_render():

@@ -1,0 +1,76 @@
+"""The admin API's ops side: its Prometheus metrics and the access-log line of each request.
+
+The ops listener itself (/healthz, /readyz, /metrics on --ops-listen) is the gateway's
+(gateway.app.make_ops_app), over this process's store, rules and metrics.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+
+from admin_api.auth import Principal
+from admin_api.guard import AuthGuard
+from gateway import accesslog
+from gateway.metrics import LATENCY_BUCKETS, ThrottleCollector
+
+
+# What the handlers learn about a request, for its log line.
+PRINCIPAL = web.RequestKey("principal", Principal)
+ORG = web.RequestKey("org_id", str)
+
+
+class AdminMetrics:
+    """Counters and histograms named ``gateway_admin_*`` (listed in the README)."""
+
+    def __init__(self, guard: AuthGuard) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("gateway_admin_requests", "Admin API requests by route template, status and outcome",
+                                ["route", "status", "outcome"], registry=r)
+        self.duration = Histogram("gateway_admin_request_duration_seconds", "Time from request to response",
+                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.redis_errors = Counter("gateway_admin_redis_errors", "Requests answered 503 because Redis failed",
+                                    registry=r)
+        self.reloads = Counter("gateway_admin_rules_reloads", "scopes.yaml reloads by result", ["result"], registry=r)
+        r.register(_ThrottledCollector(guard))
+        r.register(ThrottleCollector(guard.throttle, prefix="gateway_admin"))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _ThrottledCollector:
+    def __init__(self, guard: AuthGuard) -> None:
+        self.guard = guard
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        yield CounterMetricFamily("gateway_admin_auth_throttled", "Requests refused with 429 too_many_failed_attempts",
+                                  value=self.guard.throttled)
+
+
+def log_request(metrics: AdminMetrics, request: web.Request, request_id: str, status: int, outcome: str,
+                started: float) -> None:
+    """Metrics and the JSON access-log line of one admin request: who and what, never the
+    Authorization header, the query string or the body."""
+    duration = time.perf_counter() - started
+    route = request.match_info.route.resource
+    template = route.canonical if route is not None else None
+    principal = request.get(PRINCIPAL)
+    metrics.requests.labels(template or "-", str(status), outcome).inc()
+    metrics.duration.observe(duration)
+    accesslog.write(orjson.dumps({
+        "request_id": request_id, "method": request.method,
+        "path": request.path,  # never the query string: it may carry secrets
+        "route": template,
+        "org_id": request.get(ORG) or (principal.org_id if principal else None),
+        "key_id": principal.actor[4:] if principal and not principal.is_operator else None,
+        "actor": principal.actor if principal else None,
+        "status": status, "outcome": outcome, "duration_ms": round(duration * 1000, 3),
+    }))
