@@ -27,9 +27,9 @@ Last-used data: see ledger.py.
 """
 
 from gateway.store.codec import decode_cursor
-from gateway.store.connection import RedisTarget, connect, parse_redis_url
+from gateway.store.connection import RedisTarget, connect, parse_redis_url, redact_redis_url
 from gateway.store.keystore import KeyStore, Page, RedisError, WriteTooLate
 from gateway.store.ledger import UsageLedger
 
 __all__ = ["KeyStore", "Page", "RedisError", "RedisTarget", "UsageLedger", "WriteTooLate", "connect",
-           "decode_cursor", "parse_redis_url"]
+           "decode_cursor", "parse_redis_url", "redact_redis_url"]
