@@ -47,6 +47,7 @@ def test_errors_are_clear_and_never_show_the_password(url, fragment):
     ("redis://:topsecret@h:6379/0", "redis://:***@h:6379/0"),
     ("rediss://gw:top:sec@ret@h:6380", "rediss://gw:***@h:6380"),
     ("redis://gw@h:6379", "redis://gw@h:6379"),  # a user name alone is not a secret
+    ("redis://:pa/ss@h:6379/0", "redis://:***@h:6379/0"),
     ("redis+sentinel://:topsecret@a:26379,b:26379/mymaster", "redis+sentinel://:***@a:26379,b:26379/mymaster"),
     ("unix:///run/redis.sock?db=1&password=topsecret", "unix:///run/redis.sock?db=1&password=***"),
 ])
