@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -24,6 +22,7 @@ from admin_api.openapi import STATIC_FILES, build_openapi
 from admin_api.ops import ORG, PRINCIPAL, AdminMetrics, log_request
 from gateway import errors
 from gateway import store as store_mod
+from gateway import validation
 from gateway.config import AdminSettings
 from gateway.model import EXPIRY_CHOICES, expires_at_for, rfc3339
 from gateway.proxy import new_request_id
@@ -34,9 +33,6 @@ from gateway.store import KeyStore, decode_audit_cursor, decode_cursor
 from gateway.tasks import ACK_TIMEOUT
 
 MAX_BODY = 64 * 1024
-ORG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-KEY_ID = re.compile(r"^key_[0-9A-Za-z]{1,60}$")
-_BIDI_CONTROLS = set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
 _json = msgspec.json.Encoder()
 _create_decoder = msgspec.json.Decoder(schemas.CreateKeyRequest)
 
@@ -187,8 +183,7 @@ async def _principal(request: web.Request) -> Principal:
 
 def _org_id(request: web.Request) -> str:
     org_id = request.match_info["org_id"]
-    # SECURITY: fullmatch, since "$" also matches before a final newline ("acme%0A").
-    if not ORG_ID.fullmatch(org_id):
+    if not validation.is_org_id(org_id):
         raise OrgNotFound()
     request[ORG] = org_id  # for the access log
     return org_id
@@ -196,7 +191,7 @@ def _org_id(request: web.Request) -> str:
 
 def _key_id(request: web.Request) -> str:
     key_id = request.match_info["key_id"]
-    if not KEY_ID.fullmatch(key_id):  # not an id this API hands out: no Redis lookup for it
+    if not validation.is_key_id(key_id):  # not an id this API hands out: no Redis lookup for it
         raise errors.KeyNotFound()
     return key_id
 
@@ -228,12 +223,11 @@ async def create_key(request: web.Request) -> web.Response:
     org_id = _org_id(request)
     principal.require(MANAGE, org_id)
     body = await _read_create(request)
-    name = _valid_name(body.name)
-    scopes = list(dict.fromkeys(body.scopes))  # de-duplicated, order kept
-    known = st.rules.current.permissions
-    unknown = [s for s in scopes if s not in known]
-    if unknown:
-        raise FieldError("scopes", f"Unknown scopes: {', '.join(unknown)}.", unknown_scopes=unknown)
+    try:
+        name = validation.key_name(body.name)
+        scopes = validation.key_scopes(body.scopes, st.rules.current.permissions)
+    except validation.InvalidField as exc:
+        raise FieldError(exc.field, str(exc), **exc.extra) from None
     refused = principal.grantable(scopes)
     if refused:
         raise errors.ScopeNotGrantable(
@@ -295,16 +289,6 @@ def _field_error(message: str) -> FieldError:
     if field == "expires_in":
         message = f"expires_in must be one of: {', '.join(EXPIRY_CHOICES)}."
     return FieldError(field or "body", message.rstrip(".") + ".")
-
-
-def _valid_name(name: str) -> str:
-    name = name.strip()
-    if not 1 <= len(name) <= 100:
-        raise FieldError("name", "The name must be 1 to 100 characters long.")
-    for ch in name:
-        if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ord(ch) in _BIDI_CONTROLS:
-            raise FieldError("name", "The name must not contain control characters.")
-    return name
 
 
 async def list_keys(request: web.Request) -> web.Response:

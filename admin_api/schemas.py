@@ -13,8 +13,8 @@ ExpiresIn = Literal["never", "30d", "90d", "1y"]
 
 # What str.strip() trims (str.isspace), and what a name may never contain: controls (Cc), line and
 # paragraph separators (Zl, Zp) and the bidi embeddings, overrides and isolates (Trojan Source).
-# admin_api.app._valid_name enforces this; NAME_PATTERN says the same thing in the OpenAPI document
-# (tests/security/test_fuzz_properties.py checks that the two agree).
+# gateway.validation.key_name enforces this for the admin API and the CLI; NAME_PATTERN says the same
+# thing in the OpenAPI document (tests/security/test_fuzz_properties.py checks that the two agree).
 NAME_SPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 NAME_FORBIDDEN = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 NAME_PATTERN = (
@@ -30,7 +30,7 @@ class CreateKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     name: Annotated[str, Meta(
         description="1-100 characters after trimming, no control, line-separator or bidi-override characters",
-        extra_json_schema={"pattern": NAME_PATTERN},  # documented only: _valid_name gives the clearer 400s
+        extra_json_schema={"pattern": NAME_PATTERN},  # documented only: key_name gives the clearer 400s
     )]
     scopes: Annotated[list[str], Meta(min_length=1, max_length=200, description="Known resource:action scopes")]
     expires_in: Annotated[ExpiresIn, Meta(description="When the key stops working")] = "never"

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.metadata
 import logging
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
-from gateway import accesslog, config
+from gateway import accesslog, config, validation
+from gateway.model import EXPIRY_CHOICES
 from gateway.resources import shipped
 from gateway.scopes import ScopesError, load_rules
 
@@ -24,9 +27,9 @@ def _setup_logging() -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 2) -> int:
     print(f"gateway: {message}", file=sys.stderr)
-    return 2
+    return code
 
 
 def _try_uvloop() -> None:
@@ -37,13 +40,31 @@ def _try_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+log = logging.getLogger("gateway")
+_background: set[asyncio.Task] = set()  # tasks kept referenced until they finish
+
+
+def _then_watch_redis(store, url: str, meanwhile: str, log_started: Callable[[], None]) -> Callable[[], None]:
+    """The on_started callback of serve and admin: log_started(), then redis_reach.watch() in the background."""
+
+    from gateway import redis_reach
+
+    def started() -> None:
+        log_started()
+        task = asyncio.get_running_loop().create_task(redis_reach.watch(store, url, meanwhile))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    return started
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.app import Gateway, install_sighup, make_ops_app, run_apps
     from gateway.workers import WORKER_ENV, run_supervisor
 
     settings = config.load(config.ServeSettings, vars(args))
     if settings.mode == "forward-auth" and not settings.trusted_proxies and not os.environ.get(WORKER_ENV):
-        logging.getLogger("gateway").warning(
+        log.warning(
             "forward-auth without --trusted-proxies: every client shares the edge's address in the failed-auth throttle")
     if settings.workers > 1:
         return asyncio.run(run_supervisor(settings))
@@ -60,11 +81,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         install_sighup(state.rules)
         await run_apps(
             [(gateway, settings.listen), (make_ops_app(state), settings.ops_listen)],
-            on_started=lambda: logging.getLogger("gateway").info(
+            on_started=_then_watch_redis(state.store, settings.redis, "/readyz answers 503 until it does", lambda: log.info(
                 "gateway%s on http://%s -> %s (ops on http://%s)",
                 f" worker {worker}" if worker else "", settings.listen,
                 settings.upstream if settings.mode == "proxy" else "forward-auth (the edge forwards)", settings.ops_listen,
-            ),
+            )),
             reuse_port=(settings.listen,) if worker else (),
         )
 
@@ -78,14 +99,16 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
     settings = config.load(config.AdminSettings, vars(args))
     if not settings.operator_tokens:
-        logging.getLogger("gateway").warning("no GATEWAY_OPERATOR_TOKEN set: only org keys with api_keys:* can use the admin API")
+        log.warning("no GATEWAY_OPERATOR_TOKEN set: only org keys with api_keys:* can use the admin API")
     app = make_admin_app(settings)
 
     async def main() -> None:
         install_sighup(app[ADMIN].rules)
         await run_apps([(app, settings.listen), (make_ops_app(app[ADMIN]), settings.ops_listen)],
-                       on_started=lambda: logging.getLogger("gateway").info(
-                           "admin API on http://%s (ops on http://%s)", settings.listen, settings.ops_listen))
+                       on_started=_then_watch_redis(
+                           app[ADMIN].store, settings.redis, "requests answer 503 store_unavailable until it does",
+                           lambda: log.info("admin API on http://%s (ops on http://%s)", settings.listen,
+                                            settings.ops_listen)))
 
     asyncio.run(main())
     return 0
@@ -98,86 +121,142 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return asyncio.run(run_dev(redis_url=args.redis, scopes=scopes, base_port=args.port))
 
 
-def _keys_store(args: argparse.Namespace):
-    from gateway.store import KeyStore, connect
+KEYS_REDIS_TIMEOUT = 2.0  # seconds per Redis call of `gateway keys` (plus one quick retry)
+FLAGS = {"org_id": "--org", "name": "--name", "scopes": "--scope", "key_id": "KEY_ID"}  # InvalidField.field
 
-    settings = config.load(config.AdminSettings, {"redis": args.redis, "scopes": args.scopes_file})
-    return settings, KeyStore(connect(settings.redis, timeout=2.0), settings.redis_prefix)
+
+class CliError(Exception):
+    """A refusal printed as one line, ``gateway: <message>``, with exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from admin_api.schemas import created_out, key_out
+    from gateway import redis_reach
     from gateway.model import expires_at_for
+    from gateway.store import KeyStore, connect
     from gateway.tasks import ACK_TIMEOUT
 
-    settings, store = _keys_store(args)
+    settings = config.load(config.AdminSettings, {"redis": args.redis, "scopes": args.scopes,
+                                                  "redis_prefix": args.redis_prefix})
+    # Everything the admin API would refuse is refused here too, before Redis is touched.
+    org_id = validation.org_id(args.org)
+    if args.keys_cmd == "create":
+        name = validation.key_name(args.name)
+        scopes = validation.key_scopes([s.strip() for item in args.scope for s in item.split(",") if s.strip()],
+                                       load_rules(settings.scopes).permissions)
+    elif args.keys_cmd == "revoke":
+        key_id = validation.key_id(args.key_id)
     now = int(time.time() * 1000)
 
     async def run() -> object:
+        store = KeyStore(connect(settings.redis, timeout=KEYS_REDIS_TIMEOUT), settings.redis_prefix)
         try:
+            await redis_reach.reach(store)
             if args.keys_cmd == "create":
-                rules = load_rules(settings.scopes)
-                scopes = [s for item in args.scope for s in item.split(",") if s]
-                unknown = [s for s in scopes if s not in rules.permissions]
-                if not scopes or unknown:
-                    raise SystemExit(_fail(f"--scope: unknown or missing scopes: {', '.join(unknown) or '(none)'}"))
                 record, secret = await store.create(
-                    org_id=args.org, name=args.name.strip(), scopes=scopes,
+                    org_id=org_id, name=name, scopes=scopes,
                     expires_at=expires_at_for(args.expires_in, now), actor="cli", now_ms=now,
                 )
                 return created_out(record, now, secret)
             if args.keys_cmd == "list":
                 out, cursor = [], None
                 while True:
-                    page = await store.list(args.org, limit=100, cursor=cursor, include_revoked=args.include_revoked)
+                    page = await store.list(org_id, limit=100, cursor=cursor, include_revoked=args.include_revoked)
                     out += [key_out(r, now) for r in page.records]
                     if not (cursor := page.next_cursor):
-                        if not out and not await store.org_exists(args.org):  # an org exists from its first key
-                            print(f"gateway: no organization {args.org}", file=sys.stderr)
+                        if not out and not await store.org_exists(org_id):  # an org exists from its first key
+                            print(f"gateway: no organization {org_id}", file=sys.stderr)
                             raise SystemExit(1)
                         return out
-            record = await store.revoke(org_id=args.org, key_id=args.key_id, actor="cli", now_ms=now,
+            record = await store.revoke(org_id=org_id, key_id=key_id, actor="cli", now_ms=now,
                                         ack_timeout=ACK_TIMEOUT)
             if record is None:
-                raise SystemExit(_fail(f"no key {args.key_id} in org {args.org}"))
+                raise CliError(f"no key {key_id} in org {org_id}")
             return key_out(record, now)
         finally:
             await store.redis.aclose()
 
     import msgspec
 
-    result = asyncio.run(run())
+    try:
+        result = asyncio.run(run())
+    except redis_reach.ERRORS as exc:
+        raise CliError(redis_reach.failure(settings.redis, exc), code=1) from None
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(result), indent=2).decode() + "\n")
     if args.keys_cmd == "create":
         print("Store the key now: it is not shown again.", file=sys.stderr)
     return 0
 
 
-def cmd_scopes(args: argparse.Namespace) -> int:
-    rules = load_rules(args.file)
-    if args.scopes_cmd == "check":
-        print(f"{args.file}: OK: {len(rules.permissions)} permissions, {len(rules.rules)} routes")
-        return 0
-    from gateway.paths import InvalidPath, canonicalize
+def _scopes_file(given: str | None) -> str:
+    """--scopes, else GATEWAY_SCOPES (or GATEWAY_SCOPES_FILE), else ./scopes.yaml, else the shipped example."""
+    if given:
+        return given
+    for env in config.env_names("scopes"):
+        if os.environ.get(env):
+            return os.environ[env]
+    return "scopes.yaml" if Path("scopes.yaml").is_file() else str(SHIPPED_SCOPES)
 
+
+def cmd_scopes(args: argparse.Namespace) -> int:
+    """check: 0 when the file loads. explain: 0 when the gateway routes the request (a rule
+    matches), 1 when it answers 404, 405 or 400 without looking at a key."""
+    from gateway.httpserver import method_refused
+    from gateway.paths import InvalidPath, canonicalize
+    from gateway.scopes import MethodNotAllowed, RouteNotFound
+
+    path = _scopes_file(args.scopes or getattr(args, "file", None))
+    rules = load_rules(path)
+    if args.scopes_cmd == "check":
+        print(f"{path}: OK: {len(rules.permissions)} permissions, {len(rules.rules)} routes")
+        return 0
+    if (why := method_refused(args.method)) is not None:
+        hint = f"; methods are case-sensitive: {args.method.upper()}" if method_refused(args.method.upper()) is None else ""
+        print(f"400 malformed_request: the gateway refuses the method {args.method!r} ({why}{hint})")
+        return 1
     try:
         segments = canonicalize(args.path).segments
     except InvalidPath as exc:
         print(f"400 invalid_path: {exc.reason}")
         return 1
-    print(rules.explain(args.method.upper(), segments))
-    return 0
+    print(rules.explain(args.method, segments))
+    return 1 if isinstance(rules.match(args.method, segments), (RouteNotFound, MethodNotAllowed)) else 0
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("api-key-gateway")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" for the options that have a meaningful default of their own; the
+    settings flags (default None: unset) say theirs in their help text (config.add_arguments)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, [], argparse.SUPPRESS) or "(default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the edge proxy")
+    def command(subparsers, name: str, **kw) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, formatter_class=_HelpFormatter, **kw)
+
+    serve = command(sub, "serve", help="run the edge proxy")
     config.add_arguments(serve, config.ServeSettings)
     serve.set_defaults(func=cmd_serve)
 
-    admin = sub.add_parser("admin", help="run the admin API")
+    admin = command(sub, "admin", help="run the admin API")
     config.add_arguments(admin, config.AdminSettings, skip=("operator_tokens",))
     admin.set_defaults(func=cmd_admin)
 
@@ -188,31 +267,36 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8080, help="gateway port; admin +1, upstream +2, ops +10")
     dev.set_defaults(func=cmd_dev)
 
-    keys = sub.add_parser("keys", help="manage keys directly in Redis (operator)")
+    keys = command(sub, "keys", help="manage keys directly in Redis (operator)")
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
     for name in ("create", "list", "revoke"):
-        p = keys_sub.add_parser(name)
-        p.add_argument("--redis", default=None, help="Redis URL (env GATEWAY_REDIS_URL)")
-        p.add_argument("--scopes-file", default=None, help="scopes.yaml (env GATEWAY_SCOPES)")
+        p = command(keys_sub, name)
+        config.add_arguments(p, config.AdminSettings, only=("redis", "scopes", "redis_prefix"))
+        p.add_argument("--scopes-file", dest="scopes", default=None, help=argparse.SUPPRESS)  # deprecated: --scopes
         p.add_argument("--org", required=True, help="organization id")
         if name == "create":
-            p.add_argument("--name", required=True)
+            p.add_argument("--name", required=True, help=f"what the key is for, 1-{validation.NAME_MAX} characters")
             p.add_argument("--scope", action="append", default=[], help="scope to grant (repeat or comma-separate)")
-            p.add_argument("--expires-in", default="never", choices=["never", "30d", "90d", "1y"])
+            p.add_argument("--expires-in", default="never", choices=list(EXPIRY_CHOICES), help="when the key stops working")
         elif name == "list":
-            p.add_argument("--include-revoked", action="store_true")
+            p.add_argument("--include-revoked", action="store_true", help="also list revoked keys")
         else:
-            p.add_argument("key_id")
+            p.add_argument("key_id", metavar="KEY_ID", help="the key's id, key_...")
     keys.set_defaults(func=cmd_keys)
 
-    scopes = sub.add_parser("scopes", help="check scopes.yaml or explain how a request is authorized")
+    scopes = command(sub, "scopes", help="check scopes.yaml or explain how a request is authorized")
     scopes_sub = scopes.add_subparsers(dest="scopes_cmd", required=True)
-    check = scopes_sub.add_parser("check")
-    check.add_argument("file", nargs="?", default="scopes.yaml")
-    explain = scopes_sub.add_parser("explain")
-    explain.add_argument("method")
-    explain.add_argument("path")
-    explain.add_argument("--file", default="scopes.yaml")
+    scopes_help = ("scopes file (default: $GATEWAY_SCOPES, else ./scopes.yaml, else the example shipped with "
+                   "the gateway)")
+    check = command(scopes_sub, "check", help="load a scopes file and report its errors (exit 0: it loads)")
+    check.add_argument("--scopes", default=None, help=scopes_help)
+    check.add_argument("file", nargs="?", default=None, metavar="FILE", help="same as --scopes")
+    explain = command(scopes_sub, "explain", help="which rule authorizes METHOD PATH (exit 0: routed; "
+                                                  "1: the gateway answers 404, 405 or 400)")
+    explain.add_argument("method", metavar="METHOD", help="as sent, case-sensitive: GET, POST, ...")
+    explain.add_argument("path", metavar="PATH", help="request target, e.g. /v1/tasks/42")
+    explain.add_argument("--scopes", default=None, help=scopes_help)
+    explain.add_argument("--file", dest="scopes", default=None, help=argparse.SUPPRESS)  # deprecated: --scopes
     scopes.set_defaults(func=cmd_scopes)
     return parser
 
@@ -226,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except config.ConfigError as exc:
         return _fail(str(exc))
+    except validation.InvalidField as exc:
+        return _fail(f"{FLAGS.get(exc.field, exc.field)}: {exc}")
+    except CliError as exc:
+        return _fail(str(exc), exc.code)
     except ScopesError as exc:
         return _fail(f"invalid scopes file: {exc}")
     except KeyboardInterrupt:

@@ -149,10 +149,12 @@ def env_names(field: str) -> tuple[str, ...]:
     return ("GATEWAY_" + field.upper(), *ENV_ALIASES.get(field, ()))
 
 
-def add_arguments(parser: argparse.ArgumentParser, settings_type: type[msgspec.Struct], skip: tuple[str, ...] = ()) -> None:
-    """One flag per settings field, described from its Meta, defaulting to None (= unset)."""
+def add_arguments(parser: argparse.ArgumentParser, settings_type: type[msgspec.Struct], skip: tuple[str, ...] = (),
+                  only: tuple[str, ...] | None = None) -> None:
+    """One flag per settings field (or per field in ``only``), described from its Meta with its
+    default and variables, defaulting to None (= unset)."""
     for field in msgspec.structs.fields(settings_type):
-        if field.name in skip:
+        if field.name in skip or (only is not None and field.name not in only):
             continue
         meta = _meta(settings_type, field.name)
         envs = " or ".join(env_names(field.name))
@@ -160,8 +162,19 @@ def add_arguments(parser: argparse.ArgumentParser, settings_type: type[msgspec.S
             flag(field.name),
             dest=field.name,
             default=None,
-            help=f"{meta} (env {envs})",
+            help=f"{meta} (default: {show_default(field.default)}; env {envs})".replace("%", "%%"),
         )
+
+
+def show_default(value: Any) -> str:
+    """A settings default as --help shows it: "none" for an empty value or no default."""
+    if value is msgspec.NODEFAULT or value in ("", ()):
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _meta(settings_type: type, name: str) -> str:

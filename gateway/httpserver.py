@@ -548,6 +548,22 @@ _STATUS_REASONS = {
 _STATUS_LINES: dict[tuple[int, str], bytes] = {}
 
 
+def method_refused(method: str) -> str | None:
+    """Why this server's parser (llhttp) refuses a request with this method, or None if it parses it.
+
+    Methods are case-sensitive tokens from llhttp's list: ``get`` and ``FOO`` are refused (400).
+    """
+    if not method or not method.isascii() or not method.isprintable() or " " in method:
+        return "not an HTTP method token"
+    try:
+        httptools.HttpRequestParser(None).feed_data(f"{method} / HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    except httptools.HttpParserUpgrade:  # CONNECT: parsed, then the connection is not HTTP any more
+        return None
+    except httptools.HttpParserError as exc:
+        return str(exc)
+    return None
+
+
 def status_line(status: int, reason: str) -> bytes:
     """``HTTP/1.1 <status> <reason>\\r\\n``, cached per (status, reason)."""
     key = (status, reason)

@@ -27,9 +27,10 @@ Last-used data: see ledger.py.
 """
 
 from gateway.store.codec import AUDIT_CURSOR_PATTERN, CURSOR_PATTERN, decode_audit_cursor, decode_cursor
-from gateway.store.connection import RedisTarget, connect, parse_redis_url
+from gateway.store.connection import RedisTarget, connect, parse_redis_url, redact_redis_url
 from gateway.store.keystore import AuditPage, KeyStore, Page, RedisError, WriteTooLate
 from gateway.store.ledger import UsageLedger
 
 __all__ = ["AUDIT_CURSOR_PATTERN", "AuditPage", "CURSOR_PATTERN", "KeyStore", "Page", "RedisError", "RedisTarget",
-           "UsageLedger", "WriteTooLate", "connect", "decode_audit_cursor", "decode_cursor", "parse_redis_url"]
+           "UsageLedger", "WriteTooLate", "connect", "decode_audit_cursor", "decode_cursor", "parse_redis_url",
+           "redact_redis_url"]

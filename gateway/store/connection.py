@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import re
 from urllib.parse import unquote
 
 import redis.asyncio as aioredis
@@ -11,7 +12,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 
-__all__ = ["RedisTarget", "connect", "parse_redis_url"]
+__all__ = ["RedisTarget", "connect", "parse_redis_url", "redact_redis_url"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,20 @@ def parse_redis_url(url: str) -> RedisTarget:
     if db and not db.isdigit():
         raise ValueError(f"expected a database number after the service name, got {db!r}")
     return RedisTarget("sentinel", url, tuple(nodes), service, int(db or 0), username, password)
+
+
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
+
+
+def redact_redis_url(url: str) -> str:
+    """The URL fit for a message or a log line: ``redis://:secret@h`` -> ``redis://:***@h``,
+    ``?password=secret`` -> ``?password=***``."""
+    scheme, sep, rest = url.partition("://")
+    head, q, query = rest.partition("?")
+    userinfo, at, hosts = head.rpartition("@")  # the last "@", as parse_redis_url reads it
+    if at and ":" in userinfo:
+        head = userinfo.partition(":")[0] + ":***@" + hosts
+    return _QUERY_PASSWORD.sub(r"\1***", scheme + sep + head + q + query)
 
 
 def connect(url: str, *, timeout: float = 0.5) -> aioredis.Redis | RedisCluster:

@@ -17,7 +17,8 @@ import pytest
 import redis
 
 from gateway.dev import die_with_parent
-from tests.conftest import ROOT, SCOPES, eventually, free_port
+from tests.conftest import ROOT, SCOPES, OPERATOR_TOKEN, RedisServer, eventually, free_port
+from tests.rawhttp import raw_request
 
 
 def gateway(*args: str, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
@@ -30,16 +31,74 @@ def test_scopes_check_ok_and_error_names_file_line_field(tmp_path):
     assert ok.returncode == 0 and "OK" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("permissions:\n  tasks:read: View tasks\nroutes:\n  - method: GET\n    path: /v1/tasks\n    scope: tasks:reed\n")
-    result = gateway("scopes", "check", str(bad))
+    result = gateway("scopes", "check", "--scopes", str(bad))
     assert result.returncode != 0
     assert f"{bad}:6" in result.stderr and "routes[0].scope" in result.stderr and "tasks:reed" in result.stderr
 
 
-def test_scopes_explain():
-    result = gateway("scopes", "explain", "GET", "/v1/tasks/t1", "--file", str(SCOPES))
-    assert result.returncode == 0 and "/v1/tasks/{task_id}" in result.stdout and "tasks:read" in result.stdout
-    result = gateway("scopes", "explain", "GET", "/v1/../x", "--file", str(SCOPES))
-    assert result.returncode == 1 and "invalid_path" in result.stdout
+@pytest.mark.parametrize("method, path, code, fragment", [
+    ("GET", "/v1/tasks/t1", 0, "/v1/tasks/{task_id}"),
+    ("GET", "/v1/../x", 1, "400 invalid_path"),
+    ("GET", "/v1/nope", 1, "404 route_not_found"),
+    ("DELETE", "/v1/tasks", 1, "405 method_not_allowed"),
+    ("get", "/v1/tasks", 1, "methods are case-sensitive: GET"),  # the gateway's parser refuses it (400)
+    ("FOO", "/v1/tasks", 1, "400 malformed_request"),
+])
+def test_scopes_explain_exits_0_only_for_a_routed_request(method, path, code, fragment):
+    result = gateway("scopes", "explain", method, path, "--scopes", str(SCOPES))
+    assert (result.returncode, fragment in result.stdout) == (code, True), result
+
+
+async def test_scopes_explain_refuses_a_method_exactly_when_the_gateway_does(stack):
+    for method in ("GET", "get", "FOO", "PROPFIND", "Get"):
+        request = f"{method} /v1/tasks HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        answer = await raw_request(stack.gateway, request)
+        gateway_refuses = answer.status == 400 and answer.json()["error"]["code"] == "malformed_request"
+        explained = gateway("scopes", "explain", method, "/v1/tasks", "--scopes", str(SCOPES))
+        assert gateway_refuses == ("400 malformed_request" in explained.stdout), (method, answer, explained.stdout)
+        assert gateway_refuses == (method not in ("GET", "PROPFIND"))
+
+
+def test_scopes_commands_take_the_same_scopes_option_and_default(tmp_path):
+    bare = {**os.environ, "GATEWAY_SCOPES": "", "GATEWAY_SCOPES_FILE": "", "PYTHONPATH": str(ROOT)}
+
+    def run(*args, env=bare, cwd=tmp_path):
+        return subprocess.run([sys.executable, "-m", "gateway", "scopes", *args], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    other = tmp_path / "other.yaml"
+    other.write_text(SCOPES.read_text())
+    for args in (["check", "--scopes", str(other)], ["check", str(other)],  # the positional still works
+                 ["explain", "GET", "/v1/tasks", "--scopes", str(other)],
+                 ["explain", "GET", "/v1/tasks", "--file", str(other)]):  # the old flag still works
+        result = run(*args)
+        assert result.returncode == 0 and str(other) in result.stdout, (args, result)
+    from_env = run("check", env={**bare, "GATEWAY_SCOPES": str(other)})
+    assert from_env.returncode == 0 and str(other) in from_env.stdout
+    shipped = run("check")  # no ./scopes.yaml here: the example shipped with the gateway
+    assert shipped.returncode == 0 and "OK" in shipped.stdout, shipped
+    (tmp_path / "scopes.yaml").write_text(SCOPES.read_text())
+    local = run("explain", "GET", "/v1/tasks")
+    assert local.returncode == 0 and "scopes.yaml line" in local.stdout and str(SCOPES) not in local.stdout
+
+
+def test_version_and_help_with_defaults_and_variables():
+    from importlib.metadata import version
+
+    assert gateway("--version").stdout.strip() == f"gateway {version('api-key-gateway')}"
+
+    def help_of(*args):
+        return " ".join(gateway(*args, "--help", check=True).stdout.split())  # argparse wraps lines
+
+    serve = help_of("serve")
+    assert "(default: 127.0.0.1:8080; env GATEWAY_LISTEN)" in serve
+    assert "(default: 0.5; env GATEWAY_REDIS_TIMEOUT)" in serve and "(default: none; env GATEWAY_SIGNING_SECRETS)" in serve
+    create = help_of("keys", "create")
+    for fragment in ("--scopes SCOPES", "env GATEWAY_SCOPES or GATEWAY_SCOPES_FILE", "--redis-prefix",
+                     "(default: gw; env GATEWAY_REDIS_PREFIX)", "(default: never)"):
+        assert fragment in create, fragment
+    assert "--scopes-file" not in create  # a hidden, deprecated alias
+    assert "exit 0: routed" in help_of("scopes")
 
 
 @pytest.mark.parametrize(
@@ -81,6 +140,157 @@ def test_keys_list_of_an_org_without_keys_says_so(redis_url):
     result = gateway("keys", "list", "--org", "nobody", env=env)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip().splitlines() == ["gateway: no organization nobody"]
+
+
+BAD_KEYS_INPUT = [
+    (["create", "--org", "acme", "--name", ""], "--name: The name must be 1 to 100 characters long."),
+    (["create", "--org", "acme", "--name", "   "], "--name: The name must be 1 to 100 characters long."),
+    (["create", "--org", "acme", "--name", "x" * 200], "--name: The name must be 1 to 100 characters long."),
+    (["create", "--org", "acme", "--name", "a\x1b[31mb"], "--name: The name must not contain control characters."),
+    (["create", "--org", "acme", "--name", "line\nbreak"], "--name: The name must not contain control characters."),
+    (["create", "--org", "acme", "--name", "bidi \u202e"], "--name: The name must not contain control characters."),
+    (["create", "--org", "bad org/x", "--name", "ok"], "--org: An organization ID is 1-64 letters"),
+    (["create", "--org", "acme", "--name", "ok", "--scope", "nope:nope,tasks:read"], "--scope: Unknown scopes: nope:nope."),
+    (["create", "--org", "acme", "--name", "ok", "--scope", ","], "--scope: At least one scope is required."),
+    (["list", "--org=-x"], "--org: An organization ID is 1-64 letters"),
+    (["revoke", "--org", "acme", "key_../x"], "KEY_ID: A key ID is 'key_' followed by letters and digits"),
+]
+
+
+def test_keys_refuse_what_the_admin_api_refuses_with_one_line(redis_url, redis_server):
+    env = {"GATEWAY_REDIS_URL": redis_url, "GATEWAY_SCOPES": str(SCOPES)}
+    for args, message in BAD_KEYS_INPUT:
+        if args[0] == "create" and "--scope" not in args:
+            args = [*args, "--scope", "tasks:read"]
+        result = gateway("keys", *args, env=env)
+        assert result.returncode == 2 and result.stderr.startswith(f"gateway: {message}"), (args, result.stderr)
+        assert len(result.stderr.splitlines()) == 1 and "\x1b" not in result.stderr, (args, result.stderr)
+    assert redis_server.client.keys("*") == []  # nothing was written
+
+
+async def test_the_cli_and_the_admin_api_give_the_same_messages(stack, redis_url):
+    env = {"GATEWAY_REDIS_URL": redis_url, "GATEWAY_SCOPES": str(SCOPES)}
+    for name, scopes in (("", ["tasks:read"]), ("x" * 101, ["tasks:read"]), ("a\x1bb", ["tasks:read"]),
+                         ("ok", ["nope:nope"])):
+        status, body, _ = await stack.admin_call("POST", "/v1/orgs/acme/api-keys", json={"name": name, "scopes": scopes})
+        assert status == 400, body
+        field = {"name": "--name", "scopes": "--scope"}[body["error"]["field"]]
+        cli = gateway("keys", "create", "--org", "acme", "--name", name, "--scope", ",".join(scopes), env=env)
+        assert cli.stderr.strip() == f"gateway: {field}: {body['error']['message']}", (cli.stderr, body)
+
+
+def test_keys_take_redis_prefix_and_scopes_like_serve_and_admin(redis_url, redis_server):
+    clean = {"GATEWAY_REDIS_URL": redis_url, "GATEWAY_SCOPES": "", "GATEWAY_SCOPES_FILE": "", "GATEWAY_REDIS_PREFIX": ""}
+    created = gateway("keys", "create", "--org", "acme", "--name", "p", "--scope", "tasks:read", "--redis-prefix", "tenant1",
+                      "--scopes", str(SCOPES), env=clean, check=True)
+    key_id = json.loads(created.stdout)["id"]
+    assert redis_server.client.exists(f"tenant1:key:{{{key_id}}}") and not redis_server.client.keys("gw:*")
+    with_env = {**clean, "GATEWAY_REDIS_PREFIX": "tenant1"}
+    assert [k["id"] for k in json.loads(gateway("keys", "list", "--org", "acme", env=with_env, check=True).stdout)] == [key_id]
+    other = gateway("keys", "list", "--org", "acme", env=clean)  # under the default prefix, acme has no key
+    assert other.returncode == 1 and other.stderr.strip() == "gateway: no organization acme", other.stderr
+    old = gateway("keys", "create", "--org", "acme", "--name", "q", "--scope", "tasks:read", "--scopes-file", str(SCOPES),
+                  env=clean)  # the deprecated spelling still works
+    assert old.returncode == 0, old.stderr
+
+
+def _one_redis_line(result: subprocess.CompletedProcess, url_shown: str, reason: str) -> None:
+    assert result.returncode == 1 and result.stdout == "", result
+    assert result.stderr.splitlines() == [
+        f"gateway: cannot reach Redis at {url_shown} (set --redis or GATEWAY_REDIS_URL): {reason}"], result.stderr
+
+
+@pytest.mark.parametrize("args", [["list", "--org", "acme"], ["revoke", "--org", "acme", "key_abc"],
+                                  ["create", "--org", "acme", "--name", "n", "--scope", "tasks:read"]])
+def test_keys_with_redis_down_print_one_line_without_the_password(tmp_path, args):
+    server = RedisServer(tmp_path)
+    server.stop()  # a port where a Redis was, and nothing listens now
+    env = {"GATEWAY_REDIS_URL": f"redis://:topsecret@127.0.0.1:{server.port}/0", "GATEWAY_SCOPES": str(SCOPES)}
+    _one_redis_line(gateway("keys", *args, env=env), f"redis://:***@127.0.0.1:{server.port}/0", "Connection refused")
+
+
+def test_keys_with_redis_paused_give_up_within_3_seconds(tmp_path):
+    server = RedisServer(tmp_path)
+    server.proc.send_signal(signal.SIGSTOP)  # accepts connections (the kernel does), never answers
+    try:
+        started = time.monotonic()
+        result = gateway("keys", "list", "--org", "acme", "--redis", server.url)
+        took = time.monotonic() - started
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+        server.stop()
+    _one_redis_line(result, server.url, "no answer within 2.5 s")
+    assert took < 4.5, took  # 2.5 s deadline plus the interpreter's start-up
+
+
+class _Stderr:
+    """A process's stderr lines, read as they come."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=lambda: [self.lines.put(line) for line in proc.stderr], daemon=True).start()
+
+    def wait_for(self, fragment: str, timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {fragment!r} in {timeout} s; stderr: {self.seen}") from None
+            self.seen.append(line)
+            if fragment in line:
+                return line
+
+
+async def test_serve_and_admin_started_without_redis_say_so_once_and_recover(tmp_path):
+    server = RedisServer(tmp_path)
+    server.stop()
+    url = f"redis://:topsecret@127.0.0.1:{server.port}/0"
+    port, ops, admin_port = free_port(), free_port(), free_port()
+    env = {**os.environ, "GATEWAY_REDIS_URL": url, "GATEWAY_SCOPES": str(SCOPES), "GATEWAY_OPERATOR_TOKEN": OPERATOR_TOKEN}
+    common = dict(cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--listen", f"127.0.0.1:{port}",
+                               "--ops-listen", f"127.0.0.1:{ops}", "--upstream", "http://127.0.0.1:9"], **common),
+             subprocess.Popen([sys.executable, "-m", "gateway", "admin", "--listen", f"127.0.0.1:{admin_port}"], **common)]
+    redis_again = None
+    try:
+        logs = [_Stderr(p) for p in procs]
+        shown = f"cannot reach Redis at redis://:***@127.0.0.1:{server.port}/0 (set --redis or GATEWAY_REDIS_URL): Connection refused; retrying"
+        assert shown in logs[0].wait_for("cannot reach Redis") and "/readyz answers 503" in logs[0].seen[-1]
+        assert shown in logs[1].wait_for("cannot reach Redis") and "503 store_unavailable" in logs[1].seen[-1]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{ops}/readyz") as resp:
+                assert resp.status == 503
+            async with http.get(f"http://127.0.0.1:{admin_port}/v1/orgs/acme/api-keys",
+                                headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as resp:
+                assert resp.status == 503
+            redis_again = subprocess.Popen(["redis-server", "--port", str(server.port), "--bind", "127.0.0.1", "--save", "",
+                                            "--appendonly", "no", "--requirepass", "topsecret", "--dir", str(tmp_path)],
+                                           stdout=subprocess.DEVNULL)
+            for log in logs:
+                log.wait_for(f"Redis at redis://:***@127.0.0.1:{server.port}/0 answers")
+
+            async def ready():
+                async with http.get(f"http://127.0.0.1:{ops}/readyz") as resp:
+                    return resp.status == 200
+
+            await eventually(ready, timeout=10)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            p.stderr.close()
+        if redis_again is not None:
+            redis_again.terminate()
+            redis_again.wait(10)
+    everything = "".join(line for log in logs for line in log.seen)
+    assert "topsecret" not in everything and everything.count("cannot reach Redis") == 2
 
 
 async def test_serve_process_end_to_end_and_sigterm_flushes_last_used(redis_url, echo_server):

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from admin_api.app import FieldError, _valid_name
 from admin_api.schemas import NAME_FORBIDDEN, NAME_PATTERN, NAME_SPACE
 from gateway.paths import SEGMENT_SAFE, InvalidPath, canonicalize
 from gateway.scopes import Match, MethodNotAllowed, RouteNotFound, Rule, RuleSet, load_rules
+from gateway.validation import InvalidField, key_name
 from tests.conftest import SCOPES
 
 SHIPPED = load_rules(SCOPES)
@@ -347,9 +347,9 @@ _name_chars = st.one_of(
 @example("\x00")
 def test_the_name_rule_is_exactly_the_published_pattern(name):
     try:
-        _valid_name(name)
+        key_name(name)
         accepted = True
-    except FieldError:
+    except InvalidField:
         accepted = False
     # JSON Schema "pattern" is a search; the pattern is anchored itself.
     assert accepted == (re.search(NAME_PATTERN, name) is not None), repr(name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.store import RedisTarget, parse_redis_url
+from gateway.store import RedisTarget, parse_redis_url, redact_redis_url
 
 
 @pytest.mark.parametrize("url, expected", [
@@ -40,3 +40,16 @@ def test_errors_are_clear_and_never_show_the_password(url, fragment):
     with pytest.raises(ValueError) as info:
         parse_redis_url(url)
     assert fragment in str(info.value) and "topsecret" not in str(info.value)
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ("redis://:topsecret@h:6379/0", "redis://:***@h:6379/0"),
+    ("rediss://gw:top:sec@ret@h:6380", "rediss://gw:***@h:6380"),
+    ("redis://gw@h:6379", "redis://gw@h:6379"),  # a user name alone is not a secret
+    ("redis://:pa/ss@h:6379/0", "redis://:***@h:6379/0"),
+    ("redis+sentinel://:topsecret@a:26379,b:26379/mymaster", "redis+sentinel://:***@a:26379,b:26379/mymaster"),
+    ("unix:///run/redis.sock?db=1&password=topsecret", "unix:///run/redis.sock?db=1&password=***"),
+])
+def test_redacted_url_never_shows_the_password(url, shown):
+    assert redact_redis_url(url) == shown

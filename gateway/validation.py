@@ -1,0 +1,70 @@
+"""What the admin API and the `gateway keys` CLI accept: key names, organization and key ids, scopes.
+
+Pure: each check returns the value to use or raises InvalidField naming the field at fault;
+the admin API turns that into its 400, the CLI into one line on stderr.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Collection, Iterable
+
+NAME_MAX = 100  # also the page's maxlength and admin_api.schemas.NAME_PATTERN
+# SECURITY: used with fullmatch, since "$" also matches before a final newline ("acme\n").
+ORG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # the page's ORG_ID too
+KEY_ID = re.compile(r"key_[0-9A-Za-z]{1,60}")
+# The bidi embeddings, overrides and isolates (Trojan Source).
+_BIDI_CONTROLS = set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
+
+
+class InvalidField(ValueError):
+    """A value the API and the CLI refuse; ``field`` is the request field (name, org_id, key_id, scopes)."""
+
+    def __init__(self, field: str, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.field = field
+        self.extra = extra
+
+
+def key_name(name: str) -> str:
+    """The name to store: trimmed, 1-100 characters, no control, line-separator or bidi characters."""
+    name = name.strip()
+    if not 1 <= len(name) <= NAME_MAX:
+        raise InvalidField("name", f"The name must be 1 to {NAME_MAX} characters long.")
+    for ch in name:
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ord(ch) in _BIDI_CONTROLS:
+            raise InvalidField("name", "The name must not contain control characters.")
+    return name
+
+
+def is_org_id(value: str) -> bool:
+    return ORG_ID.fullmatch(value) is not None
+
+
+def is_key_id(value: str) -> bool:
+    return KEY_ID.fullmatch(value) is not None
+
+
+def org_id(value: str) -> str:
+    if not is_org_id(value):
+        raise InvalidField("org_id", "An organization ID is 1-64 letters, digits, '.', '_' or '-', "
+                                     f"starting with a letter or digit; got {value!r}.")
+    return value
+
+
+def key_id(value: str) -> str:
+    if not is_key_id(value):
+        raise InvalidField("key_id", f"A key ID is 'key_' followed by letters and digits; got {value!r}.")
+    return value
+
+
+def key_scopes(scopes: Iterable[str], known: Collection[str]) -> list[str]:
+    """De-duplicated (order kept), at least one, each of them in ``known``."""
+    scopes = list(dict.fromkeys(scopes))
+    if not scopes:
+        raise InvalidField("scopes", "At least one scope is required.")
+    unknown = [s for s in scopes if s not in known]
+    if unknown:
+        raise InvalidField("scopes", f"Unknown scopes: {', '.join(unknown)}.", unknown_scopes=unknown)
+    return scopes
