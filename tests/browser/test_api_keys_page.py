@@ -10,31 +10,10 @@ from playwright.async_api import expect
 
 from gateway.keys import KEY_REGEX
 from gateway.tasks import flush_usage
-from tests.browser.conftest import Browser, sign_in
+from tests.browser.conftest import row, sign_in
 from tests.conftest import OPERATOR_TOKEN
 
 UTC_TITLE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$")
-
-
-def row(b: Browser, name: str):
-    return b.page.locator("#keys-body tr").filter(has=b.page.locator("td.name", has_text=name))
-
-
-async def create_through_dialog(b: Browser, name: str, searches: list[tuple[str, str]], expiry: str = "Never") -> str:
-    """Fill the create dialog (permissions found through the search box) and return the revealed key."""
-    page = b.page
-    await page.get_by_role("button", name="+ Create API Key").first.click()
-    dialog = page.get_by_role("dialog", name="Create API Key")
-    await expect(dialog).to_be_visible()
-    await dialog.get_by_label("Name", exact=True).fill(name)
-    await dialog.get_by_label("Expiry").select_option(label=expiry)
-    for query, label in searches:
-        await dialog.get_by_role("searchbox").fill(query)
-        await dialog.get_by_label(label, exact=True).check()
-    await dialog.get_by_role("button", name="Create", exact=True).click()
-    reveal = page.get_by_role("dialog", name=re.compile("Your new API key"))
-    await expect(reveal).to_be_visible()
-    return await reveal.get_by_label("API key").input_value()
 
 
 async def test_create_reveal_use_last_used_and_screenshots(stack, browser):
