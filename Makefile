@@ -31,7 +31,7 @@ bench: $(STAMP)
 	@scripts/install-system-deps.sh test
 	$(PY) bench/run.py
 
-# The browser tests save screenshots of the page (list, create and reveal dialogs, 375 px).
+# The browser tests save screenshots of the page (list, create and reveal dialogs, 320/375 px, 1280x800).
 screenshots: $(STAMP)
 	@scripts/install-system-deps.sh test
 	$(PY) -m pytest -q tests/browser

@@ -50,7 +50,7 @@ PAGE_CSP = (
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
 
 
 @dataclass
@@ -98,6 +98,7 @@ def make_admin_app(
     r.add_get("/openapi.json", openapi)
     r.add_get("/", page)
     r.add_get("/static/{file}", static_file)
+    r.add_get("/favicon.ico", favicon)
     app.cleanup_ctx.append(_lifecycle)
     return app
 
@@ -400,11 +401,16 @@ async def page(request: web.Request) -> web.Response:
 
 
 async def static_file(request: web.Request) -> web.Response:
-    """GET /static/{file}: the page's script and style sheet, nothing else."""
+    """GET /static/{file}: the page's scripts, style sheet and icon, nothing else."""
     name = request.match_info["file"]
     if name not in STATIC_FILES:
         raise errors.NotFound("No such file.")
     return _static_response(name)
+
+
+async def favicon(request: web.Request) -> web.Response:
+    """GET /favicon.ico: the page's SVG icon, for browsers and tools that ask for this path."""
+    return _static_response("favicon.svg")
 
 
 def _static_response(name: str) -> web.Response:

@@ -11,7 +11,7 @@ from admin_api import schemas
 from gateway.store import AUDIT_CURSOR_PATTERN, CURSOR_PATTERN
 
 REF = "#/components/schemas/{name}"
-STATIC_FILES = ("app.js", "app.css")
+STATIC_FILES = ("app.js", "permissions.js", "app.css", "favicon.svg")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -169,15 +169,22 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
             }},
             "/static/{file}": {"get": {
                 "operationId": "pageAsset",
-                "summary": "The page's script and style sheet",
+                "summary": "The page's scripts, style sheet and icon",
                 "security": [],
                 "parameters": [{"name": "file", "in": "path", "required": True,
                                 "schema": {"type": "string", "enum": list(STATIC_FILES)}}],
                 "responses": {
                     "200": {"description": "The file", "content": {
-                        "text/javascript": {"schema": {"type": "string"}}, "text/css": {"schema": {"type": "string"}}}},
+                        "text/javascript": {"schema": {"type": "string"}}, "text/css": {"schema": {"type": "string"}},
+                        "image/svg+xml": {"schema": {"type": "string"}}}},
                     "404": _json("Error", "No such file"),
                 },
+            }},
+            "/favicon.ico": {"get": {
+                "operationId": "favicon",
+                "summary": "The page's icon (the SVG of /static/favicon.svg), for clients that ask for this path",
+                "security": [],
+                "responses": {"200": {"description": "SVG icon", "content": {"image/svg+xml": {"schema": {"type": "string"}}}}},
             }},
             "/openapi.json": {"get": {
                 "operationId": "openapi",

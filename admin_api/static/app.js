@@ -1,7 +1,10 @@
 // Settings -> API Keys. Plain JavaScript, no build step, no third-party code.
 // SECURITY: every user-supplied string goes into the page through textContent or a form value,
 // never through innerHTML; the credential lives in sessionStorage only; the secret of a new key
-// lives only in the reveal dialog's input and is wiped when that dialog closes.
+// lives only in the reveal dialog's text box and is wiped when that dialog closes (which the admin
+// must confirm).
+
+import { canRead, grantable, groupLabel, MANAGE, READ } from "./permissions.js";
 
 const SESSION_KEY = "api-keys-session";
 const PAGE_SIZE = 25;
@@ -22,6 +25,8 @@ const state = {
   selected: new Set(),
   creating: false,
   revoking: null,
+  retry: null, // re-runs the list load that failed
+  revealClosing: false, // the reveal dialog may close: the admin confirmed the copy, or signs out
 };
 
 class ApiError extends Error {
@@ -131,6 +136,11 @@ async function signIn(event) {
         return;
       }
       orgId = me.org_id;
+      if (!canRead(me)) {
+        setFieldError("credential", "credential-error", NO_ACCESS);
+        $("credential").focus();
+        return;
+      }
     }
     state.session = { credential, orgId };
     sessionStorage.setItem(SESSION_KEY, JSON.stringify(state.session));
@@ -144,12 +154,16 @@ async function signIn(event) {
   }
 }
 
+const NO_ACCESS = `This API key cannot view or manage API keys: it needs the ${READ} or ${MANAGE} permission. ` +
+  "Sign in with a key that holds one of them, or with an operator token.";
+
 function signOut(message) {
   sessionStorage.removeItem(SESSION_KEY);
   state.session = null;
   state.me = null;
   state.keys = [];
   state.generation += 1;
+  state.revealClosing = true; // signing out wipes a secret still on screen
   for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
   $("keys-body").replaceChildren();
   $("keys-view").hidden = true;
@@ -195,6 +209,35 @@ function handleApiError(err, bannerId) {
   showError(bannerId, `${err.message} (${err.code})`);
 }
 
+// No answer, or a server-side fault (503 while the store is down): worth another try.
+function retryable(err) {
+  return err.status === 0 || err.status === 429 || err.status >= 500;
+}
+
+function showListError(err, retry) {
+  if (err.status === 401) {
+    handleApiError(err, "list-error");
+    return;
+  }
+  state.retry = retryable(err) ? retry : null;
+  $("list-error-text").textContent = `${err.message} (${err.code})`;
+  $("list-retry").hidden = !state.retry;
+  $("list-error").hidden = false;
+}
+
+function clearListError() {
+  state.retry = null;
+  $("list-error").hidden = true;
+  $("list-error-text").textContent = "";
+}
+
+function retryList() {
+  const retry = state.retry;
+  if (!retry || state.loading) return;
+  clearListError();
+  retry();
+}
+
 // ---------- the list ----------
 
 async function loadKeys(more = false) {
@@ -208,7 +251,7 @@ async function loadKeys(more = false) {
   state.loading = true;
   $("loading").hidden = false;
   $("load-more").hidden = true;
-  showError("list-error", "");
+  clearListError();
   const params = new URLSearchParams({ limit: String(PAGE_SIZE), include_revoked: String($("show-revoked").checked) });
   if (more && state.cursor) params.set("cursor", state.cursor);
   try {
@@ -220,7 +263,9 @@ async function loadKeys(more = false) {
   } catch (err) {
     if (generation !== state.generation) return;
     // An org exists from its first key on: for an operator, a new org is an empty list.
-    if (!(err.status === 404 && err.code === "org_not_found" && !more)) handleApiError(err, "list-error");
+    if (err.status === 404 && err.code === "org_not_found" && !more) return;
+    // The labels may have failed with the list (a network error at sign-in): fetch them again too.
+    showListError(err, () => (state.permissions.length ? Promise.resolve() : loadPermissions()).then(() => loadKeys(more)));
   } finally {
     if (generation === state.generation) {
       state.loading = false;
@@ -370,10 +415,6 @@ async function openCreate(event) {
   }
 }
 
-function grantable(scope) {
-  return state.me.operator || state.me.scopes.includes(scope);
-}
-
 function renderPermissions() {
   const query = $("perm-search").value.trim().toLowerCase();
   const groups = new Map();
@@ -392,7 +433,8 @@ function renderPermissions() {
     group.className = "perm-group";
     group.dataset.resource = resource;
 
-    const enabled = visible.filter((p) => grantable(p.scope));
+    const enabled = visible.filter((p) => grantable(state.me, p.scope));
+    const name = groupLabel(resource);
     const all = document.createElement("input");
     all.type = "checkbox";
     all.className = "select-all";
@@ -401,7 +443,7 @@ function renderPermissions() {
     const picked = enabled.filter((p) => state.selected.has(p.scope)).length;
     all.checked = enabled.length > 0 && picked === enabled.length;
     all.indeterminate = picked > 0 && picked < enabled.length;
-    all.setAttribute("aria-label", `Select all ${resource.replace(/_/g, " ")} permissions`);
+    all.setAttribute("aria-label", `Select all ${name} permissions`);
     all.addEventListener("change", () => {
       for (const p of enabled) {
         if (all.checked) state.selected.add(p.scope);
@@ -412,7 +454,7 @@ function renderPermissions() {
     });
     const head = document.createElement("label");
     head.htmlFor = all.id;
-    head.append(all, " ", resource.replace(/_/g, " "));
+    head.append(all, " ", name);
 
     const list = document.createElement("ul");
     for (const perm of visible) {
@@ -422,7 +464,7 @@ function renderPermissions() {
       box.value = perm.scope;
       box.id = "perm-" + perm.scope.replace(/[^A-Za-z0-9_-]/g, "-");
       box.checked = state.selected.has(perm.scope);
-      box.disabled = !grantable(perm.scope);
+      box.disabled = !grantable(state.me, perm.scope);
       box.addEventListener("change", () => {
         if (box.checked) state.selected.add(perm.scope);
         else state.selected.delete(perm.scope);
@@ -499,6 +541,7 @@ async function submitCreate(event) {
       $(FIELD_INPUTS[err.field]).focus();
     } else {
       showError("create-error", `${err.message} (${err.code})`);
+      $("create-error").scrollIntoView({ block: "nearest" }); // the body scrolls; the buttons stay put
     }
   } finally {
     state.creating = false;
@@ -512,6 +555,8 @@ async function submitCreate(event) {
 function reveal(created) {
   const input = $("reveal-key");
   input.value = created.key;
+  state.revealClosing = false;
+  $("reveal-confirm").hidden = true;
   $("copy-status").textContent = "";
   $("reveal-title").textContent = `Your new API key “${created.name}”`;
   openDialog($("reveal-dialog"), $("create-open"));
@@ -531,9 +576,33 @@ async function copyKey() {
   }
 }
 
+// Escape (or any other close request) does not throw the secret away: the admin is told it
+// will not be shown again and closes the dialog with "I have copied it".
+function refuseRevealClose(event) {
+  event.preventDefault();
+  $("reveal-confirm").hidden = false;
+}
+
+function closeReveal() {
+  state.revealClosing = true;
+  $("reveal-dialog").close();
+}
+
+$("reveal-dialog").addEventListener("keydown", (event) => {
+  if (event.key === "Escape") refuseRevealClose(event);
+});
+$("reveal-dialog").addEventListener("cancel", refuseRevealClose);
 $("reveal-dialog").addEventListener("close", () => {
+  if (!state.revealClosing) {
+    // Closed by the browser without asking us (a repeated close request may not be refusable):
+    // show the key again rather than lose it.
+    $("reveal-dialog").showModal();
+    $("reveal-confirm").hidden = false;
+    return;
+  }
   // The secret leaves the page here: nothing keeps it after the dialog closes.
   $("reveal-key").value = "";
+  $("reveal-confirm").hidden = true;
   $("reveal-title").textContent = "Your new API key";
   $("copy-status").textContent = "";
   loadKeys();
@@ -588,7 +657,8 @@ $("perm-search").addEventListener("keydown", (event) => {
   if (event.key === "Enter") event.preventDefault(); // Enter in the search box does not submit
 });
 $("copy-key").addEventListener("click", copyKey);
-$("reveal-done").addEventListener("click", () => $("reveal-dialog").close());
+$("reveal-done").addEventListener("click", closeReveal);
+$("list-retry").addEventListener("click", retryList);
 $("revoke-confirm").addEventListener("click", confirmRevoke);
 $("show-revoked").addEventListener("change", () => {
   showNotice("");
@@ -607,7 +677,8 @@ async function start() {
     try {
       state.session = JSON.parse(saved);
       const me = await api("GET", "/v1/me");
-      enterKeysView(me);
+      if (canRead(me)) enterKeysView(me);
+      else signOut(NO_ACCESS);
       return;
     } catch (err) {
       signOut(err instanceof ApiError ? `Please sign in again: ${err.message} (${err.code})` : "");

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass, field
 
 import pytest
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Page, async_playwright, expect
 
 from tests.conftest import OPERATOR_TOKEN, ROOT
 
@@ -63,3 +64,24 @@ async def sign_in(b: Browser, stack, credential: str = OPERATOR_TOKEN, org: str 
         await page.get_by_label("Organization ID").fill(org)
     await page.get_by_role("button", name="Sign in").click()
     await page.get_by_role("heading", name="API Keys", exact=True).wait_for()
+
+
+def row(b: Browser, name: str):
+    return b.page.locator("#keys-body tr").filter(has=b.page.locator("td.name", has_text=name))
+
+
+async def create_through_dialog(b: Browser, name: str, searches: list[tuple[str, str]], expiry: str = "Never") -> str:
+    """Fill the create dialog (permissions found through the search box) and return the revealed key."""
+    page = b.page
+    await page.get_by_role("button", name="+ Create API Key").first.click()
+    dialog = page.get_by_role("dialog", name="Create API Key")
+    await expect(dialog).to_be_visible()
+    await dialog.get_by_label("Name", exact=True).fill(name)
+    await dialog.get_by_label("Expiry").select_option(label=expiry)
+    for query, label in searches:
+        await dialog.get_by_role("searchbox").fill(query)
+        await dialog.get_by_label(label, exact=True).check()
+    await dialog.get_by_role("button", name="Create", exact=True).click()
+    reveal = page.get_by_role("dialog", name=re.compile("Your new API key"))
+    await expect(reveal).to_be_visible()
+    return await reveal.get_by_label("API key").input_value()

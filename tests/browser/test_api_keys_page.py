@@ -10,31 +10,10 @@ from playwright.async_api import expect
 
 from gateway.keys import KEY_REGEX
 from gateway.tasks import flush_usage
-from tests.browser.conftest import Browser, sign_in
+from tests.browser.conftest import row, sign_in
 from tests.conftest import OPERATOR_TOKEN
 
 UTC_TITLE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$")
-
-
-def row(b: Browser, name: str):
-    return b.page.locator("#keys-body tr").filter(has=b.page.locator("td.name", has_text=name))
-
-
-async def create_through_dialog(b: Browser, name: str, searches: list[tuple[str, str]], expiry: str = "Never") -> str:
-    """Fill the create dialog (permissions found through the search box) and return the revealed key."""
-    page = b.page
-    await page.get_by_role("button", name="+ Create API Key").first.click()
-    dialog = page.get_by_role("dialog", name="Create API Key")
-    await expect(dialog).to_be_visible()
-    await dialog.get_by_label("Name", exact=True).fill(name)
-    await dialog.get_by_label("Expiry").select_option(label=expiry)
-    for query, label in searches:
-        await dialog.get_by_role("searchbox").fill(query)
-        await dialog.get_by_label(label, exact=True).check()
-    await dialog.get_by_role("button", name="Create", exact=True).click()
-    reveal = page.get_by_role("dialog", name=re.compile("Your new API key"))
-    await expect(reveal).to_be_visible()
-    return await reveal.get_by_label("API key").input_value()
 
 
 async def test_create_reveal_use_last_used_and_screenshots(stack, browser):
@@ -225,7 +204,11 @@ async def test_keyboard_only_create_focus_trap_and_escape(stack, browser):
     reveal = page.get_by_role("dialog", name=re.compile("Your new API key"))
     await expect(reveal).to_be_visible()
     await expect(reveal.get_by_label("API key")).to_be_focused()
-    await page.keyboard.press("Escape")
+    await page.keyboard.press("Escape")  # asks first (tests/browser/test_dialogs.py); the button closes it
+    await expect(reveal.get_by_role("alert")).to_contain_text("You won't see this key again")
+    while not await page.evaluate("document.activeElement.id === 'reveal-done'"):
+        await page.keyboard.press("Tab")
+    await page.keyboard.press("Enter")
     await expect(reveal).to_be_hidden()
     await expect(page.locator("#reveal-key")).to_have_value("")
 
@@ -296,12 +279,17 @@ async def test_org_key_sign_in_grants_only_what_it_holds(stack, browser):
     dialog = browser.page.get_by_role("dialog", name="Create API Key")
     await expect(dialog.get_by_label("View tasks", exact=True)).to_be_enabled()
     await expect(dialog.get_by_label("Manage tasks", exact=True)).to_be_disabled()
+    # api_keys:manage implies api_keys:read, so a manager may grant reading.
+    await expect(dialog.get_by_label("View API keys", exact=True)).to_be_enabled()
+    await expect(dialog.get_by_label("Create and revoke API keys", exact=True)).to_be_enabled()
 
     reader = await stack.create_key(scopes=["api_keys:read"], name="Reader key")
     await browser.page.keyboard.press("Escape")
     await browser.page.get_by_role("button", name="Sign out").click()
     await sign_in(browser, stack, credential=reader["key"], org=None)
     await expect(browser.page.get_by_role("cell", name="Reader key")).to_be_visible()
+    await expect(browser.page.locator("#notice")).to_have_text(re.compile("can view the list but not create"))
+    await expect(browser.page.locator("#list-error")).to_be_hidden()
     await expect(browser.page.get_by_role("button", name="+ Create API Key")).to_have_count(0)
     await expect(browser.page.get_by_role("button", name="Revoke")).to_have_count(0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from admin_api.app import STATIC_DIR
+from admin_api.openapi import STATIC_FILES
 
 
 async def test_page_is_served_with_a_strict_policy(stack):
@@ -29,10 +30,16 @@ async def test_page_is_served_with_a_strict_policy(stack):
 
 
 async def test_static_files_only_those_shipped(stack):
-    for name, kind in (("app.js", "text/javascript"), ("app.css", "text/css")):
+    # Every file in admin_api/static is served (index.html at /), and only those.
+    assert {p.name for p in STATIC_DIR.iterdir()} == {*STATIC_FILES, "index.html"}
+    for name, kind in (("app.js", "text/javascript"), ("permissions.js", "text/javascript"),
+                       ("app.css", "text/css"), ("favicon.svg", "image/svg+xml")):
         async with stack.http.get(f"{stack.admin}/static/{name}") as resp:
-            assert resp.status == 200 and resp.content_type == kind
+            assert resp.status == 200 and resp.content_type == kind, name
             assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    async with stack.http.get(f"{stack.admin}/favicon.ico") as resp:  # asked for by browsers and tools
+        assert resp.status == 200 and resp.content_type == "image/svg+xml"
+        assert await resp.read() == (STATIC_DIR / "favicon.svg").read_bytes()
     for bad in ("index.html", "..%2Fapp.py", "%2e%2e/app.py", "nope.js"):
         async with stack.http.get(f"{stack.admin}/static/{bad}") as resp:
             body = await resp.json()

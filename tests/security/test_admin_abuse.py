@@ -517,6 +517,7 @@ ROUTES = {
     "/openapi.json": "GET, HEAD",
     "/": "GET, HEAD",
     "/static/app.js": "GET, HEAD",
+    "/favicon.ico": "GET, HEAD",
 }
 
 

@@ -112,7 +112,7 @@ def test_the_served_document_is_the_built_one(api_schema, admin_url):
         assert json.loads(resp.read()) == DOCUMENT
     # (schemathesis leaves out the document's own path)
     served = {(op.ok().method.upper(), op.ok().path) for op in api_schema.get_all_operations()}
-    assert served | {("GET", "/openapi.json")} == set(OPERATIONS) and len(OPERATIONS) == 10
+    assert served | {("GET", "/openapi.json")} == set(OPERATIONS) and len(OPERATIONS) == 11
     links = DOCUMENT["paths"]["/v1/orgs/{org_id}/api-keys"]["post"]["responses"]["201"]["links"]
     assert set(links) == {"getApiKey", "revokeApiKey"}
 
