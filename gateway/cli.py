@@ -315,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         return _fail(str(exc), exc.code)
     except ScopesError as exc:
+        if exc.line is None and not os.path.exists(exc.file):
+            # A new install has no rules of its own yet: say where they go and where the example is.
+            return _fail(f"no scopes file at {exc.file} (set --scopes FILE or GATEWAY_SCOPES; "
+                         f"an example ships with the gateway: {SHIPPED_SCOPES})")
         return _fail(f"invalid scopes file: {exc}")
     except KeyboardInterrupt:
         return 130

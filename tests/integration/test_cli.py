@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -383,3 +384,14 @@ def _busy(port: int) -> bool:
 
 def _join_continuations(text: str) -> list[str]:
     return text.replace("\\\n", " ").splitlines()
+
+
+def test_serve_and_admin_without_a_scopes_file_say_where_it_goes_and_where_the_example_is(tmp_path):
+    missing = tmp_path / "nowhere" / "scopes.yaml"
+    for command in (["serve", "--upstream", "http://127.0.0.1:9"], ["admin"]):
+        result = gateway(*command, "--scopes", str(missing))
+        assert result.returncode == 2
+        line = result.stderr.strip().splitlines()[-1]  # admin warns first when no operator token is set
+        assert line.startswith(f"gateway: no scopes file at {missing} (set --scopes FILE or GATEWAY_SCOPES; ")
+        example = line.rsplit(": ", 1)[1].rstrip(")")
+        assert Path(example).is_file() and Path(example).name == "scopes.yaml", line
