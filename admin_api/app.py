@@ -8,7 +8,7 @@ import logging
 import re
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
@@ -23,13 +23,15 @@ from admin_api.openapi import STATIC_FILES, build_openapi
 from gateway import errors
 from gateway import store as store_mod
 from gateway.config import AdminSettings
+from gateway.metrics import Metrics
 from gateway.model import EXPIRY_CHOICES, expires_at_for, rfc3339
 from gateway.proxy import new_request_id
 from gateway.server import error_response
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
 from gateway.store import KeyStore, decode_cursor
-from gateway.tasks import ACK_TIMEOUT
+from gateway.tasks import ACK_TIMEOUT, flush_at_shutdown, usage_flusher
+from gateway.usage import UsageBuffer
 
 MAX_BODY = 64 * 1024
 ORG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -61,6 +63,8 @@ class AdminState:
     store: KeyStore
     rules: RulesHolder
     clock: Callable[[], float]
+    usage: UsageBuffer = field(default_factory=UsageBuffer)  # org keys' uses, flushed like a gateway's
+    metrics: Metrics = field(default_factory=Metrics)  # the flusher's counters (not served)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -102,9 +106,12 @@ def make_admin_app(
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     st = app[ADMIN]
     watcher = asyncio.create_task(st.rules.watch(st.settings.reload_interval))
+    flusher = asyncio.create_task(usage_flusher(st.store, st.usage, st.metrics, st.settings.flush_interval))
     yield
     watcher.cancel()
-    await asyncio.gather(watcher, return_exceptions=True)
+    flusher.cancel()
+    await asyncio.gather(watcher, flusher, return_exceptions=True)
+    await flush_at_shutdown(st.store, st.usage, st.metrics)
     await st.store.redis.aclose()
 
 
@@ -157,7 +164,7 @@ async def envelope_middleware(request: web.Request, handler) -> web.StreamRespon
 
 async def _principal(request: web.Request) -> Principal:
     st = request.app[ADMIN]
-    return await authenticate(request.headers.items(), st.store, st.settings.operator_tokens, st.now_ms())
+    return await authenticate(request.headers.items(), st.store, st.settings.operator_tokens, st.now_ms(), st.usage)
 
 
 def _org_id(request: web.Request) -> str:
