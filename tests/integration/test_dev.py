@@ -59,11 +59,21 @@ def _busy(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listeners bind
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_base_port() -> int:
     """A gateway port whose admin (+1), upstream (+2) and ops (+10) ports are free too."""
     while True:
         port = free_port()
-        if port + 10 < 65536 and not any(_busy(p) for p in (port + 1, port + 2, port + 10)):
+        if port + 10 < 65536 and all(_bindable(p) for p in (port, port + 1, port + 2, port + 10)):
             return port
 
 
@@ -233,6 +243,7 @@ def test_a_killed_dev_leaves_no_lock_behind(tmp_path, start_dev):
 def test_a_taken_port_is_one_clear_line_before_redis_starts(tmp_path):
     port = free_base_port()
     with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind(("127.0.0.1", port + 1))  # something else has the admin API's port
         taken.listen()
         result = subprocess.run(dev_command(port), cwd=tmp_path, env=ENV, capture_output=True, text=True,
