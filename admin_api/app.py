@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
@@ -30,7 +30,8 @@ from gateway.server import error_response
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
 from gateway.store import KeyStore, decode_audit_cursor, decode_cursor
-from gateway.tasks import ACK_TIMEOUT
+from gateway.tasks import ACK_TIMEOUT, flush_at_shutdown, usage_flusher
+from gateway.usage import UsageBuffer
 
 MAX_BODY = 64 * 1024
 _json = msgspec.json.Encoder()
@@ -61,6 +62,7 @@ class AdminState:
     clock: Callable[[], float]
     guard: AuthGuard
     metrics: AdminMetrics
+    usage: UsageBuffer = field(default_factory=UsageBuffer)  # org keys' uses, flushed like a gateway's
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -106,9 +108,12 @@ def make_admin_app(
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     st = app[ADMIN]
     watcher = asyncio.create_task(st.rules.watch(st.settings.reload_interval))
+    flusher = asyncio.create_task(usage_flusher(st.store, st.usage, st.metrics, st.settings.flush_interval))
     yield
     watcher.cancel()
-    await asyncio.gather(watcher, return_exceptions=True)
+    flusher.cancel()
+    await asyncio.gather(watcher, flusher, return_exceptions=True)
+    await flush_at_shutdown(st.store, st.usage, st.metrics)
     await st.store.redis.aclose()
 
 
@@ -171,7 +176,7 @@ async def _principal(request: web.Request) -> Principal:
     headers, peer = list(request.headers.items()), request.remote or ""
     st.guard.check(peer, headers)  # SECURITY: before any Redis command
     try:
-        principal = await authenticate(headers, st.store, st.settings.operator_tokens, st.now_ms())
+        principal = await authenticate(headers, st.store, st.settings.operator_tokens, st.now_ms(), st.usage)
     except MissingToken:
         raise  # sending nothing is not a failed attempt
     except errors.Unauthorized:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from gateway import errors, keys
 from gateway.credentials import extract_credential
 from gateway.store import KeyStore
+from gateway.usage import UsageBuffer
 
 READ, MANAGE = "api_keys:read", "api_keys:manage"
 
@@ -55,8 +56,10 @@ class Principal:
         return [s for s in scopes if not self.holds(s)]
 
 
-async def authenticate(headers, store: KeyStore, operator_tokens: tuple[str, ...], now_ms: int) -> Principal:
-    """Resolve the Authorization header to a Principal (401 otherwise)."""
+async def authenticate(headers, store: KeyStore, operator_tokens: tuple[str, ...], now_ms: int,
+                       usage: UsageBuffer | None = None) -> Principal:
+    """Resolve the Authorization header to a Principal (401 otherwise); an org key's use is
+    recorded in ``usage``, as the gateway records it."""
     try:
         token = extract_credential(headers)
     except errors.MissingApiKey:
@@ -87,4 +90,6 @@ async def authenticate(headers, store: KeyStore, operator_tokens: tuple[str, ...
         raise errors.RevokedApiKey()
     if status == "expired":
         raise errors.ExpiredApiKey()
+    if usage is not None:
+        usage.add(record.id, now_ms)
     return Principal(actor=f"key:{record.id}", org_id=record.org_id, scopes=frozenset(record.scopes))

@@ -10,7 +10,7 @@ import time
 
 import orjson
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
 from admin_api.auth import Principal
@@ -36,6 +36,11 @@ class AdminMetrics:
         self.redis_errors = Counter("gateway_admin_redis_errors", "Requests answered 503 because Redis failed",
                                     registry=r)
         self.reloads = Counter("gateway_admin_rules_reloads", "scopes.yaml reloads by result", ["result"], registry=r)
+        # The last-used flusher of org keys' uses (gateway.tasks.usage_flusher), as on a gateway.
+        self.flushes = Counter("gateway_admin_usage_flushes", "Last-used flushes by result", ["result"], registry=r)
+        self.flush_size = Histogram("gateway_admin_usage_flush_keys", "Keys written per last-used flush",
+                                    buckets=(1, 10, 100, 1000, 10000), registry=r)
+        self.usage_pending = Gauge("gateway_admin_usage_pending_keys", "Keys waiting for the next flush", registry=r)
         r.register(_ThrottledCollector(guard))
         r.register(ThrottleCollector(guard.throttle, prefix="gateway_admin"))
 

@@ -27,13 +27,12 @@ from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
 from gateway.server import EnvelopeAppRunner, ops_envelope_middleware
 from gateway.signing import make_signer
-from gateway.tasks import flush_usage, listen_for_revocations, usage_flusher
+from gateway.tasks import flush_at_shutdown, listen_for_revocations, usage_flusher
 from gateway.throttle import FailureThrottle, KnownKeys
 from gateway.upstream import UpstreamPool
 
 log = logging.getLogger("gateway")
 
-SHUTDOWN_FLUSH_DEADLINE = 5.0  # seconds; well inside a 30 s orchestrator grace period
 # SECURITY: how long a connection may stay open without a complete request head (from accept,
 # then after each response), so slow or idle clients cannot hold sockets for ever; 75 s is the
 # usual keep-alive and outlives load-balancer idles.
@@ -135,12 +134,7 @@ class Gateway:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
         self._tasks = []
-        # Nothing lost on shutdown: the buffered last-used data goes out within a deadline.
-        try:
-            await asyncio.wait_for(flush_usage(st.store, st.usage, st.metrics), SHUTDOWN_FLUSH_DEADLINE)
-        except asyncio.TimeoutError:
-            log.error("last-used flush did not finish within %ss; %d keys not written",
-                      SHUTDOWN_FLUSH_DEADLINE, len(st.usage))
+        await flush_at_shutdown(st.store, st.usage, st.metrics)
         await st.store.redis.aclose()
         if st.pool is not None:
             await st.pool.close()

@@ -118,6 +118,7 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     redis_prefix: Annotated[str, Meta(description="Prefix of every Redis key", pattern=r"^[a-z0-9_]{1,16}$")] = "gw"
     redis_timeout: Annotated[Seconds, Meta(description="Timeout of each Redis call, seconds")] = 0.5
     reload_interval: Annotated[float, Meta(ge=0, le=3600, description="Seconds between scopes.yaml change checks (0: only on SIGHUP)")] = 2.0
+    flush_interval: Annotated[Seconds, Meta(description="Seconds between last-used flushes to Redis (uses by org keys)")] = 1.0
     operator_tokens: Annotated[
         tuple[str, ...],
         Meta(description="Operator tokens (comma-separated, >= 16 chars each); env GATEWAY_OPERATOR_TOKEN"),

@@ -108,8 +108,6 @@ async def check(st: GatewayState, req: HttpRequest, conn: HttpConnection) -> Non
         if st.signer is not None:
             headers += st.signer.headers(now=st.clock(), method=method, path=target.path, query=target.query,
                                          identity=identity, request_id=request_id)
-        if identity is not None:
-            st.usage.add(identity.key_id, int(st.clock() * 1000))
         status = 200
         conn.respond(200, "", headers, b"")
     except errors.ApiError as err:

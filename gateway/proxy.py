@@ -1,7 +1,7 @@
 """The edge proxy's request pipeline, top to bottom in `handle`, and the streaming forwarder.
 
-canonicalize -> public? -> credential -> throttle + verify -> route + scope -> rewrite headers
--> forward -> record use. Every refusal is an ApiError turned into the JSON envelope right here.
+canonicalize -> public? -> credential -> throttle + verify -> record use -> route + scope
+-> rewrite headers -> forward. Every refusal is an ApiError turned into the JSON envelope right here.
 """
 
 from __future__ import annotations
@@ -87,10 +87,6 @@ async def handle(st: GatewayState, req: HttpRequest, conn: HttpConnection) -> No
                 identity=identity, request_id=request_id,
             ))
         status, outcome = await forward(st, req, conn, target, headers, request_id)
-
-        # 7. Record use (buffered; flushed to Redis in batches).
-        if identity is not None:
-            st.usage.add(identity.key_id, int(st.clock() * 1000))
     except errors.ApiError as err:
         outcome, status = err.code, err.status
         send_error(conn, err, request_id)
@@ -129,22 +125,28 @@ async def decide(st: GatewayState, method: str, raw_target: str, headers: list[t
         if method_override_in_query(params):
             raise errors.MethodOverrideRefused()
     found = st.rules.current.match(method, target.segments)
+    if isinstance(found, Match):
+        entry["route"] = found.rule.template  # logged for refusals too (a 401 or 403 on this route)
+        # 2. Public route: forwarded without a key.
+        if found.rule.public:
+            return target, None
+    # 3. Credential, 4. throttle + verify (401 before anything about routes is revealed).
+    record = await authenticate(st, headers, peer, extract_credential(headers), entry)
+    # 7. Record use: every request whose key verified counts, whatever is answered next
+    # (403, 404, 502, ...; buffered, flushed to Redis in batches).
+    st.usage.add(record.id, int(st.clock() * 1000))
+    # 5. Route, then scope.
+    authorize(found, record)
+    return target, _identity(record)
 
-    # 2. Public route: forwarded without a key.
-    identity = None
-    if not (isinstance(found, Match) and found.rule.public):
-        # 3. Credential, 4. throttle + verify (401 before anything about routes is revealed).
-        record = await authenticate(st, headers, peer, extract_credential(headers))
-        entry["org_id"], entry["key_id"] = record.org_id, record.id
-        # 5. Route, then scope.
-        authorize(found, record)
-        identity = _identity(record)
-    entry["route"] = found.rule.template
-    return target, identity
 
+async def authenticate(st: GatewayState, headers: list[tuple[str, str]], peer: str, credential: str,
+                       entry: dict) -> KeyRecord:
+    """The failed-auth throttle, then verification; each failure counts against the client address.
 
-async def authenticate(st: GatewayState, headers: list[tuple[str, str]], peer: str, credential: str) -> KeyRecord:
-    """The failed-auth throttle, then verification; each failure counts against the client address."""
+    Fills the org and key id of ``entry`` (the access log line) once the key is known to be
+    genuine, so a revoked or expired key is logged with its id too.
+    """
     try:
         parsed = keys.parse_key(credential)
     except keys.InvalidKeyFormat:
@@ -162,7 +164,7 @@ async def authenticate(st: GatewayState, headers: list[tuple[str, str]], peer: s
         record = st.cache.get(parsed.key_id)
         if record is MISS:
             record = await lookup(st, parsed)
-        check(st, record, parsed)
+        check(st, record, parsed, entry)
     except errors.Unauthorized:
         st.throttle.record_failure(_client(st, headers, peer))
         raise
@@ -198,11 +200,13 @@ async def lookup(st: GatewayState, parsed: keys.ParsedKey) -> KeyRecord | None:
     return record
 
 
-def check(st: GatewayState, record: KeyRecord | None, parsed: keys.ParsedKey) -> None:
+def check(st: GatewayState, record: KeyRecord | None, parsed: keys.ParsedKey, entry: dict) -> None:
     """Digest, revocation and expiry of a record, cached or just read."""
-    # SECURITY: the digest comparison authenticates, cached or not.
+    # SECURITY: the digest comparison authenticates, cached or not. Only after it are the ids
+    # logged: an unknown key is logged without any.
     if record is None or not secrets.compare_digest(record.digest, parsed.digest):
         raise errors.InvalidApiKey()
+    entry["org_id"], entry["key_id"] = record.org_id, record.id
     status = record.status(int(st.clock() * 1000))
     if status == "revoked":
         raise errors.RevokedApiKey()

@@ -24,6 +24,7 @@ SILENCE_LIMIT = 1.0  # the cache is trusted for this long after Redis was last h
 REGISTER_EVERY = 1.0  # seconds between registry refreshes
 REGISTRY_TTL_MS = 3000  # a gateway that stops refreshing leaves the registry after this
 ACK_TIMEOUT = SILENCE_LIMIT + 0.25  # how long the admin API waits for acknowledgements
+SHUTDOWN_FLUSH_DEADLINE = 5.0  # seconds; well inside a 30 s orchestrator grace period
 
 
 async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: Metrics,
@@ -144,6 +145,16 @@ async def flush_usage(store: KeyStore, usage: UsageBuffer, metrics: Metrics) -> 
     if usage.closing:
         await _fold_own(store, usage)
     return True
+
+
+async def flush_at_shutdown(store: KeyStore, usage: UsageBuffer, metrics: Metrics) -> None:
+    """Nothing lost on shutdown: the buffered last-used data goes out within a deadline
+    (after the flusher was cancelled, so this flush also folds the node's hash)."""
+    try:
+        await asyncio.wait_for(flush_usage(store, usage, metrics), SHUTDOWN_FLUSH_DEADLINE)
+    except asyncio.TimeoutError:
+        log.error("last-used flush did not finish within %ss; %d keys not written",
+                  SHUTDOWN_FLUSH_DEADLINE, len(usage))
 
 
 async def _fold_own(store: KeyStore, usage: UsageBuffer) -> None:

@@ -9,7 +9,7 @@ import aiohttp
 import msgspec
 import pytest
 
-from admin_api.app import make_admin_app
+from admin_api.app import ADMIN, AdminState, make_admin_app
 from gateway.app import Gateway, make_ops_app
 from gateway.config import AdminSettings, ServeSettings
 from gateway.echo import RECEIVED, make_echo_app
@@ -28,6 +28,7 @@ class Stack:
     state: GatewayState
     received: list
     clock: Clock
+    admin_state: AdminState
     extra: dict[str, Any] = field(default_factory=dict)
 
     async def create_key(self, org: str = "acme", scopes=("tasks:read",), expires_in: str = "never",
@@ -86,7 +87,8 @@ async def make_stack(aiohttp_server, redis_url, clock, echo_server):
         state = gw.state
         ops = await aiohttp_server(make_ops_app(state))
         admin = await aiohttp_server(make_admin_app(
-            AdminSettings(redis=serve.redis, scopes=scopes, operator_tokens=(OPERATOR_TOKEN,)), clock=clock,
+            AdminSettings(redis=serve.redis, scopes=scopes, operator_tokens=(OPERATOR_TOKEN,), flush_interval=3600.0),
+            clock=clock,
         ))
         http = aiohttp.ClientSession()
         store = KeyStore(connect(serve.redis, timeout=2.0))
@@ -95,7 +97,7 @@ async def make_stack(aiohttp_server, redis_url, clock, echo_server):
         return Stack(
             gateway=f"http://127.0.0.1:{gw.port}", admin=str(admin.make_url("")).rstrip("/"),
             ops=str(ops.make_url("")).rstrip("/"), http=http, store=store, state=state,
-            received=echo_server.app[RECEIVED], clock=clock,
+            received=echo_server.app[RECEIVED], clock=clock, admin_state=admin.app[ADMIN],
         )
 
     yield factory

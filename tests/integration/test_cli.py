@@ -1,4 +1,4 @@
-"""The `gateway` command: scopes check/explain, keys create/list/revoke, serve and dev as processes."""
+"""The `gateway` command: scopes check/explain, keys create/list/revoke, serve as a process (dev: test_dev.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import aiohttp
 import pytest
 import redis
 
-from gateway.dev import die_with_parent
 from tests.conftest import ROOT, SCOPES, OPERATOR_TOKEN, RedisServer, eventually, free_port
 from tests.rawhttp import raw_request
 
@@ -332,58 +331,6 @@ async def test_serve_process_end_to_end_and_sigterm_flushes_last_used(redis_url,
         client.close()
     access = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert access[-1]["key_id"] == key["id"] and key["key"] not in out + err
-
-
-def test_dev_works_as_it_prints(tmp_path):
-    port = free_port()
-    while any(_busy(p) for p in (port + 1, port + 2, port + 10)):
-        port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "dev", "--port", str(port)], cwd=tmp_path,
-                            env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=die_with_parent)  # nothing left if the test run is killed
-    try:
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-        banner = ""
-        deadline = time.monotonic() + 30
-        while not ("create a key" in banner and banner.rstrip().endswith("api-keys")):
-            try:
-                banner += lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                proc.kill()
-                raise AssertionError(f"no banner in 30 s; stdout so far: {banner!r}; stderr: {proc.stderr.read()}") from None
-        key = re.search(r"export KEY=(\S+)", banner).group(1)
-        token = re.search(r"export TOKEN=(\S+)", banner).group(1)
-        shell_env = {**env, "KEY": key, "TOKEN": token}
-        curls = [line.strip() for line in _join_continuations(banner) if line.strip().startswith("curl")]
-        results = [subprocess.run(["bash", "-c", c + " -o /dev/null -w '%{http_code} '"], env=shell_env,
-                                  capture_output=True, text=True, timeout=10).stdout.split() for c in curls]
-        assert results == [["200"], ["403"], ["401"], ["200"], ["200"], ["201"]], (curls, results)
-        assert (tmp_path / ".data" / "redis" / "appendonlydir").is_dir()  # AOF is on
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
-    assert proc.returncode == 0
-    redis_port = int(re.search(r"redis +redis://127.0.0.1:(\d+)", banner).group(1))
-    for p in (port, port + 1, port + 2, port + 10, redis_port):
-        assert not _busy(p), f"port {p} still served after Ctrl-C"
-
-
-def _busy(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _join_continuations(text: str) -> list[str]:
-    return text.replace("\\\n", " ").splitlines()
 
 
 def test_serve_and_admin_without_a_scopes_file_say_where_it_goes_and_where_the_example_is(tmp_path):

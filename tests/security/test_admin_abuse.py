@@ -89,8 +89,10 @@ class AdminClient:
 
 @pytest.fixture
 async def admin(aiohttp_server, redis_url, redis_server, clock) -> AdminClient:
+    # No last-used flush while a test runs: a refused request must not write, and the uses of
+    # org keys are written by the flusher, not by the request (flushed at teardown).
     app = make_admin_app(AdminSettings(redis=redis_url, scopes=str(SCOPES), operator_tokens=(OPERATOR_TOKEN,),
-                                       reload_interval=0.0), clock=clock)
+                                       reload_interval=0.0, flush_interval=3600.0), clock=clock)
     server = await aiohttp_server(app)
     async with aiohttp.ClientSession() as http:
         yield AdminClient(str(server.make_url("")).rstrip("/"), http, redis_server.client)

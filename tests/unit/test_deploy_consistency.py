@@ -26,11 +26,11 @@ import redis
 import yaml
 
 from gateway import config, forward_auth
-from gateway.app import SHUTDOWN_FLUSH_DEADLINE
 from gateway.cli import build_parser
 from gateway.headers import CREDENTIAL_HEADERS, IDENTITY_HEADERS, METHOD_OVERRIDE_HEADERS
 from gateway.scopes import ScopesError, parse_rules
 from gateway.store import parse_redis_url
+from gateway.tasks import SHUTDOWN_FLUSH_DEADLINE
 from tests.conftest import ROOT, SCOPES, free_port
 
 DEPLOY = ROOT / "deploy"
