@@ -38,6 +38,9 @@ log = logging.getLogger("gateway")
 # usual keep-alive and outlives load-balancer idles.
 KEEPALIVE_TIMEOUT = 75.0
 SHUTDOWN_REQUEST_GRACE = 10.0  # seconds in-flight requests get to finish on SIGTERM
+# The background client's pool: the subscription holds one connection; the listener's
+# acknowledgements and registry beat, and the flusher, need one each at most at a time.
+BACKGROUND_CONNECTIONS = 4
 
 
 class ServerLog(logging.LoggerAdapter):
@@ -67,7 +70,15 @@ def make_state(settings: ServeSettings, *, clock: Callable[[], float] = time.tim
     state = GatewayState(
         settings=settings,
         rules=holder,
-        store=store_mod.KeyStore(store_mod.connect(settings.redis, timeout=settings.redis_timeout), settings.redis_prefix),
+        store=store_mod.KeyStore(store_mod.connect(settings.redis, timeout=settings.redis_timeout,
+                                                   max_connections=settings.redis_max_connections),
+                                 settings.redis_prefix),
+        # The subscription, its acknowledgements, the registry beat and the last-used flushes on
+        # connections of their own: a burst of request reads that fills the pool above cannot
+        # fail them (a failed beat or ack would drop the cache's trust and make the burst worse).
+        background=store_mod.KeyStore(store_mod.connect(settings.redis, timeout=settings.redis_timeout,
+                                                        max_connections=BACKGROUND_CONNECTIONS),
+                                      settings.redis_prefix),
         cache=cache,
         metrics=metrics,
         clock=clock,
@@ -110,11 +121,12 @@ class Gateway:
 
     def start_tasks(self) -> None:
         """The revocation listener (until it runs, the cache is not trusted), the last-used
-        flusher and the rules watcher."""
+        flusher and the rules watcher; the first two on the background Redis client."""
         st = self.state
         self._tasks = [
-            asyncio.create_task(listen_for_revocations(st.store, st.cache, st.metrics), name="revocations"),
-            asyncio.create_task(usage_flusher(st.store, st.usage, st.metrics, st.settings.flush_interval), name="usage"),
+            asyncio.create_task(listen_for_revocations(st.background, st.cache, st.metrics), name="revocations"),
+            asyncio.create_task(usage_flusher(st.background, st.usage, st.metrics, st.settings.flush_interval),
+                                name="usage"),
             asyncio.create_task(st.rules.watch(st.settings.reload_interval), name="rules"),
         ]
 
@@ -134,8 +146,9 @@ class Gateway:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
         self._tasks = []
-        await flush_at_shutdown(st.store, st.usage, st.metrics)
+        await flush_at_shutdown(st.background, st.usage, st.metrics)
         await st.store.redis.aclose()
+        await st.background.redis.aclose()
         if st.pool is not None:
             await st.pool.close()
 

@@ -71,6 +71,7 @@ class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     )
     redis_prefix: Annotated[str, Meta(description="Prefix of every Redis key", pattern=r"^[a-z0-9_]{1,16}$")] = "gw"
     redis_timeout: Annotated[Seconds, Meta(description="Timeout of each Redis call, seconds")] = 0.5
+    redis_max_connections: Annotated[int, Meta(ge=1, le=10_000, description="Most Redis connections of request reads; past it they queue for up to --redis-timeout (background work has its own few)")] = 64
     # Revocations are pushed (pub/sub, acknowledged, with a 1 s trust lapse), and a record never
     # changes otherwise; the TTL is only a backstop. Short TTLs cost a Redis read per key and
     # TTL: 10,000 active keys at 30 s would be 333 reads a second.

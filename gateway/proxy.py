@@ -44,7 +44,8 @@ class GatewayState:
 
     settings: ServeSettings
     rules: RulesHolder
-    store: KeyStore
+    store: KeyStore  # request reads (verification)
+    background: KeyStore  # the same Redis on connections of its own: subscription, registry, flushes
     cache: VerdictCache
     metrics: Metrics
     clock: Callable[[], float]

@@ -8,11 +8,14 @@ from urllib.parse import unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 
-__all__ = ["RedisTarget", "connect", "parse_redis_url", "redact_redis_url"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "RedisTarget", "connect", "parse_redis_url", "redact_redis_url"]
+
+DEFAULT_MAX_CONNECTIONS = 64  # per client (per node on Cluster); callers past it queue (see connect)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +85,19 @@ def redact_redis_url(url: str) -> str:
     return _QUERY_PASSWORD.sub(r"\1***", scheme + sep + head + q + query)
 
 
-def connect(url: str, *, timeout: float = 0.5) -> aioredis.Redis | RedisCluster:
+def connect(url: str, *, timeout: float = 0.5,
+            max_connections: int = DEFAULT_MAX_CONNECTIONS) -> aioredis.Redis | RedisCluster:
     """A Redis client where every call has a timeout and one quick retry.
 
+    At most ``max_connections`` connections; a call that finds them all busy waits for one
+    to be released, for up to ``timeout`` seconds, then fails with ConnectionError (a 503 for
+    a request, never an unbounded wait). redis-py's default pool raises at once instead
+    (MaxConnectionsError), which turned bursts of cache misses into 503s.
     Sentinel: the client asks the sentinels for the master, and asks again after a
     connection error or a READONLY reply (a failed-over master that became a replica).
-    Cluster: the client follows MOVED and ASK redirections and refreshes its slot map.
+    Cluster: the client follows MOVED and ASK redirections and refreshes its slot map. Its
+    per-node pools cannot queue (redis-py has no blocking variant): past ``max_connections``
+    per node a call fails at once with MaxConnectionsError.
     """
     target = parse_redis_url(url)
     common = dict(
@@ -97,17 +107,26 @@ def connect(url: str, *, timeout: float = 0.5) -> aioredis.Redis | RedisCluster:
     if target.kind == "cluster":
         return RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in target.nodes], username=target.username,
-            password=target.password, require_full_coverage=True, **common,
+            password=target.password, require_full_coverage=True, max_connections=max_connections, **common,
         )
     if target.kind == "sentinel":
         sentinel = Sentinel(
             list(target.nodes), sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
             username=target.username, password=target.password, db=target.db, **common,
         )
-        client = sentinel.master_for(target.service, redis_class=_SentinelMasterClient, health_check_interval=15)
+        client = sentinel.master_for(target.service, redis_class=_SentinelMasterClient,
+                                     connection_pool_class=_BlockingSentinelPool, health_check_interval=15,
+                                     max_connections=max_connections, timeout=timeout)
         client.sentinel = sentinel
         return client
-    return aioredis.Redis.from_url(url, health_check_interval=15, **common)
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout,
+                                           health_check_interval=15, **common)
+    return aioredis.Redis.from_pool(pool)
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The master's pool, found through the sentinels, that queues for a connection (with
+    BlockingConnectionPool's ``timeout``) instead of raising when all are busy."""
 
 
 class _SentinelMasterClient(aioredis.Redis):
