@@ -31,6 +31,7 @@ from gateway.query import method_override_in_query
 from gateway.reload import RulesHolder
 from gateway.scopes import Match, MethodNotAllowed, RouteNotFound
 from gateway.signing import Signer
+from gateway.singleflight import SingleFlight
 from gateway.store import KeyStore
 from gateway.throttle import FailureThrottle, KnownKeys
 from gateway.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
@@ -52,6 +53,7 @@ class GatewayState:
     throttle: FailureThrottle
     known_keys: KnownKeys
     usage: UsageBuffer = field(default_factory=UsageBuffer)
+    reads: SingleFlight = field(default_factory=SingleFlight)  # the Redis reads of cache misses in flight
     pool: UpstreamPool | None = None
     trusted_nets: tuple = ()
     signer: Signer | None = None  # signs the identity headers when --signing-secrets is set
@@ -179,25 +181,39 @@ def _client(st: GatewayState, headers: list[tuple[str, str]], peer: str) -> str:
 
 
 async def lookup(st: GatewayState, parsed: keys.ParsedKey) -> KeyRecord | None:
-    """Not in the cache: one Redis read (the record, or None for an unknown id), then cached."""
+    """Not in the cache: one Redis read (the record, or None for an unknown id), then cached.
+
+    Concurrent misses of one key share a single read (gateway.singleflight), unless an
+    invalidation came in between: a burst on a cold cache costs one HGETALL, not one each.
+    """
     generation = st.cache.generation
-    started = time.perf_counter()
+    key_id = parsed.key_id
     try:
         # A task of its own: redis-py's timeouts need one (gateway/httpserver.py runs
-        # requests without).
-        record = await asyncio.ensure_future(st.store.get(parsed.key_id))
+        # requests without); shielded, so no waiter can cancel the read of the others.
+        record = await asyncio.shield(st.reads.read(key_id, generation, lambda: _read(st, key_id, generation)))
     except (RedisError, OSError):
-        st.metrics.redis_errors.labels("verify").inc()
         # SECURITY: fail closed, and say so: never a 401 and never an allow without Redis,
         # unless the operator opted in to serving recently verified keys (--stale-if-error),
         # at the price of not seeing revocations made during the outage.
-        record = st.cache.get_stale(parsed.key_id, st.settings.stale_if_error) if st.settings.stale_if_error else None
+        record = st.cache.get_stale(key_id, st.settings.stale_if_error) if st.settings.stale_if_error else None
         if record is None:
             raise errors.AuthUnavailable() from None
         st.metrics.stale_served.inc()
         return record
+    return record
+
+
+async def _read(st: GatewayState, key_id: str, generation: int) -> KeyRecord | None:
+    """The one Redis read of a miss, shared by its waiters; cached unless fenced off by ``generation``."""
+    started = time.perf_counter()
+    try:
+        record = await st.store.get(key_id)
+    except (RedisError, OSError):
+        st.metrics.redis_errors.labels("verify").inc()
+        raise
     st.metrics.redis_latency.observe(time.perf_counter() - started)
-    st.cache.put(parsed.key_id, record, generation)
+    st.cache.put(key_id, record, generation)
     return record
 
 
