@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -411,8 +412,17 @@ def _interrupt(*_) -> None:
     raise KeyboardInterrupt
 
 
+def _raise_open_files(connections: int) -> None:
+    """wrk, the proxy and the upstream each hold a socket per connection: raise the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections * 4 + 1024
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+
+
 def main() -> int:
     args = parse_args()
+    _raise_open_files(args.connections)  # inherited by every process started below
     # SIGTERM (CI timeouts, kill) unwinds like Ctrl-C, through the finally that stops everything.
     signal.signal(signal.SIGTERM, _interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
