@@ -408,15 +408,14 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 
 async def _read_cascade(request: web.Request) -> bool:
-    """``cascade`` from the query (?cascade=true) or from an optional JSON body {"cascade": true}."""
+    """``cascade`` from the query (?cascade=true) or an optional JSON body {"cascade": true}."""
     given = request.query.getall("cascade", ())
     if len(given) > 1:
         raise FieldError("cascade", "cascade is given more than once.")
-    if not request.body_exists:
-        return _bool_param(given[0], "cascade") if given else False
-    if given:
-        raise FieldError("cascade", "cascade is given both in the query and in the body; give it once.")
-    return (await _read_json(request, _revoke_decoder)).cascade
+    in_query = _bool_param(given[0], "cascade") if given else False
+    # Both may be given (the document allows it): either one asking means cascade.
+    in_body = request.body_exists and (await _read_json(request, _revoke_decoder)).cascade
+    return in_query or in_body
 
 
 async def _revoke_descendants(st: AdminState, org_id: str, key_id: str, actor: str, now: int) -> list[str]:

@@ -162,8 +162,8 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                     "operationId": "revokeApiKey",
                     "summary": "Revoke a key (with cascade, also every key it created); idempotent and effective immediately",
                     "description": "Answered once every gateway refuses the key, and with cascade every key it "
-                                   "created, recursively. Without cascade those keys stay active. Give cascade "
-                                   "in the query or in the body, not both.",
+                                   "created, recursively. Without cascade those keys stay active. cascade may be "
+                                   "given in the query, the body or both: either one true means cascade.",
                     "parameters": [{"name": "cascade", "in": "query", "required": False,
                                     "schema": {"type": "boolean", "default": False},
                                     "description": "Also revoke every key this key created, recursively"}],
