@@ -24,18 +24,20 @@ from gateway import errors
 from gateway import store as store_mod
 from gateway import validation
 from gateway.config import AdminSettings
-from gateway.model import EXPIRY_CHOICES, expires_at_for, rfc3339
+from gateway.model import EXPIRY_CHOICES, created_by_any, rfc3339
 from gateway.proxy import new_request_id
 from gateway.server import error_response
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
-from gateway.store import KeyStore, decode_audit_cursor, decode_cursor
+from gateway.store import KeyStore, MemoryGauge, OrgQuota, decode_audit_cursor, decode_cursor
 from gateway.tasks import ACK_TIMEOUT, flush_at_shutdown, usage_flusher
 from gateway.usage import UsageBuffer
 
 MAX_BODY = 64 * 1024
 _json = msgspec.json.Encoder()
 _create_decoder = msgspec.json.Decoder(schemas.CreateKeyRequest)
+_revoke_decoder = msgspec.json.Decoder(schemas.RevokeKeyRequest)
+CASCADE_BATCH = 16  # revocations of one cascade level broadcast at once
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -62,6 +64,7 @@ class AdminState:
     clock: Callable[[], float]
     guard: AuthGuard
     metrics: AdminMetrics
+    memory: MemoryGauge
     usage: UsageBuffer = field(default_factory=UsageBuffer)  # org keys' uses, flushed like a gateway's
 
     def now_ms(self) -> int:
@@ -87,7 +90,7 @@ def make_admin_app(
     client = store_mod.connect(settings.redis, timeout=settings.redis_timeout)
     guard = AuthGuard(settings, clock)
     st = app[ADMIN] = AdminState(settings, KeyStore(client, settings.redis_prefix), RulesHolder(settings.scopes, rules),
-                                 clock, guard, AdminMetrics(guard))
+                                 clock, guard, AdminMetrics(guard), MemoryGauge(client, settings.memory_high_water))
     st.rules.on_reload = lambda result: st.metrics.reloads.labels(result).inc()
     r = app.router
     r.add_get("/v1/me", whoami)
@@ -228,10 +231,13 @@ async def create_key(request: web.Request) -> web.Response:
     principal = await _principal(request)
     org_id = _org_id(request)
     principal.require(MANAGE, org_id)
-    body = await _read_create(request)
+    body = await _read_json(request, _create_decoder)
+    now = st.now_ms()
     try:
         name = validation.key_name(body.name)
         scopes = validation.key_scopes(body.scopes, st.rules.current.permissions)
+        # An org key's keys expire no later than it does; an operator's are not capped.
+        expires_at = validation.expiry_within(body.expires_in, now, principal.expires_at)
     except validation.InvalidField as exc:
         raise FieldError(exc.field, str(exc), **exc.extra) from None
     refused = principal.grantable(scopes)
@@ -239,18 +245,35 @@ async def create_key(request: web.Request) -> web.Response:
         raise errors.ScopeNotGrantable(
             f"This key cannot grant scopes it does not hold: {', '.join(refused)}.", scopes=refused
         )
-    now = st.now_ms()
+    # SECURITY: refused while Redis is near maxmemory, so that revokes (tiny writes) still fit.
+    await st.memory.check()
+    # Operators are trusted and not limited (their keys still count toward the org's total).
+    quota = OrgQuota() if principal.is_operator else OrgQuota(st.settings.max_keys_per_org,
+                                                              st.settings.create_rate_per_org)
     record, secret = await st.store.create(
-        org_id=org_id, name=name, scopes=scopes, expires_at=expires_at_for(body.expires_in, now),
-        actor=principal.actor, now_ms=now,
+        org_id=org_id, name=name, scopes=scopes, expires_at=expires_at, actor=principal.actor, now_ms=now,
+        quota=quota,
     )
+    if not principal.is_operator:
+        await _refuse_if_creator_revoked(st, principal, org_id, record.id)
     return _json_response(
         schemas.created_out(record, now, secret), 201,
         Location=f"/v1/orgs/{org_id}/api-keys/{record.id}",
     )
 
 
-async def _read_create(request: web.Request) -> schemas.CreateKeyRequest:
+async def _refuse_if_creator_revoked(st: AdminState, principal: Principal, org_id: str, key_id: str) -> None:
+    # SECURITY: a cascade revocation of the creator that ran while this create was in flight may
+    # have read the org before this key was written. The creator's record, read after the write,
+    # says so; the new key is then revoked before anyone has seen its secret.
+    creator = await st.store.get(principal.key_id or "")
+    if creator is not None and creator.revoked_at is None:
+        return
+    await st.store.revoke(org_id=org_id, key_id=key_id, actor=principal.actor, now_ms=st.now_ms())
+    raise errors.RevokedApiKey()
+
+
+async def _read_json(request: web.Request, decoder: msgspec.json.Decoder):
     # JSON is UTF-8 (RFC 8259); a body declared in another charset would be misread, so refuse it.
     charset = (request.charset or "utf-8").lower()
     if request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
@@ -262,7 +285,7 @@ async def _read_create(request: web.Request) -> schemas.CreateKeyRequest:
     except web.RequestPayloadError:  # e.g. "Content-Encoding: gzip" over bytes that are not gzip
         raise errors.BadRequest("The request body could not be read (check Content-Encoding).") from None
     try:
-        body = _create_decoder.decode(raw)
+        body = decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise _field_error(str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for invalid UTF-8
@@ -368,6 +391,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     org_id = _org_id(request)
     principal.require(MANAGE, org_id)
     key_id = _key_id(request)
+    cascade = await _read_cascade(request)
     if await st.store.get_for_org(org_id, key_id) is None:
         await _require_org(st, principal, org_id)
         raise errors.KeyNotFound()
@@ -377,7 +401,40 @@ async def revoke_key(request: web.Request) -> web.Response:
                                    ack_timeout=ACK_TIMEOUT)
     if record is None:
         raise errors.KeyNotFound()
-    return _json_response(schemas.key_out(record, now))
+    revoked = [key_id]
+    if cascade:
+        revoked += await _revoke_descendants(st, org_id, key_id, principal.actor, now)
+    return _json_response(schemas.revoked_out(record, now, revoked))
+
+
+async def _read_cascade(request: web.Request) -> bool:
+    """``cascade`` from the query (?cascade=true) or an optional JSON body {"cascade": true}."""
+    given = request.query.getall("cascade", ())
+    if len(given) > 1:
+        raise FieldError("cascade", "cascade is given more than once.")
+    in_query = _bool_param(given[0], "cascade") if given else False
+    # Both may be given (the document allows it): either one asking means cascade.
+    in_body = request.body_exists and (await _read_json(request, _revoke_decoder)).cascade
+    return in_query or in_body
+
+
+async def _revoke_descendants(st: AdminState, org_id: str, key_id: str, actor: str, now: int) -> list[str]:
+    """Revoke every key the key created, recursively, each acknowledged like a single revoke;
+    return their ids, level by level."""
+    done, order = {key_id}, []
+    while True:
+        # SECURITY: each level is revoked before its own children are looked for, so a key one
+        # of them creates meanwhile is found by the next walk, or refused by that create's own
+        # check of its creator (_refuse_if_creator_revoked).
+        level = created_by_any(await st.store.org_records(org_id), done)
+        if not level:
+            return order
+        for first in range(0, len(level), CASCADE_BATCH):
+            await asyncio.gather(*(
+                st.store.revoke(org_id=org_id, key_id=child, actor=actor, now_ms=now, ack_timeout=ACK_TIMEOUT)
+                for child in level[first:first + CASCADE_BATCH]))
+        done.update(level)
+        order += level
 
 
 async def list_audit_events(request: web.Request) -> web.Response:

@@ -29,10 +29,16 @@ class Principal:
     actor: str  # recorded in the audit trail: "operator" or "key:<key_id>"
     org_id: str | None  # None for operators (any org)
     scopes: frozenset[str]
+    expires_at: int | None = None  # the key's own expiry: what it creates cannot outlive it
 
     @property
     def is_operator(self) -> bool:
         return self.org_id is None
+
+    @property
+    def key_id(self) -> str | None:
+        """The caller's own key id (None for operators)."""
+        return None if self.is_operator else self.actor.removeprefix("key:")
 
     def require(self, scope: str, org_id: str | None = None) -> None:
         """Raise unless the caller may use ``scope`` on ``org_id``."""
@@ -92,4 +98,5 @@ async def authenticate(headers, store: KeyStore, operator_tokens: tuple[str, ...
         raise errors.ExpiredApiKey()
     if usage is not None:
         usage.add(record.id, now_ms)
-    return Principal(actor=f"key:{record.id}", org_id=record.org_id, scopes=frozenset(record.scopes))
+    return Principal(actor=f"key:{record.id}", org_id=record.org_id, scopes=frozenset(record.scopes),
+                     expires_at=record.expires_at)

@@ -38,10 +38,14 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "Missing or invalid credential",
         403: "The credential lacks the needed scope",
         404: "Unknown organization (one without keys) or key",
+        409: "key_limit_reached: the org holds as many keys that are not revoked as it may (`limit`); "
+             "operators are not held to it",
         413: "Body larger than 64 KiB",
         415: "Body is not application/json",
-        429: "Too many failed authentications from this address; retry after Retry-After seconds",
-        503: "The key store is unavailable; nothing was changed",
+        429: "Too many failed authentications from this address, or (create, org keys) too_many_creates: the "
+             "org's keys created `limit` keys this minute; retry after Retry-After seconds",
+        503: "The key store is unavailable; nothing was changed. On a create also store_full: Redis is near "
+             "its maxmemory, creates are refused so that revokes still fit",
     }
     out = {}
     for status in statuses:
@@ -78,7 +82,8 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
     """The document served at /openapi.json; ``scopes`` is the current catalogue (the create
     body may name only these), so the document follows a reloaded scopes.yaml."""
     _, components = msgspec.json.schema_components(
-        [schemas.Caller, schemas.CreateKeyRequest, schemas.CreatedApiKey, schemas.ApiKey, schemas.ApiKeyList,
+        [schemas.Caller, schemas.CreateKeyRequest, schemas.RevokeKeyRequest, schemas.RevokedApiKey,
+         schemas.CreatedApiKey, schemas.ApiKey, schemas.ApiKeyList,
          schemas.PermissionList, schemas.AuditEventList, schemas.Error],
         ref_template=REF,
     )
@@ -92,7 +97,14 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
             "description": (
                 "Create, list and revoke an organization's API keys. Authenticate with "
                 "`Authorization: Bearer <operator token>` (any org) or an API key of the org holding "
-                "`api_keys:read` (read) or `api_keys:manage` (create and revoke; implies read)."
+                "`api_keys:read` (read) or `api_keys:manage` (create and revoke; implies read). "
+                "A key created by an org key records it in `created_by` (`key:<id>`) and cannot outlive it: "
+                "an `expires_in` later than the creator's own expiry (or `never`) is refused with a 400 on "
+                "`expires_in` naming `max_expires_at`; operators' keys are not capped. Revoking a key leaves "
+                "the keys it created active, unless `cascade` is asked: then they are revoked too, "
+                "recursively. Org keys are held to a per-org key limit (409 `key_limit_reached`) and create "
+                "rate (429 `too_many_creates`); every create is refused with 503 `store_full` while Redis is "
+                "near its maxmemory."
             ),
         },
         "components": {
@@ -123,7 +135,7 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                     "responses": {
                         "201": {**_json("CreatedApiKey", "Created; `key` is the secret, shown only here"),
                                 "headers": {"Location": {"schema": {"type": "string"}}}, "links": KEY_LINKS},
-                        **_errors(400, 401, 403, 404, 413, 415, 429, 503),
+                        **_errors(400, 401, 403, 404, 409, 413, 415, 429, 503),
                     },
                 },
                 "get": {
@@ -148,8 +160,17 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                 "parameters": [ORG, KEY],
                 "post": {
                     "operationId": "revokeApiKey",
-                    "summary": "Revoke a key; idempotent and effective immediately",
-                    "responses": {"200": _json("ApiKey", "The revoked key"), **_errors(400, 401, 403, 404, 429, 503)},
+                    "summary": "Revoke a key (with cascade, also every key it created); idempotent and effective immediately",
+                    "description": "Answered once every gateway refuses the key, and with cascade every key it "
+                                   "created, recursively. Without cascade those keys stay active. cascade may be "
+                                   "given in the query, the body or both: either one true means cascade.",
+                    "parameters": [{"name": "cascade", "in": "query", "required": False,
+                                    "schema": {"type": "boolean", "default": False},
+                                    "description": "Also revoke every key this key created, recursively"}],
+                    "requestBody": {"required": False,
+                                    "content": {"application/json": {"schema": _ref("RevokeKeyRequest")}}},
+                    "responses": {"200": _json("RevokedApiKey", "The revoked key, and the ids this call revoked"),
+                                  **_errors(400, 401, 403, 404, 413, 415, 429, 503)},
                 },
             },
             "/v1/orgs/{org_id}/audit-events": {

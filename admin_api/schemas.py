@@ -36,6 +36,12 @@ class CreateKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
     expires_in: Annotated[ExpiresIn, Meta(description="When the key stops working")] = "never"
 
 
+class RevokeKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Optional body of POST /v1/orgs/{org_id}/api-keys/{key_id}/revoke (or ?cascade=true)."""
+
+    cascade: Annotated[bool, Meta(description="Also revoke every key this key created, recursively")] = False
+
+
 class ApiKey(msgspec.Struct):
     """An API key as the admin API shows it: never the secret, only its display prefix."""
 
@@ -58,6 +64,13 @@ class CreatedApiKey(ApiKey):
     """The create response: the only time the full key is returned."""
 
     key: Annotated[str, Meta(description="The secret key; shown once, store it now", pattern=r"^sop_[0-9A-Za-z]{36}$")]
+
+
+class RevokedApiKey(ApiKey):
+    """The revoke response: the key, and every key the call revoked."""
+
+    revoked_ids: Annotated[list[str], Meta(description="The key's id, then (with cascade) every key it created, "
+                                                        "recursively, level by level; each refused by every gateway now")]
 
 
 class ApiKeyList(msgspec.Struct):
@@ -115,6 +128,9 @@ class ErrorDetail(msgspec.Struct, omit_defaults=True):
     required_scope: str | None = None
     unknown_scopes: list[str] | None = None
     scopes: list[str] | None = None
+    limit: Annotated[int | None, Meta(description="key_limit_reached, too_many_creates: the limit")] = None
+    max_expires_at: Annotated[str | None, Meta(description="expires_in too late: the creating key's own expiry")] = None
+    allowed_expires_in: Annotated[list[str] | None, Meta(description="expires_in too late: the choices that fit")] = None
 
 
 class Error(msgspec.Struct):
@@ -129,6 +145,10 @@ def key_out(record: KeyRecord, now_ms: int) -> ApiKey:
 
 def created_out(record: KeyRecord, now_ms: int, secret: str) -> CreatedApiKey:
     return CreatedApiKey(**_fields(record, now_ms), key=secret)
+
+
+def revoked_out(record: KeyRecord, now_ms: int, revoked_ids: list[str]) -> RevokedApiKey:
+    return RevokedApiKey(**_fields(record, now_ms), revoked_ids=revoked_ids)
 
 
 def _fields(r: KeyRecord, now_ms: int) -> dict:

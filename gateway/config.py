@@ -132,6 +132,10 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auth_failure_limit: Annotated[int, Meta(ge=0, description="Failed authentications per client address within --auth-failure-window before 429 (0 disables)")] = 20
     auth_failure_window: Annotated[Seconds, Meta(description="Seconds over which --auth-failure-limit failures are allowed")] = 60.0
     throttle_max_clients: Annotated[int, Meta(ge=1, description="Most client addresses tracked by the failure throttle")] = 100_000
+    # One tenant cannot exhaust the store for the others: limits on what an org key may create.
+    max_keys_per_org: Annotated[int, Meta(ge=0, description="Most keys that are not revoked an org may hold before org keys get 409 key_limit_reached (0: no limit)")] = 1000
+    create_rate_per_org: Annotated[int, Meta(ge=0, description="Keys an org's keys may create per minute, across admin API processes, before 429 too_many_creates (0: no limit)")] = 60
+    memory_high_water: Annotated[float, Meta(gt=0, le=1, description="Fraction of Redis maxmemory above which every create gets 503 store_full, leaving room for revokes")] = 0.9
 
     def __post_init__(self) -> None:
         _check_listen(self.listen, "--listen")

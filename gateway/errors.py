@@ -8,9 +8,10 @@ ApiError
 ├── Forbidden (403): InsufficientScope, ScopeNotGrantable
 ├── NotFound (404): RouteNotFound, KeyNotFound
 ├── MethodNotAllowed (405, with Allow)
+├── KeyLimitReached (409)
 ├── PayloadTooLarge (413), UriTooLong (414), UnsupportedMediaType (415), TooManyFailedAttempts (429),
-│   HeadersTooLarge (431)
-├── AuthUnavailable (503, with Retry-After), StoreUnavailable (503)
+│   TooManyCreates (429), HeadersTooLarge (431)
+├── AuthUnavailable (503, with Retry-After), StoreUnavailable (503), StoreFull (503)
 └── UpstreamUnavailable (502), UpstreamTimeout (504)
 """
 
@@ -167,6 +168,14 @@ class MethodNotAllowed(ApiError):
         return {"Allow": ", ".join(self.allow)}
 
 
+class KeyLimitReached(ApiError):
+    status, code = 409, "key_limit_reached"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"This organization has {limit} keys that are not revoked, its limit; "
+                         "revoke keys it no longer needs, then create again.", limit=limit)
+
+
 class PayloadTooLarge(ApiError):
     status, code, message = 413, "payload_too_large", "The request body is too large."
 
@@ -195,6 +204,18 @@ class TooManyFailedAttempts(ApiError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class TooManyCreates(ApiError):
+    status, code = 429, "too_many_creates"
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        super().__init__(f"This organization may create {limit} keys a minute; retry after {retry_after} s.",
+                         limit=limit)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class ServiceUnavailable(ApiError):
     status, code, message = 503, "service_unavailable", "Temporarily unavailable."
     retry_after = 1
@@ -211,6 +232,13 @@ class AuthUnavailable(ServiceUnavailable):
 class StoreUnavailable(ServiceUnavailable):
     code = "store_unavailable"
     message = "The key store is temporarily unavailable; nothing was changed, retry shortly."
+
+
+class StoreFull(ServiceUnavailable):
+    code = "store_full"
+    message = ("The key store is nearly full: new keys are refused until an operator frees memory; "
+               "revoking keys still works.")
+    retry_after = 60
 
 
 class UpstreamUnavailable(ApiError):

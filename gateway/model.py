@@ -54,6 +54,13 @@ class AuditEvent(msgspec.Struct, frozen=True):
     at: int
 
 
+def created_by_any(records: list[KeyRecord], creator_ids: set[str]) -> list[str]:
+    """The ids of ``records`` created by one of the keys ``creator_ids`` (``created_by`` is
+    "key:<id>" for a key created by an org key), those keys themselves left out."""
+    creators = {f"key:{key_id}" for key_id in creator_ids}
+    return [r.id for r in records if r.created_by in creators and r.id not in creator_ids]
+
+
 def expires_at_for(choice: str, now_ms: int) -> int | None:
     """Absolute expiry for an ``expires_in`` choice (KeyError for unknown choices)."""
     period = EXPIRY_CHOICES[choice]

@@ -10,6 +10,8 @@ import re
 import unicodedata
 from typing import Collection, Iterable
 
+from gateway.model import EXPIRY_CHOICES, expires_at_for, rfc3339
+
 NAME_MAX = 100  # also the page's maxlength and admin_api.schemas.NAME_PATTERN
 # SECURITY: used with fullmatch, since "$" also matches before a final newline ("acme\n").
 ORG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # the page's ORG_ID too
@@ -68,3 +70,16 @@ def key_scopes(scopes: Iterable[str], known: Collection[str]) -> list[str]:
     if unknown:
         raise InvalidField("scopes", f"Unknown scopes: {', '.join(unknown)}.", unknown_scopes=unknown)
     return scopes
+
+
+def expiry_within(choice: str, now_ms: int, cap_ms: int | None) -> int | None:
+    """The expires_at of the ``expires_in`` choice, which may not be later than ``cap_ms``: the
+    expiry of the key that creates it (None: no cap). A key cannot outlive its creator."""
+    expires_at = expires_at_for(choice, now_ms)
+    if cap_ms is None or (expires_at is not None and expires_at <= cap_ms):
+        return expires_at
+    fits = [c for c, period in EXPIRY_CHOICES.items() if period is not None and now_ms + period <= cap_ms]
+    advice = f"choose {' or '.join(fits)}" if fits else "none of the choices fits; ask an operator or a key that expires later"
+    raise InvalidField("expires_in", f"A key cannot outlive the key that creates it, which expires at "
+                                     f"{rfc3339(cap_ms)}: {advice}.",
+                       max_expires_at=rfc3339(cap_ms), allowed_expires_in=fits)

@@ -27,14 +27,14 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server process owned by the tests."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *extra: str) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is required (make test installs it)"
         self.port = free_port()
         self.dir = tmp
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(tmp)],
+             "--dir", str(tmp), *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self.url = f"redis://127.0.0.1:{self.port}/0"

@@ -9,6 +9,7 @@ slot, so the same code runs on standalone Redis, Sentinel and Redis Cluster:
                                          atomically with the change.
   {P}:org:{<org_id>}:keys         zset   the org's key ids scored by created_at (ms)
   {P}:org:{<org_id>}:revoked      zset   the org's revoked key ids scored by revoked_at (ms)
+  {P}:org:{<org_id>}:creates      string creates by the org's keys in the current minute (expires)
   {P}:usage:{P}:node:<node_id>    hash   one gateway process's absolute usage totals:
                                          <key_id> -> "<last used ms>:<count>", "~" -> write seq
   {P}:usage:{P}:nodes             zset   node ids scored by their last liveness beat (server ms)
@@ -30,7 +31,8 @@ from gateway.store.codec import AUDIT_CURSOR_PATTERN, CURSOR_PATTERN, decode_aud
 from gateway.store.connection import RedisTarget, connect, parse_redis_url, redact_redis_url
 from gateway.store.keystore import AuditPage, KeyStore, Page, RedisError, WriteTooLate
 from gateway.store.ledger import UsageLedger
+from gateway.store.quota import MemoryGauge, OrgQuota
 
-__all__ = ["AUDIT_CURSOR_PATTERN", "AuditPage", "CURSOR_PATTERN", "KeyStore", "Page", "RedisError", "RedisTarget",
+__all__ = ["AUDIT_CURSOR_PATTERN", "AuditPage", "CURSOR_PATTERN", "KeyStore", "MemoryGauge", "OrgQuota", "Page", "RedisError", "RedisTarget",
            "UsageLedger", "WriteTooLate", "connect", "decode_audit_cursor", "decode_cursor", "parse_redis_url",
            "redact_redis_url"]

@@ -18,6 +18,7 @@ from gateway.model import AuditEvent, KeyRecord
 from gateway.store.codec import (decode_audit_cursor, decode_cursor, decode_record, encode_audit_cursor,
                                  encode_cursor, encode_record)
 from gateway.store.ledger import UsageLedger
+from gateway.store.quota import NO_QUOTA, RESERVE, OrgQuota, check_reserve
 
 __all__ = ["AuditPage", "KeyStore", "Page", "RedisError", "WriteTooLate", "decode_cursor"]
 
@@ -28,6 +29,8 @@ _DEADLINE = """
 local t = redis.call('TIME')
 if t[1] * 1000 + math.floor(t[2] / 1000) > tonumber(ARGV[1]) then return -1 end
 """
+
+_RESERVE = _DEADLINE + RESERVE
 
 _CREATE = _DEADLINE + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -98,6 +101,7 @@ class KeyStore:
         self.registry = f"{prefix}:gateways"
         self.ledger = UsageLedger(client, prefix)
         self._create = client.register_script(_CREATE)
+        self._reserve = client.register_script(_RESERVE)
         self._register = client.register_script(_REGISTER)
         self._live = client.register_script(_LIVE)
         self._revoke = client.register_script(_REVOKE)
@@ -115,6 +119,9 @@ class KeyStore:
     def _org_revoked(self, org_id: str) -> str:
         return f"{self.p}:org:{{{org_id}}}:revoked"
 
+    def _org_creates(self, org_id: str) -> str:
+        return f"{self.p}:org:{{{org_id}}}:creates"
+
     # -- writes --------------------------------------------------------------------------
     async def create(
         self,
@@ -125,8 +132,13 @@ class KeyStore:
         expires_at: int | None,
         actor: str,
         now_ms: int,
+        quota: OrgQuota = NO_QUOTA,
     ) -> tuple[KeyRecord, str]:
-        """Create a key; return its record and the secret (the only time it exists)."""
+        """Create a key; return its record and the secret (the only time it exists).
+
+        ``quota`` is checked atomically with the org index entry (KeyLimitReached, TooManyCreates),
+        so concurrent creates on any number of admin API processes cannot exceed it.
+        """
         for _ in range(3):
             secret = keys.generate_key()
             parsed = keys.parse_key(secret)
@@ -143,7 +155,12 @@ class KeyStore:
             )
             # Index first: an index entry without a record is invisible (filtered on read),
             # while a record without an index entry would be an unlisted, working key.
-            await self.redis.zadd(self._org_keys(org_id), {record.id: now_ms})
+            reserved = await self._reserve(
+                keys=[self._org_keys(org_id), self._org_revoked(org_id), self._org_creates(org_id)],
+                args=[self._deadline(), record.id, now_ms, *quota.args()])
+            if reserved == -1:
+                raise WriteTooLate("the create reached Redis after its deadline")
+            check_reserve(reserved, quota)
             try:
                 created = await self._create(keys=[self._rec(record.id)],
                                              args=[self._deadline(), *encode_record(record)])
@@ -376,6 +393,18 @@ class KeyStore:
                 pass
         return [msgspec.structs.replace(r, last_used_at=usage[r.id][0], request_count=usage[r.id][1])
                 for r in records]
+
+    async def org_records(self, org_id: str, batch: int = 500) -> list[KeyRecord]:
+        """Every record of the org, revoked ones too, oldest first, without usage (what a cascade
+        revocation walks: the org's own index only)."""
+        out: list[KeyRecord] = []
+        start = 0
+        while True:
+            ids = [m.decode() for m in await self.redis.zrange(self._org_keys(org_id), start, start + batch - 1)]
+            out += await self._records(ids, org_id)
+            if len(ids) < batch:
+                return out
+            start += batch
 
     async def org_exists(self, org_id: str) -> bool:
         """An org exists from its first key on: its key index is there (one EXISTS)."""

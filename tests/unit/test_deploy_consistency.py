@@ -594,6 +594,8 @@ def test_the_redis_configurations_load(tmp_path, name):
         else:
             assert client.config_get("appendonly") == {"appendonly": "yes"}
             assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+            # A cap, so that the admin API's high-water mark (a fraction of it) means something.
+            assert int(client.config_get("maxmemory")["maxmemory"]) == 1024 ** 3
     finally:
         client.close()
         proc.terminate()

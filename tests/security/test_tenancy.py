@@ -1,0 +1,373 @@
+"""One tenant against the others, and keys against their creators (issue 12, items 2 and 8).
+
+- A key created by an org key cannot outlive it; operators' keys are not capped.
+- A cascade revoke revokes a key and every key it created, recursively, and a real `gateway
+  serve` process refuses each of them right after the answer; without cascade they stay active.
+- An org key is held to a per-org key limit and a create rate, counted in Redis (two admin API
+  apps share them, and concurrent creates cannot exceed them).
+- A Redis with a small maxmemory filled by one tenant's creates refuses the next create with
+  503 store_full, while another tenant's revoke still succeeds and its key is refused.
+
+The admin API runs in-process on a real socket; the gateway is a real process; Redis is real.
+Each test uses orgs of its own, and nothing here flushes Redis (a flush would drop the gateway's
+registration, and a revoke would not wait for its acknowledgement).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import uuid
+
+import aiohttp
+import msgspec
+import pytest
+
+from admin_api.app import make_admin_app
+from gateway import config
+from gateway.config import AdminSettings
+from gateway.model import DAY_MS, EXPIRY_CHOICES, rfc3339
+from tests.conftest import OPERATOR_TOKEN, SCOPES, RedisServer
+from tests.security.conftest import start_gateway, stop_gateway
+
+ALL_SCOPES = ["tasks:read", "tasks:write", "reservations:read", "reservations:write", "properties:read",
+              "properties:write", "guests:read", "guests:write", "messages:read", "messages:write",
+              "api_keys:read", "api_keys:manage"]
+MANAGER = ["api_keys:manage", "tasks:read"]
+
+
+class Admin:
+    """One admin API app on a real socket."""
+
+    def __init__(self, url: str, http: aiohttp.ClientSession) -> None:
+        self.url, self.http = url, http
+
+    async def call(self, method: str, path: str, token: str = OPERATOR_TOKEN, **kw):
+        headers = {"Authorization": f"Bearer {token}", **kw.pop("headers", {})}
+        async with self.http.request(method, self.url + path, headers=headers, **kw) as resp:
+            raw = await resp.read()
+            return resp.status, (msgspec.json.decode(raw) if raw else None), resp
+
+    async def create(self, org: str, token: str = OPERATOR_TOKEN, scopes=MANAGER, expires_in: str = "never",
+                     name: str = "k", expect: int = 201):
+        status, body, resp = await self.call("POST", f"/v1/orgs/{org}/api-keys", token,
+                                             json={"name": name, "scopes": list(scopes), "expires_in": expires_in})
+        assert status == expect, body
+        return body if expect == 201 else (body["error"], resp)
+
+    async def revoke(self, org: str, key_id: str, token: str = OPERATOR_TOKEN, **kw):
+        status, body, _ = await self.call("POST", f"/v1/orgs/{org}/api-keys/{key_id}/revoke", token, **kw)
+        assert status == 200, body
+        return body
+
+    async def count(self, org: str) -> int:
+        status, body, _ = await self.call("GET", f"/v1/orgs/{org}/api-keys", params={"include_revoked": "true",
+                                                                                      "limit": "100"})
+        return len(body["data"]) if status == 200 else 0
+
+
+@pytest.fixture
+async def admins(aiohttp_server, redis_server, clock):
+    """Factory: admin API apps on the shared Redis (or ``redis``), with AdminSettings overrides."""
+    http = aiohttp.ClientSession()
+
+    async def factory(redis: str = redis_server.url, **overrides) -> Admin:
+        settings = AdminSettings(redis=redis, scopes=str(SCOPES), operator_tokens=(OPERATOR_TOKEN,),
+                                 reload_interval=0.0, flush_interval=3600.0, **overrides)
+        server = await aiohttp_server(make_admin_app(settings, clock=clock))
+        return Admin(str(server.make_url("")).rstrip("/"), http)
+
+    yield factory
+    await http.close()
+
+
+@pytest.fixture
+def org() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module")
+def gw(redis_server, recorder, tmp_path_factory):
+    proc = start_gateway(tmp_path_factory.mktemp("tenancy-gw"), redis_server.url, recorder, "--auth-failure-limit", "0")
+    yield proc
+    stop_gateway(proc)
+
+
+def gateway_code(gw, key: str) -> tuple[int, str]:
+    resp = gw.request("GET", "/v1/tasks", key=key)
+    return resp.status, (resp.json()["error"]["code"] if resp.status >= 400 else "ok")
+
+
+# -- item 8: a key cannot outlive the key that creates it ----------------------------------------
+
+@pytest.mark.parametrize("parent, child", list(itertools.product(EXPIRY_CHOICES, EXPIRY_CHOICES)))
+async def test_a_child_expiry_is_capped_at_its_creators(admins, org, parent, child):
+    admin = await admins()
+    creator = await admin.create(org, expires_in=parent)
+    fits = parent == "never" or (child != "never" and EXPIRY_CHOICES[child] <= EXPIRY_CHOICES[parent])
+    if fits:
+        made = await admin.create(org, creator["key"], ["tasks:read"], child)
+        assert made["created_by"] == f"key:{creator['id']}"
+        assert made["expires_at"] == (None if child == "never" else
+                                      rfc3339(_ms(creator["created_at"]) + EXPIRY_CHOICES[child]))
+        return
+    error, _ = await admin.create(org, creator["key"], ["tasks:read"], child, expect=400)
+    assert error["code"] == "validation_failed" and error["field"] == "expires_in", error
+    assert error["max_expires_at"] == creator["expires_at"]
+    assert creator["expires_at"] in error["message"] and "outlive" in error["message"]
+    assert error["allowed_expires_in"] == [c for c in ("30d", "90d", "1y")
+                                           if EXPIRY_CHOICES[c] <= EXPIRY_CHOICES[parent]]
+    assert await admin.count(org) == 1  # nothing was written
+
+
+def _ms(text: str) -> int:
+    return round(dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+@pytest.mark.parametrize("parent, later_ms, allowed", [
+    ("30d", 1, []),                       # a millisecond later, not even 30d fits
+    ("90d", 1, ["30d"]),
+    ("90d", 60 * DAY_MS + 1, []),
+    ("1y", 275 * DAY_MS, ["30d", "90d"]),
+    ("1y", 364 * DAY_MS, []),
+])
+async def test_the_cap_follows_the_time_the_creator_has_left(admins, org, clock, parent, later_ms, allowed):
+    admin = await admins()
+    creator = await admin.create(org, expires_in=parent)
+    clock.advance(later_ms / 1000)
+    for choice in EXPIRY_CHOICES:
+        if choice in allowed:
+            await admin.create(org, creator["key"], ["tasks:read"], choice)
+        else:
+            error, _ = await admin.create(org, creator["key"], ["tasks:read"], choice, expect=400)
+            assert error["field"] == "expires_in" and error["allowed_expires_in"] == allowed
+            if not allowed:
+                assert "none of the choices fits" in error["message"]
+
+
+async def test_children_of_children_are_capped_at_their_own_creator(admins, org, clock):
+    admin = await admins()
+    root = await admin.create(org, expires_in="1y")
+    child = await admin.create(org, root["key"], expires_in="90d")
+    clock.advance(1)
+    for choice in ("never", "1y", "90d"):  # the child's 90d, not the root's year, is the cap
+        error, _ = await admin.create(org, child["key"], ["tasks:read"], choice, expect=400)
+        assert error["max_expires_at"] == child["expires_at"]
+    grandchild = await admin.create(org, child["key"], expires_in="30d")
+    assert grandchild["created_by"] == f"key:{child['id']}"
+    error, _ = await admin.create(org, grandchild["key"], ["tasks:read"], "never", expect=400)
+    assert error["max_expires_at"] == grandchild["expires_at"]
+
+
+@pytest.mark.parametrize("choice", list(EXPIRY_CHOICES))
+async def test_operator_keys_and_never_expiring_creators_are_not_capped(admins, org, clock, choice):
+    admin = await admins()
+    made = await admin.create(org, expires_in=choice)
+    assert made["created_by"] == "operator"
+    creator = await admin.create(org, expires_in="never")
+    clock.advance(400 * 86400)
+    assert (await admin.create(org, creator["key"], ["tasks:read"], choice))["status"] == "active"
+
+
+# -- item 8: cascade revocation ----------------------------------------------------------------
+
+async def _tree(admin: Admin, org: str) -> dict[str, dict]:
+    """root -> a, b; a -> a1 -> a11; and an operator key beside them."""
+    keys = {"root": await admin.create(org, name="root")}
+    keys["a"] = await admin.create(org, keys["root"]["key"], name="a")
+    keys["b"] = await admin.create(org, keys["root"]["key"], ["tasks:read"], name="b")
+    keys["a1"] = await admin.create(org, keys["a"]["key"], name="a1")
+    keys["a11"] = await admin.create(org, keys["a1"]["key"], ["tasks:read"], name="a11")
+    keys["other"] = await admin.create(org, name="other")
+    return keys
+
+
+@pytest.mark.parametrize("how", ["query", "body", "either"])
+async def test_cascade_revokes_every_descendant_on_the_gateway_at_once(admins, org, gw, how):
+    admin = await admins()
+    keys = await _tree(admin, org)
+    for k in keys.values():  # cached on the gateway: the refusal below is the invalidation's doing
+        assert gateway_code(gw, k["key"]) == (200, "ok")
+    kw = {"query": {"params": {"cascade": "true"}}, "body": {"json": {"cascade": True}},
+          "either": {"params": {"cascade": "false"}, "json": {"cascade": True}}}[how]
+    body = await admin.revoke(org, keys["a"]["id"], keys["root"]["key"], **kw)
+    assert body["id"] == keys["a"]["id"] and body["status"] == "revoked"
+    assert body["revoked_ids"] == [keys["a"]["id"], keys["a1"]["id"], keys["a11"]["id"]]  # level by level
+    for name in ("a", "a1", "a11"):
+        assert gateway_code(gw, keys[name]["key"]) == (401, "revoked_api_key"), name
+    for name in ("root", "b", "other"):
+        assert gateway_code(gw, keys[name]["key"]) == (200, "ok"), name
+    body = await admin.revoke(org, keys["root"]["id"], **kw)  # the operator, from the top
+    assert set(body["revoked_ids"]) == {keys[n]["id"] for n in ("root", "a", "b", "a1", "a11")}
+    assert body["revoked_ids"][:1] == [keys["root"]["id"]]
+    for name in ("root", "b"):
+        assert gateway_code(gw, keys[name]["key"]) == (401, "revoked_api_key"), name
+    assert gateway_code(gw, keys["other"]["key"]) == (200, "ok")
+
+
+async def test_without_cascade_the_children_stay_active_and_show_their_creator(admins, org, gw):
+    admin = await admins()
+    keys = await _tree(admin, org)
+    body = await admin.revoke(org, keys["root"]["id"])
+    assert body["revoked_ids"] == [keys["root"]["id"]]
+    assert gateway_code(gw, keys["root"]["key"]) == (401, "revoked_api_key")
+    status, page, _ = await admin.call("GET", f"/v1/orgs/{org}/api-keys")
+    listed = {k["id"]: k for k in page["data"]}
+    for name in ("a", "b"):
+        assert listed[keys[name]["id"]]["created_by"] == f"key:{keys['root']['id']}"
+        assert listed[keys[name]["id"]]["status"] == "active"
+        assert gateway_code(gw, keys[name]["key"]) == (200, "ok")
+    # The orphan still creates (capped at its own expiry), and a later cascade still finds its tree.
+    await admin.create(org, keys["a"]["key"], ["tasks:read"], name="a2")
+    body = await admin.revoke(org, keys["root"]["id"], params={"cascade": "true"})
+    assert len(body["revoked_ids"]) == 6
+
+
+async def test_a_create_that_races_its_creators_revocation_leaves_no_active_key(admins, org):
+    """The create answered after its creator was revoked: the new key is revoked too, never shown."""
+    admin = await admins()
+    parent = await admin.create(org)
+    tasks = [admin.call("POST", f"/v1/orgs/{org}/api-keys", parent["key"],
+                        json={"name": f"race {i}", "scopes": ["tasks:read"]}) for i in range(30)]
+    tasks.insert(10, admin.call("POST", f"/v1/orgs/{org}/api-keys/{parent['id']}/revoke", params={"cascade": "true"}))
+    await asyncio.gather(*tasks)
+    status, page, _ = await admin.call("GET", f"/v1/orgs/{org}/api-keys")
+    assert [k["name"] for k in page["data"]] == []  # every key of the org is revoked
+
+
+@pytest.mark.parametrize("kw, status, field", [
+    ({"params": {"cascade": "maybe"}}, 400, "cascade"),
+    ({"params": [("cascade", "true"), ("cascade", "true")]}, 400, "cascade"),
+    ({"json": {"cascade": "yes"}}, 400, "cascade"),
+    ({"json": {"cascade": True, "also": 1}}, 400, "also"),
+    ({"data": b'{"cascade": true, "cascade": false}', "headers": {"Content-Type": "application/json"}}, 400, "cascade"),
+    ({"data": b"[]", "headers": {"Content-Type": "application/json"}}, 400, None),
+    ({"data": b"cascade=true", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415, None),
+])
+async def test_bad_cascade_requests_are_refused_and_revoke_nothing(admins, org, kw, status, field):
+    admin = await admins()
+    key = await admin.create(org)
+    got, body, _ = await admin.call("POST", f"/v1/orgs/{org}/api-keys/{key['id']}/revoke", **kw)
+    assert got == status, body
+    if field:
+        assert body["error"]["field"] == field, body
+    status, body, _ = await admin.call("GET", f"/v1/orgs/{org}/api-keys/{key['id']}")
+    assert body["status"] == "active"
+
+
+# -- item 2: per-org key limit and create rate --------------------------------------------------
+
+async def test_the_key_limit_holds_org_keys_counts_in_redis_and_frees_on_revoke(admins, org):
+    first, second = await admins(max_keys_per_org=4), await admins(max_keys_per_org=4)
+    manager = await first.create(org)  # 1 of 4
+    other_org = f"{org}-other"
+    await first.create(other_org)
+    for i, admin in enumerate([first, second, first]):  # 2, 3, 4 of 4, on either process
+        await admin.create(org, manager["key"], ["tasks:read"], name=f"k{i}")
+    for admin in (first, second):
+        error, _ = await admin.create(org, manager["key"], ["tasks:read"], expect=409)
+        assert error["code"] == "key_limit_reached" and error["limit"] == 4 and "4" in error["message"], error
+    assert await first.count(org) == 4
+    await first.create(other_org)  # another org is not held to this org's count
+    await first.create(org)  # operators are not held to it (5 of 4 now)
+    page = (await first.call("GET", f"/v1/orgs/{org}/api-keys"))[1]["data"]
+    for k in [k for k in page if k["id"] != manager["id"]][:2]:
+        await first.revoke(org, k["id"])  # revoked keys do not count: 3 of 4
+    await second.create(org, manager["key"], ["tasks:read"])
+    await second.create(org, manager["key"], ["tasks:read"], expect=409)
+
+
+async def test_concurrent_creates_on_two_processes_cannot_exceed_the_key_limit(admins, org):
+    apps = [await admins(max_keys_per_org=10, create_rate_per_org=0) for _ in range(2)]
+    manager = await apps[0].create(org)
+    results = await asyncio.gather(*(
+        apps[i % 2].call("POST", f"/v1/orgs/{org}/api-keys", manager["key"],
+                         json={"name": f"c{i}", "scopes": ["tasks:read"]}) for i in range(40)))
+    statuses = sorted(status for status, _, _ in results)
+    assert statuses == [201] * 9 + [409] * 31, statuses
+    assert await apps[0].count(org) == 10
+
+
+async def test_the_create_rate_holds_org_keys_across_processes_with_retry_after(admins, org):
+    first, second = await admins(create_rate_per_org=3), await admins(create_rate_per_org=3)
+    manager = await first.create(org)  # operators do not count toward the rate
+    for admin in (first, second, first):
+        await admin.create(org, manager["key"], ["tasks:read"])
+    for admin in (first, second):
+        error, resp = await admin.create(org, manager["key"], ["tasks:read"], expect=429)
+        assert error["code"] == "too_many_creates" and error["limit"] == 3, error
+        assert 1 <= int(resp.headers["Retry-After"]) <= 60
+    await first.create(org, name="operator, unlimited")
+    other = await first.create(f"{org}-b")
+    await first.create(f"{org}-b", other["key"], ["tasks:read"])  # another org has its own minute
+
+
+async def test_concurrent_creates_cannot_exceed_the_rate(admins, org):
+    apps = [await admins(create_rate_per_org=5, max_keys_per_org=0) for _ in range(2)]
+    manager = await apps[0].create(org)
+    results = await asyncio.gather(*(
+        apps[i % 2].call("POST", f"/v1/orgs/{org}/api-keys", manager["key"],
+                         json={"name": f"c{i}", "scopes": ["tasks:read"]}) for i in range(30)))
+    assert sorted(status for status, _, _ in results) == [201] * 5 + [429] * 25
+
+
+@pytest.mark.parametrize("name, env, value", [
+    ("max_keys_per_org", "GATEWAY_MAX_KEYS_PER_ORG", 5),
+    ("create_rate_per_org", "GATEWAY_CREATE_RATE_PER_ORG", 0),
+    ("memory_high_water", "GATEWAY_MEMORY_HIGH_WATER", 0.75),
+])
+def test_the_limits_are_settings(name, env, value):
+    assert getattr(config.load(AdminSettings, {}, {env: str(value)}), name) == value
+    assert getattr(config.load(AdminSettings, {name: str(value)}, {}), name) == value
+    with pytest.raises(config.ConfigError, match=config.flag(name)):
+        config.load(AdminSettings, {name: "-1"}, {})
+
+
+def test_the_defaults_bound_a_tenant():
+    settings = AdminSettings()
+    assert (settings.max_keys_per_org, settings.create_rate_per_org, settings.memory_high_water) == (1000, 60, 0.9)
+
+
+# -- item 2: a tenant filling Redis cannot stop another's revoke --------------------------------
+
+@pytest.fixture
+def small_redis(tmp_path):
+    server = RedisServer(tmp_path, "--maxmemory", "4mb", "--maxmemory-policy", "noeviction")
+    yield server
+    server.stop()
+
+
+async def test_a_full_store_refuses_creates_but_another_tenants_revoke_works(admins, small_redis, recorder,
+                                                                              tmp_path):
+    gateway = start_gateway(tmp_path, small_redis.url, recorder, "--auth-failure-limit", "0")
+    try:
+        admin = await admins(redis=small_redis.url, max_keys_per_org=0, create_rate_per_org=0)
+        victim = await admin.create("victim", scopes=["tasks:read"])
+        assert gateway_code(gateway, victim["key"]) == (200, "ok")
+        attacker = await admin.create("attacker", scopes=ALL_SCOPES)
+        refusals: list[dict] = []
+
+        async def fill(worker: int) -> None:
+            for i in range(3000):
+                status, body, _ = await admin.call(
+                    "POST", "/v1/orgs/attacker/api-keys", attacker["key"],
+                    json={"name": f"{'x' * 90} {worker} {i}", "scopes": ALL_SCOPES})
+                if status != 201:
+                    refusals.append(body["error"] | {"status": status})
+                    return
+
+        await asyncio.gather(*(fill(w) for w in range(4)))
+        assert refusals and {(e["status"], e["code"]) for e in refusals} == {(503, "store_full")}, refusals
+        info = small_redis.client.info("memory")
+        assert 0.9 <= info["used_memory"] / info["maxmemory"] < 1.0, info
+        await admin.create("victim", expect=503)  # everyone's creates wait: the store is full
+        body = await admin.revoke("victim", victim["id"])  # a tiny write still fits
+        assert body["status"] == "revoked"
+        assert gateway_code(gateway, victim["key"]) == (401, "revoked_api_key")
+        await admin.revoke("attacker", attacker["id"])
+        assert gateway_code(gateway, attacker["key"]) == (401, "revoked_api_key")
+        logs = gateway.all_logs()
+        assert "OOM" not in logs, logs[-2000:]
+    finally:
+        stop_gateway(gateway)
