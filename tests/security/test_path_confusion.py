@@ -45,6 +45,12 @@ def assert_invalid(resp: RawResponse, got) -> None:
         assert resp.json()["error"]["code"] == "invalid_path", resp.body
 
 
+# Percent-encoded look-alikes of "/", "\\" and ".", upper and lower case hex.
+LOOK_ALIKE_SLASHES = [b"%EF%BC%8F", b"%E2%88%95", b"%E2%81%84", b"%E2%A7%B8", b"%EF%BC%BC", b"%E2%88%96",
+                      b"%EF%B9%A8", b"%E2%A7%B9", b"%E2%A7%B5"]
+LOOK_ALIKE_DOTS = [b"%EF%BC%8E", b"%E2%80%A4", b"%EF%B9%92", b"%E3%80%82", b"%EF%BD%A1", b"%C2%B7", b"%E2%80%A7"]
+LOOK_ALIKES = [*LOOK_ALIKE_SLASHES, *LOOK_ALIKE_DOTS, *(e.lower() for e in LOOK_ALIKE_SLASHES + LOOK_ALIKE_DOTS)]
+
 # Targets the product contract says must be refused with 400 `invalid_path` (or that the HTTP
 # parser refuses first). Each aims at a route the reader key can reach or at one next to it.
 MUST_REFUSE = {
@@ -100,6 +106,21 @@ MUST_REFUSE = {
         b"/v1/t\xd0\xb0sks", b"/v1/tasks/\xc3\xa9", b"/v1/tasks/\xff", b"/v1/tasks\xef\xbc\x8f42",
         b"/v1/tasks?q=\xe9",
     ],
+    # Look-alikes of "/", "\\" and "." (a backend applying NFKC, Windows best-fit or a
+    # transliteration reads them as separators or dots), percent-encoded and raw UTF-8.
+    "look-alike separators": [
+        *(pre + enc + post for enc in LOOK_ALIKES for pre, post in (
+            (b"/v1/tasks", b"42"), (b"/v1/tasks/42", b"complete"), (b"/v1/tasks/", b""),
+            (b"/v1/tasks/", b"/status"), (b"/v1/tasks/", b"..")
+        )),
+        *(b"/v1/tasks/" + enc + enc + b"/guests" for enc in LOOK_ALIKE_DOTS),
+        *(b"/v1/tasks/" + enc.lower() + enc.lower() for enc in LOOK_ALIKE_DOTS),
+        b"/v1/%EF%BD%94asks", b"/v1/tasks/42/%EF%BD%83omplete", b"/v1/%EF%BD%87uests",  # fullwidth letters
+        b"/v1/tasks/%E2%80%A5", b"/v1/tasks/%E2%80%A6", b"/v1/tasks%EF%BC%9B", b"/v1/tasks/%EF%BC%852e",
+        b"/v1/tasks/a%C2%A0b", b"/v1/tasks/%E3%80%80",
+        b"/v1/tasks\xef\xbc\x8f..\xef\xbc\x8fguests", b"/v1/tasks/\xe2\x88\x95guests", b"/v1/\xef\xbc\x8e\xef\xbc\x8e",
+        b"/v1/tasks/\xe2\x80\xa4\xe2\x80\xa4/guests", b"/v1/tasks\xef\xbc\xbcguests",
+    ],
     "too long": [
         b"/v1/" + b"a/" * 70 + b"b",  # more segments than any rule could use
         b"/v1/tasks/" + b"a" * 9000,  # longer than the request-line limit
@@ -145,13 +166,11 @@ RESOLVED = [
     (b"/v1/tasks/42/completeX", 404, None),
     (b"/v1/tasks/42/complete/x", 404, None),
     (b"/v1/reservations/upcomingX", 200, b"/v1/reservations/upcomingX"),  # {reservation_id}, same scope
-    # look-alike characters are ordinary characters of a segment: never separators or dots
-    (b"/v1/tasks%ef%bc%8f42", 404, None),  # fullwidth solidus
-    (b"/v1/tasks/42%ef%bc%8fcomplete", 200, b"/v1/tasks/42%EF%BC%8Fcomplete"),
-    (b"/v1/tasks/%e2%80%a4%e2%80%a4/status", 404, None),  # one-dot leaders
-    (b"/v1/tasks/%e2%80%a4%e2%80%a4", 200, b"/v1/tasks/%E2%80%A4%E2%80%A4"),
-    (b"/v1/tasks/%ef%bc%8e%ef%bc%8e", 200, b"/v1/tasks/%EF%BC%8E%EF%BC%8E"),  # fullwidth full stops
+    # non-ASCII letters are ordinary characters of a segment (look-alikes of "/", "\\", "." are refused)
     (b"/v1/t%d0%b0sks", 404, None),  # Cyrillic a
+    (b"/v1/tasks/%d0%b0", 200, b"/v1/tasks/%D0%B0"),
+    (b"/v1/tasks/caf%c3%a9", 200, b"/v1/tasks/caf%C3%A9"),
+    (b"/v1/tasks/a%e2%80%93b", 200, b"/v1/tasks/a%E2%80%93b"),  # en dash: no decoder reads it as ASCII
     (b"/v1/%d1%82asks", 404, None),  # Cyrillic te
     (b"/v1/%d1%95tatus", 404, None),  # Cyrillic dze
     (b"/v1/tasks/...", 200, b"/v1/tasks/..."),  # three dots is a name, not a dot segment
