@@ -6,6 +6,9 @@ upstream) or forwarded with exactly the canonical path the access log says was a
 
 from __future__ import annotations
 
+import time
+from urllib.parse import quote
+
 import pytest
 
 from gateway.paths import canonicalize
@@ -270,3 +273,63 @@ def test_without_a_key_only_the_public_route_is_forwarded(gateway, target):
         assert got.path == "/v1/status" and got.header("X-Org-Id") is None
     else:
         assert resp.status in (400, 401)
+
+
+# ---- a key pasted into the path: refused, never forwarded, never logged --------------------
+
+def _pct(text: str, case: str = "%{:02X}") -> str:
+    return "".join(case.format(b) for b in text.encode())
+
+
+def key_in_path_targets(key: str) -> list[str]:
+    body = key[len("sop_"):]
+    enc = _pct(key)
+    return [
+        f"/v1/tasks/{key}", f"/v1/{key}/tasks", f"/{key}", f"/{key}/", f"/v1/tasks/{key}/complete",
+        f"/v1/tasks/foo-{key}", f"/v1/tasks/{key}-bar", f"/v1/tasks/x{key}y", f"/v1/tasks/{key}{key}",
+        f"/v1/tasks/id.{key}.json", f"/v1/tasks/{key}?page=2", f"/v1/status/{key}", f"/v1/tasks/42/{key}/",
+        f"/v1/properties/1/documents/a/b/{key}", f"/v1/tasks/{enc}", f"/v1/tasks/{_pct(key, '%{:02x}')}",
+        f"/v1/tasks/%73op_{body}", f"/v1/tasks/sop%5F{body}", f"/v1/tasks/s%6Fp_{body[:10]}%{ord(body[10]):02X}{body[11:]}",
+        f"/v1/tasks/{quote(enc, safe='')}", f"/v1/tasks/{quote(quote(enc, safe=''), safe='')}",
+        f"/v1/tasks/%2573op_{body}", f"/v1/tasks/a%20{key}", f"/v1/tasks/%E4%BB%BB{key}", f"/v1/tasks/{key}%7E",
+    ]
+
+
+def _assert_key_refused_unlogged(gw: GatewayProcess, resp: RawResponse, key: str, before: int) -> dict:
+    assert resp.status == 400, resp.raw[:300]
+    assert resp.json()["error"]["code"] == "api_key_in_path", resp.body
+    assert gw.recorder.received[before:] == []
+    assert key[4:].encode() not in resp.raw
+    entry = gw.log_entry(resp.header("X-Request-Id"))
+    assert entry["outcome"] == "api_key_in_path" and entry["status"] == 400, entry
+    assert key[4:] not in str(entry) and "[redacted]" in entry["path"], entry
+    return entry
+
+
+@pytest.mark.parametrize("which", ["reader", "generated"])
+@pytest.mark.parametrize("method", ["GET", "POST", "HEAD"])
+def test_a_key_in_the_path_is_refused_and_never_logged(gateway, which, method):
+    from gateway.keys import generate_key
+
+    key = gateway.keys["reader"]["key"] if which == "reader" else generate_key()
+    for target in key_in_path_targets(key):
+        for header_key in (None, gateway.keys["writer"]["key"]):
+            before = len(gateway.recorder.received)
+            resp = gateway.exchange(raw_request(method.encode(), target.encode(), header_key))
+            if method == "HEAD":  # no body to read the code from: the access log has it
+                assert resp.status == 400 and gateway.recorder.received[before:] == [], (target, resp.raw[:300])
+                entry = gateway.log_entry(resp.header("X-Request-Id"))
+                assert entry["outcome"] == "api_key_in_path" and key[4:] not in str(entry), entry
+            else:
+                _assert_key_refused_unlogged(gateway, resp, key, before)
+    time.sleep(0.2)  # access-log lines are written in batches
+    assert key[4:] not in gateway.all_logs()
+
+
+@pytest.mark.parametrize("target", [
+    "/v1/tasks/sop_short", "/v1/tasks/SOP_" + "a" * 36, "/v1/tasks/sop-" + "a" * 36, "/v1/tasks/sop_" + "a" * 35,
+    "/v1/tasks/sop_" + "a" * 20 + "-" + "a" * 16, "/v1/tasks/%2573op_short",
+])
+def test_what_is_not_shaped_like_a_key_is_forwarded(gateway, target):
+    resp, got = send(gateway, target.encode(), gateway.keys["reader"]["key"])
+    assert resp.status == 200 and got is not None, resp.raw[:300]
