@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from typing import Iterable
+from urllib.parse import unquote
 
 from gateway import errors
-from gateway.keys import looks_like_key
+from gateway.keys import TYPE_PREFIX, holds_key_shape, looks_like_key
 
 KEY_QUERY_NAMES = frozenset({"api_key", "apikey", "api-key", "x-api-key", "access_token"})
 
@@ -45,3 +46,36 @@ def key_in_query(params: Iterable[tuple[str, str]]) -> bool:
     """True if the query string carries something that could be a credential."""
     # SECURITY: refused rather than ignored, so keys do not end up in URL logs unnoticed.
     return any(name.lower() in KEY_QUERY_NAMES or looks_like_key(value) for name, value in params)
+
+
+REDACTED_SEGMENT = "[redacted]"
+_DECODE_ROUNDS = 4  # a key hidden under more percent-encodings than this is refused anyway
+
+
+def key_in_path(path: str) -> bool:
+    """True if the canonical ``path`` (gateway/paths.py) holds something shaped like a key.
+
+    The canonical path never percent-encodes base62 or "_", so a key decoded once is there as
+    it is; one encoded twice or more shows as "%25" (a backend may decode again).
+    """
+    # The common path pays two substring checks.
+    if TYPE_PREFIX not in path and "%25" not in path:
+        return False
+    return any(_segment_holds_key(seg) for seg in path[1:].split("/"))
+
+
+def redacted_path(path: str) -> str:
+    """The canonical ``path`` with every segment that holds a key replaced, for the access log."""
+    return "/" + "/".join(REDACTED_SEGMENT if _segment_holds_key(seg) else seg for seg in path[1:].split("/"))
+
+
+def _segment_holds_key(segment: str) -> bool:
+    # SECURITY: a key pasted into the path would be logged and forwarded; it is looked for at
+    # every depth of percent-encoding (a backend or a log pipeline may decode again).
+    for _ in range(_DECODE_ROUNDS):
+        segment = unquote(segment, errors="replace")
+        if holds_key_shape(segment):
+            return True
+        if "%" not in segment:
+            return False
+    return "%" in segment and unquote(segment, errors="replace") != segment  # still encoded: refused

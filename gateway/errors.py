@@ -1,8 +1,8 @@
 """Every error the gateway and the admin API answer with: HTTP status, stable code, fixed message.
 
 ApiError
-├── BadRequest (400): MalformedRequest, InvalidPath, AmbiguousCredentials, KeyInQuery, MethodOverrideRefused,
-│   MissingOriginalRequest, InvalidJson, ValidationFailed
+├── BadRequest (400): MalformedRequest, InvalidPath, AmbiguousCredentials, KeyInQuery, KeyInPath,
+│   MethodOverrideRefused, MissingOriginalRequest, InvalidJson, ValidationFailed
 ├── Unauthorized (401, with WWW-Authenticate): MissingApiKey, InvalidApiKey, ExpiredApiKey,
 │   RevokedApiKey, InvalidToken
 ├── Forbidden (403): InsufficientScope, ScopeNotGrantable
@@ -59,6 +59,11 @@ class AmbiguousCredentials(BadRequest):
 class KeyInQuery(BadRequest):
     code = "api_key_in_query"
     message = "API keys are not accepted in the query string; send them in a header."
+
+
+class KeyInPath(BadRequest):
+    code = "api_key_in_path"
+    message = "API keys are not accepted in the URL path; send them in a header."
 
 
 class MethodOverrideRefused(BadRequest):

@@ -12,6 +12,7 @@ import time
 from typing import Iterable, NamedTuple
 
 from gateway import errors
+from gateway.credentials import key_in_path
 from gateway.headers import identity_headers
 from gateway.paths import InvalidPath, canonicalize
 from gateway.httpserver import HttpConnection, HttpRequest
@@ -84,6 +85,9 @@ def require_canonical(raw_target: str) -> None:
         target = canonicalize(raw_target)
     except InvalidPath:
         raise errors.InvalidPath() from None
+    # A key in the path gets its own answer here too, whatever spelling the edge sent.
+    if key_in_path(target.path):
+        raise errors.KeyInPath()
     if target.path + ("?" + target.query if target.query else "") != raw_target:
         raise errors.InvalidPath()
 

@@ -29,6 +29,12 @@ FORWARDING_HEADERS = frozenset({
 # SECURITY: whole families are dropped by prefix, so spoof variants such as
 # "X-Api-Key-Scopes-Extra" or "X-Org-Name" never reach a backend that matches loosely.
 DROPPED_PREFIXES = ("x-forwarded-", "x-api-key", "x-org-", "x-gateway-")
+# SECURITY: path-override channels. Frameworks and proxies read a URL, URI, path or prefix from
+# headers such as X-Original-URL, X-Rewrite-URL, X-Envoy-Original-Path or X-Forwarded-Prefix
+# and serve that instead of the authorized path. Dropped by rule: any x-* name ending in one of
+# these (X-HTTP-Destinationurl included), and the ones named below.
+PATH_OVERRIDE_SUFFIXES = ("url", "uri", "path", "prefix")
+PATH_OVERRIDE_HEADERS = frozenset({"base-url", "base-uri", "request-uri", "original-url", "original-uri"})
 
 # RFC 9110 token: the only valid field-name characters.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -117,6 +123,8 @@ def _always_dropped(folded: str) -> bool:
         or folded in FORWARDING_HEADERS
         or folded == "host"
         or folded.startswith(DROPPED_PREFIXES)
+        or folded in PATH_OVERRIDE_HEADERS
+        or (folded.startswith("x-") and folded.endswith(PATH_OVERRIDE_SUFFIXES))
     )
 
 
@@ -143,9 +151,10 @@ def upstream_request_headers(
 ) -> list[tuple[str, str]]:
     """The headers to send upstream: the client's, cleaned, then forwarding and identity headers.
 
-    Drops every copy of credential, identity, method-override, hop-by-hop, Connection-listed,
-    Host, Expect, Content-Length and forwarding headers (and the x-api-key*, x-org-*, x-gateway-*,
-    x-forwarded-* families), and headers that cannot be sent as they came;
+    Drops every copy of credential, identity, method-override, path-override, hop-by-hop,
+    Connection-listed, Host, Expect, Content-Length and forwarding headers (and the x-api-key*,
+    x-org-*, x-gateway-*, x-forwarded-* families, and x-* names ending in url, uri, path or
+    prefix), and headers that cannot be sent as they came;
     then sets X-Forwarded-For/-Proto/-Host and injects X-Request-Id and, with an identity,
     X-Org-Id, X-Api-Key-Id and X-Api-Key-Scopes, one copy each, last.
     Raises ValueError if an injected identity value or request id is not a safe header value.

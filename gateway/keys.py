@@ -113,3 +113,9 @@ def key_id_for(raw_key: bytes) -> str:
 def looks_like_key(value: str) -> bool:
     """True if ``value`` contains something shaped like a key (used to refuse keys in URLs)."""
     return KEY_REGEX.search(value) is not None
+
+
+def holds_key_shape(value: str) -> bool:
+    """True if ``value`` holds ``sop_`` + 36 base62 anywhere, even with no word boundary around it."""
+    # For refusing keys in URL paths ("foo-sop_...", "xsop_...1"): over-reporting is the safe side.
+    return TYPE_PREFIX in value and _EXACT.search(value) is not None

@@ -5,7 +5,9 @@ The gateway authorizes on exactly the path it forwards: ambiguous targets are re
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
 from typing import NamedTuple
 from urllib.parse import quote, unquote_plus, unquote_to_bytes
 
@@ -116,7 +118,38 @@ def _decode_segment(raw: str) -> str:
     # the way) would resolve them, so the route authorized here would not be the one served.
     if decoded in (".", ".."):
         raise InvalidPath("dot segment")
+    if not decoded.isascii() and _compatibility_confusable(decoded):
+        raise InvalidPath("look-alike character in path segment")
     return decoded
+
+
+def _compatibility_confusable(segment: str) -> bool:
+    """True if a backend could read the non-ASCII ``segment`` as other ASCII than the gateway did.
+
+    SECURITY: decided by rule, not by a list of code points. A non-ASCII character is refused
+    when its NFKC form holds any ASCII character (U+FF0F fullwidth solidus is "/", U+2024 one
+    dot leader is ".", U+FF3C is "\\", fullwidth letters would spell another route's literal),
+    or when it is a math symbol (Sm) or "other" punctuation (Po): the classes where the
+    look-alikes that NFKC keeps but best-fit and transliterating decoders map to "/", "\\"
+    and "." live (U+2215 division slash, U+2044 fraction slash, U+2216 set minus, U+3002).
+    So is a segment whose NFKC form as a whole is a dot segment or holds a forbidden character.
+    """
+    if any(map(_look_alike, segment)):
+        return True
+    folded = unicodedata.normalize("NFKC", segment)
+    return folded in (".", "..") or _FORBIDDEN_DECODED.search(folded) is not None
+
+
+# Unicode general categories holding look-alikes of "/", "\" and "." that NFKC leaves alone.
+_LOOK_ALIKE_CATEGORIES = frozenset({"Sm", "Po"})
+
+
+@functools.lru_cache(maxsize=4096)  # bounded: the characters of hostile paths are unbounded
+def _look_alike(char: str) -> bool:
+    if char.isascii():
+        return False
+    return (unicodedata.category(char) in _LOOK_ALIKE_CATEGORIES
+            or any(c.isascii() for c in unicodedata.normalize("NFKC", char)))
 
 
 def query_params(query: str) -> list[tuple[str, str]]:

@@ -21,7 +21,7 @@ from gateway import accesslog, errors, keys
 from gateway.cache import MISS, VerdictCache
 from gateway.config import ServeSettings
 from gateway.clientaddr import client_address, is_trusted_peer
-from gateway.credentials import extract_credential, key_in_query
+from gateway.credentials import extract_credential, key_in_path, key_in_query, redacted_path
 from gateway.httpserver import BodyError, HttpConnection, HttpRequest, RequestBody
 from gateway.headers import ClientInfo, Identity, identity_of, upstream_request_headers, upstream_response_headers
 from gateway.metrics import Metrics
@@ -120,6 +120,10 @@ async def decide(st: GatewayState, method: str, raw_target: str, headers: list[t
         target = canonicalize(raw_target)
     except InvalidPath:
         raise errors.InvalidPath() from None
+    # SECURITY: a key pasted into the path is refused, and logged with its segment redacted.
+    if key_in_path(target.path):
+        entry["path"] = redacted_path(target.path)
+        raise errors.KeyInPath()
     entry["path"] = target.path  # never the query string: it may carry secrets
     if target.query:
         params = query_params(target.query)

@@ -2,17 +2,51 @@
 
 from __future__ import annotations
 
+import functools
+import re
+import unicodedata
 from typing import Iterable
+from urllib.parse import unquote
 
-# Names (lower case, "_" folded to "-") that frameworks such as Rails, Laravel, Symfony and
-# Express method-override read as "treat this request as another method".
+# Names, normalised as below, that frameworks such as Rails, Laravel, Symfony, Express
+# method-override and ASP.NET read as "treat this request as another method".
 METHOD_OVERRIDE_PARAMS = frozenset({
-    "-method", "-httpmethod", "x-http-method-override", "x-http-method", "x-method-override",
+    "_method", "_httpmethod", "x_http_method_override", "x_http_method", "x_method_override",
 })
+
+_FOLDED_TO_UNDERSCORE = re.compile(r"[.\- ]")
+_DECODE_ROUNDS = 4  # a name encoded more deeply than this is refused anyway (see below)
 
 
 def method_override_in_query(params: Iterable[tuple[str, str]]) -> bool:
     """True if a parameter could make the backend run another method than the one authorized."""
     # SECURITY: refused, not stripped: the gateway authorizes the method on the request line,
     # and a backend honouring ?_method=DELETE would run something else.
-    return any(name.strip().lower().replace("_", "-") in METHOD_OVERRIDE_PARAMS for name, _ in params)
+    return any(override_name(name) for name, _ in params)
+
+
+@functools.lru_cache(maxsize=4096)  # names repeat; bounded for hostile ones
+def override_name(name: str) -> bool:
+    """Is ``name`` (already percent-decoded once) a method-override parameter for some framework?
+
+    SECURITY: the name is normalised the way frameworks read it, so no spelling slips by:
+    percent-decoded until stable (a backend or a proxy on the way may decode again), NFKC for
+    non-ASCII (fullwidth "＿method"), cut at a NUL (C parsers stop there) and at "[" (PHP and
+    Rack read "_method[]" and "_method[0]" as "_method"), trimmed, lower-cased, and ".", " ",
+    "-" folded to "_" (PHP turns "." and " " into "_"; the header-style "X-HTTP-Method-Override"
+    is a parameter name too).
+    """
+    for _ in range(_DECODE_ROUNDS):
+        if "%" not in name:
+            break
+        decoded = unquote(name, errors="replace")
+        if decoded == name:
+            break
+        name = decoded
+    else:
+        if "%" in name and unquote(name, errors="replace") != name:
+            return True  # still encoded after every round: over-reporting is the safe side
+    if not name.isascii():
+        name = unicodedata.normalize("NFKC", name)
+    name = name.partition("\x00")[0].partition("[")[0]
+    return _FOLDED_TO_UNDERSCORE.sub("_", name.strip().lower()) in METHOD_OVERRIDE_PARAMS

@@ -53,6 +53,18 @@ RAW_OK = frozenset(chr(c) for c in range(0x21, 0x7F)) - set("#?/\\;%")
 # Decoded characters no segment may hold (they would split or end the path for some backend).
 FORBIDDEN_DECODED = re.compile(r"[\x00-\x1f\x7f/\\;]")
 
+
+def look_alike(text: str) -> bool:
+    """The published look-alike rule (README, Threat model): a non-ASCII character whose NFKC
+    form holds ASCII, or that is a math symbol (Sm) or "other" punctuation (Po); or a segment
+    whose NFKC form is a dot segment or holds a forbidden character."""
+    folded = unicodedata.normalize("NFKC", text)
+    return (folded in (".", "..") or bool(FORBIDDEN_DECODED.search(folded)) or any(
+        not c.isascii() and (unicodedata.category(c) in ("Sm", "Po")
+                             or any(a.isascii() for a in unicodedata.normalize("NFKC", c)))
+        for c in text))
+
+
 _random_text = st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=10,
 )
@@ -62,7 +74,7 @@ segment_text = st.one_of(
     st.sampled_from(["...", ".well-known", "a.b", "..x", "x..", "%", "100%", "a b", "é", "\u202e", "~user", "?",
                      "#", "[]", '"', "'", "@", ":", "+", "=", "&", "*", "!", "$", "(x)", "\U0001f600"]),
     _random_text,
-).filter(lambda s: s not in (".", "..") and not FORBIDDEN_DECODED.search(s))
+).filter(lambda s: s not in (".", "..") and not FORBIDDEN_DECODED.search(s) and not look_alike(s))
 
 
 @st.composite
@@ -199,13 +211,21 @@ INSIDE_A_SEGMENT = ["%2f", "%2F", "%5c", "%5C", "\\", ";", "%3b", "%3B", "#", "%
                     "%C0%AE", "%C0%AF", "%ED%A0%80", "%FF", "%G0", "%%"]
 
 
+# Any character the look-alike rule refuses, drawn from all of Unicode (not from a list).
+LOOK_ALIKE_CHARACTERS = st.characters(codec="utf-8", min_codepoint=0x80).filter(look_alike)
+
+
 @st.composite
 def poisoned(draw: st.DrawFn) -> str:
     raw, _ = draw(targets())
     path, sep, query = raw.partition("?")
     segments = path[1:].split("/") if path != "/" else [""]
-    kind = draw(st.sampled_from(["dot", "inside", "empty", "fragment", "query-control"]))
-    if kind == "dot":
+    kind = draw(st.sampled_from(["dot", "inside", "look-alike", "empty", "fragment", "query-control"]))
+    if kind == "look-alike":  # percent-encoded, upper or lower case hex, anywhere in a segment
+        char = draw(LOOK_ALIKE_CHARACTERS)
+        hex_case = draw(st.sampled_from(["%{:02X}", "%{:02x}"]))
+        bad = _insert(draw, segments, "".join(hex_case.format(b) for b in char.encode()))
+    elif kind == "dot":
         segments.insert(draw(st.integers(0, len(segments))), draw(st.sampled_from(DOT_SEGMENTS)))
         bad = "/" + "/".join(segments)
     elif kind == "inside":
@@ -226,9 +246,36 @@ def poisoned(draw: st.DrawFn) -> str:
 @example("/v1/tasks/%2e%2e/admin")
 @example("/v1/tasks/..;/admin")
 @example("/v1/tasks%2F..%2Fadmin")
+@example("/v1/tasks/%EF%BC%8F..%EF%BC%8Fadmin")
+@example("/v1/tasks/%e2%88%95admin")
 def test_anything_ambiguous_anywhere_is_rejected(raw):
     with pytest.raises(InvalidPath):
         canonicalize(raw)
+
+
+# Every assigned character but ASCII and private use (unassigned and private-use code points
+# have no NFKC mapping and no category the rule looks at).
+NON_ASCII = [chr(c) for c in range(0x80, sys.maxunicode + 1)
+             if unicodedata.category(chr(c)) not in ("Cn", "Co", "Cs")]
+
+
+def test_every_character_of_unicode_is_judged_by_the_look_alike_rule():
+    """SECURITY: over all assigned characters, a percent-encoded character alone in a segment is refused
+    exactly when the published rule says so; in particular every character whose NFKC form
+    holds "/", "\\" or "." (whatever code point it is) never reaches a backend."""
+    wrong = []
+    for char in NON_ASCII:
+        raw = "/v1/tasks/" + quote(char, safe="")
+        try:
+            canonicalize(raw)
+            refused = False
+        except InvalidPath:
+            refused = True
+        if refused != look_alike(char):
+            wrong.append(f"U+{ord(char):04X}")
+    assert not wrong, wrong[:20]
+    separators = [c for c in NON_ASCII if set(unicodedata.normalize("NFKC", c)) & set("/\\.")]
+    assert len(separators) > 20 and all(look_alike(c) for c in separators)
 
 
 # ---- the matcher against a brute-force oracle -----------------------------------------------

@@ -187,6 +187,36 @@ def test_forwarding_headers_from_an_untrusted_peer_are_replaced(gateway, public)
     assert "6.6.6" not in str(got.headers)
 
 
+PATH_OVERRIDE_NAMES = [
+    "X-Original-URL", "X-Original-Uri", "X-Rewrite-URL", "X-Override-URL", "X-Forwarded-Path",
+    "X-Forwarded-Prefix", "X-Forwarded-Uri", "X-Envoy-Original-Path", "X-HTTP-Destinationurl", "X-Proxy-Url",
+    "Base-Url", "Request-Uri", "X-Original-Path", "X-Rewrite-Path", "X-Envoy-Original-Url", "X-Script-Prefix",
+    "X-Request-Uri", "X-Original-Request-Url", "X-Ms-Original-Url", "X-Custom-Prefix",
+]
+
+
+@pytest.mark.parametrize("spelled", [
+    pytest.param(s, id=f"{name}:{s}") for name in PATH_OVERRIDE_NAMES for s in dict.fromkeys(spellings(name))
+])
+@pytest.mark.parametrize("source", ["127.0.0.1", TRUSTED_PROXY], ids=["client", "trusted-proxy"])
+def test_path_override_headers_never_reach_upstream(gateway, spelled, source):
+    """A backend honouring X-Original-URL (and kin) would serve /v1/guests on a /v1/tasks grant."""
+    value = b"/v1/guests/evil?x=evil"
+    lines = [spelled.encode() + b": " + value, spelled.encode() + b": http://evil.example/v1/guests"]
+    resp, got = send(gateway, build(b"GET", b"/v1/tasks/42", lines, gateway.keys["reader"]["key"]), source=source)
+    assert resp.status == 200, resp.raw[:300]
+    assert got.target == "/v1/tasks/42"
+    assert_identity_from_gateway(gateway, resp, got, "reader")  # no "evil" in any forwarded header
+    assert not any("guests" in v for _, v in got.headers), got.headers
+
+
+def test_path_override_headers_on_a_public_route_are_removed_too(gateway):
+    lines = [f"{name}: /v1/guests/evil".encode() for name in PATH_OVERRIDE_NAMES]
+    resp, got = send(gateway, build(b"GET", b"/v1/status", lines))
+    assert resp.status == 200
+    assert_identity_from_gateway(gateway, resp, got, None)
+
+
 @pytest.mark.parametrize("xff_lines, chain", [
     ([], "127.0.0.2"),
     ([b"X-Forwarded-For: 203.0.113.7"], "203.0.113.7, 127.0.0.2"),
@@ -244,6 +274,15 @@ OVERRIDE_QUERIES = [
     b"a=1&_method=DELETE", b"_method=DELETE&a=1", b"a=1&b=2&x-http-method=PATCH", b"_method", b"_method=",
     b"%5fmethod=DELETE", b"%5Fmethod=DELETE", b"_%6Dethod=DELETE", b"+_method=DELETE", b"_method+=DELETE",
     b"&&_method=DELETE", b"_method=GET",
+    # the spellings frameworks normalise: PHP ("." and " " -> "_", "[]" stripped), Rack, C parsers
+    b"_method[]=DELETE", b"_method[0]=DELETE", b"_method[x]=DELETE", b"_method%5B%5D=DELETE",
+    b"_method%5b0%5d=DELETE", b"x.http.method.override=DELETE", b"X.HTTP.METHOD=PUT", b"x+http+method+override=1",
+    b"x%20http%20method=PUT", b"x-method.override=PATCH", b"_METHOD=DELETE&x=1", b"_Method[]=PUT",
+    b"_method%00=DELETE", b"_method%00junk=DELETE", b"%5Fmethod%00=DELETE", b"%255Fmethod=DELETE",
+    b"%255fmethod=DELETE", b"%25255Fmethod=DELETE", b"_%256Dethod=DELETE", b"_method%2500=DELETE",
+    b"%5F%6D%65%74%68%6F%64=DELETE", b"%EF%BC%BFmethod=DELETE", b"_%EF%BD%8Dethod=DELETE",
+    b"%20_method=DELETE", b"_method%20=DELETE", b"_httpmethod[]=PUT", b"X_HTTP_METHOD_OVERRIDE[]=DELETE",
+    b"a=1;_method=DELETE", b"x-http-method-override%5B%5D=DELETE",
 ]
 
 
@@ -252,14 +291,16 @@ OVERRIDE_QUERIES = [
                          ids=["keyed", "public"])
 def test_method_override_query_parameters_are_refused(gateway, query, path, key_name):
     key = gateway.keys[key_name]["key"] if key_name else None
+    before = len(gateway.recorder.received)
     resp, got = send(gateway, build(b"GET", path + b"?" + query, [], key))
-    assert got is None
+    assert got is None and gateway.recorder.received[before:] == []
     assert resp.status == 400, resp.raw[:300]
     assert resp.json()["error"]["code"] == "method_override_refused"
 
 
 @pytest.mark.parametrize("query", [b"method=DELETE", b"x_method=1", b"_methods=1", b"my_method=DELETE",
-                                   b"override=DELETE", b"q=_method%3DDELETE", b"http_method=1"])
+                                   b"override=DELETE", b"q=_method%3DDELETE", b"http_method=1",
+                                   b"my_method[]=1", b"method_=1", b"q=x.http.method.override", b"100%25=1"])
 def test_parameters_that_are_not_overrides_are_forwarded(gateway, query):
     resp, got = send(gateway, build(b"GET", b"/v1/tasks?" + query, [], gateway.keys["reader"]["key"]))
     assert resp.status == 200 and got.target == "/v1/tasks?" + query.decode()

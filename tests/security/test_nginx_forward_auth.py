@@ -32,7 +32,9 @@ from tests.security.conftest import (
     KEY_SPECS, SECURITY_ORG, GatewayProcess, RawClient, RawResponse, create_keys, stop_gateway,
 )
 from tests.security.recorder import Received
-from tests.security.test_path_confusion import FORBIDDEN_FOR_READER, MUST_REFUSE, RESOLVED, SHAPES, key_may_reach
+from tests.security.test_path_confusion import (
+    FORBIDDEN_FOR_READER, MUST_REFUSE, RESOLVED, SHAPES, key_in_path_targets, key_may_reach,
+)
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SHIPPED = ROOT / "deploy" / "nginx" / "forward-auth.conf"
@@ -321,6 +323,40 @@ def test_a_target_the_edge_would_forward_differently_gets_400_invalid_path(edge,
         error_of(resp, 400, "invalid_path")
 
 
+def _check_request(convention: str, target: str, key: str | None) -> bytes:
+    """The check request nginx, Traefik or Envoy sends the forward-auth gateway for ``target``."""
+    if convention == "envoy":
+        return raw_request(b"GET", b"/envoy" + target.encode(), key)
+    names = (b"X-Original-Method", b"X-Original-URI") if convention == "nginx" else \
+        (b"X-Forwarded-Method", b"X-Forwarded-Uri")
+    return raw_request(b"GET", b"/auth", key, names[0] + b": GET", names[1] + b": " + target.encode())
+
+
+@pytest.mark.parametrize("convention", ["nginx", "traefik", "envoy"])
+def test_a_key_in_the_path_is_refused_in_forward_auth_and_never_logged(gateway, convention):
+    key = gateway.keys["reader"]["key"]
+    for target in key_in_path_targets(key):
+        for header_key in (None, gateway.keys["writer"]["key"]):
+            before = len(gateway.recorder.received)
+            resp = gateway.exchange(_check_request(convention, target, header_key))
+            error_of(resp, 400, "api_key_in_path")
+            assert key[4:].encode() not in resp.raw and gateway.recorder.received[before:] == []
+            entry = gateway.log_entry(resp.header("X-Request-Id"))
+            assert entry["outcome"] == "api_key_in_path" and key[4:] not in str(entry), entry
+    time.sleep(0.2)  # access-log lines are written in batches
+    assert key[4:] not in gateway.all_logs()
+
+
+def test_a_key_in_the_path_never_reaches_the_backend_behind_nginx(edge, gateway):
+    key = generate_key()  # not one of gateway.keys: nginx's own access log records request lines
+    for target in key_in_path_targets(key):
+        resp, got = through(edge, gateway, raw_request(b"GET", target.encode(), gateway.keys["reader"]["key"]))
+        assert got is None
+        error_of(resp, 400, "api_key_in_path")
+    time.sleep(0.2)
+    assert key[4:] not in gateway.all_logs()
+
+
 def test_failed_attempts_are_throttled_per_client_behind_nginx(edge, gateway):
     bad = raw_request(b"GET", b"/v1/tasks", "sop_" + "B" * 36)
     for _ in range(3):
@@ -368,7 +404,7 @@ ALL_TARGETS = [t for targets in MUST_REFUSE.values() for t in targets] + [t for 
 # Unambiguous targets already in canonical form: nginx forwards them byte for byte.
 FORWARDED_AS_SENT = [b"/v1/tasks/...", b"/v1/tasks/.hidden", b"/v1/tasks/%252e%252e", b"/v1/tasks/%252f",
                      b"/v1/tasks/a%20b", b"/v1/tasks/a+b", b"/v1/status?/../tasks", b"/v1/status?%2f..%2ftasks",
-                     b"/v1/tasks?/../../guests", b"/v1/reservations/upcomingX", b"/v1/tasks/42%EF%BC%8Fcomplete"]
+                     b"/v1/tasks?/../../guests", b"/v1/reservations/upcomingX", b"/v1/tasks/caf%C3%A9"]
 
 
 @pytest.mark.parametrize("target", [pytest.param(t, id=repr(t[:48])) for t in ALL_TARGETS])

@@ -6,6 +6,9 @@ upstream) or forwarded with exactly the canonical path the access log says was a
 
 from __future__ import annotations
 
+import time
+from urllib.parse import quote
+
 import pytest
 
 from gateway.paths import canonicalize
@@ -44,6 +47,12 @@ def assert_invalid(resp: RawResponse, got) -> None:
     if not refused_by_parser(resp):  # the pipeline refused it, not the HTTP parser
         assert resp.json()["error"]["code"] == "invalid_path", resp.body
 
+
+# Percent-encoded look-alikes of "/", "\\" and ".", upper and lower case hex.
+LOOK_ALIKE_SLASHES = [b"%EF%BC%8F", b"%E2%88%95", b"%E2%81%84", b"%E2%A7%B8", b"%EF%BC%BC", b"%E2%88%96",
+                      b"%EF%B9%A8", b"%E2%A7%B9", b"%E2%A7%B5"]
+LOOK_ALIKE_DOTS = [b"%EF%BC%8E", b"%E2%80%A4", b"%EF%B9%92", b"%E3%80%82", b"%EF%BD%A1", b"%C2%B7", b"%E2%80%A7"]
+LOOK_ALIKES = [*LOOK_ALIKE_SLASHES, *LOOK_ALIKE_DOTS, *(e.lower() for e in LOOK_ALIKE_SLASHES + LOOK_ALIKE_DOTS)]
 
 # Targets the product contract says must be refused with 400 `invalid_path` (or that the HTTP
 # parser refuses first). Each aims at a route the reader key can reach or at one next to it.
@@ -100,6 +109,21 @@ MUST_REFUSE = {
         b"/v1/t\xd0\xb0sks", b"/v1/tasks/\xc3\xa9", b"/v1/tasks/\xff", b"/v1/tasks\xef\xbc\x8f42",
         b"/v1/tasks?q=\xe9",
     ],
+    # Look-alikes of "/", "\\" and "." (a backend applying NFKC, Windows best-fit or a
+    # transliteration reads them as separators or dots), percent-encoded and raw UTF-8.
+    "look-alike separators": [
+        *(pre + enc + post for enc in LOOK_ALIKES for pre, post in (
+            (b"/v1/tasks", b"42"), (b"/v1/tasks/42", b"complete"), (b"/v1/tasks/", b""),
+            (b"/v1/tasks/", b"/status"), (b"/v1/tasks/", b"..")
+        )),
+        *(b"/v1/tasks/" + enc + enc + b"/guests" for enc in LOOK_ALIKE_DOTS),
+        *(b"/v1/tasks/" + enc.lower() + enc.lower() for enc in LOOK_ALIKE_DOTS),
+        b"/v1/%EF%BD%94asks", b"/v1/tasks/42/%EF%BD%83omplete", b"/v1/%EF%BD%87uests",  # fullwidth letters
+        b"/v1/tasks/%E2%80%A5", b"/v1/tasks/%E2%80%A6", b"/v1/tasks%EF%BC%9B", b"/v1/tasks/%EF%BC%852e",
+        b"/v1/tasks/a%C2%A0b", b"/v1/tasks/%E3%80%80",
+        b"/v1/tasks\xef\xbc\x8f..\xef\xbc\x8fguests", b"/v1/tasks/\xe2\x88\x95guests", b"/v1/\xef\xbc\x8e\xef\xbc\x8e",
+        b"/v1/tasks/\xe2\x80\xa4\xe2\x80\xa4/guests", b"/v1/tasks\xef\xbc\xbcguests",
+    ],
     "too long": [
         b"/v1/" + b"a/" * 70 + b"b",  # more segments than any rule could use
         b"/v1/tasks/" + b"a" * 9000,  # longer than the request-line limit
@@ -145,13 +169,11 @@ RESOLVED = [
     (b"/v1/tasks/42/completeX", 404, None),
     (b"/v1/tasks/42/complete/x", 404, None),
     (b"/v1/reservations/upcomingX", 200, b"/v1/reservations/upcomingX"),  # {reservation_id}, same scope
-    # look-alike characters are ordinary characters of a segment: never separators or dots
-    (b"/v1/tasks%ef%bc%8f42", 404, None),  # fullwidth solidus
-    (b"/v1/tasks/42%ef%bc%8fcomplete", 200, b"/v1/tasks/42%EF%BC%8Fcomplete"),
-    (b"/v1/tasks/%e2%80%a4%e2%80%a4/status", 404, None),  # one-dot leaders
-    (b"/v1/tasks/%e2%80%a4%e2%80%a4", 200, b"/v1/tasks/%E2%80%A4%E2%80%A4"),
-    (b"/v1/tasks/%ef%bc%8e%ef%bc%8e", 200, b"/v1/tasks/%EF%BC%8E%EF%BC%8E"),  # fullwidth full stops
+    # non-ASCII letters are ordinary characters of a segment (look-alikes of "/", "\\", "." are refused)
     (b"/v1/t%d0%b0sks", 404, None),  # Cyrillic a
+    (b"/v1/tasks/%d0%b0", 200, b"/v1/tasks/%D0%B0"),
+    (b"/v1/tasks/caf%c3%a9", 200, b"/v1/tasks/caf%C3%A9"),
+    (b"/v1/tasks/a%e2%80%93b", 200, b"/v1/tasks/a%E2%80%93b"),  # en dash: no decoder reads it as ASCII
     (b"/v1/%d1%82asks", 404, None),  # Cyrillic te
     (b"/v1/%d1%95tatus", 404, None),  # Cyrillic dze
     (b"/v1/tasks/...", 200, b"/v1/tasks/..."),  # three dots is a name, not a dot segment
@@ -251,3 +273,63 @@ def test_without_a_key_only_the_public_route_is_forwarded(gateway, target):
         assert got.path == "/v1/status" and got.header("X-Org-Id") is None
     else:
         assert resp.status in (400, 401)
+
+
+# ---- a key pasted into the path: refused, never forwarded, never logged --------------------
+
+def _pct(text: str, case: str = "%{:02X}") -> str:
+    return "".join(case.format(b) for b in text.encode())
+
+
+def key_in_path_targets(key: str) -> list[str]:
+    body = key[len("sop_"):]
+    enc = _pct(key)
+    return [
+        f"/v1/tasks/{key}", f"/v1/{key}/tasks", f"/{key}", f"/{key}/", f"/v1/tasks/{key}/complete",
+        f"/v1/tasks/foo-{key}", f"/v1/tasks/{key}-bar", f"/v1/tasks/x{key}y", f"/v1/tasks/{key}{key}",
+        f"/v1/tasks/id.{key}.json", f"/v1/tasks/{key}?page=2", f"/v1/status/{key}", f"/v1/tasks/42/{key}/",
+        f"/v1/properties/1/documents/a/b/{key}", f"/v1/tasks/{enc}", f"/v1/tasks/{_pct(key, '%{:02x}')}",
+        f"/v1/tasks/%73op_{body}", f"/v1/tasks/sop%5F{body}", f"/v1/tasks/s%6Fp_{body[:10]}%{ord(body[10]):02X}{body[11:]}",
+        f"/v1/tasks/{quote(enc, safe='')}", f"/v1/tasks/{quote(quote(enc, safe=''), safe='')}",
+        f"/v1/tasks/%2573op_{body}", f"/v1/tasks/a%20{key}", f"/v1/tasks/%E4%BB%BB{key}", f"/v1/tasks/{key}%7E",
+    ]
+
+
+def _assert_key_refused_unlogged(gw: GatewayProcess, resp: RawResponse, key: str, before: int) -> dict:
+    assert resp.status == 400, resp.raw[:300]
+    assert resp.json()["error"]["code"] == "api_key_in_path", resp.body
+    assert gw.recorder.received[before:] == []
+    assert key[4:].encode() not in resp.raw
+    entry = gw.log_entry(resp.header("X-Request-Id"))
+    assert entry["outcome"] == "api_key_in_path" and entry["status"] == 400, entry
+    assert key[4:] not in str(entry) and "[redacted]" in entry["path"], entry
+    return entry
+
+
+@pytest.mark.parametrize("which", ["reader", "generated"])
+@pytest.mark.parametrize("method", ["GET", "POST", "HEAD"])
+def test_a_key_in_the_path_is_refused_and_never_logged(gateway, which, method):
+    from gateway.keys import generate_key
+
+    key = gateway.keys["reader"]["key"] if which == "reader" else generate_key()
+    for target in key_in_path_targets(key):
+        for header_key in (None, gateway.keys["writer"]["key"]):
+            before = len(gateway.recorder.received)
+            resp = gateway.exchange(raw_request(method.encode(), target.encode(), header_key))
+            if method == "HEAD":  # no body to read the code from: the access log has it
+                assert resp.status == 400 and gateway.recorder.received[before:] == [], (target, resp.raw[:300])
+                entry = gateway.log_entry(resp.header("X-Request-Id"))
+                assert entry["outcome"] == "api_key_in_path" and key[4:] not in str(entry), entry
+            else:
+                _assert_key_refused_unlogged(gateway, resp, key, before)
+    time.sleep(0.2)  # access-log lines are written in batches
+    assert key[4:] not in gateway.all_logs()
+
+
+@pytest.mark.parametrize("target", [
+    "/v1/tasks/sop_short", "/v1/tasks/SOP_" + "a" * 36, "/v1/tasks/sop-" + "a" * 36, "/v1/tasks/sop_" + "a" * 35,
+    "/v1/tasks/sop_" + "a" * 20 + "-" + "a" * 16, "/v1/tasks/%2573op_short",
+])
+def test_what_is_not_shaped_like_a_key_is_forwarded(gateway, target):
+    resp, got = send(gateway, target.encode(), gateway.keys["reader"]["key"])
+    assert resp.status == 200 and got is not None, resp.raw[:300]

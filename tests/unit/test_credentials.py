@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
 
 from gateway import errors
-from gateway.credentials import extract_credential, key_in_query
+from gateway.credentials import extract_credential, key_in_path, key_in_query, redacted_path
+from gateway.keys import generate_key
 
 K = "sop_" + "a" * 36
 
@@ -41,3 +44,29 @@ def test_extract_credential(headers, expected):
 )
 def test_key_in_query(params, refused):
     assert key_in_query(params) is refused
+
+
+_KEY = generate_key()
+
+
+@pytest.mark.parametrize("path, refused", [
+    (f"/v1/tasks/{_KEY}", True),
+    (f"/{_KEY}/", True),
+    (f"/v1/tasks/foo-{_KEY}", True),
+    (f"/v1/tasks/x{_KEY}y", True),  # no word boundary needed
+    (f"/v1/tasks/%2573op_{_KEY[4:]}", True),  # the canonical form of a key encoded twice
+    (f"/v1/tasks/{quote(quote(_KEY.replace('sop_', '%73op_'), safe=''), safe='')}", True),
+    ("/v1/tasks/sop_short", False),
+    ("/v1/tasks/SOP_" + "a" * 36, False),
+    ("/v1/tasks/sop_" + "a" * 35, False),
+    ("/v1/tasks/%2541", False),
+    ("/v1/tasks/42", False),
+    ("/", False),
+])
+def test_key_in_path(path, refused):
+    assert key_in_path(path) is refused
+
+
+def test_redacted_path_keeps_the_other_segments():
+    assert redacted_path(f"/v1/{_KEY}/x/foo-{_KEY}") == "/v1/[redacted]/x/[redacted]"
+    assert _KEY[4:] not in redacted_path(f"/v1/tasks/%2573op_{_KEY[4:]}")

@@ -147,6 +147,25 @@ def test_method_override_headers_removed(name):
     assert ("Accept", "*/*") in out
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["X-Original-URL", "X-Original-Uri", "X-Rewrite-URL", "X-Override-URL", "X-Forwarded-Path",
+     "X-Forwarded-Prefix", "X-Forwarded-Uri", "X-Envoy-Original-Path", "X-HTTP-Destinationurl", "X-Proxy-Url",
+     "Base-Url", "base_url", "Request-Uri", "X_ORIGINAL_URL", "x-original-path", "X-Rewrite-Path",
+     "X-Script-Prefix", "X-Real-Path", "X-Envoy-Original-Url", " X-Original-URL", "X-Custom-Base-Uri"],
+)
+def test_path_override_headers_removed(name):
+    out = build([(name, "/v1/guests"), ("Accept", "*/*")])
+    assert all(v != "/v1/guests" for _, v in out)
+    assert ("Accept", "*/*") in out
+
+
+@pytest.mark.parametrize("name", ["X-Urgent", "X-Pathogen", "X-Prefixes", "Url-Type", "X-Trace", "Accept"])
+def test_names_that_only_look_like_path_overrides_pass(name):
+    out = build([(name, "kept")])
+    assert (name, "kept") in out
+
+
 @pytest.mark.parametrize("name", sorted(HOP_BY_HOP))
 def test_hop_by_hop_removed(name):
     out = build([(name, "x"), (name.upper(), "y"), ("Accept", "*/*")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from urllib.parse import quote
 
 import pytest
@@ -101,6 +102,30 @@ REJECTED = [
     ("raw-surrogate-escape", "/v1/caf\udcc3\udca9"),
     ("raw-fullwidth-dot", "/v1/\uff0e\uff0e/admin"),
     ("raw-nbsp", "/v1/\u00a0"),
+    # look-alikes of "/", "\\" and "." (NFKC, best-fit and transliterating decoders map them)
+    ("fullwidth-solidus", "/v1/tasks%EF%BC%8F42"),
+    ("fullwidth-solidus-lower", "/v1/tasks%ef%bc%8f42"),
+    ("division-slash", "/v1/tasks%E2%88%95admin"),
+    ("fraction-slash", "/v1/tasks%E2%81%84admin"),
+    ("fullwidth-full-stops", "/v1/%EF%BC%8E%EF%BC%8E/admin"),
+    ("one-dot-leaders", "/v1/%E2%80%A4%E2%80%A4/admin"),
+    ("two-dot-leader", "/v1/%E2%80%A5/admin"),
+    ("small-full-stop", "/v1/%EF%B9%92%EF%B9%92"),
+    ("fullwidth-backslash", "/v1/tasks%EF%BC%BCadmin"),
+    ("set-minus", "/v1/tasks%E2%88%96admin"),
+    ("small-reverse-solidus", "/v1/tasks%EF%B9%A8admin"),
+    ("big-solidus", "/v1/tasks%E2%A7%B8admin"),
+    ("ideographic-full-stop", "/v1/%E3%80%82%E3%80%82"),
+    ("halfwidth-ideographic-stop", "/v1/%EF%BD%A1"),
+    ("ellipsis", "/v1/%E2%80%A6"),
+    ("fullwidth-semicolon", "/v1/tasks%EF%BC%9Bx"),
+    ("fullwidth-percent", "/v1/tasks/%EF%BC%852e"),
+    ("fullwidth-letters", "/v1/%EF%BD%94%EF%BD%81%EF%BD%93%EF%BD%8B%EF%BD%93"),
+    ("one-fullwidth-letter", "/v1/tasks/42/%EF%BD%83omplete"),
+    ("ligature", "/v1/%EF%AC%81le"),
+    ("nbsp", "/v1/a%C2%A0b"),
+    ("ideographic-space", "/v1/a%E3%80%80b"),
+    ("look-alike-after-ascii", "/v1/tasks/42x%EF%BC%8F"),
     # limits
     ("too-long", "/" + "a" * MAX_PATH_LENGTH),
     ("too-long-after-encoding", "/" + '"' * 3000),
@@ -147,6 +172,12 @@ ACCEPTED = [
     ("dot-prefix", "/v1/.well-known", ("v1", ".well-known"), "/v1/.well-known", ""),
     ("dotdot-prefix", "/v1/..x", ("v1", "..x"), "/v1/..x", ""),
     ("encoded-4byte", "/v1/%F0%9F%98%80", ("v1", "\U0001f600"), "/v1/%F0%9F%98%80", ""),
+    # non-ASCII that no decoder reads as ASCII: letters, marks, dashes, currency
+    ("cyrillic", "/v1/%D1%82asks", ("v1", "\u0442asks"), "/v1/%D1%82asks", ""),
+    ("cjk", "/v1/%E4%BB%BB%E5%8A%A1", ("v1", "\u4efb\u52a1"), "/v1/%E4%BB%BB%E5%8A%A1", ""),
+    ("combining-mark", "/v1/e%CC%81", ("v1", "e\u0301"), "/v1/e%CC%81", ""),
+    ("en-dash", "/v1/a%E2%80%93b", ("v1", "a\u2013b"), "/v1/a%E2%80%93b", ""),
+    ("euro", "/v1/%E2%82%AC5", ("v1", "\u20ac5"), "/v1/%E2%82%AC5", ""),
     ("max-length", "/" + "a" * (MAX_PATH_LENGTH - 1), ("a" * (MAX_PATH_LENGTH - 1),),
      "/" + "a" * (MAX_PATH_LENGTH - 1), ""),
     ("max-segments", "/a" * MAX_SEGMENTS, ("a",) * MAX_SEGMENTS, "/a" * MAX_SEGMENTS, ""),
@@ -202,11 +233,18 @@ def test_query_params(query: str, expected: list[tuple[str, str]]) -> None:
 
 # --- properties -----------------------------------------------------------------------------
 
+def _no_look_alike(char: str) -> bool:
+    """Outside the look-alike rule: ASCII, or not Sm/Po and nothing ASCII once NFKC-folded."""
+    return char.isascii() or (unicodedata.category(char) not in ("Sm", "Po")
+                              and not any(c.isascii() for c in unicodedata.normalize("NFKC", char)))
+
+
 _segment_text = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"), exclude_characters="/\\;"),
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"), exclude_characters="/\\;").filter(
+        _no_look_alike),
     min_size=1,
     max_size=12,
-).filter(lambda s: s not in (".", ".."))
+).filter(lambda s: s not in (".", "..") and unicodedata.normalize("NFKC", s) not in (".", ".."))
 
 
 @st.composite
