@@ -208,7 +208,7 @@ def smoke_dev(work: Path) -> None:
 
 def smoke_serve(work: Path) -> None:
     print("gateway serve + gateway admin + a redis-server:", flush=True)
-    redis_port, gw, fa, admin, up, ops, fa_ops = (free_port() for _ in range(7))
+    redis_port, gw, fa, admin, up, ops, fa_ops, admin_ops = (free_port() for _ in range(8))
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     procs: list[subprocess.Popen] = []
     logs = []
@@ -230,16 +230,17 @@ def smoke_serve(work: Path) -> None:
                       "--ops-listen", f"127.0.0.1:{ops}", *common])
         run("forward-auth", [str(BIN / "gateway"), "serve", "--mode", "forward-auth", "--listen", f"127.0.0.1:{fa}",
                              "--ops-listen", f"127.0.0.1:{fa_ops}", *common])
-        run("admin", [str(BIN / "gateway"), "admin", "--listen", f"127.0.0.1:{admin}", *common],
+        run("admin", [str(BIN / "gateway"), "admin", "--listen", f"127.0.0.1:{admin}", "--ops-listen",
+                      f"127.0.0.1:{admin_ops}", *common],
             env={"GATEWAY_OPERATOR_TOKEN": TOKEN})
         deadline = time.monotonic() + 60
-        for port, path in ((ops, "/readyz"), (fa_ops, "/readyz"), (admin, "/openapi.json"), (up, "/")):
+        for port, path in ((ops, "/readyz"), (fa_ops, "/readyz"), (admin_ops, "/healthz"), (admin, "/openapi.json"), (up, "/")):
             wait_http(port, path, deadline, procs)
-        while request(ops, "GET", "/readyz")[0] != 200 or request(fa_ops, "GET", "/readyz")[0] != 200:
+        while any(request(p, "GET", "/readyz")[0] != 200 for p in (ops, fa_ops, admin_ops)):
             if time.monotonic() > deadline:
                 raise SmokeFailed("the gateways never became ready")
             time.sleep(0.1)
-        check(True, "gateway serve (proxy and forward-auth) ready with the shipped scopes.yaml")
+        check(True, "gateway serve (proxy and forward-auth) and gateway admin ready (/readyz) with the shipped scopes.yaml")
         out = subprocess.run([str(BIN / "gateway"), "keys", "create", "--redis", redis_url, "--org", "smoke",
                               "--name", "cli smoke", "--scope", "tasks:read,tasks:write"],
                              cwd=work, capture_output=True, text=True, timeout=30)

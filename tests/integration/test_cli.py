@@ -247,12 +247,13 @@ async def test_serve_and_admin_started_without_redis_say_so_once_and_recover(tmp
     server = RedisServer(tmp_path)
     server.stop()
     url = f"redis://:topsecret@127.0.0.1:{server.port}/0"
-    port, ops, admin_port = free_port(), free_port(), free_port()
+    port, ops, admin_port, admin_ops = free_port(), free_port(), free_port(), free_port()
     env = {**os.environ, "GATEWAY_REDIS_URL": url, "GATEWAY_SCOPES": str(SCOPES), "GATEWAY_OPERATOR_TOKEN": OPERATOR_TOKEN}
     common = dict(cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     procs = [subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--listen", f"127.0.0.1:{port}",
                                "--ops-listen", f"127.0.0.1:{ops}", "--upstream", "http://127.0.0.1:9"], **common),
-             subprocess.Popen([sys.executable, "-m", "gateway", "admin", "--listen", f"127.0.0.1:{admin_port}"], **common)]
+             subprocess.Popen([sys.executable, "-m", "gateway", "admin", "--listen", f"127.0.0.1:{admin_port}",
+                               "--ops-listen", f"127.0.0.1:{admin_ops}"], **common)]
     redis_again = None
     try:
         logs = [_Stderr(p) for p in procs]
