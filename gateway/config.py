@@ -88,6 +88,7 @@ class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auth_failure_limit: Annotated[int, Meta(ge=0, description="Failed authentications per client address within --auth-failure-window before 429 (0 disables)")] = 20
     auth_failure_window: Annotated[Seconds, Meta(description="Seconds over which --auth-failure-limit failures are allowed")] = 60.0
     throttle_max_clients: Annotated[int, Meta(ge=1, description="Most client addresses tracked by the failure throttle")] = 100_000
+    throttle_ipv6_prefix: Annotated[int, Meta(ge=32, le=128, description="IPv6 prefix length counted as one client by the failure throttle (IPv4: per address)")] = 64
     signing_secrets: Annotated[
         tuple[str, ...],
         Meta(description="KID:SECRET pairs that sign the identity headers (comma-separated, secrets >= 32 bytes; the first one signs); give it in the environment, not as a flag"),
@@ -131,6 +132,7 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auth_failure_limit: Annotated[int, Meta(ge=0, description="Failed authentications per client address within --auth-failure-window before 429 (0 disables)")] = 20
     auth_failure_window: Annotated[Seconds, Meta(description="Seconds over which --auth-failure-limit failures are allowed")] = 60.0
     throttle_max_clients: Annotated[int, Meta(ge=1, description="Most client addresses tracked by the failure throttle")] = 100_000
+    throttle_ipv6_prefix: Annotated[int, Meta(ge=32, le=128, description="IPv6 prefix length counted as one client by the failure throttle (IPv4: per address)")] = 64
 
     def __post_init__(self) -> None:
         _check_listen(self.listen, "--listen")
