@@ -38,6 +38,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "Missing or invalid credential",
         403: "The credential lacks the needed scope",
         404: "Unknown organization (one without keys) or key",
+        408: "The body did not arrive within --body-timeout seconds; the connection is closed",
         413: "Body larger than 64 KiB",
         415: "Body is not application/json",
         429: "Too many failed authentications from this address; retry after Retry-After seconds",
@@ -123,7 +124,7 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                     "responses": {
                         "201": {**_json("CreatedApiKey", "Created; `key` is the secret, shown only here"),
                                 "headers": {"Location": {"schema": {"type": "string"}}}, "links": KEY_LINKS},
-                        **_errors(400, 401, 403, 404, 413, 415, 429, 503),
+                        **_errors(400, 401, 403, 404, 408, 413, 415, 429, 503),
                     },
                 },
                 "get": {
