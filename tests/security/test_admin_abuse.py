@@ -625,8 +625,7 @@ def admin_process(redis_server, tmp_path_factory):
     env["GATEWAY_OPERATOR_TOKEN"] = OPERATOR_TOKEN
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "admin", "--listen", f"127.0.0.1:{port}",
-             "--ops-listen", f"127.0.0.1:{free_port()}", "--redis", redis_server.url,
+            [sys.executable, "-m", "gateway", "admin", "--listen", f"127.0.0.1:{port}", "--redis", redis_server.url,
              "--scopes", str(SCOPES), "--reload-interval", "0"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20

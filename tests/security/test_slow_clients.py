@@ -45,14 +45,16 @@ def admin(redis_server, tmp_path_factory):
              "--reload-interval", "0", "--head-timeout", str(TIMEOUT), "--body-timeout", str(TIMEOUT),
              "--max-connections", str(MAX_CONNECTIONS)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_low_fd_limit)
-    deadline = time.monotonic() + 20
-    while not _answers(ops, b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"HTTP/1.1 200"):
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
-    yield port, ops
-    proc.terminate()
-    proc.wait(10)
+    try:
+        deadline = time.monotonic() + 20
+        while not _answers(ops, b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"HTTP/1.1 200"):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        yield port, ops
+    finally:
+        proc.terminate()
+        proc.wait(10)
     assert proc.returncode == 0, log.read_text()
 
 

@@ -200,18 +200,20 @@ def admin(redis_server, tmp_path):
              "--scopes", str(SCOPES), "--reload-interval", "0", "--trusted-proxies", f"{TRUSTED_PROXY}/32",
              "--auth-failure-limit", str(LIMIT), "--throttle-max-clients", str(MAX_CLIENTS)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while True:
-        assert proc.poll() is None, log.read_text()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-    yield AdminClient(port)
-    proc.terminate()
-    proc.wait(10)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+        yield AdminClient(port)
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_the_admin_api_counts_ipv6_by_prefix_and_survives_a_flood(admin):
