@@ -171,6 +171,12 @@ async def envelope_middleware(request: web.Request, handler) -> web.StreamRespon
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     response.headers.setdefault("Cache-Control", "no-store")
+    if isinstance(err, errors.RequestTimeout):
+        # The rest of the body was never read: answer, then close at once (aiohttp would
+        # otherwise linger, reading what the slow client still sends).
+        await response.prepare(request)
+        await response.write_eof()
+        request.protocol.force_close()
     return response
 
 
@@ -281,7 +287,10 @@ async def _read_json(request: web.Request, decoder: msgspec.json.Decoder):
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise errors.PayloadTooLarge(f"The body must be at most {MAX_BODY} bytes.")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(request.app[ADMIN].settings.body_timeout):  # SECURITY: slow bodies
+            raw = await request.read()
+    except TimeoutError:
+        raise errors.RequestTimeout() from None  # closed after answering (envelope_middleware)
     except web.RequestPayloadError:  # e.g. "Content-Encoding: gzip" over bytes that are not gzip
         raise errors.BadRequest("The request body could not be read (check Content-Encoding).") from None
     try:

@@ -28,8 +28,7 @@ class AuthGuard:
     """The throttle of one admin API process, and the credentials it has accepted."""
 
     def __init__(self, settings: AdminSettings, clock: Callable[[], float]) -> None:
-        self.throttle = FailureThrottle(limit=settings.auth_failure_limit, window=settings.auth_failure_window,
-                                        max_clients=settings.throttle_max_clients, clock=clock)
+        self.throttle = FailureThrottle.for_settings(settings, clock)
         self.known = KnownKeys(KNOWN_CREDENTIALS)
         self.trusted_nets = tuple(ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxies)
         self.throttled = 0  # 429s answered (exported as a metric)

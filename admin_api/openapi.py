@@ -38,6 +38,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "Missing or invalid credential",
         403: "The credential lacks the needed scope",
         404: "Unknown organization (one without keys) or key",
+        408: "The body did not arrive within --body-timeout seconds; the connection is closed",
         409: "key_limit_reached: the org holds as many keys that are not revoked as it may (`limit`); "
              "operators are not held to it",
         413: "Body larger than 64 KiB",
@@ -135,7 +136,7 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                     "responses": {
                         "201": {**_json("CreatedApiKey", "Created; `key` is the secret, shown only here"),
                                 "headers": {"Location": {"schema": {"type": "string"}}}, "links": KEY_LINKS},
-                        **_errors(400, 401, 403, 404, 409, 413, 415, 429, 503),
+                        **_errors(400, 401, 403, 404, 408, 409, 413, 415, 429, 503),
                     },
                 },
                 "get": {

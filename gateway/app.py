@@ -25,7 +25,7 @@ from gateway.httpserver import HttpServer, Limits
 from gateway.proxy import GatewayState, answer_protocol_error, handle
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
-from gateway.server import EnvelopeAppRunner, ops_envelope_middleware
+from gateway.server import DEFAULT_LIMITS, EnvelopeAppRunner, ListenerLimits, ops_envelope_middleware
 from gateway.signing import make_signer
 from gateway.tasks import flush_at_shutdown, listen_for_revocations, usage_flusher
 from gateway.throttle import FailureThrottle, KnownKeys
@@ -33,10 +33,6 @@ from gateway.upstream import UpstreamPool
 
 log = logging.getLogger("gateway")
 
-# SECURITY: how long a connection may stay open without a complete request head (from accept,
-# then after each response), so slow or idle clients cannot hold sockets for ever; 75 s is the
-# usual keep-alive and outlives load-balancer idles.
-KEEPALIVE_TIMEOUT = 75.0
 SHUTDOWN_REQUEST_GRACE = 10.0  # seconds in-flight requests get to finish on SIGTERM
 # The background client's pool: the subscription holds one connection; the listener's
 # acknowledgements and registry beat, and the flusher, need one each at most at a time.
@@ -82,8 +78,7 @@ def make_state(settings: ServeSettings, *, clock: Callable[[], float] = time.tim
         cache=cache,
         metrics=metrics,
         clock=clock,
-        throttle=FailureThrottle(limit=settings.auth_failure_limit, window=settings.auth_failure_window,
-                                 max_clients=settings.throttle_max_clients, clock=clock),
+        throttle=FailureThrottle.for_settings(settings, clock),
         known_keys=KnownKeys(settings.cache_size),
         trusted_nets=tuple(ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxies),
         signer=make_signer(settings.signing_secrets, settings.upstream),
@@ -100,7 +95,7 @@ class Gateway:
         self.state = st = make_state(settings, clock=clock, rules=rules)
         handler = handle if settings.mode == "proxy" else forward_auth.check
         self.server = HttpServer(functools.partial(handler, st), answer_protocol_error,
-                                 Limits(head_timeout=KEEPALIVE_TIMEOUT))
+                                 Limits(head_timeout=settings.head_timeout))
         self._tasks: list[asyncio.Task] = []
         self.port = 0
 
@@ -188,10 +183,11 @@ Service = web.Application | Gateway
 
 
 async def run_apps(apps: list[tuple[Service, str]], *, on_started: Callable[[], None] | None = None,
-                   reuse_port: tuple[str, ...] = ()) -> None:
+                   reuse_port: tuple[str, ...] = (), limits: ListenerLimits = DEFAULT_LIMITS) -> None:
     """Serve each (app or gateway, HOST:PORT) until SIGINT/SIGTERM, then shut all down cleanly.
 
-    Listeners named in ``reuse_port`` bind with SO_REUSEPORT (the workers of one gateway).
+    Listeners named in ``reuse_port`` bind with SO_REUSEPORT (the workers of one gateway). Every
+    aiohttp app (admin API, ops listeners) gets ``limits`` (gateway/server.py).
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -205,7 +201,7 @@ async def run_apps(apps: list[tuple[Service, str]], *, on_started: Callable[[], 
                 started.append(app.stop)
                 await app.listen(host, port, reuse_port=listen in reuse_port)
                 continue
-            runner = EnvelopeAppRunner(app, access_log=None, handle_signals=False,
+            runner = EnvelopeAppRunner(app, limits=limits, access_log=None, handle_signals=False,
                                        logger=ServerLog(logging.getLogger("aiohttp.server")))
             await runner.setup()
             started.append(runner.cleanup)

@@ -60,6 +60,7 @@ def _then_watch_redis(store, url: str, meanwhile: str, log_started: Callable[[],
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.app import Gateway, install_sighup, make_ops_app, run_apps
+    from gateway.server import ListenerLimits
     from gateway.workers import WORKER_ENV, run_supervisor
 
     settings = config.load(config.ServeSettings, vars(args))
@@ -87,6 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 settings.upstream if settings.mode == "proxy" else "forward-auth (the edge forwards)", settings.ops_listen,
             )),
             reuse_port=(settings.listen,) if worker else (),
+            limits=ListenerLimits.for_settings(settings),
         )
 
     asyncio.run(main())
@@ -96,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_admin(args: argparse.Namespace) -> int:
     from admin_api.app import ADMIN, make_admin_app
     from gateway.app import install_sighup, make_ops_app, run_apps
+    from gateway.server import ListenerLimits
 
     settings = config.load(config.AdminSettings, vars(args))
     if not settings.operator_tokens:
@@ -108,7 +111,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
                        on_started=_then_watch_redis(
                            app[ADMIN].store, settings.redis, "requests answer 503 store_unavailable until it does",
                            lambda: log.info("admin API on http://%s (ops on http://%s)", settings.listen,
-                                            settings.ops_listen)))
+                                            settings.ops_listen)),
+                       limits=ListenerLimits.for_settings(settings))
 
     asyncio.run(main())
     return 0

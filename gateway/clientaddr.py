@@ -58,3 +58,21 @@ def client_address(peer: str, forwarded_for: Iterable[str], trusted: Sequence[Ne
         if not _is_trusted(addr, trusted):
             break
     return str(current)
+
+
+@functools.lru_cache(maxsize=8192)
+def throttle_bucket(address: str, ipv6_prefix: int) -> str:
+    """The failed-auth throttle's bucket for ``address``: an IPv4 address itself, an IPv4-mapped
+    IPv6 address (``::ffff:a.b.c.d``) as that IPv4 address, any other IPv6 address as its
+    ``/ipv6_prefix`` network (zone id dropped). Every spelling of one address gives the same
+    bucket; text that is no address is its own bucket."""
+    addr = parse_ip(address)
+    if addr is None:
+        return address
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        host_bits = 128 - ipv6_prefix
+        network = (int(addr) >> host_bits) << host_bits  # int() drops a %zone
+        return f"{ipaddress.IPv6Address(network)}/{ipv6_prefix}"
+    return str(addr)

@@ -89,6 +89,12 @@ class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auth_failure_limit: Annotated[int, Meta(ge=0, description="Failed authentications per client address within --auth-failure-window before 429 (0 disables)")] = 20
     auth_failure_window: Annotated[Seconds, Meta(description="Seconds over which --auth-failure-limit failures are allowed")] = 60.0
     throttle_max_clients: Annotated[int, Meta(ge=1, description="Most client addresses tracked by the failure throttle")] = 100_000
+    throttle_ipv6_prefix: Annotated[int, Meta(ge=32, le=128, description="IPv6 prefix length counted as one client by the failure throttle (IPv4: per address)")] = 64
+    # SECURITY: how long a connection may stay open without a complete request head (from accept,
+    # then after each response), so slow or idle clients cannot hold sockets for ever; 75 s is the
+    # usual keep-alive and outlives load-balancer idles. The proxy port and the ops listener.
+    head_timeout: Annotated[Seconds, Meta(description="Seconds a connection may take to send a complete request head, from connect and after each response (idle keep-alive and dribbling clients are closed)")] = 75.0
+    ops_max_connections: Annotated[int, Meta(ge=1, le=65536, description="Most open connections on --ops-listen; past it the idle ones are closed first")] = 256
     signing_secrets: Annotated[
         tuple[str, ...],
         Meta(description="KID:SECRET pairs that sign the identity headers (comma-separated, secrets >= 32 bytes; the first one signs); give it in the environment, not as a flag"),
@@ -132,6 +138,11 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auth_failure_limit: Annotated[int, Meta(ge=0, description="Failed authentications per client address within --auth-failure-window before 429 (0 disables)")] = 20
     auth_failure_window: Annotated[Seconds, Meta(description="Seconds over which --auth-failure-limit failures are allowed")] = 60.0
     throttle_max_clients: Annotated[int, Meta(ge=1, description="Most client addresses tracked by the failure throttle")] = 100_000
+    throttle_ipv6_prefix: Annotated[int, Meta(ge=32, le=128, description="IPv6 prefix length counted as one client by the failure throttle (IPv4: per address)")] = 64
+    # SECURITY: slow and idle clients cannot hold the admin port (or its ops listener) open.
+    head_timeout: Annotated[Seconds, Meta(description="Seconds a connection may take to send a complete request head, from connect and after each response (idle keep-alive and dribbling clients are closed)")] = 75.0
+    body_timeout: Annotated[Seconds, Meta(description="Seconds to receive a whole request body once its head has arrived (else 408)")] = 30.0
+    max_connections: Annotated[int, Meta(ge=1, le=65536, description="Most open connections on --listen and on --ops-listen, each; past it the idle ones are closed first")] = 256
     # One tenant cannot exhaust the store for the others: limits on what an org key may create.
     max_keys_per_org: Annotated[int, Meta(ge=0, description="Most keys that are not revoked an org may hold before org keys get 409 key_limit_reached (0: no limit)")] = 1000
     create_rate_per_org: Annotated[int, Meta(ge=0, description="Keys an org's keys may create per minute, across admin API processes, before 429 too_many_creates (0: no limit)")] = 60

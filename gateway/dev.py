@@ -112,6 +112,7 @@ async def _run_stack(*, redis_url: str, scopes: str, base_port: int) -> None:
     from admin_api.app import ADMIN, make_admin_app
     from gateway.app import Gateway, make_ops_app, run_apps
     from gateway.echo import make_echo_app
+    from gateway.server import ListenerLimits
 
     token = os.environ.get("GATEWAY_OPERATOR_TOKEN") or "dev-operator-" + secrets.token_urlsafe(16)
     ports = dev_ports(base_port)
@@ -137,6 +138,7 @@ async def _run_stack(*, redis_url: str, scopes: str, base_port: int) -> None:
          (make_ops_app(gateway.state), serve.ops_listen), (admin_app, admin.listen),
          (make_ops_app(admin_app[ADMIN]), admin.ops_listen)],
         on_started=lambda: print(_banner(key, token, redis_url, gw_port, admin_port, up_port, ops_port), flush=True),
+        limits=ListenerLimits.for_settings(admin),
     )
 
 

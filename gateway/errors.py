@@ -185,6 +185,10 @@ class PayloadTooLarge(ApiError):
     status, code, message = 413, "payload_too_large", "The request body is too large."
 
 
+class RequestTimeout(ApiError):
+    status, code, message = 408, "request_timeout", "The request body did not arrive in time."
+
+
 class UriTooLong(ApiError):
     status, code, message = 414, "uri_too_long", "The request target is too long."
 

@@ -122,3 +122,6 @@ class ThrottleCollector:
                                 value=len(self.throttle))
         yield CounterMetricFamily(f"{self.prefix}_auth_throttle_evictions", "Addresses forgotten to bound memory",
                                   value=self.throttle.evictions)
+        yield CounterMetricFamily(f"{self.prefix}_auth_throttle_untracked",
+                                  "Failures from new addresses not tracked (every tracked address blocked; they are refused)",
+                                  value=self.throttle.untracked)

@@ -9,9 +9,19 @@ It serves the admin API and the ops listener (the proxy port has its own server,
 gateway/httpserver.py). It hooks into two aiohttp internals (``AppRunner._make_server`` and
 ``Server.__call__``); tests/security/test_admin_abuse.py fails if an aiohttp upgrade breaks
 the hook.
+
+SECURITY: slow and idle clients. aiohttp's keep-alive timer already closes a connection that has
+no complete request head ``head_timeout`` seconds after connect or after its last response
+(a head dribbled a byte at a time included: the handler is still waiting for it). On top of
+that each listener holds at most ``max_connections``: past it, the oldest idle connections (no
+request being handled or queued) are closed first, so idle sockets cannot lock the operator
+out; when every other connection is busy, the new one is closed. Bodies are bounded by the
+handlers that read them (the admin API's ``--body-timeout``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import orjson
 from aiohttp import web, web_protocol, web_server
@@ -67,15 +77,54 @@ class EnvelopeRequestHandler(web_protocol.RequestHandler):
         return response
 
 
+@dataclass(frozen=True)
+class ListenerLimits:
+    """Per-listener bounds of an aiohttp server (see the module docstring)."""
+
+    head_timeout: float = 75.0
+    max_connections: int = 256
+
+    @classmethod
+    def for_settings(cls, settings) -> ListenerLimits:
+        """ServeSettings (its ops listener) or AdminSettings (the admin port and its ops listener)."""
+        most = getattr(settings, "max_connections", None) or settings.ops_max_connections
+        return cls(head_timeout=settings.head_timeout, max_connections=most)
+
+
+DEFAULT_LIMITS = ListenerLimits()
+
+
+def _idle(handler: web_protocol.RequestHandler) -> bool:
+    # aiohttp internals (checked by tests/security/test_slow_clients.py): no request running or queued.
+    return not handler._request_in_progress and not handler._messages
+
+
 class EnvelopeServer(web_server.Server):
+    max_connections = 256
+
     def __call__(self) -> web_protocol.RequestHandler:
         return EnvelopeRequestHandler(self, loop=self._loop, **self._kwargs)
 
+    def connection_made(self, handler, transport) -> None:
+        super().connection_made(handler, transport)
+        excess = len(self._connections) - self.max_connections
+        if excess <= 0:
+            return
+        idle = [h for h in self._connections if h is not handler and _idle(h)][:excess]
+        for h in idle or [handler]:  # all others busy: refuse the newcomer
+            h.force_close()
+            self._connections[h].close()
+
 
 class EnvelopeAppRunner(web.AppRunner):
-    """web.AppRunner whose protocol errors get the JSON envelope."""
+    """web.AppRunner whose protocol errors get the JSON envelope, within ``limits``."""
+
+    def __init__(self, app: web.Application, *, limits: ListenerLimits = DEFAULT_LIMITS, **kwargs) -> None:
+        super().__init__(app, keepalive_timeout=limits.head_timeout, **kwargs)
+        self.limits = limits
 
     async def _make_server(self) -> web_server.Server:
         server = await super()._make_server()
-        server.__class__ = EnvelopeServer  # same state, one overridden factory method
+        server.__class__ = EnvelopeServer  # same state, overridden factory and connection_made
+        server.max_connections = self.limits.max_connections
         return server

@@ -201,7 +201,8 @@ async def run_supervisor(settings: ServeSettings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: sup.signal_all(signal.SIGHUP))
-    runner = web.AppRunner(make_supervisor_ops_app(sup), access_log=None, handle_signals=False)
+    runner = web.AppRunner(make_supervisor_ops_app(sup), access_log=None, handle_signals=False,
+                           keepalive_timeout=settings.head_timeout)  # idle and dribbling clients closed
     await runner.setup()
     watchers: list[asyncio.Task] = []
     try:

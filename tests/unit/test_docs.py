@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 def test_every_serve_setting_is_documented_with_its_env_name():
     readme = (ROOT / "README.md").read_text()
     table = readme.split("`gateway serve`:", 1)[1].split("\n\n", 2)[1]
-    documented = set(re.findall(r"^\| `(--[a-z-]+)`", table, flags=re.M))
+    documented = set(re.findall(r"^\| `(--[a-z0-9-]+)`", table, flags=re.M))
     fields = {flag(f.name) for f in msgspec.structs.fields(ServeSettings)}
     assert documented == fields
     for f in msgspec.structs.fields(ServeSettings):
