@@ -65,21 +65,27 @@ def memory_fraction(info: dict[str, Any]) -> float:
 
 
 class MemoryGauge:
-    """Redis's memory use as a fraction of maxmemory, read with INFO memory at most once a second
-    while it is well below the high-water mark, and on every create close to it."""
+    """Redis's memory use as a fraction of maxmemory, read with INFO memory once a second or every
+    ``EVERY`` creates while it is well below the high-water mark, and on every create close to it
+    (a burst of creates cannot outrun a reading by more than ``EVERY`` records)."""
 
     FRESH_S = 1.0
+    EVERY = 16
     NEAR = 0.9  # within 10% of the mark, a cached reading is not trusted
 
     def __init__(self, client, high_water: float, clock=time.monotonic) -> None:
         self.redis, self.high_water, self.clock = client, high_water, clock
         self._reading: tuple[float, float] | None = None  # (when, fraction)
+        self._since = 0  # creates checked against the cached reading
 
     async def check(self) -> None:
         """Raise StoreFull when Redis is above the high-water mark (a RedisError when it cannot say)."""
         now = self.clock()
         cached = self._reading
-        if cached is None or now - cached[0] >= self.FRESH_S or cached[1] >= self.high_water * self.NEAR:
+        self._since += 1
+        if (cached is None or now - cached[0] >= self.FRESH_S or self._since >= self.EVERY
+                or cached[1] >= self.high_water * self.NEAR):
             cached = self._reading = (now, memory_fraction(await self.redis.info("memory")))
+            self._since = 0
         if cached[1] >= self.high_water:
             raise errors.StoreFull()
