@@ -289,6 +289,13 @@ async def forward(st: GatewayState, req: HttpRequest, conn: HttpConnection, targ
         if body_state.get("too_large"):
             raise errors.PayloadTooLarge() from None
         raise errors.UpstreamUnavailable() from None
+    if upstream.spoiled:
+        # SECURITY: bytes after the end of the response (or a malformed body) arrived with it:
+        # the upstream's framing is off, so this answer may not be the one to this request.
+        # Nothing of it is passed on.
+        upstream.release()
+        log.warning("upstream response malformed or followed by extra bytes (request %s)", request_id)
+        raise errors.UpstreamUnavailable()
     length = None
     lines = []
     for name, value in upstream_response_headers(upstream.raw_headers, request_id=request_id):
