@@ -47,6 +47,10 @@ class MalformedRequest(BadRequest):
     code, message = "malformed_request", "The request is not valid HTTP/1.1."
 
 
+class InvalidHost(BadRequest):
+    code, message = "invalid_host", "The request needs exactly one Host header with a valid host name."
+
+
 class InvalidPath(BadRequest):
     code, message = "invalid_path", "The request path is not in canonical form."
 

@@ -35,6 +35,7 @@ from typing import Awaitable, Callable
 
 import httptools
 
+from gateway.framing import ProtocolError, request_framing, trailer_refused
 from gateway.writebatch import Deferred, batch_for
 
 log = logging.getLogger("gateway")
@@ -55,14 +56,6 @@ class Limits:
     max_headers: int = 128
     max_head: int = 65536  # bytes of the whole head (aiohttp has no such limit)
     head_timeout: float = 75.0  # seconds to deliver a complete request head
-
-
-class ProtocolError(Exception):
-    """The client broke HTTP/1.1 or a limit: answered with ``status`` and the connection closed."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
 
 
 class BodyError(Exception):
@@ -159,7 +152,7 @@ class RequestBody:
 
 
 Handler = Callable[[HttpRequest, "HttpConnection"], Awaitable[None]]
-ErrorHandler = Callable[["HttpConnection", int, str], None]  # (connection, status, reason)
+ErrorHandler = Callable[["HttpConnection", int, str, "str | None"], None]  # (connection, status, reason, code)
 
 
 class HttpConnection(asyncio.Protocol):
@@ -230,6 +223,12 @@ class HttpConnection(asyncio.Protocol):
         if self._in_head and self._head_bytes > self.limits.max_head:
             # A header still incomplete: its pieces accumulate inside httptools until it ends.
             self._protocol_error(ProtocolError(431, "request head too large"))
+            return
+        # SECURITY: requests parsed from this read start only now, after llhttp has checked
+        # everything that came with them (a bad chunk in the same read refuses the request
+        # before any byte of it is forwarded).
+        if self.active is None and self.queue:
+            self._next()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -256,13 +255,17 @@ class HttpConnection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------
     def _reset_head(self) -> None:
         self._in_head = True
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes read since the head began (a head still incomplete)
+        self._head_size = 0  # bytes of the target and fields parsed (head, then trailers)
+        self._fields = 0  # header fields, then trailer fields
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._body: RequestBody | None = None
+        self._current: HttpRequest | None = None  # this message's request, once its head is in
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_size += len(url)
         if len(self._url) > self.limits.max_target:
             raise ProtocolError(414, "request target too long")
 
@@ -270,8 +273,17 @@ class HttpConnection(asyncio.Protocol):
         limits = self.limits
         if len(name) > limits.max_field or len(value) > limits.max_field:
             raise ProtocolError(431, "header too large")
-        if len(self._headers) >= limits.max_headers:
+        self._fields += 1
+        if self._fields > limits.max_headers:
             raise ProtocolError(431, "too many headers")
+        # SECURITY: counted field by field, however the bytes arrived (one read or many).
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > limits.max_head:
+            raise ProtocolError(431, "request head too large")
+        if not self._in_head:  # a trailer field of a chunked body: never forwarded
+            if trailer_refused(name.decode("latin-1")):
+                raise ProtocolError(400, "framing or Host field in trailers")
+            return
         # Values as UTF-8 with surrogate escapes, as aiohttp decodes them: bytes that are not
         # UTF-8 stay visible (gateway.headers drops such values rather than forward them altered).
         self._headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
@@ -279,28 +291,22 @@ class HttpConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         self._in_head = False
+        self._fields = 0
+        self._head_size = 0
         method = parser.get_method().decode("latin-1")
         headers = self._headers
-        content_length = None
-        chunked = expect = False
-        for name, value in headers:
-            lname = name.lower()
-            if lname == "content-length":
-                content_length = int(value)  # llhttp accepted it: digits only, one value
-            elif lname == "transfer-encoding":
-                chunked = True
-            elif lname == "expect" and value.strip().lower() == "100-continue":
-                expect = True
+        http11 = parser.get_http_version() == "1.1"
+        # SECURITY: every framing the gateway would not read exactly is refused here, before
+        # the request is queued, so nothing of it is forwarded.
+        content_length, chunked, expect = request_framing(headers, http11)
         body = None
         if chunked or content_length:
             body = self._body = RequestBody(self, expect)
-        keep_alive = bool(parser.should_keep_alive()) and parser.get_http_version() == "1.1"
-        req = HttpRequest(self, method, self._url.decode("latin-1"), headers, keep_alive, body,
-                          content_length if not chunked else None)
-        self.queue.append(req)
-        if self.active is None:
-            self._next()
-        elif len(self.queue) >= MAX_QUEUED:
+        keep_alive = bool(parser.should_keep_alive()) and http11
+        req = self._current = HttpRequest(self, method, self._url.decode("latin-1"), headers, keep_alive, body,
+                                          content_length if not chunked else None)
+        self.queue.append(req)  # started by data_received once this read is parsed
+        if len(self.queue) >= MAX_QUEUED:
             self._pause()
 
     def on_body(self, data: bytes) -> None:
@@ -333,7 +339,7 @@ class HttpConnection(asyncio.Protocol):
         except Exception:  # a bug in the handler: answer 500 if still possible, and close
             log.exception("request handler failed")
             if not self._response_started:
-                self.server.on_error(self, 500, "handler failed")
+                self.server.on_error(self, 500, "handler failed", None)
             self._close_after = True
         if not self._response_done:
             self._close_after = True
@@ -406,12 +412,13 @@ class HttpConnection(asyncio.Protocol):
         return ResponseStream(self, mode)
 
     def _last_before_close(self) -> bool:
-        """Nothing more will be read on this connection after the current request: a parse
-        error follows it, or its own body has not been read to the end."""
+        """Nothing more will be read on this connection after the current request: an upgrade
+        follows it, or its own body has not been read to the end."""
         req = self._writing
-        if req is not None and req.body is not None and not req.body.complete:
-            return True  # still arriving: closing is the only safe way not to parse it
-        return self._parse_error is not None and not self.queue
+        if req is not None and req.body is not None and (not req.body.complete or req.body.error is not None):
+            return True  # still arriving (or cut short): closing is the only safe way not to parse it
+        err = self._parse_error  # one with a status is answered after this response, and closes
+        return err is not None and not err.status and not self.queue
 
     def close(self) -> None:
         """Close after what was written; half-close first and drop what still arrives (bounded)."""
@@ -459,18 +466,27 @@ class HttpConnection(asyncio.Protocol):
             self.transport.pause_reading()
             self.paused = True
         if self.active is None:
-            self._answer_parse_error()
+            if self.queue:
+                self._next()  # the upgrade request itself is answered, then the connection closes
+            else:
+                self._answer_parse_error()
 
     def _protocol_error(self, err: ProtocolError) -> None:
         """Stop parsing; answer once the requests before it are answered, then close."""
         self._parse_error = err
         if self._body is not None and not self._body.complete:
             self._body.finish(BodyError(str(err)))  # a handler streaming this body sees it cut short
+        current = self._current
+        if current is not None and current is not self.active and current in self.queue:
+            self.queue.remove(current)  # its message is malformed: never started, never forwarded
         if self.transport is not None and not self.closing:
             self.transport.pause_reading()
             self.paused = True
         if self.active is None:
-            self._answer_parse_error()
+            if self.queue:
+                self._next()  # the requests parsed before it are answered first
+            else:
+                self._answer_parse_error()
 
     def _answer_parse_error(self) -> None:
         err = self._parse_error
@@ -479,7 +495,7 @@ class HttpConnection(asyncio.Protocol):
         if err.status:
             self._writing = None
             self._close_after = True
-            self.server.on_error(self, err.status, str(err))
+            self.server.on_error(self, err.status, str(err), err.code)
         self.close()
 
     def timed_out(self, now: float) -> None:

@@ -273,7 +273,9 @@ async def _body_chunks(body: RequestBody, limit: int, state: dict) -> AsyncItera
         try:
             chunk = await body.read()
         except BodyError:  # a malformed chunked body, or the client went away
-            raise errors.BadRequest() from None
+            # The upstream request is then aborted (UpstreamPool._exchange): it never sees
+            # the end of a body that was cut short or malformed.
+            raise errors.MalformedRequest() from None
         if not chunk:
             return
         sent += len(chunk)
@@ -308,6 +310,13 @@ async def forward(st: GatewayState, req: HttpRequest, conn: HttpConnection, targ
         if body_state.get("too_large"):
             raise errors.PayloadTooLarge() from None
         raise errors.UpstreamUnavailable() from None
+    if upstream.spoiled:
+        # SECURITY: bytes after the end of the response (or a malformed body) arrived with it:
+        # the upstream's framing is off, so this answer may not be the one to this request.
+        # Nothing of it is passed on.
+        upstream.release()
+        log.warning("upstream response malformed or followed by extra bytes (request %s)", request_id)
+        raise errors.UpstreamUnavailable()
     length = None
     lines = []
     for name, value in upstream_response_headers(upstream.raw_headers, request_id=request_id):
@@ -365,14 +374,15 @@ def error_body(err: errors.ApiError, request_id: str) -> bytes:
 _PROTOCOL_ERRORS: dict[int, type[errors.ApiError]] = {
     400: errors.MalformedRequest, 413: errors.PayloadTooLarge, 414: errors.UriTooLong, 431: errors.HeadersTooLarge,
 }
+_PROTOCOL_CODES: dict[str | None, type[errors.ApiError]] = {"invalid_host": errors.InvalidHost}
 
 
-def answer_protocol_error(conn: HttpConnection, status: int, reason: str) -> None:
+def answer_protocol_error(conn: HttpConnection, status: int, reason: str, code: str | None = None) -> None:
     """What the HTTP parser refused, or a limit: the envelope, never a byte of the request."""
     if status < 500:  # (a 500 here is a handler that failed: gateway/httpserver.py logged it)
         # Worded as the admin API's filter (gateway/app.py ServerLog) words it, so one search finds both.
         log.warning("malformed HTTP request refused (%s, status %d) from %s", reason, status, conn.peer)
-    err = _PROTOCOL_ERRORS.get(status, errors.ApiError)()
+    err = (_PROTOCOL_CODES.get(code) or _PROTOCOL_ERRORS.get(status, errors.ApiError))()
     request_id = new_request_id()
     send_error(conn, err, request_id, close=True)
     # The access log has a line for every answer, this one included (nothing of the request

@@ -9,6 +9,13 @@ streams bodies both ways with backpressure: a reader that falls behind pauses th
 Errors: ``UpstreamConnectError`` (could not connect in time), ``UpstreamTimeout`` (no byte
 for ``read_timeout`` seconds), ``UpstreamBroken`` (the connection failed or the reply was
 malformed). Everything here is I/O; the request head is built by ``request_head`` (pure).
+
+SECURITY: the upstream's framing is not trusted further than one response. The response
+head has the client side's limits (gateway.httpserver.Limits: field size, field count, whole
+head, however the bytes arrive). Any byte after the end of a response (a body after 204, 304
+or a HEAD reply, bytes past Content-Length or after the last chunk, a second response) marks
+the exchange ``overrun``: those bytes are never passed on and the connection is dropped,
+never reused. The proxy answers 502 when that is known before it passed the response on.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from gateway.httpserver import Limits
 from gateway.writebatch import Deferred, batch_for
 
 HIGH_WATER = 256 * 1024  # buffered response bytes at which the socket is paused
@@ -56,11 +64,19 @@ def request_head(method: str, target: str, host: str, headers: list[tuple[str, s
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
 
+RESPONSE_LIMITS = Limits()  # the client side's head limits (head_timeout unused: read_timeout applies)
+
+
+class _Overrun(Exception):
+    """Bytes after the end of the response (raised in a parser callback to stop parsing)."""
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; it carries one exchange at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limits: Limits = RESPONSE_LIMITS) -> None:
         self.loop = loop
+        self.limits = limits
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reusable = False
@@ -85,6 +101,10 @@ class _Connection(asyncio.Protocol):
         self.data_waiter: asyncio.Future | None = None
         self.last_data = 0.0
         self.paused = False
+        self.replied = False  # a byte of the reply arrived
+        self.overrun = False  # bytes arrived after the end of the response
+        self.head_bytes = 0  # bytes read while the response head was incomplete
+        self.head_size = 0  # bytes of the reason phrase and header fields parsed
 
     def start(self, head_only: bool) -> None:
         self._reset()
@@ -103,13 +123,29 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_data = self.loop.time()
-        if self.parser is None or self.complete:
+        if self.parser is None:
             self._fail(UpstreamBroken("data from the upstream outside of an exchange"))
             return
+        if self.complete:
+            self._overran()
+            return
+        self.replied = True
+        in_head = self.status == 0
+        if in_head:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamBroken(f"invalid response from the upstream: {exc}"))
+            if self.complete:  # what followed the response: not passed on, connection dropped
+                self._overran()
+            else:
+                cause = exc.__cause__ or exc.__context__
+                self._fail(cause if isinstance(cause, UpstreamBroken)
+                           else UpstreamBroken(f"invalid response from the upstream: {exc}"))
+            return
+        if in_head and self.status == 0 and self.head_bytes > self.limits.max_head:
+            # A header still incomplete: its pieces accumulate inside httptools until it ends.
+            self._fail(UpstreamBroken("response head from the upstream too large"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -125,10 +161,27 @@ class _Connection(asyncio.Protocol):
             self._write_ready.set_result(None)
 
     # -- httptools callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _Overrun()  # a second response after this one's end
+
     def on_status(self, reason: bytes) -> None:
+        if len(reason) > self.limits.max_field:
+            raise UpstreamBroken("response reason phrase from the upstream too long")
+        self.head_size += len(reason)
         self.reason = reason.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        limits = self.limits
+        if len(name) > limits.max_field or len(value) > limits.max_field:
+            raise UpstreamBroken("response header from the upstream too large")
+        if len(self.headers) >= limits.max_headers:
+            raise UpstreamBroken("too many response headers from the upstream")
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > limits.max_head:
+            raise UpstreamBroken("response head from the upstream too large")
+        if self.status:  # a trailer of a chunked response: not passed on
+            return
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -140,7 +193,7 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self.complete:  # SECURITY: a body after a HEAD/204/304 reply is the upstream's framing error
-            return
+            raise _Overrun()
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered >= HIGH_WATER and not self.paused and self.transport is not None:
@@ -160,6 +213,13 @@ class _Connection(asyncio.Protocol):
         if self.head_only and self.status not in NO_BODY_STATUS:
             self.reusable = False  # a HEAD reply's announced body length cannot be trusted to be absent
         self._wake()
+
+    def _overran(self) -> None:
+        """Bytes after the end of the response: dropped, and so is the connection."""
+        self.overrun = True
+        self.reusable = False
+        if self.transport is not None:
+            self.transport.abort()
 
     def _fail(self, exc: BaseException) -> None:
         self.reusable = False
@@ -200,6 +260,12 @@ class UpstreamResponse:
         self.reason = conn.reason
         self.raw_headers = conn.headers
         self._released = False
+
+    @property
+    def spoiled(self) -> bool:
+        """Known bad already: bytes after the end of this response (never passed on), or its
+        body failed to parse, before any of it was passed on."""
+        return self._conn.overrun or self._conn.error is not None
 
     @property
     def complete_body(self) -> bytes | None:
@@ -261,7 +327,8 @@ class UpstreamResponse:
 class UpstreamPool:
     """Keep-alive connections to one upstream origin (``http://`` or ``https://``)."""
 
-    def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float, max_idle: int = 512) -> None:
+    def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float, max_idle: int = 512,
+                 limits: Limits = RESPONSE_LIMITS) -> None:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"expected an http:// or https:// upstream URL, got {base_url!r}")
@@ -275,6 +342,7 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_idle = max_idle
+        self.limits = limits  # on response heads, as on the client side's request heads
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
         self._awaiting_head: set[_Connection] = set()  # exchanges waiting for a reply head
@@ -296,7 +364,7 @@ class UpstreamPool:
         # connect attempt runs as a Task of its own, which a loop timer cancels.
         loop = asyncio.get_running_loop()
         connecting = asyncio.ensure_future(loop.create_connection(
-            lambda: _Connection(loop), self.host, self.port, ssl=self.ssl,
+            lambda: _Connection(loop, self.limits), self.host, self.port, ssl=self.ssl,
             server_hostname=self.host if self.ssl else None))
         expired = False
 
@@ -384,7 +452,7 @@ class UpstreamPool:
                 return UpstreamResponse(self, conn)
             except UpstreamBroken:
                 self._discard(conn)
-                if not retry or conn.status:
+                if not retry or conn.replied:  # a reply that started is never asked for twice
                     raise
                 retry = False
                 conn = await self._connect()

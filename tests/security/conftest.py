@@ -243,11 +243,12 @@ def _shipped_rules():
 def refused_by_parser(resp: RawResponse) -> bool:
     """The HTTP parser (or a head limit) refused the request before the pipeline ran
     (gateway/httpserver.py; answered with the envelope and code malformed_request,
-    uri_too_long or headers_too_large)."""
+    invalid_host, uri_too_long or headers_too_large)."""
     if resp.header("X-Request-Id") is None:
         return True
     try:
-        return resp.json()["error"]["code"] in ("malformed_request", "uri_too_long", "headers_too_large")
+        return resp.json()["error"]["code"] in ("malformed_request", "invalid_host", "uri_too_long",
+                                                 "headers_too_large")
     except (ValueError, KeyError, TypeError):
         return False
 

@@ -41,7 +41,9 @@ class Received:
 @dataclass
 class Recorder:
     port: int = 0
-    received: list[Received] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)  # complete requests
+    heads: list[Received] = field(default_factory=list)  # every request head, body or not (body b"")
+    cut_short: list[Received] = field(default_factory=list)  # heads whose body never completed
     _loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.AbstractServer | None = None
     _thread: threading.Thread | None = None
@@ -98,7 +100,12 @@ class Recorder:
                 lines = head[:-4].decode("latin-1").split("\r\n")
                 headers = [tuple(part.strip() if i else part for i, part in enumerate(line.split(":", 1)))
                            for line in lines[1:]]
-                body = await self._read_body(reader, headers)
+                self.heads.append(Received(lines[0], [(k, v) for k, v in headers], b""))
+                try:
+                    body = await self._read_body(reader, headers)
+                except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+                    self.cut_short.append(self.heads[-1])  # an incomplete request: never answered
+                    return
                 got = Received(lines[0], [(k, v) for k, v in headers], body)
                 self.received.append(got)
                 payload = json.dumps({"request_line": got.request_line, "headers": got.headers,

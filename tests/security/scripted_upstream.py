@@ -1,0 +1,79 @@
+"""An upstream that answers each request with exact bytes chosen by the test: the response for
+``?case=NAME`` is ``cases[NAME]``, a list of pieces written with a pause between them (so a
+piece can arrive in a later read). It records which connection each request came on, so a
+test can tell whether the gateway reused a connection. Its own event loop runs in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from dataclasses import dataclass, field
+
+CLEAN = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Case: clean\r\n\r\nclean"
+
+
+@dataclass
+class ScriptedUpstream:
+    cases: dict[str, list[bytes]]
+    pause: float = 0.2
+    port: int = 0
+    seen: list[tuple[int, str]] = field(default_factory=list)  # (connection number, request line)
+    _loop: asyncio.AbstractEventLoop | None = None
+    _server: asyncio.AbstractServer | None = None
+    _thread: threading.Thread | None = None
+    _ids: itertools.count = field(default_factory=itertools.count)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ScriptedUpstream":
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+
+            async def main() -> None:
+                self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+                self.port = self._server.sockets[0].getsockname()[1]
+                ready.set()
+                async with self._server:
+                    try:
+                        await self._server.serve_forever()
+                    except asyncio.CancelledError:
+                        pass
+
+            self._loop.run_until_complete(main())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True, name="scripted-upstream")
+        self._thread.start()
+        assert ready.wait(5), "scripted upstream did not start"
+        return self
+
+    def stop(self) -> None:
+        if self._loop and self._server:
+            self._loop.call_soon_threadsafe(self._server.close)
+            for task in asyncio.all_tasks(self._loop):
+                self._loop.call_soon_threadsafe(task.cancel)
+        if self._thread:
+            self._thread.join(5)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = next(self._ids)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                line = head.split(b"\r\n", 1)[0].decode("latin-1")
+                self.seen.append((conn, line))
+                case = line.split(" ")[1].partition("case=")[2].split("&")[0]
+                for i, piece in enumerate(self.cases.get(case, [CLEAN])):
+                    if i:
+                        await asyncio.sleep(self.pause)
+                    writer.write(piece)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
