@@ -15,7 +15,7 @@ import os
 import socket
 from pathlib import Path
 
-PORT_HELP = "choose other ports with --port N (gateway N, admin API N+1, upstream N+2, ops N+10)"
+PORT_HELP = "choose other ports with --port N (gateway N, admin API N+1, upstream N+2, ops N+10, admin ops N+11)"
 
 
 def dev_ports(base_port: int) -> dict[str, int]:

@@ -215,8 +215,10 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def _overran(self) -> None:
-        """Bytes after the end of the response: dropped, and so is the connection."""
-        self.overrun = True
+        """Bytes after the end of the response: dropped, and so is the connection. After a HEAD
+        reply that is all (backends that send a HEAD body are common, and the client's answer
+        never has one); after any other it spoils the response (502 when not yet passed on)."""
+        self.overrun = not self.head_only
         self.reusable = False
         if self.transport is not None:
             self.transport.abort()

@@ -70,10 +70,10 @@ def _bindable(port: int) -> bool:
 
 
 def free_base_port() -> int:
-    """A gateway port whose admin (+1), upstream (+2) and ops (+10) ports are free too."""
+    """A gateway port whose admin (+1), upstream (+2), ops (+10) and admin ops (+11) ports are free too."""
     while True:
         port = free_port()
-        if port + 10 < 65536 and all(_bindable(p) for p in (port, port + 1, port + 2, port + 10)):
+        if port + 11 < 65536 and all(_bindable(p) for p in (port, port + 1, port + 2, port + 10, port + 11)):
             return port
 
 
@@ -178,7 +178,7 @@ def test_dev_works_as_it_prints_and_as_the_readme_says(tmp_path, start_dev):
     redis_port = int(re.search(r"redis +redis://127.0.0.1:(\d+)", dev.banner).group(1))
     dev.stop()
     assert dev.proc.returncode == 0
-    for p in (gw, admin, gw + 2, gw + 10, redis_port):
+    for p in (gw, admin, gw + 2, gw + 10, gw + 11, redis_port):
         assert not _busy(p), f"port {p} still served after Ctrl-C"
 
 

@@ -150,10 +150,13 @@ def test_bytes_after_the_response_in_the_same_read_are_a_502(gw, scripted, case)
 
 
 @pytest.mark.parametrize("case", list(HEAD_SAME_READ))
-def test_a_body_after_a_head_response_is_a_502(gw, scripted, case):
+def test_a_body_after_a_head_response_is_dropped_with_its_connection(gw, scripted, case):
+    # A HEAD body is a common backend bug, not a reason to fail the request: the client gets the
+    # head alone, none of the bytes after it (exchange_then_clean checks that and that the next
+    # request runs on a new upstream connection).
     first = exchange_then_clean(gw, scripted, case, "HEAD")
     [resp] = parse_responses(first.partition(b"\r\n\r\n")[0] + b"\r\n\r\n")
-    assert resp.status == 502, first[:300]
+    assert resp.status == 200 and first.endswith(b"\r\n\r\n"), first[:300]
 
 
 @pytest.mark.parametrize("case", list(LATER))
