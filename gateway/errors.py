@@ -2,7 +2,7 @@
 
 ApiError
 ├── BadRequest (400): MalformedRequest, InvalidPath, AmbiguousCredentials, KeyInQuery, KeyInPath,
-│   MethodOverrideRefused, MissingOriginalRequest, InvalidJson, ValidationFailed
+│   MethodOverrideRefused, PathOverrideRefused, MissingOriginalRequest, InvalidJson, ValidationFailed
 ├── Unauthorized (401, with WWW-Authenticate): MissingApiKey, InvalidApiKey, ExpiredApiKey,
 │   RevokedApiKey, InvalidToken
 ├── Forbidden (403): InsufficientScope, ScopeNotGrantable
@@ -73,6 +73,11 @@ class KeyInPath(BadRequest):
 class MethodOverrideRefused(BadRequest):
     code = "method_override_refused"
     message = "Method-override parameters such as _method are not accepted; send the real method."
+
+
+class PathOverrideRefused(BadRequest):
+    code = "path_override_refused"
+    message = "Path-override headers such as X-Original-URL are not accepted; send the real path."
 
 
 class MissingOriginalRequest(BadRequest):

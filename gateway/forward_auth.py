@@ -13,7 +13,7 @@ from typing import Iterable, NamedTuple
 
 from gateway import errors
 from gateway.credentials import key_in_path
-from gateway.headers import identity_headers
+from gateway.headers import identity_headers, override_header
 from gateway.paths import InvalidPath, canonicalize
 from gateway.httpserver import HttpConnection, HttpRequest
 from gateway.proxy import GatewayState, answer_failure, decide, error_body, error_headers, log_request, new_request_id
@@ -30,6 +30,8 @@ ENVOY_PREFIX = "/envoy"  # the ext_authz http_service path_prefix (deploy/envoy/
 NGINX_HEADERS = ("x-original-method", "x-original-uri")
 TRAEFIK_HEADERS = ("x-forwarded-method", "x-forwarded-uri")
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 9110 token
+# Each edge's own headers, which name the original request rather than override it.
+EDGE_HEADERS = {"nginx": frozenset(NGINX_HEADERS), "traefik": frozenset(TRAEFIK_HEADERS), "envoy": frozenset()}
 
 
 class Original(NamedTuple):
@@ -105,6 +107,11 @@ async def check(st: GatewayState, req: HttpRequest, conn: HttpConnection) -> Non
         method, raw_target = original.method, original.target
         entry["method"] = method
         require_canonical(raw_target)
+        # SECURITY: the edge forwards the client's headers itself, so a method- or path-override
+        # header would reach the backend next to what was authorized: refuse it (the proxy drops them).
+        overridden = override_header(req.headers, EDGE_HEADERS[original.edge])
+        if overridden is not None:
+            raise errors.MethodOverrideRefused() if overridden == "method" else errors.PathOverrideRefused()
         # Steps 1-5, as in the proxy. The throttle's client address is the edge's
         # X-Forwarded-For only when the edge is in --trusted-proxies.
         target, identity = await decide(st, method, raw_target, req.headers, req.peer, entry)

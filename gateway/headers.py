@@ -80,6 +80,32 @@ def fold_name(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
+@functools.lru_cache(maxsize=4096)
+def override_kind(folded: str) -> str | None:
+    """"method" or "path" when a folded header name is a method- or path-override channel."""
+    if folded in METHOD_OVERRIDE_HEADERS:
+        return "method"
+    if folded in PATH_OVERRIDE_HEADERS or (folded.startswith("x-") and folded.endswith(PATH_OVERRIDE_SUFFIXES)):
+        return "path"
+    return None
+
+
+def override_header(headers: Headers, exempt: frozenset[str] = frozenset()) -> str | None:
+    """The kind of the first override header among ``headers`` ("method" or "path"), or None.
+
+    For forward-auth mode, where the edge forwards the client's headers itself and the gateway
+    cannot drop them: it refuses the request instead. ``exempt``: the edge's own protocol
+    headers (lower case, exact spelling: X-Original-URI of nginx, X-Forwarded-Uri of Traefik).
+    """
+    for name, _ in headers:
+        if name.lower() in exempt:
+            continue
+        kind = override_kind(fold_name(name))
+        if kind is not None:
+            return kind
+    return None
+
+
 def connection_tokens(headers: Headers) -> frozenset[str]:
     """Folded names listed in every ``Connection`` header (comma separated)."""
     tokens: set[str] = set()
@@ -118,13 +144,11 @@ def _always_dropped(folded: str) -> bool:
         # own length, a backend would see two (a desync on the pooled upstream connection).
         or folded in REFRAMED_HEADERS
         or folded in IDENTITY_HEADERS
-        or folded in METHOD_OVERRIDE_HEADERS
+        or override_kind(folded) is not None  # method- and path-override channels
         or folded in HOP_BY_HOP
         or folded in FORWARDING_HEADERS
         or folded == "host"
         or folded.startswith(DROPPED_PREFIXES)
-        or folded in PATH_OVERRIDE_HEADERS
-        or (folded.startswith("x-") and folded.endswith(PATH_OVERRIDE_SUFFIXES))
     )
 
 

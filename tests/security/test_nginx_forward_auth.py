@@ -357,6 +357,22 @@ def test_a_key_in_the_path_never_reaches_the_backend_behind_nginx(edge, gateway)
     assert key[4:] not in gateway.all_logs()
 
 
+@pytest.mark.parametrize("header, code", [
+    (b"X-Original-URL: /v1/admin", "path_override_refused"),
+    (b"X-Rewrite-URL: /v1/admin", "path_override_refused"),
+    (b"X-Forwarded-Prefix: /internal", "path_override_refused"),
+    (b"X-Envoy-Original-Path: /v1/admin", "path_override_refused"),
+    (b"Base-Url: http://evil.example/", "path_override_refused"),
+    (b"X-HTTP-Method-Override: DELETE", "method_override_refused"),
+    (b"X-Method-Override: DELETE", "method_override_refused"),
+])
+def test_override_headers_never_reach_the_backend_behind_nginx(edge, gateway, header, code):
+    # nginx forwards the client's headers itself: the check refuses them, whatever nginx's config.
+    resp, got = through(edge, gateway, raw_request(b"GET", b"/v1/tasks", gateway.keys["reader"]["key"], header))
+    assert got is None
+    error_of(resp, 400, code)
+
+
 def test_failed_attempts_are_throttled_per_client_behind_nginx(edge, gateway):
     bad = raw_request(b"GET", b"/v1/tasks", "sop_" + "B" * 36)
     for _ in range(3):

@@ -27,7 +27,7 @@ import yaml
 
 from gateway import config, forward_auth
 from gateway.cli import build_parser
-from gateway.headers import CREDENTIAL_HEADERS, IDENTITY_HEADERS, METHOD_OVERRIDE_HEADERS
+from gateway.headers import CREDENTIAL_HEADERS, IDENTITY_HEADERS, METHOD_OVERRIDE_HEADERS, PATH_OVERRIDE_HEADERS
 from gateway.scopes import ScopesError, parse_rules
 from gateway.store import parse_redis_url
 from gateway.tasks import SHUTDOWN_FLUSH_DEADLINE
@@ -346,8 +346,11 @@ def check_envoy(d: Deploy) -> None:
     assert service["path_prefix"] == forward_auth.ENVOY_PREFIX
     upstream = {p["exact"] for p in service["authorization_response"]["allowed_upstream_headers"]["patterns"]}
     assert upstream == IDENTITY == IDENTITY_HEADERS, f"envoy: allowed_upstream_headers {sorted(upstream)}"
-    to_check = {p["exact"] for p in authz["allowed_headers"]["patterns"]} | {"authorization"}
+    to_check = {p["exact"] for p in authz["allowed_headers"]["patterns"] if "exact" in p} | {"authorization"}
     assert to_check >= CREDENTIAL_HEADERS
+    # The override headers reach the check, which refuses them (forward-auth cannot drop them).
+    prefixes = {p["prefix"] for p in authz["allowed_headers"]["patterns"] if "prefix" in p}
+    assert {"x-", "x_"} <= prefixes and to_check >= PATH_OVERRIDE_HEADERS, "envoy: override headers not checked"
     client = {p["exact"] for p in service["authorization_response"]["allowed_client_headers"]["patterns"]}
     assert client >= {"content-type", "www-authenticate", "allow", "retry-after", "x-request-id"}
     (route,) = hcm["route_config"]["virtual_hosts"][0]["routes"]
