@@ -89,7 +89,8 @@ def make_admin_app(
                           handler_args={"logger": server_log})
     client = store_mod.connect(settings.redis, timeout=settings.redis_timeout)
     guard = AuthGuard(settings, clock)
-    st = app[ADMIN] = AdminState(settings, KeyStore(client, settings.redis_prefix), RulesHolder(settings.scopes, rules),
+    st = app[ADMIN] = AdminState(settings, KeyStore(client, settings.redis_prefix,
+                                                            store_mod.parse_min_replicas(settings.redis_min_replicas)), RulesHolder(settings.scopes, rules),
                                  clock, guard, AdminMetrics(guard), MemoryGauge(client, settings.memory_high_water))
     st.rules.on_reload = lambda result: st.metrics.reloads.labels(result).inc()
     r = app.router
@@ -155,6 +156,9 @@ async def envelope_middleware(request: web.Request, handler) -> web.StreamRespon
         err = errors.PayloadTooLarge(f"The body must be at most {MAX_BODY} bytes.")
     except web.HTTPNotFound:
         err = errors.NotFound("No such endpoint.")
+    except store_mod.NotReplicated:
+        request.app[ADMIN].metrics.redis_errors.inc()
+        err = errors.StoreUnconfirmed()
     except (RedisError, OSError):
         # SECURITY: a store fault is a 503, never a 401 or a half-done write reported as done.
         request.app[ADMIN].metrics.redis_errors.inc()

@@ -74,7 +74,8 @@ def make_state(settings: ServeSettings, *, clock: Callable[[], float] = time.tim
         # fail them (a failed beat or ack would drop the cache's trust and make the burst worse).
         background=store_mod.KeyStore(store_mod.connect(settings.redis, timeout=settings.redis_timeout,
                                                         max_connections=BACKGROUND_CONNECTIONS),
-                                      settings.redis_prefix),
+                                      settings.redis_prefix,
+                                      store_mod.parse_min_replicas(settings.redis_min_replicas)),
         cache=cache,
         metrics=metrics,
         clock=clock,
@@ -119,7 +120,7 @@ class Gateway:
         flusher and the rules watcher; the first two on the background Redis client."""
         st = self.state
         self._tasks = [
-            asyncio.create_task(listen_for_revocations(st.background, st.cache, st.metrics), name="revocations"),
+            asyncio.create_task(listen_for_revocations(st.background, st.cache, st.metrics, reads=st.store), name="revocations"),
             asyncio.create_task(usage_flusher(st.background, st.usage, st.metrics, st.settings.flush_interval),
                                 name="usage"),
             asyncio.create_task(st.rules.watch(st.settings.reload_interval), name="rules"),

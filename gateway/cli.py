@@ -141,11 +141,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from admin_api.schemas import created_out, key_out
     from gateway import redis_reach
     from gateway.model import expires_at_for
-    from gateway.store import KeyStore, connect
+    from gateway.store import KeyStore, connect, parse_min_replicas
     from gateway.tasks import ACK_TIMEOUT
 
     settings = config.load(config.AdminSettings, {"redis": args.redis, "scopes": args.scopes,
-                                                  "redis_prefix": args.redis_prefix})
+                                                  "redis_prefix": args.redis_prefix,
+                                                  "redis_min_replicas": args.redis_min_replicas})
     # Everything the admin API would refuse is refused here too, before Redis is touched.
     org_id = validation.org_id(args.org)
     if args.keys_cmd == "create":
@@ -157,7 +158,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     now = int(time.time() * 1000)
 
     async def run() -> object:
-        store = KeyStore(connect(settings.redis, timeout=KEYS_REDIS_TIMEOUT), settings.redis_prefix)
+        store = KeyStore(connect(settings.redis, timeout=KEYS_REDIS_TIMEOUT), settings.redis_prefix,
+                         parse_min_replicas(settings.redis_min_replicas))
         try:
             await redis_reach.reach(store)
             if args.keys_cmd == "create":
@@ -275,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
     for name in ("create", "list", "revoke"):
         p = command(keys_sub, name)
-        config.add_arguments(p, config.AdminSettings, only=("redis", "scopes", "redis_prefix"))
+        config.add_arguments(p, config.AdminSettings, only=("redis", "scopes", "redis_prefix", "redis_min_replicas"))
         p.add_argument("--scopes-file", dest="scopes", default=None, help=argparse.SUPPRESS)  # deprecated: --scopes
         p.add_argument("--org", required=True, help="organization id")
         if name == "create":

@@ -252,6 +252,12 @@ class StoreUnavailable(ServiceUnavailable):
     message = "The key store is temporarily unavailable; nothing was changed, retry shortly."
 
 
+class StoreUnconfirmed(StoreUnavailable):
+    message = ("The change reached the key store, but no replica confirmed it in time, so it may or may "
+               "not last through a failover; retry shortly (repeating a revoke is safe; a key whose "
+               "create got this answer was never shown, so it cannot be used).")
+
+
 class StoreFull(ServiceUnavailable):
     code = "store_full"
     message = ("The key store is nearly full: new keys are refused until an operator frees memory; "

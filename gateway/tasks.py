@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 
 from redis.exceptions import RedisError
 
 from gateway.cache import VerdictCache
 from gateway.metrics import Metrics
-from gateway.store import KeyStore
+from gateway.store import KeyStore, NotReplicated
 from gateway.usage import UsageBuffer, new_node_id
 
 log = logging.getLogger("gateway")
@@ -28,49 +29,64 @@ SHUTDOWN_FLUSH_DEADLINE = 5.0  # seconds; well inside a 30 s orchestrator grace 
 
 
 async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: Metrics,
-                                 node_id: str | None = None) -> None:
+                                 node_id: str | None = None, reads: KeyStore | None = None) -> None:
     """Keep the cache in step with revocations published by admin API processes.
 
-    SECURITY: the cache is trusted only until SILENCE_LIMIT after Redis was last heard from on
-    the subscription (a message or a pong; pings go out every PING_EVERY). Each revocation is
-    applied, then acknowledged with this node's id, so the admin API can answer a revoke once
-    every registered gateway has dropped the key. A gateway is registered before its cache is
-    trusted, and drops that trust if it cannot stay registered, so an admin API that waits
-    ACK_TIMEOUT for a silent gateway knows that gateway no longer serves from its cache.
+    SECURITY: the cache is trusted only until SILENCE_LIMIT after the last heartbeat that went
+    out through the store's client (the master, confirmed by the replicas like a key write:
+    KeyStore.heartbeat) and came back on the subscription. Beats go out every PING_EVERY. So a
+    subscription to a server that no longer gets the master's publishes (an old master after
+    a failover) loses its trust within SILENCE_LIMIT, however well that server answers pings.
+    Each revocation is applied, then acknowledged with this node's id, so the admin API can
+    answer a revoke once every registered gateway has dropped the key. A gateway is registered
+    before its cache is trusted, and drops that trust if it cannot stay registered, so an admin
+    API that waits ACK_TIMEOUT for a silent gateway knows that gateway no longer serves from its
+    cache. When a beat is not confirmed, the connections of ``store`` and ``reads`` (the request
+    reads' client) are dropped, so that their next commands ask the sentinels for the master.
     """
     node_id = node_id or new_node_id()
+    beats = store.beat_channel(node_id)
     delay = 0.05
     while True:
         pubsub = None
         try:
             await store.initialize()
             pubsub = store.redis.pubsub()
-            await pubsub.subscribe(store.channel)
-            await _await_subscribed(pubsub)
+            await pubsub.subscribe(store.channel, beats)
+            await _await_subscribed(pubsub, 2)
             await store.register_gateway(node_id, REGISTRY_TTL_MS)
-            cache.clear(trusted_until=time.monotonic() + SILENCE_LIMIT)
+            sent_at = time.monotonic()
+            token = await _beat(store, node_id, reads)
+            await _await_beat(pubsub, token, beats)
+            cache.clear(trusted_until=sent_at + SILENCE_LIMIT)
             delay = 0.05
             last_ping = last_register = time.monotonic()
+            pending: dict[str, float] = {}
             while True:
                 msg = await pubsub.get_message(timeout=PING_EVERY / 2)
                 now = time.monotonic()
-                if msg is not None:
-                    if msg["type"] == "message":
+                if msg is not None and msg["type"] == "message":
+                    if msg["channel"].decode() == beats:
+                        # Heard from the master after everything it published before the beat.
+                        at = pending.pop(msg["data"].decode(), None)
+                        if at is not None:
+                            cache.trust_until(at + SILENCE_LIMIT)
+                    else:
                         key_id, _, nonce = msg["data"].decode().partition(" ")
                         cache.invalidate(key_id)
                         metrics.invalidations.inc()
                         if nonce:
                             await store.acknowledge(nonce, node_id)
-                    # Heard from Redis after everything published before this point.
-                    cache.trust_until(now + SILENCE_LIMIT)
                 if now - last_ping >= PING_EVERY:
-                    await pubsub.ping()
+                    pending = {k: v for k, v in pending.items() if now - v < SILENCE_LIMIT}
+                    pending[await _beat(store, node_id, reads)] = now
                     last_ping = now
                 if now - last_register >= REGISTER_EVERY:
                     await store.register_gateway(node_id, REGISTRY_TTL_MS)
                     last_register = now
                 if not cache.trusted:
-                    raise ConnectionError("revocation channel went silent")
+                    await _reconnect(store, reads)
+                    raise ConnectionError("revocation channel went silent (no heartbeat came back)")
         except asyncio.CancelledError:
             cache.clear()
             raise
@@ -95,12 +111,47 @@ async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: 
                 pass
 
 
-async def _await_subscribed(pubsub) -> None:
+async def _beat(store: KeyStore, node_id: str, reads: KeyStore | None) -> str:
+    """Send one confirmed heartbeat; return its token."""
+    token = secrets.token_hex(8)
+    try:
+        await store.heartbeat(node_id, token)
+    except NotReplicated:
+        # This server may no longer be the master: the request reads must leave it too.
+        await _reconnect(store, reads)
+        raise
+    return token
+
+
+async def _reconnect(store: KeyStore, reads: KeyStore | None) -> None:
+    for s in (store, reads):
+        if s is not None:
+            try:
+                await s.redis.connection_pool.disconnect()
+            except (RedisError, OSError, AttributeError):  # a cluster client has no single pool
+                pass
+
+
+async def _await_beat(pubsub, token: str, beats: str) -> None:
+    """The first beat must come back before the cache is trusted (messages before it are older
+    than the subscription's start, whose clear() drops everything anyway)."""
+    deadline = time.monotonic() + SILENCE_LIMIT
+    while time.monotonic() < deadline:
+        msg = await pubsub.get_message(timeout=0.05)
+        if msg is not None and msg["type"] == "message" and msg["channel"].decode() == beats \
+                and msg["data"].decode() == token:
+            return
+    raise ConnectionError("the heartbeat did not come back on the subscription")
+
+
+async def _await_subscribed(pubsub, channels: int = 1) -> None:
     deadline = time.monotonic() + SILENCE_LIMIT
     while time.monotonic() < deadline:
         msg = await pubsub.get_message(timeout=0.25)
         if msg is not None and msg["type"] == "subscribe":
-            return
+            channels -= 1
+            if not channels:
+                return
     raise ConnectionError("no subscription confirmation")
 
 

@@ -145,6 +145,21 @@ class SentinelSetup:
             "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
         return int(addr[1])
 
+    def restart_as_replica(self, port: int, tmp: Path) -> None:
+        """Start a killed data node again, as a replica of the current master (what an operator
+        or an orchestrator does; the sentinels would convert a returning old master anyway)."""
+        self.procs[port].wait()
+        self.procs[port] = _start(["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                   "--replicaof", "127.0.0.1", str(self.current_master())], tmp / f"again-{port}")
+
+    def replica_in_sync(self, port: int) -> bool:
+        """``port`` replicates the current master, link up."""
+        info = redis.Redis(port=port).info("replication")
+        master = self.current_master()
+        return (info.get("role") == "slave" and int(info.get("master_port", 0)) == master
+                and info.get("master_link_status") == "up"
+                and int(redis.Redis(port=master).info("replication").get("connected_slaves", 0)) >= 1)
+
     def stop(self) -> None:
         for proc in self.procs.values():
             proc.kill()

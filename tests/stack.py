@@ -87,7 +87,7 @@ async def make_stack(aiohttp_server, redis_url, clock, echo_server):
         state = gw.state
         ops = await aiohttp_server(make_ops_app(state))
         admin = await aiohttp_server(make_admin_app(
-            AdminSettings(redis=serve.redis, scopes=scopes, operator_tokens=(OPERATOR_TOKEN,), flush_interval=3600.0),
+            AdminSettings(redis=serve.redis, redis_min_replicas=serve.redis_min_replicas, scopes=scopes, operator_tokens=(OPERATOR_TOKEN,), flush_interval=3600.0),
             clock=clock,
         ))
         http = aiohttp.ClientSession()

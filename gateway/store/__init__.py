@@ -19,6 +19,7 @@ slot, so the same code runs on standalone Redis, Sentinel and Redis Cluster:
                                          away (expires 7 days after the last such fold)
   {P}:invalidate                  pubsub channel carrying "<key_id> <nonce>" for each revoke
   {P}:acks                        pubsub channel carrying "<nonce> <node_id>" acknowledgements
+  {P}:beat:<node_id>              pubsub channel carrying a gateway's own confirmed heartbeats
   {P}:gateways                    zset   live gateway processes, scored by registration expiry (ms)
 
 The key id is derived one-way from the secret (gateway.keys.key_id_for), so verification is a
@@ -29,10 +30,11 @@ Last-used data: see ledger.py.
 
 from gateway.store.codec import AUDIT_CURSOR_PATTERN, CURSOR_PATTERN, decode_audit_cursor, decode_cursor
 from gateway.store.connection import RedisTarget, connect, parse_redis_url, redact_redis_url
-from gateway.store.keystore import AuditPage, KeyStore, Page, RedisError, WriteTooLate
+from gateway.store.keystore import AuditPage, KeyStore, NotReplicated, Page, RedisError, WriteTooLate
 from gateway.store.ledger import UsageLedger
 from gateway.store.quota import MemoryGauge, OrgQuota
+from gateway.store.replication import AUTO as AUTO_REPLICAS, parse_min_replicas
 
-__all__ = ["AUDIT_CURSOR_PATTERN", "AuditPage", "CURSOR_PATTERN", "KeyStore", "MemoryGauge", "OrgQuota", "Page", "RedisError", "RedisTarget",
-           "UsageLedger", "WriteTooLate", "connect", "decode_audit_cursor", "decode_cursor", "parse_redis_url",
+__all__ = ["AUDIT_CURSOR_PATTERN", "AUTO_REPLICAS", "AuditPage", "CURSOR_PATTERN", "KeyStore", "MemoryGauge", "NotReplicated", "OrgQuota", "Page", "RedisError", "RedisTarget",
+           "UsageLedger", "WriteTooLate", "connect", "decode_audit_cursor", "decode_cursor", "parse_min_replicas", "parse_redis_url",
            "redact_redis_url"]

@@ -19,8 +19,9 @@ from gateway.store.codec import (decode_audit_cursor, decode_cursor, decode_reco
                                  encode_cursor, encode_record)
 from gateway.store.ledger import UsageLedger
 from gateway.store.quota import NO_QUOTA, RESERVE, OrgQuota, check_reserve
+from gateway.store.replication import AUTO, NotReplicated, ReplicaGuard
 
-__all__ = ["AuditPage", "KeyStore", "Page", "RedisError", "WriteTooLate", "decode_cursor"]
+__all__ = ["AuditPage", "KeyStore", "NotReplicated", "Page", "RedisError", "WriteTooLate", "decode_cursor"]
 
 # Writes carry a deadline (ms, wall clock) checked against the server's clock: a write that a
 # stalled or partitioned Redis runs only after the caller gave up (and answered 503 "nothing
@@ -92,8 +93,9 @@ class Page:
 class KeyStore:
     """Create, read, verify, list and revoke API keys; the usage ledger; the gateway registry."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "gw") -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str = "gw", min_replicas: int = AUTO) -> None:
         self.redis = client
+        self.replicas = ReplicaGuard(client, min_replicas)
         self.p = prefix
         self.write_deadline_ms = WRITE_DEADLINE_MS
         self.channel = f"{prefix}:invalidate"
@@ -105,6 +107,20 @@ class KeyStore:
         self._register = client.register_script(_REGISTER)
         self._live = client.register_script(_LIVE)
         self._revoke = client.register_script(_REVOKE)
+
+    async def _confirmed(self, steps) -> list:
+        """Run the writes ``steps(client)`` issues, then WAIT for the required replicas on the
+        same connection (WAIT counts that connection's writes): NotReplicated when too few
+        confirm. Without required replicas, the writes run as they are."""
+        needed = await self.replicas.needed()
+        if not needed:
+            return await steps(self.redis)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await steps(pipe)
+            pipe.execute_command("WAIT", needed, self.replicas.timeout_ms)
+            *results, got = await pipe.execute()
+        await self.replicas.check(got, needed)
+        return results
 
     def _deadline(self) -> int:
         return int(time.time() * 1000) + self.write_deadline_ms
@@ -162,10 +178,13 @@ class KeyStore:
                 raise WriteTooLate("the create reached Redis after its deadline")
             check_reserve(reserved, quota)
             try:
-                created = await self._create(keys=[self._rec(record.id)],
-                                             args=[self._deadline(), *encode_record(record)])
+                [created] = await self._confirmed(lambda c, r=record: self._gather(
+                    lambda: self._create(keys=[self._rec(r.id)], args=[self._deadline(), *encode_record(r)],
+                                         client=c)))
                 if created == -1:
                     raise WriteTooLate("the create reached Redis after its deadline")
+            except NotReplicated:
+                raise  # the record may be on the master: keep it listed (nobody has its secret)
             except RedisError:
                 await self._forget(self._org_keys(org_id), record.id)
                 raise
@@ -182,8 +201,12 @@ class KeyStore:
         """
         # The org's revocation index first, as with creation: an entry whose record is not
         # revoked is skipped when the audit trail is read.
-        await self.redis.zadd(self._org_revoked(org_id), {key_id: now_ms})
-        raw = await self._revoke(keys=[self._rec(key_id)], args=[self._deadline(), org_id, now_ms, actor])
+        # Pipelined with the WAIT when replicas must confirm: the ZADD always writes (a new
+        # score), so the WAIT also covers an earlier revocation of the key that no replica had
+        # confirmed (a retry after a 503 is confirmed like the first attempt).
+        _, raw = await self._confirmed(lambda c: self._gather(
+            lambda: c.zadd(self._org_revoked(org_id), {key_id: now_ms}),
+            lambda: self._revoke(keys=[self._rec(key_id)], args=[self._deadline(), org_id, now_ms, actor], client=c)))
         if raw == -1:
             raise WriteTooLate("the revoke reached Redis after its deadline")
         record = decode_record(key_id, raw)
@@ -247,6 +270,19 @@ class KeyStore:
 
     async def publish_invalidation(self, key_id: str, nonce: str) -> None:
         await self.redis.publish(self.channel, f"{key_id} {nonce}")
+
+    @staticmethod
+    async def _gather(*calls) -> list:
+        """Call and await ``calls`` in order, one after the other (on a pipeline: queue them)."""
+        return [await call() for call in calls]
+
+    def beat_channel(self, node_id: str) -> str:
+        return f"{self.p}:beat:{node_id}"
+
+    async def heartbeat(self, node_id: str, token: str) -> None:
+        """Publish ``token`` on the node's beat channel, confirmed like a write: the listener
+        trusts its cache only while its beats come back on its subscription (gateway.tasks)."""
+        await self._confirmed(lambda c: self._gather(lambda: c.publish(self.beat_channel(node_id), token)))
 
     async def _forget(self, index: str, key_id: str) -> None:
         try:
