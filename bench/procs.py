@@ -119,11 +119,14 @@ class Processes:
         self.infra_cpus = set(cpus[:-1]) if len(cpus) > 1 else set(cpus)
 
     def start(self, name: str, argv: list[str], *, role: str, port: int | None = None,
-              env: dict[str, str] | None = None, discard_stdout: bool = False, cwd: Path | None = None) -> Proc:
-        """Start ``argv`` in a new session; ``role`` is "proxy" or "infra" (which CPUs it may use)."""
+              env: dict[str, str] | None = None, discard_stdout: bool = False, cwd: Path | None = None,
+              stdout: Path | None = None) -> Proc:
+        """Start ``argv`` in a new session; ``role`` is "proxy" or "infra" (which CPUs it may use).
+        Its stdout goes to its log, to /dev/null (``discard_stdout``) or to a file of its own (``stdout``)."""
         cpus = self.proxy_cpus if role == "proxy" else self.infra_cpus
         log = self.workdir / f"{name}.log"
         out = open(log, "ab")
+        own = open(stdout, "ab") if stdout is not None else None
 
         def pin() -> None:
             if self.pin:
@@ -131,11 +134,13 @@ class Processes:
 
         try:
             popen = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL if discard_stdout else out,
+                argv, stdin=subprocess.DEVNULL, stdout=own or (subprocess.DEVNULL if discard_stdout else out),
                 stderr=out, env=env, cwd=cwd, start_new_session=True, preexec_fn=pin,
             )
         finally:
             out.close()
+            if own is not None:
+                own.close()
         proc = Proc(name, popen, log, port)
         self.procs.append(proc)
         return proc

@@ -9,6 +9,7 @@ Prints a table and the ratios issue #6 asks about; writes everything to bench/re
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import json
 import os
@@ -114,8 +115,11 @@ def _measure(cfg: Config, proc: Proc, url: str, args, ctx: dict) -> dict:
     scripts = ctx["scripts"]
     wrk_cpus = ctx["procs"].infra_cpus if args.pin else None
     if cfg.warm_all_keys:  # every key once, so the measured run is all cache hits
-        loadgen.run_wrk(url, seconds=args.keys / 500 + 30, connections=args.connections,
-                        script=scripts["keys_once"], args=(keys_file, "sequential"), cpus=wrk_cpus)
+        warm = loadgen.run_wrk(url, seconds=args.keys / 500 + 30, connections=args.connections,
+                               script=scripts["keys_once"], args=(keys_file, "sequential"), cpus=wrk_cpus)
+        if warm.failed:  # a key not cached would miss in the measured run: say so here
+            raise RuntimeError(f"{cfg.name} warm-up: {warm.failed} failed requests {warm.errors} of {warm.requests}"
+                               + statuses_seen(proc))
     elif args.warmup > 0:
         loadgen.run_wrk(url, seconds=args.warmup, connections=args.connections,
                         script=scripts["keys"], args=(keys_file, "random", "7"), cpus=wrk_cpus)
@@ -134,7 +138,8 @@ def _measure(cfg: Config, proc: Proc, url: str, args, ctx: dict) -> dict:
     ctx["seed"] += 1
     n = max(res.requests, 1)
     if res.failed:
-        raise RuntimeError(f"{cfg.name}: {res.failed} failed requests {res.errors} of {res.requests}")
+        raise RuntimeError(f"{cfg.name}: {res.failed} failed requests {res.errors} of {res.requests}"
+                           + statuses_seen(proc))
     row = {
         "requests": res.requests,
         "seconds": round(res.seconds, 3),
@@ -170,6 +175,21 @@ def _measure(cfg: Config, proc: Proc, url: str, args, ctx: dict) -> dict:
                         "hit_ratio": round(hits / lookups, 4) if lookups else None,
                         "entries": int(gw_after.get("gateway_cache_entries", 0)), "resyncs": int(resyncs)}
     return row
+
+
+def statuses_seen(proc: Proc) -> str:
+    """With --access-log: the gateway's answers by status and outcome so far, else a hint."""
+    log = proc.extra.get("access_log")
+    if log is None:
+        return " (rerun with --access-log to see which statuses)"
+    counts = collections.Counter()
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+            counts[f"{entry['status']} {entry['outcome']}"] += 1
+        except (ValueError, KeyError, TypeError):
+            continue
+    return f"; the gateway's access log ({log}): {dict(counts.most_common())}"
 
 
 def median_row(rows: list[dict]) -> dict:
@@ -400,6 +420,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin processes to CPUs")
     p.add_argument("--output", type=Path, default=BENCH / "results" / "latest.json")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs and logs)")
+    p.add_argument("--access-log", action="store_true",
+                   help="keep each gateway's access log in the temp dir (costs it CPU), and count its statuses "
+                        "when requests fail")
     args = p.parse_args()
     if args.smoke:
         args.duration, args.warmup, args.rounds = 1.0, 0.5, 1
@@ -491,11 +514,12 @@ def run(args, procs: Processes, workdir: Path) -> dict:
         Config("aiohttp_redis", "3r aiohttp + 1 HGETALL/req",
                lambda: servers.start_baseline(procs, upstream, redis=redis_proc, redis_key=sample_record)),
         Config("gateway_hit", "4 gateway, cache hit",
-               lambda: servers.start_gateway(procs, "gateway-hit", upstream, redis_proc, scopes_file),
+               lambda: servers.start_gateway(procs, "gateway-hit", upstream, redis_proc, scopes_file,
+                                            access_log=args.access_log),
                gateway=True, warm_all_keys=True),
         Config("gateway_miss", "5 gateway, cache miss (ttl 0)",
                lambda: servers.start_gateway(procs, "gateway-miss", upstream, redis_proc, scopes_file,
-                                             extra=("--cache-ttl", "0")),
+                                             extra=("--cache-ttl", "0"), access_log=args.access_log),
                gateway=True),
     ]
     configs = [c for c in configs if not only or c.name in only]

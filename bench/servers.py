@@ -132,8 +132,9 @@ def snapshot_gateway(workdir: Path) -> tuple[Path, str]:
 
 
 def start_gateway(procs: Processes, name: str, upstream: Proc, redis: Proc, scopes: Path, *,
-                  extra: tuple[str, ...] = ()) -> Proc:
-    """`gateway serve` as shipped (one process); its access log (stdout) goes to /dev/null."""
+                  extra: tuple[str, ...] = (), access_log: bool = False) -> Proc:
+    """`gateway serve` as shipped (one process); its access log (stdout) goes to /dev/null, or
+    with ``access_log`` to NAME.access.log in the temp dir (proc.extra["access_log"])."""
     port, ops = free_port(), free_port()
     src = procs.workdir / "src"
     argv = [sys.executable, "-m", "gateway", "serve", "--listen", f"127.0.0.1:{port}",
@@ -142,8 +143,12 @@ def start_gateway(procs: Processes, name: str, upstream: Proc, redis: Proc, scop
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     if src.is_dir():  # the snapshot taken at the start of the run (see snapshot_gateway)
         env["PYTHONPATH"] = str(src)
-    proc = procs.start(name, argv, role="proxy", port=port, env=env, discard_stdout=True, cwd=procs.workdir)
+    log = procs.workdir / f"{name}.access.log" if access_log else None
+    proc = procs.start(name, argv, role="proxy", port=port, env=env, discard_stdout=log is None, cwd=procs.workdir,
+                       stdout=log)
     proc.extra["ops"] = f"http://127.0.0.1:{ops}"
+    if log is not None:
+        proc.extra["access_log"] = log
     wait_for_port(proc, port)
     # Ready once Redis answers and, for the cache, once the revocation channel is subscribed:
     # until then the gateway (rightly) bypasses its cache.

@@ -28,6 +28,7 @@ from gateway.metrics import Metrics
 from gateway.model import KeyRecord
 from gateway.paths import InvalidPath, Target, canonicalize, query_params
 from gateway.query import method_override_in_query
+from gateway.readbatch import ReadBatch
 from gateway.reload import RulesHolder
 from gateway.scopes import Match, MethodNotAllowed, RouteNotFound
 from gateway.signing import Signer
@@ -54,9 +55,13 @@ class GatewayState:
     known_keys: KnownKeys
     usage: UsageBuffer = field(default_factory=UsageBuffer)
     reads: SingleFlight = field(default_factory=SingleFlight)  # the Redis reads of cache misses in flight
+    batch: ReadBatch = field(init=False)  # the misses of one loop round, read in one round trip
     pool: UpstreamPool | None = None
     trusted_nets: tuple = ()
     signer: Signer | None = None  # signs the identity headers when --signing-secrets is set
+
+    def __post_init__(self) -> None:
+        self.batch = ReadBatch(lambda key_ids: self.store.get_many(key_ids))  # the store at the time of the read
 
 
 _REQUEST_ID_PREFIX = "req_" + secrets.token_hex(6)  # random per process
@@ -189,6 +194,7 @@ async def lookup(st: GatewayState, parsed: keys.ParsedKey) -> KeyRecord | None:
 
     Concurrent misses of one key share a single read (gateway.singleflight), unless an
     invalidation came in between: a burst on a cold cache costs one HGETALL, not one each.
+    The reads of distinct keys made in one loop round share a round trip (gateway.readbatch).
     """
     generation = st.cache.generation
     key_id = parsed.key_id
@@ -212,7 +218,7 @@ async def _read(st: GatewayState, key_id: str, generation: int) -> KeyRecord | N
     """The one Redis read of a miss, shared by its waiters; cached unless fenced off by ``generation``."""
     started = time.perf_counter()
     try:
-        record = await st.store.get(key_id)
+        record = await st.batch.get(key_id)
     except (RedisError, OSError):
         st.metrics.redis_errors.labels("verify").inc()
         raise
