@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -58,6 +59,13 @@ def render(conf: str, *, listen: int, auth_port: int, backend_port: int) -> str:
     return conf
 
 
+def render_log(conf: str, log_dir: Path) -> str:
+    """...and its access log moved into the test's folder."""
+    conf, n = re.subn(r"access_log /var/log/nginx/access\.log ", f"access_log {log_dir}/server-access.log ", conf)
+    assert n == 1
+    return conf
+
+
 @dataclass
 class Nginx(RawClient):
     port: int
@@ -71,8 +79,8 @@ class Nginx(RawClient):
 def start_nginx(tmp: Path, *, auth_port: int, backend_port: int) -> Nginx:
     assert Path(NGINX).exists(), "nginx is required (make test installs it)"
     port = free_port()
-    (tmp / "forward-auth.conf").write_text(render(SHIPPED.read_text(), listen=port, auth_port=auth_port,
-                                                  backend_port=backend_port))
+    (tmp / "forward-auth.conf").write_text(render_log(render(SHIPPED.read_text(), listen=port, auth_port=auth_port,
+                                                             backend_port=backend_port), tmp))
     temp = "\n".join(f"    {kind}_temp_path {tmp}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     # One process, as the user running the tests (no user switch, no privileges needed).
     (tmp / "nginx.conf").write_text(f"""daemon off;
@@ -371,6 +379,25 @@ def test_override_headers_never_reach_the_backend_behind_nginx(edge, gateway, he
     resp, got = through(edge, gateway, raw_request(b"GET", b"/v1/tasks", gateway.keys["reader"]["key"], header))
     assert got is None
     error_of(resp, 400, code)
+
+
+def test_nginx_access_log_never_holds_a_key_from_the_path_or_the_query(edge, gateway):
+    key = gateway.keys["reader"]["key"]  # a real key: nothing of it may reach nginx's log
+    targets = [*key_in_path_targets(key), f"/v1/tasks?api_key={key}", f"/v1/tasks?x=1&token={key}",
+               f"/v1/tasks?k={quote(key, safe='')}"]
+    for target in targets:
+        resp, got = through(edge, gateway, raw_request(b"GET", target.encode(), key))
+        assert got is None and resp.status == 400, (target, resp.status)
+    resp, _ = through(edge, gateway, raw_request(b"GET", b"/v1/tasks/42", key))
+    assert resp.status == 200
+    log = edge.dir / "server-access.log"
+    deadline = time.monotonic() + 5
+    while resp.header("X-Request-Id") not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    text = log.read_text()
+    assert '"GET /v1/tasks/42"' in text  # the log still says what was asked
+    assert text.count("[redacted]") >= len(key_in_path_targets(key)) - 1, text[-2000:]
+    assert key[4:] not in text and key[4:20] not in text and quote(key[4:20]) not in text, text[-2000:]
 
 
 def test_failed_attempts_are_throttled_per_client_behind_nginx(edge, gateway):
