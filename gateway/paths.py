@@ -25,8 +25,10 @@ _PLAIN_PATH = re.compile(r"(?:/[A-Za-z0-9\-_~!$&'()*+,=:@][A-Za-z0-9\-._~!$&'()*
 _PLAIN_QUERY = re.compile(r"[\x21-\x22\x24-\x7e]*")  # printable ASCII without "#"
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # SECURITY: characters that change how a backend splits or resolves a path once decoded:
-# "/" and "\" (separators), ";" (matrix parameters / Tomcat path params), controls and NUL.
-_FORBIDDEN_DECODED = re.compile(r"[\x00-\x1f\x7f/\\;]")
+# "/" and "\" (separators), ";" (matrix parameters / Tomcat path params), controls and NUL,
+# C1 controls (U+0080-U+009F, NEL among them), line/paragraph separators and bidi controls
+# (which split or reorder a logged path for whoever reads it).
+_FORBIDDEN_DECODED = re.compile("[\x00-\x1f\x7f-\x9f/\\\\;\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 class InvalidPath(ValueError):

@@ -51,7 +51,8 @@ PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 # Characters canonicalize takes raw in a path; everything else must be percent-encoded.
 RAW_OK = frozenset(chr(c) for c in range(0x21, 0x7F)) - set("#?/\\;%")
 # Decoded characters no segment may hold (they would split or end the path for some backend).
-FORBIDDEN_DECODED = re.compile(r"[\x00-\x1f\x7f/\\;]")
+# The published rule: separators, ";", C0 and C1 controls, DEL, line/paragraph separators, bidi controls.
+FORBIDDEN_DECODED = re.compile(r"[\x00-\x1f\x7f-\x9f/\\;\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def look_alike(text: str) -> bool:

@@ -126,6 +126,11 @@ REJECTED = [
     ("nbsp", "/v1/a%C2%A0b"),
     ("ideographic-space", "/v1/a%E3%80%80b"),
     ("look-alike-after-ascii", "/v1/tasks/42x%EF%BC%8F"),
+    # C1 controls, line separators and bidi controls, encoded
+    *[(f"c1-{n:02x}", f"/v1/tasks/a%C2%{n:02X}b") for n in (0x80, 0x85, 0x8D, 0x9B, 0x9F)],
+    ("line-separator", "/v1/tasks/a%E2%80%A8b"), ("paragraph-separator", "/v1/tasks/%E2%80%A9"),
+    ("bidi-override-rlo", "/v1/tasks/%E2%80%AEtxt.exe"), ("bidi-embedding-lre", "/v1/tasks/%E2%80%AAx"),
+    ("bidi-isolate-rli", "/v1/tasks/x%E2%81%A7"), ("bidi-pop-isolate", "/v1/%E2%81%A9tasks"),
     # limits
     ("too-long", "/" + "a" * MAX_PATH_LENGTH),
     ("too-long-after-encoding", "/" + '"' * 3000),
@@ -240,7 +245,8 @@ def _no_look_alike(char: str) -> bool:
 
 
 _segment_text = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"), exclude_characters="/\\;").filter(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"),
+                           exclude_characters="/\\;\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069").filter(
         _no_look_alike),
     min_size=1,
     max_size=12,
