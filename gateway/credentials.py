@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from typing import Iterable
-from urllib.parse import unquote
 
 from gateway import errors
 from gateway.keys import TYPE_PREFIX, holds_key_shape, looks_like_key
+from gateway.paths import fully_decoded
 
 KEY_QUERY_NAMES = frozenset({"api_key", "apikey", "api-key", "x-api-key", "access_token"})
 
@@ -49,7 +49,6 @@ def key_in_query(params: Iterable[tuple[str, str]]) -> bool:
 
 
 REDACTED_SEGMENT = "[redacted]"
-_DECODE_ROUNDS = 4  # a key hidden under more percent-encodings than this is refused anyway
 
 
 def key_in_path(path: str) -> bool:
@@ -71,11 +70,7 @@ def redacted_path(path: str) -> str:
 
 def _segment_holds_key(segment: str) -> bool:
     # SECURITY: a key pasted into the path would be logged and forwarded; it is looked for at
-    # every depth of percent-encoding (a backend or a log pipeline may decode again).
-    for _ in range(_DECODE_ROUNDS):
-        segment = unquote(segment, errors="replace")
-        if holds_key_shape(segment):
-            return True
-        if "%" not in segment:
-            return False
-    return "%" in segment and unquote(segment, errors="replace") != segment  # still encoded: refused
+    # every depth of percent-encoding (decoding never removes a key's characters, so the fully
+    # decoded segment shows it). A segment still encoded after every round is refused too.
+    decoded = fully_decoded(segment)
+    return decoded is None or holds_key_shape(decoded)

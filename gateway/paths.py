@@ -9,7 +9,7 @@ import functools
 import re
 import unicodedata
 from typing import NamedTuple
-from urllib.parse import quote, unquote_plus, unquote_to_bytes
+from urllib.parse import quote, unquote, unquote_plus, unquote_to_bytes
 
 MAX_PATH_LENGTH = 8192
 MAX_SEGMENTS = 64
@@ -152,6 +152,26 @@ def _look_alike(char: str) -> bool:
         return False
     return (unicodedata.category(char) in _LOOK_ALIKE_CATEGORIES
             or any(c.isascii() for c in unicodedata.normalize("NFKC", char)))
+
+
+DECODE_ROUNDS = 4  # a text still percent-encoded after this many decodings is suspect in itself
+
+
+def fully_decoded(text: str, rounds: int = DECODE_ROUNDS) -> str | None:
+    """``text`` percent-decoded until it no longer changes (a backend, a proxy or a log
+    pipeline may decode again), or None when it still changes after ``rounds`` decodings.
+
+    SECURITY: for checks that must see through every layer of encoding (a key in the path, a
+    method-override parameter name); None is for the caller to refuse.
+    """
+    for _ in range(rounds):
+        if "%" not in text:
+            return text
+        decoded = unquote(text, errors="replace")
+        if decoded == text:
+            return text
+        text = decoded
+    return None if "%" in text and unquote(text, errors="replace") != text else text
 
 
 def query_params(query: str) -> list[tuple[str, str]]:

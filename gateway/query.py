@@ -6,7 +6,8 @@ import functools
 import re
 import unicodedata
 from typing import Iterable
-from urllib.parse import unquote
+
+from gateway.paths import fully_decoded
 
 # Names, normalised as below, that frameworks such as Rails, Laravel, Symfony, Express
 # method-override and ASP.NET read as "treat this request as another method".
@@ -15,7 +16,6 @@ METHOD_OVERRIDE_PARAMS = frozenset({
 })
 
 _FOLDED_TO_UNDERSCORE = re.compile(r"[.\- ]")
-_DECODE_ROUNDS = 4  # a name encoded more deeply than this is refused anyway (see below)
 
 
 def method_override_in_query(params: Iterable[tuple[str, str]]) -> bool:
@@ -36,16 +36,10 @@ def override_name(name: str) -> bool:
     "-" folded to "_" (PHP turns "." and " " into "_"; the header-style "X-HTTP-Method-Override"
     is a parameter name too).
     """
-    for _ in range(_DECODE_ROUNDS):
-        if "%" not in name:
-            break
-        decoded = unquote(name, errors="replace")
-        if decoded == name:
-            break
-        name = decoded
-    else:
-        if "%" in name and unquote(name, errors="replace") != name:
-            return True  # still encoded after every round: over-reporting is the safe side
+    decoded = fully_decoded(name)
+    if decoded is None:
+        return True  # still encoded after every round: over-reporting is the safe side
+    name = decoded
     if not name.isascii():
         name = unicodedata.normalize("NFKC", name)
     name = name.partition("\x00")[0].partition("[")[0]

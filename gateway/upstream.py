@@ -12,10 +12,11 @@ malformed). Everything here is I/O; the request head is built by ``request_head`
 
 SECURITY: the upstream's framing is not trusted further than one response. The response
 head has the client side's limits (gateway.httpserver.Limits: field size, field count, whole
-head, however the bytes arrive). Any byte after the end of a response (a body after 204, 304
-or a HEAD reply, bytes past Content-Length or after the last chunk, a second response) marks
-the exchange ``overrun``: those bytes are never passed on and the connection is dropped,
-never reused. The proxy answers 502 when that is known before it passed the response on.
+head, however the bytes arrive). Bytes after the end of a response (a body after 204, 304
+or a HEAD reply, bytes past Content-Length or after the last chunk, a second response) are
+never passed on, and the connection is dropped, never reused. Except after a HEAD reply (a
+common backend bug; the client's answer has no body anyway) they also mark the exchange
+``overrun``: the proxy answers 502 when that is known before it passed the response on.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from gateway.store import KeyStore, connect
-from tests.conftest import ROOT, SCOPES, free_port
+from tests.conftest import OPERATOR_TOKEN, ROOT, SCOPES, free_port
 from tests.security.recorder import Received, Recorder
 
 TRUSTED_PROXY = "127.0.0.2"  # connect from this address to act as a trusted proxy
@@ -179,29 +179,64 @@ def start_gateway(tmp: Path, redis_url: str, recorder: Recorder, *extra: str,
         proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=out, stderr=err)
     gw = GatewayProcess(f"http://127.0.0.1:{port}", port, f"http://127.0.0.1:{ops}", recorder, proc,
                         stdout, stderr)
+    _wait_ready(proc, ops, stderr)
+    return gw
+
+
+def _wait_ready(proc: subprocess.Popen, ops: int, log: Path) -> None:
+    """Until the process's ops listener answers /readyz with 200 (Redis reached, rules loaded)."""
     deadline = time.monotonic() + 20
     while True:
-        assert proc.poll() is None, f"gateway exited: {stderr.read_text()}"
+        assert proc.poll() is None, f"{proc.args[3]} exited: {log.read_text()}"
         try:
             with socket.create_connection(("127.0.0.1", ops), timeout=1) as s:
                 s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 if s.recv(64).startswith(b"HTTP/1.1 200"):
-                    break
+                    return
         except OSError:
             pass
-        assert time.monotonic() < deadline, f"gateway not ready: {stderr.read_text()}"
+        assert time.monotonic() < deadline, f"{proc.args[3]} not ready: {log.read_text()}"
         time.sleep(0.05)
-    return gw
 
 
 def stop_gateway(gw: GatewayProcess) -> None:
-    if gw.proc.poll() is None:
-        gw.proc.terminate()
+    stop_process(gw.proc)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
         try:
-            gw.proc.wait(10)
+            proc.wait(10)
         except subprocess.TimeoutExpired:
-            gw.proc.kill()
-            gw.proc.wait()
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class AdminProcess:
+    url: str
+    port: int
+    ops: int
+    proc: subprocess.Popen
+    log: Path  # stdout and stderr
+
+
+def start_admin(log: Path, redis_url: str, *extra: str, env: dict | None = None, **popen) -> AdminProcess:
+    """A real `gateway admin` (operator token OPERATOR_TOKEN, no reloads) on free ports, ready."""
+    port, ops = free_port(), free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    environ.update({"GATEWAY_OPERATOR_TOKEN": OPERATOR_TOKEN, **(env or {})})
+    cmd = [sys.executable, "-m", "gateway", "admin", "--listen", f"127.0.0.1:{port}", "--ops-listen",
+           f"127.0.0.1:{ops}", "--redis", redis_url, "--scopes", str(SCOPES), "--reload-interval", "0", *extra]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT, **popen)
+    try:
+        _wait_ready(proc, ops, log)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return AdminProcess(f"http://127.0.0.1:{port}", port, ops, proc, log)
 
 
 @pytest.fixture(scope="session")

@@ -38,27 +38,22 @@ class Received:
         return values[0] if values else None
 
 
-@dataclass
-class Recorder:
-    port: int = 0
-    received: list[Received] = field(default_factory=list)  # complete requests
-    heads: list[Received] = field(default_factory=list)  # every request head, body or not (body b"")
-    cut_short: list[Received] = field(default_factory=list)  # heads whose body never completed
-    _loop: asyncio.AbstractEventLoop | None = None
-    _server: asyncio.AbstractServer | None = None
-    _thread: threading.Thread | None = None
+class ThreadedServer:
+    """A TCP server on 127.0.0.1 with an event loop of its own in a thread, so sync and async
+    tests can use it alike. Subclasses are dataclasses with ``port``, ``_loop``, ``_server`` and
+    ``_thread`` fields and define ``_serve(reader, writer)``."""
+
+    NAME = "server"
+    port: int
+    _loop: asyncio.AbstractEventLoop | None
+    _server: asyncio.AbstractServer | None
+    _thread: threading.Thread | None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def by_request_id(self, request_id: str) -> Received | None:
-        for r in self.received:
-            if r.header("X-Request-Id") == request_id:
-                return r
-        return None
-
-    def start(self) -> "Recorder":
+    def start(self):
         ready = threading.Event()
 
         def run() -> None:
@@ -77,9 +72,9 @@ class Recorder:
             self._loop.run_until_complete(main())
             self._loop.close()
 
-        self._thread = threading.Thread(target=run, daemon=True, name="recorder")
+        self._thread = threading.Thread(target=run, daemon=True, name=self.NAME)
         self._thread.start()
-        assert ready.wait(5), "recorder did not start"
+        assert ready.wait(5), f"{self.NAME} did not start"
         return self
 
     def stop(self) -> None:
@@ -89,6 +84,27 @@ class Recorder:
                 self._loop.call_soon_threadsafe(task.cancel)
         if self._thread:
             self._thread.join(5)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Recorder(ThreadedServer):
+    NAME = "recorder"
+    port: int = 0
+    received: list[Received] = field(default_factory=list)  # complete requests
+    heads: list[Received] = field(default_factory=list)  # every request head, body or not (body b"")
+    cut_short: list[Received] = field(default_factory=list)  # heads whose body never completed
+    _loop: asyncio.AbstractEventLoop | None = None
+    _server: asyncio.AbstractServer | None = None
+    _thread: threading.Thread | None = None
+
+    def by_request_id(self, request_id: str) -> Received | None:
+        for r in self.received:
+            if r.header("X-Request-Id") == request_id:
+                return r
+        return None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -10,11 +10,14 @@ import itertools
 import threading
 from dataclasses import dataclass, field
 
+from tests.security.recorder import ThreadedServer
+
 CLEAN = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Case: clean\r\n\r\nclean"
 
 
 @dataclass
-class ScriptedUpstream:
+class ScriptedUpstream(ThreadedServer):
+    NAME = "scripted-upstream"
     cases: dict[str, list[bytes]]
     pause: float = 0.2
     port: int = 0
@@ -23,42 +26,6 @@ class ScriptedUpstream:
     _server: asyncio.AbstractServer | None = None
     _thread: threading.Thread | None = None
     _ids: itertools.count = field(default_factory=itertools.count)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "ScriptedUpstream":
-        ready = threading.Event()
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-
-            async def main() -> None:
-                self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-                self.port = self._server.sockets[0].getsockname()[1]
-                ready.set()
-                async with self._server:
-                    try:
-                        await self._server.serve_forever()
-                    except asyncio.CancelledError:
-                        pass
-
-            self._loop.run_until_complete(main())
-            self._loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True, name="scripted-upstream")
-        self._thread.start()
-        assert ready.wait(5), "scripted upstream did not start"
-        return self
-
-    def stop(self) -> None:
-        if self._loop and self._server:
-            self._loop.call_soon_threadsafe(self._server.close)
-            for task in asyncio.all_tasks(self._loop):
-                self._loop.call_soon_threadsafe(task.cancel)
-        if self._thread:
-            self._thread.join(5)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = next(self._ids)

@@ -11,11 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,8 +25,9 @@ from yarl import URL
 from admin_api.app import make_admin_app
 from gateway.config import AdminSettings
 from gateway.keys import generate_key
-from tests.conftest import OPERATOR_TOKEN, ROOT, SCOPES, free_port
+from tests.conftest import OPERATOR_TOKEN, SCOPES
 from tests.rawhttp import raw_request
+from tests.security.conftest import start_admin, stop_process
 
 CREATE = "/v1/orgs/acme/api-keys"
 VALID = {"name": "ci", "scopes": ["tasks:read"]}
@@ -619,28 +616,9 @@ async def test_revoked_and_expired_org_keys_are_refused(admin, keys, clock):
 
 @pytest.fixture(scope="module")
 def admin_process(redis_server, tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("admin") / "admin.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env["GATEWAY_OPERATOR_TOKEN"] = OPERATOR_TOKEN
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "admin", "--listen", f"127.0.0.1:{port}", "--ops-listen",
-             f"127.0.0.1:{free_port()}", "--redis", redis_server.url,
-             "--scopes", str(SCOPES), "--reload-interval", "0"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while True:
-        assert proc.poll() is None, log.read_text()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", log
-    proc.terminate()
-    proc.wait(10)
+    admin = start_admin(tmp_path_factory.mktemp("admin") / "admin.log", redis_server.url)
+    yield admin.url, admin.log
+    stop_process(admin.proc)
 
 
 MALFORMED = [

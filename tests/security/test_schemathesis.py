@@ -10,10 +10,6 @@ schema-invalid one accepted. The process's log must show no unhandled error afte
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 import urllib.request
 
 import pytest
@@ -33,7 +29,8 @@ from schemathesis.specs.openapi.checks import (
 
 from admin_api.openapi import build_openapi
 from gateway.scopes import load_rules
-from tests.conftest import OPERATOR_TOKEN, ROOT, SCOPES, free_port
+from tests.conftest import OPERATOR_TOKEN, SCOPES
+from tests.security.conftest import start_admin, stop_process
 
 BUDGET = settings(max_examples=25, deadline=None, derandomize=True,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
@@ -64,30 +61,10 @@ CHECKS = [
 @pytest.fixture(scope="module")
 def admin_url(redis_server, tmp_path_factory):
     redis_server.client.flushall()
-    port = free_port()
-    log = tmp_path_factory.mktemp("schemathesis") / "admin.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env["GATEWAY_OPERATOR_TOKEN"] = OPERATOR_TOKEN
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "admin", "--listen", f"127.0.0.1:{port}", "--ops-listen",
-             f"127.0.0.1:{free_port()}", "--redis", redis_server.url,
-             "--scopes", str(SCOPES), "--reload-interval", "0"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        assert proc.poll() is None, log.read_text()
-        try:
-            urllib.request.urlopen(url + "/openapi.json", timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-    text = log.read_text()
+    admin = start_admin(tmp_path_factory.mktemp("schemathesis") / "admin.log", redis_server.url)
+    yield admin.url
+    stop_process(admin.proc)
+    text = admin.log.read_text()
     # A handler error answers 500 in the envelope, but it must not have happened at all.
     assert "Traceback" not in text and "unhandled error" not in text and "Error handling request" not in text, text
 

@@ -9,18 +9,15 @@ lock the operator out even when the process is short of file descriptors.
 
 from __future__ import annotations
 
-import os
 import resource
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import OPERATOR_TOKEN, ROOT, SCOPES, free_port
-from tests.security.conftest import parse_responses, start_gateway, stop_gateway
+from tests.conftest import OPERATOR_TOKEN
+from tests.security.conftest import parse_responses, start_admin, start_gateway, stop_gateway, stop_process
 
 TIMEOUT = 2.0
 MAX_CONNECTIONS = 10
@@ -34,28 +31,14 @@ def _low_fd_limit() -> None:
 @pytest.fixture(scope="module")
 def admin(redis_server, tmp_path_factory):
     """`gateway admin` with low timeouts and a low descriptor limit; (admin port, ops port)."""
-    port, ops = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env["GATEWAY_OPERATOR_TOKEN"] = OPERATOR_TOKEN
-    log = tmp_path_factory.mktemp("slow-admin") / "admin.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "admin", "--listen", f"127.0.0.1:{port}",
-             "--ops-listen", f"127.0.0.1:{ops}", "--redis", redis_server.url, "--scopes", str(SCOPES),
-             "--reload-interval", "0", "--head-timeout", str(TIMEOUT), "--body-timeout", str(TIMEOUT),
-             "--max-connections", str(MAX_CONNECTIONS)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_low_fd_limit)
+    admin = start_admin(tmp_path_factory.mktemp("slow-admin") / "admin.log", redis_server.url,
+                        "--head-timeout", str(TIMEOUT), "--body-timeout", str(TIMEOUT),
+                        "--max-connections", str(MAX_CONNECTIONS), preexec_fn=_low_fd_limit)
     try:
-        deadline = time.monotonic() + 20
-        while not _answers(ops, b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"HTTP/1.1 200"):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        yield port, ops
+        yield admin.port, admin.ops
     finally:
-        proc.terminate()
-        proc.wait(10)
-    assert proc.returncode == 0, log.read_text()
+        stop_process(admin.proc)
+    assert admin.proc.returncode == 0, admin.log.read_text()
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,16 @@ rotating through the addresses of one IPv6 prefix (--throttle-ipv6-prefix).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from gateway.keys import generate_key
-from tests.conftest import OPERATOR_TOKEN, ROOT, SCOPES, free_port
-from tests.security.conftest import TRUSTED_PROXY, RawClient, create_keys, start_gateway, stop_gateway
+from tests.conftest import ROOT
+from tests.security.conftest import (
+    TRUSTED_PROXY, RawClient, create_keys, start_admin, start_gateway, stop_gateway, stop_process,
+)
 from tests.security.test_credentials import metric
 
 LIMIT = 3
@@ -190,30 +190,12 @@ class AdminClient(RawClient):
 
 @pytest.fixture
 def admin(redis_server, tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env["GATEWAY_OPERATOR_TOKEN"] = OPERATOR_TOKEN
-    log = tmp_path / "admin.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "admin", "--listen", f"127.0.0.1:{port}", "--ops-listen", f"127.0.0.1:{free_port()}", "--redis", redis_server.url,
-             "--scopes", str(SCOPES), "--reload-interval", "0", "--trusted-proxies", f"{TRUSTED_PROXY}/32",
-             "--auth-failure-limit", str(LIMIT), "--throttle-max-clients", str(MAX_CLIENTS)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    admin = start_admin(tmp_path / "admin.log", redis_server.url, "--trusted-proxies", f"{TRUSTED_PROXY}/32",
+                        "--auth-failure-limit", str(LIMIT), "--throttle-max-clients", str(MAX_CLIENTS))
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
-        yield AdminClient(port)
+        yield AdminClient(admin.port)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(admin.proc)
 
 
 def test_the_admin_api_counts_ipv6_by_prefix_and_survives_a_flood(admin):
