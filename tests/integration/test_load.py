@@ -8,6 +8,7 @@ registry beat) on connections of its own; and a read shared only within one cach
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 import aiohttp
@@ -117,11 +118,12 @@ async def test_an_error_of_a_batched_read_fails_every_request_of_its_round_close
     created = await _create(stack.store, 20)
     st = stack.state
     assert (await stack.call("GET", "/v1/tasks", keys.generate_key()))[0] == 401  # a connection, ready
-    redis_server.client.execute_command("CLIENT", "PAUSE", "600", "ALL")
+    # Stopped (not CLIENT PAUSE, which ends on a timer a slow machine can outlast) until answered.
+    redis_server.proc.send_signal(signal.SIGSTOP)
     try:
         results = await _burst(stack.gateway, [secret for _, secret in created], 20)
     finally:
-        redis_server.client.execute_command("CLIENT", "UNPAUSE")
+        redis_server.proc.send_signal(signal.SIGCONT)
     assert sorted(set(results)) == [(503, "auth_unavailable")]
     assert len(st.reads) == 0
     assert [(await stack.call("GET", "/v1/tasks", secret))[0] for _, secret in created[:3]] == [200] * 3
@@ -203,11 +205,11 @@ async def test_an_error_of_the_shared_read_reaches_every_waiter(make_stack, redi
     st = stack.state
     assert (await stack.call("GET", "/v1/tasks", keys.generate_key()))[0] == 401  # a connection, ready
     errors_before = st.metrics.redis_errors.labels("verify")._value.get()
-    redis_server.client.execute_command("CLIENT", "PAUSE", "600", "ALL")  # every command waits: the read times out
+    redis_server.proc.send_signal(signal.SIGSTOP)  # every command waits until answered: the read times out
     try:
         results = await _burst(stack.gateway, [created["key"]] * 50, 50)
     finally:
-        redis_server.client.execute_command("CLIENT", "UNPAUSE")
+        redis_server.proc.send_signal(signal.SIGCONT)
     assert sorted(set(results)) == [(503, "auth_unavailable")]
     # One shared read failed (with its own retry), not fifty.
     assert st.metrics.redis_errors.labels("verify")._value.get() - errors_before <= 2
