@@ -1,4 +1,6 @@
-"""The README's configuration reference lists every setting the code accepts, and nothing else."""
+"""The docs match the code: the configuration reference lists every setting the code accepts, and nothing
+else; every relative link in README.md, docs/*.md and bench/README.md reaches a file and, with a #fragment,
+a heading of that file."""
 
 from __future__ import annotations
 
@@ -11,11 +13,86 @@ from tests.conftest import ROOT
 
 
 def test_every_serve_setting_is_documented_with_its_env_name():
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("`gateway serve`:", 1)[1].split("\n\n", 2)[1]
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    table = reference.split("`gateway serve`:", 1)[1].split("\n\n", 2)[1]
     documented = set(re.findall(r"^\| `(--[a-z0-9-]+)`", table, flags=re.M))
     fields = {flag(f.name) for f in msgspec.structs.fields(ServeSettings)}
     assert documented == fields
     for f in msgspec.structs.fields(ServeSettings):
         row = next(line for line in table.splitlines() if line.startswith(f"| `{flag(f.name)}`"))
         assert f"`{env_names(f.name)[0]}`" in row, row
+
+
+# --- links -----------------------------------------------------------------------------------------
+
+DOCS = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")), "bench/README.md"]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def prose(text: str) -> list[str]:
+    """The lines of a Markdown text outside fenced code blocks, inline code spans removed."""
+    lines, fenced = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            lines.append(re.sub(r"`[^`]*`", "", line))
+    return lines
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a file's headings: lower case, punctuation dropped, spaces as '-', repeats -1, -2."""
+    seen: dict[str, int] = {}
+    found = set()
+    fenced = False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        heading = re.match(r"#{1,6} +(.+?) *#* *$", line)
+        if fenced or not heading:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", heading.group(1).lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        found.add(slug if count == 0 else f"{slug}-{count}")
+    return found
+
+
+def broken_links(doc: str, text: str, root=ROOT) -> list[str]:
+    """Every relative link of ``text`` (the file ``doc``) whose file or heading does not exist."""
+    broken = []
+    for line in prose(text):
+        for target in LINK.findall(line):
+            if re.match(r"[a-z]+:", target):
+                continue  # http:, https:, mailto:: not ours to check
+            path, _, fragment = target.partition("#")
+            file = (root / doc).parent / path
+            if path and not file.is_file():
+                broken.append(f"{doc}: {target}: no file {path}")
+            elif fragment and fragment not in anchors(file.read_text() if path else text):
+                where = file.resolve().relative_to(root.resolve()).as_posix() if path else doc
+                broken.append(f"{doc}: {target}: no heading #{fragment} in {where}")
+    return broken
+
+
+def test_docs_folder_holds_the_moved_documents():
+    assert {"docs/signing.md", "docs/forward-auth.md", "docs/operations.md", "docs/security.md",
+            "docs/configuration.md", "docs/admin-api.md", "docs/deploying.md"} <= set(DOCS)
+
+
+def test_every_relative_link_in_the_docs_resolves():
+    broken = [b for doc in DOCS for b in broken_links(doc, (ROOT / doc).read_text())]
+    assert broken == []
+
+
+def test_the_link_check_finds_a_missing_file_and_a_missing_heading(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# A\n\n## The Settings -> API Keys page\n\n## Twice\n\n## Twice\n")
+    text = ("[ok](a.md#the-settings---api-keys-page) [ok](a.md#twice-1) [ok](#local) ![img](a.md)\n\n"
+            "## Local\n\n[gone](b.md) [no heading](a.md#nowhere) [no third](a.md#twice-2) `[code](c.md)`\n"
+            "```sh\n[fenced](d.md)\n```\n[web](https://example.com/x)\n")
+    assert broken_links("docs/index.md", text, root=tmp_path) == [
+        "docs/index.md: b.md: no file b.md",
+        "docs/index.md: a.md#nowhere: no heading #nowhere in docs/a.md",
+        "docs/index.md: a.md#twice-2: no heading #twice-2 in docs/a.md",
+    ]

@@ -35,7 +35,7 @@ RID = "req_0123456789abcdef01234567"
 IDENTITY = Identity("acme", "key_0123456789ABCDEF", ("tasks:read", "tasks:write"))
 TARGET = "/v1/tasks/42?expand=owner&limit=10"
 
-# The README's test vector: any implementation must reproduce these bytes.
+# The test vector of docs/signing.md: any implementation must reproduce these bytes.
 VECTOR_SECRET = "test-vector-secret-0123456789abcdefghij"
 VECTOR_CANONICAL = (
     "v1\n2025-01\n1735689600\nGET\n/v1/tasks/42?expand=owner&limit=10\nacme\nkey_0123456789ABCDEF\n"
@@ -108,10 +108,10 @@ def test_known_answer_vector_public_route():
         scopes="", request_id="req_fedcba9876543210fedcba98") == PUBLIC_CANONICAL
 
 
-def test_readme_carries_the_test_vector():
-    readme = (ROOT / "README.md").read_text()
+def test_signing_doc_carries_the_test_vector():
+    doc = (ROOT / "docs" / "signing.md").read_text()
     for text in (VECTOR_SECRET, VECTOR_SIGNATURE, PUBLIC_SIGNATURE, *VECTOR_CANONICAL.split("\n")):
-        assert text in readme, text
+        assert text in doc, text
 
 
 # --- verification --------------------------------------------------------------------------------
