@@ -14,7 +14,7 @@ Errors (each has a stable ``code``)::
     ├── ExpiredSignature                the timestamp is more than ``max_age`` seconds old
     └── FutureSignature                 the timestamp is more than ``max_age`` seconds ahead
 
-The algorithm is described in the gateway's README ("Signed identity headers").
+The algorithm is described in the gateway's docs/signing.md ("Signed identity headers").
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ ORG = web.RequestKey("org_id", str)
 
 
 class AdminMetrics:
-    """Counters and histograms named ``gateway_admin_*`` (listed in the README)."""
+    """Counters and histograms named ``gateway_admin_*`` (listed in docs/admin-api.md)."""
 
     def __init__(self, guard: AuthGuard) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)

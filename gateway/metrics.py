@@ -11,7 +11,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:
-    """Counters and histograms named ``gateway_*`` (listed in the README)."""
+    """Counters and histograms named ``gateway_*`` (listed in docs/operations.md)."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)

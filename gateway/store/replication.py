@@ -35,7 +35,7 @@ class ReplicaGuard:
     ``auto``: 1 once the master has reported a connected replica (INFO replication, read at most
     every INFO_EVERY seconds), 0 before that; sticky for the life of the process, so a master
     that lost its replica (a failover under way, or the replica down) refuses to confirm
-    instead of falling back to unreplicated writes. Redis Cluster: 0 (not covered, see README).
+    instead of falling back to unreplicated writes. Redis Cluster: 0 (not covered, see docs/operations.md, "Failover").
     """
 
     def __init__(self, client: aioredis.Redis | RedisCluster, required: int = AUTO, timeout_ms: int = 500) -> None:

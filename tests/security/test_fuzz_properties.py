@@ -56,7 +56,7 @@ FORBIDDEN_DECODED = re.compile(r"[\x00-\x1f\x7f-\x9f/\\;\u2028\u2029\u202a-\u202
 
 
 def look_alike(text: str) -> bool:
-    """The published look-alike rule (README, Threat model): a non-ASCII character whose NFKC
+    """The published look-alike rule (docs/security.md, Threat model): a non-ASCII character whose NFKC
     form holds ASCII, or that is a math symbol (Sm) or "other" punctuation (Po); or a segment
     whose NFKC form is a dot segment or holds a forbidden character."""
     folded = unicodedata.normalize("NFKC", text)

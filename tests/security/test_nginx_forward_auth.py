@@ -383,7 +383,7 @@ def test_override_headers_never_reach_the_backend_behind_nginx(edge, gateway, he
 
 def test_nginx_access_log_never_holds_a_key_from_the_path_or_the_query(edge, gateway):
     # A generated key (nginx's error log quotes the request line of each refused request, see
-    # README; the module's real keys must stay out of every log: test_nginx_logged_no_key).
+    # docs/forward-auth.md; the module's real keys must stay out of every log: test_nginx_logged_no_key).
     key = generate_key()
     targets = [*key_in_path_targets(key), f"/v1/tasks?api_key={key}", f"/v1/tasks?x=1&token={key}",
                f"/v1/tasks?k={quote(key, safe='')}"]

@@ -7,8 +7,10 @@ from __future__ import annotations
 import re
 
 import msgspec
+import redis.asyncio
 
 from gateway.config import ServeSettings, env_names, flag
+from gateway.store import KeyStore, UsageLedger
 from tests.conftest import ROOT
 
 
@@ -21,6 +23,20 @@ def test_every_serve_setting_is_documented_with_its_env_name():
     for f in msgspec.structs.fields(ServeSettings):
         row = next(line for line in table.splitlines() if line.startswith(f"| `{flag(f.name)}`"))
         assert f"`{env_names(f.name)[0]}`" in row, row
+
+
+def test_redis_layout_names_exactly_the_keys_the_store_builds():
+    # The layout is written once, in docs/operations.md; the store's docstring points there.
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    table = doc.split("## Redis layout", 1)[1].split("\n\n| ", 1)[1].split("\n\n", 1)[0]
+    documented = set(re.findall(r"^\| `([^`]+)` \|", table, flags=re.M)) - {"Redis key"}
+    client = redis.asyncio.Redis()  # never connects: only the names are built
+    store, ledger = KeyStore(client, prefix="gw"), UsageLedger(client, "gw")
+    built = {store._rec("<key_id>"), store._org_keys("<org_id>"), store._org_revoked("<org_id>"),
+             store._org_creates("<org_id>"), ledger.node_prefix + "<node_id>", ledger.nodes,
+             ledger.base_prefix + "<bucket>", ledger.folded, store.channel, store.ack_channel,
+             store.beat_channel("<node_id>"), store.registry}
+    assert documented == built
 
 
 # --- links -----------------------------------------------------------------------------------------
