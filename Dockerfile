@@ -3,7 +3,7 @@
 #   docker build -t api-key-gateway:0.1.0 .
 FROM python:3.12-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md gateway_verify.py ./
+COPY pyproject.toml README.md LICENSE gateway_verify.py ./
 COPY gateway ./gateway
 COPY admin_api ./admin_api
 RUN pip install --no-cache-dir --prefix=/install .
