@@ -106,3 +106,14 @@ async def test_host_headers_the_edge_replaces_itself_pass_there_only(auth, edge,
     if name.lower() not in {n.lower() for n in EDGE_REPLACED[other]}:
         status, body = await ask(auth, EDGES[other]("GET", "/v1/tasks", created["key"], **{name: "evil.example"}))
         assert status == 400 and body["error"]["code"] == "host_override_refused", (other, name, body)
+
+
+@pytest.mark.parametrize("edge", list(EDGES))
+@pytest.mark.parametrize("method", ["COPY", "MOVE"])
+async def test_webdav_copy_and_move_are_refused(auth, edge, method):
+    # Their Destination header names a second path the gateway would not authorize: no rule
+    # can name these methods, so the edge never forwards them.
+    created = await auth.create_key()
+    headers = EDGES[edge](method, "/v1/tasks/42", created["key"], Destination="/v1/admin/secrets")
+    status, body = await ask(auth, headers)
+    assert status == 405 and body["error"]["code"] == "method_not_allowed", body
