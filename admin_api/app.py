@@ -29,7 +29,7 @@ from gateway.proxy import new_request_id
 from gateway.server import error_response
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
-from gateway.store import KeyStore, MemoryGauge, OrgQuota, decode_audit_cursor, decode_cursor
+from gateway.store import CreateLimits, KeyStore, decode_audit_cursor, decode_cursor
 from gateway.tasks import ACK_TIMEOUT, flush_at_shutdown, usage_flusher
 from gateway.usage import UsageBuffer
 
@@ -64,7 +64,7 @@ class AdminState:
     clock: Callable[[], float]
     guard: AuthGuard
     metrics: AdminMetrics
-    memory: MemoryGauge
+    creates: CreateLimits
     usage: UsageBuffer = field(default_factory=UsageBuffer)  # org keys' uses, flushed like a gateway's
 
     def now_ms(self) -> int:
@@ -91,7 +91,7 @@ def make_admin_app(
     guard = AuthGuard(settings, clock)
     st = app[ADMIN] = AdminState(settings, KeyStore(client, settings.redis_prefix,
                                                             store_mod.parse_min_replicas(settings.redis_min_replicas)), RulesHolder(settings.scopes, rules),
-                                 clock, guard, AdminMetrics(guard), MemoryGauge(client, settings.memory_high_water))
+                                 clock, guard, AdminMetrics(guard), CreateLimits(client, settings))
     st.rules.on_reload = lambda result: st.metrics.reloads.labels(result).inc()
     r = app.router
     r.add_get("/v1/me", whoami)
@@ -255,11 +255,9 @@ async def create_key(request: web.Request) -> web.Response:
         raise errors.ScopeNotGrantable(
             f"This key cannot grant scopes it does not hold: {', '.join(refused)}.", scopes=refused
         )
-    # SECURITY: refused while Redis is near maxmemory, so that revokes (tiny writes) still fit.
-    await st.memory.check()
-    # Operators are trusted and not limited (their keys still count toward the org's total).
-    quota = OrgQuota() if principal.is_operator else OrgQuota(st.settings.max_keys_per_org,
-                                                              st.settings.create_rate_per_org)
+    # Operators are trusted and not held to the org's limits (their keys still count toward the
+    # org's total); nobody passes the memory mark.
+    quota = await st.creates.admit(org_limits=not principal.is_operator)
     record, secret = await st.store.create(
         org_id=org_id, name=name, scopes=scopes, expires_at=expires_at, actor=principal.actor, now_ms=now,
         quota=quota,

@@ -126,6 +126,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 KEYS_REDIS_TIMEOUT = 2.0  # seconds per Redis call of `gateway keys` (plus one quick retry)
+# The settings of `gateway keys` (flags and GATEWAY_* as for `gateway admin`); create also reads
+# the admin API's create limits, so that it is held to the same ones.
+KEYS_SETTINGS = ("redis", "scopes", "redis_prefix", "redis_min_replicas",
+                 "max_keys_per_org", "create_rate_per_org", "memory_high_water")
 FLAGS = {"org_id": "--org", "name": "--name", "scopes": "--scope", "key_id": "KEY_ID"}  # InvalidField.field
 
 
@@ -141,12 +145,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from admin_api.schemas import created_out, key_out
     from gateway import redis_reach
     from gateway.model import expires_at_for
-    from gateway.store import KeyStore, connect, parse_min_replicas
+    from gateway import errors
+    from gateway.store import CreateLimits, KeyStore, connect, parse_min_replicas
     from gateway.tasks import ACK_TIMEOUT
 
-    settings = config.load(config.AdminSettings, {"redis": args.redis, "scopes": args.scopes,
-                                                  "redis_prefix": args.redis_prefix,
-                                                  "redis_min_replicas": args.redis_min_replicas})
+    settings = config.load(config.AdminSettings, {name: getattr(args, name, None) for name in KEYS_SETTINGS})
     # Everything the admin API would refuse is refused here too, before Redis is touched.
     org_id = validation.org_id(args.org)
     if args.keys_cmd == "create":
@@ -163,10 +166,18 @@ def cmd_keys(args: argparse.Namespace) -> int:
         try:
             await redis_reach.reach(store)
             if args.keys_cmd == "create":
-                record, secret = await store.create(
-                    org_id=org_id, name=name, scopes=scopes,
-                    expires_at=expires_at_for(args.expires_in, now), actor="cli", now_ms=now,
-                )
+                # The admin API's limits (CreateLimits): the memory mark always, the org's key
+                # limit and create rate unless the operator says --ignore-limits.
+                try:
+                    quota = await CreateLimits(store.redis, settings).admit(org_limits=not args.ignore_limits)
+                    record, secret = await store.create(
+                        org_id=org_id, name=name, scopes=scopes,
+                        expires_at=expires_at_for(args.expires_in, now), actor="cli", now_ms=now, quota=quota,
+                    )
+                except (errors.KeyLimitReached, errors.TooManyCreates) as exc:
+                    raise CliError(f"{exc.code}: {exc.message} (--ignore-limits creates it anyway)", code=1) from None
+                except errors.StoreFull as exc:
+                    raise CliError(f"{exc.code}: {exc.message}", code=1) from None
                 return created_out(record, now, secret)
             if args.keys_cmd == "list":
                 out, cursor = [], None
@@ -277,13 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
     for name in ("create", "list", "revoke"):
         p = command(keys_sub, name)
-        config.add_arguments(p, config.AdminSettings, only=("redis", "scopes", "redis_prefix", "redis_min_replicas"))
+        config.add_arguments(p, config.AdminSettings, only=KEYS_SETTINGS if name == "create" else KEYS_SETTINGS[:4])
         p.add_argument("--scopes-file", dest="scopes", default=None, help=argparse.SUPPRESS)  # deprecated: --scopes
         p.add_argument("--org", required=True, help="organization id")
         if name == "create":
             p.add_argument("--name", required=True, help=f"what the key is for, 1-{validation.NAME_MAX} characters")
             p.add_argument("--scope", action="append", default=[], help="scope to grant (repeat or comma-separate)")
             p.add_argument("--expires-in", default="never", choices=list(EXPIRY_CHOICES), help="when the key stops working")
+            p.add_argument("--ignore-limits", action="store_true",
+                           help="not held to --max-keys-per-org and --create-rate-per-org, as the admin API's "
+                                "operator token is not (the memory mark still applies)")
         elif name == "list":
             p.add_argument("--include-revoked", action="store_true", help="also list revoked keys")
         else:

@@ -18,20 +18,43 @@ def is_trusted_peer(peer: str, trusted: Sequence[Network]) -> bool:
 
 
 def _is_trusted(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, trusted: Sequence[Network]) -> bool:
-    return any(addr in net for net in trusted)
+    # ``addr`` is normalised (parse_ip: never IPv4-mapped), so an IPv4 entry matches it directly,
+    # and an entry written as IPv4-mapped IPv6 (::ffff:10.0.0.0/104) as the IPv4 network it maps.
+    # (An IPv6 network wider than the mapped range, ::/0, trusts no IPv4 address: fail closed.)
+    if any(addr in net for net in trusted):
+        return True
+    return addr.version == 4 and any(addr in net for net in _mapped_as_ipv4(tuple(trusted)))
+
+
+_MAPPED_RANGE = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+@functools.lru_cache(maxsize=64)  # one list per process (the gateway's, the admin API's)
+def _mapped_as_ipv4(trusted: tuple[Network, ...]) -> tuple[ipaddress.IPv4Network, ...]:
+    return tuple(ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
+                 for net in trusted if net.version == 6 and net.subnet_of(_MAPPED_RANGE))
 
 
 @functools.lru_cache(maxsize=8192)  # peers and proxies repeat; bounded for hostile X-Forwarded-For
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in ``text`` (bare, "[v6]:port" or "v4:port"), or None.
+
+    SECURITY: an IPv4-mapped IPv6 address (``::ffff:a.b.c.d``, the peer of an IPv4 client on a
+    dual-stack socket, or a proxy's X-Forwarded-For entry) is returned as that IPv4 address, so
+    it matches IPv4 --trusted-proxies entries and counts as one throttle client with it.
+    """
     text = text.strip()
     if text.startswith("[") and "]" in text:  # "[2001:db8::1]:443"
         text = text[1:text.index("]")]
     elif text.count(":") == 1:  # "192.0.2.1:443"
         text = text.split(":", 1)[0]
     try:
-        return ipaddress.ip_address(text)
+        addr = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped  # (a %zone on a mapped address is dropped with it)
+    return addr
 
 
 def client_address(peer: str, forwarded_for: Iterable[str], trusted: Sequence[Network]) -> str:
@@ -69,9 +92,7 @@ def throttle_bucket(address: str, ipv6_prefix: int) -> str:
     addr = parse_ip(address)
     if addr is None:
         return address
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
+    if isinstance(addr, ipaddress.IPv6Address):  # (never IPv4-mapped: parse_ip made it IPv4)
         host_bits = 128 - ipv6_prefix
         network = (int(addr) >> host_bits) << host_bits  # int() drops a %zone
         return f"{ipaddress.IPv6Address(network)}/{ipv6_prefix}"

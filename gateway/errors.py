@@ -2,7 +2,7 @@
 
 ApiError
 ├── BadRequest (400): MalformedRequest, InvalidPath, AmbiguousCredentials, KeyInQuery, KeyInPath,
-│   MethodOverrideRefused, PathOverrideRefused, MissingOriginalRequest, InvalidJson, ValidationFailed
+│   MethodOverrideRefused, PathOverrideRefused, HostOverrideRefused, MissingOriginalRequest, InvalidJson, ValidationFailed
 ├── Unauthorized (401, with WWW-Authenticate): MissingApiKey, InvalidApiKey, ExpiredApiKey,
 │   RevokedApiKey, InvalidToken
 ├── Forbidden (403): InsufficientScope, ScopeNotGrantable
@@ -78,6 +78,12 @@ class MethodOverrideRefused(BadRequest):
 class PathOverrideRefused(BadRequest):
     code = "path_override_refused"
     message = "Path-override headers such as X-Original-URL are not accepted; send the real path."
+
+
+class HostOverrideRefused(BadRequest):
+    code = "host_override_refused"
+    message = ("Host- and scheme-override headers such as X-Forwarded-Host, X-Host or Forwarded are not "
+               "accepted; the edge sets them.")
 
 
 class MissingOriginalRequest(BadRequest):

@@ -30,8 +30,21 @@ ENVOY_PREFIX = "/envoy"  # the ext_authz http_service path_prefix (deploy/envoy/
 NGINX_HEADERS = ("x-original-method", "x-original-uri")
 TRAEFIK_HEADERS = ("x-forwarded-method", "x-forwarded-uri")
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 9110 token
+# The host and scheme headers each edge sets itself on the request it forwards, replacing the
+# client's copies (in exactly this spelling): deploy/nginx's proxy_set_header lines, Traefik's
+# forwarded headers (a client outside forwardedHeaders.trustedIPs), Envoy's x-forwarded-proto
+# (use_remote_address). Every other host-override header would reach the backend as sent.
+EDGE_REPLACED = {
+    "nginx": frozenset({"x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "forwarded"}),
+    "traefik": frozenset({"x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-forwarded-server"}),
+    "envoy": frozenset({"x-forwarded-proto"}),
+}
 # Each edge's own headers, which name the original request rather than override it.
-EDGE_HEADERS = {"nginx": frozenset(NGINX_HEADERS), "traefik": frozenset(TRAEFIK_HEADERS), "envoy": frozenset()}
+EDGE_HEADERS = {"nginx": frozenset(NGINX_HEADERS) | EDGE_REPLACED["nginx"],
+                "traefik": frozenset(TRAEFIK_HEADERS) | EDGE_REPLACED["traefik"],
+                "envoy": EDGE_REPLACED["envoy"]}
+_OVERRIDE_REFUSALS = {"method": errors.MethodOverrideRefused, "path": errors.PathOverrideRefused,
+                      "host": errors.HostOverrideRefused}
 
 
 class Original(NamedTuple):
@@ -107,11 +120,12 @@ async def check(st: GatewayState, req: HttpRequest, conn: HttpConnection) -> Non
         method, raw_target = original.method, original.target
         entry["method"] = method
         require_canonical(raw_target)
-        # SECURITY: the edge forwards the client's headers itself, so a method- or path-override
-        # header would reach the backend next to what was authorized: refuse it (the proxy drops them).
+        # SECURITY: the edge forwards the client's headers itself, so a method-, path- or
+        # host-override header would reach the backend next to what was authorized: refuse it
+        # (the proxy drops them).
         overridden = override_header(req.headers, EDGE_HEADERS[original.edge])
         if overridden is not None:
-            raise errors.MethodOverrideRefused() if overridden == "method" else errors.PathOverrideRefused()
+            raise _OVERRIDE_REFUSALS[overridden]()
         # Steps 1-5, as in the proxy. The throttle's client address is the edge's
         # X-Forwarded-For only when the edge is in --trusted-proxies.
         target, identity = await decide(st, method, raw_target, req.headers, req.peer, entry)

@@ -35,6 +35,16 @@ DROPPED_PREFIXES = ("x-forwarded-", "x-api-key", "x-org-", "x-gateway-")
 # these (X-HTTP-Destinationurl included), and the ones named below.
 PATH_OVERRIDE_SUFFIXES = ("url", "uri", "path", "prefix")
 PATH_OVERRIDE_HEADERS = frozenset({"base-url", "base-uri", "request-uri", "original-url", "original-uri"})
+# SECURITY: host- and scheme-override channels. Frameworks and proxies read the host, scheme or
+# port a request was "really" for from headers such as X-Forwarded-Host, X-Host,
+# X-HTTP-Host-Override, X-Original-Host, X-Forwarded-Server, X-Url-Scheme, Front-End-Https or
+# Forwarded, and build redirects, absolute links or virtual-host routing from them. The gateway is
+# the edge, so a client's values are never believed. Dropped by rule: any x-* name with one of
+# these words (split on "-"), or ending in one of the suffixes (X-ForwardedHost, X-UrlScheme),
+# and the ones named below.
+HOST_OVERRIDE_WORDS = frozenset({"host", "hostname", "server", "scheme", "proto", "protocol", "port", "https", "ssl"})
+HOST_OVERRIDE_SUFFIXES = ("host", "scheme", "proto", "https")
+HOST_OVERRIDE_HEADERS = frozenset({"forwarded", "front-end-https"})
 
 # RFC 9110 token: the only valid field-name characters.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -82,20 +92,26 @@ def fold_name(name: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def override_kind(folded: str) -> str | None:
-    """"method" or "path" when a folded header name is a method- or path-override channel."""
+    """"method", "path" or "host" when a folded header name is a method-, path- or host-override
+    channel (host: the host, scheme or port the request claims to be for)."""
     if folded in METHOD_OVERRIDE_HEADERS:
         return "method"
-    if folded in PATH_OVERRIDE_HEADERS or (folded.startswith("x-") and folded.endswith(PATH_OVERRIDE_SUFFIXES)):
+    x_name = folded.startswith("x-")
+    if folded in PATH_OVERRIDE_HEADERS or (x_name and folded.endswith(PATH_OVERRIDE_SUFFIXES)):
         return "path"
+    if folded in HOST_OVERRIDE_HEADERS or (x_name and (
+            folded.endswith(HOST_OVERRIDE_SUFFIXES) or not HOST_OVERRIDE_WORDS.isdisjoint(folded.split("-")))):
+        return "host"
     return None
 
 
 def override_header(headers: Headers, exempt: frozenset[str] = frozenset()) -> str | None:
-    """The kind of the first override header among ``headers`` ("method" or "path"), or None.
+    """The kind of the first override header among ``headers`` ("method", "path" or "host"), or None.
 
     For forward-auth mode, where the edge forwards the client's headers itself and the gateway
     cannot drop them: it refuses the request instead. ``exempt``: the edge's own protocol
-    headers (lower case, exact spelling: X-Original-URI of nginx, X-Forwarded-Uri of Traefik).
+    headers (lower case, exact spelling: X-Original-URI of nginx, X-Forwarded-Uri of Traefik), and
+    the ones the edge itself replaces on the request it forwards (nginx's X-Forwarded-Host, ...).
     """
     for name, _ in headers:
         if name.lower() in exempt:
@@ -144,7 +160,7 @@ def _always_dropped(folded: str) -> bool:
         # own length, a backend would see two (a desync on the pooled upstream connection).
         or folded in REFRAMED_HEADERS
         or folded in IDENTITY_HEADERS
-        or override_kind(folded) is not None  # method- and path-override channels
+        or override_kind(folded) is not None  # method-, path- and host-override channels
         or folded in HOP_BY_HOP
         or folded in FORWARDING_HEADERS
         or folded == "host"
@@ -175,7 +191,7 @@ def upstream_request_headers(
 ) -> list[tuple[str, str]]:
     """The headers to send upstream: the client's, cleaned, then forwarding and identity headers.
 
-    Drops every copy of credential, identity, method-override, path-override, hop-by-hop,
+    Drops every copy of credential, identity, method-, path- and host-override, hop-by-hop,
     Connection-listed, Host, Expect, Content-Length and forwarding headers (and the x-api-key*,
     x-org-*, x-gateway-*, x-forwarded-* families, and x-* names ending in url, uri, path or
     prefix), and headers that cannot be sent as they came;

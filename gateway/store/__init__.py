@@ -14,9 +14,9 @@ from gateway.store.codec import AUDIT_CURSOR_PATTERN, CURSOR_PATTERN, decode_aud
 from gateway.store.connection import RedisTarget, connect, parse_redis_url, redact_redis_url
 from gateway.store.keystore import AuditPage, KeyStore, NotReplicated, Page, RedisError, WriteTooLate
 from gateway.store.ledger import UsageLedger
-from gateway.store.quota import MemoryGauge, OrgQuota
+from gateway.store.quota import CreateLimits, MemoryGauge, OrgQuota
 from gateway.store.replication import AUTO as AUTO_REPLICAS, parse_min_replicas
 
-__all__ = ["AUDIT_CURSOR_PATTERN", "AUTO_REPLICAS", "AuditPage", "CURSOR_PATTERN", "KeyStore", "MemoryGauge", "NotReplicated", "OrgQuota", "Page", "RedisError", "RedisTarget",
+__all__ = ["AUDIT_CURSOR_PATTERN", "AUTO_REPLICAS", "AuditPage", "CURSOR_PATTERN", "CreateLimits", "KeyStore", "MemoryGauge", "NotReplicated", "OrgQuota", "Page", "RedisError", "RedisTarget",
            "UsageLedger", "WriteTooLate", "connect", "decode_audit_cursor", "decode_cursor", "parse_min_replicas", "parse_redis_url",
            "redact_redis_url"]

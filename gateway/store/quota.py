@@ -1,5 +1,6 @@
 """What keeps one tenant from exhausting Redis: per-org key and create-rate limits, checked in the
-same script that adds the new key to its org's index, and a memory gauge for creates."""
+same script that adds the new key to its org's index, and a memory gauge for creates. CreateLimits
+holds every create to them: the admin API's and `gateway keys create`'s."""
 
 from __future__ import annotations
 
@@ -89,3 +90,20 @@ class MemoryGauge:
             self._since = 0
         if cached[1] >= self.high_water:
             raise errors.StoreFull()
+
+
+class CreateLimits:
+    """What every key create is held to, for the admin API and `gateway keys create` alike: the
+    memory high-water mark (always), then the org's key limit and create rate (``settings``:
+    memory_high_water, max_keys_per_org, create_rate_per_org)."""
+
+    def __init__(self, client, settings, clock=time.monotonic) -> None:
+        self.memory = MemoryGauge(client, settings.memory_high_water, clock)
+        self.quota = OrgQuota(settings.max_keys_per_org, settings.create_rate_per_org)
+
+    async def admit(self, *, org_limits: bool = True) -> OrgQuota:
+        """Raise StoreFull above the mark; else the quota to pass to KeyStore.create (no limits
+        when ``org_limits`` is false: an operator's choice, never the memory mark's)."""
+        # SECURITY: refused while Redis is near maxmemory, so that revokes (tiny writes) still fit.
+        await self.memory.check()
+        return self.quota if org_limits else NO_QUOTA

@@ -87,7 +87,7 @@ def spellings(name: str) -> list[str]:
     parts = name.split("-")
     return [
         name, name.lower(), name.upper(), "_".join(parts), "_".join(parts).lower(), "_".join(parts).upper(),
-        parts[0] + "-" + "_".join(parts[1:]), "".join(c.upper() if i % 2 else c.lower() for i, c in enumerate(name)),
+        "-".join([parts[0], "_".join(parts[1:])][:len(parts)]), "".join(c.upper() if i % 2 else c.lower() for i, c in enumerate(name)),
     ]
 
 
@@ -215,6 +215,43 @@ def test_path_override_headers_on_a_public_route_are_removed_too(gateway):
     resp, got = send(gateway, build(b"GET", b"/v1/status", lines))
     assert resp.status == 200
     assert_identity_from_gateway(gateway, resp, got, None)
+
+
+# Host-, scheme- and port-override channels (issue #12, class 10): a backend building redirects,
+# absolute links or virtual-host routing from them would act for evil.example.
+HOST_OVERRIDE_NAMES = [
+    "X-Forwarded-Host", "X-Host", "X-HTTP-Host-Override", "X-Forwarded-Server", "X-Original-Host",
+    "X-Forwarded-Proto", "X-Forwarded-Port", "X-Forwarded-Scheme", "X-Url-Scheme", "Front-End-Https",
+    "Forwarded", "X-Http-Host", "X-Host-Override", "X-Scheme", "X-Original-Scheme", "X-Original-Proto",
+    "X-Original-Port", "X-Forwarded-Hostname", "X-ForwardedHost", "X-Proxy-Host", "X-Real-Host",
+    "X-Client-Scheme", "X-Forwarded-Protocol", "X-Https", "X-Ssl", "X-Backend-Server", "X-UrlScheme",
+]
+# What the trusted proxy itself may set, in this exact spelling (kept, as X-Forwarded-For is).
+TRUSTED_FORWARDING = {"x-forwarded-host", "x-forwarded-proto"}
+
+
+@pytest.mark.parametrize("spelled, source", [
+    pytest.param(s, source, id=f"{where}-{name}:{s}")
+    for name in HOST_OVERRIDE_NAMES for s in dict.fromkeys(spellings(name))
+    for source, where in (("127.0.0.1", "client"), (TRUSTED_PROXY, "trusted-proxy"))
+    if not (source == TRUSTED_PROXY and s.lower() in TRUSTED_FORWARDING)  # kept by design (test below)
+])
+def test_host_override_headers_never_reach_upstream(gateway, spelled, source):
+    lines = [spelled.encode() + b": evil.example:8443", spelled.encode() + b": host=evil.example;proto=https"]
+    resp, got = send(gateway, build(b"GET", b"/v1/tasks/42", lines, gateway.keys["reader"]["key"]), source=source)
+    assert resp.status == 200, resp.raw[:300]
+    assert_identity_from_gateway(gateway, resp, got, "reader")
+    assert not any(SPOOF in v for _, v in got.headers), got.headers
+    assert folded_values(got, "x-forwarded-host") == ["api.example"]
+    assert folded_values(got, "x-forwarded-proto") == ["http"]
+
+
+def test_host_override_headers_on_a_public_route_are_removed_too(gateway):
+    lines = [f"{name}: evil.example".encode() for name in HOST_OVERRIDE_NAMES]
+    resp, got = send(gateway, build(b"GET", b"/v1/status", lines))
+    assert resp.status == 200
+    assert_identity_from_gateway(gateway, resp, got, None)
+    assert not any(SPOOF in v for _, v in got.headers), got.headers
 
 
 @pytest.mark.parametrize("xff_lines, chain", [

@@ -333,3 +333,26 @@ def test_a_key_in_the_path_is_refused_and_never_logged(gateway, which, method):
 def test_what_is_not_shaped_like_a_key_is_forwarded(gateway, target):
     resp, got = send(gateway, target.encode(), gateway.keys["reader"]["key"])
     assert resp.status == 200 and got is not None, resp.raw[:300]
+
+
+# ---- a second path in a header (issue #12): WebDAV's Destination --------------------------------
+
+@pytest.mark.parametrize("method", [b"COPY", b"MOVE", b"PROPFIND", b"PROPPATCH", b"MKCOL", b"LOCK", b"UNLOCK"])
+@pytest.mark.parametrize("target", [b"/v1/tasks/42", b"/v1/tasks", b"/v1/status"])
+@pytest.mark.parametrize("key_name", ["writer", "admin", None])
+def test_webdav_methods_with_a_destination_are_never_forwarded(gateway, method, target, key_name):
+    """The gateway authorizes the request path only; COPY and MOVE would act on a second one, the
+    Destination header. No rule may name them (scopes.py METHODS), so whatever the key, they get
+    405 (401 without a key) and nothing reaches the upstream."""
+    key = gateway.keys[key_name]["key"] if key_name else None
+    head = raw_request(method, target, key)[:-2]
+    raw = head + b"Destination: /v1/admin/secrets\r\nOverwrite: T\r\n\r\n"
+    before = len(gateway.recorder.received)
+    resp = gateway.exchange(raw)
+    assert gateway.recorder.received[before:] == []
+    if key is None:
+        assert resp.status == 401 and resp.json()["error"]["code"] == "missing_api_key", resp.raw[:300]
+        return
+    assert resp.status == 405, resp.raw[:300]
+    assert resp.json()["error"]["code"] == "method_not_allowed"
+    assert method.decode() not in resp.header("Allow")

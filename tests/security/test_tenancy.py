@@ -16,6 +16,7 @@ registration, and a revoke would not wait for its acknowledgement).
 from __future__ import annotations
 
 import asyncio
+import os
 import datetime as dt
 import itertools
 import uuid
@@ -371,3 +372,52 @@ async def test_a_full_store_refuses_creates_but_another_tenants_revoke_works(adm
         assert "OOM" not in logs, logs[-2000:]
     finally:
         stop_gateway(gateway)
+
+
+# ---- `gateway keys create` is held to the same limits (CreateLimits) -------------------------------
+
+def cli_create(redis_url: str, org: str, *extra: str, env: dict | None = None):
+    from tests.integration.test_cli import gateway as gateway_cli
+
+    clean = {k: "" for k in os.environ if k.startswith("GATEWAY_")}
+    return gateway_cli("keys", "create", "--redis", redis_url, "--scopes", str(SCOPES), "--org", org,
+                       "--name", "cli", "--scope", "tasks:read", *extra, env={**clean, **(env or {})})
+
+
+def assert_cli_refused(result, code: str) -> None:
+    assert result.returncode == 1 and result.stdout == "", (result.returncode, result.stdout, result.stderr)
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"gateway: {code}: "), line
+    assert "sop_" not in result.stderr
+
+
+def test_the_cli_is_held_to_the_key_limit_and_ignore_limits_lifts_it(redis_server, org):
+    env = {"GATEWAY_MAX_KEYS_PER_ORG": "2", "GATEWAY_CREATE_RATE_PER_ORG": "0"}
+    for _ in range(2):
+        assert cli_create(redis_server.url, org, env=env).returncode == 0
+    refused = cli_create(redis_server.url, org, env=env)
+    assert_cli_refused(refused, "key_limit_reached")
+    assert "--ignore-limits" in refused.stderr
+    assert redis_server.client.zcard(f"gw:org:{{{org}}}:keys") == 2  # nothing written
+    assert_cli_refused(cli_create(redis_server.url, org, "--max-keys-per-org", "1", env=env), "key_limit_reached")
+    forced = cli_create(redis_server.url, org, "--ignore-limits", env=env)
+    assert forced.returncode == 0 and msgspec.json.decode(forced.stdout)["key"].startswith("sop_")
+
+
+def test_the_cli_is_held_to_the_create_rate(redis_server, org):
+    env = {"GATEWAY_MAX_KEYS_PER_ORG": "0"}
+    for _ in range(2):
+        assert cli_create(redis_server.url, org, "--create-rate-per-org", "2", env=env).returncode == 0
+    assert_cli_refused(cli_create(redis_server.url, org, "--create-rate-per-org", "2", env=env), "too_many_creates")
+    assert cli_create(redis_server.url, org, "--create-rate-per-org", "2", "--ignore-limits", env=env).returncode == 0
+
+
+def test_the_cli_is_held_to_the_memory_mark_even_with_ignore_limits(small_redis, org):
+    for i in range(8):  # 2 of the 4 MB, plus what Redis itself uses
+        small_redis.client.set(f"filler:{i}", "x" * (256 * 1024))
+    for extra in ((), ("--ignore-limits",)):
+        result = cli_create(small_redis.url, org, "--memory-high-water", "0.4", *extra)
+        assert_cli_refused(result, "store_full")
+    assert small_redis.client.exists(f"gw:org:{{{org}}}:keys") == 0
+    small_redis.client.delete(*(f"filler:{i}" for i in range(8)))
+    assert cli_create(small_redis.url, org, "--memory-high-water", "0.4").returncode == 0

@@ -151,6 +151,25 @@ def test_ipv4_mapped_ipv6_is_the_ipv4_address(gw, mapped):
     assert fail(gw, "::ffff:192.0.2.51") == 401  # IPv4 is per address, mapped or not
 
 
+@pytest.mark.parametrize("trusted", [
+    # an IPv4-mapped entry for the IPv4 proxy (127.0.0.2), and an IPv4 entry for a mapped inner hop
+    "::ffff:127.0.0.2/128,10.0.0.0/8", "::ffff:127.0.0.0/120,::ffff:10.0.0.0/104", "127.0.0.2/32,10.0.0.0/8",
+])
+def test_ipv4_mapped_proxies_and_hops_match_ipv4_entries(redis_server, recorder, tmp_path, trusted):
+    """Each attacker is counted as itself, behind the proxy and an inner proxy writing mapped
+    addresses (::ffff:10.0.0.9): neither may be mistaken for the client, which would block every
+    client behind it after LIMIT failures (or, with a rotating inner hop, never block anyone)."""
+    gw = start_gateway(tmp_path, redis_server.url, recorder, "--auth-failure-limit", str(LIMIT),
+                       "--auth-failure-window", "60", "--trusted-proxies", trusted)
+    try:
+        block(gw, f"{ATTACKER}, ::ffff:10.0.0.9")
+        assert fail(gw, f"{ATTACKER}, [::ffff:10.0.0.8]:443") == 429
+        assert fail(gw, "198.51.100.8, ::ffff:10.0.0.9") == 401  # another client, the same hops
+        assert fail(gw, "198.51.100.9") == 401
+    finally:
+        stop_gateway(gw)
+
+
 def test_an_ipv6_flood_from_one_64_cannot_evict_anything(gw):
     block(gw, ATTACKER)
     for i in range(10 * MAX_CLIENTS):

@@ -27,7 +27,8 @@ import yaml
 
 from gateway import config, forward_auth
 from gateway.cli import build_parser
-from gateway.headers import CREDENTIAL_HEADERS, IDENTITY_HEADERS, METHOD_OVERRIDE_HEADERS, PATH_OVERRIDE_HEADERS
+from gateway.headers import (CREDENTIAL_HEADERS, HOST_OVERRIDE_HEADERS, IDENTITY_HEADERS, METHOD_OVERRIDE_HEADERS,
+                             PATH_OVERRIDE_HEADERS)
 from gateway.scopes import ScopesError, parse_rules
 from gateway.store import parse_redis_url
 from gateway.tasks import SHUTDOWN_FLUSH_DEADLINE
@@ -350,7 +351,7 @@ def check_envoy(d: Deploy) -> None:
     assert to_check >= CREDENTIAL_HEADERS
     # The override headers reach the check, which refuses them (forward-auth cannot drop them).
     prefixes = {p["prefix"] for p in authz["allowed_headers"]["patterns"] if "prefix" in p}
-    assert {"x-", "x_"} <= prefixes and to_check >= PATH_OVERRIDE_HEADERS, "envoy: override headers not checked"
+    assert {"x-", "x_"} <= prefixes and to_check >= PATH_OVERRIDE_HEADERS | HOST_OVERRIDE_HEADERS, "envoy: override headers not checked"
     client = {p["exact"] for p in service["authorization_response"]["allowed_client_headers"]["patterns"]}
     assert client >= {"content-type", "www-authenticate", "allow", "retry-after", "x-request-id"}
     (route,) = hcm["route_config"]["virtual_hosts"][0]["routes"]

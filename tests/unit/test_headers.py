@@ -16,6 +16,7 @@ from gateway.headers import (
     Identity,
     connection_tokens,
     fold_name,
+    override_kind,
     upstream_request_headers,
     upstream_response_headers,
 )
@@ -164,6 +165,27 @@ def test_path_override_headers_removed(name):
 def test_names_that_only_look_like_path_overrides_pass(name):
     out = build([(name, "kept")])
     assert (name, "kept") in out
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["X-Host", "x_host", "X-HTTP-Host-Override", "X-Original-Host", "X-Forwarded-Server", "X-Forwarded-Scheme",
+     "X-Url-Scheme", "X_Url_Scheme", "Front-End-Https", "front_end_https", "Forwarded", "X-ForwardedHost",
+     "X-Scheme", "X-Original-Proto", "X-Original-Port", "X-Https", "X-Ssl", "X-Proxy-Host", "X-Forwarded_Proto"],
+)
+def test_host_override_headers_removed(name):
+    out = build([(name, "evil.example"), ("Accept", "*/*")])
+    assert all(v != "evil.example" for _, v in out)
+    assert ("Accept", "*/*") in out
+    assert override_kind(fold_name(name)) == "host"
+
+
+@pytest.mark.parametrize("name", ["X-Hostile", "X-Report-To", "X-Support-Id", "X-Ports-Enabled", "Host-Note",
+                                  "X-Servers-Seen", "Accept", "X-Protobuf-Version"])
+def test_names_that_only_look_like_host_overrides_pass(name):
+    out = build([(name, "kept")])
+    assert (name, "kept") in out
+    assert override_kind(fold_name(name)) is None
 
 
 @pytest.mark.parametrize("name", sorted(HOP_BY_HOP))

@@ -205,6 +205,10 @@ ERRORS = [
     ("lower-case-method", route(method="get"), 8, "routes[1].method", "upper case: 'get'"),
     ("mixed-case-method", route(method="Post"), 8, "routes[1].method", "upper case"),
     ("unknown-method", route(method="FETCH"), 8, "routes[1].method", "unknown method 'FETCH'"),
+    # WebDAV's COPY and MOVE carry a second path (Destination) that the gateway does not authorize:
+    # they can never be routed.
+    ("webdav-copy", route(method="COPY"), 8, "routes[1].method", "unknown method 'COPY'"),
+    ("webdav-move", route(method="MOVE"), 8, "routes[1].method", "unknown method 'MOVE'"),
     ("method-not-text", route(method="5"), 8, "routes[1].method", "must be a string"),
     ("missing-path", BASE + "  - method: GET\n    scope: tasks:read\n", 8, "routes[1].path", "missing 'path'"),
     ("duplicate-rule", route(path="/v1/tasks", extra="    scope: tasks:write\n"), 8, "routes[1]",
