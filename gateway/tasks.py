@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from gateway.cache import VerdictCache
 from gateway.metrics import Metrics
 from gateway.store import KeyStore, NotReplicated
-from gateway.usage import UsageBuffer, new_node_id
+from gateway.usage import UsageBuffer
 
 log = logging.getLogger("gateway")
 
@@ -29,7 +29,7 @@ SHUTDOWN_FLUSH_DEADLINE = 5.0  # seconds; well inside a 30 s orchestrator grace 
 
 
 async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: Metrics,
-                                 node_id: str | None = None, reads: KeyStore | None = None) -> None:
+                                 node_id: str, reads: KeyStore | None = None) -> None:
     """Keep the cache in step with revocations published by admin API processes.
 
     SECURITY: the cache is trusted only until SILENCE_LIMIT after the last heartbeat that went
@@ -37,14 +37,14 @@ async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: 
     KeyStore.heartbeat) and came back on the subscription. Beats go out every PING_EVERY. So a
     subscription to a server that no longer gets the master's publishes (an old master after
     a failover) loses its trust within SILENCE_LIMIT, however well that server answers pings.
-    Each revocation is applied, then acknowledged with this node's id, so the admin API can
-    answer a revoke once every registered gateway has dropped the key. A gateway is registered
+    Each revocation is applied, then acknowledged with this node's id (the process's one id,
+    which its usage ledger uses too: ``UsageBuffer.node_id``), so the admin API can answer a
+    revoke once every registered gateway has dropped the key. A gateway is registered
     before its cache is trusted, and drops that trust if it cannot stay registered, so an admin
     API that waits ACK_TIMEOUT for a silent gateway knows that gateway no longer serves from its
     cache. When a beat is not confirmed, the connections of ``store`` and ``reads`` (the request
     reads' client) are dropped, so that their next commands ask the sentinels for the master.
     """
-    node_id = node_id or new_node_id()
     beats = store.beat_channel(node_id)
     delay = 0.05
     while True:
