@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from admin_api import schemas
+from gateway.model import KEY_ID_PATTERN, ORG_ID_PATTERN
 from gateway.store import AUDIT_CURSOR_PATTERN, CURSOR_PATTERN
 
 REF = "#/components/schemas/{name}"
@@ -67,9 +68,8 @@ def _list_params(cursor_pattern: str) -> list[dict[str, Any]]:
     ]
 
 
-ORG = {"name": "org_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}}
-KEY = {"name": "key_id", "in": "path", "required": True,
-       "schema": {"type": "string", "pattern": "^key_[0-9A-Za-z]{1,60}$"}}
+ORG = {"name": "org_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": f"^{ORG_ID_PATTERN}$"}}
+KEY = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": f"^{KEY_ID_PATTERN}$"}}
 # The create response names the new key: the key's own operations take its id from there.
 KEY_LINKS = {
     op: {"operationId": op, "parameters": {"org_id": "$request.path.org_id", "key_id": "$response.body#/id"}}

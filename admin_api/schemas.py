@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from gateway.model import KeyRecord, rfc3339
+from gateway.model import EXPIRY_CHOICES, KeyRecord, rfc3339
 
-ExpiresIn = Literal["never", "30d", "90d", "1y"]
+ExpiresIn = Literal[tuple(EXPIRY_CHOICES)]
 
 # What str.strip() trims (str.isspace), and what a name may never contain: controls (Cc), line and
 # paragraph separators (Zl, Zp) and the bidi embeddings, overrides and isolates (Trojan Source).

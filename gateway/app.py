@@ -120,7 +120,8 @@ class Gateway:
         flusher and the rules watcher; the first two on the background Redis client."""
         st = self.state
         self._tasks = [
-            asyncio.create_task(listen_for_revocations(st.background, st.cache, st.metrics, reads=st.store), name="revocations"),
+            asyncio.create_task(listen_for_revocations(st.background, st.cache, st.metrics, st.usage.node_id,
+                                                      reads=st.store), name="revocations"),
             asyncio.create_task(usage_flusher(st.background, st.usage, st.metrics, st.settings.flush_interval),
                                 name="usage"),
             asyncio.create_task(st.rules.watch(st.settings.reload_interval), name="rules"),

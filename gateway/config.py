@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import typing
 from typing import Annotated, Any, Literal, Mapping
 
 import msgspec
@@ -197,12 +198,10 @@ def show_default(value: Any) -> str:
 
 
 def _meta(settings_type: type, name: str) -> str:
-    hint = settings_type.__annotations__.get(name, "")
-    text = str(hint)
-    marker = "description='"
-    if marker in text:
-        return text.split(marker, 1)[1].split("'", 1)[0]
-    return name
+    """The field's description (its last ``Meta(description=...)``), else its name."""
+    hint = typing.get_type_hints(settings_type, include_extras=True).get(name)
+    descriptions = [m.description for m in getattr(hint, "__metadata__", ()) if isinstance(m, Meta) and m.description]
+    return descriptions[-1] if descriptions else name
 
 
 def load(settings_type: type[msgspec.Struct], args: Mapping[str, Any], environ: Mapping[str, str] | None = None):

@@ -1,14 +1,15 @@
-"""Find the caller's API key in the request headers (pure; no I/O)."""
+"""Find the caller's API key in the request headers, and keys pasted into the path (pure; no I/O).
+
+The query string's checks are in gateway.query.
+"""
 
 from __future__ import annotations
 
 from typing import Iterable
 
 from gateway import errors
-from gateway.keys import TYPE_PREFIX, holds_key_shape, looks_like_key
+from gateway.keys import TYPE_PREFIX, holds_key_shape
 from gateway.paths import fully_decoded
-
-KEY_QUERY_NAMES = frozenset({"api_key", "apikey", "api-key", "x-api-key", "access_token"})
 
 
 def extract_credential(headers: Iterable[tuple[str, str]]) -> str:
@@ -40,12 +41,6 @@ def extract_credential(headers: Iterable[tuple[str, str]]) -> str:
     if len(set(candidates)) > 1:
         raise errors.AmbiguousCredentials()
     return candidates[0]
-
-
-def key_in_query(params: Iterable[tuple[str, str]]) -> bool:
-    """True if the query string carries something that could be a credential."""
-    # SECURITY: refused rather than ignored, so keys do not end up in URL logs unnoticed.
-    return any(name.lower() in KEY_QUERY_NAMES or looks_like_key(value) for name, value in params)
 
 
 REDACTED_SEGMENT = "[redacted]"

@@ -18,7 +18,7 @@ CHECKSUM_LEN = 6  # 62**6 > 2**32, so any CRC32 fits
 KEY_LEN = len(TYPE_PREFIX) + RANDOM_LEN + CHECKSUM_LEN
 DISPLAY_RANDOM_CHARS = 6  # shown in the display prefix; 24 chars (142.9 bits) stay hidden
 
-# Documented for secret scanners (README "API keys").
+# Documented for secret scanners (README, "API keys": "Regex for secret scanners").
 KEY_PATTERN = r"\bsop_[0-9A-Za-z]{36}\b"
 KEY_REGEX = re.compile(KEY_PATTERN)
 _EXACT = re.compile(r"sop_[0-9A-Za-z]{36}")

@@ -10,6 +10,11 @@ import datetime as dt
 import msgspec
 
 DAY_MS = 86_400_000
+# The one definition of the expires_in choices and of the id shapes: gateway.validation, the CLI,
+# the admin API's schemas and OpenAPI document and the store's cursors take them from here (the
+# page's copies in admin_api/static are checked against them by tests/unit/test_model.py).
+ORG_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # regex, unanchored: use fullmatch or add ^...$
+KEY_ID_PATTERN = r"key_[0-9A-Za-z]{1,60}"
 EXPIRY_CHOICES: dict[str, int | None] = {
     "never": None,
     "30d": 30 * DAY_MS,

@@ -9,7 +9,7 @@ import functools
 import re
 import unicodedata
 from typing import NamedTuple
-from urllib.parse import quote, unquote, unquote_plus, unquote_to_bytes
+from urllib.parse import quote, unquote, unquote_to_bytes
 
 MAX_PATH_LENGTH = 8192
 MAX_SEGMENTS = 64
@@ -172,20 +172,3 @@ def fully_decoded(text: str, rounds: int = DECODE_ROUNDS) -> str | None:
             return text
         text = decoded
     return None if "%" in text and unquote(text, errors="replace") != text else text
-
-
-def query_params(query: str) -> list[tuple[str, str]]:
-    """Parse ``a=1&b=2`` into decoded (name, value) pairs, in order, blanks kept.
-
-    Percent and "+" are decoded with errors="replace"; a pair without "=" has value "".
-    Used only to look for credentials in the query string.
-    """
-    pairs: list[tuple[str, str]] = []
-    # SECURITY: ";" is split on as well as "&": some backends still accept it as a separator,
-    # and a credential hidden behind one must be found too (over-reporting is the safe side).
-    for part in re.split(r"[&;]", query):
-        if not part:
-            continue
-        name, _, value = part.partition("=")
-        pairs.append((unquote_plus(name, errors="replace"), unquote_plus(value, errors="replace")))
-    return pairs

@@ -21,13 +21,13 @@ from gateway import accesslog, errors, keys
 from gateway.cache import MISS, VerdictCache
 from gateway.config import ServeSettings
 from gateway.clientaddr import client_address, is_trusted_peer
-from gateway.credentials import extract_credential, key_in_path, key_in_query, redacted_path
+from gateway.credentials import extract_credential, key_in_path, redacted_path
 from gateway.httpserver import BodyError, HttpConnection, HttpRequest, RequestBody
 from gateway.headers import ClientInfo, Identity, identity_of, upstream_request_headers, upstream_response_headers
 from gateway.metrics import Metrics
 from gateway.model import KeyRecord
-from gateway.paths import InvalidPath, Target, canonicalize, query_params
-from gateway.query import method_override_in_query
+from gateway.paths import InvalidPath, Target, canonicalize
+from gateway.query import key_in_query, method_override_in_query, query_params
 from gateway.readbatch import ReadBatch
 from gateway.reload import RulesHolder
 from gateway.scopes import Match, MethodNotAllowed, RouteNotFound

@@ -371,10 +371,3 @@ def load_rules(path: str | os.PathLike[str]) -> RuleSet:
     except OSError as exc:
         raise ScopesError(filename, None, "", f"cannot read: {exc.strerror or exc}") from None
     return parse_rules(data, filename)
-
-
-def split_path(path: str) -> tuple[str, ...]:
-    """``"/v1/tasks"`` -> ``("v1", "tasks")``, ``"/"`` -> ``()``; no percent-decoding (CLI and tests)."""
-    if not path.startswith("/"):
-        raise ValueError(f"path must start with '/': {path!r}")
-    return () if path == "/" else tuple(path[1:].split("/"))

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from gateway.cache import VerdictCache
 from gateway.metrics import Metrics
 from gateway.store import KeyStore, NotReplicated
-from gateway.usage import UsageBuffer, new_node_id
+from gateway.usage import UsageBuffer
 
 log = logging.getLogger("gateway")
 
@@ -29,7 +29,7 @@ SHUTDOWN_FLUSH_DEADLINE = 5.0  # seconds; well inside a 30 s orchestrator grace 
 
 
 async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: Metrics,
-                                 node_id: str | None = None, reads: KeyStore | None = None) -> None:
+                                 node_id: str, reads: KeyStore | None = None) -> None:
     """Keep the cache in step with revocations published by admin API processes.
 
     SECURITY: the cache is trusted only until SILENCE_LIMIT after the last heartbeat that went
@@ -37,14 +37,14 @@ async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: 
     KeyStore.heartbeat) and came back on the subscription. Beats go out every PING_EVERY. So a
     subscription to a server that no longer gets the master's publishes (an old master after
     a failover) loses its trust within SILENCE_LIMIT, however well that server answers pings.
-    Each revocation is applied, then acknowledged with this node's id, so the admin API can
-    answer a revoke once every registered gateway has dropped the key. A gateway is registered
+    Each revocation is applied, then acknowledged with this node's id (the process's one id,
+    which its usage ledger uses too: ``UsageBuffer.node_id``), so the admin API can answer a
+    revoke once every registered gateway has dropped the key. A gateway is registered
     before its cache is trusted, and drops that trust if it cannot stay registered, so an admin
     API that waits ACK_TIMEOUT for a silent gateway knows that gateway no longer serves from its
     cache. When a beat is not confirmed, the connections of ``store`` and ``reads`` (the request
     reads' client) are dropped, so that their next commands ask the sentinels for the master.
     """
-    node_id = node_id or new_node_id()
     beats = store.beat_channel(node_id)
     delay = 0.05
     while True:
@@ -237,11 +237,18 @@ async def usage_flusher(store: KeyStore, usage: UsageBuffer, metrics: Metrics, i
 
     Dead gateways are looked for after the first interval, then every FOLD_DEAD_EVERY seconds
     (one script call), and folded at most FOLD_DEAD_CHUNKS chunks per flush interval, so
-    flushes never wait long. Not at the very start: on Redis Cluster, a fold run while the
-    cluster was changing slots right then made the client drop its connections (seen in
-    tests/integration/test_redis_topologies.py; not understood yet). Cancelled means shutting
-    down: the final flush (by the app, after the requests finished) then also folds this
-    node's hash.
+    flushes never wait long. Not at the very start, on Redis Cluster's account. What is known:
+    with the fold at the very start, test_cluster_keeps_working_while_a_slot_migrates
+    (tests/integration/test_redis_topologies.py) failed 5 runs in 10 (redis-py 8.1.0), each
+    logged one on the admin API's read of the key while its slot was between MIGRATING and reassigned
+    (ASK): 503 store_unavailable; the gateway's own reads then passed. The admin API runs this
+    flusher on the client of its request reads, so its start-up fold overlapped that read.
+    redis-py's asyncio RedisCluster closes every node connection (``aclose()``) on a
+    ClusterDownError or SlotNotCoveredError and on every ``reinitialize_steps``-th MOVED
+    (default 5), and marks the whole client for re-initialisation on a ConnectionError; a
+    command in flight on a connection closed so fails. Which of these fires here is not
+    established (the 503 does not log its cause). Cancelled means shutting down: the final
+    flush (by the app, after the requests finished) then also folds this node's hash.
     """
     next_fold = 0.0
     try:

@@ -476,17 +476,17 @@ class UpstreamPool:
                 left = self.read_timeout - (loop.time() - conn.last_data)
                 if left <= 0:
                     raise UpstreamTimeout("no response from the upstream in time")
-                if sender is not None and sender.done():
+                if sender.done():
                     sender.result()  # the body failed (too large, client gone): raise that
-                waiters = {conn.headers_done} if sender is None or sender.done() else {conn.headers_done, sender}
+                waiters = {conn.headers_done} if sender.done() else {conn.headers_done, sender}
                 await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             conn.headers_done.result()
         except BaseException:
-            if sender is not None and not sender.done():
+            if not sender.done():
                 sender.cancel()
             self._discard(conn)
             raise
-        if sender is not None and not sender.done():
+        if not sender.done():
             # The upstream answered before the whole body was sent: stop sending, and do not
             # reuse a connection whose request was cut short.
             sender.cancel()

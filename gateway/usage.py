@@ -56,10 +56,6 @@ class UsageBuffer:
         last, n = self._pending.get(key_id, _RETRY)
         self._pending[key_id] = (max(last, at_ms), n + count)
 
-    def totals(self) -> dict[str, tuple[int, int]]:
-        """The absolute totals drained so far (what this node's hash holds once writes land)."""
-        return dict(self._totals)
-
     def drain(self, limit: int | None = None) -> Batch | None:
         """The next write: absolute totals of up to ``limit`` changed keys (retried keys first)."""
         if not self._pending:
@@ -128,7 +124,3 @@ class UsageBuffer:
         self._suspect = set()
         self.registered = False
         self.beat_at = None
-
-    @property
-    def last_seq(self) -> int:
-        return self._seq

@@ -10,12 +10,12 @@ import re
 import unicodedata
 from typing import Collection, Iterable
 
-from gateway.model import EXPIRY_CHOICES, expires_at_for, rfc3339
+from gateway.model import EXPIRY_CHOICES, KEY_ID_PATTERN, ORG_ID_PATTERN, expires_at_for, rfc3339
 
 NAME_MAX = 100  # also the page's maxlength and admin_api.schemas.NAME_PATTERN
 # SECURITY: used with fullmatch, since "$" also matches before a final newline ("acme\n").
-ORG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # the page's ORG_ID too
-KEY_ID = re.compile(r"key_[0-9A-Za-z]{1,60}")
+ORG_ID = re.compile(ORG_ID_PATTERN)
+KEY_ID = re.compile(KEY_ID_PATTERN)
 # The bidi embeddings, overrides and isolates (Trojan Source).
 _BIDI_CONTROLS = set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
-from gateway.model import KeyRecord
+from gateway.model import KEY_ID_PATTERN, KeyRecord
 
 # Record fields. The key id is not stored: it is in the Redis key's name.
 ORG, NAME, PREFIX, SCOPES, DIGEST = "o", "n", "p", "s", "d"
@@ -113,8 +113,8 @@ def usage_bucket(key_id: str) -> tuple[str, str]:
 # position of the last entry of a page (its index score, then its key id). Nothing secret: both
 # are in the page that handed the cursor out. The audit trail's also names the kind of event.
 
-CURSOR_PATTERN = r"^[0-9]{1,15}\.key_[0-9A-Za-z]{1,60}$"
-AUDIT_CURSOR_PATTERN = r"^[0-9]{1,15}\.[cr]\.key_[0-9A-Za-z]{1,60}$"
+CURSOR_PATTERN = rf"^[0-9]{{1,15}}\.{KEY_ID_PATTERN}$"
+AUDIT_CURSOR_PATTERN = rf"^[0-9]{{1,15}}\.[cr]\.{KEY_ID_PATTERN}$"
 _CURSOR = re.compile(CURSOR_PATTERN[1:-1])
 _AUDIT_CURSOR = re.compile(AUDIT_CURSOR_PATTERN[1:-1])
 

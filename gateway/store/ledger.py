@@ -7,10 +7,11 @@ Readers merge: last_used_at = the latest over the base and every node, request_c
 
 A node hash is folded into the base (and deleted) when its node shuts down, and by whoever
 notices a node that has not been heard from for ``fold_after_ms``: the admin API when it reads
-usage, every gateway when it starts and every few minutes. Every fold is a script over a single
-hash slot (all usage keys share one hash tag), a chunk at a time: each field is either in its
-node's hash or in the base, never both, so nothing is counted twice or lost, on standalone
-Redis, Sentinel or Cluster.
+usage, and the flusher of every gateway and admin API process after its first flush, then every
+few minutes (gateway.tasks.usage_flusher). Every fold is a script over a single hash slot (all
+usage keys share one hash tag), a chunk at a time: each field is either in its node's hash or in
+the base, never both, so nothing is counted twice or lost, on standalone Redis, Sentinel or
+Cluster.
 
 A node that was folded while it was away learns it from its next liveness beat (which it sends
 before writing whenever the last one is older than a minute) together with the sequence number

@@ -1,4 +1,4 @@
-"""The gateway's answers: every status and error code of the pipeline, in PRODUCT.md's order."""
+"""The gateway's answers: every status and error code of the pipeline, in the order it checks them."""
 
 from __future__ import annotations
 

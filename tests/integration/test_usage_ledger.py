@@ -207,3 +207,17 @@ async def test_usage_of_many_keys_reads_in_one_round_trip_per_page(store, redis_
     page = await store.list("acme", limit=30)
     assert {(r.last_used_at, r.request_count) for r in page.records} == {(T1 + 2, 3)}
     assert calls(redis_server)["evalsha"] == 1  # one usage read for the whole page, over 3 nodes
+
+
+async def test_a_gateway_process_has_one_node_id_for_the_registry_and_the_ledger(stack):
+    # The id a gateway registers (and acknowledges revocations with) is the one its usage hash
+    # is named by, so both name the same process in Redis.
+    created = await stack.create_key(scopes=["tasks:read"])
+    status, body, _ = await stack.call("GET", "/v1/tasks", created["key"])
+    assert status == 200, body
+    await flush(stack.state.background, stack.state.usage)
+    store = stack.state.store
+    registered = {m.decode() for m in await store.redis.zrange(store.registry, 0, -1)}
+    in_ledger = {m.decode() for m in await store.redis.zrange(store.ledger.nodes, 0, -1)}
+    assert stack.state.usage.node_id in in_ledger
+    assert registered == {stack.state.usage.node_id}

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.paths import MAX_PATH_LENGTH, MAX_SEGMENTS, SEGMENT_SAFE, InvalidPath, Target, canonicalize, query_params
+from gateway.paths import MAX_PATH_LENGTH, MAX_SEGMENTS, SEGMENT_SAFE, InvalidPath, Target, canonicalize
 
 REJECTED = [
     # not origin-form
@@ -213,27 +213,6 @@ def test_non_string_is_rejected() -> None:
 
 def test_invalid_path_is_a_value_error() -> None:
     assert issubclass(InvalidPath, ValueError)
-
-
-@pytest.mark.parametrize(
-    ("query", "expected"),
-    [
-        ("", []),
-        ("a=1&b=2", [("a", "1"), ("b", "2")]),
-        ("a=1&a=2", [("a", "1"), ("a", "2")]),
-        ("flag&x=", [("flag", ""), ("x", "")]),
-        ("api%5Fkey=k&q=a+b%20c", [("api_key", "k"), ("q", "a b c")]),
-        ("x=a=b", [("x", "a=b")]),
-        ("&&a=1&", [("a", "1")]),
-        ("x=%zz&y=%", [("x", "%zz"), ("y", "%")]),
-        ("x=%C3%28", [("x", "\ufffd(")]),
-        ("a=1;api_key=k", [("a", "1"), ("api_key", "k")]),
-    ],
-    ids=["empty", "two", "repeated", "blank", "decoded", "eq-in-value", "empty-pairs", "bad-escape",
-         "bad-utf8", "semicolon"],
-)
-def test_query_params(query: str, expected: list[tuple[str, str]]) -> None:
-    assert query_params(query) == expected
 
 
 # --- properties -----------------------------------------------------------------------------

@@ -1,0 +1,43 @@
+"""--help text of the settings flags: each flag says its field's description."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Annotated
+
+import msgspec
+import pytest
+from msgspec import Meta
+
+from gateway.config import AdminSettings, ServeSettings, add_arguments, flag
+
+Seconds = Annotated[float, Meta(gt=0)]
+
+
+class QuotedSettings(msgspec.Struct, frozen=True):
+    # A description holding "'" (str(annotation) shows it between double quotes) and one
+    # on top of a constrained alias (two Meta in the flattened annotation).
+    name: Annotated[str, Meta(description="The key's name, as the page's form says it")] = ""
+    wait: Annotated[Seconds, Meta(description="Seconds to wait")] = 1.0
+    bare: int = 0
+
+
+def _helps(settings_type: type[msgspec.Struct]) -> dict[str, str]:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, settings_type)
+    return {action.dest: action.help for action in parser._actions if action.dest != "help"}
+
+
+def test_a_description_with_a_quote_is_the_help_text():
+    helps = _helps(QuotedSettings)
+    assert helps["name"].startswith("The key's name, as the page's form says it (default: none; env GATEWAY_NAME)")
+    assert helps["wait"].startswith("Seconds to wait (default: 1;")
+    assert helps["bare"].startswith("bare (default: 0;")  # no description: the field's name
+
+
+@pytest.mark.parametrize("settings_type", [ServeSettings, AdminSettings])
+def test_every_setting_has_its_description_as_help(settings_type):
+    helps = _helps(settings_type)
+    for field in msgspec.structs.fields(settings_type):
+        text = helps[field.name]
+        assert not text.startswith(f"{field.name} ("), f"{flag(field.name)} has no description: {text}"
