@@ -7,7 +7,7 @@ import re
 import msgspec
 
 from gateway.config import ServeSettings, env_names, flag
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def test_every_serve_setting_is_documented_with_its_env_name():
