@@ -8,6 +8,7 @@ topologies in tests/support/redis_topologies.py.
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import socket
 import subprocess
@@ -30,11 +31,13 @@ def free_port() -> int:
 
 
 def free_port_block(*offsets: int) -> int:
-    """A free port ``base`` with ``base + offset`` free too for every offset: for `gateway dev --port`
-    (+1, +2, +10, +11) and a Redis Cluster node's bus port (+10000)."""
+    """A port ``base`` with ``base + offset`` free for every offset: for `gateway dev --port` (+1, +2,
+    +10, +11) and a Redis Cluster node's bus port (+10000). Bases are drawn from 20000-29999, below
+    Linux's ephemeral range (32768-60999), so that an outgoing connection of another process cannot
+    take one of these ports between this check and the listeners' bind."""
     for _ in range(1000):
-        base = free_port()
-        if base + max(offsets, default=0) <= 65535 and all(bindable(base + off) for off in offsets):
+        base = random.randint(20000, 29999)
+        if all(bindable(base + off) for off in offsets):
             return base
     raise AssertionError(f"no free block of ports at offsets {offsets}")
 
