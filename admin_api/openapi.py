@@ -62,7 +62,7 @@ def _list_params(cursor_pattern: str) -> list[dict[str, Any]]:
     return [
         {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
         {"name": "cursor", "in": "query", "required": False,
-         # Exactly what the server decodes (tests/unit/test_cursors.py), or empty: the first page.
+         # Exactly what the server decodes (tests/unit/test_codec.py), or empty: the first page.
          "schema": {"type": "string", "pattern": f"^(?:{cursor_pattern[1:-1]})?$"},
          "description": "The next_cursor of the previous page (empty: the first page); treat it as opaque"},
     ]

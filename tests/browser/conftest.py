@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 from playwright.async_api import Page, async_playwright, expect
 
-from tests.conftest import OPERATOR_TOKEN, ROOT
+from tests.support import OPERATOR_TOKEN, ROOT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"

@@ -11,7 +11,7 @@ from playwright.async_api import expect
 from gateway.keys import KEY_REGEX
 from gateway.tasks import flush_usage
 from tests.browser.conftest import row, sign_in
-from tests.conftest import OPERATOR_TOKEN
+from tests.support import OPERATOR_TOKEN
 
 UTC_TITLE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$")
 

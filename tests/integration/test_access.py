@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 
 from gateway import keys
-from tests.conftest import free_port
-from tests.rawhttp import get, raw_request
+from tests.support import free_port
+from tests.support.rawhttp import get, raw_request
 
 DAY = 86_400
 

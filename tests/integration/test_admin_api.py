@@ -8,7 +8,7 @@ import pytest
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
-from tests.conftest import OPERATOR_TOKEN
+from tests.support import OPERATOR_TOKEN
 
 
 async def test_create_returns_the_secret_once(stack):

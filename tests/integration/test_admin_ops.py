@@ -14,7 +14,7 @@ from admin_api.app import ADMIN, make_admin_app
 from gateway import keys
 from gateway.app import make_ops_app
 from gateway.config import AdminSettings
-from tests.conftest import OPERATOR_TOKEN, SCOPES, eventually
+from tests.support import OPERATOR_TOKEN, SCOPES, eventually
 from tests.integration.test_redis_faults import OwnRedis
 
 

@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 import redis
 
-from tests.conftest import ROOT, SCOPES, OPERATOR_TOKEN, RedisServer, eventually, free_port
-from tests.rawhttp import raw_request
+from tests.support import ROOT, SCOPES, OPERATOR_TOKEN, RedisServer, eventually, free_port
+from tests.support.rawhttp import raw_request
 
 
 def gateway(*args: str, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:

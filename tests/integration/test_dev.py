@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from gateway.dev import die_with_parent
-from tests.conftest import ROOT, free_port
+from tests.support import ROOT, free_port_block
 
 TOKEN = "dev-test-operator-token-0123456789"
 DEMO_NAME = "Demo key (gateway dev)"
@@ -59,22 +59,9 @@ def _busy(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listeners bind
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def free_base_port() -> int:
     """A gateway port whose admin (+1), upstream (+2), ops (+10) and admin ops (+11) ports are free too."""
-    while True:
-        port = free_port()
-        if port + 11 < 65536 and all(_bindable(p) for p in (port, port + 1, port + 2, port + 10, port + 11)):
-            return port
+    return free_port_block(0, 1, 2, 10, 11)
 
 
 def dev_command(port: int) -> list[str]:

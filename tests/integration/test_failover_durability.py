@@ -14,9 +14,9 @@ import signal
 import pytest
 import redis as sync_redis
 
-from tests.conftest import wait_for
-from tests.redis_topologies import start_sentinels
-from tests.stack import OPERATOR_TOKEN
+from tests.support import wait_for
+from tests.support.redis_topologies import start_sentinels
+from tests.support import OPERATOR_TOKEN
 
 
 @pytest.fixture

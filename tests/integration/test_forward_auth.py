@@ -11,7 +11,7 @@ from gateway import keys
 from gateway.config import ServeSettings
 from gateway.forward_auth import ERROR_HEADER
 from gateway_verify import verify_request
-from tests.rawhttp import raw_request
+from tests.support.rawhttp import raw_request
 
 SECRET = "2025-01:forward-auth-secret-0123456789abcdefghij"
 

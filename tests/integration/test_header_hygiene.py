@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.rawhttp import get, raw_request
+from tests.support.rawhttp import get, raw_request
 
 IDENTITY = ("X-Org-Id", "X-Api-Key-Id", "X-Api-Key-Scopes", "X-Request-Id")
 

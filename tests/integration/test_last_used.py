@@ -11,7 +11,7 @@ import pytest
 from admin_api.app import make_admin_app
 from gateway.config import AdminSettings
 from gateway.tasks import flush_usage
-from tests.conftest import OPERATOR_TOKEN, SCOPES
+from tests.support import OPERATOR_TOKEN, SCOPES
 from tests.integration.test_forward_auth import nginx
 
 

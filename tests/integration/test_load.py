@@ -18,7 +18,7 @@ from gateway import keys
 from gateway.cache import MISS
 from gateway.model import KeyRecord
 from gateway.store import KeyStore
-from tests.conftest import wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,7 +6,7 @@ import logging
 
 import orjson
 
-from tests.conftest import ROOT, SCOPES, eventually, free_port
+from tests.support import ROOT, SCOPES, eventually, free_port
 
 
 async def test_healthz_readyz_metrics(stack):

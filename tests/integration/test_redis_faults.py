@@ -22,7 +22,7 @@ from gateway.store import KeyStore, WriteTooLate, connect
 from gateway.metrics import Metrics
 from gateway.tasks import flush_usage
 from gateway.usage import UsageBuffer
-from tests.conftest import free_port, wait_for
+from tests.support import free_port, wait_for
 
 
 class OwnRedis:

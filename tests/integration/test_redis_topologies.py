@@ -8,8 +8,8 @@ import signal
 import pytest
 
 from gateway.tasks import flush_usage
-from tests.conftest import wait_for
-from tests.redis_topologies import (
+from tests.support import wait_for
+from tests.support.redis_topologies import (
     migrate_keys, migrate_slot_begin, migrate_slot_finish, start_cluster, start_sentinels,
 )
 

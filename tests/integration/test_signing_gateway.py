@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway_verify import BadSignature, ExpiredSignature, UnknownKeyId, verify_request
-from tests.rawhttp import get, raw_request
+from tests.support.rawhttp import get, raw_request
 
 OLD = "2025-01:old-secret-0123456789abcdefghijklmnopqrstu"
 NEW = "2025-07:new-secret-0123456789abcdefghijklmnopqrstu"

@@ -6,7 +6,7 @@ import hashlib
 import resource
 
 from gateway.tasks import flush_usage
-from tests.conftest import eventually
+from tests.support import eventually
 
 MB = 1024 * 1024
 

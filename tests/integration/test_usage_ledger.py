@@ -11,7 +11,7 @@ from gateway.metrics import Metrics
 from gateway.store import KeyStore, codec, connect
 from gateway.tasks import flush_usage
 from gateway.usage import UsageBuffer
-from tests.conftest import eventually
+from tests.support import eventually
 
 T1, T2, T3 = 1_700_000_000_000, 1_800_000_000_000, 1_900_000_000_000
 

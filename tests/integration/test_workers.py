@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from gateway.workers import merge_metrics
-from tests.conftest import OPERATOR_TOKEN, ROOT, SCOPES, free_port
+from tests.support import OPERATOR_TOKEN, ROOT, SCOPES, free_port
 from tests.security.recorder import Recorder
 
 

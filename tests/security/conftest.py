@@ -7,6 +7,7 @@ outside. Its proxy port parses HTTP with httptools (llhttp) in gateway/httpserve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -20,59 +21,12 @@ from pathlib import Path
 import pytest
 
 from gateway.store import KeyStore, connect
-from tests.conftest import OPERATOR_TOKEN, ROOT, SCOPES, free_port
 from tests.security.recorder import Received, Recorder
+from tests.support import OPERATOR_TOKEN, ROOT, SCOPES, free_port
+from tests.support.rawhttp import RawResponse, parse_responses
 
 TRUSTED_PROXY = "127.0.0.2"  # connect from this address to act as a trusted proxy
 SECURITY_ORG = "sec-org"
-
-
-@dataclass
-class RawResponse:
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
-    body: bytes
-    raw: bytes
-
-    def header(self, name: str) -> str | None:
-        for k, v in self.headers:
-            if k.lower() == name.lower():
-                return v
-        return None
-
-    def json(self):
-        return json.loads(self.body)
-
-
-def parse_responses(data: bytes) -> list[RawResponse]:
-    """Split a byte stream into HTTP/1.1 responses (Content-Length or chunked bodies)."""
-    out = []
-    while data:
-        head, sep, rest = data.partition(b"\r\n\r\n")
-        if not sep:
-            break
-        lines = head.decode("latin-1").split("\r\n")
-        _, status, *reason = lines[0].split(" ", 2)
-        headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
-        names = {k.lower(): v for k, v in headers}
-        if "content-length" in names:
-            n = int(names["content-length"])
-            body, rest = rest[:n], rest[n:]
-        elif "chunked" in names.get("transfer-encoding", "").lower():
-            body = b""
-            while True:
-                size_line, _, rest = rest.partition(b"\r\n")
-                size = int(size_line.split(b";")[0] or b"0", 16)
-                if size == 0:
-                    rest = rest.partition(b"\r\n")[2]
-                    break
-                body, rest = body + rest[:size], rest[size + 2:]
-        else:
-            body, rest = rest, b""
-        out.append(RawResponse(int(status), reason[0] if reason else "", headers, body, data[: len(data) - len(rest)]))
-        data = rest
-    return out
 
 
 class RawClient:
@@ -237,6 +191,27 @@ def start_admin(log: Path, redis_url: str, *extra: str, env: dict | None = None,
         stop_process(proc)
         raise
     return AdminProcess(f"http://127.0.0.1:{port}", port, ops, proc, log)
+
+
+@contextlib.contextmanager
+def running_admin(log: Path, redis_url: str, *extra: str, **kw):
+    """start_admin() for the length of a ``with`` block, stopped however the block ends."""
+    admin = start_admin(log, redis_url, *extra, **kw)
+    try:
+        yield admin
+    finally:
+        stop_process(admin.proc)
+
+
+@pytest.fixture(scope="module")
+def admin_process(redis_server, tmp_path_factory) -> AdminProcess:
+    """A real `gateway admin` process on an emptied Redis, for the tests that read what it logs.
+    A handler error answers 500 in the envelope, but none may have happened at all."""
+    redis_server.client.flushall()
+    with running_admin(tmp_path_factory.mktemp("admin") / "admin.log", redis_server.url) as admin:
+        yield admin
+    text = admin.log.read_text()
+    assert "Traceback" not in text and "unhandled error" not in text and "Error handling request" not in text, text
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 Each refusal is checked against the real redis-server: the keyspace (every key, dumped) and the
 number of write commands it has run are the same before and after. The admin API runs in-process
 on a real socket (no gateway beside it, so no background writes blur the count); the last tests
-run the real `gateway admin` process to read what it logs.
+run the real `gateway admin` process (tests/security/conftest.py: admin_process) to read what it logs.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from yarl import URL
 from admin_api.app import make_admin_app
 from gateway.config import AdminSettings
 from gateway.keys import generate_key
-from tests.conftest import OPERATOR_TOKEN, SCOPES
-from tests.rawhttp import raw_request
-from tests.security.conftest import start_admin, stop_process
+from tests.support import OPERATOR_TOKEN, SCOPES
+from tests.support.rawhttp import raw_request
 
 CREATE = "/v1/orgs/acme/api-keys"
 VALID = {"name": "ci", "scopes": ["tasks:read"]}
@@ -614,13 +613,6 @@ async def test_revoked_and_expired_org_keys_are_refused(admin, keys, clock):
 
 # ---- the real process: what a malformed request leaves in the log -------------------------
 
-@pytest.fixture(scope="module")
-def admin_process(redis_server, tmp_path_factory):
-    admin = start_admin(tmp_path_factory.mktemp("admin") / "admin.log", redis_server.url)
-    yield admin.url, admin.log
-    stop_process(admin.proc)
-
-
 MALFORMED = [
     b"GET /v1/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\x01\r\nConnection: close\r\n\r\n",
     b"GET /v1/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s" + b"A" * 20_000 + b"\r\nConnection: close\r\n\r\n",
@@ -630,7 +622,7 @@ MALFORMED = [
 
 
 async def test_malformed_requests_are_logged_without_the_credential(admin_process):
-    url, log = admin_process
+    url, log = admin_process.url, admin_process.log
     for template in MALFORMED:
         resp = await raw_request(url, template.replace(b"%s", OPERATOR_TOKEN.encode()))
         assert resp.status == 400
@@ -643,7 +635,7 @@ async def test_malformed_requests_are_logged_without_the_credential(admin_proces
 
 
 async def test_malformed_requests_get_the_envelope_without_the_credential(admin_process):
-    url, _ = admin_process
+    url = admin_process.url
     resp = await raw_request(url, MALFORMED[0].replace(b"%s", OPERATOR_TOKEN.encode()))
     assert OPERATOR_TOKEN.encode() not in resp.body
     assert resp.json()["error"]["code"] == "malformed_request"

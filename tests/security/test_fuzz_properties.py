@@ -22,7 +22,7 @@ from admin_api.schemas import NAME_FORBIDDEN, NAME_PATTERN, NAME_SPACE
 from gateway.paths import SEGMENT_SAFE, InvalidPath, canonicalize
 from gateway.scopes import Match, MethodNotAllowed, RouteNotFound, Rule, RuleSet, load_rules
 from gateway.validation import InvalidField, key_name
-from tests.conftest import SCOPES
+from tests.support import SCOPES
 
 SHIPPED = load_rules(SCOPES)
 # Overlaps the shipped file lacks: params and catch-alls beside literals at every depth.

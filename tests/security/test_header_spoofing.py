@@ -13,7 +13,7 @@ import pytest
 
 from gateway.paths import canonicalize
 from gateway.scopes import Match, load_rules
-from tests.conftest import SCOPES
+from tests.support import SCOPES
 from tests.security.conftest import (
     refused_by_parser,
     TRUSTED_PROXY,

@@ -28,7 +28,7 @@ from gateway.keys import generate_key
 from gateway.paths import canonicalize
 from gateway.scopes import Match, load_rules
 from gateway_verify import verify_request
-from tests.conftest import ROOT, SCOPES, free_port
+from tests.support import ROOT, SCOPES, free_port
 from tests.security.conftest import (
     KEY_SPECS, SECURITY_ORG, GatewayProcess, RawClient, RawResponse, create_keys, stop_gateway,
 )

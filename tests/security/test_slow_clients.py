@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import OPERATOR_TOKEN
-from tests.security.conftest import parse_responses, start_admin, start_gateway, stop_gateway, stop_process
+from tests.support import OPERATOR_TOKEN
+from tests.security.conftest import parse_responses, running_admin, start_gateway, stop_gateway
 
 TIMEOUT = 2.0
 MAX_CONNECTIONS = 10
@@ -31,13 +31,10 @@ def _low_fd_limit() -> None:
 @pytest.fixture(scope="module")
 def admin(redis_server, tmp_path_factory):
     """`gateway admin` with low timeouts and a low descriptor limit; (admin port, ops port)."""
-    admin = start_admin(tmp_path_factory.mktemp("slow-admin") / "admin.log", redis_server.url,
-                        "--head-timeout", str(TIMEOUT), "--body-timeout", str(TIMEOUT),
-                        "--max-connections", str(MAX_CONNECTIONS), preexec_fn=_low_fd_limit)
-    try:
+    with running_admin(tmp_path_factory.mktemp("slow-admin") / "admin.log", redis_server.url,
+                       "--head-timeout", str(TIMEOUT), "--body-timeout", str(TIMEOUT),
+                       "--max-connections", str(MAX_CONNECTIONS), preexec_fn=_low_fd_limit) as admin:
         yield admin.port, admin.ops
-    finally:
-        stop_process(admin.proc)
     assert admin.proc.returncode == 0, admin.log.read_text()
 
 

@@ -29,7 +29,7 @@ from admin_api.app import make_admin_app
 from gateway import config
 from gateway.config import AdminSettings
 from gateway.model import DAY_MS, EXPIRY_CHOICES, rfc3339
-from tests.conftest import OPERATOR_TOKEN, SCOPES, RedisServer
+from tests.support import OPERATOR_TOKEN, SCOPES, RedisServer
 from tests.security.conftest import start_gateway, stop_gateway
 
 ALL_SCOPES = ["tasks:read", "tasks:write", "reservations:read", "reservations:write", "properties:read",

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from gateway.keys import generate_key
-from tests.conftest import ROOT
+from tests.support import ROOT
 from tests.security.conftest import (
     TRUSTED_PROXY, RawClient, create_keys, start_admin, start_gateway, stop_gateway, stop_process,
 )

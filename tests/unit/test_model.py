@@ -1,14 +1,15 @@
-"""The expires_in choices and the id shapes have one definition (gateway.model); every copy agrees."""
+"""gateway.model: the expires_in choices and the id shapes have one definition (every copy agrees), and the
+record's pure helpers (the cascade's tree walk)."""
 
 from __future__ import annotations
 
 import re
 
 from admin_api.openapi import build_openapi
-from gateway.model import EXPIRY_CHOICES, KEY_ID_PATTERN, ORG_ID_PATTERN
+from gateway.model import EXPIRY_CHOICES, KEY_ID_PATTERN, ORG_ID_PATTERN, KeyRecord, created_by_any
 from gateway.store import AUDIT_CURSOR_PATTERN, CURSOR_PATTERN
 from gateway.validation import is_key_id, is_org_id
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 STATIC = ROOT / "admin_api" / "static"
 
@@ -46,3 +47,18 @@ def test_the_page_copies_agree_with_the_model():
     assert re.findall(r'<option value="([^"]+)"', select) == list(EXPIRY_CHOICES)
     js = (STATIC / "app.js").read_text()
     assert f"const ORG_ID = /^{ORG_ID_PATTERN}$/;" in js
+
+
+NOW = 1_764_000_000_000
+
+
+def _rec(key_id: str, by: str) -> KeyRecord:
+    return KeyRecord(key_id, "o", "n", "sop_x", ("tasks:read",), "00" * 32, NOW, by)
+
+
+def test_created_by_any_finds_one_level_and_skips_the_creators():
+    records = [_rec("key_a", "operator"), _rec("key_b", "key:key_a"), _rec("key_c", "key:key_b"),
+               _rec("key_d", "key:key_a"), _rec("key_e", "key:key_x")]
+    assert created_by_any(records, {"key_a"}) == ["key_b", "key_d"]
+    assert created_by_any(records, {"key_a", "key_b", "key_d"}) == ["key_c"]
+    assert created_by_any(records, {"key_c"}) == []

@@ -25,7 +25,7 @@ from gateway_verify import (
     UnknownKeyId,
     verify_request,
 )
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 OLD = "old-secret-0123456789abcdefghijklmnopqrstu"
 NEW = "new-secret-0123456789abcdefghijklmnopqrstu"

@@ -1,12 +1,10 @@
-"""The last-used buffer (absolute totals, retries, rebase after a fold) and the store's encodings."""
+"""The last-used buffer: absolute totals, retries, rebase after a fold."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.model import KeyRecord
 from gateway.store import codec
 from gateway.usage import UsageBuffer
 
@@ -137,51 +135,3 @@ def test_retire_starts_afresh():
     assert not buf.registered and buf.beat_at is None
     buf.add("a", 2)
     assert buf.drain().values == {"a": (2, 1)}  # the totals restarted: not (2, 2)
-
-
-# -- codec --------------------------------------------------------------------------------------
-
-def make_record(**kw) -> KeyRecord:
-    base = dict(id="key_0123456789ABCDEF", org_id="acme", name="Zapier é", prefix="sop_AbC123",
-                scopes=("tasks:read", "reservations:read"), digest="ab" * 32, created_at=1_764_000_000_123,
-                created_by="operator")
-    return KeyRecord(**{**base, **kw})
-
-
-@pytest.mark.parametrize("record", [
-    make_record(),
-    make_record(expires_at=1_800_000_000_000),
-    make_record(revoked_at=1_764_000_001_000, revoked_by="key:key_x"),
-])
-def test_records_round_trip_through_their_hash_fields(record):
-    fields = codec.encode_record(record)
-    raw = {str(k).encode(): (v if isinstance(v, bytes) else str(v).encode()) for k, v in zip(fields[::2], fields[1::2], strict=True)}
-    assert codec.decode_record(record.id, raw) == record
-    assert codec.decode_record(record.id, [x for kv in raw.items() for x in kv]) == record  # Lua's flat list
-    assert len(raw[b"d"]) == 32  # the digest is stored raw
-
-
-@pytest.mark.parametrize("raw", [{}, {b"o": b"acme"}, {b"o": b"x", b"n": b"n", b"p": b"p", b"s": b"a:b",
-                                                       b"d": b"short", b"c": b"1", b"C": b"t"}])
-def test_half_written_or_foreign_hashes_are_no_record(raw):
-    assert codec.decode_record("key_x", raw) is None
-
-
-def test_usage_values_and_merge():
-    assert codec.decode_usage(codec.encode_usage(1_764_000_000_123, 42)) == (1_764_000_000_123, 42)
-    assert codec.decode_usage(None) is None and codec.decode_usage(b"garbage") is None
-    assert codec.merge_usage([None, (5, 2), (9, 1), None]) == (9, 3)
-    assert codec.merge_usage([None, None]) == (None, 0)
-
-
-def test_usage_buckets_spread_key_ids_and_keep_them_recoverable():
-    from gateway import keys
-
-    ids = [keys.parse_key(keys.generate_key()).key_id for _ in range(20_000)]
-    buckets = {}
-    for key_id in ids:
-        bucket, field = codec.usage_bucket(key_id)
-        assert field + bucket[:2] == key_id[4:] and len(bucket) == 3
-        buckets[bucket] = buckets.get(bucket, 0) + 1
-    assert len(buckets) > 9000 and max(buckets.values()) < 20  # about 1.3 per bucket, none crowded
-    assert codec.usage_bucket("k1") == ("_", "k1")

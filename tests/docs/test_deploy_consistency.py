@@ -32,7 +32,7 @@ from gateway.headers import (CREDENTIAL_HEADERS, HOST_OVERRIDE_HEADERS, IDENTITY
 from gateway.scopes import ScopesError, parse_rules
 from gateway.store import parse_redis_url
 from gateway.tasks import SHUTDOWN_FLUSH_DEADLINE
-from tests.conftest import ROOT, SCOPES, free_port
+from tests.support import ROOT, SCOPES, free_port
 
 DEPLOY = ROOT / "deploy"
 IMAGE = "api-key-gateway"

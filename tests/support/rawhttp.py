@@ -11,8 +11,10 @@ from urllib.parse import urlsplit
 @dataclass
 class RawResponse:
     status: int
+    reason: str
     headers: list[tuple[str, str]]
     body: bytes
+    raw: bytes
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -22,6 +24,36 @@ class RawResponse:
 
     def json(self):
         return json.loads(self.body)
+
+
+def parse_responses(data: bytes) -> list[RawResponse]:
+    """Split a byte stream into HTTP/1.1 responses (Content-Length or chunked bodies)."""
+    out = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        lines = head.decode("latin-1").split("\r\n")
+        _, status, *reason = lines[0].split(" ", 2)
+        headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
+        names = {k.lower(): v for k, v in headers}
+        if "content-length" in names:
+            n = int(names["content-length"])
+            body, rest = rest[:n], rest[n:]
+        elif "chunked" in names.get("transfer-encoding", "").lower():
+            body = b""
+            while True:
+                size_line, _, rest = rest.partition(b"\r\n")
+                size = int(size_line.split(b";")[0] or b"0", 16)
+                if size == 0:
+                    rest = rest.partition(b"\r\n")[2]
+                    break
+                body, rest = body + rest[:size], rest[size + 2:]
+        else:
+            body, rest = rest, b""
+        out.append(RawResponse(int(status), reason[0] if reason else "", headers, body, data[: len(data) - len(rest)]))
+        data = rest
+    return out
 
 
 async def raw_request(base_url: str, request: bytes, timeout: float = 10.0) -> RawResponse:
@@ -38,25 +70,9 @@ async def raw_request(base_url: str, request: bytes, timeout: float = 10.0) -> R
             await writer.wait_closed()
         except OSError:
             pass
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:] if ":" in line]
-    if any(k.lower() == "transfer-encoding" and "chunked" in v.lower() for k, v in headers):
-        body = _dechunk(body)
-    return RawResponse(status, headers, body)
-
-
-def _dechunk(body: bytes) -> bytes:
-    out = b""
-    while body:
-        size_line, _, rest = body.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out += rest[:size]
-        body = rest[size + 2:]
-    return out
+    responses = parse_responses(data)
+    assert responses, f"no HTTP response to {request[:200]!r}: got {data[:200]!r}"
+    return responses[0]
 
 
 def get(target: str, headers: dict[str, str] | list[tuple[str, str]] = (), method: str = "GET",

@@ -12,7 +12,7 @@ from gateway.cache import VerdictCache
 from gateway.config import AdminSettings
 from gateway.metrics import Metrics
 from gateway.throttle import FailureThrottle
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def test_operations_doc_lists_exactly_the_exported_metrics():

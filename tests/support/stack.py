@@ -15,7 +15,7 @@ from gateway.config import AdminSettings, ServeSettings
 from gateway.echo import RECEIVED, make_echo_app
 from gateway.proxy import GatewayState
 from gateway.store import KeyStore, connect
-from tests.conftest import OPERATOR_TOKEN, SCOPES, Clock, wait_for
+from tests.support import OPERATOR_TOKEN, SCOPES, Clock, wait_for
 
 
 @dataclass

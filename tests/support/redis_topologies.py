@@ -11,7 +11,7 @@ from pathlib import Path
 import redis
 
 from gateway.dev import die_with_parent  # SIGTERM if the test run is killed
-from tests.conftest import free_port
+from tests.support import free_port, free_port_block
 
 REDIS_SERVER = shutil.which("redis-server") or "redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "redis-cli"
@@ -19,18 +19,7 @@ REDIS_CLI = shutil.which("redis-cli") or "redis-cli"
 
 def cluster_port() -> int:
     """A free port whose cluster bus port (+10000) is free and valid too."""
-    import random
-    import socket
-
-    while True:
-        port = random.randint(20000, 29999)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 10000))
-            return port
-        except OSError:
-            continue
+    return free_port_block(0, 10000)
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:

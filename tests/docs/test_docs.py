@@ -11,7 +11,7 @@ import redis.asyncio
 
 from gateway.config import ServeSettings, env_names, flag
 from gateway.store import KeyStore, UsageLedger
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def test_every_serve_setting_is_documented_with_its_env_name():

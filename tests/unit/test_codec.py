@@ -1,0 +1,114 @@
+"""The store's encodings: key records, usage values and buckets, and list cursors (the pattern
+/openapi.json documents is exactly what the server decodes)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from admin_api.openapi import build_openapi
+from gateway.model import KeyRecord
+from gateway.store import codec
+from gateway.store.codec import (decode_audit_cursor, decode_cursor, encode_audit_cursor, encode_cursor)
+
+
+def documented_pattern(path: str) -> str:
+    params = build_openapi()["paths"][path]["get"]["parameters"]
+    (cursor,) = [p for p in params if p["name"] == "cursor"]
+    return cursor["schema"]["pattern"]
+
+
+KEYS = documented_pattern("/v1/orgs/{org_id}/api-keys")
+AUDIT = documented_pattern("/v1/orgs/{org_id}/audit-events")
+# Text near the grammar, so that both "matches" and "does not match" come up often.
+NEAR = st.text(alphabet="0123456789.crkey_AZaz=-+ \n\u0661", max_size=24) | st.builds(
+    lambda s, k, tail: f"{s}.{k}{tail}", st.integers(-5, 10**16).map(str), st.sampled_from(["key_", "r.key_", "c.key_", "x.key_", "key"]),
+    st.text(alphabet="aZ09_-\n", max_size=62))
+
+
+@settings(max_examples=300)
+@given(st.from_regex(KEYS, fullmatch=True))
+def test_every_documented_key_list_cursor_decodes(cursor):
+    if cursor:  # empty means the first page; the API does not decode it
+        score, key_id = decode_cursor(cursor)
+        assert score >= 0 and key_id.startswith("key_")
+
+
+@settings(max_examples=300)
+@given(st.from_regex(AUDIT, fullmatch=True))
+def test_every_documented_audit_cursor_decodes(cursor):
+    if cursor:
+        at, _, key_id = decode_audit_cursor(cursor)
+        assert at >= 0 and key_id.startswith("key_")
+
+
+@settings(max_examples=500)
+@given(NEAR)
+def test_the_decoders_accept_nothing_the_pattern_refuses(text):
+    for pattern, decode in ((KEYS, decode_cursor), (AUDIT, decode_audit_cursor)):
+        try:
+            decode(text)
+            decoded = True
+        except ValueError:
+            decoded = False
+        # ECMA-262 semantics: "$" is the end of the string (no final-newline exception).
+        assert decoded == (text != "" and re.fullmatch(pattern[1:-1], text) is not None), (pattern, text)
+
+
+def test_cursors_made_by_the_store_match_the_pattern():
+    for cursor in (encode_cursor(0, "key_a"), encode_cursor(1764170000123, "key_" + "Z" * 16)):
+        assert re.fullmatch(KEYS[1:-1], cursor)
+    for cursor in (encode_audit_cursor(5, True, "key_a"), encode_audit_cursor(5, False, "key_b")):
+        assert re.fullmatch(AUDIT[1:-1], cursor)
+    assert decode_audit_cursor(encode_audit_cursor(5, True, "key_a")) == (5, True, "key_a")
+
+
+# -- records and usage --------------------------------------------------------------------------------------
+
+def make_record(**kw) -> KeyRecord:
+    base = dict(id="key_0123456789ABCDEF", org_id="acme", name="Zapier é", prefix="sop_AbC123",
+                scopes=("tasks:read", "reservations:read"), digest="ab" * 32, created_at=1_764_000_000_123,
+                created_by="operator")
+    return KeyRecord(**{**base, **kw})
+
+
+@pytest.mark.parametrize("record", [
+    make_record(),
+    make_record(expires_at=1_800_000_000_000),
+    make_record(revoked_at=1_764_000_001_000, revoked_by="key:key_x"),
+])
+def test_records_round_trip_through_their_hash_fields(record):
+    fields = codec.encode_record(record)
+    raw = {str(k).encode(): (v if isinstance(v, bytes) else str(v).encode()) for k, v in zip(fields[::2], fields[1::2], strict=True)}
+    assert codec.decode_record(record.id, raw) == record
+    assert codec.decode_record(record.id, [x for kv in raw.items() for x in kv]) == record  # Lua's flat list
+    assert len(raw[b"d"]) == 32  # the digest is stored raw
+
+
+@pytest.mark.parametrize("raw", [{}, {b"o": b"acme"}, {b"o": b"x", b"n": b"n", b"p": b"p", b"s": b"a:b",
+                                                       b"d": b"short", b"c": b"1", b"C": b"t"}])
+def test_half_written_or_foreign_hashes_are_no_record(raw):
+    assert codec.decode_record("key_x", raw) is None
+
+
+def test_usage_values_and_merge():
+    assert codec.decode_usage(codec.encode_usage(1_764_000_000_123, 42)) == (1_764_000_000_123, 42)
+    assert codec.decode_usage(None) is None and codec.decode_usage(b"garbage") is None
+    assert codec.merge_usage([None, (5, 2), (9, 1), None]) == (9, 3)
+    assert codec.merge_usage([None, None]) == (None, 0)
+
+
+def test_usage_buckets_spread_key_ids_and_keep_them_recoverable():
+    from gateway import keys
+
+    ids = [keys.parse_key(keys.generate_key()).key_id for _ in range(20_000)]
+    buckets = {}
+    for key_id in ids:
+        bucket, field = codec.usage_bucket(key_id)
+        assert field + bucket[:2] == key_id[4:] and len(bucket) == 3
+        buckets[bucket] = buckets.get(bucket, 0) + 1
+    assert len(buckets) > 9000 and max(buckets.values()) < 20  # about 1.3 per bucket, none crowded
+    assert codec.usage_bucket("k1") == ("_", "k1")
