@@ -22,9 +22,10 @@ import pytest
 import redis as sync_redis
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.store import KeyStore, NotReplicated, connect
-from tests.conftest import wait_for
+from tests.conftest import RedisServer, wait_for
 from tests.redis_topologies import start_sentinels
 from tests.stack import OPERATOR_TOKEN
 
@@ -242,6 +243,27 @@ async def test_killed_master_loses_no_acknowledged_write(sentinels, make_stack, 
     await _run_failover(sentinels, make_stack, tmp_path, clock, kill=True)
 
 
+async def _fresh_create(sentinels, clock) -> str:
+    """A create by a new KeyStore (a process started now): "not replicated" or "acknowledged"
+    (retried while the sentinels do not name a master yet: then nothing was written)."""
+    fresh = KeyStore(connect(sentinels.url, timeout=2.0))
+    deadline = time.monotonic() + 10
+    try:
+        while True:
+            try:
+                await fresh.create(org_id="fo", name="fresh", scopes=["tasks:read"], expires_at=None,
+                                   actor="test", now_ms=int(clock.now * 1000))
+                return "acknowledged"
+            except NotReplicated:
+                return "not replicated"
+            except RedisConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+    finally:
+        await fresh.redis.aclose()
+
+
 def _answered_after(writer: Writer, since: float, until: float) -> list[bool]:
     return [ok for started, ok in writer.outcomes if since <= started < until]
 
@@ -261,13 +283,7 @@ async def test_two_failovers_in_a_row(sentinels, make_stack, tmp_path, clock):
 
     # The promoted master has no replica yet. A process that meets it first (an admin API
     # started now) must not take unconfirmed writes: the deployment has had a replica.
-    fresh = KeyStore(connect(sentinels.url, timeout=2.0))
-    try:
-        with pytest.raises(NotReplicated):
-            await fresh.create(org_id="fo", name="fresh", scopes=["tasks:read"], expires_at=None,
-                               actor="test", now_ms=int(clock.now * 1000))
-    finally:
-        await fresh.redis.aclose()
+    assert await _fresh_create(sentinels, clock) == "not replicated"
 
     await asyncio.sleep(0.5)
     sentinels.restart_as_replica(second, tmp_path)
@@ -282,3 +298,38 @@ async def test_two_failovers_in_a_row(sentinels, make_stack, tmp_path, clock):
     after = _answered_after(writer, resynced + BACK_WITHIN, float("inf"))
     assert between and all(between), between
     assert after and all(after), after
+
+
+@pytest.fixture
+def master_and_replica(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "r").mkdir()
+    master = RedisServer(tmp_path / "m")
+    replica = RedisServer(tmp_path / "r", "--replicaof", "127.0.0.1", str(master.port))
+    yield master, replica
+    for node in (replica, master):
+        node.proc.send_signal(signal.SIGCONT)
+        node.stop()
+
+
+async def test_a_flush_counts_as_done_only_once_a_replica_has_it(master_and_replica, make_stack):
+    """What a failover would promote is the replica: a flush the replica has not confirmed
+    fails (counted, keys kept) and is written again once it is back, counts exact."""
+    master, replica = master_and_replica
+    await wait_for(lambda: replica.client.info("replication")["master_link_status"] == "up", timeout=10)
+    stack = await make_stack(redis=master.url, flush_interval=FLUSH_EVERY)
+    key = await stack.create_key(org="fo")
+    assert (await stack.call("GET", "/v1/tasks", key["key"]))[0] == 200
+    await _flushed(stack)
+    replica.proc.send_signal(signal.SIGSTOP)  # replication stalls: writes land on the master only
+    ok, failed = _ok_flushes(stack), _failed_flushes(stack)
+    for _ in range(3):
+        assert (await stack.call("GET", "/v1/tasks", key["key"]))[0] == 200  # reads still work
+    await wait_for(lambda: _failed_flushes(stack) > failed, timeout=5)
+    assert _ok_flushes(stack) == ok and len(stack.state.usage) == 1  # not counted as done: kept
+    replica.proc.send_signal(signal.SIGCONT)
+    await _flushed(stack)
+    assert _ok_flushes(stack) > ok
+    requester = Requester(stack, [key])
+    requester.ok[key["id"]] = 4
+    await _check_usage(stack, (master.port, replica.port), requester, [key], {})
