@@ -21,6 +21,8 @@ slot, so the same code runs on standalone Redis, Sentinel and Redis Cluster:
   {P}:acks                        pubsub channel carrying "<nonce> <node_id>" acknowledgements
   {P}:beat:<node_id>              pubsub channel carrying a gateway's own confirmed heartbeats
   {P}:gateways                    zset   live gateway processes, scored by registration expiry (ms)
+  {P}:replicated                  string replicas connected when a process first saw one: this
+                                         deployment has had a replica (replication.ReplicaGuard)
 
 The key id is derived one-way from the secret (gateway.keys.key_id_for), so verification is a
 single HGETALL of the record followed by a constant-time digest comparison. The audit trail
