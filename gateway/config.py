@@ -72,7 +72,7 @@ class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     )
     redis_prefix: Annotated[str, Meta(description="Prefix of every Redis key", pattern=r"^[a-z0-9_]{1,16}$")] = "gw"
     redis_timeout: Annotated[Seconds, Meta(description="Timeout of each Redis call, seconds")] = 0.5
-    redis_min_replicas: Annotated[str, Meta(pattern=r"^(auto|[0-9]|1[0-6])$", description="Replicas that must confirm each key create or revoke (Redis WAIT) before it is answered, else 503 store_unavailable: auto (1 once the master has reported a replica, 0 until then) or 0 to 16")] = "auto"
+    redis_min_replicas: Annotated[str, Meta(pattern=r"^(auto|[0-9]|1[0-6])$", description="Replicas that must confirm each key create or revoke (Redis WAIT) before it is answered, else 503 store_unavailable, and each last-used flush (else retried): auto (1 once the deployment has had a replica, 0 until then) or 0 to 16")] = "auto"
     redis_max_connections: Annotated[int, Meta(ge=1, le=10_000, description="Most Redis connections of request reads; past it they queue for up to --redis-timeout (background work has its own few)")] = 64
     # Revocations are pushed (pub/sub, acknowledged, with a 1 s trust lapse), and a record never
     # changes otherwise; the TTL is only a backstop. Short TTLs cost a Redis read per key and
@@ -126,7 +126,7 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     scopes: Annotated[str, Meta(description="Path of scopes.yaml")] = "scopes.yaml"
     redis_prefix: Annotated[str, Meta(description="Prefix of every Redis key", pattern=r"^[a-z0-9_]{1,16}$")] = "gw"
     redis_timeout: Annotated[Seconds, Meta(description="Timeout of each Redis call, seconds")] = 0.5
-    redis_min_replicas: Annotated[str, Meta(pattern=r"^(auto|[0-9]|1[0-6])$", description="Replicas that must confirm each key create or revoke (Redis WAIT) before it is answered, else 503 store_unavailable: auto (1 once the master has reported a replica, 0 until then) or 0 to 16")] = "auto"
+    redis_min_replicas: Annotated[str, Meta(pattern=r"^(auto|[0-9]|1[0-6])$", description="Replicas that must confirm each key create or revoke (Redis WAIT) before it is answered, else 503 store_unavailable, and each last-used flush (else retried): auto (1 once the deployment has had a replica, 0 until then) or 0 to 16")] = "auto"
     reload_interval: Annotated[float, Meta(ge=0, le=3600, description="Seconds between scopes.yaml change checks (0: only on SIGHUP)")] = 2.0
     flush_interval: Annotated[Seconds, Meta(description="Seconds between last-used flushes to Redis (uses by org keys)")] = 1.0
     operator_tokens: Annotated[

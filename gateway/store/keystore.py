@@ -95,13 +95,13 @@ class KeyStore:
 
     def __init__(self, client: aioredis.Redis, prefix: str = "gw", min_replicas: int = AUTO) -> None:
         self.redis = client
-        self.replicas = ReplicaGuard(client, min_replicas)
+        self.replicas = ReplicaGuard(client, min_replicas, marker=f"{prefix}:replicated")
         self.p = prefix
         self.write_deadline_ms = WRITE_DEADLINE_MS
         self.channel = f"{prefix}:invalidate"
         self.ack_channel = f"{prefix}:acks"
         self.registry = f"{prefix}:gateways"
-        self.ledger = UsageLedger(client, prefix)
+        self.ledger = UsageLedger(client, prefix, self._confirmed)
         self._create = client.register_script(_CREATE)
         self._reserve = client.register_script(_RESERVE)
         self._register = client.register_script(_REGISTER)
@@ -111,7 +111,11 @@ class KeyStore:
     async def _confirmed(self, steps) -> list:
         """Run the writes ``steps(client)`` issues, then WAIT for the required replicas on the
         same connection (WAIT counts that connection's writes): NotReplicated when too few
-        confirm. Without required replicas, the writes run as they are."""
+        confirm. Without required replicas, the writes run as they are.
+
+        The one path for every write that is acknowledged or counted as done: create, revoke,
+        heartbeats, last-used flushes (UsageLedger) and any later one (the edit of issue 14 too).
+        """
         needed = await self.replicas.needed()
         if not needed:
             return await steps(self.redis)

@@ -117,11 +117,19 @@ return out
 """
 
 
+async def _one(call) -> list:
+    """One command, run (client) or queued (pipeline), as the list ``KeyStore._confirmed`` expects."""
+    return [await call]
+
+
 class UsageLedger:
     """Per-node usage hashes, their liveness beats, merged reads and folds."""
 
-    def __init__(self, client, prefix: str) -> None:
+    def __init__(self, client, prefix: str, confirmed=None) -> None:
         self.redis = client
+        # KeyStore._confirmed: the beat and the writes are confirmed by a replica like a key
+        # write, so a flush counted as done survives a failover (else it fails and is retried).
+        self._confirmed = confirmed or (lambda steps: steps(client))
         tag = f"{prefix}:usage:{{{prefix}}}"  # one hash tag: every fold and read is single-slot
         self.nodes = f"{tag}:nodes"
         self.folded = f"{tag}:folded"
@@ -137,7 +145,8 @@ class UsageLedger:
 
     async def beat(self, node_id: str, registered: bool) -> int | None:
         """Say this node is alive. None, or (folded while away) the seq of its last write that landed."""
-        landed = await self._beat(keys=[self.nodes, self.folded], args=[node_id, "1" if registered else "0"])
+        [landed] = await self._confirmed(lambda c: _one(
+            self._beat(keys=[self.nodes, self.folded], args=[node_id, "1" if registered else "0"], client=c)))
         return None if landed == -1 else int(landed)
 
     async def write(self, node_id: str, seq: int, values: dict[str, tuple[int, int]]) -> None:
@@ -145,7 +154,7 @@ class UsageLedger:
         items: list[object] = [SEQ_FIELD, seq]
         for key_id, (last_ms, count) in values.items():
             items += (key_id, encode_usage(last_ms, count))
-        await self.redis.hset(self.node_key(node_id), items=items)
+        await self._confirmed(lambda c: _one(c.hset(self.node_key(node_id), items=items)))
 
     async def read(self, key_ids: list[str]) -> tuple[dict[str, tuple[int | None, int]], list[str]]:
         """Merged (last_used_at, request_count) per key, and the nodes that look dead."""

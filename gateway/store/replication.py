@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 __all__ = ["NotReplicated", "ReplicaGuard", "parse_min_replicas"]
 
 AUTO = -1  # --redis-min-replicas auto
-INFO_EVERY = 5.0  # seconds an INFO replication reading is reused (auto only, until a replica is seen)
+INFO_EVERY = 5.0  # seconds an INFO replication + marker reading is reused (auto only, until a replica is seen)
 
 
 class NotReplicated(RedisError):
@@ -32,14 +32,22 @@ def parse_min_replicas(value: str | int) -> int:
 class ReplicaGuard:
     """How many replicas must confirm a write, and the WAIT that checks it.
 
-    ``auto``: 1 once the master has reported a connected replica (INFO replication, read at most
-    every INFO_EVERY seconds), 0 before that; sticky for the life of the process, so a master
-    that lost its replica (a failover under way, or the replica down) refuses to confirm
-    instead of falling back to unreplicated writes. Redis Cluster: 0 (not covered, see docs/operations.md, "Failover").
+    ``auto``: 1 once this deployment has had a replica, 0 before that. "Has had" is read from
+    the master (INFO replication, at most every INFO_EVERY seconds) and from a marker key
+    (``marker``) that the first process to see a replica writes, so it replicates with the data:
+    a freshly promoted master with no replica yet (a second failover, the old master still
+    resyncing), or a process started meanwhile, still requires 1 and answers NotReplicated
+    instead of taking unconfirmed writes. Sticky for the life of the process, too. Only an
+    operator lowers it: ``--redis-min-replicas 0``, or deleting the marker key. One
+    confirmation is enough with any number of replicas: Sentinel promotes the replica with the
+    largest replication offset (at equal replica-priority), which holds every confirmed write.
+    Redis Cluster: 0 (not covered, see docs/operations.md, "Failover").
     """
 
-    def __init__(self, client: aioredis.Redis | RedisCluster, required: int = AUTO, timeout_ms: int = 500) -> None:
+    def __init__(self, client: aioredis.Redis | RedisCluster, required: int = AUTO, timeout_ms: int = 500,
+                 marker: str = "gw:replicated") -> None:
         self.client = client
+        self.marker = marker
         self.required = 0 if isinstance(client, RedisCluster) else required
         # WAIT blocks for up to timeout_ms: well inside the client's own read timeout, so that
         # too few replicas is an answer (0), not a timed-out call.
@@ -53,8 +61,15 @@ class ReplicaGuard:
             return self.required
         now = time.monotonic()
         if now - self._read_at >= INFO_EVERY:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.info("replication")
+                pipe.get(self.marker)
+                info, seen = await pipe.execute()
             self._read_at = now
-            if int((await self.client.info("replication")).get("connected_slaves", 0)) >= 1:
+            connected = int(info.get("connected_slaves", 0))
+            if connected >= 1 and seen is None:
+                await self.client.set(self.marker, connected)  # replicated: promoted replicas know it
+            if connected >= 1 or seen is not None:
                 self.required = 1
                 return 1
         return 0
