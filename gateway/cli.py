@@ -59,10 +59,12 @@ def _then_watch_redis(store, url: str, meanwhile: str, log_started: Callable[[],
 
 
 # Young-generation threshold of `gateway serve`: net allocations of tracked objects between two
-# collections. A request in flight holds a few dozen (its coroutines, futures, header tuples), so
-# at 1,000 connections the objects of one burst of requests alone passed the old 10,000: young
-# collections that found everything alive, promoted it, and cost ~7 µs a request (bench/README.md).
-GC_YOUNG_THRESHOLD = 100_000
+# collections (Python's default is 700; a request allocates a few hundred). At 1,000 connections
+# the objects of the requests in flight pass it: young collections that find them alive cost
+# ~7 us a request there (bench/README.md). 100,000 removed that, but let garbage cycles (with the
+# buffers they hold) pile up: +24 MB RSS within a couple hundred requests
+# (tests/security/test_http_parsing.py, test_a_slow_sender_does_not_block_others). Memory wins.
+GC_YOUNG_THRESHOLD = 10_000
 
 
 def tune_gc() -> None:
