@@ -25,6 +25,11 @@ SILENCE_LIMIT = 1.0  # the cache is trusted for this long after Redis was last h
 REGISTER_EVERY = 1.0  # seconds between registry refreshes
 REGISTRY_TTL_MS = 3000  # a gateway that stops refreshing leaves the registry after this
 ACK_TIMEOUT = SILENCE_LIMIT + 0.25  # how long the admin API waits for acknowledgements
+# Seconds a lapsed trust waits for a heartbeat to come back before the subscription is renewed
+# (and the cache emptied). A loop that lagged past SILENCE_LIMIT (a burst, a starved machine)
+# gets its trust back with the cache intact when the next beat returns: the invalidations
+# published meanwhile arrive on the same subscription before that beat, and are applied first.
+RESUBSCRIBE_AFTER = 2.0
 SHUTDOWN_FLUSH_DEADLINE = 5.0  # seconds; well inside a 30 s orchestrator grace period
 
 
@@ -44,6 +49,9 @@ async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: 
     API that waits ACK_TIMEOUT for a silent gateway knows that gateway no longer serves from its
     cache. When a beat is not confirmed, the connections of ``store`` and ``reads`` (the request
     reads' client) are dropped, so that their next commands ask the sentinels for the master.
+    A lapse without an error (no beat back in time) bypasses the cache at once, and renews the
+    subscription only if no beat has come back RESUBSCRIBE_AFTER later: so a lagging loop does
+    not empty its cache, which would turn the burst that made it lag into a storm of misses.
     """
     beats = store.beat_channel(node_id)
     delay = 0.05
@@ -62,6 +70,7 @@ async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: 
             delay = 0.05
             last_ping = last_register = time.monotonic()
             pending: dict[str, float] = {}
+            lapsed_at: float | None = None
             while True:
                 msg = await pubsub.get_message(timeout=PING_EVERY / 2)
                 now = time.monotonic()
@@ -84,7 +93,13 @@ async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: 
                 if now - last_register >= REGISTER_EVERY:
                     await store.register_gateway(node_id, REGISTRY_TTL_MS)
                     last_register = now
-                if not cache.trusted:
+                if cache.trusted:
+                    lapsed_at = None
+                elif lapsed_at is None:
+                    lapsed_at = now  # bypassed from now on (cache.get answers MISS), entries kept
+                    log.warning("no heartbeat came back within %.1f s; cache bypassed until one does",
+                                SILENCE_LIMIT)
+                elif now - lapsed_at >= RESUBSCRIBE_AFTER:
                     await _reconnect(store, reads)
                     raise ConnectionError("revocation channel went silent (no heartbeat came back)")
         except asyncio.CancelledError:
