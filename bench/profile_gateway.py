@@ -40,7 +40,8 @@ def owner(file: str) -> str | None:
         return None  # the entry point: at the root of every stack
     if pkg == "gateway":
         # The gateway's own HTTP client, when it has one, is the counterpart of aiohttp's client.
-        return "upstream client (gateway/upstream.py)" if rest == "upstream.py" else "gateway code"
+        return ("upstream client (gateway/upstream.py)" if rest in ("upstream.py", "upstreamconn.py")
+                else "gateway code")
     if pkg == "aiohttp":
         if rest in _CLIENT:
             return "aiohttp client"

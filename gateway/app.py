@@ -21,7 +21,8 @@ from gateway import store as store_mod
 from gateway.cache import VerdictCache
 from gateway.config import ServeSettings
 from gateway.metrics import CONTENT_TYPE, Metrics
-from gateway.httpserver import HttpServer, Limits
+from gateway.httplimits import Limits
+from gateway.httpserver import HttpServer
 from gateway.proxy import GatewayState, answer_protocol_error, handle
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet

@@ -235,7 +235,7 @@ def _scopes_file(given: str | None) -> str:
 def cmd_scopes(args: argparse.Namespace) -> int:
     """check: 0 when the file loads. explain: 0 when the gateway routes the request (a rule
     matches), 1 when it answers 404, 405 or 400 without looking at a key."""
-    from gateway.httpserver import method_refused
+    from gateway.httprequest import method_refused
     from gateway.paths import InvalidPath, canonicalize
     from gateway.scopes import MethodNotAllowed, RouteNotFound
 

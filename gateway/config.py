@@ -79,7 +79,7 @@ class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # TTL: 10,000 active keys at 30 s would be 333 reads a second.
     cache_ttl: Annotated[float, Meta(ge=0, le=86400, description="Seconds a verified key stays cached (0 disables the cache)")] = 3600.0
     negative_cache_ttl: Annotated[float, Meta(ge=0, le=3600, description="Seconds an unknown key id stays cached")] = 5.0
-    cache_size: Annotated[int, Meta(ge=1, description="Most cached keys (oldest evicted first)")] = 100_000
+    cache_size: Annotated[int, Meta(ge=1, description="Most cached keys (least recently used evicted first)")] = 100_000
     max_body_bytes: Annotated[int, Meta(ge=0, description="Largest request body forwarded, bytes")] = 100 * 1024 * 1024
     connect_timeout: Annotated[Seconds, Meta(description="Upstream connect timeout, seconds")] = 5.0
     read_timeout: Annotated[Seconds, Meta(description="Upstream read timeout (between bytes), seconds")] = 60.0

@@ -1,6 +1,6 @@
 """Message framing and Host rules for the proxy port's requests (RFC 9112 3.2, 6): pure.
 
-gateway/httpserver.py calls ``request_framing`` once per request head, before the request is
+gateway/httprequest.py calls ``request_framing`` once per request head, before the request is
 queued, so a head the gateway will not read exactly is refused before any byte of it is
 forwarded. The rules are stricter than llhttp's, on purpose (one reading, no interpretation):
 

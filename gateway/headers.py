@@ -49,7 +49,7 @@ HOST_OVERRIDE_HEADERS = frozenset({"forwarded", "front-end-https"})
 # RFC 9110 token: the only valid field-name characters.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BREAKS_FIELD = re.compile(r"[\r\n\x00]")
-# The above, or header bytes that were not UTF-8 (decoded by gateway/httpserver.py as lone
+# The above, or header bytes that were not UTF-8 (decoded by gateway/httprequest.py as lone
 # surrogates, which could not be sent back as they came).
 _UNSENDABLE_VALUE = re.compile("[\r\n\x00\ud800-\udfff]")
 _WHITESPACE = re.compile(r"\s")

@@ -19,8 +19,12 @@ What it guarantees (tests/security exercises each):
   with the JSON envelope (``malformed_request``), never echoing the request, and the
   connection is closed.
 
-Everything here is I/O; what to answer is the handler's business (gateway.proxy,
-gateway.forward_auth).
+The parts, one module each: request heads (gateway.httprequest: llhttp's callbacks, limits,
+framing refusals), request bodies (gateway.httpbody), responses (gateway.httpresponse), the head
+limits both sides share (gateway.httplimits, pure). This module is the connection (reads,
+requests run in turn, flow control, closing) and the listening server (head-timeout sweeper,
+graceful stop). Everything here is I/O; what to answer is the handler's business
+(gateway.proxy, gateway.forward_auth).
 """
 
 from __future__ import annotations
@@ -30,132 +34,35 @@ import functools
 import logging
 import socket
 from collections import deque
-from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import httptools
 
-from gateway.framing import ProtocolError, request_framing, trailer_refused
+from gateway.framing import ProtocolError
+from gateway.httpbody import BodyError, RequestBody
+from gateway.httplimits import Limits
+from gateway.httprequest import LOW_WATER, MAX_QUEUED, HttpRequest, RequestParsing
+from gateway.httpresponse import ResponseWriting
 from gateway.writebatch import Deferred, batch_for
+
+# What a handler deals with, importable from here as before the split.
+__all__ = ["BodyError", "HttpConnection", "HttpRequest", "HttpServer", "Limits", "RequestBody"]
 
 log = logging.getLogger("gateway")
 
-HIGH_WATER = 256 * 1024  # buffered request-body bytes at which the socket is paused
-LOW_WATER = 64 * 1024
-MAX_QUEUED = 16  # pipelined requests parsed ahead of the one being handled
+
 # A connection closed with a request body still arriving is half-closed first: the client gets
 # our answer instead of a reset, while what it still sends is read and dropped, within bounds.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_target: int = 8190  # bytes of the request target (aiohttp's max_line_size)
-    max_field: int = 16384  # bytes of one header name or value (aiohttp's max_field_size)
-    max_headers: int = 128
-    max_head: int = 65536  # bytes of the whole head (aiohttp has no such limit)
-    head_timeout: float = 75.0  # seconds to deliver a complete request head
-
-
-class BodyError(Exception):
-    """The request body could not be read: malformed framing, or the client went away."""
-
-
-class HttpRequest:
-    """One parsed request head, with its body stream (None when the request has no body)."""
-
-    __slots__ = ("method", "target", "headers", "keep_alive", "peer", "scheme", "body", "content_length")
-
-    def __init__(self, conn: "HttpConnection", method: str, target: str, headers: list[tuple[str, str]],
-                 keep_alive: bool, body: "RequestBody | None", content_length: int | None) -> None:
-        self.method = method
-        self.target = target
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.peer = conn.peer
-        self.scheme = "http"
-        self.body = body
-        self.content_length = content_length
-
-    def header(self, name: str) -> str | None:
-        """The first value of header ``name`` (lower case), or None."""
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None
-
-
-class RequestBody:
-    """A request body as it arrives; ``read`` returns b"" at its end."""
-
-    __slots__ = ("_conn", "_chunks", "_size", "complete", "error", "_waiter", "_expect_continue", "started")
-
-    def __init__(self, conn: "HttpConnection", expect_continue: bool) -> None:
-        self._conn = conn
-        self._chunks: deque[bytes] = deque()
-        self._size = 0
-        self.complete = False
-        self.error: BaseException | None = None
-        self._waiter: asyncio.Future | None = None
-        self._expect_continue = expect_continue
-        self.started = False
-
-    def feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._size += len(data)
-        self._conn.buffered += len(data)
-        self._wake()
-
-    @property
-    def drained(self) -> bool:
-        """Read to its end without error."""
-        return self.complete and self.error is None and not self._chunks
-
-    def discard(self) -> int:
-        """Drop what was received and not read; returns the bytes dropped."""
-        dropped, self._size = self._size, 0
-        self._chunks.clear()
-        return dropped
-
-    def finish(self, error: BaseException | None = None) -> None:
-        if error is not None and not self.complete and self.error is None:
-            self.error = error
-        self.complete = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def read(self) -> bytes:
-        """The next chunk of the body, b"" at its end; BodyError if it cannot be read."""
-        if not self.started:
-            self.started = True
-            if self._expect_continue and not self.complete:
-                self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        while True:
-            if self._chunks:
-                chunk = self._chunks.popleft()
-                self._size -= len(chunk)
-                self._conn.consumed(len(chunk))
-                return chunk
-            if self.error is not None:
-                raise BodyError(str(self.error))
-            if self.complete:
-                return b""
-            self._waiter = self._conn.loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+REQUEST_LIMITS = Limits()  # the defaults; gateway.app passes --head-timeout
 
 
 Handler = Callable[[HttpRequest, "HttpConnection"], Awaitable[None]]
 ErrorHandler = Callable[["HttpConnection", int, str, "str | None"], None]  # (connection, status, reason, code)
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(RequestParsing, ResponseWriting, asyncio.Protocol):
     """One client connection: parses requests, runs the handler for each in turn, writes answers."""
 
     def __init__(self, server: "HttpServer") -> None:
@@ -252,74 +159,6 @@ class HttpConnection(asyncio.Protocol):
         if self._write_ready is not None and not self._write_ready.done():
             self._write_ready.set_result(None)
 
-    # -- httptools callbacks ------------------------------------------------------------
-    def _reset_head(self) -> None:
-        self._in_head = True
-        self._head_bytes = 0  # bytes read since the head began (a head still incomplete)
-        self._head_size = 0  # bytes of the target and fields parsed (head, then trailers)
-        self._fields = 0  # header fields, then trailer fields
-        self._url = b""
-        self._headers: list[tuple[str, str]] = []
-        self._body: RequestBody | None = None
-        self._current: HttpRequest | None = None  # this message's request, once its head is in
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._head_size += len(url)
-        if len(self._url) > self.limits.max_target:
-            raise ProtocolError(414, "request target too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        limits = self.limits
-        if len(name) > limits.max_field or len(value) > limits.max_field:
-            raise ProtocolError(431, "header too large")
-        self._fields += 1
-        if self._fields > limits.max_headers:
-            raise ProtocolError(431, "too many headers")
-        # SECURITY: counted field by field, however the bytes arrived (one read or many).
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > limits.max_head:
-            raise ProtocolError(431, "request head too large")
-        if not self._in_head:  # a trailer field of a chunked body: never forwarded
-            if trailer_refused(name.decode("latin-1")):
-                raise ProtocolError(400, "framing or Host field in trailers")
-            return
-        # Values as UTF-8 with surrogate escapes, as aiohttp decodes them: bytes that are not
-        # UTF-8 stay visible (gateway.headers drops such values rather than forward them altered).
-        self._headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
-
-    def on_headers_complete(self) -> None:
-        parser = self.parser
-        self._in_head = False
-        self._fields = 0
-        self._head_size = 0
-        method = parser.get_method().decode("latin-1")
-        headers = self._headers
-        http11 = parser.get_http_version() == "1.1"
-        # SECURITY: every framing the gateway would not read exactly is refused here, before
-        # the request is queued, so nothing of it is forwarded.
-        content_length, chunked, expect = request_framing(headers, http11)
-        body = None
-        if chunked or content_length:
-            body = self._body = RequestBody(self, expect)
-        keep_alive = bool(parser.should_keep_alive()) and http11
-        req = self._current = HttpRequest(self, method, self._url.decode("latin-1"), headers, keep_alive, body,
-                                          content_length if not chunked else None)
-        self.queue.append(req)  # started by data_received once this read is parsed
-        if len(self.queue) >= MAX_QUEUED:
-            self._pause()
-
-    def on_body(self, data: bytes) -> None:
-        if self._body is not None:
-            self._body.feed(data)
-            if self.buffered >= HIGH_WATER:
-                self._pause()
-
-    def on_message_complete(self) -> None:
-        if self._body is not None:
-            self._body.finish()
-        self._reset_head()  # for the next message (no on_message_begin callback: one call less)
-
     # -- running requests ---------------------------------------------------------------
     def _next(self) -> None:
         """Start the handler for the next queued request, if any."""
@@ -361,65 +200,7 @@ class HttpConnection(asyncio.Protocol):
         if self.active is None and self._parse_error is not None:
             self._answer_parse_error()
 
-    # -- writing the response -----------------------------------------------------------
-    @property
-    def response_started(self) -> bool:
-        return self._response_started
-
-    def write(self, data: bytes) -> None:
-        """Write now, after whatever this connection deferred."""
-        if self.transport is not None and not self.lost:
-            self.out.flush_pending()
-            self.transport.write(data)
-
-    async def drain(self) -> None:
-        if self._write_ready is not None and not self._write_ready.done():
-            await self._write_ready
-
-    def respond(self, status: int, reason: str, headers: list[tuple[str, str]] | bytes, body: bytes,
-                close: bool = False) -> None:
-        """Write a whole response (head and body) in one write."""
-        if close or self._last_before_close():
-            self._close_after = True
-        head = _head(status, reason, headers, self._close_after)
-        if (self._writing is not None and self._writing.method == "HEAD") or status in (204, 304) or status < 200:
-            if status in (204, 304) or status < 200:
-                data = head + b"\r\n"
-            else:
-                data = head + b"Content-Length: %d\r\n\r\n" % len(body)
-        else:
-            data = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
-        if not self.lost:
-            self.out.write_soon(data)
-        self._response_started = self._response_done = True
-
-    def start_response(self, status: int, reason: str, headers: list[tuple[str, str]] | bytes,
-                       content_length: int | None) -> "ResponseStream":
-        """Write the head of a streamed response; the body follows through the returned stream."""
-        no_body = (self._writing is not None and self._writing.method == "HEAD") or status in (204, 304)
-        if self._last_before_close():
-            self._close_after = True
-        head = _head(status, reason, headers, self._close_after)
-        if no_body:
-            framing = b"" if status in (204, 304) else (b"" if content_length is None else b"Content-Length: %d\r\n" % content_length)
-            mode = "none"
-        elif content_length is not None:
-            framing, mode = b"Content-Length: %d\r\n" % content_length, "length"
-        else:
-            framing, mode = b"Transfer-Encoding: chunked\r\n", "chunked"
-        self.write(head + framing + b"\r\n")
-        self._response_started = True
-        return ResponseStream(self, mode)
-
-    def _last_before_close(self) -> bool:
-        """Nothing more will be read on this connection after the current request: an upgrade
-        follows it, or its own body has not been read to the end."""
-        req = self._writing
-        if req is not None and req.body is not None and (not req.body.complete or req.body.error is not None):
-            return True  # still arriving (or cut short): closing is the only safe way not to parse it
-        err = self._parse_error  # one with a status is answered after this response, and closes
-        return err is not None and not err.status and not self.queue
-
+    # -- closing ------------------------------------------------------------------------
     def close(self) -> None:
         """Close after what was written; half-close first and drop what still arrives (bounded)."""
         if self.closing and self._linger is not None:
@@ -526,89 +307,10 @@ def _step(coro, _done: "asyncio.Future | None" = None) -> None:
         waited.add_done_callback(functools.partial(_step, coro))
 
 
-class ResponseStream:
-    """The body of a streamed response: ``write`` each chunk (with backpressure), then ``end``."""
-
-    __slots__ = ("conn", "mode")
-
-    def __init__(self, conn: HttpConnection, mode: str) -> None:
-        self.conn = conn
-        self.mode = mode
-
-    async def write(self, chunk: bytes) -> None:
-        if not chunk or self.mode == "none":
-            return
-        if self.conn.lost:
-            raise ConnectionResetError("the client closed the connection")
-        if self.mode == "chunked":
-            self.conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        else:
-            self.conn.write(chunk)
-        await self.conn.drain()
-
-    def end(self) -> None:
-        if self.mode == "chunked":
-            self.conn.write(b"0\r\n\r\n")
-        self.conn._response_done = True
-
-
-_STATUS_REASONS = {
-    100: "Continue", 200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 206: "Partial Content",
-    301: "Moved Permanently", 302: "Found", 303: "See Other", 304: "Not Modified", 307: "Temporary Redirect",
-    308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 410: "Gone", 413: "Payload Too Large",
-    414: "URI Too Long", 415: "Unsupported Media Type", 422: "Unprocessable Content", 429: "Too Many Requests",
-    431: "Request Header Fields Too Large", 500: "Internal Server Error", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Gateway Timeout",
-}
-_STATUS_LINES: dict[tuple[int, str], bytes] = {}
-
-
-def method_refused(method: str) -> str | None:
-    """Why this server's parser (llhttp) refuses a request with this method, or None if it parses it.
-
-    Methods are case-sensitive tokens from llhttp's list: ``get`` and ``FOO`` are refused (400).
-    """
-    if not method or not method.isascii() or not method.isprintable() or " " in method:
-        return "not an HTTP method token"
-    try:
-        httptools.HttpRequestParser(None).feed_data(f"{method} / HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    except httptools.HttpParserUpgrade:  # CONNECT: parsed, then the connection is not HTTP any more
-        return None
-    except httptools.HttpParserError as exc:
-        return str(exc)
-    return None
-
-
-def status_line(status: int, reason: str) -> bytes:
-    """``HTTP/1.1 <status> <reason>\\r\\n``, cached per (status, reason)."""
-    key = (status, reason)
-    line = _STATUS_LINES.get(key)
-    if line is None:
-        text = reason or _STATUS_REASONS.get(status, "")
-        line = f"HTTP/1.1 {status} {text}\r\n".encode("latin-1", "replace")
-        if len(_STATUS_LINES) < 1024:  # upstream reasons repeat; bounded for hostile ones
-            _STATUS_LINES[key] = line
-    return line
-
-
-def _head(status: int, reason: str, headers: list[tuple[str, str]] | bytes, close: bool) -> bytes:
-    """Status line and headers (pairs, or lines already rendered), without the framing header
-    and the blank line."""
-    if isinstance(headers, bytes):
-        return status_line(status, reason) + headers + (b"Connection: close\r\n" if close else b"")
-    parts = [status_line(status, reason)]
-    for name, value in headers:
-        parts.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
-    if close:
-        parts.append(b"Connection: close\r\n")
-    return b"".join(parts)
-
-
 class HttpServer:
     """Listening sockets, live connections, the head-timeout sweeper and a graceful stop."""
 
-    def __init__(self, handler: Handler, on_error: ErrorHandler, limits: Limits = Limits()) -> None:
+    def __init__(self, handler: Handler, on_error: ErrorHandler, limits: Limits = REQUEST_LIMITS) -> None:
         self.handler = handler
         self.on_error = on_error
         self.limits = limits

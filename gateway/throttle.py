@@ -152,24 +152,31 @@ class FailureThrottle:
 
 
 class KnownKeys:
-    """Bounded LRU of key id -> digest of keys that verified successfully in this process."""
+    """Bounded LRU of key id -> digest (SHA-256 hex, as ``KeyRecord.digest`` and
+    ``ParsedKey.digest``) of keys that verified successfully in this process.
+
+    Least recently verified first out: a key that keeps verifying is never forgotten in favour
+    of others (a forgotten key could not come back while its address is throttled: it gets 429
+    before it is verified again). Each ``add`` of a known key is one ``move_to_end`` (about 50 ns).
+    """
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
-        self._digests: OrderedDict[str, bytes] = OrderedDict()
+        self._digests: OrderedDict[str, str] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._digests)
 
-    def add(self, key_id: str, digest: bytes) -> None:
-        # Oldest first verified is forgotten first (not least recently used: no reordering on
-        # every request); a forgotten key is added again the next time it verifies.
+    def add(self, key_id: str, digest: str) -> None:
         digests = self._digests
-        if digests.get(key_id) != digest:
-            digests[key_id] = digest
-            if len(digests) > self.max_size:
-                digests.popitem(last=False)
+        if digests.get(key_id) == digest:
+            digests.move_to_end(key_id)  # the common case: a key seen before verified again
+            return
+        digests[key_id] = digest
+        digests.move_to_end(key_id)
+        if len(digests) > self.max_size:
+            digests.popitem(last=False)
 
-    def vouches_for(self, key_id: str, digest: bytes) -> bool:
+    def vouches_for(self, key_id: str, digest: str) -> bool:
         known = self._digests.get(key_id)
         return known is not None and hmac.compare_digest(known, digest)

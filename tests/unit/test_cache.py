@@ -76,6 +76,20 @@ def test_size_bound_evicts_oldest():
     assert cache.get("key_0") is MISS and cache.get("key_4") is not MISS
 
 
+def test_a_hit_makes_an_entry_the_last_evicted():
+    cache, _ = make()
+    for name in ("key_a", "key_b", "key_c"):
+        cache.put(name, record(name), cache.generation)
+    assert cache.get("key_a") == record("key_a")  # key_a is now the most recently used
+    cache.put("key_d", record("key_d"), cache.generation)
+    assert cache.get("key_b") is MISS  # the least recently used went, not the first filled
+    assert cache.get("key_a") == record("key_a") and cache.evictions == 1
+    cache.put("key_e", None, cache.generation)  # unknown ids take their turn like the rest
+    assert cache.get("key_c") is MISS
+    assert cache.get("key_a") == record("key_a") and cache.get("key_d") == record("key_d")
+    assert cache.get("key_e") is None and len(cache) == 3
+
+
 def test_stale_verdicts_last_max_stale_from_the_loss_of_trust_not_from_the_ttl():
     cache, tick = make(ttl=3600)
     cache.put("key_a", record(), cache.generation)

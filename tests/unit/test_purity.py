@@ -12,7 +12,7 @@ import pytest
 from tests.support import ROOT
 
 PURE = [
-    "gateway.keys", "gateway.paths", "gateway.scopes", "gateway.headers", "gateway.framing", "gateway.signing",
+    "gateway.keys", "gateway.paths", "gateway.scopes", "gateway.headers", "gateway.framing", "gateway.httplimits", "gateway.signing",
     "gateway.credentials", "gateway.query", "gateway.clientaddr", "gateway.throttle", "gateway.cache",
     "gateway.usage", "gateway.model", "gateway.validation", "gateway.errors", "gateway.store.codec",
 ]

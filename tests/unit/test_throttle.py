@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from gateway import keys
 from gateway.throttle import FailureThrottle, KnownKeys
 
 
@@ -275,10 +276,34 @@ def test_disabled_throttle_never_blocks():
 
 def test_known_keys_vouch_only_for_the_same_digest_and_are_bounded():
     known = KnownKeys(max_size=3)
-    known.add("key_a", b"d" * 32)
-    assert known.vouches_for("key_a", b"d" * 32)
-    assert not known.vouches_for("key_a", b"e" * 32)
-    assert not known.vouches_for("key_b", b"d" * 32)
+    known.add("key_a", "d" * 64)
+    assert known.vouches_for("key_a", "d" * 64)
+    assert not known.vouches_for("key_a", "e" * 64)
+    assert not known.vouches_for("key_b", "d" * 64)
     for i in range(10):
-        known.add(f"key_{i}", b"x" * 32)
-    assert len(known) == 3 and not known.vouches_for("key_a", b"d" * 32)
+        known.add(f"key_{i}", "f" * 64)
+    assert len(known) == 3 and not known.vouches_for("key_a", "d" * 64)
+
+
+def test_known_keys_take_the_digests_callers_pass():
+    # gateway.proxy adds KeyRecord.digest and asks with ParsedKey.digest: both SHA-256 hex str.
+    key = keys.generate_key()
+    parsed = keys.parse_key(key)
+    known = KnownKeys(max_size=3)
+    known.add(parsed.key_id, parsed.digest)
+    assert isinstance(parsed.digest, str) and known.vouches_for(parsed.key_id, keys.parse_key(key).digest)
+    assert not known.vouches_for(parsed.key_id, keys.parse_key(keys.generate_key()).digest)
+
+
+def test_known_keys_forget_the_least_recently_verified_first():
+    known = KnownKeys(max_size=3)
+    for name in ("key_a", "key_b", "key_c"):
+        known.add(name, name * 8)
+    known.add("key_a", "key_a" * 8)  # key_a verified again: now the most recent
+    known.add("key_d", "key_d" * 8)
+    assert known.vouches_for("key_a", "key_a" * 8)  # a first-in-first-out table would forget key_a
+    assert not known.vouches_for("key_b", "key_b" * 8)
+    assert known.vouches_for("key_c", "key_c" * 8) and known.vouches_for("key_d", "key_d" * 8)
+    known.add("key_c", "key_c" * 8)
+    known.add("key_e", "key_e" * 8)
+    assert not known.vouches_for("key_a", "key_a" * 8) and len(known) == 3
