@@ -25,7 +25,7 @@ from gateway import store as store_mod
 from gateway import validation
 from gateway.config import AdminSettings
 from gateway.model import EXPIRY_CHOICES, created_by_any, rfc3339
-from gateway.proxy import new_request_id
+from gateway.envelope import new_request_id
 from gateway.server import error_response
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet

@@ -22,7 +22,9 @@ from gateway.cache import VerdictCache
 from gateway.config import ServeSettings
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.httpserver import HttpServer, Limits
-from gateway.proxy import GatewayState, answer_protocol_error, handle
+from gateway.decision import GatewayState
+from gateway.envelope import answer_protocol_error
+from gateway.proxy import handle
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
 from gateway.server import DEFAULT_LIMITS, EnvelopeAppRunner, ListenerLimits, ops_envelope_middleware

@@ -8,7 +8,6 @@ before it forwards a request itself. The answer runs the proxy's own steps 1-5 (
 from __future__ import annotations
 
 import re
-import time
 from typing import Iterable, NamedTuple
 
 from gateway import errors
@@ -16,7 +15,8 @@ from gateway.credentials import key_in_path
 from gateway.headers import identity_headers, override_header
 from gateway.paths import InvalidPath, canonicalize
 from gateway.httpserver import HttpConnection, HttpRequest
-from gateway.proxy import GatewayState, answer_failure, decide, error_body, error_headers, log_request, new_request_id
+from gateway.decision import GatewayState, decide
+from gateway.envelope import error_body, error_headers, request_handler
 from gateway.signing import KEY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 # The headers a 200 carries, for the edge to set on the forwarded request (deploy/ lists them).
@@ -94,42 +94,37 @@ def require_canonical(raw_target: str) -> None:
         raise errors.InvalidPath()
 
 
-async def check(st: GatewayState, req: HttpRequest, conn: HttpConnection) -> None:
-    """May the request the edge describes pass? 200 with identity headers, or the JSON error."""
-    started = time.perf_counter()
-    request_id = new_request_id()
-    entry: dict = {"request_id": request_id, "method": req.method, "route": None,
-                   "org_id": None, "key_id": None}
-    outcome = "ok"
-    status = 499
-    try:
-        original = original_request(req.method, req.target, req.headers)
-        method, raw_target = original.method, original.target
-        entry["method"] = method
-        require_canonical(raw_target)
-        # SECURITY: the edge forwards the client's headers itself, so a method- or path-override
-        # header would reach the backend next to what was authorized: refuse it (the proxy drops them).
-        overridden = override_header(req.headers, EDGE_HEADERS[original.edge])
-        if overridden is not None:
-            raise errors.MethodOverrideRefused() if overridden == "method" else errors.PathOverrideRefused()
-        # Steps 1-5, as in the proxy. The throttle's client address is the edge's
-        # X-Forwarded-For only when the edge is in --trusted-proxies.
-        target, identity = await decide(st, method, raw_target, req.headers, req.peer, entry)
-        headers = [("Cache-Control", "no-store"), *identity_headers(identity, request_id)]
-        if st.signer is not None:
-            headers += st.signer.headers(now=st.clock(), method=method, path=target.path, query=target.query,
-                                         identity=identity, request_id=request_id)
-        status = 200
-        conn.respond(200, "", headers, b"")
-    except errors.ApiError as err:
-        outcome, status = err.code, err.status
-        headers = error_headers(err, request_id)
-        body = error_body(err, request_id)
-        if req.header("x-original-uri") is not None:
-            headers.append((ERROR_HEADER, body.decode()))
-        conn.respond(err.status, "", headers, body)
-    except Exception:
-        err = answer_failure(conn, request_id)
-        outcome, status = err.code, err.status
-    finally:
-        log_request(st, entry, status, outcome, started)
+async def _answer(st: GatewayState, req: HttpRequest, conn: HttpConnection, request_id: str,
+                  entry: dict) -> tuple[int, str]:
+    """May the request the edge describes pass? 200 with identity headers (or an ApiError)."""
+    original = original_request(req.method, req.target, req.headers)
+    method, raw_target = original.method, original.target
+    entry["method"] = method
+    require_canonical(raw_target)
+    # SECURITY: the edge forwards the client's headers itself, so a method- or path-override
+    # header would reach the backend next to what was authorized: refuse it (the proxy drops them).
+    overridden = override_header(req.headers, EDGE_HEADERS[original.edge])
+    if overridden is not None:
+        raise errors.MethodOverrideRefused() if overridden == "method" else errors.PathOverrideRefused()
+    # Steps 1-5, as in the proxy. The throttle's client address is the edge's
+    # X-Forwarded-For only when the edge is in --trusted-proxies.
+    target, identity = await decide(st, method, raw_target, req.headers, req.peer, entry)
+    headers = [("Cache-Control", "no-store"), *identity_headers(identity, request_id)]
+    if st.signer is not None:
+        headers += st.signer.headers(now=st.clock(), method=method, path=target.path, query=target.query,
+                                     identity=identity, request_id=request_id)
+    conn.respond(200, "", headers, b"")
+    return 200, "ok"
+
+
+def _refuse(conn: HttpConnection, err: errors.ApiError, request_id: str, req: HttpRequest) -> None:
+    """The JSON error; for nginx (which drops a refusal's body) in ERROR_HEADER too."""
+    headers = error_headers(err, request_id)
+    body = error_body(err, request_id)
+    if req.header("x-original-uri") is not None:
+        headers.append((ERROR_HEADER, body.decode()))
+    conn.respond(err.status, "", headers, body)
+
+
+# check(st, req, conn): may the request the edge describes pass? 200 with identity headers, or the JSON error.
+check = request_handler(_answer, _refuse)

@@ -27,6 +27,7 @@ import orjson
 from aiohttp import web, web_protocol, web_server
 
 from gateway import accesslog, errors
+from gateway.envelope import new_request_id
 
 
 def error_response(err: errors.ApiError, request_id: str) -> web.Response:
@@ -40,8 +41,6 @@ def error_response(err: errors.ApiError, request_id: str) -> web.Response:
 @web.middleware
 async def ops_envelope_middleware(request: web.Request, handler) -> web.StreamResponse:
     """An ops listener's 404 and 405 in the JSON envelope, like every other error."""
-    from gateway.proxy import new_request_id  # proxy imports this module's users
-
     try:
         return await handler(request)
     except web.HTTPMethodNotAllowed as exc:
@@ -56,8 +55,6 @@ class EnvelopeRequestHandler(web_protocol.RequestHandler):
                      message: str | None = None) -> web.StreamResponse:
         # Logging (through the redacting ServerLog) and the "response already started" check.
         super().handle_error(request, status, exc, "")
-        from gateway.proxy import new_request_id  # proxy imports this module's users
-
         if status == 400:
             err: errors.ApiError = errors.MalformedRequest()
         elif status == 413:

@@ -1,0 +1,24 @@
+"""Which modules a process loads: the admin API makes request ids and error envelopes without
+the proxy's HTTP server or upstream client (gateway.envelope imports neither, nor aiohttp)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+PROXY_SIDE = ("gateway.httpserver", "gateway.upstream", "gateway.proxy", "gateway.forward_auth")
+
+
+def loaded_after(statement: str, names: tuple[str, ...]) -> list[str]:
+    """The modules of ``names`` a fresh interpreter has loaded after running ``statement``."""
+    code = f"import sys\n{statement}\nprint(' '.join(n for n in {names!r} if n in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return done.stdout.split()
+
+
+def test_the_envelope_loads_no_http_server_and_no_aiohttp():
+    assert loaded_after("import gateway.envelope", PROXY_SIDE + ("aiohttp", "gateway.decision")) == []
+
+
+def test_the_admin_api_loads_neither_the_proxy_nor_its_upstream_client():
+    assert loaded_after("import admin_api.app", PROXY_SIDE) == []
