@@ -60,7 +60,7 @@ def _then_watch_redis(store, url: str, meanwhile: str, log_started: Callable[[],
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.app import Gateway, install_sighup, make_ops_app, run_apps
-    from gateway.server import ListenerLimits
+    from gateway.aiohttp_runner import ListenerLimits
     from gateway.workers import WORKER_ENV, run_supervisor
 
     settings = config.load(config.ServeSettings, vars(args))
@@ -98,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_admin(args: argparse.Namespace) -> int:
     from admin_api.app import ADMIN, make_admin_app
     from gateway.app import install_sighup, make_ops_app, run_apps
-    from gateway.server import ListenerLimits
+    from gateway.aiohttp_runner import ListenerLimits
 
     settings = config.load(config.AdminSettings, vars(args))
     if not settings.operator_tokens:
