@@ -8,7 +8,6 @@ the edge) do the rest. No HTTP server and no upstream client here.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -22,7 +21,7 @@ from gateway.clientaddr import client_address
 from gateway.credentials import extract_credential, key_in_path, key_in_query, redacted_path
 from gateway.headers import Identity, identity_of
 from gateway.metrics import Metrics
-from gateway.model import KeyRecord
+from gateway.model import KeyRecord, verdict
 from gateway.paths import InvalidPath, Target, canonicalize, query_params
 from gateway.query import method_override_in_query
 from gateway.readbatch import ReadBatch
@@ -177,17 +176,15 @@ async def _read(st: GatewayState, key_id: str, generation: int) -> KeyRecord | N
 
 
 def verify_key(st: GatewayState, record: KeyRecord | None, parsed: keys.ParsedKey, entry: dict) -> None:
-    """Digest, revocation and expiry of a record, cached or just read."""
+    """Digest, revocation and expiry of a record, cached or just read (gateway.model.verdict)."""
     # SECURITY: the digest comparison authenticates, cached or not. Only after it are the ids
     # logged: an unknown key is logged without any.
-    if record is None or not secrets.compare_digest(record.digest, parsed.digest):
-        raise errors.InvalidApiKey()
+    try:
+        verdict(record, parsed.digest, int(st.clock() * 1000))
+    except (errors.RevokedApiKey, errors.ExpiredApiKey):
+        entry["org_id"], entry["key_id"] = record.org_id, record.id  # genuine, but refused
+        raise
     entry["org_id"], entry["key_id"] = record.org_id, record.id
-    status = record.status(int(st.clock() * 1000))
-    if status == "revoked":
-        raise errors.RevokedApiKey()
-    if status == "expired":
-        raise errors.ExpiredApiKey()
 
 
 _identities: dict[str, tuple[KeyRecord, Identity]] = {}  # key id -> (record, its identity)

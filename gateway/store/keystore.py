@@ -14,7 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from gateway import keys
-from gateway.model import AuditEvent, KeyRecord
+from gateway.model import AuditEvent, KeyRecord, verdict
 from gateway.store.codec import (decode_audit_cursor, decode_cursor, decode_record, encode_audit_cursor,
                                  encode_cursor, encode_record)
 from gateway.store.ledger import UsageLedger
@@ -314,13 +314,10 @@ class KeyStore:
             return None
         return (await self._with_usage([record]))[0]
 
-    async def verify(self, parsed: keys.ParsedKey) -> KeyRecord | None:
-        """Look a presented key up in one round trip; None when unknown."""
-        record = await self.get(parsed.key_id)
-        # SECURITY: the id only locates the record; the digest comparison authenticates.
-        if record is None or not secrets.compare_digest(record.digest, parsed.digest):
-            return None
-        return record
+    async def verify(self, parsed: keys.ParsedKey, now_ms: int) -> KeyRecord:
+        """Look a presented key up in one round trip, uncached, and judge it (gateway.model.verdict):
+        the record, or InvalidApiKey / RevokedApiKey / ExpiredApiKey."""
+        return verdict(await self.get(parsed.key_id), parsed.digest, now_ms)
 
     async def list(
         self, org_id: str, *, limit: int = 50, cursor: str | None = None, include_revoked: bool = False
