@@ -11,7 +11,6 @@ from typing import AsyncIterator, Callable
 
 import msgspec
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from admin_api import schemas
 from admin_api.auth import MANAGE, READ, Principal, authenticate
@@ -136,7 +135,7 @@ async def envelope_middleware(request: web.Request, handler) -> web.StreamRespon
     except store_mod.NotReplicated:
         request.app[ADMIN].metrics.redis_errors.inc()
         err = errors.StoreUnconfirmed()
-    except (RedisError, OSError):
+    except store_mod.FAULTS:
         # SECURITY: a store fault is a 503, never a 401 or a half-done write reported as done.
         request.app[ADMIN].metrics.redis_errors.inc()
         err = errors.StoreUnavailable()

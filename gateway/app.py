@@ -12,7 +12,6 @@ import time
 from typing import Awaitable, Callable
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from gateway import forward_auth
 from gateway import accesslog
@@ -147,7 +146,7 @@ def make_ops_app(state: GatewayState) -> web.Application:
         checks = {"rules_loaded": state.rules.current is not None, "redis": False}
         try:
             checks["redis"] = await asyncio.wait_for(state.store.ping(), state.settings.redis_timeout * 2)
-        except (RedisError, OSError, asyncio.TimeoutError):
+        except (*store_mod.FAULTS, asyncio.TimeoutError):
             pass
         ready = all(checks.values())
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)

@@ -47,7 +47,7 @@ _background: set[asyncio.Task] = set()  # tasks kept referenced until they finis
 def _then_watch_redis(store, url: str, meanwhile: str, log_started: Callable[[], None]) -> Callable[[], None]:
     """The on_started callback of serve and admin: log_started(), then redis_reach.watch() in the background."""
 
-    from gateway import redis_reach
+    from gateway.store import reach as redis_reach
 
     def started() -> None:
         log_started()
@@ -139,7 +139,7 @@ class CliError(Exception):
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from admin_api.schemas import created_out, key_out
-    from gateway import redis_reach
+    from gateway.store import reach as redis_reach
     from gateway.model import expires_at_for
     from gateway.store import KeyStore, connect, parse_min_replicas
     from gateway.tasks import ACK_TIMEOUT

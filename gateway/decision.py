@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from redis.exceptions import RedisError
-
 from gateway import errors, keys
 from gateway.cache import MISS, VerdictCache
 from gateway.config import ServeSettings
@@ -29,7 +27,7 @@ from gateway.reload import RulesHolder
 from gateway.scopes import Match, MethodNotAllowed, RouteNotFound
 from gateway.signing import Signer
 from gateway.singleflight import SingleFlight
-from gateway.store import KeyStore
+from gateway.store import KeyStore, Unavailable
 from gateway.throttle import FailureThrottle, KnownKeys
 from gateway.usage import UsageBuffer
 
@@ -150,7 +148,7 @@ async def lookup(st: GatewayState, parsed: keys.ParsedKey) -> KeyRecord | None:
         # A task of its own: redis-py's timeouts need one (gateway/httpserver.py runs
         # requests without); shielded, so no waiter can cancel the read of the others.
         record = await asyncio.shield(st.reads.read(key_id, generation, lambda: _read(st, key_id, generation)))
-    except (RedisError, OSError):
+    except Unavailable:  # (the store's reads turn every Redis and socket error into this)
         # SECURITY: fail closed, and say so: never a 401 and never an allow without Redis,
         # unless the operator opted in to serving recently verified keys (--stale-if-error),
         # at the price of not seeing revocations made during the outage.
@@ -167,7 +165,7 @@ async def _read(st: GatewayState, key_id: str, generation: int) -> KeyRecord | N
     started = time.perf_counter()
     try:
         record = await st.batch.get(key_id)
-    except (RedisError, OSError):
+    except Unavailable:
         st.metrics.redis_errors.labels("verify").inc()
         raise
     st.metrics.redis_latency.observe(time.perf_counter() - started)

@@ -22,3 +22,21 @@ def test_the_envelope_loads_no_http_server_and_no_aiohttp():
 
 def test_the_admin_api_loads_neither_the_proxy_nor_its_upstream_client():
     assert loaded_after("import admin_api.app", PROXY_SIDE) == []
+
+
+def test_nothing_outside_the_store_imports_redis():
+    """The store hides Redis: its faults reach callers as gateway.store.Unavailable / FAULTS."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    found = []
+    for package in ("gateway", "admin_api"):
+        for path in sorted((root / package).rglob("*.py")):
+            if (root / "gateway" / "store") in path.parents:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                found += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[0] == "redis"]
+    assert found == []
