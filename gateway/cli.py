@@ -212,8 +212,8 @@ def cmd_scopes(args: argparse.Namespace) -> int:
     """check: 0 when the file loads. explain: 0 when the gateway routes the request (a rule
     matches), 1 when it answers 404, 405 or 400 without looking at a key."""
     from gateway.httpserver import method_refused
-    from gateway.paths import InvalidPath, canonicalize
-    from gateway.scopes import MethodNotAllowed, RouteNotFound
+    from gateway.paths import NotCanonical, canonicalize
+    from gateway.scopes import WrongMethod, NoRoute
 
     path = _scopes_file(args.scopes or getattr(args, "file", None))
     rules = load_rules(path)
@@ -226,11 +226,11 @@ def cmd_scopes(args: argparse.Namespace) -> int:
         return 1
     try:
         segments = canonicalize(args.path).segments
-    except InvalidPath as exc:
+    except NotCanonical as exc:
         print(f"400 invalid_path: {exc.reason}")
         return 1
     print(rules.explain(args.method, segments))
-    return 1 if isinstance(rules.match(args.method, segments), (RouteNotFound, MethodNotAllowed)) else 0
+    return 1 if isinstance(rules.match(args.method, segments), (NoRoute, WrongMethod)) else 0
 
 
 def _version() -> str:

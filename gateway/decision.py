@@ -20,11 +20,11 @@ from gateway.credentials import extract_credential, key_in_path, key_in_query, r
 from gateway.headers import Identity, identity_of
 from gateway.metrics import Metrics
 from gateway.model import KeyRecord, verdict
-from gateway.paths import InvalidPath, Target, canonicalize, query_params
+from gateway.paths import NotCanonical, Target, canonicalize, query_params
 from gateway.query import method_override_in_query
 from gateway.readbatch import ReadBatch
 from gateway.reload import RulesHolder
-from gateway.scopes import Match, MethodNotAllowed, RouteNotFound
+from gateway.scopes import Match, WrongMethod, NoRoute
 from gateway.signing import Signer
 from gateway.singleflight import SingleFlight
 from gateway.store import KeyStore, Unavailable
@@ -69,7 +69,7 @@ async def decide(st: GatewayState, method: str, raw_target: str, headers: list[t
     # 1. Canonicalize: authorize exactly the path that will be forwarded.
     try:
         target = canonicalize(raw_target)
-    except InvalidPath:
+    except NotCanonical:
         raise errors.InvalidPath() from None
     # SECURITY: a key pasted into the path is refused, and logged with its segment redacted.
     if key_in_path(target.path):
@@ -200,11 +200,11 @@ def _identity(record: KeyRecord) -> Identity:
     return identity
 
 
-def authorize(found: Match | RouteNotFound | MethodNotAllowed, record: KeyRecord) -> None:
+def authorize(found: Match | NoRoute | WrongMethod, record: KeyRecord) -> None:
     """404 / 405 for the route, then 403 when the key lacks the rule's scope."""
-    if isinstance(found, RouteNotFound):
+    if isinstance(found, NoRoute):
         raise errors.RouteNotFound()
-    if isinstance(found, MethodNotAllowed):
+    if isinstance(found, WrongMethod):
         raise errors.MethodNotAllowed(found.allow)
     scope = found.rule.scope
     if scope is not None and scope not in record.scopes:

@@ -2,7 +2,8 @@
 
 ApiError
 ├── BadRequest (400): MalformedRequest, InvalidPath, AmbiguousCredentials, KeyInQuery, KeyInPath,
-│   MethodOverrideRefused, PathOverrideRefused, MissingOriginalRequest, InvalidJson,
+│   MethodOverrideRefused, PathOverrideRefused, MissingOriginalRequest (AmbiguousOriginalRequest,
+│   InvalidOriginalMethod: the same code), InvalidJson,
 │   ValidationFailed (FieldError: naming the field), InvalidHost
 ├── Unauthorized (401, with WWW-Authenticate): MissingApiKey, InvalidApiKey, ExpiredApiKey,
 │   RevokedApiKey, InvalidToken, MissingToken
@@ -88,6 +89,17 @@ class MissingOriginalRequest(BadRequest):
         "Forward-auth needs the original request: X-Original-Method and X-Original-URI (nginx), "
         "X-Forwarded-Method and X-Forwarded-Uri (Traefik), or a path under /envoy/ (Envoy), once each."
     )
+
+
+# The two below keep missing_original_request, the code forward-auth has always answered (and
+# docs/forward-auth.md documents) for any check request that does not name one original request:
+# edges and monitors match on it. Their own classes say in code which case it was.
+class AmbiguousOriginalRequest(MissingOriginalRequest):
+    message = "The check request names more than one original request (a repeated header, or mixed conventions)."
+
+
+class InvalidOriginalMethod(MissingOriginalRequest):
+    message = "The original method is not an HTTP method token."
 
 
 class InvalidJson(BadRequest):

@@ -13,7 +13,7 @@ from typing import Iterable, NamedTuple
 from gateway import errors
 from gateway.credentials import key_in_path
 from gateway.headers import identity_headers, override_header
-from gateway.paths import InvalidPath, canonicalize
+from gateway.paths import NotCanonical, canonicalize
 from gateway.httpserver import HttpConnection, HttpRequest
 from gateway.decision import GatewayState, decide
 from gateway.envelope import error_body, error_headers, request_handler
@@ -46,7 +46,8 @@ def original_request(method: str, raw_target: str, headers: Iterable[tuple[str, 
     """Read the original method and target from the check request of nginx, Traefik or Envoy.
 
     ``method`` and ``raw_target`` are the check request's own; ``headers`` its (name, value) pairs.
-    Raises MissingOriginalRequest when none, several, or half of one convention is present.
+    Raises MissingOriginalRequest when none or half of one convention is present,
+    AmbiguousOriginalRequest for several (or a repeated header), InvalidOriginalMethod for a bad method.
     """
     seen: dict[str, list[str]] = {name: [] for name in NGINX_HEADERS + TRAEFIK_HEADERS}
     for name, value in headers:
@@ -54,14 +55,14 @@ def original_request(method: str, raw_target: str, headers: Iterable[tuple[str, 
         if found is not None:
             found.append(value)
     if any(len(values) > 1 for values in seen.values()):
-        raise errors.MissingOriginalRequest("An X-Original-* or X-Forwarded-Method/-Uri header is repeated.")
+        raise errors.AmbiguousOriginalRequest("An X-Original-* or X-Forwarded-Method/-Uri header is repeated.")
     envoy = raw_target.startswith(ENVOY_PREFIX + "/")
     nginx = any(seen[name] for name in NGINX_HEADERS)
     traefik = any(seen[name] for name in TRAEFIK_HEADERS)
     # SECURITY: exactly one convention. With two, a header the client sent (and a misconfigured
     # edge passed on) could choose what gets authorized instead of what gets forwarded.
     if envoy + nginx + traefik > 1:
-        raise errors.MissingOriginalRequest("The check request mixes the nginx, Traefik and Envoy conventions.")
+        raise errors.AmbiguousOriginalRequest("The check request mixes the nginx, Traefik and Envoy conventions.")
     if envoy:
         original = Original("envoy", method, raw_target[len(ENVOY_PREFIX):])
     elif nginx or traefik:
@@ -72,7 +73,7 @@ def original_request(method: str, raw_target: str, headers: Iterable[tuple[str, 
     else:
         raise errors.MissingOriginalRequest()
     if not _METHOD.fullmatch(original.method):
-        raise errors.MissingOriginalRequest("The original method is not an HTTP method token.")
+        raise errors.InvalidOriginalMethod()
     return original
 
 
@@ -85,7 +86,7 @@ def require_canonical(raw_target: str) -> None:
     """
     try:
         target = canonicalize(raw_target)
-    except InvalidPath:
+    except NotCanonical:
         raise errors.InvalidPath() from None
     # A key in the path gets its own answer here too, whatever spelling the edge sent.
     if key_in_path(target.path):

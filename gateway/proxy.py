@@ -17,7 +17,7 @@ from gateway.envelope import request_handler
 from gateway.httpserver import BodyError, HttpConnection, HttpRequest, RequestBody
 from gateway.headers import ClientInfo, upstream_request_headers, upstream_response_headers
 from gateway.paths import Target
-from gateway.upstream import UpstreamError, UpstreamTimeout
+from gateway.upstream import UpstreamError, UpstreamTimedOut
 
 log = logging.getLogger("gateway")
 
@@ -86,7 +86,7 @@ async def forward(st: GatewayState, req: HttpRequest, conn: HttpConnection, targ
         upstream = await st.pool.request(req.method, target_text, headers, data, req.content_length)
     except errors.ApiError:
         raise
-    except UpstreamTimeout:
+    except UpstreamTimedOut:
         raise errors.UpstreamTimeout() from None
     except (UpstreamError, OSError):
         if body_state.get("too_large"):

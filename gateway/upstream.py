@@ -6,7 +6,7 @@ hooks). This client keeps a pool of keep-alive connections to one origin, writes
 head as bytes, parses responses with httptools (llhttp, as aiohttp's server does), and
 streams bodies both ways with backpressure: a reader that falls behind pauses the socket.
 
-Errors: ``UpstreamConnectError`` (could not connect in time), ``UpstreamTimeout`` (no byte
+Errors: ``UpstreamConnectError`` (could not connect in time), ``UpstreamTimedOut`` (no byte
 for ``read_timeout`` seconds), ``UpstreamBroken`` (the connection failed or the reply was
 malformed). Everything here is I/O; the request head is built by ``request_head`` (pure).
 
@@ -46,7 +46,7 @@ class UpstreamConnectError(UpstreamError):
     """No connection could be made (refused, unreachable, or not within the connect timeout)."""
 
 
-class UpstreamTimeout(UpstreamError):
+class UpstreamTimedOut(UpstreamError):
     """The upstream sent nothing for ``read_timeout`` seconds."""
 
 
@@ -238,7 +238,7 @@ class _Connection(asyncio.Protocol):
     def time_out(self) -> None:
         """The upstream sent no response head within the read timeout."""
         if self.headers_done is not None and not self.headers_done.done():
-            self._fail(UpstreamTimeout("no response from the upstream in time"))
+            self._fail(UpstreamTimedOut("no response from the upstream in time"))
 
     def _wake(self) -> None:
         if self.data_waiter is not None and not self.data_waiter.done():
@@ -304,7 +304,7 @@ class UpstreamResponse:
                 left = timeout - (loop.time() - conn.last_data)
                 if left <= 0:
                     conn.reusable = False
-                    raise UpstreamTimeout("no data from the upstream in time")
+                    raise UpstreamTimedOut("no data from the upstream in time")
                 # A loop timer wakes the waiter, not asyncio.wait_for (see _connect); the
                 # loop above then sees whether data came or the read timeout ran out.
                 conn.data_waiter = waiter = loop.create_future()
@@ -475,7 +475,7 @@ class UpstreamPool:
             while not conn.headers_done.done():
                 left = self.read_timeout - (loop.time() - conn.last_data)
                 if left <= 0:
-                    raise UpstreamTimeout("no response from the upstream in time")
+                    raise UpstreamTimedOut("no response from the upstream in time")
                 if sender is not None and sender.done():
                     sender.result()  # the body failed (too large, client gone): raise that
                 waiters = {conn.headers_done} if sender is None or sender.done() else {conn.headers_done, sender}

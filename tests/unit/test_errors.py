@@ -67,3 +67,25 @@ def test_a_parse_error_is_logged_without_the_bytes_it_quotes():
     text = logging.Formatter().format(record)
     assert text == "malformed HTTP request refused (BadHttpMessage, status 400) from 10.0.0.1"
     assert secret not in text
+
+
+def test_one_name_per_thing_no_other_class_is_named_like_an_error():
+    import importlib
+    import pkgutil
+
+    import admin_api
+    import gateway
+
+    api_names = {c.__name__ for c in ALL}
+    clashes = []
+    for package in (gateway, admin_api):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            # admin_api.schemas: its class names are the OpenAPI document's schema names (public);
+            # its RevokedApiKey is the body of a revoke's answer, named in that document.
+            if info.name in ("gateway.__main__", "gateway.errors", "admin_api.schemas"):
+                continue
+            module = importlib.import_module(info.name)
+            for name, obj in vars(module).items():
+                if inspect.isclass(obj) and obj.__module__ == module.__name__ and name in api_names:
+                    clashes.append(f"{info.name}.{name}")
+    assert clashes == []
