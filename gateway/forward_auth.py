@@ -26,52 +26,80 @@ SIGNATURE_RESPONSE_HEADERS = (SIGNATURE_HEADER, KEY_ID_HEADER, TIMESTAMP_HEADER)
 # 500: the JSON error travels in this header too, so nginx can answer it as is (deploy/nginx).
 ERROR_HEADER = "X-Gateway-Error"
 ENVOY_PREFIX = "/envoy"  # the ext_authz http_service path_prefix (deploy/envoy/envoy.yaml)
-
-NGINX_HEADERS = ("x-original-method", "x-original-uri")
-TRAEFIK_HEADERS = ("x-forwarded-method", "x-forwarded-uri")
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 9110 token
-# Each edge's own headers, which name the original request rather than override it.
-EDGE_HEADERS = {"nginx": frozenset(NGINX_HEADERS), "traefik": frozenset(TRAEFIK_HEADERS), "envoy": frozenset()}
+
+
+class Edge(NamedTuple):
+    """How one edge names the original request in its check request: a row of EDGES."""
+
+    name: str
+    method_header: str | None = None  # lower case; None: the check request's own method
+    target_header: str | None = None  # lower case; None: the check request's target after path_prefix
+    path_prefix: str | None = None  # the check request's path starts with this + "/"
+    error_header: bool = False  # also send the JSON error in ERROR_HEADER (the edge drops the body)
+
+    @property
+    def own_headers(self) -> frozenset[str]:
+        """The edge's own headers, which name the original request rather than override it."""
+        return frozenset(h for h in (self.method_header, self.target_header) if h is not None)
+
+
+# One row per edge (docs/forward-auth.md has the same table); a new edge is a new row.
+EDGES = (
+    Edge("nginx", "x-original-method", "x-original-uri", error_header=True),
+    Edge("traefik", "x-forwarded-method", "x-forwarded-uri"),
+    Edge("envoy", path_prefix=ENVOY_PREFIX),
+)
+# Every header that names an original request, of any edge.
+NAMING_HEADERS = tuple(h for edge in EDGES for h in (edge.method_header, edge.target_header) if h is not None)
 
 
 class Original(NamedTuple):
     """The request the edge asks about: which edge, its method, its raw request target."""
 
-    edge: str  # "nginx", "traefik" or "envoy"
+    edge: Edge
     method: str
     target: str
 
 
+def _names_one(edge: Edge, raw_target: str, seen: dict[str, list[str]]) -> bool:
+    """Does the check request carry any sign of ``edge``'s convention?"""
+    if edge.path_prefix is not None and raw_target.startswith(edge.path_prefix + "/"):
+        return True
+    return any(seen[h] for h in edge.own_headers)
+
+
 def original_request(method: str, raw_target: str, headers: Iterable[tuple[str, str]]) -> Original:
-    """Read the original method and target from the check request of nginx, Traefik or Envoy.
+    """Read the original method and target from the check request of one of EDGES.
 
     ``method`` and ``raw_target`` are the check request's own; ``headers`` its (name, value) pairs.
     Raises MissingOriginalRequest when none or half of one convention is present,
     AmbiguousOriginalRequest for several (or a repeated header), InvalidOriginalMethod for a bad method.
     """
-    seen: dict[str, list[str]] = {name: [] for name in NGINX_HEADERS + TRAEFIK_HEADERS}
+    seen: dict[str, list[str]] = {name: [] for edge in EDGES for name in edge.own_headers}
     for name, value in headers:
         found = seen.get(name.lower())
         if found is not None:
             found.append(value)
     if any(len(values) > 1 for values in seen.values()):
         raise errors.AmbiguousOriginalRequest("An X-Original-* or X-Forwarded-Method/-Uri header is repeated.")
-    envoy = raw_target.startswith(ENVOY_PREFIX + "/")
-    nginx = any(seen[name] for name in NGINX_HEADERS)
-    traefik = any(seen[name] for name in TRAEFIK_HEADERS)
+    present = [edge for edge in EDGES if _names_one(edge, raw_target, seen)]
     # SECURITY: exactly one convention. With two, a header the client sent (and a misconfigured
     # edge passed on) could choose what gets authorized instead of what gets forwarded.
-    if envoy + nginx + traefik > 1:
+    if len(present) > 1:
         raise errors.AmbiguousOriginalRequest("The check request mixes the nginx, Traefik and Envoy conventions.")
-    if envoy:
-        original = Original("envoy", method, raw_target[len(ENVOY_PREFIX):])
-    elif nginx or traefik:
-        method_header, uri_header = NGINX_HEADERS if nginx else TRAEFIK_HEADERS
-        if not seen[method_header] or not seen[uri_header]:
-            raise errors.MissingOriginalRequest()
-        original = Original("nginx" if nginx else "traefik", seen[method_header][0], seen[uri_header][0])
-    else:
+    if not present:
         raise errors.MissingOriginalRequest()
+    edge = present[0]
+    if any(not seen[h] for h in edge.own_headers):
+        raise errors.MissingOriginalRequest()  # half of it
+    if edge.path_prefix is not None and not raw_target.startswith(edge.path_prefix + "/"):
+        raise errors.MissingOriginalRequest()
+    original = Original(
+        edge,
+        seen[edge.method_header][0] if edge.method_header else method,
+        seen[edge.target_header][0] if edge.target_header else raw_target[len(edge.path_prefix or ""):],
+    )
     if not _METHOD.fullmatch(original.method):
         raise errors.InvalidOriginalMethod()
     return original
@@ -104,7 +132,7 @@ async def _answer(st: GatewayState, req: HttpRequest, conn: HttpConnection, requ
     require_canonical(raw_target)
     # SECURITY: the edge forwards the client's headers itself, so a method- or path-override
     # header would reach the backend next to what was authorized: refuse it (the proxy drops them).
-    overridden = override_header(req.headers, EDGE_HEADERS[original.edge])
+    overridden = override_header(req.headers, original.edge.own_headers)
     if overridden is not None:
         raise errors.MethodOverrideRefused() if overridden == "method" else errors.PathOverrideRefused()
     # Steps 1-5, as in the proxy. The throttle's client address is the edge's
@@ -119,10 +147,11 @@ async def _answer(st: GatewayState, req: HttpRequest, conn: HttpConnection, requ
 
 
 def _refuse(conn: HttpConnection, err: errors.ApiError, request_id: str, req: HttpRequest) -> None:
-    """The JSON error; for nginx (which drops a refusal's body) in ERROR_HEADER too."""
+    """The JSON error; for an edge that drops a refusal's body (nginx) in ERROR_HEADER too."""
     headers = error_headers(err, request_id)
     body = error_body(err, request_id)
-    if req.header("x-original-uri") is not None:
+    # (asked for by the edge's target header: the one nginx always sends)
+    if any(edge.error_header and req.header(edge.target_header or "") is not None for edge in EDGES):
         headers.append((ERROR_HEADER, body.decode()))
     conn.respond(err.status, "", headers, body)
 

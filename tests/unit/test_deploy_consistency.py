@@ -379,7 +379,7 @@ def check_traefik(d: Deploy) -> None:
     assert {h.lower() for h in auth["authResponseHeaders"]} == IDENTITY == IDENTITY_HEADERS
     asked = {h.lower() for h in auth["authRequestHeaders"]}
     assert asked >= CREDENTIAL_HEADERS
-    assert not asked & set(forward_auth.NGINX_HEADERS + forward_auth.TRAEFIK_HEADERS)
+    assert not asked & set(forward_auth.NAMING_HEADERS)
     deleted = {name.lower() for name, value in http["middlewares"]["gateway-hygiene"]["headers"]
                ["customRequestHeaders"].items() if value == ""}
     assert deleted >= CREDENTIAL_HEADERS | METHOD_OVERRIDE_HEADERS

@@ -47,3 +47,18 @@ def test_a_method_that_is_no_token_is_an_invalid_original_method(method):
     with pytest.raises(errors.InvalidOriginalMethod) as caught:
         original_request("GET", "/", [("X-Original-Method", method), ("X-Original-URI", "/v1/tasks")])
     assert (caught.value.status, caught.value.code) == (400, "missing_original_request")
+
+
+def test_the_conventions_are_one_table_and_a_new_edge_is_one_row(monkeypatch):
+    from gateway import forward_auth
+
+    assert [e.name for e in forward_auth.EDGES] == ["nginx", "traefik", "envoy"]
+    assert set(forward_auth.NAMING_HEADERS) == {"x-original-method", "x-original-uri", "x-forwarded-method",
+                                                "x-forwarded-uri"}
+    caddy = forward_auth.Edge("caddy", "x-caddy-method", "x-caddy-uri")
+    monkeypatch.setattr(forward_auth, "EDGES", (*forward_auth.EDGES, caddy))
+    got = original_request("GET", "/", [("X-Caddy-Method", "PUT"), ("X-Caddy-Uri", "/v1/tasks/7")])
+    assert got == (caddy, "PUT", "/v1/tasks/7")
+    assert caddy.own_headers == {"x-caddy-method", "x-caddy-uri"}
+    with pytest.raises(errors.AmbiguousOriginalRequest):
+        original_request("GET", "/", [("X-Caddy-Method", "PUT"), ("X-Caddy-Uri", "/v1/tasks/7"), *NGINX])
