@@ -54,6 +54,10 @@ class GatewayState:
     pool: UpstreamPool | None = None
     trusted_nets: tuple = ()
     signer: Signer | None = None  # signs the identity headers when --signing-secrets is set
+    # Per-process memos of the hot path, public-safe (never a key): digest -> key id (keys.parse_key),
+    # key id -> (record, its identity) built once per cached record.
+    key_ids: dict[str, str] = field(default_factory=dict)
+    identities: dict[str, tuple[KeyRecord, Identity]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.batch = ReadBatch(lambda key_ids: self.store.get_many(key_ids))  # the store at the time of the read
@@ -95,7 +99,7 @@ async def decide(st: GatewayState, method: str, raw_target: str, headers: list[t
     st.usage.add(record.id, int(st.clock() * 1000))
     # 5. Route, then scope.
     authorize(found, record)
-    return target, _identity(record)
+    return target, _identity(st, record)
 
 
 async def authenticate(st: GatewayState, headers: list[tuple[str, str]], peer: str, credential: str,
@@ -106,7 +110,7 @@ async def authenticate(st: GatewayState, headers: list[tuple[str, str]], peer: s
     genuine, so a revoked or expired key is logged with its id too.
     """
     try:
-        parsed = keys.parse_key(credential)
+        parsed = keys.parse_key(credential, st.key_ids)
     except keys.InvalidKeyFormat:
         parsed = None  # no Redis command for a malformed key
     # SECURITY: decided before any Redis lookup; a key this process has verified before is
@@ -185,18 +189,19 @@ def verify_key(st: GatewayState, record: KeyRecord | None, parsed: keys.ParsedKe
     entry["org_id"], entry["key_id"] = record.org_id, record.id
 
 
-_identities: dict[str, tuple[KeyRecord, Identity]] = {}  # key id -> (record, its identity)
+IDENTITIES_MAX = 65536
 
 
-def _identity(record: KeyRecord) -> Identity:
+def _identity(st: GatewayState, record: KeyRecord) -> Identity:
     """The identity of a record, built (and its headers checked) once per cached record."""
-    found = _identities.get(record.id)
+    memo = st.identities
+    found = memo.get(record.id)
     if found is not None and found[0] is record:
         return found[1]
     identity = identity_of(record.org_id, record.id, record.scopes)
-    if len(_identities) >= 65536:
-        _identities.clear()
-    _identities[record.id] = (record, identity)
+    if len(memo) >= IDENTITIES_MAX:
+        memo.clear()
+    memo[record.id] = (record, identity)
     return identity
 
 
