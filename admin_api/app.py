@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,21 +11,20 @@ from typing import AsyncIterator, Callable
 
 import msgspec
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from redis.exceptions import RedisError
 
 from admin_api import schemas
-from admin_api.auth import MANAGE, READ, MissingToken, OrgNotFound, Principal, authenticate
+from admin_api.auth import MANAGE, READ, Principal, authenticate
 from admin_api.guard import AuthGuard
 from admin_api.openapi import STATIC_FILES, build_openapi
 from admin_api.ops import ORG, PRINCIPAL, AdminMetrics, log_request
 from gateway import errors
+from gateway.errors import FieldError, OrgNotFound
 from gateway import store as store_mod
 from gateway import validation
 from gateway.config import AdminSettings
 from gateway.model import EXPIRY_CHOICES, created_by_any, rfc3339
-from gateway.proxy import new_request_id
-from gateway.server import error_response
+from gateway.envelope import new_request_id
+from gateway.aiohttp_runner import error_response, server_logger
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
 from gateway.store import CreateLimits, KeyStore, decode_audit_cursor, decode_cursor
@@ -74,13 +72,6 @@ class AdminState:
 ADMIN = web.AppKey("admin_state", AdminState)
 
 
-class FieldError(errors.ValidationFailed):
-    """400 naming the field at fault."""
-
-    def __init__(self, field: str, message: str, **extra) -> None:
-        super().__init__(message, field=field, **extra)
-
-
 def make_admin_app(
     settings: AdminSettings, *, clock: Callable[[], float] = time.time, rules: RuleSet | None = None
 ) -> web.Application:
@@ -121,22 +112,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await st.store.redis.aclose()
 
 
-class _RedactMalformedRequests(logging.Filter):
-    """aiohttp logs a request its parser refuses with the offending bytes, which can be the
-    Authorization header: keep the event and the peer, drop the bytes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            # SECURITY: the exception text repeats the raw request line or header (a credential).
-            record.msg = f"malformed HTTP request refused ({type(exc).__name__}, status {exc.code}) from %s"
-            record.args = record.args[-1:] if isinstance(record.args, tuple) else record.args
-            record.exc_info = record.exc_text = None
-        return True
-
-
-server_log = logging.getLogger("admin_api.server")
-server_log.addFilter(_RedactMalformedRequests())
+server_log = server_logger("admin_api.server")  # without the bytes of requests that failed to parse
 
 
 @web.middleware
@@ -159,7 +135,7 @@ async def envelope_middleware(request: web.Request, handler) -> web.StreamRespon
     except store_mod.NotReplicated:
         request.app[ADMIN].metrics.redis_errors.inc()
         err = errors.StoreUnconfirmed()
-    except (RedisError, OSError):
+    except store_mod.FAULTS:
         # SECURITY: a store fault is a 503, never a 401 or a half-done write reported as done.
         request.app[ADMIN].metrics.redis_errors.inc()
         err = errors.StoreUnavailable()
@@ -190,7 +166,7 @@ async def _principal(request: web.Request) -> Principal:
     st.guard.check(peer, headers)  # SECURITY: before any Redis command
     try:
         principal = await authenticate(headers, st.store, st.settings.operator_tokens, st.now_ms(), st.usage)
-    except MissingToken:
+    except errors.MissingToken:
         raise  # sending nothing is not a failed attempt
     except errors.Unauthorized:
         st.guard.failed(peer, headers)

@@ -13,15 +13,6 @@ from gateway.usage import UsageBuffer
 READ, MANAGE = "api_keys:read", "api_keys:manage"
 
 
-class MissingToken(errors.Unauthorized):
-    code, message = "missing_token", "Send an operator token or an API key as Authorization: Bearer."
-    rfc6750_error = None
-
-
-class OrgNotFound(errors.NotFound):
-    code, message = "org_not_found", "No such organization, or no access to it."
-
-
 @dataclass(frozen=True, slots=True)
 class Principal:
     """The authenticated caller."""
@@ -46,7 +37,7 @@ class Principal:
             return
         # Another org answers 404, so an org key cannot even probe which orgs exist.
         if org_id is not None and org_id != self.org_id:
-            raise OrgNotFound()
+            raise errors.OrgNotFound()
         if not self.holds(scope):
             raise errors.InsufficientScope(scope)
 
@@ -69,7 +60,7 @@ async def authenticate(headers, store: KeyStore, operator_tokens: tuple[str, ...
     try:
         token = extract_credential(headers)
     except errors.MissingApiKey:
-        raise MissingToken() from None
+        raise errors.MissingToken() from None
     except errors.InvalidApiKey:
         raise errors.InvalidToken() from None
     # SECURITY: the bytes as sent ("replace" would turn every undecodable byte into "?", so a
@@ -88,14 +79,10 @@ async def authenticate(headers, store: KeyStore, operator_tokens: tuple[str, ...
         parsed = keys.parse_key(token)
     except keys.InvalidKeyFormat:
         raise errors.InvalidToken() from None
-    record = await store.verify(parsed)  # no cache: the admin API always reads the truth
-    if record is None:
-        raise errors.InvalidToken()
-    status = record.status(now_ms)
-    if status == "revoked":
-        raise errors.RevokedApiKey()
-    if status == "expired":
-        raise errors.ExpiredApiKey()
+    try:
+        record = await store.verify(parsed, now_ms)  # no cache: the admin API always reads the truth
+    except errors.InvalidApiKey:
+        raise errors.InvalidToken() from None  # the admin API's code for a credential it does not know
     if usage is not None:
         usage.add(record.id, now_ms)
     return Principal(actor=f"key:{record.id}", org_id=record.org_id, scopes=frozenset(record.scopes),

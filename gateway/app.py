@@ -12,8 +12,6 @@ import time
 from typing import Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from redis.exceptions import RedisError
 
 from gateway import forward_auth
 from gateway import accesslog
@@ -23,10 +21,12 @@ from gateway.config import ServeSettings
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.httplimits import Limits
 from gateway.httpserver import HttpServer
-from gateway.proxy import GatewayState, answer_protocol_error, handle
+from gateway.decision import GatewayState
+from gateway.envelope import answer_protocol_error
+from gateway.proxy import handle
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
-from gateway.server import DEFAULT_LIMITS, EnvelopeAppRunner, ListenerLimits, ops_envelope_middleware
+from gateway.aiohttp_runner import DEFAULT_LIMITS, EnvelopeAppRunner, ListenerLimits, ops_envelope_middleware, server_logger
 from gateway.signing import make_signer
 from gateway.tasks import flush_at_shutdown, listen_for_revocations, usage_flusher
 from gateway.throttle import FailureThrottle, KnownKeys
@@ -38,20 +38,6 @@ SHUTDOWN_REQUEST_GRACE = 10.0  # seconds in-flight requests get to finish on SIG
 # The background client's pool: the subscription holds one connection; the listener's
 # acknowledgements and registry beat, and the flusher, need one each at most at a time.
 BACKGROUND_CONNECTIONS = 4
-
-
-class ServerLog(logging.LoggerAdapter):
-    """aiohttp's server logger, without the raw bytes of requests that failed to parse."""
-
-    def process(self, msg, kwargs):
-        exc = kwargs.get("exc_info")
-        if isinstance(exc, HttpProcessingError):
-            # SECURITY: aiohttp's parse errors quote the offending line, which may be an
-            # Authorization or X-API-Key header: only the error class is logged, no traceback.
-            # Worded as the admin API's filter words it, so one search finds both.
-            kwargs["exc_info"] = None
-            msg = f"malformed HTTP request refused ({type(exc).__name__}, status {exc.code}) from %s"
-        return msg, kwargs
 
 
 def make_state(settings: ServeSettings, *, clock: Callable[[], float] = time.time,
@@ -162,7 +148,7 @@ def make_ops_app(state: GatewayState) -> web.Application:
         checks = {"rules_loaded": state.rules.current is not None, "redis": False}
         try:
             checks["redis"] = await asyncio.wait_for(state.store.ping(), state.settings.redis_timeout * 2)
-        except (RedisError, OSError, asyncio.TimeoutError):
+        except (*store_mod.FAULTS, asyncio.TimeoutError):
             pass
         ready = all(checks.values())
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
@@ -190,7 +176,7 @@ async def run_apps(apps: list[tuple[Service, str]], *, on_started: Callable[[], 
     """Serve each (app or gateway, HOST:PORT) until SIGINT/SIGTERM, then shut all down cleanly.
 
     Listeners named in ``reuse_port`` bind with SO_REUSEPORT (the workers of one gateway). Every
-    aiohttp app (admin API, ops listeners) gets ``limits`` (gateway/server.py).
+    aiohttp app (admin API, ops listeners) gets ``limits`` (gateway/aiohttp_runner.py).
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -205,7 +191,7 @@ async def run_apps(apps: list[tuple[Service, str]], *, on_started: Callable[[], 
                 await app.listen(host, port, reuse_port=listen in reuse_port)
                 continue
             runner = EnvelopeAppRunner(app, limits=limits, access_log=None, handle_signals=False,
-                                       logger=ServerLog(logging.getLogger("aiohttp.server")))
+                                       logger=server_logger("aiohttp.server"))
             await runner.setup()
             started.append(runner.cleanup)
             await web.TCPSite(runner, host, port, reuse_address=True, reuse_port=listen in reuse_port or None).start()

@@ -47,7 +47,7 @@ _background: set[asyncio.Task] = set()  # tasks kept referenced until they finis
 def _then_watch_redis(store, url: str, meanwhile: str, log_started: Callable[[], None]) -> Callable[[], None]:
     """The on_started callback of serve and admin: log_started(), then redis_reach.watch() in the background."""
 
-    from gateway import redis_reach
+    from gateway.store import reach as redis_reach
 
     def started() -> None:
         log_started()
@@ -77,7 +77,7 @@ def tune_gc() -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.app import Gateway, install_sighup, make_ops_app, run_apps
-    from gateway.server import ListenerLimits
+    from gateway.aiohttp_runner import ListenerLimits
     from gateway.workers import WORKER_ENV, run_supervisor
 
     settings = config.load(config.ServeSettings, vars(args))
@@ -111,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_admin(args: argparse.Namespace) -> int:
     from admin_api.app import ADMIN, make_admin_app
     from gateway.app import install_sighup, make_ops_app, run_apps
-    from gateway.server import ListenerLimits
+    from gateway.aiohttp_runner import ListenerLimits
 
     settings = config.load(config.AdminSettings, vars(args))
     if not settings.operator_tokens:
@@ -156,7 +156,7 @@ class CliError(Exception):
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from admin_api.schemas import created_out, key_out
-    from gateway import redis_reach
+    from gateway.store import reach as redis_reach
     from gateway.model import expires_at_for
     from gateway import errors
     from gateway.store import CreateLimits, KeyStore, connect, parse_min_replicas
@@ -236,8 +236,8 @@ def cmd_scopes(args: argparse.Namespace) -> int:
     """check: 0 when the file loads. explain: 0 when the gateway routes the request (a rule
     matches), 1 when it answers 404, 405 or 400 without looking at a key."""
     from gateway.httprequest import method_refused
-    from gateway.paths import InvalidPath, canonicalize
-    from gateway.scopes import MethodNotAllowed, RouteNotFound
+    from gateway.paths import NotCanonical, canonicalize
+    from gateway.scopes import WrongMethod, NoRoute
 
     path = _scopes_file(args.scopes or getattr(args, "file", None))
     rules = load_rules(path)
@@ -250,11 +250,11 @@ def cmd_scopes(args: argparse.Namespace) -> int:
         return 1
     try:
         segments = canonicalize(args.path).segments
-    except InvalidPath as exc:
+    except NotCanonical as exc:
         print(f"400 invalid_path: {exc.reason}")
         return 1
     print(rules.explain(args.method, segments))
-    return 1 if isinstance(rules.match(args.method, segments), (RouteNotFound, MethodNotAllowed)) else 0
+    return 1 if isinstance(rules.match(args.method, segments), (NoRoute, WrongMethod)) else 0
 
 
 def _version() -> str:

@@ -112,7 +112,7 @@ async def _run_stack(*, redis_url: str, scopes: str, base_port: int) -> None:
     from admin_api.app import ADMIN, make_admin_app
     from gateway.app import Gateway, make_ops_app, run_apps
     from gateway.echo import make_echo_app
-    from gateway.server import ListenerLimits
+    from gateway.aiohttp_runner import ListenerLimits
 
     token = os.environ.get("GATEWAY_OPERATOR_TOKEN") or "dev-operator-" + secrets.token_urlsafe(16)
     ports = dev_ports(base_port)

@@ -291,7 +291,7 @@ def _step(coro, _done: "asyncio.Future | None" = None) -> None:
     A task without the Task: no Task object, no trip through the event loop before the first
     step (a cache hit runs straight up to the upstream exchange), about 2 µs a request less.
     Nothing cancels these, and ``asyncio.current_task()`` is None inside them: what needs a
-    real task (redis-py's timeouts) runs in one of its own (gateway.proxy.lookup).
+    real task (redis-py's timeouts) runs in one of its own (gateway.decision.lookup).
     """
     try:
         waited = coro.send(None)

@@ -66,16 +66,20 @@ def generate_key() -> str:
     return body + checksum(body)
 
 
-def parse_key(key: str) -> ParsedKey:
+def parse_key(key: str, memo: dict[str, str] | None = None) -> ParsedKey:
     """Check the format and checksum; return the id, digest and display prefix.
 
     Raises InvalidKeyFormat without saying which part failed (no oracle for guessers).
+    ``memo``: digest -> key id of keys seen lately, the caller's own (a gateway process keeps
+    one in its GatewayState): the id's base62 encoding costs more than the digest itself, and
+    both are public-safe (neither lets anyone authenticate); never the key itself. At most
+    IDS_MAX entries (cleared when full).
     """
     if len(key) != KEY_LEN or not key.isascii():
         raise InvalidKeyFormat("malformed key")
     raw = key.encode("ascii")
     digest = hashlib.sha256(raw).hexdigest()
-    key_id = _ids_by_digest.get(digest)
+    key_id = memo.get(digest) if memo is not None else None
     if key_id is None:
         # Not seen lately: the full format check. (A digest in the memo is that of a key that
         # passed it: the same key, SHA-256 being collision-resistant.)
@@ -87,16 +91,14 @@ def parse_key(key: str) -> ParsedKey:
                 != zlib.crc32(body.encode("ascii")):
             raise InvalidKeyFormat("malformed key")
         key_id = key_id_for(raw)
-        if len(_ids_by_digest) >= _IDS_MAX:
-            _ids_by_digest.clear()
-        _ids_by_digest[digest] = key_id
+        if memo is not None:
+            if len(memo) >= IDS_MAX:
+                memo.clear()
+            memo[digest] = key_id
     return ParsedKey(key_id=key_id, digest=digest, prefix=key[: len(TYPE_PREFIX) + DISPLAY_RANDOM_CHARS])
 
 
-# digest -> key id of keys seen lately: the id's base62 encoding costs more than the digest
-# itself, and both are public-safe (neither lets anyone authenticate); never the key itself.
-_ids_by_digest: dict[str, str] = {}
-_IDS_MAX = 65536
+IDS_MAX = 65536  # entries of a parse_key memo
 
 
 def key_id_for(raw_key: bytes) -> str:

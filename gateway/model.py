@@ -1,4 +1,5 @@
-"""The API key record shared by the gateway and the admin API, its status and time helpers.
+"""The API key record shared by the gateway and the admin API, its status, the verification
+rule (``verdict``) and time helpers.
 
 Pure: times are integer milliseconds since the Unix epoch; status is computed at read time.
 """
@@ -6,8 +7,11 @@ Pure: times are integer milliseconds since the Unix epoch; status is computed at
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 
 import msgspec
+
+from gateway import errors
 
 DAY_MS = 86_400_000
 # The one definition of the expires_in choices and of the id shapes: gateway.validation, the CLI,
@@ -47,6 +51,23 @@ class KeyRecord(msgspec.Struct, frozen=True):
         if self.expires_at is not None and self.expires_at <= now_ms:
             return "expired"
         return "active"
+
+
+def verdict(record: KeyRecord | None, digest: str, now_ms: int) -> KeyRecord:
+    """The one verification rule: the record a presented key's ``digest`` authenticates, at ``now_ms``.
+
+    Raises InvalidApiKey (no record, or another key's), then RevokedApiKey or ExpiredApiKey (the
+    key is genuine: callers may log its ids). The gateway, forward-auth and the admin API all
+    decide with this; the admin API answers its own code for an unknown key.
+    """
+    # SECURITY: the id only locates the record; the constant-time digest comparison authenticates.
+    if record is None or not secrets.compare_digest(record.digest, digest):
+        raise errors.InvalidApiKey()
+    if record.revoked_at is not None:
+        raise errors.RevokedApiKey()
+    if record.expires_at is not None and record.expires_at <= now_ms:
+        raise errors.ExpiredApiKey()
+    return record
 
 
 class AuditEvent(msgspec.Struct, frozen=True):

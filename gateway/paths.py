@@ -31,7 +31,7 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _FORBIDDEN_DECODED = re.compile("[\x00-\x1f\x7f-\x9f/\\\\;\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
-class InvalidPath(ValueError):
+class NotCanonical(ValueError):
     """The request target is refused; ``reason`` is short and never repeats the input."""
 
     def __init__(self, reason: str) -> None:
@@ -50,7 +50,7 @@ class Target(NamedTuple):
 def canonicalize(raw_target: str) -> Target:
     """Validate ``raw_target`` (as in the request line) and return its canonical form.
 
-    Raises InvalidPath for anything that is not an unambiguous origin-form target.
+    Raises NotCanonical for anything that is not an unambiguous origin-form target.
     ``canonicalize(t.path)`` gives back ``t`` (with an empty query) for every result ``t``.
     """
     if isinstance(raw_target, str):
@@ -66,62 +66,62 @@ def canonicalize(raw_target: str) -> Target:
 def _canonicalize(raw_target: str) -> Target:
     """canonicalize() for every target: the fast path above gives the same result (tested)."""
     if not isinstance(raw_target, str):
-        raise InvalidPath("target is not text")
+        raise NotCanonical("target is not text")
     if not raw_target:
-        raise InvalidPath("empty target")
+        raise NotCanonical("empty target")
     # SECURITY: only origin-form; absolute-form, authority-form and "*" would let the client
     # pick what the path means (or which host it is for).
     if raw_target[0] != "/":
-        raise InvalidPath("target must start with /")
+        raise NotCanonical("target must start with /")
     raw_path, _, query = raw_target.partition("?")
     if len(raw_path) > MAX_PATH_LENGTH:
-        raise InvalidPath("path too long")
+        raise NotCanonical("path too long")
     # SECURITY: whitespace, controls, DEL, non-ASCII and surrogate escapes are refused outright
     # instead of being encoded, so no two parsers can disagree about where the target ends.
     if _PRINTABLE_ASCII.fullmatch(raw_target) is None:
-        raise InvalidPath("character outside printable ASCII")
+        raise NotCanonical("character outside printable ASCII")
     # SECURITY: a fragment is never sent by a conforming client; some servers cut the path at it.
     if "#" in raw_target:
-        raise InvalidPath("fragment not allowed")
+        raise NotCanonical("fragment not allowed")
     # SECURITY: some backends (and most Windows stacks) treat "\" as a path separator.
     if "\\" in raw_path:
-        raise InvalidPath("backslash in path")
+        raise NotCanonical("backslash in path")
 
     raw_segments = raw_path[1:].split("/") if raw_path != "/" else []
     if len(raw_segments) > MAX_SEGMENTS:
-        raise InvalidPath("too many segments")
+        raise NotCanonical("too many segments")
     # SECURITY: "//" is collapsed by some routers and not others; only a single trailing slash
     # (a final empty segment) is allowed.
     if any(seg == "" for seg in raw_segments[:-1]):
-        raise InvalidPath("empty path segment")
+        raise NotCanonical("empty path segment")
 
     segments = tuple(_decode_segment(seg) for seg in raw_segments)
     path = "/" + "/".join(quote(seg, safe=SEGMENT_SAFE) for seg in segments)
     # Re-encoding can lengthen the path ('"' -> "%22"); checked again so that canonicalizing
     # the forwarded path always succeeds (idempotence).
     if len(path) > MAX_PATH_LENGTH:
-        raise InvalidPath("path too long")
+        raise NotCanonical("path too long")
     return Target(segments=segments, path=path, query=query)
 
 
 def _decode_segment(raw: str) -> str:
     """Strictly percent-decode one raw segment and refuse what could be re-read differently."""
     if _BAD_ESCAPE.search(raw):
-        raise InvalidPath("malformed percent-escape")
+        raise NotCanonical("malformed percent-escape")
     try:
         # SECURITY: strict UTF-8 refuses overlong forms (%C0%AE is not "."), surrogates and
         # truncated sequences, which lenient decoders turn into "/" or "." or U+FFFD.
         decoded = unquote_to_bytes(raw).decode("utf-8", errors="strict")
     except UnicodeDecodeError:
-        raise InvalidPath("invalid UTF-8 in path") from None
+        raise NotCanonical("invalid UTF-8 in path") from None
     if _FORBIDDEN_DECODED.search(decoded):
-        raise InvalidPath("forbidden character in path segment")
+        raise NotCanonical("forbidden character in path segment")
     # SECURITY: dot segments, raw or encoded, are refused: the backend (or an HTTP client on
     # the way) would resolve them, so the route authorized here would not be the one served.
     if decoded in (".", ".."):
-        raise InvalidPath("dot segment")
+        raise NotCanonical("dot segment")
     if not decoded.isascii() and _compatibility_confusable(decoded):
-        raise InvalidPath("look-alike character in path segment")
+        raise NotCanonical("look-alike character in path segment")
     return decoded
 
 

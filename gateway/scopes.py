@@ -56,12 +56,12 @@ class Match:
 
 
 @dataclass(frozen=True, slots=True)
-class RouteNotFound:
+class NoRoute:
     """No template matches the path (404)."""
 
 
 @dataclass(frozen=True, slots=True)
-class MethodNotAllowed:
+class WrongMethod:
     """Templates match the path but none has the method (405); ``allow`` is sorted."""
 
     allow: tuple[str, ...]
@@ -77,7 +77,7 @@ class Permission:
     label: str
 
 
-_NOT_FOUND = RouteNotFound()
+_NOT_FOUND = NoRoute()
 
 
 def parse_template(template: str) -> tuple[tuple[int, str], ...]:
@@ -230,7 +230,7 @@ class RuleSet:
     def __repr__(self) -> str:
         return f"<RuleSet {self.source} {len(self.permissions)} permissions, {len(self.rules)} rules>"
 
-    def match(self, method: str, segments: tuple[str, ...]) -> Match | RouteNotFound | MethodNotAllowed:
+    def match(self, method: str, segments: tuple[str, ...]) -> Match | NoRoute | WrongMethod:
         """The most specific rule for ``method`` on the decoded ``segments``, else 404 / 405."""
         if "" in segments:  # a trailing slash or an empty segment matches nothing
             return _NOT_FOUND
@@ -239,7 +239,7 @@ class RuleSet:
             return target.fixed or target.bind(segments)
         allow: set[str] = set()
         _allowed(self._root, segments, 0, allow)
-        return MethodNotAllowed(tuple(sorted(allow))) if allow else _NOT_FOUND
+        return WrongMethod(tuple(sorted(allow))) if allow else _NOT_FOUND
 
     def catalogue(self, query: str = "") -> list[Permission]:
         """Permissions whose scope or label contains ``query`` (case-insensitive), in file order."""
@@ -251,9 +251,9 @@ class RuleSet:
         segs = tuple(segments)
         request = f"{method} /{'/'.join(segs)}"
         found = self.match(method, segs)
-        if isinstance(found, RouteNotFound):
+        if isinstance(found, NoRoute):
             return f"{request}\n  404 route_not_found: no rule in {self.source} matches this path"
-        if isinstance(found, MethodNotAllowed):
+        if isinstance(found, WrongMethod):
             return f"{request}\n  405 method_not_allowed: Allow: {', '.join(found.allow)}"
         rule = found.rule
         via = "; HEAD is authorized by the GET rule" if rule.method != method else ""

@@ -7,11 +7,10 @@ import logging
 import secrets
 import time
 
-from redis.exceptions import RedisError
 
 from gateway.cache import VerdictCache
 from gateway.metrics import Metrics
-from gateway.store import KeyStore, NotReplicated
+from gateway.store import FAULTS, KeyStore, NotReplicated
 from gateway.usage import UsageBuffer
 
 log = logging.getLogger("gateway")
@@ -105,7 +104,7 @@ async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: 
         except asyncio.CancelledError:
             cache.clear()
             raise
-        except (RedisError, OSError) as exc:
+        except FAULTS as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 # A cancellation that a timeout inside the Redis client turned into an error:
@@ -122,7 +121,7 @@ async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: 
             try:
                 if pubsub is not None:
                     await asyncio.shield(pubsub.aclose())
-            except (RedisError, OSError):
+            except FAULTS:
                 pass
 
 
@@ -143,7 +142,7 @@ async def _reconnect(store: KeyStore, reads: KeyStore | None) -> None:
         if s is not None:
             try:
                 await s.redis.connection_pool.disconnect()
-            except (RedisError, OSError, AttributeError):  # a cluster client has no single pool
+            except (*FAULTS, AttributeError):  # a cluster client has no single pool
                 pass
 
 
@@ -199,7 +198,7 @@ async def flush_usage(store: KeyStore, usage: UsageBuffer, metrics: Metrics) -> 
                     raise
             usage.confirm(batch)
             written += len(batch)
-    except (RedisError, OSError) as exc:
+    except FAULTS as exc:
         metrics.flushes.labels("failed").inc()
         log.warning("last-used flush failed, %d keys kept for the next try: %s", len(usage), exc)
         return False
@@ -229,7 +228,7 @@ async def _fold_own(store: KeyStore, usage: UsageBuffer) -> None:
         return  # never wrote anything
     try:
         await store.ledger.fold(usage.node_id)
-    except (RedisError, OSError) as exc:
+    except FAULTS as exc:
         log.warning("could not fold this process's last-used data (another process will): %s", exc)
         return
     usage.retire()
@@ -242,7 +241,7 @@ async def fold_dead_usage(store: KeyStore, max_chunks: int | None = None) -> boo
     """
     try:
         return await store.ledger.fold_dead(max_chunks=max_chunks)
-    except (RedisError, OSError) as exc:
+    except FAULTS as exc:
         log.warning("could not fold the last-used data of stopped gateways: %s", exc)
         return False
 

@@ -7,7 +7,7 @@ head as bytes, parses responses with httptools (llhttp, as aiohttp's server does
 connection and its parser: gateway.upstreamconn), and streams bodies both ways with
 backpressure: a reader that falls behind pauses the socket.
 
-Errors: ``UpstreamConnectError`` (could not connect in time), ``UpstreamTimeout`` (no byte
+Errors: ``UpstreamConnectError`` (could not connect in time), ``UpstreamTimedOut`` (no byte
 for ``read_timeout`` seconds), ``UpstreamBroken`` (the connection failed or the reply was
 malformed). Everything here is I/O; the request head is built by ``request_head`` (pure).
 What the upstream's framing is trusted with (one response, never more): gateway.upstreamconn.
@@ -28,12 +28,12 @@ from gateway.upstreamconn import (
     UpstreamConnectError,
     UpstreamConnection,
     UpstreamError,
-    UpstreamTimeout,
+    UpstreamTimedOut,
 )
 
 # The errors a caller catches, importable from here with the pool.
 __all__ = ["MAX_IDLE", "UpstreamBroken", "UpstreamConnectError", "UpstreamError", "UpstreamPool", "UpstreamResponse",
-           "UpstreamTimeout", "request_head"]
+           "UpstreamTimedOut", "request_head"]
 
 
 SWEEP_INTERVAL = 0.05  # seconds: how late a read timeout may fire
@@ -111,7 +111,7 @@ class UpstreamResponse:
                 left = timeout - (loop.time() - conn.last_data)
                 if left <= 0:
                     conn.reusable = False
-                    raise UpstreamTimeout("no data from the upstream in time")
+                    raise UpstreamTimedOut("no data from the upstream in time")
                 # A loop timer wakes the waiter, not asyncio.wait_for (see _connect); the
                 # loop above then sees whether data came or the read timeout ran out.
                 conn.data_waiter = waiter = loop.create_future()
@@ -282,7 +282,7 @@ class UpstreamPool:
             while not conn.headers_done.done():
                 left = self.read_timeout - (loop.time() - conn.last_data)
                 if left <= 0:
-                    raise UpstreamTimeout("no response from the upstream in time")
+                    raise UpstreamTimedOut("no response from the upstream in time")
                 if sender.done():
                     sender.result()  # the body failed (too large, client gone): raise that
                 waiters = {conn.headers_done} if sender.done() else {conn.headers_done, sender}

@@ -37,7 +37,7 @@ class UpstreamConnectError(UpstreamError):
     """No connection could be made (refused, unreachable, or not within the connect timeout)."""
 
 
-class UpstreamTimeout(UpstreamError):
+class UpstreamTimedOut(UpstreamError):
     """The upstream sent nothing for ``read_timeout`` seconds."""
 
 
@@ -215,7 +215,7 @@ class UpstreamConnection(asyncio.Protocol):
     def time_out(self) -> None:
         """The upstream sent no response head within the read timeout."""
         if self.headers_done is not None and not self.headers_done.done():
-            self._fail(UpstreamTimeout("no response from the upstream in time"))
+            self._fail(UpstreamTimedOut("no response from the upstream in time"))
 
     def _wake(self) -> None:
         if self.data_waiter is not None and not self.data_waiter.done():

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import config
 from gateway.config import ServeSettings
-from gateway.server import ops_envelope_middleware
+from gateway.aiohttp_runner import ops_envelope_middleware
 
 log = logging.getLogger("gateway")
 

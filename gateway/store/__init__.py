@@ -7,16 +7,20 @@ operation inside one slot, so the same code runs on standalone Redis, Sentinel a
 The key id is derived one-way from the secret (gateway.keys.key_id_for), so verification is a
 single HGETALL of the record followed by a constant-time digest comparison. The audit trail
 (GET /v1/orgs/{org_id}/audit-events) is read from the records through the two org indexes.
-Last-used data: see ledger.py.
+Last-used data: see ledger.py. Nothing outside this package imports redis-py: a Redis fault
+reaches callers as ``Unavailable`` (the reads) or one of ``FAULTS`` (faults.py); reach.py says
+in one line that Redis does not answer.
 """
 
 from gateway.store.codec import AUDIT_CURSOR_PATTERN, CURSOR_PATTERN, decode_audit_cursor, decode_cursor
 from gateway.store.connection import RedisTarget, connect, parse_redis_url, redact_redis_url
-from gateway.store.keystore import AuditPage, KeyStore, NotReplicated, Page, RedisError, WriteTooLate
+from gateway.store.faults import FAULTS, Unavailable
+from gateway.store.keystore import AuditPage, KeyStore, NotReplicated, Page, WriteTooLate
 from gateway.store.ledger import UsageLedger
 from gateway.store.quota import CreateLimits, MemoryGauge, OrgQuota
 from gateway.store.replication import AUTO as AUTO_REPLICAS, parse_min_replicas
 
-__all__ = ["AUDIT_CURSOR_PATTERN", "AUTO_REPLICAS", "AuditPage", "CURSOR_PATTERN", "CreateLimits", "KeyStore", "MemoryGauge", "NotReplicated", "OrgQuota", "Page", "RedisError", "RedisTarget",
-           "UsageLedger", "WriteTooLate", "connect", "decode_audit_cursor", "decode_cursor", "parse_min_replicas", "parse_redis_url",
+__all__ = ["AUDIT_CURSOR_PATTERN", "AUTO_REPLICAS", "AuditPage", "CURSOR_PATTERN", "CreateLimits", "FAULTS", "KeyStore",
+           "MemoryGauge", "NotReplicated", "OrgQuota", "Page", "RedisTarget", "Unavailable", "UsageLedger", "WriteTooLate",
+           "connect", "decode_audit_cursor", "decode_cursor", "parse_min_replicas", "parse_redis_url",
            "redact_redis_url"]

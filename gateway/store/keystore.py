@@ -14,14 +14,15 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from gateway import keys
-from gateway.model import AuditEvent, KeyRecord
+from gateway.model import AuditEvent, KeyRecord, verdict
+from gateway.store.faults import Unavailable
 from gateway.store.codec import (decode_audit_cursor, decode_cursor, decode_record, encode_audit_cursor,
                                  encode_cursor, encode_record)
 from gateway.store.ledger import UsageLedger
 from gateway.store.quota import NO_QUOTA, RESERVE, OrgQuota, check_reserve
 from gateway.store.replication import AUTO, NotReplicated, ReplicaGuard
 
-__all__ = ["AuditPage", "KeyStore", "NotReplicated", "Page", "RedisError", "WriteTooLate", "decode_cursor"]
+__all__ = ["AuditPage", "KeyStore", "NotReplicated", "Page", "WriteTooLate", "decode_cursor"]
 
 # Writes carry a deadline (ms, wall clock) checked against the server's clock: a write that a
 # stalled or partitioned Redis runs only after the caller gave up (and answered 503 "nothing
@@ -296,8 +297,14 @@ class KeyStore:
 
     # -- reads ---------------------------------------------------------------------------
     async def get(self, key_id: str) -> KeyRecord | None:
-        """One record by id (any org), without usage: what verification needs, one round trip."""
-        return decode_record(key_id, await self.redis.hgetall(self._rec(key_id)))
+        """One record by id (any org), without usage: what verification needs, one round trip.
+
+        Unavailable when Redis cannot answer (callers fail closed on it)."""
+        try:
+            raw = await self.redis.hgetall(self._rec(key_id))
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"reading a key record: {exc}") from exc
+        return decode_record(key_id, raw)
 
     async def get_many(self, key_ids: Sequence[str]) -> list[KeyRecord | None]:
         """Records by id (any org) in one round trip: a pipeline of HGETALLs, not a transaction
@@ -307,7 +314,11 @@ class KeyStore:
         pipe = self.redis.pipeline(transaction=False)
         for key_id in key_ids:
             pipe.hgetall(self._rec(key_id))
-        return [decode_record(key_id, raw) for key_id, raw in zip(key_ids, await pipe.execute(), strict=True)]
+        try:
+            raws = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"reading {len(key_ids)} key records: {exc}") from exc
+        return [decode_record(key_id, raw) for key_id, raw in zip(key_ids, raws, strict=True)]
 
     async def get_for_org(self, org_id: str, key_id: str) -> KeyRecord | None:
         """One record by id with its usage, None unless it belongs to ``org_id``."""
@@ -318,13 +329,10 @@ class KeyStore:
             return None
         return (await self._with_usage([record]))[0]
 
-    async def verify(self, parsed: keys.ParsedKey) -> KeyRecord | None:
-        """Look a presented key up in one round trip; None when unknown."""
-        record = await self.get(parsed.key_id)
-        # SECURITY: the id only locates the record; the digest comparison authenticates.
-        if record is None or not secrets.compare_digest(record.digest, parsed.digest):
-            return None
-        return record
+    async def verify(self, parsed: keys.ParsedKey, now_ms: int) -> KeyRecord:
+        """Look a presented key up in one round trip, uncached, and judge it (gateway.model.verdict):
+        the record, or InvalidApiKey / RevokedApiKey / ExpiredApiKey."""
+        return verdict(await self.get(parsed.key_id), parsed.digest, now_ms)
 
     async def list(
         self, org_id: str, *, limit: int = 50, cursor: str | None = None, include_revoked: bool = False

@@ -36,6 +36,17 @@ async def test_valid_key_is_forwarded_with_identity(stack):
     assert "authorization" not in got
 
 
+async def test_the_hot_paths_memos_live_in_the_gateways_state(stack):
+    created = await stack.create_key(scopes=["tasks:read"])
+    for _ in range(2):
+        status, body, _ = await stack.call("GET", "/v1/tasks", created["key"])
+        assert status == 200, body
+    parsed = keys.parse_key(created["key"])
+    assert stack.state.key_ids == {parsed.digest: created["id"]}
+    record, identity = stack.state.identities[created["id"]]
+    assert record.id == created["id"] and identity is stack.state.identities[created["id"]][1]
+
+
 async def test_public_route_needs_no_key(stack):
     status, body, _ = await stack.call("GET", "/v1/status")
     assert status == 200 and body["path"] == "/v1/status"

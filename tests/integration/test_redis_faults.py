@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from gateway import keys
-from gateway.store import KeyStore, WriteTooLate, connect
+from gateway.store import KeyStore, Unavailable, WriteTooLate, connect
 from gateway.metrics import Metrics
 from gateway.tasks import flush_usage
 from gateway.usage import UsageBuffer
@@ -187,6 +187,25 @@ async def test_a_cancelled_redis_call_never_hands_its_reply_to_the_next_one(own_
             own_redis.resume()
             got = await store.get(made[1][0].id)
             assert got is not None and got.id == made[1][0].id, round_
+    finally:
+        await store.redis.aclose()
+
+
+async def test_the_stores_reads_raise_its_own_error_for_a_timeout_and_a_dead_redis(own_redis):
+    """What the hot path's fail-closed clause catches: Unavailable, for every Redis or socket error."""
+    store = KeyStore(connect(own_redis.url, timeout=0.2))
+    try:
+        made, _ = await store.create(org_id="o", name="k", scopes=["tasks:read"], expires_at=None, actor="t", now_ms=1)
+        assert [r.id for r in await store.get_many([made.id, made.id])] == [made.id, made.id]
+        own_redis.pause()  # a timeout
+        for read in (store.get(made.id), store.get_many([made.id]), store.get_many([made.id, "key_x"])):
+            with pytest.raises(Unavailable) as caught:
+                await read
+            assert isinstance(caught.value.__cause__, redis.RedisError)
+        own_redis.stop()  # nothing listening: connection refused
+        for read in (store.get(made.id), store.get_many([made.id, "key_x"])):
+            with pytest.raises(Unavailable):
+                await read
     finally:
         await store.redis.aclose()
 

@@ -359,7 +359,7 @@ async def test_bodies_over_64_kib_are_413(admin, how):
 ], ids=["not-gzip", "corrupt-gzip", "not-deflate"])
 async def test_a_body_that_is_not_what_its_encoding_says_is_400(admin, encoding, data):
     # Caught by the handler (was a 500) or, when the first bytes already fail, by aiohttp's
-    # parser before any handler runs (answered with the JSON envelope by gateway/server.py: see the test at the end).
+    # parser before any handler runs (answered with the JSON envelope by gateway/aiohttp_runner.py: see the test at the end).
     before = admin.keyspace()
     status, body, resp = await admin.call("POST", CREATE, data=data, headers={**JSON, "Content-Encoding": encoding})
     assert status == 400, body

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from admin_api.schemas import NAME_FORBIDDEN, NAME_PATTERN, NAME_SPACE
-from gateway.paths import SEGMENT_SAFE, InvalidPath, canonicalize
-from gateway.scopes import Match, MethodNotAllowed, RouteNotFound, Rule, RuleSet, load_rules
+from gateway.paths import SEGMENT_SAFE, NotCanonical, canonicalize
+from gateway.scopes import Match, WrongMethod, NoRoute, Rule, RuleSet, load_rules
 from gateway.validation import InvalidField, key_name
 from tests.support import SCOPES
 
@@ -250,7 +250,7 @@ def poisoned(draw: st.DrawFn) -> str:
 @example("/v1/tasks/%EF%BC%8F..%EF%BC%8Fadmin")
 @example("/v1/tasks/%e2%88%95admin")
 def test_anything_ambiguous_anywhere_is_rejected(raw):
-    with pytest.raises(InvalidPath):
+    with pytest.raises(NotCanonical):
         canonicalize(raw)
 
 
@@ -270,7 +270,7 @@ def test_every_character_of_unicode_is_judged_by_the_look_alike_rule():
         try:
             canonicalize(raw)
             refused = False
-        except InvalidPath:
+        except NotCanonical:
             refused = True
         if refused != look_alike(char):
             wrong.append(f"U+{ord(char):04X}")
@@ -319,7 +319,7 @@ def oracle(rules: RuleSet, method: str, segs: tuple[str, ...]):
     allow = {m for methods in matching.values() for m in methods}
     if "GET" in allow:
         allow.add("HEAD")
-    return MethodNotAllowed(tuple(sorted(allow))) if allow else RouteNotFound()
+    return WrongMethod(tuple(sorted(allow))) if allow else NoRoute()
 
 
 @PROPERTY
@@ -410,14 +410,14 @@ def _slow_or_error(raw: str):
 
     try:
         return _canonicalize(raw)
-    except InvalidPath:
+    except NotCanonical:
         return "refused"
 
 
 def _fast_or_error(raw: str):
     try:
         return canonicalize(raw)
-    except InvalidPath:
+    except NotCanonical:
         return "refused"
 
 

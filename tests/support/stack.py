@@ -13,7 +13,7 @@ from admin_api.app import ADMIN, AdminState, make_admin_app
 from gateway.app import Gateway, make_ops_app
 from gateway.config import AdminSettings, ServeSettings
 from gateway.echo import RECEIVED, make_echo_app
-from gateway.proxy import GatewayState
+from gateway.decision import GatewayState
 from gateway.store import KeyStore, connect
 from tests.support import OPERATOR_TOKEN, SCOPES, Clock, wait_for
 

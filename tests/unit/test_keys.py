@@ -110,3 +110,30 @@ def test_a_key_seen_before_does_not_vouch_for_a_near_copy():
         with pytest.raises(keys.InvalidKeyFormat):
             keys.parse_key(bad)
     assert keys.parse_key(key) == keys.parse_key(key)
+
+
+def test_parse_key_keeps_no_state_of_its_own_its_memo_is_the_callers():
+    from gateway import keys as k
+
+    def module_dict_sizes():
+        return {name: len(v) for name, v in vars(k).items() if isinstance(v, dict)}
+
+    before = module_dict_sizes()
+    key = k.generate_key()
+    k.parse_key(key)
+    assert module_dict_sizes() == before  # nothing remembered globally
+    memo: dict[str, str] = {}
+    parsed = k.parse_key(key, memo)
+    assert memo == {parsed.digest: parsed.key_id} and key not in str(memo)
+    assert k.parse_key(key, memo) == parsed == k.parse_key(key)
+    other = k.generate_key()
+    k.parse_key(other, {})
+    assert len(memo) == 1  # one memo per caller
+
+
+def test_a_full_parse_key_memo_starts_over():
+    from gateway import keys as k
+
+    memo = {f"{i:064x}": f"key_{i}" for i in range(k.IDS_MAX)}
+    parsed = k.parse_key(k.generate_key(), memo)
+    assert memo == {parsed.digest: parsed.key_id}

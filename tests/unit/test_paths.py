@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.paths import MAX_PATH_LENGTH, MAX_SEGMENTS, SEGMENT_SAFE, InvalidPath, Target, canonicalize
+from gateway.paths import MAX_PATH_LENGTH, MAX_SEGMENTS, SEGMENT_SAFE, NotCanonical, Target, canonicalize
 
 REJECTED = [
     # not origin-form
@@ -141,7 +141,7 @@ REJECTED = [
 
 @pytest.mark.parametrize("raw", [r for _, r in REJECTED], ids=[i for i, _ in REJECTED])
 def test_rejected(raw: str) -> None:
-    with pytest.raises(InvalidPath) as info:
+    with pytest.raises(NotCanonical) as info:
         canonicalize(raw)
     reason = info.value.reason
     assert reason and len(reason) < 60
@@ -207,12 +207,12 @@ def test_target_is_frozen() -> None:
 
 
 def test_non_string_is_rejected() -> None:
-    with pytest.raises(InvalidPath):
+    with pytest.raises(NotCanonical):
         canonicalize(b"/v1/tasks")  # type: ignore[arg-type]
 
 
 def test_invalid_path_is_a_value_error() -> None:
-    assert issubclass(InvalidPath, ValueError)
+    assert issubclass(NotCanonical, ValueError)
 
 
 # --- properties -----------------------------------------------------------------------------
@@ -287,7 +287,7 @@ _arbitrary = st.one_of(
 def test_accepted_paths_are_unambiguous(raw: str) -> None:
     try:
         target = canonicalize(raw)
-    except InvalidPath:
+    except NotCanonical:
         return
     path = target.path
     assert path.startswith("/")

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from gateway.paths import canonicalize
 from gateway.scopes import (
     Match,
-    MethodNotAllowed,
+    WrongMethod,
     Permission,
-    RouteNotFound,
+    NoRoute,
     Rule,
     RuleSet,
     ScopesError,
@@ -41,7 +41,7 @@ def ruleset(*specs: str) -> RuleSet:
     return parse_rules("\n".join(lines) + "\n", "test.yaml")
 
 
-def template_of(found: Match | RouteNotFound | MethodNotAllowed) -> str:
+def template_of(found: Match | NoRoute | WrongMethod) -> str:
     assert isinstance(found, Match), found
     return found.rule.template
 
@@ -85,19 +85,19 @@ def test_precedence(method, path, template, params):
 @pytest.mark.parametrize(
     ("method", "segments", "expected"),
     [
-        ("PUT", ("a", "b"), MethodNotAllowed(("DELETE", "GET", "HEAD", "POST"))),
-        ("DELETE", ("a", "b", "c"), MethodNotAllowed(("GET", "HEAD", "POST"))),
-        ("POST", ("z", "b", "c"), MethodNotAllowed(("GET", "HEAD"))),
-        ("get", ("a", "b"), MethodNotAllowed(("DELETE", "GET", "HEAD", "POST"))),  # methods are case-sensitive
-        ("GET", ("a",), RouteNotFound()),  # {p:path} needs at least one segment
-        ("POST", ("a",), RouteNotFound()),
-        ("GET", (), RouteNotFound()),
-        ("GET", ("zzz",), RouteNotFound()),
-        ("GET", ("a", "b", ""), RouteNotFound()),  # trailing slash: not /a/b, not even {p:path}
-        ("GET", ("a", ""), RouteNotFound()),  # an empty segment is not a {x}
-        ("GET", ("a", "", "c"), RouteNotFound()),
-        ("GET", ("", "b", "c"), RouteNotFound()),
-        ("GET", ("",), RouteNotFound()),
+        ("PUT", ("a", "b"), WrongMethod(("DELETE", "GET", "HEAD", "POST"))),
+        ("DELETE", ("a", "b", "c"), WrongMethod(("GET", "HEAD", "POST"))),
+        ("POST", ("z", "b", "c"), WrongMethod(("GET", "HEAD"))),
+        ("get", ("a", "b"), WrongMethod(("DELETE", "GET", "HEAD", "POST"))),  # methods are case-sensitive
+        ("GET", ("a",), NoRoute()),  # {p:path} needs at least one segment
+        ("POST", ("a",), NoRoute()),
+        ("GET", (), NoRoute()),
+        ("GET", ("zzz",), NoRoute()),
+        ("GET", ("a", "b", ""), NoRoute()),  # trailing slash: not /a/b, not even {p:path}
+        ("GET", ("a", ""), NoRoute()),  # an empty segment is not a {x}
+        ("GET", ("a", "", "c"), NoRoute()),
+        ("GET", ("", "b", "c"), NoRoute()),
+        ("GET", ("",), NoRoute()),
     ],
 )
 def test_not_found_and_method_not_allowed(method, segments, expected):
@@ -120,13 +120,13 @@ def test_head(method, path, rule_method, template):
     found = rules.match(method, canonical_segments(path))
     assert (found.rule.method, found.rule.template) == (rule_method, template)
     # HEAD is only added to Allow next to GET.
-    assert rules.match("HEAD", ("p",)) == MethodNotAllowed(("POST",))
+    assert rules.match("HEAD", ("p",)) == WrongMethod(("POST",))
 
 
 def test_root_template_and_params_per_rule():
     rules = ruleset("GET / public", "GET /t/{id} t:r", "PATCH /t/{task_id} t:w")
     assert template_of(rules.match("GET", ())) == "/"
-    assert rules.match("POST", ()) == MethodNotAllowed(("GET", "HEAD"))
+    assert rules.match("POST", ()) == WrongMethod(("GET", "HEAD"))
     assert dict(rules.match("GET", ("t", "7")).params) == {"id": "7"}
     assert dict(rules.match("PATCH", ("t", "7")).params) == {"task_id": "7"}
     # Segments are already decoded: a param may hold any non-empty text.
@@ -346,9 +346,9 @@ SHIPPED_RULES = load_rules(SHIPPED)
 def test_shipped_rules(method, path, expected):
     found = SHIPPED_RULES.match(method, canonical_segments(path))
     if expected is None:
-        assert found == RouteNotFound()
+        assert found == NoRoute()
     elif isinstance(expected, tuple):
-        assert found == MethodNotAllowed(expected)
+        assert found == WrongMethod(expected)
     elif expected == "public":
         assert found.rule.public and found.rule.scope is None
     else:
@@ -488,9 +488,9 @@ def test_match_is_most_specific(specs, requests):
             if matching:
                 allow = {r.method for r, _ in matching}
                 allow |= {"HEAD"} if "GET" in allow else set()
-                assert found == MethodNotAllowed(tuple(sorted(allow)))
+                assert found == WrongMethod(tuple(sorted(allow)))
             else:
-                assert found == RouteNotFound()
+                assert found == NoRoute()
 
 
 def test_readme_example_loads_and_behaves_as_documented():
@@ -500,5 +500,5 @@ def test_readme_example_loads_and_behaves_as_documented():
     assert rules.match("GET", ("v1", "status")).rule.public
     assert rules.match("GET", ("v1", "tasks", "42")).rule.scope == "tasks:read"
     assert rules.match("HEAD", ("v1", "tasks", "42")).rule.scope == "tasks:read"
-    assert rules.match("DELETE", ("v1", "tasks", "42")) == MethodNotAllowed(("GET", "HEAD", "PATCH"))
+    assert rules.match("DELETE", ("v1", "tasks", "42")) == WrongMethod(("GET", "HEAD", "PATCH"))
     assert rules.match("GET", ("v1", "files", "a", "b.pdf")).params == {"file_path": "a/b.pdf"}

@@ -286,7 +286,7 @@ def test_known_keys_vouch_only_for_the_same_digest_and_are_bounded():
 
 
 def test_known_keys_take_the_digests_callers_pass():
-    # gateway.proxy adds KeyRecord.digest and asks with ParsedKey.digest: both SHA-256 hex str.
+    # gateway.decision adds KeyRecord.digest and asks with ParsedKey.digest: both SHA-256 hex str.
     key = keys.generate_key()
     parsed = keys.parse_key(key)
     known = KnownKeys(max_size=3)

@@ -21,27 +21,50 @@ handlers that read them (the admin API's ``--body-timeout``).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-import orjson
 from aiohttp import web, web_protocol, web_server
+from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway import accesslog, errors
+from gateway import errors
+from gateway.envelope import MALFORMED_REFUSED, error_body, error_headers, log_refusal, new_request_id, protocol_error
 
 
 def error_response(err: errors.ApiError, request_id: str) -> web.Response:
     """The JSON error envelope with its status-specific headers, as an aiohttp response."""
-    return web.Response(
-        status=err.status, body=orjson.dumps(errors.envelope(err, request_id)), content_type="application/json",
-        headers={"X-Request-Id": request_id, "Cache-Control": "no-store", **err.headers()},
-    )
+    return web.Response(status=err.status, body=error_body(err, request_id), headers=error_headers(err, request_id))
+
+
+class RedactMalformedRequests(logging.Filter):
+    """aiohttp logs a request its parser refuses with the offending bytes, which can be the
+    Authorization header: keep the event and the peer, drop the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            # SECURITY: the exception text repeats the raw request line or header (a credential):
+            # only the error class is logged, no traceback.
+            record.msg = MALFORMED_REFUSED.format(kind=type(exc).__name__, status=exc.code)
+            record.args = record.args[-1:] if isinstance(record.args, tuple) else record.args
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_REDACT = RedactMalformedRequests()
+
+
+def server_logger(name: str) -> logging.Logger:
+    """The logger ``name``, redacted as above: give it to aiohttp's request handler."""
+    logger = logging.getLogger(name)
+    if _REDACT not in logger.filters:
+        logger.addFilter(_REDACT)
+    return logger
 
 
 @web.middleware
 async def ops_envelope_middleware(request: web.Request, handler) -> web.StreamResponse:
     """An ops listener's 404 and 405 in the JSON envelope, like every other error."""
-    from gateway.proxy import new_request_id  # proxy imports this module's users
-
     try:
         return await handler(request)
     except web.HTTPMethodNotAllowed as exc:
@@ -54,26 +77,13 @@ async def ops_envelope_middleware(request: web.Request, handler) -> web.StreamRe
 class EnvelopeRequestHandler(web_protocol.RequestHandler):
     def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
-        # Logging (through the redacting ServerLog) and the "response already started" check.
+        # Logging (through the redacting server_logger) and the "response already started" check.
         super().handle_error(request, status, exc, "")
-        from gateway.proxy import new_request_id  # proxy imports this module's users
-
-        if status == 400:
-            err: errors.ApiError = errors.MalformedRequest()
-        elif status == 413:
-            err = errors.PayloadTooLarge()
-        else:
-            err = errors.ApiError()
-            err.status = status
+        err = protocol_error(status)
         request_id = new_request_id()
         response = error_response(err, request_id)
         response.force_close()
-        # The access log has a line for every answer, this one included (nothing of the
-        # request is in it: its method and path are exactly what could not be parsed).
-        accesslog.write(orjson.dumps({
-            "request_id": request_id, "method": None, "route": None, "org_id": None, "key_id": None,
-            "path": None, "status": err.status, "outcome": err.code, "duration_ms": 0.0,
-        }))
+        log_refusal(request_id, err)  # the access log has a line for every answer, this one included
         return response
 
 

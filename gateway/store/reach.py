@@ -9,16 +9,20 @@ import os
 
 from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
 
-from gateway.store import redact_redis_url
+from gateway.store.faults import FAULTS, Unavailable
+
+from gateway.store.connection import redact_redis_url
 
 log = logging.getLogger("gateway")
 REACH_DEADLINE = 2.5  # seconds Redis has to answer a first PING (down, paused, or a wrong address)
-ERRORS = (RedisError, OSError, TimeoutError)
+ERRORS = (*FAULTS, TimeoutError)
 
 
 def failure(url: str, exc: BaseException) -> str:
     """One line for a Redis that did not answer: where, which setting, why; never the password."""
     where = f"Redis at {redact_redis_url(url)}"
+    if isinstance(exc, Unavailable) and exc.__cause__ is not None:
+        exc = exc.__cause__  # the store's own error: say what Redis said
     if isinstance(exc, TimeoutError):  # our own deadline (asyncio.timeout)
         why = f"no answer within {REACH_DEADLINE:g} s"
     elif isinstance(exc, RedisError) and not isinstance(exc, RedisConnectionError):
