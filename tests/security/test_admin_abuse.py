@@ -19,7 +19,6 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from multidict import CIMultiDict
 from yarl import URL
 
 from admin_api.app import make_admin_app
@@ -27,6 +26,7 @@ from gateway.config import AdminSettings
 from gateway.keys import generate_key
 from tests.support import OPERATOR_TOKEN, SCOPES
 from tests.support.rawhttp import raw_request
+from tests.support.stack import request_json
 
 CREATE = "/v1/orgs/acme/api-keys"
 VALID = {"name": "ci", "scopes": ["tasks:read"]}
@@ -48,18 +48,8 @@ class AdminClient:
 
     async def call(self, method: str, path: str, token: str | None = OPERATOR_TOKEN, **kw) -> tuple[int, Any, Any]:
         """``path`` is sent exactly as written (already percent-encoded, dots not resolved)."""
-        headers = CIMultiDict(kw.pop("headers", {}) or {})
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        url = URL(self.url + path, encoded=True)
-        async with self.http.request(method, url, headers=headers, **kw) as resp:
-            self.last = resp
-            raw = await resp.read()
-            try:
-                body = msgspec.json.decode(raw) if raw else None
-            except msgspec.DecodeError:
-                body = raw
-            return resp.status, body, resp
+        status, body, self.last = await request_json(self.http, method, URL(self.url + path, encoded=True), token, **kw)
+        return status, body, self.last
 
     async def create(self, org: str = "acme", scopes=("tasks:read",), name: str = "k") -> dict:
         status, body, _ = await self.call("POST", f"/v1/orgs/{org}/api-keys",

@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from multidict import CIMultiDict
 
 from admin_api.app import ADMIN, AdminState, make_admin_app
 from gateway.app import Gateway, make_ops_app
@@ -52,16 +53,23 @@ class Stack:
         return await self._request(self.admin, method, path, token, **kw)
 
     async def _request(self, base: str, method: str, path: str, bearer: str | None, **kw):
-        headers = dict(kw.pop("headers", {}) or {})
-        if bearer is not None:
-            headers["Authorization"] = f"Bearer {bearer}"
-        async with self.http.request(method, base + path, headers=headers, **kw) as resp:
-            raw = await resp.read()
-            try:
-                body = msgspec.json.decode(raw) if raw else None
-            except msgspec.DecodeError:
-                body = raw
-            return resp.status, body, resp
+        return await request_json(self.http, method, base + path, bearer, **kw)
+
+
+async def request_json(http: aiohttp.ClientSession, method: str, url, bearer: str | None = None,
+                       **kw) -> tuple[int, Any, aiohttp.ClientResponse]:
+    """One request, with ``bearer`` as Authorization if given: (status, JSON body or the raw
+    bytes when it is not JSON, the closed response)."""
+    headers = CIMultiDict(kw.pop("headers", {}) or {})
+    if bearer is not None:
+        headers["Authorization"] = f"Bearer {bearer}"
+    async with http.request(method, url, headers=headers, **kw) as resp:
+        raw = await resp.read()
+        try:
+            body = msgspec.json.decode(raw) if raw else None
+        except msgspec.DecodeError:
+            body = raw
+        return resp.status, body, resp
 
 
 @pytest.fixture
