@@ -15,6 +15,7 @@ process that first meets a promoted master with no replica yet does not take unc
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import time
 
@@ -300,7 +301,7 @@ async def test_two_failovers_in_a_row(sentinels, make_stack, tmp_path, clock):
     # not (a requirement that never came back down would refuse every write here).
     for answered in (between, after):
         assert answered and sum(answered) >= 0.9 * len(answered), answered
-        assert not any(not a and not b for a, b in zip(answered, answered[1:])), answered  # never twice in a row
+        assert not any(not a and not b for a, b in itertools.pairwise(answered)), answered  # never twice in a row
 
 
 @pytest.fixture
