@@ -181,12 +181,14 @@ def verify_key(st: GatewayState, record: KeyRecord | None, parsed: keys.ParsedKe
     """Digest, revocation and expiry of a record, cached or just read (gateway.model.verdict)."""
     # SECURITY: the digest comparison authenticates, cached or not. Only after it are the ids
     # logged: an unknown key is logged without any.
+    refused = None
     try:
-        verdict(record, parsed.digest, int(st.clock() * 1000))
-    except (errors.RevokedApiKey, errors.ExpiredApiKey):
-        entry["org_id"], entry["key_id"] = record.org_id, record.id  # genuine, but refused
-        raise
+        verdict(record, parsed.digest, int(st.clock() * 1000))  # InvalidApiKey: logged without ids
+    except (errors.RevokedApiKey, errors.ExpiredApiKey) as err:
+        refused = err  # genuine, but refused: logged with its ids too
     entry["org_id"], entry["key_id"] = record.org_id, record.id
+    if refused is not None:
+        raise refused
 
 
 IDENTITIES_MAX = 65536

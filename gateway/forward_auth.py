@@ -167,7 +167,8 @@ def _refuse(conn: HttpConnection, err: errors.ApiError, request_id: str, req: Ht
     headers = error_headers(err, request_id)
     body = error_body(err, request_id)
     # (asked for by the edge's target header: the one nginx always sends)
-    if any(edge.error_header and req.header(edge.target_header or "") is not None for edge in EDGES):
+    if any(edge.error_header and edge.target_header and req.header(edge.target_header) is not None
+           for edge in EDGES):
         headers.append((ERROR_HEADER, body.decode()))
     conn.respond(err.status, "", headers, body)
 

@@ -279,13 +279,19 @@ async def test_the_key_limit_holds_org_keys_counts_in_redis_and_frees_on_revoke(
     await second.create(org, manager["key"], ["tasks:read"], expect=409)
 
 
-async def test_concurrent_creates_on_two_processes_cannot_exceed_the_key_limit(admins, org):
-    apps = [await admins(max_keys_per_org=10, create_rate_per_org=0) for _ in range(2)]
+async def _concurrent_creates(apps, org: str, n: int) -> list[int]:
+    """``n`` creates at once by one org key (made by an operator first), alternating between the
+    admin processes ``apps``; their statuses, sorted."""
     manager = await apps[0].create(org)
     results = await asyncio.gather(*(
-        apps[i % 2].call("POST", f"/v1/orgs/{org}/api-keys", manager["key"],
-                         json={"name": f"c{i}", "scopes": ["tasks:read"]}) for i in range(40)))
-    statuses = sorted(status for status, _, _ in results)
+        apps[i % len(apps)].call("POST", f"/v1/orgs/{org}/api-keys", manager["key"],
+                                 json={"name": f"c{i}", "scopes": ["tasks:read"]}) for i in range(n)))
+    return sorted(status for status, _, _ in results)
+
+
+async def test_concurrent_creates_on_two_processes_cannot_exceed_the_key_limit(admins, org):
+    apps = [await admins(max_keys_per_org=10, create_rate_per_org=0) for _ in range(2)]
+    statuses = await _concurrent_creates(apps, org, 40)
     assert statuses == [201] * 9 + [409] * 31, statuses
     assert await apps[0].count(org) == 10
 
@@ -306,11 +312,7 @@ async def test_the_create_rate_holds_org_keys_across_processes_with_retry_after(
 
 async def test_concurrent_creates_cannot_exceed_the_rate(admins, org):
     apps = [await admins(create_rate_per_org=5, max_keys_per_org=0) for _ in range(2)]
-    manager = await apps[0].create(org)
-    results = await asyncio.gather(*(
-        apps[i % 2].call("POST", f"/v1/orgs/{org}/api-keys", manager["key"],
-                         json={"name": f"c{i}", "scopes": ["tasks:read"]}) for i in range(30)))
-    assert sorted(status for status, _, _ in results) == [201] * 5 + [429] * 25
+    assert await _concurrent_creates(apps, org, 30) == [201] * 5 + [429] * 25
 
 
 @pytest.mark.parametrize("name, env, value", [
