@@ -43,6 +43,10 @@ class KeyRecord(msgspec.Struct, frozen=True):
     request_count: int = 0
     revoked_at: int | None = None
     revoked_by: str | None = None
+    # Bumped by every change of the record, in the script that makes it (create writes 1; records
+    # written before versions existed read as 0): the admin API's ETag, and the number of the
+    # activity-log event (KeyEvent.version) that describes the change.
+    version: int = 0
 
     def status(self, now_ms: int) -> str:
         """``revoked`` if revoked, else ``expired`` if expires_at <= now, else ``active``."""
@@ -78,6 +82,34 @@ class AuditEvent(msgspec.Struct, frozen=True):
     org_id: str
     actor: str
     at: int
+
+
+# The actions of a key's activity log.
+KEY_ACTIONS = ("api_key.created", "api_key.updated", "api_key.rolled", "api_key.revoked")
+
+
+class Change(msgspec.Struct, frozen=True, array_like=True):
+    """One field's value before and after a change (names, scopes, times: never a secret)."""
+
+    before: object
+    after: object
+
+
+class KeyEvent(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One change of a key as its activity log keeps it (gateway.store.codec.encode_event).
+
+    ``version`` is the record's version after the change: (key_id, version) names the event.
+    ``changes`` maps a field ("name", "scopes", "expires_at", "secret" (the display prefixes),
+    "previous_secret_expires_at", ...) to its before/after values.
+    """
+
+    action: str
+    key_id: str
+    org_id: str
+    actor: str
+    at: int
+    version: int
+    changes: dict[str, Change] = {}
 
 
 def created_by_any(records: list[KeyRecord], creator_ids: set[str]) -> list[str]:

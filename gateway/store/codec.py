@@ -10,11 +10,14 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
-from gateway.model import KEY_ID_PATTERN, KeyRecord
+import msgspec
+
+from gateway.model import KEY_ID_PATTERN, KeyEvent, KeyRecord
 
 # Record fields. The key id is not stored: it is in the Redis key's name.
 ORG, NAME, PREFIX, SCOPES, DIGEST = "o", "n", "p", "s", "d"
 CREATED_AT, CREATED_BY, EXPIRES_AT, REVOKED_AT, REVOKED_BY = "c", "C", "e", "r", "R"
+VERSION = "v"
 
 # The field of a node's usage hash holding the sequence number of the write that set it.
 SEQ_FIELD = "~"
@@ -26,6 +29,8 @@ def encode_record(record: KeyRecord) -> list[Any]:
         ORG, record.org_id, NAME, record.name, PREFIX, record.prefix, SCOPES, " ".join(record.scopes),
         DIGEST, bytes.fromhex(record.digest), CREATED_AT, record.created_at, CREATED_BY, record.created_by,
     ]
+    if record.version:
+        fields += [VERSION, record.version]
     if record.expires_at is not None:
         fields += [EXPIRES_AT, record.expires_at]
     if record.revoked_at is not None:
@@ -58,9 +63,30 @@ def decode_record(key_id: str, raw: dict[Any, Any] | list[Any]) -> KeyRecord | N
             expires_at=None if expires_at is None else int(expires_at),
             revoked_at=None if revoked_at is None else int(revoked_at),
             revoked_by=h[REVOKED_BY].decode() if REVOKED_BY in h else None,
+            version=int(h.get(VERSION, 0)),
         )
     except (KeyError, ValueError, AttributeError, UnicodeDecodeError):
         return None  # a half-written or foreign hash is never treated as a key
+
+
+# -- activity log ------------------------------------------------------------------------------
+# A key's events are a Redis list in the record's own hash slot, appended by the same script as
+# the change they describe; each element is one KeyEvent as JSON.
+
+_EVENT_ENCODER = msgspec.json.Encoder()
+_EVENT_DECODER = msgspec.json.Decoder(KeyEvent)
+
+
+def encode_event(event: KeyEvent) -> bytes:
+    return _EVENT_ENCODER.encode(event)
+
+
+def decode_event(raw: bytes | str) -> KeyEvent | None:
+    """An event read back; None for anything that is not one (never raises)."""
+    try:
+        return _EVENT_DECODER.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 # -- usage -------------------------------------------------------------------------------------

@@ -143,6 +143,15 @@ class KeyStore:
     def _org_creates(self, org_id: str) -> str:
         return f"{self.p}:org:{{{org_id}}}:creates"
 
+    def _key_log(self, key_id: str) -> str:
+        """A key's activity log: a list of codec.encode_event elements, in the record's hash slot."""
+        return f"{self.p}:key:{{{key_id}}}:log"
+
+    def _org_activity(self, org_id: str) -> str:
+        """The org's activity index: members "<key_id>:<version>" scored by the event's time,
+        written before the change (an entry whose event is not in the key's log is skipped)."""
+        return f"{self.p}:org:{{{org_id}}}:activity"
+
     # -- writes --------------------------------------------------------------------------
     async def create(
         self,
@@ -173,6 +182,7 @@ class KeyStore:
                 created_at=now_ms,
                 created_by=actor,
                 expires_at=expires_at,
+                version=1,
             )
             # Index first: an index entry without a record is invisible (filtered on read),
             # while a record without an index entry would be an unlisted, working key.

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import msgspec
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -112,3 +114,27 @@ def test_usage_buckets_spread_key_ids_and_keep_them_recoverable():
         buckets[bucket] = buckets.get(bucket, 0) + 1
     assert len(buckets) > 9000 and max(buckets.values()) < 20  # about 1.3 per bucket, none crowded
     assert codec.usage_bucket("k1") == ("_", "k1")
+
+
+def test_a_record_keeps_its_version_and_one_without_reads_as_zero():
+    from gateway.model import KeyRecord
+    from gateway.store.codec import decode_record, encode_record
+
+    r = KeyRecord(id="key_a", org_id="o", name="n", prefix="sop_ab", scopes=("a:b",), digest="00" * 32,
+                  created_at=1, created_by="operator", version=7)
+    raw = encode_record(r)
+    assert decode_record("key_a", dict(zip(raw[::2], [str(v).encode() if not isinstance(v, bytes) else v
+                                                      for v in raw[1::2]], strict=True))).version == 7
+    old = encode_record(msgspec.structs.replace(r, version=0))
+    assert "v" not in old[::2]
+
+
+def test_events_round_trip_and_garbage_is_no_event():
+    from gateway.model import Change, KeyEvent
+    from gateway.store.codec import decode_event, encode_event
+
+    e = KeyEvent("api_key.updated", "key_a", "o", "operator", 5, 3,
+                 {"scopes": Change(["a:b", "c:d"], ["a:b"]), "name": Change("x", "y")})
+    assert decode_event(encode_event(e)) == e
+    assert decode_event(b"{not json") is None
+    assert decode_event(b'{"action": 1}') is None
