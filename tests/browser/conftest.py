@@ -58,6 +58,7 @@ async def browser(stack):
 
 async def sign_in(b: Browser, stack, credential: str = OPERATOR_TOKEN, org: str | None = "acme") -> None:
     page = b.page
+    await sync_clock(b, stack)
     await page.goto(stack.admin + "/")
     await page.get_by_label("Operator token or API key").fill(credential)
     if org is not None:
@@ -66,18 +67,24 @@ async def sign_in(b: Browser, stack, credential: str = OPERATOR_TOKEN, org: str 
     await page.get_by_role("heading", name="API Keys", exact=True).wait_for()
 
 
+async def sync_clock(b: Browser, stack) -> None:
+    """The page's "now" (relative times, flags) is the stack's clock, which tests move by days."""
+    await b.page.clock.set_fixed_time(stack.clock())
+
+
 def row(b: Browser, name: str):
     return b.page.locator("#keys-body tr").filter(has=b.page.locator("td.name", has_text=name))
 
 
-async def create_through_dialog(b: Browser, name: str, searches: list[tuple[str, str]], expiry: str = "Never") -> str:
+async def create_through_dialog(b: Browser, name: str, searches: list[tuple[str, str]], expiry: str | None = None) -> str:
     """Fill the create dialog (permissions found through the search box) and return the revealed key."""
     page = b.page
     await page.get_by_role("button", name="+ Create API Key").first.click()
     dialog = page.get_by_role("dialog", name="Create API Key")
     await expect(dialog).to_be_visible()
     await dialog.get_by_label("Name", exact=True).fill(name)
-    await dialog.get_by_label("Expiry").select_option(label=expiry)
+    if expiry is not None:  # else the default, 90 days
+        await dialog.get_by_label("Expiry").select_option(label=expiry)
     for query, label in searches:
         await dialog.get_by_role("searchbox").fill(query)
         await dialog.get_by_label(label, exact=True).check()

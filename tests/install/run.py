@@ -30,7 +30,9 @@ SMOKE = Path(__file__).resolve().parent / "smoke.py"
 MIN = (3, 11)
 # What an install must hold: the code of every package and the files read at run time.
 WHEEL_MUST_HOLD = ("gateway/store/keystore.py", "gateway/data/scopes.yaml", "gateway/data/redis.conf",
-                   "admin_api/static/index.html", "admin_api/static/app.js", "gateway_verify.py")
+                   "admin_api/static/index.html", "admin_api/static/app.js", "admin_api/static/format.js",
+                   "admin_api/static/listview.js", "admin_api/static/chart.js", "admin_api/static/activity.js",
+                   "gateway_verify.py")
 
 
 def claimed_versions() -> list[tuple[int, int]]:

@@ -1,0 +1,100 @@
+// The activity log as the page shows it: what an event says in words (pure), and its table row or
+// list item. Events never hold a secret; "secret" changes are display prefixes.
+
+import { utcText } from "./format.js";
+
+export const ACTION_LABEL = {
+  "api_key.created": "Created",
+  "api_key.updated": "Edited",
+  "api_key.rolled": "Rolled the secret",
+  "api_key.revoked": "Revoked",
+};
+
+// "operator" / "key:key_abc" -> "Operator" / "Key key_abc"
+export function actorLabel(actor) {
+  if (actor === "operator") return "Operator";
+  if (actor.startsWith("key:")) return `Key ${actor.slice(4)}`;
+  return actor;
+}
+
+function shown(value) {
+  if (value === null || value === undefined) return "none";
+  if (Array.isArray(value)) return value.length ? value.join(", ") : "none";
+  return String(value);
+}
+
+function when(value) {
+  if (value === null || value === undefined) return "never";
+  const ms = typeof value === "number" ? value : Date.parse(value);
+  return Number.isNaN(ms) ? String(value) : utcText(new Date(ms).toISOString());
+}
+
+// One line per changed field: "Name: “A” → “B”", "Permissions: added tasks:write; removed files:read".
+export function describeChanges(changes) {
+  const lines = [];
+  for (const [field, change] of Object.entries(changes || {})) {
+    const { before, after } = change;
+    if (field === "name") lines.push(`Name: “${shown(before)}” → “${shown(after)}”`);
+    else if (field === "scopes") {
+      const was = new Set(before || []);
+      const now = new Set(after || []);
+      const added = [...now].filter((s) => !was.has(s));
+      const removed = [...was].filter((s) => !now.has(s));
+      const parts = [];
+      if (added.length) parts.push(`added ${added.join(", ")}`);
+      if (removed.length) parts.push(`removed ${removed.join(", ")}`);
+      lines.push(`Permissions: ${parts.join("; ") || shown(after)}`);
+    } else if (field === "expires_at") lines.push(`Expiry: ${when(before)} → ${when(after)}`);
+    else if (field === "secret") lines.push(`Secret: ${shown(before)}… → ${shown(after)}…`);
+    else if (field === "previous_secret_expires_at") lines.push(`Previous secret works until ${when(after)}`);
+    else lines.push(`${field}: ${shown(before)} → ${shown(after)}`);
+  }
+  return lines;
+}
+
+function cell(tag, value, className) {
+  const node = document.createElement(tag);
+  node.textContent = value;
+  if (className) node.className = className;
+  return node;
+}
+
+function changesList(event) {
+  const list = document.createElement("ul");
+  list.className = "changes";
+  for (const line of describeChanges(event.changes)) list.append(cell("li", line));
+  return list;
+}
+
+// A row of the org's activity table. ``keyName(id)`` names a key the page has loaded, else null.
+export function activityRow(event, keyName, timeCell) {
+  const tr = document.createElement("tr");
+  tr.dataset.eventId = event.id || `${event.key_id}:${event.at}`;
+  tr.dataset.action = event.action;
+  const at = cell("td", "");
+  at.dataset.label = "When";
+  at.append(timeCell(event.at));
+  const what = cell("td", ACTION_LABEL[event.action] || event.action, "action");
+  what.dataset.label = "What";
+  const key = cell("td", "");
+  key.dataset.label = "Key";
+  const name = keyName(event.key_id);
+  if (name) key.append(cell("span", name, "key-title"), " ");
+  key.append(cell("code", event.key_id));
+  const by = cell("td", actorLabel(event.actor), "actor");
+  by.dataset.label = "By";
+  const changes = cell("td", "");
+  changes.dataset.label = "Changes";
+  changes.append(changesList(event));
+  tr.append(at, what, key, by, changes);
+  return tr;
+}
+
+// An item of a key's own activity in its detail view.
+export function activityItem(event, timeCell) {
+  const li = document.createElement("li");
+  li.dataset.action = event.action;
+  li.append(cell("strong", ACTION_LABEL[event.action] || event.action), " by ", cell("span", actorLabel(event.actor), "actor"), ", ", timeCell(event.at));
+  li.append(changesList(event));
+  return li;
+}
