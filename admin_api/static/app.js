@@ -307,7 +307,7 @@ function renderRows() {
   for (const th of document.querySelectorAll("#keys-table th[data-sort]")) {
     th.setAttribute("aria-sort", th.dataset.sort === state.view.sort ? state.view.dir : "none");
   }
-  const sortName = document.querySelector(`#keys-table th[data-sort="${state.view.sort}"] .sort`).textContent;
+  const sortName = document.querySelector(`#keys-table th[data-sort="${state.view.sort}"] .sort`).textContent.trim();
   $("keys-caption").textContent = `Your organization's API keys, sorted by ${sortName.toLowerCase()}, ${state.view.dir}`;
   renderListChrome();
 }
