@@ -31,7 +31,8 @@ bench: $(STAMP)
 	@scripts/install-system-deps.sh test
 	$(PY) bench/run.py
 
-# The browser tests save screenshots of the page (list, create and reveal dialogs, 320/375 px, 1280x800).
+# The browser tests save screenshots of the page (list and its flags, create and reveal dialogs, the key's
+# detail view and its chart, the roll dialog and the Activity view; 320/375 px, 1280 px).
 screenshots: $(STAMP)
 	@scripts/install-system-deps.sh test
 	$(PY) -m pytest -q tests/browser

@@ -904,12 +904,14 @@ async function loadUsage() {
     const usage = await api("GET", keyPath(key.id, "/usage?" + params));
     if (!state.detail || state.detail.id !== key.id) return;
     drawUsage($("usage-chart"), $("usage-table"), usage);
+    document.querySelector(".usage-details").hidden = false;
     const n = Object.values(usage.totals).reduce((a, b) => a + b, 0);
     $("usage-summary").textContent = `${requests(n)} in the last ${span(length)}, per ${granularity} (UTC).`;
   } catch (err) {
     $("usage-summary").textContent = "";
     $("usage-chart").replaceChildren();
     $("usage-table").replaceChildren();
+    document.querySelector(".usage-details").hidden = true;
     if (err.status === 401) handleApiError(err, "usage-error");
     else showError("usage-error", `The request history cannot be shown: ${err.message} (${err.code})`);
   }
@@ -924,7 +926,8 @@ async function loadKeyActivity(more) {
   try {
     const page = await api("GET", activityPath(params));
     if (!state.detail || state.detail.id !== key.id) return;
-    const items = page.data.map((e) => activityItem(e, timeCell));
+    // The key's own events only, even from an API that ignored key_id.
+    const items = page.data.filter((e) => e.key_id === key.id).map((e) => activityItem(e, timeCell));
     if (more) $("key-activity").append(...items);
     else $("key-activity").replaceChildren(...items);
     state.detailCursor = page.next_cursor;
