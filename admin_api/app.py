@@ -22,7 +22,7 @@ from gateway.errors import FieldError, OrgNotFound
 from gateway import store as store_mod
 from gateway import validation
 from gateway.config import AdminSettings
-from gateway.model import EXPIRY_CHOICES, created_by_any, rfc3339
+from gateway.model import EXPIRY_CHOICES, created_by_any
 from gateway.envelope import new_request_id
 from gateway.aiohttp_runner import error_response, server_logger
 from gateway.reload import RulesHolder
