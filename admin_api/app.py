@@ -22,7 +22,7 @@ from gateway.errors import FieldError, OrgNotFound
 from gateway import store as store_mod
 from gateway import validation
 from gateway.config import AdminSettings
-from gateway.model import EXPIRY_CHOICES, created_by_any, rfc3339
+from gateway.model import EXPIRY_CHOICES, created_by_any
 from gateway.envelope import new_request_id
 from gateway.aiohttp_runner import error_response, server_logger
 from gateway.reload import RulesHolder
@@ -104,12 +104,33 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     st = app[ADMIN]
     watcher = asyncio.create_task(st.rules.watch(st.settings.reload_interval))
     flusher = asyncio.create_task(usage_flusher(st.store, st.usage, st.metrics, st.settings.flush_interval))
+    backfill = asyncio.create_task(backfill_activity(st.store))
     yield
-    watcher.cancel()
-    flusher.cancel()
-    await asyncio.gather(watcher, flusher, return_exceptions=True)
+    for task in (watcher, flusher, backfill):
+        task.cancel()
+    await asyncio.gather(watcher, flusher, backfill, return_exceptions=True)
     await flush_at_shutdown(st.store, st.usage, st.metrics)
     await st.store.redis.aclose()
+
+
+BACKFILL_RETRY = 5.0  # seconds between attempts of the start-up backfill while Redis fails
+
+
+async def backfill_activity(store: KeyStore) -> None:
+    """At start-up, once per Redis (a marker there says it was done): the create and revoke
+    events of records written before the activity log (KeyStore.backfill_activity); retried
+    until Redis answers. Reads meanwhile show those keys' events once they are written."""
+    while True:
+        try:
+            done = await store.backfill_activity()
+        except store_mod.FAULTS as exc:
+            server_log.warning("activity log backfill failed (%s); retrying in %.0f s", type(exc).__name__,
+                               BACKFILL_RETRY)
+            await asyncio.sleep(BACKFILL_RETRY)
+            continue
+        if done:
+            server_log.info("activity log: backfilled the events of %d keys written before it", done)
+        return
 
 
 server_log = server_logger("admin_api.server")  # without the bytes of requests that failed to parse
@@ -425,18 +446,35 @@ async def _revoke_descendants(st: AdminState, org_id: str, key_id: str, actor: s
 
 
 async def list_audit_events(request: web.Request) -> web.Response:
-    """GET /v1/orgs/{org_id}/audit-events: creates and revokes with actor and time, newest first, paginated."""
+    """GET /v1/orgs/{org_id}/audit-events?key_id=: the activity log (creates, edits, rolls, revokes
+    with actor, time and what changed), newest first, paginated as far back as it goes."""
     st = request.app[ADMIN]
     principal = await _principal(request)
     org_id = _org_id(request)
     principal.require(READ, org_id)
-    limit, cursor = _list_params(request, decode_audit_cursor)
-    page = await st.store.audit_events(org_id, limit=limit, cursor=cursor)
+    key_id, limit, cursor = _audit_params(request)
+    page = await st.store.activity(org_id, key_id=key_id, limit=limit, cursor=cursor)
+    if page is None:  # not a key of this org: the same 404 as GET of the key
+        await _require_org(st, principal, org_id)
+        raise errors.KeyNotFound()
     if not page.events:
         await _require_org(st, principal, org_id)
-    return _json_response(schemas.AuditEventList([
-        schemas.AuditEvent(e.action, e.key_id, e.org_id, e.actor, rfc3339(e.at)) for e in page.events
-    ], page.next_cursor))
+    return _json_response(schemas.AuditEventList([schemas.audit_event_out(e) for e in page.events], page.next_cursor))
+
+
+def _audit_params(request: web.Request) -> tuple[str | None, int, str | None]:
+    """key_id (optional), limit and cursor of the activity log; a cursor of one key's log is
+    refused for another key."""
+    given = request.query.getall("key_id", ())
+    if len(given) > 1:
+        raise FieldError("key_id", "key_id is given more than once.")
+    key_id = given[0] if given and given[0] else None
+    if key_id is not None and not validation.is_key_id(key_id):
+        raise FieldError("key_id", "key_id must be a key ID: 'key_' followed by letters and digits.")
+    limit, cursor = _list_params(request, decode_audit_cursor)
+    if key_id is not None and cursor is not None and decode_audit_cursor(cursor)[1] != key_id:
+        raise FieldError("cursor", "cursor is not one returned by this API for this key_id.")
+    return key_id, limit, cursor
 
 
 async def openapi(request: web.Request) -> web.Response:

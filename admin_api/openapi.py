@@ -178,8 +178,17 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                 "parameters": [ORG],
                 "get": {
                     "operationId": "listAuditEvents",
-                    "summary": "The org's audit trail of creates and revokes, newest first",
-                    "parameters": _list_params(AUDIT_CURSOR_PATTERN),
+                    "summary": "The org's activity log (creates, edits, rolls, revokes), newest first",
+                    "description": "Every change of the org's keys with its actor, time and what changed "
+                                   "(before/after; never a secret), as far back as it goes. With key_id, that "
+                                   "key's events only (404 key_not_found unless it is a key of the org); a "
+                                   "cursor pages on within the same key_id.",
+                    "parameters": [
+                        {"name": "key_id", "in": "query", "required": False,
+                         "schema": {"type": "string", "pattern": f"^(?:{KEY_ID_PATTERN})?$"},
+                         "description": "Only this key's events (empty: the whole org)"},
+                        *_list_params(AUDIT_CURSOR_PATTERN),
+                    ],
                     "responses": {"200": _json("AuditEventList", "A page of events"), **_errors(400, 401, 403, 404, 429, 503)},
                 },
             },

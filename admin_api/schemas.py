@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
-from gateway.model import EXPIRY_CHOICES, KeyRecord, rfc3339
+from gateway.model import EXPIRY_CHOICES, KEY_ACTIONS, KEY_ID_PATTERN, KeyEvent, KeyRecord, rfc3339
 
 ExpiresIn = Literal[tuple(EXPIRY_CHOICES)]
 
@@ -103,18 +103,30 @@ class PermissionList(msgspec.Struct):
     data: list[Permission]
 
 
-class AuditEvent(msgspec.Struct):
-    """A create or revoke with its actor and time."""
+class AuditChange(msgspec.Struct):
+    """One field's value before and after the change (never a secret: a roll shows display prefixes)."""
 
-    action: Literal["api_key.created", "api_key.revoked"]
+    before: Any
+    after: Any
+
+
+class AuditEvent(msgspec.Struct):
+    """One create, edit, roll or revoke of a key: who, when, and what changed."""
+
+    id: Annotated[str, Meta(description="The event's id: <key_id>:<version>", pattern=rf"^{KEY_ID_PATTERN}:[0-9]+$")]
+    action: Literal[KEY_ACTIONS]
     key_id: str
     org_id: str
-    actor: str
+    actor: Annotated[str, Meta(description="operator, cli or key:<key_id>")]
     at: Timestamp
+    version: Annotated[int, Meta(ge=1, description="The key's version after the change (its ETag)")]
+    changes: Annotated[dict[str, AuditChange], Meta(
+        description="field -> before/after: name, scopes, expires_at (edits); secret (display prefixes), "
+                    "previous_secret_expires_at (rolls); empty for creates and revokes")]
 
 
 class AuditEventList(msgspec.Struct):
-    """A page of audit events, newest first."""
+    """A page of the activity log, newest first."""
 
     data: list[AuditEvent]
     next_cursor: Annotated[str | None, Meta(description="Pass as ?cursor= for the next page; null on the last")]
@@ -158,3 +170,16 @@ def _fields(r: KeyRecord, now_ms: int) -> dict:
         expires_at=rfc3339(r.expires_at), last_used_at=rfc3339(r.last_used_at),
         request_count=r.request_count, revoked_at=rfc3339(r.revoked_at), revoked_by=r.revoked_by,
     )
+
+
+def audit_event_out(e: KeyEvent) -> AuditEvent:
+    return AuditEvent(
+        id=f"{e.key_id}:{e.version}", action=e.action, key_id=e.key_id, org_id=e.org_id, actor=e.actor,
+        at=rfc3339(e.at), version=e.version,
+        changes={name: AuditChange(_out(c.before, name), _out(c.after, name)) for name, c in e.changes.items()},
+    )
+
+
+def _out(value: object, field: str) -> object:
+    # Times are kept in ms (fields "*_at") and shown as RFC 3339, like every time of this API.
+    return rfc3339(value) if field.endswith("_at") and isinstance(value, int) else value

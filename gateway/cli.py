@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, admin, dev, keys create|list|revoke, scopes check|explain."""
+"""The `gateway` command: serve, admin, dev, keys create|list|revoke|audit, scopes check|explain."""
 
 from __future__ import annotations
 
@@ -171,6 +171,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
                                        load_rules(settings.scopes).permissions)
     elif args.keys_cmd == "revoke":
         key_id = validation.key_id(args.key_id)
+    elif args.keys_cmd == "audit":
+        key_id = validation.key_id(args.key) if args.key else None
+        _check_audit_args(args, key_id)
     now = int(time.time() * 1000)
 
     async def run() -> object:
@@ -202,6 +205,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
                             print(f"gateway: no organization {org_id}", file=sys.stderr)
                             raise SystemExit(1)
                         return out
+            if args.keys_cmd == "audit":
+                return await _audit(store, org_id, key_id, args)
             record = await store.revoke(org_id=org_id, key_id=key_id, actor="cli", now_ms=now,
                                         ack_timeout=ACK_TIMEOUT)
             if record is None:
@@ -220,6 +225,40 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.keys_cmd == "create":
         print("Store the key now: it is not shown again.", file=sys.stderr)
     return 0
+
+
+def _check_audit_args(args: argparse.Namespace, key_id: str | None) -> None:
+    from gateway.store import decode_audit_cursor
+
+    if not 1 <= args.limit <= 100:
+        raise CliError("--limit must be an integer from 1 to 100")
+    if args.cursor:
+        try:
+            _, cursor_key, _ = decode_audit_cursor(args.cursor)
+        except ValueError:
+            raise CliError("--cursor is not a next_cursor this command printed") from None
+        if key_id is not None and cursor_key != key_id:
+            raise CliError("--cursor belongs to another key's log than --key")
+
+
+async def _audit(store, org_id: str, key_id: str | None, args: argparse.Namespace) -> object:
+    """`keys audit`: one page {data, next_cursor} (the admin API's shape), or with --all every
+    event as one list, newest first."""
+    from admin_api.schemas import AuditEventList, audit_event_out
+
+    out, cursor = [], args.cursor
+    while True:
+        page = await store.activity(org_id, key_id=key_id, limit=args.limit, cursor=cursor)
+        if page is None:
+            raise CliError(f"no key {key_id} in org {org_id}", code=1)
+        if not page.events and not out and not cursor and not await store.org_exists(org_id):
+            raise CliError(f"no organization {org_id}", code=1)
+        out += [audit_event_out(e) for e in page.events]
+        cursor = page.next_cursor
+        if not args.all:
+            return AuditEventList(out, cursor)
+        if cursor is None:
+            return out
 
 
 def _scopes_file(given: str | None) -> str:
@@ -299,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = command(sub, "keys", help="manage keys directly in Redis (operator)")
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
-    for name in ("create", "list", "revoke"):
+    for name in ("create", "list", "revoke", "audit"):
         p = command(keys_sub, name)
         config.add_arguments(p, config.AdminSettings, only=KEYS_SETTINGS if name == "create" else KEYS_SETTINGS[:4])
         p.add_argument("--scopes-file", dest="scopes", default=None, help=argparse.SUPPRESS)  # deprecated: --scopes
@@ -313,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "operator token is not (the memory mark still applies)")
         elif name == "list":
             p.add_argument("--include-revoked", action="store_true", help="also list revoked keys")
+        elif name == "audit":
+            p.add_argument("--key", default=None, metavar="KEY_ID", help="only this key's events")
+            p.add_argument("--limit", type=int, default=50, help="events per page, 1-100")
+            pages = p.add_mutually_exclusive_group()
+            pages.add_argument("--cursor", default=None, help="the next_cursor of the page before")
+            pages.add_argument("--all", action="store_true", help="every event, newest first, as one list")
         else:
             p.add_argument("key_id", metavar="KEY_ID", help="the key's id, key_...")
     keys.set_defaults(func=cmd_keys)

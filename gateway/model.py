@@ -74,16 +74,6 @@ def verdict(record: KeyRecord | None, digest: str, now_ms: int) -> KeyRecord:
     return record
 
 
-class AuditEvent(msgspec.Struct, frozen=True):
-    """A create or revoke, with who did it and when."""
-
-    action: str
-    key_id: str
-    org_id: str
-    actor: str
-    at: int
-
-
 # The actions of a key's activity log.
 KEY_ACTIONS = ("api_key.created", "api_key.updated", "api_key.rolled", "api_key.revoked")
 

@@ -136,11 +136,12 @@ def usage_bucket(key_id: str) -> tuple[str, str]:
 
 # -- list cursors ------------------------------------------------------------------------------
 # Plain text, so that the OpenAPI document can give the exact pattern the server accepts: the
-# position of the last entry of a page (its index score, then its key id). Nothing secret: both
-# are in the page that handed the cursor out. The audit trail's also names the kind of event.
+# position of the last entry of a page (its index score, then its member). Nothing secret: both
+# are in the page that handed the cursor out. The activity log's member is the event's id,
+# "<key_id>:<version>".
 
 CURSOR_PATTERN = rf"^[0-9]{{1,15}}\.{KEY_ID_PATTERN}$"
-AUDIT_CURSOR_PATTERN = rf"^[0-9]{{1,15}}\.[cr]\.{KEY_ID_PATTERN}$"
+AUDIT_CURSOR_PATTERN = rf"^[0-9]{{1,15}}\.{KEY_ID_PATTERN}:[0-9]{{1,10}}$"
 _CURSOR = re.compile(CURSOR_PATTERN[1:-1])
 _AUDIT_CURSOR = re.compile(AUDIT_CURSOR_PATTERN[1:-1])
 
@@ -157,14 +158,29 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     return int(score), key_id
 
 
-def encode_audit_cursor(at: int, revoked: bool, key_id: str) -> str:
-    return f"{at}.{'r' if revoked else 'c'}.{key_id}"
+def event_id(key_id: str, version: int) -> str:
+    """An event's id, and its member in the org's activity index: ``"<key_id>:<version>"``."""
+    return f"{key_id}:{version}"
 
 
-def decode_audit_cursor(cursor: str) -> tuple[int, bool, str]:
-    """Parse an audit-trail cursor: (at, is a revoke, key id); ValueError unless it matches
-    AUDIT_CURSOR_PATTERN."""
+def parse_event_id(member: bytes | str) -> tuple[str, int] | None:
+    """(key_id, version) of an activity index member; None for anything else."""
+    text = member.decode() if isinstance(member, bytes) else member
+    key_id, sep, version = text.rpartition(":")
+    if not sep or not version.isascii() or not version.isdigit():
+        return None
+    return key_id, int(version)
+
+
+def encode_audit_cursor(at: int, key_id: str, version: int) -> str:
+    return f"{at}.{event_id(key_id, version)}"
+
+
+def decode_audit_cursor(cursor: str) -> tuple[int, str, int]:
+    """Parse an activity-log cursor: (the event's time in ms, its key id, its version);
+    ValueError unless it matches AUDIT_CURSOR_PATTERN."""
     if not _AUDIT_CURSOR.fullmatch(cursor):
         raise ValueError("invalid cursor")
-    at, kind, key_id = cursor.split(".", 2)
-    return int(at), kind == "r", key_id
+    at, member = cursor.split(".", 1)
+    key_id, version = member.split(":")
+    return int(at), key_id, int(version)

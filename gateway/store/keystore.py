@@ -1,4 +1,4 @@
-"""API keys in Redis: create, verify, list, revoke, the derived audit trail, the gateway registry."""
+"""API keys in Redis: create, verify, list, revoke, the activity log, the gateway registry."""
 
 from __future__ import annotations
 
@@ -14,15 +14,16 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from gateway import keys
-from gateway.model import AuditEvent, KeyRecord, verdict
+from gateway.model import KeyEvent, KeyRecord, verdict
 from gateway.store.faults import Unavailable
-from gateway.store.codec import (decode_audit_cursor, decode_cursor, decode_record, encode_audit_cursor,
-                                 encode_cursor, encode_record)
+from gateway.validation import is_org_id
+from gateway.store.codec import (decode_audit_cursor, decode_cursor, decode_event, decode_record, encode_audit_cursor,
+                                 encode_cursor, encode_event, encode_record, event_id, parse_event_id)
 from gateway.store.ledger import UsageLedger
 from gateway.store.quota import NO_QUOTA, RESERVE, OrgQuota, check_reserve
 from gateway.store.replication import AUTO, NotReplicated, ReplicaGuard
 
-__all__ = ["AuditPage", "KeyStore", "NotReplicated", "Page", "WriteTooLate", "decode_cursor"]
+__all__ = ["AuditPage", "Contended", "KeyStore", "NotReplicated", "Page", "WriteTooLate", "decode_cursor"]
 
 # Writes carry a deadline (ms, wall clock) checked against the server's clock: a write that a
 # stalled or partitioned Redis runs only after the caller gave up (and answered 503 "nothing
@@ -34,21 +35,40 @@ if t[1] * 1000 + math.floor(t[2] / 1000) > tonumber(ARGV[1]) then return -1 end
 
 _RESERVE = _DEADLINE + RESERVE
 
+# Every change writes its event (KEYS[2], the key's log) in the script that makes it: a change
+# and its event are atomic (the event-log protocol of issue 14; the org's activity index entry
+# is written before the script).
 _CREATE = _DEADLINE + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('RPUSH', KEYS[2], ARGV[2])
 return 1
 """
 
-# The record is its own audit: created_at/_by and revoked_at/_by are written atomically with
-# the change they describe.
+# ARGV: deadline, org, revoked at, actor, the version the event was made for, the event.
+# Already revoked: nothing is written (no second event). -2: the record changed since it was
+# read (another version): read it again and retry.
 _REVOKE = _DEADLINE + """
 if redis.call('HGET', KEYS[1], 'o') ~= ARGV[2] then return {} end
 if redis.call('HEXISTS', KEYS[1], 'r') == 0 then
-  redis.call('HSET', KEYS[1], 'r', ARGV[3], 'R', ARGV[4])
+  if tonumber(redis.call('HGET', KEYS[1], 'v') or '0') + 1 ~= tonumber(ARGV[5]) then return -2 end
+  redis.call('HSET', KEYS[1], 'r', ARGV[3], 'R', ARGV[4], 'v', ARGV[5])
+  redis.call('RPUSH', KEYS[2], ARGV[6])
 end
 return redis.call('HGETALL', KEYS[1])
 """
+
+# The one-time backfill of records written before the activity log (no `v`, an empty log):
+# their create (and revoke) events, read from the record, and the version they make.
+_BACKFILL = """
+if redis.call('HEXISTS', KEYS[1], 'd') == 0 or redis.call('HEXISTS', KEYS[1], 'v') == 1 then return 0 end
+if redis.call('LLEN', KEYS[2]) > 0 then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1])
+redis.call('RPUSH', KEYS[2], unpack(ARGV, 2))
+return 1
+"""
+BACKFILL_BATCH = 200  # records per round trip of the backfill
+REVOKE_ATTEMPTS = 5  # a revoke racing edits of the same key reads it again this many times
 
 WRITE_DEADLINE_MS = 5000  # generous against clock skew between the admin host and Redis
 
@@ -75,11 +95,15 @@ class WriteTooLate(RedisError):
     """Redis ran a write after its deadline and refused it: nothing was changed."""
 
 
+class Contended(RedisError):
+    """The record changed under every attempt of a write (concurrent edits): nothing was changed."""
+
+
 @dataclass(frozen=True, slots=True)
 class AuditPage:
-    """One page of an org's audit events, newest first; ``next_cursor`` is None on the last page."""
+    """One page of an org's activity log, newest first; ``next_cursor`` is None on the last page."""
 
-    events: list[AuditEvent]
+    events: list[KeyEvent]
     next_cursor: str | None
 
 
@@ -108,6 +132,8 @@ class KeyStore:
         self._register = client.register_script(_REGISTER)
         self._live = client.register_script(_LIVE)
         self._revoke = client.register_script(_REVOKE)
+        self._backfill = client.register_script(_BACKFILL)
+        self.backfilled = f"{prefix}:activity:backfilled"
 
     async def _confirmed(self, steps) -> list:
         """Run the writes ``steps(client)`` issues, then WAIT for the required replicas on the
@@ -192,10 +218,13 @@ class KeyStore:
             if reserved == -1:
                 raise WriteTooLate("the create reached Redis after its deadline")
             check_reserve(reserved, quota)
+            event = KeyEvent("api_key.created", record.id, org_id, actor, now_ms, 1)
             try:
-                [created] = await self._confirmed(lambda c, r=record: self._gather(
-                    lambda: self._create(keys=[self._rec(r.id)], args=[self._deadline(), *encode_record(r)],
-                                         client=c)))
+                # The activity index entry first (the org's slot), then the record and its event.
+                _, created = await self._confirmed(lambda c, r=record, e=event: self._gather(
+                    lambda: c.zadd(self._org_activity(org_id), {event_id(r.id, 1): now_ms}),
+                    lambda: self._create(keys=[self._rec(r.id), self._key_log(r.id)],
+                                         args=[self._deadline(), encode_event(e), *encode_record(r)], client=c)))
                 if created == -1:
                     raise WriteTooLate("the create reached Redis after its deadline")
             except NotReplicated:
@@ -209,24 +238,42 @@ class KeyStore:
 
     async def revoke(self, *, org_id: str, key_id: str, actor: str, now_ms: int,
                      ack_timeout: float = 0.0) -> KeyRecord | None:
-        """Revoke atomically; idempotent (a second call returns the first revocation).
+        """Revoke atomically with its api_key.revoked event; idempotent (a second call returns
+        the first revocation and writes no event).
 
         With ``ack_timeout``, returns only once every live gateway has dropped the key from its
         cache, or ``ack_timeout`` seconds have passed (see ``broadcast_revocation``).
         """
-        # The org's revocation index first, as with creation: an entry whose record is not
-        # revoked is skipped when the audit trail is read.
-        # Pipelined with the WAIT when replicas must confirm: the ZADD always writes (a new
-        # score), so the WAIT also covers an earlier revocation of the key that no replica had
-        # confirmed (a retry after a 503 is confirmed like the first attempt).
-        _, raw = await self._confirmed(lambda c: self._gather(
-            lambda: c.zadd(self._org_revoked(org_id), {key_id: now_ms}),
-            lambda: self._revoke(keys=[self._rec(key_id)], args=[self._deadline(), org_id, now_ms, actor], client=c)))
-        if raw == -1:
-            raise WriteTooLate("the revoke reached Redis after its deadline")
+        for _ in range(REVOKE_ATTEMPTS):
+            current = await self.get(key_id)
+            if current is None or current.org_id != org_id:
+                return None
+            if current.version == 0 and await self.backfill_records([current]):
+                continue  # written before the activity log: its events first, then read it again
+            version = current.version + 1
+            event = encode_event(KeyEvent("api_key.revoked", key_id, org_id, actor, now_ms, version))
+            # The org's indexes first, as with creation: an entry whose record is not revoked,
+            # or whose event is not in the key's log, is skipped when read.
+            # Pipelined with the WAIT when replicas must confirm: the ZADD always writes (a new
+            # score), so the WAIT also covers an earlier revocation of the key that no replica
+            # had confirmed (a retry after a 503 is confirmed like the first attempt).
+            index = {} if current.revoked_at is not None else {event_id(key_id, version): now_ms}
+            *_, raw = await self._confirmed(lambda c, ev=event, v=version, i=index: self._gather(
+                lambda: c.zadd(self._org_revoked(org_id), {key_id: now_ms}),
+                *([lambda: c.zadd(self._org_activity(org_id), i)] if i else []),
+                lambda: self._revoke(keys=[self._rec(key_id), self._key_log(key_id)],
+                                     args=[self._deadline(), org_id, now_ms, actor, v, ev], client=c)))
+            if raw == -1:
+                raise WriteTooLate("the revoke reached Redis after its deadline")
+            if raw != -2:
+                break
+            # Another change took this version meanwhile: its index entry may carry this
+            # attempt's time now; put its own back, then try again on the new version.
+            await self._reindex(org_id, key_id, version)
+        else:
+            raise Contended(f"the key changed on each of {REVOKE_ATTEMPTS} attempts to revoke it")
         record = decode_record(key_id, raw)
         if record is None:
-            await self._forget(self._org_revoked(org_id), key_id)
             return None
         if record.revoked_at != now_ms:  # revoked before: index it at its real time
             await self.redis.zadd(self._org_revoked(org_id), {key_id: record.revoked_at})
@@ -235,6 +282,57 @@ class KeyStore:
         else:
             await self.publish_invalidation(key_id, secrets.token_hex(8))
         return (await self._with_usage([record]))[0]
+
+    async def _reindex(self, org_id: str, key_id: str, version: int) -> None:
+        """Index the event ``version`` of the key at its own time (after a lost race for it)."""
+        event = decode_event(await self.redis.lindex(self._key_log(key_id), version - 1) or b"")
+        if event is not None and event.version == version:
+            await self.redis.zadd(self._org_activity(org_id), {event_id(key_id, version): event.at})
+
+    # -- the backfill of records written before the activity log ---------------------------
+    async def backfill_records(self, records: Sequence[KeyRecord]) -> int:
+        """Give the records written before the activity log (version 0, no events) their
+        api_key.created (version 1) and api_key.revoked (2) events, read from the record, in
+        two round trips (index entries first); how many were backfilled. Idempotent."""
+        plans = []
+        for r in records:
+            if r.version:
+                continue
+            events = [KeyEvent("api_key.created", r.id, r.org_id, r.created_by, r.created_at, 1)]
+            if r.revoked_at is not None:
+                events.append(KeyEvent("api_key.revoked", r.id, r.org_id, r.revoked_by or "", r.revoked_at, 2))
+            plans.append((r, events))
+        if not plans:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for r, events in plans:
+                pipe.zadd(self._org_activity(r.org_id), {event_id(r.id, e.version): e.at for e in events})
+            await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for r, events in plans:
+                await self._backfill(keys=[self._rec(r.id), self._key_log(r.id)],
+                                     args=[len(events), *map(encode_event, events)], client=pipe)
+            done = await pipe.execute()
+        return sum(done)
+
+    async def backfill_activity(self, *, force: bool = False) -> int | None:
+        """Backfill every org's records written before the activity log (``backfill_records``):
+        how many were, or None when an earlier run completed (and not ``force``). Walks the org
+        indexes (SCAN, every node of a cluster); marks its completion in Redis."""
+        if not force and await self.redis.exists(self.backfilled):
+            return None
+        head, tail = f"{self.p}:org:{{", "}:keys"
+        done = 0
+        async for name in self.redis.scan_iter(match=f"{self.p}:org:*:keys", count=1000, _type="zset"):
+            name = name.decode()
+            org_id = name[len(head):-len(tail)]
+            if not (name.startswith(head) and name.endswith(tail) and is_org_id(org_id)):
+                continue
+            records = await self.org_records(org_id)
+            for first in range(0, len(records), BACKFILL_BATCH):
+                done += await self.backfill_records(records[first:first + BACKFILL_BATCH])
+        await self.redis.set(self.backfilled, int(time.time() * 1000))
+        return done
 
     async def broadcast_revocation(self, key_id: str, timeout: float) -> tuple[set[str], set[str]]:
         """Publish the revocation and wait until every live gateway acknowledges it.
@@ -383,57 +481,86 @@ class KeyStore:
             next_cursor = encode_cursor(last.created_at, last.id)
         return Page(out[:limit], next_cursor)
 
-    async def audit_events(self, org_id: str, *, limit: int = 100, cursor: str | None = None) -> AuditPage:
-        """A page of the org's creates and revokes, newest first, read from the records.
-
-        The record is the audit trail: who created and revoked a key, and when, are written
-        atomically with the change itself. Creates come from the org index (by creation time),
-        revokes from the org's revocation index; the records say who and when. The order is
-        total (time, then a revoke before a create of the same millisecond, then key id
-        descending), so the cursor, the position of a page's last event, never skips or
-        repeats one.
-        """
+    async def activity(self, org_id: str, *, key_id: str | None = None, limit: int = 50,
+                       cursor: str | None = None) -> AuditPage | None:
+        """A page of the org's activity log (every create, edit, roll and revoke), newest first,
+        as far back as it goes; with ``key_id``, that key's own log (None unless it is a key of
+        the org). ``cursor`` (codec.encode_audit_cursor) is the last event of the page before."""
         after = decode_audit_cursor(cursor) if cursor else None
-        created = await self._events_after(self._org_keys(org_id), org_id, False, after, limit + 1)
-        revoked = await self._events_after(self._org_revoked(org_id), org_id, True, after, limit + 1)
-        merged = sorted(created + revoked, key=lambda e: e[1], reverse=True)  # key id descending
-        merged.sort(key=lambda e: (-e[0].at, e[0].action != "api_key.revoked"))  # stable
-        events = [event for event, _ in merged[:limit]]
-        next_cursor = None
-        if len(merged) > limit:
-            last = events[-1]
-            next_cursor = encode_audit_cursor(last.at, last.action == "api_key.revoked", last.key_id)
-        return AuditPage(events, next_cursor)
+        if key_id is not None:
+            return await self._key_activity(org_id, key_id, limit, after)
+        return await self._org_activity_page(org_id, limit, after)
 
-    async def _events_after(self, index: str, org_id: str, revokes: bool,
-                            after: tuple[int, bool, str] | None, want: int) -> list[tuple[AuditEvent, str]]:
-        """Up to ``want`` events of one index (creates or revokes) that come after ``after``."""
-        out: list[tuple[AuditEvent, str]] = []
-        offset, batch = 0, max(want, 20)
+    async def _org_activity_page(self, org_id: str, limit: int, after: tuple[int, str, int] | None) -> AuditPage:
+        """From the org's activity index, by time descending and, within a millisecond, member
+        descending (Redis' own order, total: the cursor never skips or repeats an entry); each
+        entry's event read from its key's log (one pipelined round trip per batch of entries)."""
+        index = self._org_activity(org_id)
         top = "+inf" if after is None else after[0]
-        while len(out) < want:
-            rows = await self.redis.zrange(index, top, "-inf", desc=True, byscore=True, offset=offset,
-                                           num=batch, withscores=True)
+        after_member = None if after is None else event_id(after[1], after[2])
+        out: list[KeyEvent] = []
+        offset, batch = 0, limit + 1
+        while len(out) <= limit:
+            rows = await self.redis.zrange(index, top, "-inf", desc=True, byscore=True, offset=offset, num=batch,
+                                           withscores=True)
             offset += len(rows)
-            ids = []
+            wanted = []
             for member, score in rows:
-                member = member.decode()
-                if after is not None and int(score) == after[0]:
-                    # Same millisecond as the cursor: revokes come first, then key ids descending.
-                    if revokes != after[1]:
-                        if revokes:  # a revoke sorts before the cursor's create
-                            continue
-                    elif member >= after[2]:
-                        continue
-                ids.append(member)
-            for r in await self._records(ids, org_id):
-                if not revokes:
-                    out.append((AuditEvent("api_key.created", r.id, org_id, r.created_by, r.created_at), r.id))
-                elif r.revoked_at is not None:  # an index entry whose revoke did not happen is skipped
-                    out.append((AuditEvent("api_key.revoked", r.id, org_id, r.revoked_by or "", r.revoked_at), r.id))
+                # Skip what the previous page already returned (the same millisecond as its last).
+                if after_member is not None and int(score) == after[0] and member.decode() >= after_member:
+                    continue
+                if (parsed := parse_event_id(member)) is not None and parsed[1] >= 1:
+                    wanted.append((*parsed, int(score)))
+            out += await self._indexed_events(org_id, wanted)
             if len(rows) < batch:
                 break
-        return out[:want]
+        next_cursor = None
+        if len(out) > limit:
+            last = out[limit - 1]
+            next_cursor = encode_audit_cursor(last.at, last.key_id, last.version)
+        return AuditPage(out[:limit], next_cursor)
+
+    async def _indexed_events(self, org_id: str, wanted: list[tuple[str, int, int]]) -> list[KeyEvent]:
+        """The events (key id, version, time) of index entries, in order, from the keys' logs in
+        one round trip: the event of version v is element v - 1 (every change appends one). An
+        entry whose event is not there (its change did not happen) or differs is skipped."""
+        if not wanted:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key_id, version, _ in wanted:
+                pipe.lindex(self._key_log(key_id), version - 1)
+            raws = await pipe.execute()
+        out = []
+        for (key_id, version, at), raw in zip(wanted, raws, strict=True):
+            event = decode_event(raw) if raw else None
+            if (event is not None and event.key_id == key_id and event.version == version and event.at == at
+                    and event.org_id == org_id):
+                out.append(event)
+        return out
+
+    async def _key_activity(self, org_id: str, key_id: str, limit: int,
+                            after: tuple[int, str, int] | None) -> AuditPage | None:
+        """One key's log, newest first (versions descending), if the key is the org's."""
+        if not key_id.startswith("key_") or len(key_id) > 64:
+            return None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self._rec(key_id), "o")
+            pipe.llen(self._key_log(key_id))
+            owner, length = await pipe.execute()
+        if owner is None or owner.decode() != org_id:
+            return None
+        before = None if after is None else after[2]  # versions below the cursor's
+        # Versions rise by at least one per element from 1: version v is at index v - 1 or earlier.
+        end = length - 1 if before is None else min(length - 1, before - 2)
+        raws = await self.redis.lrange(self._key_log(key_id), max(0, end - limit), end) if end >= 0 else []
+        events = [e for e in map(decode_event, reversed(raws))
+                  if e is not None and e.key_id == key_id and e.org_id == org_id
+                  and (before is None or e.version < before)]
+        next_cursor = None
+        if len(events) > limit:
+            last = events[limit - 1]
+            next_cursor = encode_audit_cursor(last.at, key_id, last.version)
+        return AuditPage(events[:limit], next_cursor)
 
     async def _records(self, ids: list[str], org_id: str) -> list[KeyRecord]:
         """The records of ``ids`` that exist and belong to ``org_id``, in order (one round trip)."""

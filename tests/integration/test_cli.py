@@ -343,3 +343,24 @@ def test_serve_and_admin_without_a_scopes_file_say_where_it_goes_and_where_the_e
         assert line.startswith(f"gateway: no scopes file at {missing} (set --scopes FILE or GATEWAY_SCOPES; ")
         example = line.rsplit(": ", 1)[1].rstrip(")")
         assert Path(example).is_file() and Path(example).name == "scopes.yaml", line
+
+
+def test_keys_audit_pages_the_activity_log(redis_url):
+    env = {"GATEWAY_REDIS_URL": redis_url, "GATEWAY_SCOPES": str(SCOPES)}
+    made = [json.loads(gateway("keys", "create", "--org", "acme", "--name", f"k{i}", "--scope", "tasks:read",
+                               env=env, check=True).stdout)["id"] for i in range(3)]
+    gateway("keys", "revoke", "--org", "acme", made[0], env=env, check=True)
+    every = json.loads(gateway("keys", "audit", "--org", "acme", "--all", "--limit", "2", env=env, check=True).stdout)
+    assert len(every) == 4 and every[0]["action"] == "api_key.revoked" and every[0]["actor"] == "cli"
+    first = json.loads(gateway("keys", "audit", "--org", "acme", "--limit", "3", env=env, check=True).stdout)
+    rest = json.loads(gateway("keys", "audit", "--org", "acme", "--cursor", first["next_cursor"], env=env,
+                              check=True).stdout)
+    assert first["data"] + rest["data"] == every and rest["next_cursor"] is None
+    one = json.loads(gateway("keys", "audit", "--org", "acme", "--key", made[0], env=env, check=True).stdout)
+    assert [(e["action"], e["version"]) for e in one["data"]] == [("api_key.revoked", 2), ("api_key.created", 1)]
+    for args, message in ((("--key", "key_nothere"), "no key key_nothere in org acme"),
+                          (("--cursor", "garbage"), "--cursor is not"), (("--limit", "0"), "--limit must be"),
+                          (("--key", made[1], "--cursor", f"1.{made[0]}:1"), "another key")):
+        result = gateway("keys", "audit", "--org", "acme", *args, env=env)
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+    assert "no organization newco" in gateway("keys", "audit", "--org", "newco", env=env).stderr

@@ -28,7 +28,7 @@ AUDIT = documented_pattern("/v1/orgs/{org_id}/audit-events")
 # Text near the grammar, so that both "matches" and "does not match" come up often.
 NEAR = st.text(alphabet="0123456789.crkey_AZaz=-+ \n\u0661", max_size=24) | st.builds(
     lambda s, k, tail: f"{s}.{k}{tail}", st.integers(-5, 10**16).map(str), st.sampled_from(["key_", "r.key_", "c.key_", "x.key_", "key"]),
-    st.text(alphabet="aZ09_-\n", max_size=62))
+    st.text(alphabet="aZ09_-:\n", max_size=62))
 
 
 @settings(max_examples=300)
@@ -43,8 +43,8 @@ def test_every_documented_key_list_cursor_decodes(cursor):
 @given(st.from_regex(AUDIT, fullmatch=True))
 def test_every_documented_audit_cursor_decodes(cursor):
     if cursor:
-        at, _, key_id = decode_audit_cursor(cursor)
-        assert at >= 0 and key_id.startswith("key_")
+        at, key_id, version = decode_audit_cursor(cursor)
+        assert at >= 0 and key_id.startswith("key_") and version >= 0
 
 
 @settings(max_examples=500)
@@ -63,9 +63,15 @@ def test_the_decoders_accept_nothing_the_pattern_refuses(text):
 def test_cursors_made_by_the_store_match_the_pattern():
     for cursor in (encode_cursor(0, "key_a"), encode_cursor(1764170000123, "key_" + "Z" * 16)):
         assert re.fullmatch(KEYS[1:-1], cursor)
-    for cursor in (encode_audit_cursor(5, True, "key_a"), encode_audit_cursor(5, False, "key_b")):
+    for cursor in (encode_audit_cursor(5, "key_a", 1), encode_audit_cursor(1764170000123, "key_" + "Z" * 16, 12)):
         assert re.fullmatch(AUDIT[1:-1], cursor)
-    assert decode_audit_cursor(encode_audit_cursor(5, True, "key_a")) == (5, True, "key_a")
+    assert decode_audit_cursor(encode_audit_cursor(5, "key_a", 12)) == (5, "key_a", 12)
+
+
+def test_event_ids_parse_back():
+    assert codec.parse_event_id(codec.event_id("key_a", 12).encode()) == ("key_a", 12)
+    for bad in ("key_a", "key_a:", "key_a:x", "key_a:\u0661"):
+        assert codec.parse_event_id(bad) is None
 
 
 # -- records and usage --------------------------------------------------------------------------------------
