@@ -72,8 +72,10 @@ async def test_chart_draws_the_numbers_it_is_given_and_reads_by_keyboard(stack, 
 async def test_detail_view_roll_dialog_and_activity_view(stack, browser):
     page = browser.page
     key = await stack.create_key(name="Zapier production", scopes=["tasks:read", "tasks:write"], expires_in="90d")
+    stack.clock.advance(60)  # events a minute apart: newest first is one order
     old = await stack.create_key(name="Old script")
     assert (await stack.call("GET", "/v1/tasks", key["key"]))[0] == 200
+    stack.clock.advance(60)
     await stack.admin_call("POST", f"/v1/orgs/acme/api-keys/{old['id']}/revoke")
     await sign_in(browser, stack)
 
@@ -88,6 +90,10 @@ async def test_detail_view_roll_dialog_and_activity_view(stack, browser):
     await expect(detail.locator("#detail-secrets li").first).to_contain_text(key["prefix"] + "… current")
     await expect(detail.get_by_role("button", name="Roll secret")).to_be_visible()
     await expect(detail.get_by_role("button", name="Edit")).to_be_visible()
+    # Its own activity (GET audit-events?key_id=): its create only, not the other key's events.
+    await expect(detail.locator("#key-activity li")).to_have_count(1)
+    await expect(detail.locator("#key-activity li")).to_have_attribute("data-action", "api_key.created")
+    await expect(detail.locator("#key-activity li .actor")).to_have_text("Operator")
 
     # The roll dialog: 24 hours by default, and it says what happens to the old secret.
     await detail.get_by_role("button", name="Roll secret").click()
