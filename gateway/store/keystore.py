@@ -309,12 +309,20 @@ class KeyStore:
             for r, events in plans:
                 pipe.zadd(self._org_activity(r.org_id), {event_id(r.id, e.version): e.at for e in events})
             await pipe.execute()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for r, events in plans:
-                await self._backfill(keys=[self._rec(r.id), self._key_log(r.id)],
-                                     args=[len(events), *map(encode_event, events)], client=pipe)
-            done = await pipe.execute()
+        done = await self._scripts([lambda c, r=r, events=events: self._backfill(
+            keys=[self._rec(r.id), self._key_log(r.id)], args=[len(events), *map(encode_event, events)], client=c)
+            for r, events in plans])
         return sum(done)
+
+    async def _scripts(self, calls) -> list:
+        """Run script calls ``call(client)`` (each on its own slot) in one round trip: pipelined,
+        or on a cluster (whose pipelines refuse scripts) all at once, each to its slot's node."""
+        if isinstance(self.redis, RedisCluster):
+            return list(await asyncio.gather(*(call(self.redis) for call in calls)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call in calls:
+                await call(pipe)
+            return await pipe.execute()
 
     async def backfill_activity(self, *, force: bool = False) -> int | None:
         """Backfill every org's records written before the activity log (``backfill_records``):
