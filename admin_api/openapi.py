@@ -75,6 +75,9 @@ KEY_LINKS = {
     op: {"operationId": op, "parameters": {"org_id": "$request.path.org_id", "key_id": "$response.body#/id"}}
     for op in ("getApiKey", "revokeApiKey")
 }
+# The new key's own activity log (its create event; its revoke once revoked).
+KEY_LINKS["listAuditEvents"] = {"operationId": "listAuditEvents",
+                                "parameters": {"org_id": "$request.path.org_id", "query.key_id": "$response.body#/id"}}
 SECURITY = [{"bearer": []}]
 
 

@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, admin, dev, keys create|list|revoke|audit, scopes check|explain."""
+"""The `gateway` command: serve, admin, dev, keys create|list|revoke|audit|backfill-activity, scopes check|explain."""
 
 from __future__ import annotations
 
@@ -143,6 +143,7 @@ KEYS_REDIS_TIMEOUT = 2.0  # seconds per Redis call of `gateway keys` (plus one q
 # the admin API's create limits, so that it is held to the same ones.
 KEYS_SETTINGS = ("redis", "scopes", "redis_prefix", "redis_min_replicas",
                  "max_keys_per_org", "create_rate_per_org", "memory_high_water")
+BACKFILL_SETTINGS = ("redis", "redis_prefix")  # its writes are not acknowledged ones: no replica count
 FLAGS = {"org_id": "--org", "name": "--name", "scopes": "--scope", "key_id": "KEY_ID"}  # InvalidField.field
 
 
@@ -261,6 +262,35 @@ async def _audit(store, org_id: str, key_id: str | None, args: argparse.Namespac
             return out
 
 
+def cmd_backfill_activity(args: argparse.Namespace) -> int:
+    """`keys backfill-activity [--force]`: what `gateway admin` runs at start-up, by hand: the
+    activity log's create/revoke events of the keys written before it (KeyStore.backfill_activity).
+    Prints {"backfilled": n}; n is null when an earlier run completed and --force is not given."""
+    import msgspec
+
+    from gateway.store import KeyStore, connect
+    from gateway.store import reach as redis_reach
+
+    settings = config.load(config.AdminSettings, {name: getattr(args, name, None) for name in BACKFILL_SETTINGS})
+
+    async def run() -> int | None:
+        store = KeyStore(connect(settings.redis, timeout=KEYS_REDIS_TIMEOUT), settings.redis_prefix)
+        try:
+            await redis_reach.reach(store)
+            return await store.backfill_activity(force=args.force)
+        finally:
+            await store.redis.aclose()
+
+    try:
+        done = asyncio.run(run())
+    except redis_reach.ERRORS as exc:
+        raise CliError(redis_reach.failure(settings.redis, exc), code=1) from None
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode({"backfilled": done}), indent=2).decode() + "\n")
+    if done is None:
+        print("gateway: the backfill ran before (marker in Redis); --force runs it again", file=sys.stderr)
+    return 0
+
+
 def _scopes_file(given: str | None) -> str:
     """--scopes, else GATEWAY_SCOPES (or GATEWAY_SCOPES_FILE), else ./scopes.yaml, else the shipped example."""
     if given:
@@ -361,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("key_id", metavar="KEY_ID", help="the key's id, key_...")
     keys.set_defaults(func=cmd_keys)
+    backfill = command(keys_sub, "backfill-activity",
+                       help="give keys written before the activity log their create/revoke events (the admin "
+                            "API does it once at start-up)")
+    config.add_arguments(backfill, config.AdminSettings, only=BACKFILL_SETTINGS)
+    backfill.add_argument("--force", action="store_true", help="run it again even if an earlier run completed")
+    backfill.set_defaults(func=cmd_backfill_activity)
 
     scopes = command(sub, "scopes", help="check scopes.yaml or explain how a request is authorized")
     scopes_sub = scopes.add_subparsers(dest="scopes_cmd", required=True)

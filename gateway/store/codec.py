@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import msgspec
 
-from gateway.model import KEY_ID_PATTERN, KeyEvent, KeyRecord
+from gateway.model import KEY_ID_PATTERN, Change, KeyEvent, KeyRecord
 
 # Record fields. The key id is not stored: it is in the Redis key's name.
 ORG, NAME, PREFIX, SCOPES, DIGEST = "o", "n", "p", "s", "d"
@@ -71,22 +71,41 @@ def decode_record(key_id: str, raw: dict[Any, Any] | list[Any]) -> KeyRecord | N
 
 # -- activity log ------------------------------------------------------------------------------
 # A key's events are a Redis list in the record's own hash slot, appended by the same script as
-# the change they describe; each element is one KeyEvent as JSON.
+# the change they describe; each element is one KeyEvent as JSON without its key id (the list's
+# name holds it) and its org id (the record holds it): the reader passes both back in.
+
+
+class _StoredEvent(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A KeyEvent as its key's log keeps it. ``key_id``/``org_id`` are never written; events
+    written before they were dropped carry them, and must then name the caller's key and org."""
+
+    action: str
+    actor: str
+    at: int
+    version: int
+    changes: dict[str, Change] = {}
+    key_id: str | None = None
+    org_id: str | None = None
+
 
 _EVENT_ENCODER = msgspec.json.Encoder()
-_EVENT_DECODER = msgspec.json.Decoder(KeyEvent)
+_EVENT_DECODER = msgspec.json.Decoder(_StoredEvent)
 
 
 def encode_event(event: KeyEvent) -> bytes:
-    return _EVENT_ENCODER.encode(event)
+    return _EVENT_ENCODER.encode(_StoredEvent(event.action, event.actor, event.at, event.version, event.changes))
 
 
-def decode_event(raw: bytes | str) -> KeyEvent | None:
-    """An event read back; None for anything that is not one (never raises)."""
+def decode_event(raw: bytes | str, key_id: str, org_id: str) -> KeyEvent | None:
+    """An event of the log of ``key_id``, a key of ``org_id``, read back; None for anything that
+    is not one, or names another key or org (never raises)."""
     try:
-        return _EVENT_DECODER.decode(raw)
+        e = _EVENT_DECODER.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
+    if e.key_id not in (None, key_id) or e.org_id not in (None, org_id):
+        return None
+    return KeyEvent(e.action, key_id, org_id, e.actor, e.at, e.version, e.changes)
 
 
 # -- usage -------------------------------------------------------------------------------------

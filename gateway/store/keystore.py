@@ -17,8 +17,9 @@ from gateway import keys
 from gateway.model import KeyEvent, KeyRecord, verdict
 from gateway.store.faults import Unavailable
 from gateway.validation import is_org_id
-from gateway.store.codec import (decode_audit_cursor, decode_cursor, decode_event, decode_record, encode_audit_cursor,
-                                 encode_cursor, encode_event, encode_record, event_id, parse_event_id)
+from gateway.store.codec import (ORG, decode_audit_cursor, decode_cursor, decode_event, decode_record,
+                                 encode_audit_cursor, encode_cursor, encode_event, encode_record, event_id,
+                                 parse_event_id)
 from gateway.store.ledger import UsageLedger
 from gateway.store.quota import NO_QUOTA, RESERVE, OrgQuota, check_reserve
 from gateway.store.replication import AUTO, NotReplicated, ReplicaGuard
@@ -285,7 +286,7 @@ class KeyStore:
 
     async def _reindex(self, org_id: str, key_id: str, version: int) -> None:
         """Index the event ``version`` of the key at its own time (after a lost race for it)."""
-        event = decode_event(await self.redis.lindex(self._key_log(key_id), version - 1) or b"")
+        event = decode_event(await self.redis.lindex(self._key_log(key_id), version - 1) or b"", key_id, org_id)
         if event is not None and event.version == version:
             await self.redis.zadd(self._org_activity(org_id), {event_id(key_id, version): event.at})
 
@@ -308,12 +309,20 @@ class KeyStore:
             for r, events in plans:
                 pipe.zadd(self._org_activity(r.org_id), {event_id(r.id, e.version): e.at for e in events})
             await pipe.execute()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for r, events in plans:
-                await self._backfill(keys=[self._rec(r.id), self._key_log(r.id)],
-                                     args=[len(events), *map(encode_event, events)], client=pipe)
-            done = await pipe.execute()
+        done = await self._scripts([lambda c, r=r, events=events: self._backfill(
+            keys=[self._rec(r.id), self._key_log(r.id)], args=[len(events), *map(encode_event, events)], client=c)
+            for r, events in plans])
         return sum(done)
+
+    async def _scripts(self, calls) -> list:
+        """Run script calls ``call(client)`` (each on its own slot) in one round trip: pipelined,
+        or on a cluster (whose pipelines refuse scripts) all at once, each to its slot's node."""
+        if isinstance(self.redis, RedisCluster):
+            return list(await asyncio.gather(*(call(self.redis) for call in calls)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call in calls:
+                await call(pipe)
+            return await pipe.execute()
 
     async def backfill_activity(self, *, force: bool = False) -> int | None:
         """Backfill every org's records written before the activity log (``backfill_records``):
@@ -523,18 +532,20 @@ class KeyStore:
     async def _indexed_events(self, org_id: str, wanted: list[tuple[str, int, int]]) -> list[KeyEvent]:
         """The events (key id, version, time) of index entries, in order, from the keys' logs in
         one round trip: the event of version v is element v - 1 (every change appends one). An
-        entry whose event is not there (its change did not happen) or differs is skipped."""
+        entry whose event is not there (its change did not happen) or differs, or whose key is
+        not the org's (the record says; the stored event names neither), is skipped."""
         if not wanted:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for key_id, version, _ in wanted:
                 pipe.lindex(self._key_log(key_id), version - 1)
+                pipe.hget(self._rec(key_id), ORG)
             raws = await pipe.execute()
         out = []
-        for (key_id, version, at), raw in zip(wanted, raws, strict=True):
-            event = decode_event(raw) if raw else None
-            if (event is not None and event.key_id == key_id and event.version == version and event.at == at
-                    and event.org_id == org_id):
+        owner = org_id.encode()
+        for (key_id, version, at), raw, org in zip(wanted, raws[::2], raws[1::2], strict=True):
+            event = decode_event(raw, key_id, org_id) if raw and org == owner else None
+            if event is not None and event.version == version and event.at == at:
                 out.append(event)
         return out
 
@@ -544,7 +555,7 @@ class KeyStore:
         if not key_id.startswith("key_") or len(key_id) > 64:
             return None
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(self._rec(key_id), "o")
+            pipe.hget(self._rec(key_id), ORG)
             pipe.llen(self._key_log(key_id))
             owner, length = await pipe.execute()
         if owner is None or owner.decode() != org_id:
@@ -553,9 +564,8 @@ class KeyStore:
         # Versions rise by at least one per element from 1: version v is at index v - 1 or earlier.
         end = length - 1 if before is None else min(length - 1, before - 2)
         raws = await self.redis.lrange(self._key_log(key_id), max(0, end - limit), end) if end >= 0 else []
-        events = [e for e in map(decode_event, reversed(raws))
-                  if e is not None and e.key_id == key_id and e.org_id == org_id
-                  and (before is None or e.version < before)]
+        events = [e for e in (decode_event(raw, key_id, org_id) for raw in reversed(raws))
+                  if e is not None and (before is None or e.version < before)]
         next_cursor = None
         if len(events) > limit:
             last = events[limit - 1]

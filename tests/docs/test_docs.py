@@ -35,7 +35,8 @@ def test_redis_layout_names_exactly_the_keys_the_store_builds():
     built = {store._rec("<key_id>"), store._org_keys("<org_id>"), store._org_revoked("<org_id>"),
              store._org_creates("<org_id>"), ledger.node_prefix + "<node_id>", ledger.nodes,
              ledger.base_prefix + "<bucket>", ledger.folded, store.channel, store.ack_channel,
-             store.beat_channel("<node_id>"), store.registry, store.replicas.marker}
+             store.beat_channel("<node_id>"), store.registry, store.replicas.marker,
+             store._key_log("<key_id>"), store._org_activity("<org_id>"), store.backfilled}
     assert documented == built
 
 

@@ -364,3 +364,42 @@ def test_keys_audit_pages_the_activity_log(redis_url):
         result = gateway("keys", "audit", "--org", "acme", *args, env=env)
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
     assert "no organization newco" in gateway("keys", "audit", "--org", "newco", env=env).stderr
+
+
+def test_keys_backfill_activity_runs_once_and_again_with_force(redis_url, redis_server):
+    from gateway.model import KeyRecord
+    from gateway.store import KeyStore
+    from gateway.store.codec import encode_record
+
+    names, client = KeyStore(redis_server.client), redis_server.client
+    env = {"GATEWAY_REDIS_URL": redis_url}
+
+    def write_old(i: int, revoked: bool) -> str:  # as the code before the activity log wrote a record
+        r = KeyRecord(id=f"key_OLDCLI{i:013d}", org_id="acme", name=f"old{i}", prefix="sop_AbCdEf", scopes=("tasks:read",),
+                      digest="ab" * 32, created_at=1000 + i, created_by="cli", revoked_at=2000 + i if revoked else None,
+                      revoked_by="operator" if revoked else None)
+        raw = encode_record(r)
+        client.hset(names._rec(r.id), mapping=dict(zip(raw[::2], raw[1::2], strict=True)))
+        client.zadd(names._org_keys("acme"), {r.id: r.created_at})
+        return r.id
+
+    def backfill(*args: str) -> tuple[object, str]:
+        result = gateway("keys", "backfill-activity", *args, env=env, check=True)
+        return json.loads(result.stdout)["backfilled"], result.stderr
+
+    def audit() -> list[tuple[str, str, int]]:
+        out = gateway("keys", "audit", "--org", "acme", "--all", env=env, check=True).stdout
+        return [(e["key_id"], e["action"], e["version"]) for e in json.loads(out)]
+
+    old = [write_old(0, False), write_old(1, True)]
+    assert not client.exists(names.backfilled) and audit() == []
+    assert backfill() == (2, "")
+    assert audit() == [(old[1], "api_key.revoked", 2), (old[1], "api_key.created", 1), (old[0], "api_key.created", 1)]
+    assert client.exists(names.backfilled)
+    late = write_old(2, False)  # e.g. restored from a backup after the first run
+    done, said = backfill()
+    assert done is None and "--force" in said and len(audit()) == 3  # marked done: nothing written
+    assert backfill("--force") == (1, "")
+    assert audit()[-1] == (old[0], "api_key.created", 1) and (late, "api_key.created", 1) in audit()
+    assert backfill("--force") == (0, "")  # idempotent: no second event for anyone
+    assert len(audit()) == 4

@@ -10,7 +10,7 @@ from gateway.store import KeyStore, connect
 SCOPES = ("tasks:read", "reservations:read", "properties:read")  # as in bench/keyfill.py
 
 
-async def test_a_stored_key_takes_at_most_800_bytes(redis_server, redis_url):
+async def test_a_stored_key_takes_at_most_750_bytes(redis_server, redis_url):
     n, per_org = 20_000, 10
     store = KeyStore(connect(redis_url, timeout=10.0))
     client = redis_server.client
@@ -38,6 +38,7 @@ async def test_a_stored_key_takes_at_most_800_bytes(redis_server, redis_url):
     assert record_bytes <= 300, record_bytes
     log_bytes = statistics.mean(client.memory_usage(store._key_log(k), samples=0) for k in ids[:200])
     print(f"{per_key:.0f} bytes per key (record hash {record_bytes:.0f}, log with its create event {log_bytes:.0f})")
-    # About 380 for the record and its org index entry, about 380 for the log with its create event
-    # and its entry in the org's activity index (measured: 759 in all).
-    assert per_key <= 800, f"{per_key:.0f} bytes per key (record hash {record_bytes:.0f}, log {log_bytes:.0f})"
+    # About 380 for the record and its org index entry, about 315 for the log with its create event
+    # (stored without its key and org ids: 264 bytes, 328 with them) and its entry in the org's
+    # activity index (measured: 695 in all, 759 with the ids in the event).
+    assert per_key <= 750, f"{per_key:.0f} bytes per key (record hash {record_bytes:.0f}, log {log_bytes:.0f})"

@@ -114,10 +114,16 @@ async def test_sentinel_failover_keeps_verification_and_writes_going(sentinels, 
     await wait_for(lambda: sentinels.current_master() != new_master, timeout=20)
     after = await _eventually_ok(lambda: stack.create_key(org="sent", name="after kill"))
     assert (await stack.call("GET", "/v1/tasks", after["key"]))[0] == 200
+    stack.clock.advance(1)
     assert (await stack.admin_call("POST", f"/v1/orgs/sent/api-keys/{before['id']}/revoke"))[0] == 200
     assert (await stack.call("GET", "/v1/tasks", before["key"]))[0] == 401
     status, listed, _ = await stack.admin_call("GET", "/v1/orgs/sent/api-keys?include_revoked=true")
     assert [k["name"] for k in listed["data"]] == ["after kill", "after failover", "before"]
+    # The activity log followed the master too: each change with its event, the revoke newest.
+    status, log, _ = await stack.admin_call("GET", "/v1/orgs/sent/audit-events")
+    ids = {k["name"]: k["id"] for k in listed["data"]}
+    assert [(e["action"], e["key_id"]) for e in log["data"]] == [
+        ("api_key.revoked", before["id"]), *(("api_key.created", ids[n]) for n in ("after kill", "after failover", "before"))]
 
 
 async def _eventually_ok(make, timeout: float = 10.0):
@@ -131,3 +137,52 @@ async def _eventually_ok(make, timeout: float = 10.0):
             if loop.time() > deadline:
                 raise
             await asyncio.sleep(0.1)
+
+
+async def test_cluster_activity_log_and_its_backfill(cluster, make_stack):
+    """The org's activity index and the keys' logs are in different slots (on different masters):
+    create and revoke write both, a page reads both; the backfill scans every master."""
+    from gateway.model import KeyRecord
+    from gateway.store.codec import encode_record
+
+    stack = await make_stack(redis=cluster.url)
+    store = stack.store
+    keys = []
+    for i in range(4):
+        stack.clock.advance(1)
+        keys.append(await stack.create_key(org="act", name=f"k{i}"))
+    stack.clock.advance(1)
+    assert (await stack.admin_call("POST", f"/v1/orgs/act/api-keys/{keys[1]['id']}/revoke"))[0] == 200
+    index_slot = cluster.keyslot(store._org_activity("act"))
+    log_slots = {cluster.keyslot(store._key_log(k["id"])) for k in keys}
+    assert index_slot not in log_slots
+    assert len({cluster.owner_of(s) for s in {index_slot, *log_slots}}) >= 2
+    status, page, _ = await stack.admin_call("GET", "/v1/orgs/act/audit-events", params={"limit": 3})
+    assert status == 200 and [e["action"] for e in page["data"]] == ["api_key.revoked"] + ["api_key.created"] * 2
+    assert [e["key_id"] for e in page["data"]] == [keys[1]["id"], keys[3]["id"], keys[2]["id"]]
+    status, rest, _ = await stack.admin_call("GET", "/v1/orgs/act/audit-events",
+                                             params={"limit": 3, "cursor": page["next_cursor"]})
+    assert [e["key_id"] for e in rest["data"]] == [keys[1]["id"], keys[0]["id"]] and rest["next_cursor"] is None
+    status, one, _ = await stack.admin_call("GET", "/v1/orgs/act/audit-events", params={"key_id": keys[1]["id"]})
+    assert [(e["action"], e["version"]) for e in one["data"]] == [("api_key.revoked", 2), ("api_key.created", 1)]
+
+    # Records from before the log, in orgs whose indexes are spread over every master.
+    orgs = {}
+    for n in range(60):
+        org = f"old{n}"
+        orgs.setdefault(cluster.owner_of(cluster.keyslot(store._org_keys(org))), org)
+    assert len(orgs) == 3
+    old = []
+    for i, org in enumerate(orgs.values()):
+        r = KeyRecord(id=f"key_OLDCLUSTER{i:08d}", org_id=org, name="old", prefix="sop_AbCdEf", scopes=("tasks:read",),
+                      digest="ab" * 32, created_at=1000 + i, created_by="cli", revoked_at=2000 + i, revoked_by="operator")
+        raw = encode_record(r)
+        await store.redis.hset(store._rec(r.id), mapping=dict(zip(raw[::2], raw[1::2], strict=True)))
+        await store.redis.zadd(store._org_keys(org), {r.id: r.created_at})
+        old.append(r)
+    assert await store.backfill_activity(force=True) == 3
+    for r in old:
+        status, body, _ = await stack.admin_call("GET", f"/v1/orgs/{r.org_id}/audit-events")
+        assert [(e["key_id"], e["action"], e["version"]) for e in body["data"]] == [
+            (r.id, "api_key.revoked", 2), (r.id, "api_key.created", 1)]
+    assert await store.backfill_activity(force=True) == 0

@@ -85,7 +85,7 @@ def test_the_served_document_is_the_built_one(api_schema, admin_url):
     served = {(op.ok().method.upper(), op.ok().path) for op in api_schema.get_all_operations()}
     assert served | {("GET", "/openapi.json")} == set(OPERATIONS) and len(OPERATIONS) == 11
     links = DOCUMENT["paths"]["/v1/orgs/{org_id}/api-keys"]["post"]["responses"]["201"]["links"]
-    assert set(links) == {"getApiKey", "revokeApiKey"}
+    assert set(links) == {"getApiKey", "revokeApiKey", "listAuditEvents"}
 
 
 def _can_be_negated(method: str, path: str) -> bool:
@@ -133,3 +133,4 @@ def test_stateful_create_then_get_and_revoke(api_schema):
     # The links were followed: real keys were read and revoked, not only made-up ids.
     assert ("GET /v1/orgs/{org_id}/api-keys/{key_id}", 200) in statuses, statuses
     assert ("POST /v1/orgs/{org_id}/api-keys/{key_id}/revoke", 200) in statuses, statuses
+    assert ("GET /v1/orgs/{org_id}/audit-events", 200) in statuses, statuses  # a real key's log

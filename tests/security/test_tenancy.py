@@ -257,6 +257,125 @@ async def test_bad_cascade_requests_are_refused_and_revoke_nothing(admins, org, 
     assert body["status"] == "active"
 
 
+# -- issue 14: the activity log, one org against the others --------------------------------------
+
+async def _activity(admin: Admin, org: str, token: str = OPERATOR_TOKEN, **params):
+    """Every event of GET /v1/orgs/{org}/audit-events (pages of 2), or (status, body) of a refusal."""
+    events, cursor = [], None
+    while True:
+        status, body, _ = await admin.call("GET", f"/v1/orgs/{org}/audit-events", token,
+                                           params={"limit": "2", **params, **({"cursor": cursor} if cursor else {})})
+        if status != 200:
+            return status, body
+        events += body["data"]
+        if not (cursor := body["next_cursor"]):
+            return events
+
+
+async def _two_orgs(admin: Admin, org: str) -> dict[str, dict]:
+    """``org`` and ``org``-b, each with a manager, a reader, a key its manager made, a revoked key."""
+    keys = {}
+    for o in (org, f"{org}-b"):
+        keys[f"{o}/manager"] = await admin.create(o, name="manager")
+        keys[f"{o}/reader"] = await admin.create(o, scopes=["api_keys:read", "tasks:read"], name="reader")
+        keys[f"{o}/child"] = await admin.create(o, keys[f"{o}/manager"]["key"], ["tasks:read"], name="child")
+        keys[f"{o}/gone"] = await admin.create(o, scopes=["tasks:read"], name="gone")
+        await admin.revoke(o, keys[f"{o}/gone"]["id"], keys[f"{o}/manager"]["key"])
+    return keys
+
+
+@pytest.mark.parametrize("who", ["manager", "reader"])
+async def test_an_org_key_reads_only_its_own_orgs_activity(admins, org, who):
+    admin = await admins()
+    keys = await _two_orgs(admin, org)
+    token = keys[f"{org}/{who}"]["key"]
+    own = {k["id"] for name, k in keys.items() if name.startswith(f"{org}/")}
+    events = await _activity(admin, org, token)
+    assert len(events) == 5 and {e["org_id"] for e in events} == {org} and {e["key_id"] for e in events} == own
+    for k in own:  # one key's log, through the filter: its own events only
+        assert {(e["key_id"], e["org_id"]) for e in await _activity(admin, org, token, key_id=k)} == {(k, org)}
+    # The other org: its audit-events answer 404 org_not_found, as its key list does, whatever the parameters.
+    listed = await admin.call("GET", f"/v1/orgs/{org}-b/api-keys", token)
+    assert (listed[0], listed[1]["error"]["code"]) == (404, "org_not_found")
+    foreign = keys[f"{org}-b/manager"]["id"]
+    for params in ({}, {"key_id": foreign}, {"key_id": keys[f"{org}/manager"]["id"]}):
+        status, body = await _activity(admin, f"{org}-b", token, **params)
+        assert (status, body["error"]["code"]) == (404, "org_not_found"), params
+
+
+async def test_another_orgs_key_id_answers_404_key_not_found_like_get_key(admins, org):
+    admin = await admins()
+    keys = await _two_orgs(admin, org)
+    token = keys[f"{org}/reader"]["key"]
+    foreign, missing = keys[f"{org}-b/child"]["id"], "key_0000000000000000"
+    got = await admin.call("GET", f"/v1/orgs/{org}/api-keys/{foreign}", token)
+    assert (got[0], got[1]["error"]["code"]) == (404, "key_not_found")
+    bodies = []
+    for key_id, who in ((foreign, token), (missing, token), (foreign, OPERATOR_TOKEN)):
+        status, body = await _activity(admin, org, who, key_id=key_id)
+        assert (status, body["error"]["code"]) == (404, "key_not_found"), (key_id, body)
+        bodies.append({**body["error"], "request_id": ""})
+    assert bodies[0] == bodies[1] == bodies[2] == {**got[1]["error"], "request_id": ""}  # nothing tells them apart
+
+
+async def test_a_cursor_from_another_orgs_page_shows_only_the_own_orgs_events(admins, org):
+    admin = await admins()
+    keys = await _two_orgs(admin, org)
+    token = keys[f"{org}/manager"]["key"]
+    own = {e["id"] for e in await _activity(admin, org, token)}
+    # Every cursor of the other org's log (operator) used on this org: a position, never a way across.
+    status, page, _ = await admin.call("GET", f"/v1/orgs/{org}-b/audit-events", params={"limit": "1"})
+    foreign_cursors = []
+    while page["next_cursor"]:
+        foreign_cursors.append(page["next_cursor"])
+        page = (await admin.call("GET", f"/v1/orgs/{org}-b/audit-events",
+                                 params={"limit": "1", "cursor": page["next_cursor"]}))[1]
+    assert len(foreign_cursors) == 4
+    for cursor in foreign_cursors:
+        status, body, _ = await admin.call("GET", f"/v1/orgs/{org}/audit-events", token, params={"cursor": cursor})
+        assert status == 200 and {e["id"] for e in body["data"]} <= own and {e["org_id"] for e in body["data"]} <= {org}
+        # With this org's key in the filter the foreign cursor is refused; with the foreign key, 404.
+        own_key = keys[f"{org}/manager"]["id"]
+        status, body, _ = await admin.call("GET", f"/v1/orgs/{org}/audit-events", token,
+                                           params={"cursor": cursor, "key_id": own_key})
+        assert (status, body["error"]["code"]) == (400, "validation_failed")
+        foreign_key = cursor.split(".", 1)[1].split(":")[0]
+        status, body, _ = await admin.call("GET", f"/v1/orgs/{org}/audit-events", token,
+                                           params={"cursor": cursor, "key_id": foreign_key})
+        assert (status, body["error"]["code"]) == (404, "key_not_found")
+
+
+async def test_an_index_entry_naming_another_orgs_key_shows_nothing(admins, org, redis_server):
+    """Defence in depth: the stored event names neither key nor org, so the page checks each
+    entry's record; an entry of this org's index that names another org's real event is skipped."""
+    from gateway.store import KeyStore
+    from gateway.store.codec import event_id
+
+    admin = await admins()
+    keys = await _two_orgs(admin, org)
+    names = KeyStore(redis_server.client)
+    victim = keys[f"{org}-b/reader"]
+    created_at = _ms(victim["created_at"])
+    redis_server.client.zadd(names._org_activity(org), {event_id(victim["id"], 1): created_at})
+    for who in (keys[f"{org}/manager"]["key"], OPERATOR_TOKEN):
+        events = await _activity(admin, org, who)
+        assert len(events) == 5 and victim["id"] not in {e["key_id"] for e in events}
+
+
+async def test_an_operator_reads_every_orgs_activity(admins, org):
+    admin = await admins()
+    keys = await _two_orgs(admin, org)
+    for o in (org, f"{org}-b"):
+        events = await _activity(admin, o)
+        assert {e["key_id"] for e in events} == {k["id"] for name, k in keys.items() if name.startswith(f"{o}/")}
+        assert {e["org_id"] for e in events} == {o} and len(events) == 5
+        assert [e["actor"] for e in events if e["action"] == "api_key.revoked"] == [f"key:{keys[f'{o}/manager']['id']}"]
+        one = await _activity(admin, o, key_id=keys[f"{o}/gone"]["id"])
+        assert [e["action"] for e in one] == ["api_key.revoked", "api_key.created"]
+    status, body = await _activity(admin, f"{org}-none")
+    assert (status, body["error"]["code"]) == (404, "org_not_found")
+
+
 # -- item 2: per-org key limit and create rate --------------------------------------------------
 
 async def test_the_key_limit_holds_org_keys_counts_in_redis_and_frees_on_revoke(admins, org):

@@ -141,6 +141,20 @@ def test_events_round_trip_and_garbage_is_no_event():
 
     e = KeyEvent("api_key.updated", "key_a", "o", "operator", 5, 3,
                  {"scopes": Change(["a:b", "c:d"], ["a:b"]), "name": Change("x", "y")})
-    assert decode_event(encode_event(e)) == e
-    assert decode_event(b"{not json") is None
-    assert decode_event(b'{"action": 1}') is None
+    stored = encode_event(e)
+    # Stored without the key id (the log's name holds it) and the org id (the record's): the reader gives them.
+    assert set(msgspec.json.decode(stored)) == {"action", "actor", "at", "version", "changes"}
+    assert decode_event(stored, "key_a", "o") == e
+    assert decode_event(stored, "key_b", "p") == msgspec.structs.replace(e, key_id="key_b", org_id="p")
+    assert decode_event(b"{not json", "key_a", "o") is None
+    assert decode_event(b'{"action": 1}', "key_a", "o") is None
+
+
+def test_events_stored_with_their_ids_must_name_the_readers_key_and_org():
+    from gateway.model import KeyEvent
+    from gateway.store.codec import decode_event
+
+    e = KeyEvent("api_key.created", "key_a", "o", "operator", 5, 1)
+    old = msgspec.json.encode(e)  # as the first activity log wrote them
+    assert decode_event(old, "key_a", "o") == e
+    assert decode_event(old, "key_b", "o") is None and decode_event(old, "key_a", "p") is None
