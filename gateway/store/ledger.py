@@ -16,15 +16,29 @@ Cluster.
 A node that was folded while it was away learns it from its next liveness beat (which it sends
 before writing whenever the last one is older than a minute) together with the sequence number
 of its last write that reached Redis, and starts again from what had not (``UsageBuffer.rebase``).
+
+Usage history (counts per key, UTC hour and outcome class) rides on the same flush: ONE more
+command, the ``_HISTORY`` script, queued with the HSET (and the WAIT, when replicas must confirm).
+Exactness: a node's history batches are numbered; the script applies a batch only if its number
+is above the last one applied for that node (a string key per node, kept FOLDED_TTL_MS after its
+last write), and the node resends a batch that failed unchanged, under the same number, before
+any newer one (gateway.usage, "History"). So a retried flush never counts twice, a late copy of
+one is skipped, and a failed one is applied by its retry. The same script adds each entry to
+its hour bucket (a hash per key and UTC day, field = hour, expiring ``hourly_days`` after the
+hour) and to its day bucket (a hash per key and 32-day page, field = day, expiring
+``daily_days`` after the day): rolled to days as it is written, so nothing has to roll later.
+Same hash tag as every usage key: single-slot on Cluster.
 """
 
 from __future__ import annotations
 
-from gateway.store.codec import SEQ_FIELD, decode_usage, encode_usage, merge_usage
+from gateway.history import DAY, HOUR, Window, day_slot, hour_slot
+from gateway.store.codec import SEQ_FIELD, decode_counts, decode_usage, encode_counts, encode_usage, merge_usage
 
 FOLD_AFTER_MS = 600_000  # a node not heard from for 10 minutes is folded by whoever notices
 FOLD_CHUNK = 1000  # fields per fold script call: 3-4 ms of Redis time (measured here)
 FOLDED_TTL_MS = 7 * 86_400_000  # how long a folded node's last sequence number is remembered
+HOURLY_DAYS, DAILY_DAYS = 90, 400  # default retention of hour and day buckets (--usage-*-days)
 
 _NOW = """
 local t = redis.call('TIME')
@@ -97,6 +111,40 @@ end
 return 0
 """
 
+# KEYS: the node's applied-batch key. ARGV: batch number, hour-bucket prefix, day-bucket prefix,
+# hour retention ms, day retention ms, applied-key ttl ms, then per entry: key id, hour index,
+# counts ("a:b:c:d:e"). Returns 1 when applied, 0 when that batch (or a later one) already was.
+_HISTORY = """
+local seq = tonumber(ARGV[1])
+if seq <= tonumber(redis.call('GET', KEYS[1]) or '0') then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[6])
+local function add(key, field, counts, expire_at)
+  local cur = redis.call('HGET', key, field)
+  if cur then
+    local old = {}
+    for n in string.gmatch(cur, '%d+') do old[#old + 1] = tonumber(n) end
+    local sum, i = {}, 0
+    for n in string.gmatch(counts, '%d+') do
+      i = i + 1
+      sum[i] = string.format('%d', (old[i] or 0) + tonumber(n))
+    end
+    counts = table.concat(sum, ':')
+  end
+  if redis.call('HSET', key, field, counts) == 1 then
+    redis.call('PEXPIREAT', key, string.format('%d', expire_at))
+  end
+end
+local hret, dret = tonumber(ARGV[4]), tonumber(ARGV[5])
+for i = 7, #ARGV, 3 do
+  local hour = tonumber(ARGV[i + 1])
+  local day = math.floor(hour / 24)
+  add(ARGV[2] .. ARGV[i] .. ':' .. day, string.format('%d', hour % 24), ARGV[i + 2], (hour + 1) * 3600000 + hret)
+  add(ARGV[3] .. ARGV[i] .. ':' .. math.floor(day / 32), string.format('%d', day % 32), ARGV[i + 2],
+      (day + 1) * 86400000 + dret)
+end
+return 1
+"""
+
 # KEYS: nodes. ARGV: node key prefix, base key prefix, key ids...
 # Returns {server ms, {node, last beat, ...}, base values, one array of values per node}: one
 # consistent snapshot, so a fold running beside it can never make a use count twice or vanish.
@@ -135,10 +183,18 @@ class UsageLedger:
         self.folded = f"{tag}:folded"
         self.node_prefix = f"{tag}:node:"
         self.base_prefix = f"{tag}:base:"
+        self.applied_prefix = f"{tag}:applied:"  # + node id: the last history batch applied
+        self.hour_prefix = f"{tag}:hour:"  # + key id + ":" + day index
+        self.day_prefix = f"{tag}:day:"  # + key id + ":" + 32-day page index
+        self.hourly_days, self.daily_days = HOURLY_DAYS, DAILY_DAYS
         self.fold_after_ms = FOLD_AFTER_MS
         self._beat = client.register_script(_BEAT)
         self._fold = client.register_script(_FOLD)
         self._read = client.register_script(_READ)
+
+    def retain(self, hourly_days: int, daily_days: int) -> None:
+        """How long the buckets this process writes are kept (--usage-hourly-days, --usage-daily-days)."""
+        self.hourly_days, self.daily_days = hourly_days, daily_days
 
     def node_key(self, node_id: str) -> str:
         return self.node_prefix + node_id
@@ -149,12 +205,55 @@ class UsageLedger:
             self._beat(keys=[self.nodes, self.folded], args=[node_id, "1" if registered else "0"], client=c)))
         return None if landed == -1 else int(landed)
 
-    async def write(self, node_id: str, seq: int, values: dict[str, tuple[int, int]]) -> None:
-        """ONE command: this node's absolute totals for ``values`` and the write's sequence number."""
-        items: list[object] = [SEQ_FIELD, seq]
-        for key_id, (last_ms, count) in values.items():
-            items += (key_id, encode_usage(last_ms, count))
-        await self._confirmed(lambda c: _one(c.hset(self.node_key(node_id), items=items)))
+    async def write(self, node_id: str, seq: int, values: dict[str, tuple[int, int]], history=None) -> None:
+        """ONE command: this node's absolute totals for ``values`` and the write's sequence number;
+        and ONE more for a ``history`` batch (gateway.usage.HistoryBatch), when given."""
+        calls = []
+        if values:
+            items: list[object] = [SEQ_FIELD, seq]
+            for key_id, (last_ms, count) in values.items():
+                items += (key_id, encode_usage(last_ms, count))
+            calls.append(lambda c: c.hset(self.node_key(node_id), items=items))
+        if history is not None and len(history):
+            args: list[object] = [history.seq, self.hour_prefix, self.day_prefix, self.hourly_days * 86_400_000,
+                                  self.daily_days * 86_400_000, FOLDED_TTL_MS]
+            for key_id, hour, counts in history.entries:
+                args += (key_id, hour, encode_counts(counts))
+            # EVAL, not a registered script: in a pipeline that would add a SCRIPT EXISTS per flush
+            # (Redis caches the compiled script by its digest either way).
+            calls.append(lambda c: c.eval(_HISTORY, 1, self.applied_prefix + node_id, *args))
+        if calls:
+            await self._confirmed(lambda c: self._together(c, calls))
+
+    async def _together(self, client, calls) -> list:
+        """``calls`` sent in one round trip: queued on the caller's pipeline (with its WAIT), or
+        in a pipeline of their own, so that both go out in one write."""
+        if client is not self.redis:
+            return [await call(client) for call in calls]
+        async with client.pipeline(transaction=False) as pipe:
+            for call in calls:
+                await call(pipe)
+            return await pipe.execute()
+
+    async def history(self, key_id: str, win: Window) -> dict[int, list[int]]:
+        """Counts per bucket index of ``win`` (missing buckets absent): one pipelined round trip."""
+        if win.granularity == HOUR:
+            prefix, slot = self.hour_prefix, hour_slot
+        else:
+            assert win.granularity == DAY
+            prefix, slot = self.day_prefix, day_slot
+        slots = [slot(i) for i in range(win.first, win.last + 1)]
+        hashes = sorted({h for h, _ in slots})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for h in hashes:
+                pipe.hgetall(f"{prefix}{key_id}:{h}")
+            raw = dict(zip(hashes, await pipe.execute(), strict=True))
+        found = {}
+        for index, (h, field) in zip(range(win.first, win.last + 1), slots, strict=True):
+            counts = decode_counts(raw[h].get(str(field).encode()))
+            if counts is not None:
+                found[index] = counts
+        return found
 
     async def read(self, key_ids: list[str]) -> tuple[dict[str, tuple[int | None, int]], list[str]]:
         """Merged (last_used_at, request_count) per key, and the nodes that look dead."""

@@ -138,3 +138,11 @@ def test_events_round_trip_and_garbage_is_no_event():
     assert decode_event(encode_event(e)) == e
     assert decode_event(b"{not json") is None
     assert decode_event(b'{"action": 1}') is None
+
+
+def test_history_counts_round_trip_and_refuse_garbage():
+    assert codec.encode_counts([1, 0, 22, 0, 3]) == "1:0:22:0:3"
+    assert codec.decode_counts(b"1:0:22:0:3") == [1, 0, 22, 0, 3]
+    assert codec.decode_counts("4:5") == [4, 5, 0, 0, 0]  # classes added later read as 0
+    for bad in (None, b"", "1:x", "1:2:3:4:5:6", "-1:0", "1::2"):
+        assert codec.decode_counts(bad) is None

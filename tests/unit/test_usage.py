@@ -135,3 +135,115 @@ def test_retire_starts_afresh():
     assert not buf.registered and buf.beat_at is None
     buf.add("a", 2)
     assert buf.drain().values == {"a": (2, 1)}  # the totals restarted: not (2, 2)
+
+
+# -- outcome classes and the usage history ----------------------------------------------------
+
+from gateway.usage import CLIENT_ERROR, HOUR_MS, OK, REDIRECT, REFUSED, SERVER_ERROR, outcome_class  # noqa: E402
+
+
+def test_outcome_classes_are_the_status_the_client_got_or_refused_by_the_gateway():
+    assert [outcome_class(s, False) for s in (200, 204, 302, 304, 403, 404, 405, 429, 499, 500, 502)] == [
+        OK, OK, REDIRECT, REDIRECT, CLIENT_ERROR, CLIENT_ERROR, CLIENT_ERROR, CLIENT_ERROR, CLIENT_ERROR,
+        SERVER_ERROR, SERVER_ERROR]
+    # The gateway's own answers after authenticating: refusals, except what is not one.
+    assert [outcome_class(s, True) for s in (403, 404, 405, 429, 413, 400, 502, 504)] == [
+        REFUSED, REFUSED, REFUSED, REFUSED, CLIENT_ERROR, CLIENT_ERROR, SERVER_ERROR, SERVER_ERROR]
+
+
+def test_history_counts_per_key_hour_and_class():
+    buf = UsageBuffer()
+    buf.add("a", 5 * HOUR_MS + 1)
+    buf.add("a", 5 * HOUR_MS + 2, REFUSED)
+    buf.add("b", 5 * HOUR_MS + 3, REDIRECT)
+    buf.add("a", 6 * HOUR_MS, SERVER_ERROR)
+    buf.add("a", 5 * HOUR_MS + 4)  # a late finisher of the hour before
+    assert buf.history_pending == 3
+    batch = buf.drain_history()
+    assert sorted(batch.entries) == [("a", 5, [2, 0, 0, 0, 1]), ("a", 6, [0, 0, 0, 1, 0]), ("b", 5, [0, 1, 0, 0, 0])]
+    assert buf.drain().values == {"a": (6 * HOUR_MS, 4), "b": (5 * HOUR_MS + 3, 1)}  # last used, as before
+
+
+def test_a_failed_history_batch_is_resent_unchanged_before_any_newer():
+    buf = UsageBuffer()
+    buf.add("a", 1)
+    first = buf.drain_history()
+    buf.add("a", 2)  # meanwhile
+    assert buf.drain_history() is first  # not confirmed: the same batch, same number, same counts
+    assert buf.history_pending == 2
+    buf.confirm_history(first)
+    second = buf.drain_history()
+    assert second.seq == first.seq + 1 and second.entries == [("a", 0, [1, 0, 0, 0, 0])]
+    buf.confirm_history(second)
+    assert buf.drain_history() is None and buf.history_pending == 0
+
+
+def test_history_batches_respect_the_limit_oldest_hours_first():
+    buf = UsageBuffer()
+    for hour in (3, 1, 2):
+        for key in "xyz":
+            buf.add(key, hour * HOUR_MS)
+    sizes, hours = [], []
+    while (batch := buf.drain_history(limit=2)) is not None:
+        sizes.append(len(batch))
+        hours += [h for _, h, _ in batch.entries]
+        buf.confirm_history(batch)
+    assert sizes == [2, 2, 2, 2, 1] and hours == sorted(hours)
+
+
+class HistoryModel:
+    """Redis for the history script: per-bucket sums, and the last batch number applied."""
+
+    def __init__(self) -> None:
+        self.sums: dict[tuple[str, int], list[int]] = {}
+        self.applied = 0
+        self.late: list = []  # batches sent whose write failed but which Redis runs later
+
+    def run(self, batch) -> None:
+        if batch.seq <= self.applied:
+            return
+        self.applied = batch.seq
+        for key, hour, counts in batch.entries:
+            cur = self.sums.setdefault((key, hour), [0] * 5)
+            for i, n in enumerate(counts):
+                cur[i] += n
+
+
+history_steps = st.lists(st.one_of(
+    st.tuples(st.just("use"), st.sampled_from("ab"), st.integers(0, 3), st.integers(0, 4)),
+    st.tuples(st.just("flush"), st.sampled_from(["ok", "lost", "landed_but_failed", "late"])),
+    st.tuples(st.just("late_lands")),
+), max_size=50)
+
+
+@settings(max_examples=500, deadline=None)
+@given(history_steps, st.integers(1, 3))
+def test_history_is_exact_whatever_lands_when(steps, limit):
+    buf, redis = UsageBuffer(), HistoryModel()
+    truth: dict[tuple[str, int], list[int]] = {}
+    for step in steps:
+        if step[0] == "use":
+            _, key, hour, outcome = step
+            buf.add(key, hour * HOUR_MS, outcome)
+            truth.setdefault((key, hour), [0] * 5)[outcome] += 1
+        elif step[0] == "flush":
+            batch = buf.drain_history(limit)
+            if batch is None:
+                continue
+            if step[1] == "ok":
+                redis.run(batch)
+                buf.confirm_history(batch)
+            elif step[1] == "landed_but_failed":
+                redis.run(batch)
+            elif step[1] == "late":
+                redis.late.append(batch)
+        else:
+            for batch in redis.late:
+                redis.run(batch)
+            redis.late = []
+    for batch in redis.late:  # every copy in flight lands in the end, in any order
+        redis.run(batch)
+    while (batch := buf.drain_history(limit)) is not None:
+        redis.run(batch)
+        buf.confirm_history(batch)
+    assert redis.sums == truth
