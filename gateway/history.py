@@ -108,3 +108,14 @@ def buckets(win: Window, found: dict[int, list[int]]) -> tuple[list[tuple[int, l
         for i, n in enumerate(counts):
             totals[i] += n
     return out, totals
+
+
+def table(rows: list[tuple[int, list[int]]], totals: list[int], label) -> str:
+    """The buckets as a text table (``gateway keys usage``): start, a column per class, total;
+    ``label(ms)`` writes a bucket's start."""
+    head = ["start", *CLASSES, "total"]
+    lines = [[label(start), *map(str, counts), str(sum(counts))] for start, counts in rows]
+    lines.append(["total", *map(str, totals), str(sum(totals))])
+    widths = [max(len(r[i]) for r in [head, *lines]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in [head, *lines]) + "\n"

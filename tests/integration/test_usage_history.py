@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import time
 
 from gateway.history import DAY_MS, Window
 from gateway.metrics import Metrics
+from gateway.model import rfc3339
 from gateway.store import KeyStore, connect
 from gateway.tasks import flush_usage
 from gateway.usage import HOUR_MS, UsageBuffer
+from tests.integration.test_cli import gateway
 from tests.integration.test_forward_auth import check, nginx
 from tests.integration.test_redis_faults import own_redis  # noqa: F401  (fixture)
 
@@ -180,3 +184,24 @@ async def test_buckets_expire_after_their_retention_and_days_outlive_hours(redis
         assert {redis_server.client.object("encoding", n) for n in names} == {b"listpack"}
     finally:
         await store.redis.aclose()
+
+
+async def test_cli_keys_usage_prints_the_table_and_the_json_of_the_admin_api(stack, redis_url):
+    key = await stack.create_key()
+    hour_s = time.time() // 3600 * 3600  # the CLI's own clock: this hour
+    at_hour(stack, hour_s, 1)
+    assert (await stack.call("GET", "/v1/tasks", key["key"]))[0] == 200
+    assert (await stack.call("POST", "/v1/tasks", key["key"]))[0] == 403
+    await flush_gateway(stack)
+    start = rfc3339(int(hour_s * 1000))
+    span = ["--from", start, "--to", rfc3339(int(hour_s * 1000) + HOUR_MS)]
+    env = {"GATEWAY_REDIS_URL": redis_url}
+    table = gateway("keys", "usage", key["id"], *span, env=env, check=True).stdout.splitlines()
+    assert table[0].split() == ["start", "2xx", "3xx", "4xx", "5xx", "refused", "total"]
+    assert table[1].split() == [start[:16], "1", "0", "0", "0", "1", "2"] and table[2].split()[0] == "total"
+    as_json = json.loads(gateway("keys", "usage", key["id"], *span, "--json", env=env, check=True).stdout)
+    assert as_json == await usage(stack, key["id"], **{"from": span[1], "to": span[3]})
+    bad = gateway("keys", "usage", key["id"], "--from", "yesterday", env=env)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("gateway: --from: from must be an RFC 3339")
+    missing = gateway("keys", "usage", "key_" + "z" * 16, env=env)
+    assert missing.returncode == 1 and "no key key_zzzzzzzzzzzzzzzz" in missing.stderr
