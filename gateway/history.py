@@ -58,11 +58,12 @@ class Window:
 
 def parse_time(value: str, field: str) -> int:
     """RFC 3339 with a time zone (``2026-12-01T10:00:00Z``) -> ms since the epoch."""
+    text = value.upper()  # RFC 3339 allows "t" and "z"
     try:
-        parsed = dt.datetime.fromisoformat(value)
+        parsed = dt.datetime.fromisoformat(text)
     except ValueError:
         parsed = None
-    if parsed is None or parsed.tzinfo is None or "T" not in value.upper():
+    if parsed is None or parsed.tzinfo is None or "T" not in text:
         raise InvalidField(field, f"{field} must be an RFC 3339 time with a time zone, "
                                   f"e.g. 2026-12-01T10:00:00Z; got {value!r}.")
     return int(parsed.timestamp() * 1000)
@@ -117,5 +118,5 @@ def table(rows: list[tuple[int, list[int]]], totals: list[int], label) -> str:
     lines = [[label(start), *map(str, counts), str(sum(counts))] for start, counts in rows]
     lines.append(["total", *map(str, totals), str(sum(totals))])
     widths = [max(len(r[i]) for r in [head, *lines]) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
                      for r in [head, *lines]) + "\n"

@@ -205,3 +205,45 @@ async def test_cli_keys_usage_prints_the_table_and_the_json_of_the_admin_api(sta
     assert bad.returncode == 2 and bad.stderr.strip().startswith("gateway: --from: from must be an RFC 3339")
     missing = gateway("keys", "usage", "key_" + "z" * 16, env=env)
     assert missing.returncode == 1 and "no key key_zzzzzzzzzzzzzzzz" in missing.stderr
+
+
+def _mix(hour: int) -> list[int]:
+    """A typical hour of one active key: successes always, some client errors and refusals, a rare 5xx."""
+    return [40 + hour, 0, 3 if hour % 3 == 0 else 0, 1 if hour % 12 == 0 else 0, 2 if hour % 6 == 0 else 0]
+
+
+async def _write(store: KeyStore, entries) -> None:
+    buf = UsageBuffer()  # a node id of its own: batch numbers are per node
+    for key_id, hour, counts in entries:
+        for outcome, n in enumerate(counts):
+            for _ in range(n):
+                buf.add(key_id, hour * HOUR_MS, outcome)
+    while buf.history_pending:
+        assert await flush_usage(store, buf, Metrics())
+
+
+async def test_memory_per_active_key_per_day(redis_url, redis_server):
+    """Measured, and kept under a bound: a day of hour buckets (with its day's field), and a day
+    once only its day bucket is left (the hour buckets expired)."""
+    client = redis_server.client
+    store = KeyStore(connect(redis_url, timeout=10.0))
+    keys = [f"key_{i:016d}" for i in range(1000)]
+    page = int(NOON * 1000) // DAY_MS // 32 + 1  # 32 days, all still kept by both retentions
+    try:
+        # 31 days of one key's page, one busy hour each, then its hour buckets gone (expired):
+        before = client.info("memory")["used_memory"]
+        await _write(store, ((k, (page * 32 + d) * 24, _mix(d)) for k in keys for d in range(31)))
+        for name in client.scan_iter(match="gw:usage:{gw}:hour:*", count=1000):
+            client.unlink(name)
+        daily = (client.info("memory")["used_memory"] - before) / (len(keys) * 31)
+        # The page's last day, hour by hour: a new hour hash, one more field in the day hash.
+        before = client.info("memory")["used_memory"]
+        await _write(store, ((k, (page * 32 + 31) * 24 + h, _mix(h)) for k in keys for h in range(24)))
+        hourly = (client.info("memory")["used_memory"] - before) / len(keys)
+        sample = [f"gw:usage:{{gw}}:{kind}:{k}:{i}" for k in keys[:20]
+                  for kind, i in (("day", page), ("hour", page * 32 + 31))]
+        assert {client.object("encoding", s) for s in sample} == {b"listpack"}
+    finally:
+        await store.redis.aclose()
+    print(f"\nusage history: {hourly:.0f} bytes per active key per day (hourly), {daily:.0f} once daily only")
+    assert hourly <= 600 and daily <= 60, (hourly, daily)  # measured: 442 and 46
