@@ -171,10 +171,10 @@ async def _await_subscribed(pubsub, channels: int = 1) -> None:
 
 async def flush_usage(store: KeyStore, usage: UsageBuffer, metrics: Metrics) -> bool:
     """Write the totals changed since the last flush, and the usage history: per USAGE_CHUNK keys
-    one HSET and one history script call, queued together (gateway.store.ledger).
+    one HSET and one history script call, queued together (gateway.store.ledger); then fold this
+    node's hashes of the hours that are over into the per-key history buckets.
 
-    On failure everything not written is kept for the next try (a history batch is resent as it
-    was: gateway.usage, "History"). Before writing, the node says it is alive when its last beat
+    On failure everything not written is kept for the next try. Before writing, the node says it is alive when its last beat
     is older than BEAT_EVERY, and learns whether its hash was folded while it was away. At
     shutdown (``usage.closing``) the node then folds its own hash.
     """
@@ -199,12 +199,18 @@ async def flush_usage(store: KeyStore, usage: UsageBuffer, metrics: Metrics) -> 
             except BaseException:  # a failure or a cancellation: it may or may not have landed
                 if batch is not None:
                     usage.restore(batch)
-                raise  # (the history batch stays in flight: resent as it is)
+                if history is not None:
+                    usage.restore_history(history)
+                raise
             if batch is not None:
                 usage.confirm(batch)
                 written += len(batch)
             if history is not None:
                 usage.confirm_history(history)
+        # Hours that are over and fully written: into the per-key buckets (once per key and hour).
+        for hour in usage.foldable_hours(everything=usage.closing):
+            if await store.ledger.fold_hour(usage.node_id, hour):
+                usage.forget_hour(hour)
     except FAULTS as exc:
         metrics.flushes.labels("failed").inc()
         log.warning("last-used flush failed, %d keys kept for the next try: %s", len(usage), exc)
@@ -247,7 +253,8 @@ async def fold_dead_usage(store: KeyStore, max_chunks: int | None = None) -> boo
     Returns False when some are left (the chunk budget ran out, or Redis failed).
     """
     try:
-        return await store.ledger.fold_dead(max_chunks=max_chunks)
+        done = await store.ledger.fold_dead(max_chunks=max_chunks)
+        return await store.ledger.fold_dead_history(max_chunks=max_chunks) and done
     except FAULTS as exc:
         log.warning("could not fold the last-used data of stopped gateways: %s", exc)
         return False
