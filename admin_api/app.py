@@ -20,7 +20,7 @@ from admin_api.ops import ORG, PRINCIPAL, AdminMetrics, log_request
 from gateway import errors
 from gateway.errors import FieldError, OrgNotFound
 from gateway import store as store_mod
-from gateway import validation
+from gateway import history, validation
 from gateway.config import AdminSettings
 from gateway.model import EXPIRY_CHOICES, created_by_any
 from gateway.envelope import new_request_id
@@ -29,7 +29,7 @@ from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
 from gateway.store import CreateLimits, KeyStore, decode_audit_cursor, decode_cursor
 from gateway.tasks import ACK_TIMEOUT, flush_at_shutdown, usage_flusher
-from gateway.usage import UsageBuffer
+from gateway.usage import UsageBuffer, outcome_class
 
 MAX_BODY = 64 * 1024
 _json = msgspec.json.Encoder()
@@ -84,12 +84,14 @@ def make_admin_app(
                                                             store_mod.parse_min_replicas(settings.redis_min_replicas)), RulesHolder(settings.scopes, rules),
                                  clock, guard, AdminMetrics(guard), CreateLimits(client, settings))
     st.rules.on_reload = lambda result: st.metrics.reloads.labels(result).inc()
+    st.store.ledger.retain(settings.usage_hourly_days, settings.usage_daily_days)
     r = app.router
     r.add_get("/v1/me", whoami)
     r.add_get("/v1/permissions", list_permissions)
     r.add_post("/v1/orgs/{org_id}/api-keys", create_key)
     r.add_get("/v1/orgs/{org_id}/api-keys", list_keys)
     r.add_get("/v1/orgs/{org_id}/api-keys/{key_id}", get_key)
+    r.add_get("/v1/orgs/{org_id}/api-keys/{key_id}/usage", get_key_usage)
     r.add_post("/v1/orgs/{org_id}/api-keys/{key_id}/revoke", revoke_key)
     r.add_get("/v1/orgs/{org_id}/audit-events", list_audit_events)
     r.add_get("/openapi.json", openapi)
@@ -167,6 +169,7 @@ async def envelope_middleware(request: web.Request, handler) -> web.StreamRespon
         err = errors.ApiError()
     if err is not None:
         response = error_response(err, request_id)
+    _count_use(request, response.status, err is not None)
     log_request(request.app[ADMIN].metrics, request, request_id, response.status, err.code if err else "ok", started)
     response.headers.setdefault("X-Request-Id", request_id)
     for name, value in SECURITY_HEADERS.items():
@@ -181,12 +184,21 @@ async def envelope_middleware(request: web.Request, handler) -> web.StreamRespon
     return response
 
 
+def _count_use(request: web.Request, status: int, refused: bool) -> None:
+    """An org key's request counts like one through the gateway: last used, request count, and
+    the class of its answer (refused: this API's own 403, 404, 405 or 429 after authenticating)."""
+    principal = request.get(PRINCIPAL)
+    if principal is not None and principal.key_id is not None:
+        st = request.app[ADMIN]
+        st.usage.add(principal.key_id, st.now_ms(), outcome_class(status, refused))
+
+
 async def _principal(request: web.Request) -> Principal:
     st = request.app[ADMIN]
     headers, peer = list(request.headers.items()), request.remote or ""
     st.guard.check(peer, headers)  # SECURITY: before any Redis command
     try:
-        principal = await authenticate(headers, st.store, st.settings.operator_tokens, st.now_ms(), st.usage)
+        principal = await authenticate(headers, st.store, st.settings.operator_tokens, st.now_ms())
     except errors.MissingToken:
         raise  # sending nothing is not a failed attempt
     except errors.Unauthorized:
@@ -390,6 +402,30 @@ async def get_key(request: web.Request) -> web.Response:
         await _require_org(st, principal, org_id)
         raise errors.KeyNotFound()
     return _json_response(schemas.key_out(record, st.now_ms()))
+
+
+async def get_key_usage(request: web.Request) -> web.Response:
+    """GET .../{key_id}/usage?from=&to=&granularity=: the key's requests per UTC hour or day by outcome."""
+    st = request.app[ADMIN]
+    principal = await _principal(request)
+    org_id = _org_id(request)
+    principal.require(READ, org_id)
+    q = request.query
+    for name in ("from", "to", "granularity"):
+        if len(q.getall(name, ())) > 1:
+            raise FieldError(name, f"{name} is given more than once.")
+    try:
+        win = history.window(st.now_ms(), q.get("from"), q.get("to"), q.get("granularity"),
+                             st.settings.usage_hourly_days)
+    except validation.InvalidField as exc:
+        raise FieldError(exc.field, str(exc), **exc.extra) from None
+    key_id = _key_id(request)
+    record = await st.store.get_for_org(org_id, key_id)  # tenancy as GET one key
+    if record is None:
+        await _require_org(st, principal, org_id)
+        raise errors.KeyNotFound()
+    buckets, totals = history.buckets(win, await st.store.ledger.history(key_id, win))
+    return _json_response(schemas.usage_out(key_id, win.granularity, win.from_ms, win.to_ms, buckets, totals))
 
 
 async def revoke_key(request: web.Request) -> web.Response:

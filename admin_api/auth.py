@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from gateway import errors, keys
 from gateway.credentials import extract_credential
 from gateway.store import KeyStore
-from gateway.usage import UsageBuffer
 
 READ, MANAGE = "api_keys:read", "api_keys:manage"
 
@@ -53,10 +52,9 @@ class Principal:
         return [s for s in scopes if not self.holds(s)]
 
 
-async def authenticate(headers, store: KeyStore, operator_tokens: tuple[str, ...], now_ms: int,
-                       usage: UsageBuffer | None = None) -> Principal:
-    """Resolve the Authorization header to a Principal (401 otherwise); an org key's use is
-    recorded in ``usage``, as the gateway records it."""
+async def authenticate(headers, store: KeyStore, operator_tokens: tuple[str, ...], now_ms: int) -> Principal:
+    """Resolve the Authorization header to a Principal (401 otherwise). An org key's use is
+    counted by the admin API's middleware once the answer is known, as the gateway counts it."""
     try:
         token = extract_credential(headers)
     except errors.MissingApiKey:
@@ -83,7 +81,5 @@ async def authenticate(headers, store: KeyStore, operator_tokens: tuple[str, ...
         record = await store.verify(parsed, now_ms)  # no cache: the admin API always reads the truth
     except errors.InvalidApiKey:
         raise errors.InvalidToken() from None  # the admin API's code for a credential it does not know
-    if usage is not None:
-        usage.add(record.id, now_ms)
     return Principal(actor=f"key:{record.id}", org_id=record.org_id, scopes=frozenset(record.scopes),
                      expires_at=record.expires_at)

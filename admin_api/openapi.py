@@ -73,12 +73,29 @@ KEY = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "str
 # The create response names the new key: the key's own operations take its id from there.
 KEY_LINKS = {
     op: {"operationId": op, "parameters": {"org_id": "$request.path.org_id", "key_id": "$response.body#/id"}}
-    for op in ("getApiKey", "revokeApiKey")
+    for op in ("getApiKey", "getApiKeyUsage", "revokeApiKey")
 }
 # The new key's own activity log (its create event; its revoke once revoked).
 KEY_LINKS["listAuditEvents"] = {"operationId": "listAuditEvents",
                                 "parameters": {"org_id": "$request.path.org_id", "query.key_id": "$response.body#/id"}}
 SECURITY = [{"bearer": []}]
+_TIME = {"type": "string", "format": "date-time"}
+USAGE_PARAMS = [
+    {"name": "from", "in": "query", "required": False, "schema": _TIME,
+     "description": "RFC 3339 with a time zone; default: to - 24 h (hour) or to - 30 d (day); must be before to"},
+    {"name": "to", "in": "query", "required": False, "schema": _TIME, "description": "RFC 3339; default: now"},
+    {"name": "granularity", "in": "query", "required": False, "schema": {"type": "string", "enum": ["hour", "day"]},
+     "description": "Default: hour when the range is at most 7 days, else day"},
+]
+USAGE_DESCRIPTION = (
+    "Every request the key authenticated, on the gateway (proxy and forward-auth) and on this API, counted by "
+    "the status the client got (2xx, 3xx, 4xx, 5xx: the upstream's, or the gateway's own 502/504) or as "
+    "`refused` (the gateway refused it after authenticating the key: 403, 404, 405, 429). In forward-auth mode "
+    "an allowed request counts as 2xx (the gateway never sees the upstream's answer). Buckets are aligned to UTC "
+    "hours or days and cover from..to; at most 744 hour buckets (31 days) or 1,100 day buckets per query, and "
+    "hour buckets only within --usage-hourly-days (default 90), else 400. Counts reach Redis within about "
+    "a second (the gateways' flush interval)."
+)
 
 
 @functools.cache
@@ -88,7 +105,7 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [schemas.Caller, schemas.CreateKeyRequest, schemas.RevokeKeyRequest, schemas.RevokedApiKey,
          schemas.CreatedApiKey, schemas.ApiKey, schemas.ApiKeyList,
-         schemas.PermissionList, schemas.AuditEventList, schemas.Error],
+         schemas.PermissionList, schemas.AuditEventList, schemas.KeyUsage, schemas.Error],
         ref_template=REF,
     )
     if scopes:
@@ -158,6 +175,17 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                     "operationId": "getApiKey",
                     "summary": "One key (never the secret)",
                     "responses": {"200": _json("ApiKey", "The key"), **_errors(400, 401, 403, 404, 429, 503)},
+                },
+            },
+            "/v1/orgs/{org_id}/api-keys/{key_id}/usage": {
+                "parameters": [ORG, KEY],
+                "get": {
+                    "operationId": "getApiKeyUsage",
+                    "summary": "A key's requests per UTC hour or day, by outcome class",
+                    "description": USAGE_DESCRIPTION,
+                    "parameters": USAGE_PARAMS,
+                    "responses": {"200": _json("KeyUsage", "Contiguous buckets, zeros included, and the totals"),
+                                  **_errors(400, 401, 403, 404, 429, 503)},
                 },
             },
             "/v1/orgs/{org_id}/api-keys/{key_id}/revoke": {

@@ -132,6 +132,50 @@ class AuditEventList(msgspec.Struct):
     next_cursor: Annotated[str | None, Meta(description="Pass as ?cursor= for the next page; null on the last")]
 
 
+# -- usage history (GET .../api-keys/{key_id}/usage) ----------------------------------------------
+Count = Annotated[int, Meta(ge=0)]
+
+
+class UsageCounts(msgspec.Struct):
+    """Requests by outcome class: the status the client got; refused = refused by the gateway after
+    the key was authenticated (403 insufficient scope, 404 no route, 405 wrong method, 429)."""
+
+    ok: Count = msgspec.field(name="2xx")
+    redirect: Count = msgspec.field(name="3xx")
+    client_error: Count = msgspec.field(name="4xx")
+    server_error: Count = msgspec.field(name="5xx")
+    refused: Count = msgspec.field(name="refused")
+
+
+class UsageBucket(msgspec.Struct):
+    """One UTC hour or day: ``start`` and the counts of the requests in it."""
+
+    start: Timestamp
+    ok: Count = msgspec.field(name="2xx")
+    redirect: Count = msgspec.field(name="3xx")
+    client_error: Count = msgspec.field(name="4xx")
+    server_error: Count = msgspec.field(name="5xx")
+    refused: Count = msgspec.field(name="refused")
+
+
+class KeyUsage(msgspec.Struct):
+    """A key's usage history: contiguous buckets (zeros included) aligned to UTC hours or days."""
+
+    key_id: str
+    granularity: Literal["hour", "day"]
+    from_: Timestamp = msgspec.field(name="from")
+    to: Timestamp = msgspec.field(name="to")
+    buckets: list[UsageBucket] = msgspec.field(default_factory=list)
+    totals: UsageCounts = msgspec.field(default_factory=lambda: UsageCounts(0, 0, 0, 0, 0))
+
+
+def usage_out(key_id: str, granularity: str, from_ms: int, to_ms: int,
+              buckets: list[tuple[int, list[int]]], totals: list[int]) -> KeyUsage:
+    return KeyUsage(key_id=key_id, granularity=granularity, from_=rfc3339(from_ms), to=rfc3339(to_ms),
+                    buckets=[UsageBucket(rfc3339(start), *counts) for start, counts in buckets],
+                    totals=UsageCounts(*totals))
+
+
 class ErrorDetail(msgspec.Struct, omit_defaults=True):
     code: str
     message: str
@@ -143,6 +187,7 @@ class ErrorDetail(msgspec.Struct, omit_defaults=True):
     limit: Annotated[int | None, Meta(description="key_limit_reached, too_many_creates: the limit")] = None
     max_expires_at: Annotated[str | None, Meta(description="expires_in too late: the creating key's own expiry")] = None
     allowed_expires_in: Annotated[list[str] | None, Meta(description="expires_in too late: the choices that fit")] = None
+    max_buckets: Annotated[int | None, Meta(description="usage range too long: the most buckets per query")] = None
 
 
 class Error(msgspec.Struct):

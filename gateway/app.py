@@ -72,6 +72,7 @@ def make_state(settings: ServeSettings, *, clock: Callable[[], float] = time.tim
         signer=make_signer(settings.signing_secrets, settings.upstream),
     )
     metrics.add_throttle(state.throttle)
+    state.background.ledger.retain(settings.usage_hourly_days, settings.usage_daily_days)
     return state
 
 

@@ -291,6 +291,51 @@ def cmd_backfill_activity(args: argparse.Namespace) -> int:
     return 0
 
 
+USAGE_SETTINGS = ("redis", "redis_prefix", "usage_hourly_days")
+
+
+def cmd_keys_usage(args: argparse.Namespace) -> int:
+    """`gateway keys usage KEY_ID`: the key's usage history, as the admin API's GET .../usage answers it."""
+    import msgspec
+
+    from admin_api.schemas import usage_out
+    from gateway import history
+    from gateway.model import rfc3339
+    from gateway.store import KeyStore, connect
+    from gateway.store import reach as redis_reach
+
+    settings = config.load(config.AdminSettings, {name: getattr(args, name, None) for name in USAGE_SETTINGS})
+    key_id = validation.key_id(args.key_id)
+    try:
+        win = history.window(int(time.time() * 1000), args.from_, args.to, args.granularity,
+                             settings.usage_hourly_days)
+    except validation.InvalidField as exc:
+        raise CliError(f"--{exc.field}: {exc}") from None
+
+    async def run() -> dict[int, list[int]]:
+        store = KeyStore(connect(settings.redis, timeout=KEYS_REDIS_TIMEOUT), settings.redis_prefix)
+        try:
+            await redis_reach.reach(store)
+            if await store.get(key_id) is None:
+                raise CliError(f"no key {key_id}", code=1)
+            return await store.ledger.history(key_id, win)
+        finally:
+            await store.redis.aclose()
+
+    try:
+        found = asyncio.run(run())
+    except redis_reach.ERRORS as exc:
+        raise CliError(redis_reach.failure(settings.redis, exc), code=1) from None
+    rows, totals = history.buckets(win, found)
+    if args.json:
+        body = usage_out(key_id, win.granularity, win.from_ms, win.to_ms, rows, totals)
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(body), indent=2).decode() + "\n")
+    else:
+        cut = 16 if win.granularity == history.HOUR else 10  # 2026-12-01T10:00 / 2026-12-01
+        sys.stdout.write(history.table(rows, totals, lambda ms: rfc3339(ms)[:cut]))
+    return 0
+
+
 def _scopes_file(given: str | None) -> str:
     """--scopes, else GATEWAY_SCOPES (or GATEWAY_SCOPES_FILE), else ./scopes.yaml, else the shipped example."""
     if given:
@@ -397,6 +442,16 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_arguments(backfill, config.AdminSettings, only=BACKFILL_SETTINGS)
     backfill.add_argument("--force", action="store_true", help="run it again even if an earlier run completed")
     backfill.set_defaults(func=cmd_backfill_activity)
+    usage = command(keys_sub, "usage", help="a key's requests per UTC hour or day, by outcome class")
+    config.add_arguments(usage, config.AdminSettings, only=USAGE_SETTINGS)
+    usage.add_argument("key_id", metavar="KEY_ID", help="the key's id, key_...")
+    usage.add_argument("--from", dest="from_", default=None,
+                       help="RFC 3339, e.g. 2026-12-01T00:00:00Z (default: 24 h before --to, 30 days by day)")
+    usage.add_argument("--to", default=None, help="RFC 3339 (default: now)")
+    usage.add_argument("--granularity", default=None, choices=["hour", "day"],
+                       help="default: hour for up to 7 days, else day")
+    usage.add_argument("--json", action="store_true", help="the admin API's JSON answer instead of a table")
+    usage.set_defaults(func=cmd_keys_usage)
 
     scopes = command(sub, "scopes", help="check scopes.yaml or explain how a request is authorized")
     scopes_sub = scopes.add_subparsers(dest="scopes_cmd", required=True)

@@ -53,6 +53,12 @@ def _check_networks(cidrs: tuple[str, ...], field: str) -> None:
             raise ValueError(f"{field}: {cidr!r} is not an IP network") from None
 
 
+def _check_retention(hourly_days: int, daily_days: int) -> None:
+    if daily_days < hourly_days:
+        raise ValueError(f"--usage-daily-days: must be at least --usage-hourly-days ({hourly_days}), "
+                         f"got {daily_days}")
+
+
 Seconds = Annotated[float, Meta(gt=0, le=3600)]
 
 
@@ -84,6 +90,8 @@ class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     connect_timeout: Annotated[Seconds, Meta(description="Upstream connect timeout, seconds")] = 5.0
     read_timeout: Annotated[Seconds, Meta(description="Upstream read timeout (between bytes), seconds")] = 60.0
     flush_interval: Annotated[Seconds, Meta(description="Seconds between last-used flushes to Redis")] = 1.0
+    usage_hourly_days: Annotated[int, Meta(ge=1, le=366, description="Days a key's hourly usage buckets are kept in Redis")] = 90
+    usage_daily_days: Annotated[int, Meta(ge=1, le=3660, description="Days a key's daily usage buckets are kept in Redis (at least --usage-hourly-days)")] = 400
     reload_interval: Annotated[float, Meta(ge=0, le=3600, description="Seconds between scopes.yaml change checks (0: only on SIGHUP)")] = 2.0
     trusted_proxies: Annotated[tuple[str, ...], Meta(description="Comma-separated CIDRs whose X-Forwarded-* headers are trusted")] = ()
     stale_if_error: Annotated[float, Meta(ge=0, le=86400, description="Seconds after losing contact with Redis that the keys cached then are still accepted (0: fail closed)")] = 0.0
@@ -111,6 +119,7 @@ class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.upstream and not self.upstream.startswith(("http://", "https://")):
             raise ValueError(f"--upstream: expected an http:// or https:// URL, got {self.upstream!r}")
         _check_networks(self.trusted_proxies, "--trusted-proxies")
+        _check_retention(self.usage_hourly_days, self.usage_daily_days)
         if self.signing_secrets:
             try:
                 parse_secrets(self.signing_secrets)
@@ -129,6 +138,8 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     redis_min_replicas: Annotated[str, Meta(pattern=r"^(auto|[0-9]|1[0-6])$", description="Replicas that must confirm each key create or revoke (Redis WAIT) before it is answered, else 503 store_unavailable, and each last-used flush (else retried): auto (1 once the deployment has had a replica, 0 until then) or 0 to 16")] = "auto"
     reload_interval: Annotated[float, Meta(ge=0, le=3600, description="Seconds between scopes.yaml change checks (0: only on SIGHUP)")] = 2.0
     flush_interval: Annotated[Seconds, Meta(description="Seconds between last-used flushes to Redis (uses by org keys)")] = 1.0
+    usage_hourly_days: Annotated[int, Meta(ge=1, le=366, description="Days a key's hourly usage buckets are kept in Redis")] = 90
+    usage_daily_days: Annotated[int, Meta(ge=1, le=3660, description="Days a key's daily usage buckets are kept in Redis (at least --usage-hourly-days)")] = 400
     operator_tokens: Annotated[
         tuple[str, ...],
         Meta(description="Operator tokens (comma-separated, >= 16 chars each); env GATEWAY_OPERATOR_TOKEN"),
@@ -156,6 +167,7 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         _check_listen(self.ops_listen, "--ops-listen")
         _check_redis_url(self.redis, "--redis")
         _check_networks(self.trusted_proxies, "--trusted-proxies")
+        _check_retention(self.usage_hourly_days, self.usage_daily_days)
         for token in self.operator_tokens:
             if len(token) < 16:
                 raise ValueError("GATEWAY_OPERATOR_TOKEN: each operator token needs at least 16 characters")

@@ -1,6 +1,6 @@
 """May this request pass? The decision shared by the proxy and forward-auth, steps 1-5 of the pipeline.
 
-canonicalize -> public? -> credential -> throttle + verify -> record use -> route + scope.
+canonicalize -> public? -> credential -> throttle + verify -> mark the key used -> route + scope.
 Raises the ApiError to answer; gateway.proxy (forwarding) and gateway.forward_auth (answering
 the edge) do the rest. No HTTP server and no upstream client here.
 """
@@ -17,6 +17,7 @@ from gateway.cache import MISS, VerdictCache
 from gateway.config import ServeSettings
 from gateway.clientaddr import client_address
 from gateway.credentials import extract_credential, key_in_path, redacted_path
+from gateway.envelope import KEY_USED
 from gateway.headers import Identity, identity_of
 from gateway.metrics import Metrics
 from gateway.model import KeyRecord, verdict
@@ -95,8 +96,9 @@ async def decide(st: GatewayState, method: str, raw_target: str, headers: list[t
     # 3. Credential, 4. throttle + verify (401 before anything about routes is revealed).
     record = await authenticate(st, headers, peer, extract_credential(headers), entry)
     # 7. Record use: every request whose key verified counts, whatever is answered next
-    # (403, 404, 502, ...; buffered, flushed to Redis in batches).
-    st.usage.add(record.id, int(st.clock() * 1000))
+    # (403, 404, 502, ...), by the class of that answer: counted once it is known
+    # (gateway.envelope.request_handler; buffered, flushed to Redis in batches).
+    entry[KEY_USED] = record.id
     # 5. Route, then scope.
     authorize(found, record)
     return target, _identity(st, record)

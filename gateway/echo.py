@@ -1,7 +1,7 @@
 """A demo/test upstream that answers with exactly what it received: method, raw path, headers.
 
 Query options (for demos and tests): ``download=N`` streams N bytes back; ``sleep=S`` waits
-S seconds before answering.
+S seconds before answering; ``status=N`` answers with status N (200-599; a 3xx with ``Location: /``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,11 @@ async def echo(request: web.Request) -> web.StreamResponse:
     }
     if received is not None:
         received.append(record)
-    return web.json_response(record, headers={"X-Upstream": "echo"})
+    status = int(request.query.get("status", "200") or 200)
+    if not 200 <= status <= 599:
+        status = 400
+    headers = {"X-Upstream": "echo", **({"Location": "/"} if 300 <= status < 400 else {})}
+    return web.json_response(record, status=status, headers=headers)
 
 
 RECEIVED = web.AppKey("received", list)

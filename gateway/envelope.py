@@ -17,11 +17,16 @@ from typing import Any, Awaitable, Callable
 import orjson
 
 from gateway import accesslog, errors
+from gateway.usage import outcome_class
 
 log = logging.getLogger("gateway")
 
 _REQUEST_ID_PREFIX = "req_" + secrets.token_hex(6)  # random per process
 _request_ids = itertools.count()
+
+# The access-log entry's field naming the key that authenticated (set by gateway.decision, popped
+# before the line is written): its use is counted once the answer's status is known.
+KEY_USED = "_key_used"
 
 # Worded once, for the proxy's parser and aiohttp's (gateway.aiohttp_runner), so one search finds both.
 MALFORMED_REFUSED = "malformed HTTP request refused ({kind}, status {status}) from %s"
@@ -118,7 +123,9 @@ def request_handler(step: Step, refuse: Refuse = _send_refusal) -> Callable[[Any
     one exit for every outcome. An ApiError is answered by ``refuse`` (the JSON envelope
     unless told otherwise), any other exception is a bug (500, logged), and every request,
     cancelled ones included (499), gets its metrics and access-log line. ``state`` needs
-    ``metrics``; ``step`` fills ``entry`` as it learns."""
+    ``metrics``; ``step`` fills ``entry`` as it learns. A request whose key authenticated
+    (``entry[KEY_USED]``) is counted in ``state.usage`` by the class of what it was answered:
+    refused when the handler itself refused it with 403, 404, 405 or 429 (gateway.usage)."""
 
     async def handler(st, req, conn) -> None:
         started = time.perf_counter()
@@ -127,15 +134,19 @@ def request_handler(step: Step, refuse: Refuse = _send_refusal) -> Callable[[Any
                        "org_id": None, "key_id": None}
         outcome = "ok"
         status = 499
+        refused = False
         try:
             status, outcome = await step(st, req, conn, request_id, entry)
         except errors.ApiError as err:
-            outcome, status = err.code, err.status
+            outcome, status, refused = err.code, err.status, True
             refuse(conn, err, request_id, req)
         except Exception:
             err = answer_failure(conn, request_id)
             outcome, status = err.code, err.status
         finally:
+            used = entry.pop(KEY_USED, None)
+            if used is not None:
+                st.usage.add(used, int(st.clock() * 1000), outcome_class(status, refused))
             log_request(st.metrics, entry, status, outcome, started)
 
     return handler

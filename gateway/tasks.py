@@ -170,16 +170,18 @@ async def _await_subscribed(pubsub, channels: int = 1) -> None:
 
 
 async def flush_usage(store: KeyStore, usage: UsageBuffer, metrics: Metrics) -> bool:
-    """Write the totals changed since the last flush: one HSET per USAGE_CHUNK keys.
+    """Write the totals changed since the last flush, and the usage history: per USAGE_CHUNK keys
+    one HSET and one history script call, queued together (gateway.store.ledger); then fold this
+    node's hashes of the hours that are over into the per-key history buckets.
 
-    On failure everything not written is kept for the next try. Before writing, the node says it
-    is alive when its last beat is older than BEAT_EVERY, and learns whether its hash was folded
-    while it was away. At shutdown (``usage.closing``) the node then folds its own hash.
+    On failure everything not written is kept for the next try. Before writing, the node says it is alive when its last beat
+    is older than BEAT_EVERY, and learns whether its hash was folded while it was away. At
+    shutdown (``usage.closing``) the node then folds its own hash.
     """
     written = 0
     try:
         # The keys pending now, no more: uses that arrive meanwhile wait for the next flush.
-        for _ in range(-(-len(usage) // USAGE_CHUNK)):
+        for _ in range(-(-max(len(usage), usage.history_pending) // USAGE_CHUNK)):
             started = time.monotonic()
             if usage.beat_at is None or started - usage.beat_at >= BEAT_EVERY:
                 landed = await store.ledger.beat(usage.node_id, usage.registered)
@@ -188,16 +190,27 @@ async def flush_usage(store: KeyStore, usage: UsageBuffer, metrics: Metrics) -> 
                     usage.rebase(landed)
                 usage.registered, usage.beat_at = True, started
             batch = usage.drain(USAGE_CHUNK)
-            if batch is None:
+            history = usage.drain_history(USAGE_CHUNK)
+            if batch is None and history is None:
                 break
-            if batch.values:
-                try:
-                    await store.ledger.write(usage.node_id, batch.seq, batch.values)
-                except BaseException:  # a failure or a cancellation: it may or may not have landed
+            try:
+                await store.ledger.write(usage.node_id, batch.seq if batch else 0, batch.values if batch else {},
+                                         history)
+            except BaseException:  # a failure or a cancellation: it may or may not have landed
+                if batch is not None:
                     usage.restore(batch)
-                    raise
-            usage.confirm(batch)
-            written += len(batch)
+                if history is not None:
+                    usage.restore_history(history)
+                raise
+            if batch is not None:
+                usage.confirm(batch)
+                written += len(batch)
+            if history is not None:
+                usage.confirm_history(history)
+        # Hours that are over and fully written: into the per-key buckets (once per key and hour).
+        for hour in usage.foldable_hours(everything=usage.closing):
+            if await store.ledger.fold_hour(usage.node_id, hour):
+                usage.forget_hour(hour)
     except FAULTS as exc:
         metrics.flushes.labels("failed").inc()
         log.warning("last-used flush failed, %d keys kept for the next try: %s", len(usage), exc)
@@ -240,7 +253,8 @@ async def fold_dead_usage(store: KeyStore, max_chunks: int | None = None) -> boo
     Returns False when some are left (the chunk budget ran out, or Redis failed).
     """
     try:
-        return await store.ledger.fold_dead(max_chunks=max_chunks)
+        done = await store.ledger.fold_dead(max_chunks=max_chunks)
+        return await store.ledger.fold_dead_history(max_chunks=max_chunks) and done
     except FAULTS as exc:
         log.warning("could not fold the last-used data of stopped gateways: %s", exc)
         return False

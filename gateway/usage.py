@@ -1,10 +1,21 @@
-"""Last-used bookkeeping of one gateway process (a node): running totals per key, written as absolutes.
+"""Usage bookkeeping of one gateway process (a node): last-used totals and the usage history.
 
-Pure. ``add`` is all a request does. gateway.tasks drains the keys changed since the last flush,
-writes their absolute totals (latest use, request count) with one HSET into this node's usage
-hash, and reports back: ``confirm`` when it landed, ``restore`` when it failed (the keys are
-written again next time, so nothing is lost during a Redis outage), ``rebase`` when the node's
-hash was folded into the durable base while it was away.
+Pure. ``add`` is all a request does, once its answer is known (its outcome class: ``outcome_class``).
+
+Last-used: running totals per key, written as absolutes. gateway.tasks drains the keys changed
+since the last flush, writes their absolute totals (latest use, request count) with one HSET into
+this node's usage hash, and reports back: ``confirm`` when it landed, ``restore`` when it failed
+(the keys are written again next time, so nothing is lost during a Redis outage), ``rebase`` when
+the node's hash was folded into the durable base while it was away.
+
+History: counts per key, UTC hour and outcome class, kept like the last-used totals: this
+node's *absolute* counts per (hour, key) since it began, written with the same flush (one script
+call beside the HSET: gateway.store.ledger) into this node's hash of that hour, one field a key.
+A retry writes the same totals again, so it can never count twice; a failed write's keys are
+written again, first, and once more after the next success (a failed write that Redis runs late
+cannot leave a stale value). Once an hour is over and everything of it has landed, the node
+folds its hash of that hour into the per-key buckets (``foldable_hours``, ``forget_hour``): the
+only per-key work in Redis, once per key and hour, not once per flush.
 """
 
 from __future__ import annotations
@@ -13,6 +24,29 @@ import itertools
 import os
 import secrets
 from dataclasses import dataclass
+
+
+# Outcome classes: the index of each count in a history entry, and their names in the API.
+OK, REDIRECT, CLIENT_ERROR, SERVER_ERROR, REFUSED = range(5)
+CLASSES = ("2xx", "3xx", "4xx", "5xx", "refused")
+# Refusals by the gateway after the key was authenticated: 403 insufficient scope, 404 no route,
+# 405 wrong method, 429 (rate limits). The same statuses from the upstream count by their class.
+REFUSED_STATUSES = frozenset({403, 404, 405, 429})
+HOUR_MS = 3_600_000
+
+
+def outcome_class(status: int, by_gateway: bool) -> int:
+    """The class of the answer the client got: REFUSED when the gateway itself refused with one
+    of REFUSED_STATUSES, else by status (a gateway 502/504 is 5xx, a cancelled request's 499 is 4xx)."""
+    if by_gateway and status in REFUSED_STATUSES:
+        return REFUSED
+    if status < 300:
+        return OK
+    if status < 400:
+        return REDIRECT
+    if status < 500:
+        return CLIENT_ERROR
+    return SERVER_ERROR
 
 
 def new_node_id() -> str:
@@ -31,6 +65,16 @@ class Batch:
         return len(self.values)
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryWrite:
+    """One write of this node's absolute counts per hour and key (copies, taken at drain time)."""
+
+    hours: dict[int, dict[str, tuple[int, ...]]]
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self.hours.values())
+
+
 _RETRY = (0, 0)  # a pending entry with no new use: the key's totals must be written again
 
 
@@ -47,14 +91,99 @@ class UsageBuffer:
         self.registered = False  # the node has announced itself in Redis (ledger beat)
         self.beat_at: float | None = None  # monotonic time of the last beat that was answered
         self.closing = False  # set at shutdown: the last flush then folds this node's hash
+        # History: hour -> key id -> this node's counts per class since it began (unfolded hours),
+        # and per hour the keys to write: changed since their last write, or retried.
+        self._hours: dict[int, dict[str, list[int]]] = {}
+        self._changed: dict[int, set[str]] = {}
+        self._hour = -1  # the hour of ``_current`` and ``_current_changed`` (the latest hour used)
+        self._current: dict[str, list[int]] = {}
+        self._current_changed: set[str] = set()
+        self._history_in_flight: list[HistoryWrite] = []  # writes sent (or failed) since the last success
+        self._history_suspect: dict[int, set[str]] = {}  # their keys: written once more after a success
+        self._latest_hour = -1  # of the latest use: the hours before it are over (uses are timed when answered)
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, key_id: str, at_ms: int, count: int = 1) -> None:
-        """Record ``count`` uses of a key, the latest at ``at_ms`` (called on every request)."""
-        last, n = self._pending.get(key_id, _RETRY)
-        self._pending[key_id] = (max(last, at_ms), n + count)
+    def add(self, key_id: str, at_ms: int, outcome: int = OK) -> None:
+        """Record one use of a key at ``at_ms`` with its outcome class (called on every request)."""
+        pending = self._pending
+        last, n = pending.get(key_id, _RETRY)
+        pending[key_id] = (at_ms if at_ms > last else last, n + 1)
+        hour = at_ms // HOUR_MS
+        if hour != self._hour:  # (once an hour, and after a drain emptied the hour's set)
+            self._use_hour(hour)
+        counts = self._current.get(key_id)
+        if counts is None:
+            counts = self._current[key_id] = [0, 0, 0, 0, 0]
+        counts[outcome] += 1  # in place: no allocation for a key already counted this hour
+        self._current_changed.add(key_id)
+
+    def _use_hour(self, hour: int) -> None:
+        self._hour = hour
+        if hour > self._latest_hour:
+            self._latest_hour = hour
+        self._current = self._hours.setdefault(hour, {})
+        self._current_changed = self._changed.setdefault(hour, set())
+
+    @property
+    def history_pending(self) -> int:
+        """(hour, key) entries waiting to be written."""
+        return sum(len(keys) for keys in self._changed.values())
+
+    def drain_history(self, limit: int | None = None) -> HistoryWrite | None:
+        """The next history write: the absolute counts of up to ``limit`` changed (hour, key)
+        entries, oldest hours first."""
+        out: dict[int, dict[str, tuple[int, ...]]] = {}
+        taken = 0
+        for hour in sorted(self._changed):
+            changed = self._changed[hour]
+            counts = self._hours[hour]
+            while changed and (limit is None or taken < limit):
+                key_id = changed.pop()
+                out.setdefault(hour, {})[key_id] = tuple(counts[key_id])
+                taken += 1
+        self._changed = {h: keys for h, keys in self._changed.items() if keys}
+        self._hour = -1  # the next add looks its hour's set up again
+        if not out:
+            return None
+        write = HistoryWrite(out)
+        self._history_in_flight.append(write)  # until a write is confirmed: no fold
+        return write
+
+    def confirm_history(self, write: HistoryWrite) -> None:
+        """``write`` landed: so did the failed ones before it (their keys are in it or were
+        confirmed earlier); a failed one may still run late, so its keys are written once more."""
+        self._history_in_flight.clear()
+        for hour, keys in self._history_suspect.items():
+            if hour in self._hours:
+                self._changed.setdefault(hour, set()).update(keys)
+        self._history_suspect = {}
+        self._hour = -1
+
+    def restore_history(self, write: HistoryWrite) -> None:
+        """``write`` failed (it may or may not have landed): its keys are written again."""
+        for hour, keys in write.hours.items():
+            self._changed.setdefault(hour, set()).update(keys)
+            self._history_suspect.setdefault(hour, set()).update(keys)
+        self._hour = -1
+
+    def foldable_hours(self, everything: bool = False) -> list[int]:
+        """Hours whose counts have all landed and that no use joins any more: older than the
+        latest use (uses are timed by this node's clock when answered; an idle node's last hour
+        stays open, and is read as such, until a later use or shutdown); ``everything``: at
+        shutdown, the latest one too. A use timed in an hour already folded (the clock set back)
+        is not counted in the history."""
+        return sorted(h for h in self._hours
+                      if (everything or h < self._latest_hour) and not self._changed.get(h)
+                      and not self._history_in_flight)
+
+    def forget_hour(self, hour: int) -> None:
+        """This node's hash of ``hour`` was folded: its counts are in the per-key buckets now."""
+        self._hours.pop(hour, None)
+        self._changed.pop(hour, None)
+        self._history_suspect.pop(hour, None)
+        self._hour = -1
 
     def drain(self, limit: int | None = None) -> Batch | None:
         """The next write: absolute totals of up to ``limit`` changed keys (retried keys first)."""

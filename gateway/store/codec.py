@@ -203,3 +203,23 @@ def decode_audit_cursor(cursor: str) -> tuple[int, str, int]:
     at, member = cursor.split(".", 1)
     key_id, version = member.split(":")
     return int(at), key_id, int(version)
+
+
+# -- usage history -----------------------------------------------------------------------------
+# One bucket's counts per outcome class (gateway.usage.CLASSES order) as one hash value,
+# "<2xx>:<3xx>:<4xx>:<5xx>:<refused>": one field per bucket keeps a key's day of hours at 24
+# fields (a listpack), whatever the mix of classes.
+
+def encode_counts(counts: Iterable[int]) -> str:
+    return ":".join(map(str, counts))
+
+
+def decode_counts(raw: bytes | str | None, width: int = 5) -> list[int] | None:
+    """Parse ``encode_counts`` output (missing classes are 0); None for a missing or malformed value."""
+    if not raw:
+        return None
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    parts = text.split(":")
+    if len(parts) > width or not all(p.isascii() and p.isdigit() for p in parts):
+        return None
+    return [int(p) for p in parts] + [0] * (width - len(parts))

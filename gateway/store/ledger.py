@@ -16,15 +16,33 @@ Cluster.
 A node that was folded while it was away learns it from its next liveness beat (which it sends
 before writing whenever the last one is older than a minute) together with the sequence number
 of its last write that reached Redis, and starts again from what had not (``UsageBuffer.rebase``).
+
+Usage history (counts per key, UTC hour and outcome class) rides on the same flush: ONE more
+command, the ``_HIST_WRITE`` script, queued with the HSET (and the WAIT, when replicas must
+confirm). It writes this node's absolute counts of the hour, one field per key, into the node's
+hash of that hour (``hist:<node>:<hour>``), and lists that hash in ``hist:open``: a few commands
+per flush whatever the number of keys. Once the hour is over and all of it has landed, the node
+folds that hash (``_HIST_FOLD``, a chunk per call) into the per-key buckets: an hour bucket (a
+hash per key and UTC day, field = hour, expiring ``hourly_days`` after the hour) and a day bucket
+(a hash per key and 32-day page, field = day, expiring ``daily_days`` after the day), rolled to
+days as it is folded, so nothing has to roll later. Each field is either in the node's hash or in
+the buckets, never both (as for the last-used fold), and a folded hash keeps only its ``~``
+marker (7 days), so a write of that node and hour that Redis runs late is refused instead of
+counting twice. Reads add the hashes still open. Hashes of dead nodes are folded by whoever
+finds them, like their last-used hashes. Same hash tag as every usage key: single-slot on Cluster.
 """
 
 from __future__ import annotations
 
-from gateway.store.codec import SEQ_FIELD, decode_usage, encode_usage, merge_usage
+from redis.asyncio.cluster import RedisCluster
+
+from gateway.history import DAY, HOUR, Window, day_slot, hour_slot
+from gateway.store.codec import SEQ_FIELD, decode_counts, decode_usage, encode_counts, encode_usage, merge_usage
 
 FOLD_AFTER_MS = 600_000  # a node not heard from for 10 minutes is folded by whoever notices
 FOLD_CHUNK = 1000  # fields per fold script call: 3-4 ms of Redis time (measured here)
 FOLDED_TTL_MS = 7 * 86_400_000  # how long a folded node's last sequence number is remembered
+HOURLY_DAYS, DAILY_DAYS = 90, 400  # default retention of hour and day buckets (--usage-*-days)
 
 _NOW = """
 local t = redis.call('TIME')
@@ -97,6 +115,88 @@ end
 return 0
 """
 
+# KEYS: the open-hours index, then one node-hour hash per hour written. ARGV: node id, ttl ms,
+# then per hash: hour, number of keys n, n x (key id, counts "a:b:c:d:e"). A folded hash (its
+# "~" marker) is not written again. Returns the number of hashes written.
+_HIST_WRITE = """
+local i, written = 3, 0
+for k = 2, #KEYS do
+  local hour, n = ARGV[i], tonumber(ARGV[i + 1])
+  if redis.call('HEXISTS', KEYS[k], '~') == 0 then
+    redis.call('HSET', KEYS[k], unpack(ARGV, i + 2, i + 1 + 2 * n))
+    redis.call('PEXPIRE', KEYS[k], ARGV[2])
+    redis.call('ZADD', KEYS[1], hour, ARGV[1] .. ':' .. hour)
+    written = written + 1
+  end
+  i = i + 2 + 2 * n
+end
+return written
+"""
+
+# KEYS: nodes, the open-hours index, the node-hour hash. ARGV: node id, minimum idle ms ("" =
+# fold now), chunk size, hour, hour-bucket prefix, day-bucket prefix, hour retention ms, day
+# retention ms, marker ttl ms. Moves up to one chunk of fields into the per-key buckets; returns
+# -1 if the node is alive, 0 once the hash is folded, else the number of fields moved.
+_HIST_FOLD = _NOW + """
+if ARGV[2] ~= '' then
+  local seen = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if seen and tonumber(seen) > now - tonumber(ARGV[2]) then return -1 end
+end
+local function add(key, field, counts, expire_at)
+  local cur = redis.call('HGET', key, field)
+  if cur then
+    local old = {}
+    for n in string.gmatch(cur, '%d+') do old[#old + 1] = tonumber(n) end
+    local sum, i = {}, 0
+    for n in string.gmatch(counts, '%d+') do
+      i = i + 1
+      sum[i] = string.format('%d', (old[i] or 0) + tonumber(n))
+    end
+    counts = table.concat(sum, ':')
+  end
+  if redis.call('HSET', key, field, counts) == 1 then
+    redis.call('PEXPIREAT', key, string.format('%d', expire_at))
+  end
+end
+local hour = tonumber(ARGV[4])
+local day = math.floor(hour / 24)
+local hkey, hfield = ARGV[5] .. '%s:' .. day, string.format('%d', hour % 24)
+local dkey, dfield = ARGV[6] .. '%s:' .. math.floor(day / 32), string.format('%d', day % 32)
+local hexp, dexp = (hour + 1) * 3600000 + tonumber(ARGV[7]), (day + 1) * 86400000 + tonumber(ARGV[8])
+local limit = tonumber(ARGV[3])
+local items = redis.call('HRANDFIELD', KEYS[3], limit + 1, 'WITHVALUES')
+local fields = {}
+for i = 1, #items, 2 do
+  local f = items[i]
+  if f ~= '~' and #fields < limit then
+    fields[#fields + 1] = f
+    add(string.format(hkey, f), hfield, items[i + 1], hexp)
+    add(string.format(dkey, f), dfield, items[i + 1], dexp)
+  end
+end
+if #fields > 0 then redis.call('HDEL', KEYS[3], unpack(fields)) end
+if redis.call('HLEN', KEYS[3]) > (redis.call('HEXISTS', KEYS[3], '~') == 1 and 1 or 0) then return #fields end
+redis.call('HSET', KEYS[3], '~', '1')
+redis.call('PEXPIRE', KEYS[3], ARGV[9])
+redis.call('ZREM', KEYS[2], ARGV[1] .. ':' .. ARGV[4])
+return 0
+"""
+
+# KEYS: the open-hours index. ARGV: first hour, last hour, node-hour hash prefix, key id, then
+# the bucket hashes to read. Returns {{member, counts, ...} of the open hashes of those hours
+# that hold the key, then HGETALL of each bucket hash}: one consistent snapshot (a fold running
+# beside it moves a field from one to the other atomically).
+_HIST_READ = """
+local open = {}
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])) do
+  local v = redis.call('HGET', ARGV[3] .. member, ARGV[4])
+  if v then open[#open + 1] = member; open[#open + 1] = v end
+end
+local out = {open}
+for i = 5, #ARGV do out[#out + 1] = redis.call('HGETALL', ARGV[i]) end
+return out
+"""
+
 # KEYS: nodes. ARGV: node key prefix, base key prefix, key ids...
 # Returns {server ms, {node, last beat, ...}, base values, one array of values per node}: one
 # consistent snapshot, so a fold running beside it can never make a use count twice or vanish.
@@ -135,10 +235,21 @@ class UsageLedger:
         self.folded = f"{tag}:folded"
         self.node_prefix = f"{tag}:node:"
         self.base_prefix = f"{tag}:base:"
+        self.hist_prefix = f"{tag}:hist:"  # + node id + ":" + hour index: a node's counts of an hour
+        self.hist_open = f"{tag}:hist:open"  # "<node id>:<hour>" of the hashes not folded yet, by hour
+        self.hour_prefix = f"{tag}:hour:"  # + key id + ":" + day index
+        self.day_prefix = f"{tag}:day:"  # + key id + ":" + 32-day page index
+        self.hourly_days, self.daily_days = HOURLY_DAYS, DAILY_DAYS
+        self._hist_fold = client.register_script(_HIST_FOLD)
+        self._hist_read = client.register_script(_HIST_READ)
         self.fold_after_ms = FOLD_AFTER_MS
         self._beat = client.register_script(_BEAT)
         self._fold = client.register_script(_FOLD)
         self._read = client.register_script(_READ)
+
+    def retain(self, hourly_days: int, daily_days: int) -> None:
+        """How long the buckets this process writes are kept (--usage-hourly-days, --usage-daily-days)."""
+        self.hourly_days, self.daily_days = hourly_days, daily_days
 
     def node_key(self, node_id: str) -> str:
         return self.node_prefix + node_id
@@ -149,12 +260,94 @@ class UsageLedger:
             self._beat(keys=[self.nodes, self.folded], args=[node_id, "1" if registered else "0"], client=c)))
         return None if landed == -1 else int(landed)
 
-    async def write(self, node_id: str, seq: int, values: dict[str, tuple[int, int]]) -> None:
-        """ONE command: this node's absolute totals for ``values`` and the write's sequence number."""
-        items: list[object] = [SEQ_FIELD, seq]
-        for key_id, (last_ms, count) in values.items():
-            items += (key_id, encode_usage(last_ms, count))
-        await self._confirmed(lambda c: _one(c.hset(self.node_key(node_id), items=items)))
+    async def write(self, node_id: str, seq: int, values: dict[str, tuple[int, int]], history=None) -> None:
+        """ONE command: this node's absolute totals for ``values`` and the write's sequence number;
+        and ONE more (a script) for a ``history`` write (gateway.usage.HistoryWrite), when given."""
+        calls = []
+        if values:
+            items: list[object] = [SEQ_FIELD, seq]
+            for key_id, (last_ms, count) in values.items():
+                items += (key_id, encode_usage(last_ms, count))
+            calls.append(lambda c: c.hset(self.node_key(node_id), items=items))
+        if history is not None and len(history):
+            keys, args = [self.hist_open], [node_id, FOLDED_TTL_MS]
+            for hour, counts in history.hours.items():
+                keys.append(f"{self.hist_prefix}{node_id}:{hour}")
+                args += (hour, len(counts))
+                for key_id, values in counts.items():
+                    args += (key_id, encode_counts(values))
+            # EVAL, not a registered script: in a pipeline that would add a SCRIPT EXISTS per flush
+            # (Redis caches the compiled script by its digest either way).
+            calls.append(lambda c: c.eval(_HIST_WRITE, len(keys), *keys, *args))
+        if calls:
+            await self._confirmed(lambda c: self._together(c, calls))
+
+    async def _together(self, client, calls) -> list:
+        """``calls`` sent in one round trip: queued on the caller's pipeline (with its WAIT), or
+        in a pipeline of their own, so that both go out in one write."""
+        if client is not self.redis or isinstance(client, RedisCluster):
+            # (a cluster pipeline is one round trip per node anyway; these keys share one slot)
+            return [await call(client) for call in calls]
+        async with client.pipeline(transaction=False) as pipe:
+            for call in calls:
+                await call(pipe)
+            return await pipe.execute()
+
+    async def history(self, key_id: str, win: Window) -> dict[int, list[int]]:
+        """Counts per bucket index of ``win`` (missing buckets absent): the per-key buckets and the
+        node hashes of hours not folded yet, in one script call."""
+        if win.granularity == HOUR:
+            prefix, slot, first_hour, last_hour = self.hour_prefix, hour_slot, win.first, win.last
+        else:
+            assert win.granularity == DAY
+            prefix, slot, first_hour, last_hour = self.day_prefix, day_slot, win.first * 24, win.last * 24 + 23
+        slots = [slot(i) for i in range(win.first, win.last + 1)]
+        hashes = sorted({h for h, _ in slots})
+        still_open, *raw = await self._hist_read(
+            keys=[self.hist_open],
+            args=[first_hour, last_hour, self.hist_prefix, key_id, *(f"{prefix}{key_id}:{h}" for h in hashes)])
+        by_hash = {h: dict(zip(flat[::2], flat[1::2], strict=True)) for h, flat in zip(hashes, raw, strict=True)}
+        found: dict[int, list[int]] = {}
+        for index, (h, field) in zip(range(win.first, win.last + 1), slots, strict=True):
+            counts = decode_counts(by_hash[h].get(str(field).encode()))
+            if counts is not None:
+                found[index] = counts
+        per = 1 if win.granularity == HOUR else 24
+        for member, raw_counts in zip(still_open[::2], still_open[1::2], strict=True):
+            counts = decode_counts(raw_counts)
+            if counts is not None:
+                index = int(member.rsplit(b":", 1)[1]) // per
+                found[index] = [a + b for a, b in zip(found.get(index, [0] * len(counts)), counts, strict=True)]
+        return found
+
+    async def fold_hour(self, node_id: str, hour: int, *, only_if_idle: bool = False) -> bool:
+        """Fold a node's hash of ``hour`` into the per-key buckets, a chunk per call; True once done
+        (``only_if_idle``: only while the node is not heard from, as ``fold``; False if it is)."""
+        while (moved := await self._fold_hour_chunk(node_id, hour, only_if_idle)) > 0:
+            pass
+        return moved == 0
+
+    async def _fold_hour_chunk(self, node_id: str, hour: int, only_if_idle: bool) -> int:
+        """-1: the node is alive; 0: the hash is folded; else the number of fields moved."""
+        return await self._hist_fold(
+            keys=[self.nodes, self.hist_open, f"{self.hist_prefix}{node_id}:{hour}"],
+            args=[node_id, self.fold_after_ms if only_if_idle else "", FOLD_CHUNK, hour, self.hour_prefix,
+                  self.day_prefix, self.hourly_days * 86_400_000, self.daily_days * 86_400_000, FOLDED_TTL_MS])
+
+    async def fold_dead_history(self, *, max_chunks: int | None = None) -> bool:
+        """Fold the open hour hashes of nodes not heard from for ``fold_after_ms`` (or gone), at
+        most ``max_chunks`` chunks in all; True if none is left to do now."""
+        budget = max_chunks
+        for member in await self.redis.zrange(self.hist_open, 0, -1):
+            node_id, _, hour = member.decode().rpartition(":")
+            while True:
+                if budget is not None:
+                    if budget <= 0:
+                        return False
+                    budget -= 1
+                if await self._fold_hour_chunk(node_id, int(hour), True) <= 0:
+                    break  # folded, or the node is alive (it folds its own)
+        return True
 
     async def read(self, key_ids: list[str]) -> tuple[dict[str, tuple[int | None, int]], list[str]]:
         """Merged (last_used_at, request_count) per key, and the nodes that look dead."""

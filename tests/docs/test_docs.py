@@ -36,7 +36,9 @@ def test_redis_layout_names_exactly_the_keys_the_store_builds():
              store._org_creates("<org_id>"), ledger.node_prefix + "<node_id>", ledger.nodes,
              ledger.base_prefix + "<bucket>", ledger.folded, store.channel, store.ack_channel,
              store.beat_channel("<node_id>"), store.registry, store.replicas.marker,
-             store._key_log("<key_id>"), store._org_activity("<org_id>"), store.backfilled}
+             store._key_log("<key_id>"), store._org_activity("<org_id>"), store.backfilled,
+             ledger.hist_prefix + "<node_id>:<hour>", ledger.hist_open, ledger.hour_prefix + "<key_id>:<day>",
+             ledger.day_prefix + "<key_id>:<page>"}
     assert documented == built
 
 

@@ -54,6 +54,9 @@ async def test_cluster_create_list_verify_flush_revoke(cluster, make_stack):
     usage.closing = False
     status, listed, _ = await stack.admin_call("GET", "/v1/orgs/acme/api-keys")
     assert all(k["last_used_at"] and k["request_count"] == 1 for k in listed["data"])
+    # The usage history too (written, folded at shutdown, read): one slot.
+    status, history, _ = await stack.admin_call("GET", f"/v1/orgs/acme/api-keys/{keys[0]['id']}/usage")
+    assert status == 200 and history["totals"]["2xx"] == 1, history
 
     victim = keys[0]
     assert (await stack.admin_call("POST", f"/v1/orgs/acme/api-keys/{victim['id']}/revoke"))[0] == 200

@@ -158,3 +158,11 @@ def test_events_stored_with_their_ids_must_name_the_readers_key_and_org():
     old = msgspec.json.encode(e)  # as the first activity log wrote them
     assert decode_event(old, "key_a", "o") == e
     assert decode_event(old, "key_b", "o") is None and decode_event(old, "key_a", "p") is None
+
+
+def test_history_counts_round_trip_and_refuse_garbage():
+    assert codec.encode_counts([1, 0, 22, 0, 3]) == "1:0:22:0:3"
+    assert codec.decode_counts(b"1:0:22:0:3") == [1, 0, 22, 0, 3]
+    assert codec.decode_counts("4:5") == [4, 5, 0, 0, 0]  # classes added later read as 0
+    for bad in (None, b"", "1:x", "1:2:3:4:5:6", "-1:0", "1::2"):
+        assert codec.decode_counts(bad) is None

@@ -135,3 +135,151 @@ def test_retire_starts_afresh():
     assert not buf.registered and buf.beat_at is None
     buf.add("a", 2)
     assert buf.drain().values == {"a": (2, 1)}  # the totals restarted: not (2, 2)
+
+
+# -- outcome classes and the usage history ----------------------------------------------------
+
+from gateway.usage import CLIENT_ERROR, HOUR_MS, OK, REDIRECT, REFUSED, SERVER_ERROR, outcome_class  # noqa: E402
+
+
+def test_outcome_classes_are_the_status_the_client_got_or_refused_by_the_gateway():
+    assert [outcome_class(s, False) for s in (200, 204, 302, 304, 403, 404, 405, 429, 499, 500, 502)] == [
+        OK, OK, REDIRECT, REDIRECT, CLIENT_ERROR, CLIENT_ERROR, CLIENT_ERROR, CLIENT_ERROR, CLIENT_ERROR,
+        SERVER_ERROR, SERVER_ERROR]
+    # The gateway's own answers after authenticating: refusals, except what is not one.
+    assert [outcome_class(s, True) for s in (403, 404, 405, 429, 413, 400, 502, 504)] == [
+        REFUSED, REFUSED, REFUSED, REFUSED, CLIENT_ERROR, CLIENT_ERROR, SERVER_ERROR, SERVER_ERROR]
+
+
+def test_history_counts_per_key_hour_and_class_as_absolute_totals():
+    buf = UsageBuffer()
+    buf.add("a", 5 * HOUR_MS + 1)
+    buf.add("a", 5 * HOUR_MS + 2, REFUSED)
+    buf.add("b", 5 * HOUR_MS + 3, REDIRECT)
+    buf.add("a", 6 * HOUR_MS, SERVER_ERROR)
+    buf.add("a", 5 * HOUR_MS + 4)  # a late finisher of the hour before
+    assert buf.history_pending == 3
+    write = buf.drain_history()
+    assert write.hours == {5: {"a": (2, 0, 0, 0, 1), "b": (0, 1, 0, 0, 0)}, 6: {"a": (0, 0, 0, 1, 0)}}
+    buf.confirm_history(write)
+    buf.add("a", 6 * HOUR_MS + 5)
+    assert buf.drain_history().hours == {6: {"a": (1, 0, 0, 1, 0)}}  # the node's totals, not the increment
+    assert buf.drain().values == {"a": (6 * HOUR_MS + 5, 5), "b": (5 * HOUR_MS + 3, 1)}  # last used, as before
+
+
+def test_an_hour_is_folded_once_it_is_over_and_all_of_it_landed():
+    buf = UsageBuffer()
+    buf.add("a", 5 * HOUR_MS)
+    first = buf.drain_history()
+    assert buf.foldable_hours() == []  # 5 is the latest hour: uses may still join it
+    buf.add("a", 6 * HOUR_MS)
+    assert buf.foldable_hours() == []  # 5 is over, but its write is not confirmed
+    buf.restore_history(first)  # failed: written again, and once more after the next success
+    second = buf.drain_history()
+    assert second.hours == {5: {"a": (1, 0, 0, 0, 0)}, 6: {"a": (1, 0, 0, 0, 0)}}
+    buf.confirm_history(second)
+    assert buf.foldable_hours() == []  # the failed write's keys go once more first
+    buf.confirm_history(buf.drain_history())
+    assert buf.foldable_hours() == [5] and buf.foldable_hours(everything=True) == [5, 6]
+    buf.forget_hour(5)
+    assert buf.foldable_hours(everything=True) == [6]
+
+
+def test_history_writes_respect_the_limit_oldest_hours_first():
+    buf = UsageBuffer()
+    for hour in (3, 1, 2):
+        for key in "xyz":
+            buf.add(key, hour * HOUR_MS)
+    sizes, hours = [], []
+    while (write := buf.drain_history(limit=2)) is not None:
+        sizes.append(len(write))
+        hours += [h for h, keys in write.hours.items() for _ in keys]
+        buf.confirm_history(write)
+    assert sizes == [2, 2, 2, 2, 1] and hours == sorted(hours)
+
+
+class HistoryModel:
+    """Redis for the history: a node's hash per hour (absolute values, refused once folded),
+    folded into per-key sums."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, dict[str, tuple[int, ...]]] = {}
+        self.folded: set[int] = set()
+        self.sums: dict[tuple[str, int], list[int]] = {}
+        self.late: list = []  # writes that failed but that Redis runs later
+
+    def run(self, write) -> None:
+        for hour, keys in write.hours.items():
+            if hour not in self.folded:
+                self.open.setdefault(hour, {}).update(keys)
+
+    def fold(self, hour: int) -> None:
+        for key, counts in self.open.pop(hour, {}).items():
+            cur = self.sums.setdefault((key, hour), [0] * 5)
+            for i, n in enumerate(counts):
+                cur[i] += n
+        self.folded.add(hour)
+
+    def merged(self) -> dict[tuple[str, int], list[int]]:
+        out = {k: list(v) for k, v in self.sums.items()}
+        for hour, keys in self.open.items():
+            for key, counts in keys.items():
+                cur = out.setdefault((key, hour), [0] * 5)
+                for i, n in enumerate(counts):
+                    cur[i] += n
+        return out
+
+
+def fold_what_is_over(buf: UsageBuffer, redis: HistoryModel, everything: bool = False) -> None:
+    for hour in buf.foldable_hours(everything):
+        redis.fold(hour)
+        buf.forget_hour(hour)
+
+
+history_steps = st.lists(st.one_of(
+    st.tuples(st.just("use"), st.sampled_from("ab"), st.integers(0, 2), st.integers(0, 4)),
+    st.tuples(st.just("flush"), st.sampled_from(["ok", "ok", "lost", "landed_but_failed", "late"])),
+    st.tuples(st.just("late_lands")),
+), max_size=50)
+
+
+@settings(max_examples=500, deadline=None)
+@given(history_steps, st.integers(1, 3))
+def test_history_is_exact_whatever_lands_when(steps, limit):
+    buf, redis = UsageBuffer(), HistoryModel()
+    truth: dict[tuple[str, int], list[int]] = {}
+    latest = 0
+    for step in steps:
+        if step[0] == "use":
+            _, key, hour, outcome = step
+            latest = hour = max(hour, latest)  # uses are timed by the node's clock when answered
+            buf.add(key, hour * HOUR_MS, outcome)
+            truth.setdefault((key, hour), [0] * 5)[outcome] += 1
+        elif step[0] == "flush":
+            write = buf.drain_history(limit)
+            if write is None:
+                continue
+            if step[1] == "ok":
+                redis.run(write)
+                buf.confirm_history(write)
+                fold_what_is_over(buf, redis)
+            elif step[1] == "landed_but_failed":
+                redis.run(write)
+                buf.restore_history(write)
+            else:
+                if step[1] == "late":
+                    redis.late.append(write)
+                buf.restore_history(write)
+        else:
+            for write in redis.late:
+                redis.run(write)
+            redis.late = []
+    for _ in range(30):  # Redis is back: flush until everything is written, then shut down
+        if (write := buf.drain_history(limit)) is not None:
+            redis.run(write)
+            buf.confirm_history(write)
+    fold_what_is_over(buf, redis, everything=True)
+    for write in redis.late:  # a failed write that Redis runs after all, even after the fold
+        redis.run(write)
+    assert buf.history_pending == 0
+    assert redis.merged() == truth

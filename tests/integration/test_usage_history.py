@@ -1,0 +1,297 @@
+"""Usage history with a real Redis and the real stack: outcome classes, UTC buckets, exact flushes, retention."""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+import json
+import time
+
+from gateway.history import DAY_MS, Window
+from gateway.metrics import Metrics
+from gateway.model import rfc3339
+from gateway.store import KeyStore, connect
+from gateway.tasks import flush_usage
+from gateway.usage import HOUR_MS, HistoryWrite, UsageBuffer
+from tests.integration.test_cli import gateway
+from tests.integration.test_forward_auth import check, nginx
+from tests.integration.test_redis_faults import own_redis  # noqa: F401  (fixture)
+
+NOON = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc).timestamp()  # a UTC hour's start (s)
+ZERO = {"2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0, "refused": 0}
+
+
+def at_hour(stack, hour_s: float, minute: int) -> None:
+    stack.clock.now = hour_s + minute * 60
+
+
+async def usage(stack, key_id: str, token=None, org: str = "acme", **query) -> dict:
+    kw = {} if token is None else {"token": token}
+    status, body, _ = await stack.admin_call("GET", f"/v1/orgs/{org}/api-keys/{key_id}/usage", params=query, **kw)
+    assert status == 200, body
+    return body
+
+
+async def flush_gateway(stack) -> None:
+    assert await flush_usage(stack.state.background, stack.state.usage, stack.state.metrics)
+
+
+async def test_every_outcome_class_through_the_proxy_lands_in_its_utc_hour(stack):
+    key = await stack.create_key(scopes=("tasks:read",))
+    at_hour(stack, NOON, 59)  # 12:59 UTC
+    calls = [("GET", "/v1/tasks"), ("GET", "/v1/tasks?status=302"), ("GET", "/v1/tasks?status=404"),
+             ("GET", "/v1/tasks?status=429"), ("GET", "/v1/tasks?status=500"),
+             ("POST", "/v1/tasks"),  # 403 insufficient scope
+             ("GET", "/v1/nope"),  # 404 no route
+             ("DELETE", "/v1/tasks")]  # 405
+    statuses = [(await stack.call(m, p, key["key"], allow_redirects=False))[0] for m, p in calls]
+    assert statuses == [200, 302, 404, 429, 500, 403, 404, 405]
+    at_hour(stack, NOON + 3600, 0)  # 13:00 UTC: the next hour
+    assert (await stack.call("GET", "/v1/tasks", key["key"]))[0] == 200
+    await flush_gateway(stack)
+    body = await usage(stack, key["id"], **{"from": "2026-11-30T11:00:00Z", "to": "2026-11-30T14:00:00Z"})
+    assert body["granularity"] == "hour" and body["key_id"] == key["id"]
+    assert [b["start"] for b in body["buckets"]] == [
+        "2026-11-30T11:00:00.000Z", "2026-11-30T12:00:00.000Z", "2026-11-30T13:00:00.000Z"]
+    assert body["buckets"][0] == {"start": "2026-11-30T11:00:00.000Z", **ZERO}
+    assert body["buckets"][1] == {"start": "2026-11-30T12:00:00.000Z", "2xx": 1, "3xx": 1, "4xx": 2, "5xx": 1,
+                                  "refused": 3}
+    assert body["buckets"][2] == {"start": "2026-11-30T13:00:00.000Z", **ZERO, "2xx": 1}
+    assert body["totals"] == {"2xx": 2, "3xx": 1, "4xx": 2, "5xx": 1, "refused": 3}
+    status, listed, _ = await stack.admin_call("GET", f"/v1/orgs/acme/api-keys/{key['id']}")
+    assert listed["request_count"] == 9  # last used and the count, as before
+
+
+async def test_day_granularity_sums_the_hours_of_each_utc_day(stack):
+    key = await stack.create_key()
+    for hour_s, n in ((NOON, 2), (NOON + 11 * 3600 + 1800, 1), (NOON + 12 * 3600, 4)):  # 12:00, 23:30, next 00:00
+        stack.clock.now = hour_s
+        for _ in range(n):
+            assert (await stack.call("GET", "/v1/tasks", key["key"]))[0] == 200
+    await flush_gateway(stack)
+    body = await usage(stack, key["id"], granularity="day",
+                       **{"from": "2026-11-29T00:00:00Z", "to": "2026-12-02T00:00:00Z"})
+    assert [(b["start"], b["2xx"]) for b in body["buckets"]] == [
+        ("2026-11-29T00:00:00.000Z", 0), ("2026-11-30T00:00:00.000Z", 3), ("2026-12-01T00:00:00.000Z", 4)]
+    # Defaults: to = now (2026-12-01T00:00), from = 24 hours before, hour by hour; to is excluded.
+    default = await usage(stack, key["id"])
+    assert default["granularity"] == "hour" and len(default["buckets"]) == 24
+    assert default["from"] == "2026-11-30T00:00:00.000Z" and default["totals"]["2xx"] == 3
+
+
+async def test_forward_auth_counts_its_own_answer(make_stack):
+    auth = await make_stack(mode="forward-auth", upstream="")
+    key = await auth.create_key(scopes=("tasks:read",))
+    at_hour(auth, NOON, 5)
+    assert (await check(auth, nginx("GET", "/v1/tasks", key["key"])))[0] == 200
+    assert (await check(auth, nginx("POST", "/v1/tasks", key["key"])))[0] == 403
+    assert (await check(auth, nginx("GET", "/v1/nope", key["key"])))[0] == 404
+    assert (await check(auth, nginx("GET", "/v1/tasks", "sop_" + "x" * 36)))[0] == 401  # not authenticated
+    await flush_gateway(auth)
+    body = await usage(auth, key["id"], **{"from": "2026-11-30T12:00:00Z", "to": "2026-11-30T13:00:00Z"})
+    assert body["totals"] == {**ZERO, "2xx": 1, "refused": 2}
+
+
+async def test_the_admin_api_counts_org_keys_by_outcome(stack):
+    reader = await stack.create_key(scopes=("api_keys:read",))
+    at_hour(stack, NOON, 30)
+    token = reader["key"]
+    assert (await stack.admin_call("GET", "/v1/me", token=token))[0] == 200
+    assert (await stack.admin_call("GET", "/v1/orgs/other/api-keys", token=token))[0] == 404  # another org
+    assert (await stack.admin_call("POST", "/v1/orgs/acme/api-keys", token=token,
+                                   json={"name": "x", "scopes": ["tasks:read"], "expires_in": "never"}))[0] == 403
+    assert (await stack.admin_call("GET", "/v1/orgs/acme/api-keys?limit=0", token=token))[0] == 400
+    admin = stack.admin_state
+    assert await flush_usage(admin.store, admin.usage, admin.metrics)
+    body = await usage(stack, reader["id"], **{"from": "2026-11-30T12:00:00Z", "to": "2026-11-30T13:00:00Z"})
+    assert body["totals"] == {**ZERO, "2xx": 1, "4xx": 1, "refused": 2}
+
+
+async def test_usage_queries_are_validated_and_kept_to_the_org(stack):
+    key = await stack.create_key()
+    other = await stack.create_key(org="other", scopes=("api_keys:read",))
+    base = f"/v1/orgs/acme/api-keys/{key['id']}/usage"
+    for query, field in (({"granularity": "week"}, "granularity"), ({"from": "yesterday"}, "from"),
+                         ({"from": "2026-11-30T10:00:00"}, "from"),  # no time zone
+                         ({"from": "2026-11-30T10:00:00Z", "to": "2026-11-30T10:00:00Z"}, "from"),
+                         ({"from": "2026-01-01T00:00:00Z", "to": "2026-03-01T00:00:00Z", "granularity": "hour"}, "to"),
+                         ({"from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "to")):
+        status, body, _ = await stack.admin_call("GET", base, params=query)
+        assert status == 400 and body["error"]["field"] == field, (query, body)
+    stack.clock.now = NOON
+    status, body, _ = await stack.admin_call("GET", base, params={"from": "2026-06-01T00:00:00Z",
+                                                                 "to": "2026-06-02T00:00:00Z"})
+    assert status == 400 and "kept 90 days" in body["error"]["message"]  # hourly retention: ask for days
+    assert (await stack.admin_call("GET", f"/v1/orgs/acme/api-keys/{other['id']}/usage"))[0] == 404
+    assert (await stack.admin_call("GET", base, token=other["key"]))[0] == 404  # another org's key
+    assert (await stack.admin_call("GET", "/v1/orgs/acme/api-keys/key_0000000000000000/usage"))[0] == 404
+
+
+async def test_a_flush_that_failed_is_retried_and_counted_once(own_redis):  # noqa: F811
+    store = KeyStore(connect(own_redis.url, timeout=0.2))
+    reader = KeyStore(connect(own_redis.url, timeout=2.0))  # the checks: not the flushes' short timeout
+    key_id = "key_" + "a" * 16
+    hour = int(NOON * 1000)
+    win = Window("hour", hour, hour + HOUR_MS)
+    try:
+        buf = UsageBuffer()
+        buf.add(key_id, hour + 1)
+        assert await flush_usage(store, buf, Metrics())
+        # Landed late: Redis stopped (SIGSTOP) while the write was sent, ran it once resumed.
+        buf.add(key_id, hour + 2, 3)
+        own_redis.pause()
+        try:
+            assert not await flush_usage(store, buf, Metrics())
+        finally:
+            own_redis.resume()
+        assert (await reader.ledger.history(key_id, win))[hour // HOUR_MS] == [1, 0, 0, 1, 0]  # it ran after all
+        buf.add(key_id, hour + 3, 4)
+        assert await flush_usage(store, buf, Metrics())  # the retry is skipped, then the new use goes
+        assert await flush_usage(store, buf, Metrics())
+        assert (await reader.ledger.history(key_id, win))[hour // HOUR_MS] == [1, 0, 0, 1, 1]
+        # Never landed: Redis down, then back (AOF) for the retry.
+        buf.add(key_id, hour + 4, 0)
+        own_redis.kill()
+        assert not await flush_usage(store, buf, Metrics())
+        own_redis.start()
+        await store.redis.connection_pool.disconnect()
+        await reader.redis.connection_pool.disconnect()
+        assert await flush_usage(store, buf, Metrics())
+        assert (await reader.ledger.history(key_id, win))[hour // HOUR_MS] == [2, 0, 0, 1, 1]
+    finally:
+        await store.redis.aclose()
+        await reader.redis.aclose()
+
+
+async def test_buckets_expire_after_their_retention_and_days_outlive_hours(redis_url, redis_server):
+    store = KeyStore(connect(redis_url, timeout=2.0))
+    store.ledger.retain(hourly_days=2, daily_days=30)
+    key_id = "key_" + "b" * 16
+    hour = int(NOON * 1000)
+    try:
+        buf = UsageBuffer("gw_retention")
+        buf.add(key_id, hour, 0)
+        buf.add(key_id, hour + HOUR_MS, 2)
+        day_start = hour - hour % DAY_MS
+
+        async def read() -> tuple[dict, dict]:
+            return (await store.ledger.history(key_id, Window("hour", hour, hour + 2 * HOUR_MS)),
+                    await store.ledger.history(key_id, Window("day", day_start, day_start + DAY_MS)))
+
+        def expiry() -> dict[str, int]:
+            names = sorted(k.decode() for k in redis_server.client.keys("gw:usage:*:hour:*") +
+                           redis_server.client.keys("gw:usage:*:day:*"))
+            assert all(n.startswith("gw:usage:{gw}:") for n in names) and len(names) == 2  # one slot for all
+            return {n.split(":")[3]: redis_server.client.pexpiretime(n) for n in names}
+
+        expected = ({hour // HOUR_MS: [1, 0, 0, 0, 0], hour // HOUR_MS + 1: [0, 0, 1, 0, 0]},
+                    {day_start // DAY_MS: [1, 0, 1, 0, 0]})
+        assert await flush_usage(store, buf, Metrics())
+        # 12:00 is over (a later use came): folded into the key's buckets; 13:00 is still open
+        # (this node's hash of the hour), and read from there.
+        assert expiry() == {"hour": hour + HOUR_MS + 2 * DAY_MS, "day": day_start + DAY_MS + 30 * DAY_MS}
+        assert await read() == expected
+        buf.closing = True  # shutdown: the last hour is folded too
+        assert await flush_usage(store, buf, Metrics())
+        assert expiry()["hour"] == hour + 2 * HOUR_MS + 2 * DAY_MS  # the day's last hour folded + 2 days
+        assert await read() == expected
+        assert redis_server.client.zcard("gw:usage:{gw}:hist:open") == 0
+        # The hashes stay listpacks.
+        names = redis_server.client.keys("gw:usage:*:hour:*") + redis_server.client.keys("gw:usage:*:day:*")
+        assert {redis_server.client.object("encoding", n) for n in names} == {b"listpack"}
+    finally:
+        await store.redis.aclose()
+
+
+async def test_cli_keys_usage_prints_the_table_and_the_json_of_the_admin_api(stack, redis_url):
+    key = await stack.create_key()
+    hour_s = time.time() // 3600 * 3600  # the CLI's own clock: this hour
+    at_hour(stack, hour_s, 1)
+    assert (await stack.call("GET", "/v1/tasks", key["key"]))[0] == 200
+    assert (await stack.call("POST", "/v1/tasks", key["key"]))[0] == 403
+    await flush_gateway(stack)
+    start = rfc3339(int(hour_s * 1000))
+    span = ["--from", start, "--to", rfc3339(int(hour_s * 1000) + HOUR_MS)]
+    env = {"GATEWAY_REDIS_URL": redis_url}
+    table = gateway("keys", "usage", key["id"], *span, env=env, check=True).stdout.splitlines()
+    assert table[0].split() == ["start", "2xx", "3xx", "4xx", "5xx", "refused", "total"]
+    assert table[1].split() == [start[:16], "1", "0", "0", "0", "1", "2"] and table[2].split()[0] == "total"
+    as_json = json.loads(gateway("keys", "usage", key["id"], *span, "--json", env=env, check=True).stdout)
+    assert as_json == await usage(stack, key["id"], **{"from": span[1], "to": span[3]})
+    bad = gateway("keys", "usage", key["id"], "--from", "yesterday", env=env)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("gateway: --from: from must be an RFC 3339")
+    missing = gateway("keys", "usage", "key_" + "z" * 16, env=env)
+    assert missing.returncode == 1 and "no key key_zzzzzzzzzzzzzzzz" in missing.stderr
+
+
+def _mix(hour: int) -> list[int]:
+    """A typical hour of one active key: successes always, some client errors and refusals, a rare 5xx."""
+    return [40 + hour, 0, 3 if hour % 3 == 0 else 0, 1 if hour % 12 == 0 else 0, 2 if hour % 6 == 0 else 0]
+
+
+async def _write(store: KeyStore, entries) -> None:
+    buf = UsageBuffer()  # a node id of its own: batch numbers are per node
+    for key_id, hour, counts in entries:
+        for outcome, n in enumerate(counts):
+            for _ in range(n):
+                buf.add(key_id, hour * HOUR_MS, outcome)
+    buf.closing = True  # every hour folded into the per-key buckets, as at shutdown
+    while buf.history_pending or buf.foldable_hours(everything=True):
+        assert await flush_usage(store, buf, Metrics())
+
+
+async def test_memory_per_active_key_per_day(redis_url, redis_server):
+    """Measured, and kept under a bound: a day of hour buckets (with its day's field), and a day
+    once only its day bucket is left (the hour buckets expired)."""
+    client = redis_server.client
+    store = KeyStore(connect(redis_url, timeout=10.0))
+    keys = [f"key_{i:016d}" for i in range(1000)]
+    page = int(NOON * 1000) // DAY_MS // 32 + 1  # 32 days, all still kept by both retentions
+    try:
+        # 31 days of one key's page, one busy hour each, then its hour buckets gone (expired):
+        before = client.info("memory")["used_memory"]
+        await _write(store, ((k, (page * 32 + d) * 24, _mix(d)) for k in keys for d in range(31)))
+        for name in client.scan_iter(match="gw:usage:{gw}:hour:*", count=1000):
+            client.unlink(name)
+        daily = (client.info("memory")["used_memory"] - before) / (len(keys) * 31)
+        # The page's last day, hour by hour: a new hour hash, one more field in the day hash.
+        before = client.info("memory")["used_memory"]
+        await _write(store, ((k, (page * 32 + 31) * 24 + h, _mix(h)) for k in keys for h in range(24)))
+        hourly = (client.info("memory")["used_memory"] - before) / len(keys)
+        hour_hash = statistics.mean(client.memory_usage(f"gw:usage:{{gw}}:hour:{k}:{page * 32 + 31}", samples=0)
+                                    for k in keys[:50])
+        sample = [f"gw:usage:{{gw}}:{kind}:{k}:{i}" for k in keys[:20]
+                  for kind, i in (("day", page), ("hour", page * 32 + 31))]
+        assert {client.object("encoding", s) for s in sample} == {b"listpack"}
+    finally:
+        await store.redis.aclose()
+    print(f"\nusage history: {hourly:.0f} bytes per active key per day (hourly; its hash alone "
+          f"{hour_hash:.0f}), {daily:.0f} once daily only")
+    assert hourly <= 700 and daily <= 60, (hourly, daily)  # measured: 611 and 42
+
+
+async def test_a_write_that_runs_after_its_hour_was_folded_is_refused(redis_url, redis_server):
+    store = KeyStore(connect(redis_url, timeout=2.0))
+    key_id, hour = "key_" + "c" * 16, int(NOON * 1000) // HOUR_MS
+    win = Window("hour", hour * HOUR_MS, (hour + 1) * HOUR_MS)
+    try:
+        late = HistoryWrite({hour: {key_id: (3, 0, 0, 0, 0)}})
+        await store.ledger.write("gw_late", 0, {}, HistoryWrite({hour: {key_id: (2, 0, 0, 0, 0)}}))
+        assert await store.ledger.history(key_id, win) == {hour: [2, 0, 0, 0, 0]}  # open: read from the node's hash
+        assert await store.ledger.fold_hour("gw_late", hour)
+        assert await store.ledger.history(key_id, win) == {hour: [2, 0, 0, 0, 0]}  # folded: the same
+        await store.ledger.write("gw_late", 0, {}, late)  # a failed write that Redis ran after all
+        assert await store.ledger.history(key_id, win) == {hour: [2, 0, 0, 0, 0]}  # not counted twice
+        assert await store.ledger.fold_hour("gw_late", hour)  # a second fold finds nothing
+        assert await store.ledger.history(key_id, win) == {hour: [2, 0, 0, 0, 0]}
+        # A crashed node's open hour is folded by whoever finds it once the node is not heard from.
+        await store.ledger.write("gw_crashed", 0, {}, HistoryWrite({hour: {key_id: (1, 0, 0, 0, 0)}}))
+        await store.ledger.beat("gw_crashed", False)
+        assert await store.ledger.fold_dead_history()
+        assert redis_server.client.zcard("gw:usage:{gw}:hist:open") == 1  # alive: left to it
+        store.ledger.fold_after_ms = 0
+        assert await store.ledger.fold_dead_history()
+        assert redis_server.client.zcard("gw:usage:{gw}:hist:open") == 0
+        assert await store.ledger.history(key_id, win) == {hour: [3, 0, 0, 0, 0]}
+    finally:
+        await store.redis.aclose()
