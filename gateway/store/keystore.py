@@ -19,6 +19,7 @@ from gateway.store.faults import Unavailable
 from gateway.store.codec import (decode_audit_cursor, decode_cursor, decode_record, encode_audit_cursor,
                                  encode_cursor, encode_record)
 from gateway.store.ledger import UsageLedger
+from gateway.store.lifecycle import Lifecycle, all_ids
 from gateway.store.quota import NO_QUOTA, RESERVE, OrgQuota, check_reserve
 from gateway.store.replication import AUTO, NotReplicated, ReplicaGuard
 
@@ -108,6 +109,9 @@ class KeyStore:
         self._register = client.register_script(_REGISTER)
         self._live = client.register_script(_LIVE)
         self._revoke = client.register_script(_REVOKE)
+        self.lifecycle = Lifecycle(self)
+        self.roll = self.lifecycle.roll  # KeyStore.roll / .edit: gateway.store.lifecycle
+        self.edit = self.lifecycle.edit
 
     async def _confirmed(self, steps) -> list:
         """Run the writes ``steps(client)`` issues, then WAIT for the required replicas on the
@@ -214,6 +218,12 @@ class KeyStore:
         With ``ack_timeout``, returns only once every live gateway has dropped the key from its
         cache, or ``ack_timeout`` seconds have passed (see ``broadcast_revocation``).
         """
+        # A rolled key's aliases first (less permissive than the record until it is revoked), then
+        # the record, then any alias a concurrent roll added meanwhile (gateway.store.lifecycle).
+        revoked_aliases: set[str] = set()
+        before = await self.get(key_id)
+        if before is not None and before.org_id == org_id:
+            await self.lifecycle.revoke_aliases(before, (now_ms, actor), revoked_aliases)
         # The org's revocation index first, as with creation: an entry whose record is not
         # revoked is skipped when the audit trail is read.
         # Pipelined with the WAIT when replicas must confirm: the ZADD always writes (a new
@@ -230,14 +240,16 @@ class KeyStore:
             return None
         if record.revoked_at != now_ms:  # revoked before: index it at its real time
             await self.redis.zadd(self._org_revoked(org_id), {key_id: record.revoked_at})
+        await self.lifecycle.revoke_aliases(record, (record.revoked_at, record.revoked_by or actor), revoked_aliases)
         if ack_timeout > 0:
-            await self.broadcast_revocation(key_id, ack_timeout)
+            await self.broadcast_revocation(all_ids(record), ack_timeout)
         else:
-            await self.publish_invalidation(key_id, secrets.token_hex(8))
+            await self.publish_invalidation(all_ids(record), secrets.token_hex(8))
         return (await self._with_usage([record]))[0]
 
-    async def broadcast_revocation(self, key_id: str, timeout: float) -> tuple[set[str], set[str]]:
-        """Publish the revocation and wait until every live gateway acknowledges it.
+    async def broadcast_revocation(self, key_id: str | Sequence[str], timeout: float) -> tuple[set[str], set[str]]:
+        """Publish the revocation (or roll, or edit) of ``key_id`` (one id, or all of a rolled
+        key's: its record's and its aliases') and wait until every live gateway acknowledges it.
 
         Returns (acknowledged, expected) node ids. A gateway that does not acknowledge within
         ``timeout`` has stopped trusting its cache by then (its trust lapses one silence limit
@@ -283,8 +295,10 @@ class KeyStore:
     async def acknowledge(self, nonce: str, node_id: str) -> None:
         await self.redis.publish(self.ack_channel, f"{nonce} {node_id}")
 
-    async def publish_invalidation(self, key_id: str, nonce: str) -> None:
-        await self.redis.publish(self.channel, f"{key_id} {nonce}")
+    async def publish_invalidation(self, key_id: str | Sequence[str], nonce: str) -> None:
+        """The message is "<id>[,<id>...] <nonce>" (gateway.tasks applies every id, then acknowledges)."""
+        ids = key_id if isinstance(key_id, str) else ",".join(key_id)
+        await self.redis.publish(self.channel, f"{ids} {nonce}")
 
     @staticmethod
     async def _gather(*calls) -> list:
@@ -335,13 +349,13 @@ class KeyStore:
         if not key_id.startswith("key_") or len(key_id) > 64:
             return None
         record = await self.get(key_id)
-        if record is None or record.org_id != org_id:
-            return None
+        if record is None or record.org_id != org_id or record.alias_id is not None:
+            return None  # an alias's id (a later secret's) is not a key id of this API
         return (await self._with_usage([record]))[0]
 
     async def verify(self, parsed: keys.ParsedKey, now_ms: int) -> KeyRecord:
         """Look a presented key up in one round trip, uncached, and judge it (gateway.model.verdict):
-        the record, or InvalidApiKey / RevokedApiKey / ExpiredApiKey."""
+        the record, or InvalidApiKey / RevokedApiKey / ExpiredApiKey / RolledApiKey."""
         return verdict(await self.get(parsed.key_id), parsed.digest, now_ms)
 
     async def list(
