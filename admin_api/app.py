@@ -486,21 +486,22 @@ async def edit_key(request: web.Request) -> web.Response:
     except validation.InvalidField as exc:
         raise FieldError(exc.field, str(exc)) from None
     body = await _read_json(request, _edit_decoder)
-    if body.name is None and body.scopes is None and body.expires_in is None and body.expires_at is None:
+    given = {f for f in body.__struct_fields__ if getattr(body, f) is not msgspec.UNSET}
+    if not given:
         raise FieldError("body", "Give at least one of name, scopes, expires_in, expires_at.")
-    if body.expires_in is not None and body.expires_at is not None:
+    if {"expires_in", "expires_at"} <= given:
         raise FieldError("expires_at", "Give expires_in or expires_at, not both.")
     record = await _found(st, principal, org_id, key_id)
     now = st.now_ms()
     changes: dict = {}
     try:
-        if body.name is not None:
+        if "name" in given:
             changes["name"] = validation.key_name(body.name)
-        if body.scopes is not None:
+        if "scopes" in given:
             changes["scopes"] = validation.key_scopes(body.scopes, st.rules.current.permissions)
-        if body.expires_in is not None:
+        if "expires_in" in given:
             changes["expires_at"] = validation.expiry_within(body.expires_in, now, principal.expires_at)
-        elif body.expires_at is not None:
+        elif "expires_at" in given:
             changes["expires_at"] = validation.earlier_expiry(body.expires_at, now, record.expires_at)
     except validation.InvalidField as exc:
         raise FieldError(exc.field, str(exc), **exc.extra) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 from gateway.model import EXPIRY_CHOICES, GRACE_CHOICES, KeyRecord, rfc3339
 
@@ -54,13 +54,14 @@ class RollKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
 class EditKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Body of PATCH /v1/orgs/{org_id}/api-keys/{key_id}: the fields to change (at least one)."""
 
-    name: Annotated[str, Meta(description="As on create", extra_json_schema={"pattern": NAME_PATTERN})] | None = None
+    # UNSET, not None: a field is given or left out; null is refused (400 naming the field).
+    name: Annotated[str, Meta(description="As on create", extra_json_schema={"pattern": NAME_PATTERN})] | UnsetType = UNSET
     scopes: Annotated[list[str], Meta(min_length=1, max_length=200, description=(
-        "The whole new list; a removal is enforced by every gateway before the answer"))] | None = None
-    expires_in: Annotated[ExpiresIn, Meta(description="A choice counted from now (not with expires_at)")] | None = None
+        "The whole new list; a removal is enforced by every gateway before the answer"))] | UnsetType = UNSET
+    expires_in: Annotated[ExpiresIn, Meta(description="A choice counted from now (not with expires_at)")] | UnsetType = UNSET
     expires_at: Annotated[str, Meta(description="RFC 3339; only earlier than the current expiry, and in the future "
                                                 "(not with expires_in)", extra_json_schema={"format": "date-time"})
-                          ] | None = None
+                          ] | UnsetType = UNSET
 
 
 class Secret(msgspec.Struct):
