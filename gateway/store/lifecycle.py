@@ -74,13 +74,15 @@ if ARGV[8] ~= '' then redis.call('PEXPIREAT', KEYS[1], ARGV[8]) end
 return 1
 """
 
-# Bring an alias to the record's version: only forward, never removing a revocation. KEYS: the
-# alias. ARGV: deadline, the record's id, the version, the shared field/value pairs.
+# Bring an alias to the record's version: only forward (or, repairing, to the same version),
+# never removing a revocation. KEYS: the alias. ARGV: deadline, the record's id, the version,
+# 1 to repair (rewrite an alias at that version too) else 0, the shared field/value pairs.
 SYNC = DEADLINE + f"""
 if redis.call('HGET', KEYS[1], '{ALIAS_OF}') ~= ARGV[2] then return 0 end
-if tonumber(redis.call('HGET', KEYS[1], 'v') or '0') >= tonumber(ARGV[3]) then return 0 end
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if v > tonumber(ARGV[3]) or (v == tonumber(ARGV[3]) and ARGV[4] ~= '1') then return 0 end
 redis.call('HDEL', KEYS[1], '{EXPIRES_AT}')
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 return 1
 """
 
@@ -177,13 +179,14 @@ class Lifecycle:
                 "" if end is None else end + TOMBSTONE_MS], client=c)
         await self._write(*(lambda c, a=a: one(c, a) for a in ids))
 
-    async def _sync_aliases(self, record: KeyRecord) -> None:
+    async def _sync_aliases(self, record: KeyRecord, repair: bool = False) -> None:
         ids = _alias_ids(record)
         if not ids:
             return
         st, fields = self.store, shared_fields(record)
         await self._write(*(lambda c, a=a: self._sync(
-            keys=[st._rec(a)], args=[st._deadline(), record.id, record.version, *fields], client=c) for a in ids))
+            keys=[st._rec(a)], args=[st._deadline(), record.id, record.version, int(repair), *fields], client=c)
+            for a in ids))
 
     # -- roll ----------------------------------------------------------------------------
     async def roll(self, *, org_id: str, key_id: str, grace: str, actor: str, now_ms: int,
@@ -269,7 +272,16 @@ class Lifecycle:
         if removed or earlier:  # narrow the aliases before the record says so
             await self._narrow_aliases(record, ids, expires_cap=after.expires_at if earlier else None, removed=removed)
         event = KeyEvent("api_key.updated", key_id, org_id, actor, now_ms, after.version, changes)
-        done = await self._commit(record, after, event, None, (EXPIRES_AT,) if after.expires_at is None else ())
+        try:
+            done = await self._commit(record, after, event, None, (EXPIRES_AT,) if after.expires_at is None else ())
+        except errors.VersionMismatch:
+            # Another change won: its sync may have run before this edit narrowed the aliases, so
+            # bring them back to the record as it is now (less permissive meanwhile, never more).
+            if removed or earlier:
+                current = await self._record(org_id, key_id)
+                if current is not None:
+                    await self._sync_aliases(current, repair=True)
+            raise
         await self._sync_aliases(done)
         await self.store.broadcast_revocation(all_ids(done), ack_timeout)
         return done
