@@ -221,7 +221,8 @@ class KeyStore:
         # A rolled key's aliases first (less permissive than the record until it is revoked), then
         # the record, then any alias a concurrent roll added meanwhile (gateway.store.lifecycle).
         revoked_aliases: set[str] = set()
-        before = await self.get(key_id)
+        # (read as the writes below are: a Redis error, not Unavailable, as for every write here)
+        before = decode_record(key_id, await self.redis.hgetall(self._rec(key_id)))
         if before is not None and before.org_id == org_id:
             await self.lifecycle.revoke_aliases(before, (now_ms, actor), revoked_aliases)
         # The org's revocation index first, as with creation: an entry whose record is not
