@@ -22,7 +22,7 @@ from gateway.errors import FieldError, OrgNotFound
 from gateway import store as store_mod
 from gateway import history, validation
 from gateway.config import AdminSettings
-from gateway.model import EXPIRY_CHOICES, created_by_any
+from gateway.model import EXPIRY_CHOICES, GRACE_CHOICES, created_by_any
 from gateway.envelope import new_request_id
 from gateway.aiohttp_runner import error_response, server_logger
 from gateway.reload import RulesHolder
@@ -35,6 +35,8 @@ MAX_BODY = 64 * 1024
 _json = msgspec.json.Encoder()
 _create_decoder = msgspec.json.Decoder(schemas.CreateKeyRequest)
 _revoke_decoder = msgspec.json.Decoder(schemas.RevokeKeyRequest)
+_roll_decoder = msgspec.json.Decoder(schemas.RollKeyRequest)
+_edit_decoder = msgspec.json.Decoder(schemas.EditKeyRequest)
 CASCADE_BATCH = 16  # revocations of one cascade level broadcast at once
 
 SECURITY_HEADERS = {
@@ -93,6 +95,8 @@ def make_admin_app(
     r.add_get("/v1/orgs/{org_id}/api-keys/{key_id}", get_key)
     r.add_get("/v1/orgs/{org_id}/api-keys/{key_id}/usage", get_key_usage)
     r.add_post("/v1/orgs/{org_id}/api-keys/{key_id}/revoke", revoke_key)
+    r.add_post("/v1/orgs/{org_id}/api-keys/{key_id}/roll", roll_key)
+    r.add_patch("/v1/orgs/{org_id}/api-keys/{key_id}", edit_key)
     r.add_get("/v1/orgs/{org_id}/audit-events", list_audit_events)
     r.add_get("/openapi.json", openapi)
     r.add_get("/", page)
@@ -337,6 +341,8 @@ def _field_error(message: str) -> FieldError:
         field = message.split("field `", 1)[1].split("`", 1)[0]
     if field == "expires_in":
         message = f"expires_in must be one of: {', '.join(EXPIRY_CHOICES)}."
+    elif field == "grace_period":
+        message = f"grace_period must be one of: {', '.join(GRACE_CHOICES)}."
     return FieldError(field or "body", message.rstrip(".") + ".")
 
 
@@ -401,7 +407,7 @@ async def get_key(request: web.Request) -> web.Response:
     if record is None:
         await _require_org(st, principal, org_id)
         raise errors.KeyNotFound()
-    return _json_response(schemas.key_out(record, st.now_ms()))
+    return _json_response(schemas.key_out(record, st.now_ms()), ETag=_etag(record))
 
 
 async def get_key_usage(request: web.Request) -> web.Response:
@@ -479,6 +485,91 @@ async def _revoke_descendants(st: AdminState, org_id: str, key_id: str, actor: s
                 for child in level[first:first + CASCADE_BATCH]))
         done.update(level)
         order += level
+
+
+def _etag(record) -> str:
+    return f'"{record.version}"'
+
+
+async def _key_for_change(request: web.Request) -> tuple[AdminState, Principal, str, str]:
+    """The state, the caller (allowed to manage the org), the org and key ids of a roll or edit."""
+    st = request.app[ADMIN]
+    principal = await _principal(request)
+    org_id = _org_id(request)
+    principal.require(MANAGE, org_id)
+    return st, principal, org_id, _key_id(request)
+
+
+async def _found(st: AdminState, principal: Principal, org_id: str, key_id: str):
+    record = await st.store.get_for_org(org_id, key_id)
+    if record is None:
+        await _require_org(st, principal, org_id)
+        raise errors.KeyNotFound()
+    return record
+
+
+def _grantable(principal: Principal, scopes) -> None:
+    refused = principal.grantable(list(scopes))
+    if refused:
+        raise errors.ScopeNotGrantable(
+            f"This key cannot grant scopes it does not hold: {', '.join(refused)}.", scopes=refused)
+
+
+async def roll_key(request: web.Request) -> web.Response:
+    """POST .../{key_id}/roll: a new secret (in this response only); the current one works for the
+    grace period. With grace_period "now", answered once every gateway refuses the old secret."""
+    st, principal, org_id, key_id = await _key_for_change(request)
+    body = await _read_json(request, _roll_decoder)
+    record = await _found(st, principal, org_id, key_id)
+    # SECURITY: the new secret carries all of the key's scopes: an org key may only roll a key
+    # whose scopes it could grant (as on create).
+    _grantable(principal, record.scopes)
+    rolled = await st.store.roll(org_id=org_id, key_id=key_id, grace=body.grace_period, actor=principal.actor,
+                                 now_ms=st.now_ms(), ack_timeout=ACK_TIMEOUT)
+    if rolled is None:
+        raise errors.KeyNotFound()
+    done, secret, previous_end = rolled
+    done = msgspec.structs.replace(done, last_used_at=record.last_used_at, request_count=record.request_count)
+    return _json_response(schemas.rolled_out(done, st.now_ms(), secret, previous_end),
+                          ETag=_etag(done), **{"Cache-Control": "no-store"})
+
+
+async def edit_key(request: web.Request) -> web.Response:
+    """PATCH .../{key_id}: name, scopes, expiry; If-Match: "<version>" (412 when stale). Answered
+    once every gateway applies the change (a removed scope is refused everywhere by then)."""
+    st, principal, org_id, key_id = await _key_for_change(request)
+    try:
+        if_version = validation.if_match(request.headers.get("If-Match"))
+    except validation.InvalidField as exc:
+        raise FieldError(exc.field, str(exc)) from None
+    body = await _read_json(request, _edit_decoder)
+    given = {f for f in body.__struct_fields__ if getattr(body, f) is not msgspec.UNSET}
+    if not given:
+        raise FieldError("body", "Give at least one of name, scopes, expires_in, expires_at.")
+    if {"expires_in", "expires_at"} <= given:
+        raise FieldError("expires_at", "Give expires_in or expires_at, not both.")
+    record = await _found(st, principal, org_id, key_id)
+    now = st.now_ms()
+    changes: dict = {}
+    try:
+        if "name" in given:
+            changes["name"] = validation.key_name(body.name)
+        if "scopes" in given:
+            changes["scopes"] = validation.key_scopes(body.scopes, st.rules.current.permissions)
+        if "expires_in" in given:
+            changes["expires_at"] = validation.expiry_within(body.expires_in, now, principal.expires_at)
+        elif "expires_at" in given:
+            changes["expires_at"] = validation.earlier_expiry(body.expires_at, now, record.expires_at)
+    except validation.InvalidField as exc:
+        raise FieldError(exc.field, str(exc), **exc.extra) from None
+    # SECURITY: an org key may add only scopes it holds (removing one is always allowed).
+    _grantable(principal, [s for s in changes.get("scopes", ()) if s not in record.scopes])
+    done = await st.store.edit(org_id=org_id, key_id=key_id, actor=principal.actor, now_ms=now,
+                               ack_timeout=ACK_TIMEOUT, if_version=if_version, **changes)
+    if done is None:
+        raise errors.KeyNotFound()
+    done = msgspec.structs.replace(done, last_used_at=record.last_used_at, request_count=record.request_count)
+    return _json_response(schemas.key_out(done, st.now_ms()), ETag=_etag(done))
 
 
 async def list_audit_events(request: web.Request) -> web.Response:

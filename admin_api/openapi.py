@@ -41,7 +41,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         404: "Unknown organization (one without keys) or key",
         408: "The body did not arrive within --body-timeout seconds; the connection is closed",
         409: "key_limit_reached: the org holds as many keys that are not revoked as it may (`limit`); "
-             "operators are not held to it",
+             "operators are not held to it. On a roll or edit: api_key_revoked, api_key_expired (roll)",
+        412: "version_mismatch: If-Match is not the key's version (`current_version`); read it again",
         413: "Body larger than 64 KiB",
         415: "Body is not application/json",
         429: "Too many failed authentications from this address, or (create, org keys) too_many_creates: the "
@@ -73,11 +74,19 @@ KEY = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "str
 # The create response names the new key: the key's own operations take its id from there.
 KEY_LINKS = {
     op: {"operationId": op, "parameters": {"org_id": "$request.path.org_id", "key_id": "$response.body#/id"}}
-    for op in ("getApiKey", "getApiKeyUsage", "revokeApiKey")
+    for op in ("getApiKey", "getApiKeyUsage", "revokeApiKey", "rollApiKey", "editApiKey")
 }
 # The new key's own activity log (its create event; its revoke once revoked).
 KEY_LINKS["listAuditEvents"] = {"operationId": "listAuditEvents",
                                 "parameters": {"org_id": "$request.path.org_id", "query.key_id": "$response.body#/id"}}
+# A roll or an edit answers the key: the key's operations follow from it (create -> roll -> edit
+# -> revoke, for schemathesis' stateful runs).
+CHANGED_LINKS = {
+    op: {"operationId": op, "parameters": {"org_id": "$request.path.org_id", "key_id": "$response.body#/id",
+                                           **({"header.If-Match": "$response.header.ETag"} if op == "editApiKey" else {})}}
+    for op in ("getApiKey", "editApiKey", "rollApiKey", "revokeApiKey")
+}
+ETAG = {"ETag": {"description": 'The key\'s version, "<version>": send it as If-Match', "schema": {"type": "string"}}}
 SECURITY = [{"bearer": []}]
 _TIME = {"type": "string", "format": "date-time"}
 USAGE_PARAMS = [
@@ -105,18 +114,23 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [schemas.Caller, schemas.CreateKeyRequest, schemas.RevokeKeyRequest, schemas.RevokedApiKey,
          schemas.CreatedApiKey, schemas.ApiKey, schemas.ApiKeyList,
+         schemas.RollKeyRequest, schemas.RolledApiKey, schemas.EditKeyRequest,
          schemas.PermissionList, schemas.AuditEventList, schemas.KeyUsage, schemas.Error],
         ref_template=REF,
     )
     if scopes:
         components["CreateKeyRequest"]["properties"]["scopes"]["items"]["enum"] = list(scopes)
+        components["EditKeyRequest"]["properties"]["scopes"]["items"]["enum"] = list(scopes)
+    # At least one field, and expires_in and expires_at not together (admin_api.app.edit_key).
+    components["EditKeyRequest"].update(minProperties=1, not_={"required": ["expires_in", "expires_at"]})
+    components["EditKeyRequest"]["not"] = components["EditKeyRequest"].pop("not_")
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "API key admin API",
             "version": "1.0.0",
             "description": (
-                "Create, list and revoke an organization's API keys. Authenticate with "
+                "Create, list, roll, edit and revoke an organization's API keys. Authenticate with "
                 "`Authorization: Bearer <operator token>` (any org) or an API key of the org holding "
                 "`api_keys:read` (read) or `api_keys:manage` (create and revoke; implies read). "
                 "A key created by an org key records it in `created_by` (`key:<id>`) and cannot outlive it: "
@@ -174,7 +188,39 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                 "get": {
                     "operationId": "getApiKey",
                     "summary": "One key (never the secret)",
-                    "responses": {"200": _json("ApiKey", "The key"), **_errors(400, 401, 403, 404, 429, 503)},
+                    "responses": {"200": {**_json("ApiKey", "The key"), "headers": ETAG},
+                                  **_errors(400, 401, 403, 404, 429, 503)},
+                },
+                "patch": {
+                    "operationId": "editApiKey",
+                    "summary": "Change a key's name, scopes or expiry",
+                    "description": "expires_in is counted from now; expires_at may only make the expiry earlier. "
+                                   "An org key may add only scopes it holds. A removed scope (or an earlier expiry) "
+                                   "is refused by every gateway by the time of the answer; an added one applies "
+                                   "from the next request. Applies to every live secret of the key.",
+                    "parameters": [{"name": "If-Match", "in": "header", "required": False,
+                                    "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
+                                    "description": 'The ETag of the key as read ("<version>"): 412 if it changed'}],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("EditKeyRequest")}}},
+                    "responses": {"200": {**_json("ApiKey", "The key as changed"), "headers": ETAG,
+                                          "links": CHANGED_LINKS},
+                                  **_errors(400, 401, 403, 404, 408, 409, 412, 413, 415, 429, 503)},
+                },
+            },
+            "/v1/orgs/{org_id}/api-keys/{key_id}/roll": {
+                "parameters": [ORG, KEY],
+                "post": {
+                    "operationId": "rollApiKey",
+                    "summary": "Give a key a new secret (returned once); the current one works for the grace period",
+                    "description": "The key keeps its id, name, scopes, expiry and usage. The previous secret answers "
+                                   "401 rolled_api_key once the grace period is over (never later than the key's "
+                                   "expiry); with `now`, every gateway refuses it by the time of the answer. A secret "
+                                   "still in an earlier roll's grace period stops at once. An org key may roll only "
+                                   "a key whose scopes it holds.",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("RollKeyRequest")}}},
+                    "responses": {"200": {**_json("RolledApiKey", "Rolled; `key` is the new secret, shown only here"),
+                                          "headers": ETAG, "links": CHANGED_LINKS},
+                                  **_errors(400, 401, 403, 404, 408, 409, 413, 415, 429, 503)},
                 },
             },
             "/v1/orgs/{org_id}/api-keys/{key_id}/usage": {

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
-from gateway.model import EXPIRY_CHOICES, KEY_ACTIONS, KEY_ID_PATTERN, KeyEvent, KeyRecord, rfc3339
+from gateway.model import EXPIRY_CHOICES, GRACE_CHOICES, KEY_ACTIONS, KEY_ID_PATTERN, KeyEvent, KeyRecord, rfc3339
 
 ExpiresIn = Literal[tuple(EXPIRY_CHOICES)]
+GracePeriod = Literal[tuple(GRACE_CHOICES)]
 
 # What str.strip() trims (str.isspace), and what a name may never contain: controls (Cc), line and
 # paragraph separators (Zl, Zp) and the bidi embeddings, overrides and isolates (Trojan Source).
@@ -42,6 +43,37 @@ class RevokeKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
     cascade: Annotated[bool, Meta(description="Also revoke every key this key created, recursively")] = False
 
 
+class RollKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of POST /v1/orgs/{org_id}/api-keys/{key_id}/roll."""
+
+    grace_period: Annotated[GracePeriod, Meta(
+        description="How long the current secret keeps working (never past the key's expiry); "
+                    "a secret still in an earlier roll's grace period stops at once")]
+
+
+class EditKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of PATCH /v1/orgs/{org_id}/api-keys/{key_id}: the fields to change (at least one)."""
+
+    # UNSET, not None: a field is given or left out; null is refused (400 naming the field).
+    name: Annotated[str, Meta(description="As on create", extra_json_schema={"pattern": NAME_PATTERN})] | UnsetType = UNSET
+    scopes: Annotated[list[str], Meta(min_length=1, max_length=200, description=(
+        "The whole new list; a removal is enforced by every gateway before the answer"))] | UnsetType = UNSET
+    expires_in: Annotated[ExpiresIn, Meta(description="A choice counted from now (not with expires_at)")] | UnsetType = UNSET
+    expires_at: Annotated[str, Meta(description="RFC 3339; only earlier than the current expiry, and in the future "
+                                                "(not with expires_in)", extra_json_schema={"format": "date-time"})
+                          ] | UnsetType = UNSET
+
+
+class Secret(msgspec.Struct):
+    """One live secret of a key (never the secret itself)."""
+
+    prefix: str
+    created_at: Timestamp
+    expires_at: Annotated[Timestamp | None, Meta(
+        description="When it stops working: the key's expiry for the current secret, the grace period's end "
+                    "for the previous one")]
+
+
 class ApiKey(msgspec.Struct):
     """An API key as the admin API shows it: never the secret, only its display prefix."""
 
@@ -58,6 +90,16 @@ class ApiKey(msgspec.Struct):
     request_count: int
     revoked_at: Timestamp | None
     revoked_by: str | None
+    version: Annotated[int, Meta(description="Bumped by every change; the ETag, and PATCH's If-Match")]
+    secrets: Annotated[list[Secret], Meta(description="The live secrets, newest first")]
+    rolled_at: Timestamp | None
+
+
+class RolledApiKey(ApiKey):
+    """The roll response: the key, its new secret (shown once) and when the previous one stops."""
+
+    key: Annotated[str, Meta(description="The new secret; shown once, store it now", pattern=r"^sop_[0-9A-Za-z]{36}$")]
+    previous_secret_expires_at: Annotated[Timestamp, Meta(description="When the secret it replaces stops working")]
 
 
 class CreatedApiKey(ApiKey):
@@ -188,6 +230,7 @@ class ErrorDetail(msgspec.Struct, omit_defaults=True):
     max_expires_at: Annotated[str | None, Meta(description="expires_in too late: the creating key's own expiry")] = None
     allowed_expires_in: Annotated[list[str] | None, Meta(description="expires_in too late: the choices that fit")] = None
     max_buckets: Annotated[int | None, Meta(description="usage range too long: the most buckets per query")] = None
+    current_version: Annotated[int | None, Meta(description="version_mismatch: the key's version now")] = None
 
 
 class Error(msgspec.Struct):
@@ -208,12 +251,25 @@ def revoked_out(record: KeyRecord, now_ms: int, revoked_ids: list[str]) -> Revok
     return RevokedApiKey(**_fields(record, now_ms), revoked_ids=revoked_ids)
 
 
+def rolled_out(record: KeyRecord, now_ms: int, secret: str, previous_ends_at: int) -> RolledApiKey:
+    return RolledApiKey(**_fields(record, now_ms), key=secret, previous_secret_expires_at=rfc3339(previous_ends_at))
+
+
+def _secrets(r: KeyRecord, now_ms: int) -> list[Secret]:
+    def end(ends_at: int | None) -> int | None:
+        if ends_at is None or r.expires_at is None:
+            return ends_at if r.expires_at is None else r.expires_at
+        return min(ends_at, r.expires_at)
+    return [Secret(s.prefix, rfc3339(s.created_at), rfc3339(end(s.ends_at))) for s in r.live_secrets(now_ms)]
+
+
 def _fields(r: KeyRecord, now_ms: int) -> dict:
     return dict(
         id=r.id, org_id=r.org_id, name=r.name, prefix=r.prefix, scopes=list(r.scopes),
         status=r.status(now_ms), created_at=rfc3339(r.created_at), created_by=r.created_by,
         expires_at=rfc3339(r.expires_at), last_used_at=rfc3339(r.last_used_at),
         request_count=r.request_count, revoked_at=rfc3339(r.revoked_at), revoked_by=r.revoked_by,
+        version=r.version, secrets=_secrets(r, now_ms), rolled_at=rfc3339(r.rolled_at),
     )
 
 

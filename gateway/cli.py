@@ -1,4 +1,5 @@
-"""The `gateway` command: serve, admin, dev, keys create|list|revoke|audit|backfill-activity, scopes check|explain."""
+"""The `gateway` command: serve, admin, dev, keys create|list|revoke|roll|edit|usage|audit|backfill-activity,
+scopes check|explain."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from gateway import accesslog, config, validation
-from gateway.model import EXPIRY_CHOICES
+from gateway.model import EXPIRY_CHOICES, GRACE_CHOICES
 from gateway.resources import shipped
 from gateway.scopes import ScopesError, load_rules
 
@@ -170,12 +171,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
         name = validation.key_name(args.name)
         scopes = validation.key_scopes([s.strip() for item in args.scope for s in item.split(",") if s.strip()],
                                        load_rules(settings.scopes).permissions)
-    elif args.keys_cmd == "revoke":
+    elif args.keys_cmd in ("revoke", "roll", "edit"):
         key_id = validation.key_id(args.key_id)
     elif args.keys_cmd == "audit":
         key_id = validation.key_id(args.key) if args.key else None
         _check_audit_args(args, key_id)
     now = int(time.time() * 1000)
+    if args.keys_cmd == "edit":
+        changes = _edit_changes(args, settings, now)
 
     async def run() -> object:
         store = KeyStore(connect(settings.redis, timeout=KEYS_REDIS_TIMEOUT), settings.redis_prefix,
@@ -208,6 +211,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
                         return out
             if args.keys_cmd == "audit":
                 return await _audit(store, org_id, key_id, args)
+            if args.keys_cmd in ("roll", "edit"):
+                return await _roll_or_edit(store, args, org_id, key_id, now, changes if args.keys_cmd == "edit" else {})
             record = await store.revoke(org_id=org_id, key_id=key_id, actor="cli", now_ms=now,
                                         ack_timeout=ACK_TIMEOUT)
             if record is None:
@@ -225,6 +230,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(result), indent=2).decode() + "\n")
     if args.keys_cmd == "create":
         print("Store the key now: it is not shown again.", file=sys.stderr)
+    if args.keys_cmd == "roll":
+        print(f"Store the new key now: it is not shown again. The previous secret works until "
+              f"{result.previous_secret_expires_at}.", file=sys.stderr)
     return 0
 
 
@@ -336,6 +344,46 @@ def cmd_keys_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edit_changes(args: argparse.Namespace, settings, now: int) -> dict:
+    """What `keys edit` changes, validated as the admin API validates a PATCH."""
+    from gateway.model import expires_at_for
+
+    changes: dict = {}
+    if args.name is not None:
+        changes["name"] = validation.key_name(args.name)
+    if args.scope:
+        changes["scopes"] = validation.key_scopes(
+            [s.strip() for item in args.scope for s in item.split(",") if s.strip()],
+            load_rules(settings.scopes).permissions)
+    if args.expires_in is not None:
+        changes["expires_at"] = expires_at_for(args.expires_in, now)
+    if not changes:
+        raise CliError("nothing to change: give --name, --scope or --expires-in")
+    return changes
+
+
+async def _roll_or_edit(store, args: argparse.Namespace, org_id: str, key_id: str, now: int, changes: dict):
+    """`keys roll` and `keys edit`: the store's roll and edit, as the admin API calls them."""
+    from admin_api.schemas import key_out, rolled_out
+    from gateway import errors
+    from gateway.tasks import ACK_TIMEOUT
+
+    try:
+        if args.keys_cmd == "roll":
+            rolled = await store.roll(org_id=org_id, key_id=key_id, grace=args.grace, actor="cli", now_ms=now,
+                                      ack_timeout=ACK_TIMEOUT)
+            if rolled is not None:
+                return rolled_out(rolled[0], now, rolled[1], rolled[2])
+        else:
+            record = await store.edit(org_id=org_id, key_id=key_id, actor="cli", now_ms=now, ack_timeout=ACK_TIMEOUT,
+                                      if_version=args.if_version, **changes)
+            if record is not None:
+                return key_out(record, now)
+    except (errors.KeyConflict, errors.VersionMismatch) as exc:
+        raise CliError(f"{exc.code}: {exc.message}", code=1) from None
+    raise CliError(f"no key {key_id} in org {org_id}")
+
+
 def _scopes_file(given: str | None) -> str:
     """--scopes, else GATEWAY_SCOPES (or GATEWAY_SCOPES_FILE), else ./scopes.yaml, else the shipped example."""
     if given:
@@ -413,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = command(sub, "keys", help="manage keys directly in Redis (operator)")
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
-    for name in ("create", "list", "revoke", "audit"):
+    for name in ("create", "list", "revoke", "roll", "edit", "audit"):
         p = command(keys_sub, name)
         config.add_arguments(p, config.AdminSettings, only=KEYS_SETTINGS if name == "create" else KEYS_SETTINGS[:4])
         p.add_argument("--scopes-file", dest="scopes", default=None, help=argparse.SUPPRESS)  # deprecated: --scopes
@@ -435,6 +483,16 @@ def build_parser() -> argparse.ArgumentParser:
             pages.add_argument("--all", action="store_true", help="every event, newest first, as one list")
         else:
             p.add_argument("key_id", metavar="KEY_ID", help="the key's id, key_...")
+        if name == "roll":
+            p.add_argument("--grace", required=True, choices=list(GRACE_CHOICES),
+                           help="how long the current secret keeps working (never past the key's expiry)")
+        elif name == "edit":
+            p.add_argument("--name", default=None, help=f"a new name, 1-{validation.NAME_MAX} characters")
+            p.add_argument("--scope", action="append", default=[],
+                           help="the key's new scopes, all of them (repeat or comma-separate)")
+            p.add_argument("--expires-in", default=None, choices=list(EXPIRY_CHOICES), help="a new expiry, from now")
+            p.add_argument("--if-version", type=int, default=None,
+                           help="refuse (exit 1, version_mismatch) unless the key is at this version")
     keys.set_defaults(func=cmd_keys)
     backfill = command(keys_sub, "backfill-activity",
                        help="give keys written before the activity log their create/revoke events (the admin "

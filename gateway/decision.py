@@ -132,7 +132,9 @@ async def authenticate(st: GatewayState, headers: list[tuple[str, str]], peer: s
     except errors.Unauthorized:
         st.throttle.record_failure(_client(st, headers, peer))
         raise
-    st.known_keys.add(record.id, record.digest)
+    # By the presented secret's id and digest: a rolled key's secrets share record.id, and
+    # vouches_for is asked with the parsed key's id.
+    st.known_keys.add(parsed.key_id, parsed.digest)
     return record
 
 
@@ -186,7 +188,7 @@ def verify_key(st: GatewayState, record: KeyRecord | None, parsed: keys.ParsedKe
     refused = None
     try:
         verdict(record, parsed.digest, int(st.clock() * 1000))  # InvalidApiKey: logged without ids
-    except (errors.RevokedApiKey, errors.ExpiredApiKey) as err:
+    except (errors.RevokedApiKey, errors.ExpiredApiKey, errors.RolledApiKey) as err:
         refused = err  # genuine, but refused: logged with its ids too
     entry["org_id"], entry["key_id"] = record.org_id, record.id
     if refused is not None:

@@ -6,11 +6,12 @@ ApiError
 │   (AmbiguousOriginalRequest, InvalidOriginalMethod: the same code), InvalidJson,
 │   ValidationFailed (FieldError: naming the field), InvalidHost
 ├── Unauthorized (401, with WWW-Authenticate): MissingApiKey, InvalidApiKey, ExpiredApiKey,
-│   RevokedApiKey, InvalidToken, MissingToken
+│   RevokedApiKey, RolledApiKey, InvalidToken, MissingToken
 ├── Forbidden (403): InsufficientScope, ScopeNotGrantable
 ├── NotFound (404): RouteNotFound, KeyNotFound, OrgNotFound
 ├── MethodNotAllowed (405, with Allow)
-├── KeyLimitReached (409)
+├── KeyLimitReached (409), KeyConflict (409): KeyIsRevoked, KeyIsExpired
+├── VersionMismatch (412)
 ├── RequestTimeout (408), PayloadTooLarge (413), UriTooLong (414), UnsupportedMediaType (415),
 │   TooManyFailedAttempts (429), TooManyCreates (429), HeadersTooLarge (431)
 ├── ServiceUnavailable (503, with Retry-After): AuthUnavailable, StoreUnavailable (StoreUnconfirmed),
@@ -155,6 +156,10 @@ class RevokedApiKey(Unauthorized):
     code, message = "revoked_api_key", "The API key has been revoked."
 
 
+class RolledApiKey(Unauthorized):
+    code, message = "rolled_api_key", "The API key was rolled: use its new secret."
+
+
 class InvalidToken(Unauthorized):
     code, message = "invalid_token", "The admin credential is not valid."
 
@@ -224,6 +229,26 @@ class KeyLimitReached(ApiError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"This organization has {limit} keys that are not revoked, its limit; "
                          "revoke keys it no longer needs, then create again.", limit=limit)
+
+
+class KeyConflict(ApiError):
+    status = 409
+
+
+class KeyIsRevoked(KeyConflict):
+    code, message = "api_key_revoked", "The API key is revoked; it cannot be changed or rolled."
+
+
+class KeyIsExpired(KeyConflict):
+    code, message = "api_key_expired", "The API key has expired; it cannot be rolled."
+
+
+class VersionMismatch(ApiError):
+    status, code = 412, "version_mismatch"
+
+    def __init__(self, current: int) -> None:
+        super().__init__(f"The key was changed meanwhile (it is at version {current}); read it again, "
+                         f'then retry with If-Match: "{current}".', current_version=current)
 
 
 class PayloadTooLarge(ApiError):

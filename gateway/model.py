@@ -25,6 +25,25 @@ EXPIRY_CHOICES: dict[str, int | None] = {
     "90d": 90 * DAY_MS,
     "1y": 365 * DAY_MS,
 }
+HOUR_MS = 3_600_000
+# How long a rolled key's previous secret keeps working (POST .../roll, `gateway keys roll`).
+GRACE_CHOICES: dict[str, int] = {"now": 0, "1h": HOUR_MS, "24h": 24 * HOUR_MS, "7d": 7 * DAY_MS}
+# A key has at most this many live secrets: the current one and, during a grace period, the one
+# before it (a second roll ends the oldest at once).
+LIVE_SECRETS = 2
+
+
+class Secret(msgspec.Struct, frozen=True, array_like=True):
+    """One secret of a key as its record lists it: the id derived from it, its display prefix,
+    when it was made and when it stops working (None: when the key does)."""
+
+    id: str
+    prefix: str
+    created_at: int
+    ends_at: int | None = None
+
+    def live(self, now_ms: int) -> bool:
+        return self.ends_at is None or self.ends_at > now_ms
 
 
 class KeyRecord(msgspec.Struct, frozen=True):
@@ -47,6 +66,24 @@ class KeyRecord(msgspec.Struct, frozen=True):
     # written before versions existed read as 0): the admin API's ETag, and the number of the
     # activity-log event (KeyEvent.version) that describes the change.
     version: int = 0
+    # The end of the presented secret (the one whose hash was read): None while it is current.
+    secret_ends_at: int | None = None
+    # The key's secrets, newest first, as a roll lists them (empty before the first roll, and on
+    # an alias): ``key_secrets`` is the list in either case.
+    secrets: tuple[Secret, ...] = ()
+    rolled_at: int | None = None
+    # Set when the hash read is an alias (a later secret's copy of the record): its own id.
+    # ``id`` is always the key's public id, whichever secret was presented.
+    alias_id: str | None = None
+
+    def key_secrets(self) -> tuple[Secret, ...]:
+        """The secrets, newest first: before the first roll, the record's own one."""
+        if self.secrets or self.alias_id is not None:
+            return self.secrets
+        return (Secret(self.id, self.prefix, self.created_at, self.secret_ends_at),)
+
+    def live_secrets(self, now_ms: int) -> list[Secret]:
+        return [s for s in self.key_secrets() if s.live(now_ms)]
 
     def status(self, now_ms: int) -> str:
         """``revoked`` if revoked, else ``expired`` if expires_at <= now, else ``active``."""
@@ -60,8 +97,9 @@ class KeyRecord(msgspec.Struct, frozen=True):
 def verdict(record: KeyRecord | None, digest: str, now_ms: int) -> KeyRecord:
     """The one verification rule: the record a presented key's ``digest`` authenticates, at ``now_ms``.
 
-    Raises InvalidApiKey (no record, or another key's), then RevokedApiKey or ExpiredApiKey (the
-    key is genuine: callers may log its ids). The gateway, forward-auth and the admin API all
+    Raises InvalidApiKey (no record, or another key's), then RevokedApiKey, ExpiredApiKey or
+    RolledApiKey (the key is genuine: callers may log its ids). The key's state comes first: a
+    rolled secret of a revoked or expired key says so, since its successor is refused as well. The gateway, forward-auth and the admin API all
     decide with this; the admin API answers its own code for an unknown key.
     """
     # SECURITY: the id only locates the record; the constant-time digest comparison authenticates.
@@ -71,6 +109,9 @@ def verdict(record: KeyRecord | None, digest: str, now_ms: int) -> KeyRecord:
         raise errors.RevokedApiKey()
     if record.expires_at is not None and record.expires_at <= now_ms:
         raise errors.ExpiredApiKey()
+    # The key is live, but this secret of it was replaced by a roll and its grace period is over.
+    if record.secret_ends_at is not None and record.secret_ends_at <= now_ms:
+        raise errors.RolledApiKey()
     return record
 
 
@@ -100,6 +141,22 @@ class KeyEvent(msgspec.Struct, frozen=True, omit_defaults=True):
     at: int
     version: int
     changes: dict[str, Change] = {}
+
+
+def grace_end(choice: str, now_ms: int, expires_at: int | None) -> int:
+    """When the secret a roll replaces stops working: ``choice`` from now, never after the key's
+    own expiry (KeyError for unknown choices)."""
+    end = now_ms + GRACE_CHOICES[choice]
+    return end if expires_at is None else min(end, expires_at)
+
+
+def rolled_secrets(record: KeyRecord, new: Secret, previous_ends_at: int, now_ms: int) -> tuple[Secret, ...]:
+    """The secrets after a roll: ``new`` first, the current one ending at ``previous_ends_at``,
+    any older one still in its grace period ending now, the ones already dead left out."""
+    current, *older = record.live_secrets(now_ms)
+    ended = [msgspec.structs.replace(current, ends_at=min(previous_ends_at, current.ends_at or previous_ends_at))]
+    ended += [msgspec.structs.replace(s, ends_at=now_ms) for s in older]
+    return (new, *ended)
 
 
 def created_by_any(records: list[KeyRecord], creator_ids: set[str]) -> list[str]:

@@ -80,8 +80,10 @@ async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: 
                         if at is not None:
                             cache.trust_until(at + SILENCE_LIMIT)
                     else:
-                        key_id, _, nonce = msg["data"].decode().partition(" ")
-                        cache.invalidate(key_id)
+                        # "<id>[,<id>...] <nonce>": a rolled key's record and aliases together.
+                        key_ids, _, nonce = msg["data"].decode().partition(" ")
+                        for key_id in key_ids.split(","):
+                            cache.invalidate(key_id)
                         metrics.invalidations.inc()
                         if nonce:
                             await store.acknowledge(nonce, node_id)

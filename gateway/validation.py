@@ -6,6 +6,7 @@ the admin API turns that into its 400, the CLI into one line on stderr.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import unicodedata
 from typing import Collection, Iterable
@@ -83,3 +84,31 @@ def expiry_within(choice: str, now_ms: int, cap_ms: int | None) -> int | None:
     raise InvalidField("expires_in", f"A key cannot outlive the key that creates it, which expires at "
                                      f"{rfc3339(cap_ms)}: {advice}.",
                        max_expires_at=rfc3339(cap_ms), allowed_expires_in=fits)
+
+
+def earlier_expiry(text: str, now_ms: int, current_ms: int | None) -> int:
+    """An edit's expires_at (RFC 3339 with Z or an offset) in ms: in the future and earlier than
+    the key's current expiry (a later one is set with an expires_in choice)."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidField("expires_at", "expires_at must be an RFC 3339 time, e.g. 2026-11-26T17:52:59Z.") from None
+    if when.tzinfo is None:
+        raise InvalidField("expires_at", "expires_at needs a time zone: Z or an offset such as +02:00.")
+    ms = int(when.timestamp() * 1000)
+    if ms <= now_ms:
+        raise InvalidField("expires_at", "expires_at must be in the future (revoke a key to stop it now).")
+    if current_ms is not None and ms >= current_ms:
+        raise InvalidField("expires_at", f"expires_at can only make the expiry earlier than {rfc3339(current_ms)}; "
+                                         f"choose a later one with expires_in ({', '.join(EXPIRY_CHOICES)}).")
+    return ms
+
+
+def if_match(header: str | None) -> int | None:
+    """The version of an If-Match header (``"3"``, as the ETag is sent); None when absent."""
+    if header is None:
+        return None
+    text = header.strip()
+    if len(text) >= 3 and text[0] == text[-1] == '"' and text[1:-1].isascii() and text[1:-1].isdigit():
+        return int(text[1:-1])
+    raise InvalidField("If-Match", 'If-Match must be the ETag of the key as sent, e.g. "3".')

@@ -12,12 +12,19 @@ from typing import Any, Iterable
 
 import msgspec
 
-from gateway.model import KEY_ID_PATTERN, Change, KeyEvent, KeyRecord
+from gateway.model import KEY_ID_PATTERN, Change, KeyEvent, KeyRecord, Secret
 
 # Record fields. The key id is not stored: it is in the Redis key's name.
 ORG, NAME, PREFIX, SCOPES, DIGEST = "o", "n", "p", "s", "d"
 CREATED_AT, CREATED_BY, EXPIRES_AT, REVOKED_AT, REVOKED_BY = "c", "C", "e", "r", "R"
 VERSION = "v"
+# Rolls. Each hash (the record, and the alias of every later secret) has its own digest and the
+# end of its own secret (g, ms; absent: live). An alias names its record (a) and holds a copy of
+# the record's SHARED fields, so a cache miss is one HGETALL whichever secret is presented. The
+# record alone lists the secrets (A: "id:prefix:created_at:ends_at" newest first, ends_at empty
+# while current) and when the key was last rolled (y).
+SECRET_ENDS_AT, ALIAS_OF, SECRETS, ROLLED_AT = "g", "a", "A", "y"
+SHARED = (ORG, NAME, PREFIX, SCOPES, CREATED_AT, CREATED_BY, EXPIRES_AT, REVOKED_AT, REVOKED_BY, VERSION, ROLLED_AT)
 
 # The field of a node's usage hash holding the sequence number of the write that set it.
 SEQ_FIELD = "~"
@@ -25,9 +32,19 @@ SEQ_FIELD = "~"
 
 def encode_record(record: KeyRecord) -> list[Any]:
     """The record as HSET arguments: field, value, field, value, ..."""
+    fields = shared_fields(record) + [DIGEST, bytes.fromhex(record.digest)]
+    if record.secret_ends_at is not None:
+        fields += [SECRET_ENDS_AT, record.secret_ends_at]
+    if record.rolled_at is not None:
+        fields += [SECRETS, encode_secrets(record.secrets)]
+    return fields
+
+
+def shared_fields(record: KeyRecord) -> list[Any]:
+    """The fields a record and its aliases hold alike (HSET arguments; SHARED names them all)."""
     fields: list[Any] = [
         ORG, record.org_id, NAME, record.name, PREFIX, record.prefix, SCOPES, " ".join(record.scopes),
-        DIGEST, bytes.fromhex(record.digest), CREATED_AT, record.created_at, CREATED_BY, record.created_by,
+        CREATED_AT, record.created_at, CREATED_BY, record.created_by,
     ]
     if record.version:
         fields += [VERSION, record.version]
@@ -35,7 +52,28 @@ def encode_record(record: KeyRecord) -> list[Any]:
         fields += [EXPIRES_AT, record.expires_at]
     if record.revoked_at is not None:
         fields += [REVOKED_AT, record.revoked_at, REVOKED_BY, record.revoked_by or ""]
+    if record.rolled_at is not None:
+        fields += [ROLLED_AT, record.rolled_at]
     return fields
+
+
+def encode_alias(record: KeyRecord, digest: str) -> list[Any]:
+    """The hash of a later secret of ``record`` (its own ``digest``): the shared fields and the
+    record's id, never the secrets list."""
+    return shared_fields(record) + [DIGEST, bytes.fromhex(digest), ALIAS_OF, record.id]
+
+
+def encode_secrets(secrets: Iterable[Secret]) -> str:
+    return " ".join(f"{s.id}:{s.prefix}:{s.created_at}:{'' if s.ends_at is None else s.ends_at}" for s in secrets)
+
+
+def decode_secrets(text: str) -> tuple[Secret, ...]:
+    """ValueError for anything encode_secrets does not write."""
+    out = []
+    for entry in text.split():
+        key_id, prefix, created_at, ends_at = entry.split(":")
+        out.append(Secret(key_id, prefix, int(created_at), int(ends_at) if ends_at else None))
+    return tuple(out)
 
 
 def decode_record(key_id: str, raw: dict[Any, Any] | list[Any]) -> KeyRecord | None:
@@ -51,8 +89,13 @@ def decode_record(key_id: str, raw: dict[Any, Any] | list[Any]) -> KeyRecord | N
             return None
         revoked_at = h.get(REVOKED_AT)
         expires_at = h.get(EXPIRES_AT)
+        ends_at = h.get(SECRET_ENDS_AT)
+        rolled_at = h.get(ROLLED_AT)
+        alias_of = h[ALIAS_OF].decode() if ALIAS_OF in h else None
+        # Only a rolled record lists its secrets (KeyRecord.key_secrets: the record's own before).
+        secrets = decode_secrets(h[SECRETS].decode()) if SECRETS in h and alias_of is None else ()
         return KeyRecord(
-            id=key_id,
+            id=alias_of or key_id,
             org_id=h[ORG].decode(),
             name=h[NAME].decode(),
             prefix=h[PREFIX].decode(),
@@ -64,6 +107,10 @@ def decode_record(key_id: str, raw: dict[Any, Any] | list[Any]) -> KeyRecord | N
             revoked_at=None if revoked_at is None else int(revoked_at),
             revoked_by=h[REVOKED_BY].decode() if REVOKED_BY in h else None,
             version=int(h.get(VERSION, 0)),
+            secret_ends_at=None if ends_at is None else int(ends_at),
+            secrets=secrets,
+            rolled_at=None if rolled_at is None else int(rolled_at),
+            alias_id=None if alias_of is None else key_id,
         )
     except (KeyError, ValueError, AttributeError, UnicodeDecodeError):
         return None  # a half-written or foreign hash is never treated as a key

@@ -21,6 +21,7 @@ from gateway.store.codec import (ORG, decode_audit_cursor, decode_cursor, decode
                                  encode_audit_cursor, encode_cursor, encode_event, encode_record, event_id,
                                  parse_event_id)
 from gateway.store.ledger import UsageLedger
+from gateway.store.lifecycle import Lifecycle, all_ids
 from gateway.store.quota import NO_QUOTA, RESERVE, OrgQuota, check_reserve
 from gateway.store.replication import AUTO, NotReplicated, ReplicaGuard
 
@@ -135,6 +136,9 @@ class KeyStore:
         self._revoke = client.register_script(_REVOKE)
         self._backfill = client.register_script(_BACKFILL)
         self.backfilled = f"{prefix}:activity:backfilled"
+        self.lifecycle = Lifecycle(self)
+        self.roll = self.lifecycle.roll  # KeyStore.roll / .edit: gateway.store.lifecycle
+        self.edit = self.lifecycle.edit
 
     async def _confirmed(self, steps) -> list:
         """Run the writes ``steps(client)`` issues, then WAIT for the required replicas on the
@@ -245,12 +249,19 @@ class KeyStore:
         With ``ack_timeout``, returns only once every live gateway has dropped the key from its
         cache, or ``ack_timeout`` seconds have passed (see ``broadcast_revocation``).
         """
+        revoked_aliases: set[str] = set()
         for _ in range(REVOKE_ATTEMPTS):
-            current = await self.get(key_id)
+            # (read as the writes below are: a Redis error, not Unavailable, as for every write here)
+            current = decode_record(key_id, await self.redis.hgetall(self._rec(key_id)))
             if current is None or current.org_id != org_id:
                 return None
             if current.version == 0 and await self.backfill_records([current]):
                 continue  # written before the activity log: its events first, then read it again
+            if current.revoked_at is None:
+                # A rolled key's aliases first (less permissive than the record until it is revoked),
+                # then the record, then any alias a concurrent roll added meanwhile
+                # (gateway.store.lifecycle).
+                await self.lifecycle.revoke_aliases(current, (now_ms, actor), revoked_aliases)
             version = current.version + 1
             event = encode_event(KeyEvent("api_key.revoked", key_id, org_id, actor, now_ms, version))
             # The org's indexes first, as with creation: an entry whose record is not revoked,
@@ -278,10 +289,11 @@ class KeyStore:
             return None
         if record.revoked_at != now_ms:  # revoked before: index it at its real time
             await self.redis.zadd(self._org_revoked(org_id), {key_id: record.revoked_at})
+        await self.lifecycle.revoke_aliases(record, (record.revoked_at, record.revoked_by or actor), revoked_aliases)
         if ack_timeout > 0:
-            await self.broadcast_revocation(key_id, ack_timeout)
+            await self.broadcast_revocation(all_ids(record), ack_timeout)
         else:
-            await self.publish_invalidation(key_id, secrets.token_hex(8))
+            await self.publish_invalidation(all_ids(record), secrets.token_hex(8))
         return (await self._with_usage([record]))[0]
 
     async def _reindex(self, org_id: str, key_id: str, version: int) -> None:
@@ -343,8 +355,9 @@ class KeyStore:
         await self.redis.set(self.backfilled, int(time.time() * 1000))
         return done
 
-    async def broadcast_revocation(self, key_id: str, timeout: float) -> tuple[set[str], set[str]]:
-        """Publish the revocation and wait until every live gateway acknowledges it.
+    async def broadcast_revocation(self, key_id: str | Sequence[str], timeout: float) -> tuple[set[str], set[str]]:
+        """Publish the revocation (or roll, or edit) of ``key_id`` (one id, or all of a rolled
+        key's: its record's and its aliases') and wait until every live gateway acknowledges it.
 
         Returns (acknowledged, expected) node ids. A gateway that does not acknowledge within
         ``timeout`` has stopped trusting its cache by then (its trust lapses one silence limit
@@ -390,8 +403,10 @@ class KeyStore:
     async def acknowledge(self, nonce: str, node_id: str) -> None:
         await self.redis.publish(self.ack_channel, f"{nonce} {node_id}")
 
-    async def publish_invalidation(self, key_id: str, nonce: str) -> None:
-        await self.redis.publish(self.channel, f"{key_id} {nonce}")
+    async def publish_invalidation(self, key_id: str | Sequence[str], nonce: str) -> None:
+        """The message is "<id>[,<id>...] <nonce>" (gateway.tasks applies every id, then acknowledges)."""
+        ids = key_id if isinstance(key_id, str) else ",".join(key_id)
+        await self.redis.publish(self.channel, f"{ids} {nonce}")
 
     @staticmethod
     async def _gather(*calls) -> list:
@@ -442,13 +457,13 @@ class KeyStore:
         if not key_id.startswith("key_") or len(key_id) > 64:
             return None
         record = await self.get(key_id)
-        if record is None or record.org_id != org_id:
-            return None
+        if record is None or record.org_id != org_id or record.alias_id is not None:
+            return None  # an alias's id (a later secret's) is not a key id of this API
         return (await self._with_usage([record]))[0]
 
     async def verify(self, parsed: keys.ParsedKey, now_ms: int) -> KeyRecord:
         """Look a presented key up in one round trip, uncached, and judge it (gateway.model.verdict):
-        the record, or InvalidApiKey / RevokedApiKey / ExpiredApiKey."""
+        the record, or InvalidApiKey / RevokedApiKey / ExpiredApiKey / RolledApiKey."""
         return verdict(await self.get(parsed.key_id), parsed.digest, now_ms)
 
     async def list(

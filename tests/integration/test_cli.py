@@ -135,6 +135,27 @@ def test_keys_create_list_revoke(redis_url):
     assert unknown.returncode == 2 and "nope:nope" in unknown.stderr
 
 
+def test_keys_roll_and_edit(redis_url):
+    env = {"GATEWAY_REDIS_URL": redis_url, "GATEWAY_SCOPES": str(SCOPES)}
+    key = json.loads(gateway("keys", "create", "--org", "acme", "--name", "CLI key", "--scope", "tasks:read",
+                             env=env, check=True).stdout)
+    rolled = gateway("keys", "roll", "--org", "acme", key["id"], "--grace", "24h", env=env, check=True)
+    out = json.loads(rolled.stdout)
+    assert re.fullmatch(r"sop_[0-9A-Za-z]{36}", out["key"]) and out["key"] != key["key"] and out["id"] == key["id"]
+    assert [s["prefix"] for s in out["secrets"]] == [out["key"][:10], key["key"][:10]]
+    assert f"works until {out['previous_secret_expires_at']}" in rolled.stderr and "not shown again" in rolled.stderr
+    edited = json.loads(gateway("keys", "edit", "--org", "acme", key["id"], "--name", "renamed", "--scope",
+                                "tasks:read,tasks:write", "--if-version", "2", env=env, check=True).stdout)
+    assert (edited["name"], edited["scopes"], edited["version"]) == ("renamed", ["tasks:read", "tasks:write"], 3)
+    stale = gateway("keys", "edit", "--org", "acme", key["id"], "--name", "x", "--if-version", "2", env=env)
+    assert stale.returncode == 1 and "version_mismatch" in stale.stderr and "version 3" in stale.stderr
+    nothing = gateway("keys", "edit", "--org", "acme", key["id"], env=env)
+    assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
+    gateway("keys", "revoke", "--org", "acme", key["id"], env=env, check=True)
+    refused = gateway("keys", "roll", "--org", "acme", key["id"], "--grace", "now", env=env)
+    assert refused.returncode == 1 and "api_key_revoked" in refused.stderr
+
+
 def test_keys_list_of_an_org_without_keys_says_so(redis_url):
     env = {"GATEWAY_REDIS_URL": redis_url, "GATEWAY_SCOPES": str(SCOPES)}
     result = gateway("keys", "list", "--org", "nobody", env=env)

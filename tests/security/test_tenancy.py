@@ -542,3 +542,48 @@ def test_the_cli_is_held_to_the_memory_mark_even_with_ignore_limits(small_redis,
     assert small_redis.client.exists(f"gw:org:{{{org}}}:keys") == 0
     small_redis.client.delete(*(f"filler:{i}" for i in range(8)))
     assert cli_create(small_redis.url, org, "--memory-high-water", "0.4").returncode == 0
+
+
+# -- issue 14: edit and roll by an org key --------------------------------------------------------
+
+async def test_an_org_key_cannot_edit_in_scopes_it_does_not_hold(admins, org):
+    admin = await admins()
+    manager = await admin.create(org, scopes=MANAGER)
+    child = await admin.create(org, scopes=["tasks:read", "guests:read"])
+    path = f"/v1/orgs/{org}/api-keys/{child['id']}"
+    status, body, _ = await admin.call("PATCH", path, manager["key"], json={"scopes": ["tasks:read", "tasks:write"]})
+    assert (status, body["error"]["code"], body["error"]["scopes"]) == (403, "scope_not_grantable", ["tasks:write"])
+    # Removing one it does not hold is allowed (narrower is always fine); keeping it is no grant.
+    status, body, _ = await admin.call("PATCH", path, manager["key"], json={"scopes": ["tasks:read"]})
+    assert status == 200 and body["scopes"] == ["tasks:read"]
+    # Another org's key is not found, whatever it holds.
+    other = await admin.create(f"{org}-x", scopes=["tasks:read"])
+    status, body, _ = await admin.call("PATCH", f"/v1/orgs/{org}-x/api-keys/{other['id']}", manager["key"],
+                                       json={"name": "mine"})
+    assert (status, body["error"]["code"]) == (404, "org_not_found")
+
+
+async def test_an_org_key_cannot_edit_an_expiry_past_its_own(admins, org):
+    admin = await admins()
+    manager = await admin.create(org, scopes=MANAGER, expires_in="30d")
+    child = await admin.create(org, manager["key"], scopes=["tasks:read"], expires_in="30d")
+    status, body, _ = await admin.call("PATCH", f"/v1/orgs/{org}/api-keys/{child['id']}", manager["key"],
+                                       json={"expires_in": "never"})
+    assert (status, body["error"]["field"]) == (400, "expires_in")
+
+
+async def test_an_org_key_cannot_roll_a_key_with_more_scopes_and_a_now_roll_is_refused_by_the_gateway(
+        admins, org, gw):
+    admin = await admins()
+    manager = await admin.create(org, scopes=MANAGER)
+    wider = await admin.create(org, scopes=["tasks:read", "tasks:write"])
+    status, body, _ = await admin.call("POST", f"/v1/orgs/{org}/api-keys/{wider['id']}/roll", manager["key"],
+                                       json={"grace_period": "now"})
+    assert (status, body["error"]["code"]) == (403, "scope_not_grantable")
+    mine = await admin.create(org, scopes=["tasks:read"])
+    assert gateway_code(gw, mine["key"]) == (200, "ok")
+    status, rolled, _ = await admin.call("POST", f"/v1/orgs/{org}/api-keys/{mine['id']}/roll", manager["key"],
+                                         json={"grace_period": "now"})
+    assert status == 200
+    assert gateway_code(gw, mine["key"]) == (401, "rolled_api_key")  # the real process, right after the answer
+    assert gateway_code(gw, rolled["key"]) == (200, "ok")

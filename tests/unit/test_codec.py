@@ -166,3 +166,29 @@ def test_history_counts_round_trip_and_refuse_garbage():
     assert codec.decode_counts("4:5") == [4, 5, 0, 0, 0]  # classes added later read as 0
     for bad in (None, b"", "1:x", "1:2:3:4:5:6", "-1:0", "1::2"):
         assert codec.decode_counts(bad) is None
+
+
+def _raw(fields):
+    return {str(k).encode(): (v if isinstance(v, bytes) else str(v).encode()) for k, v in zip(fields[::2], fields[1::2], strict=True)}
+
+
+def test_a_rolled_record_and_its_alias_round_trip():
+    from gateway.model import Secret
+    secrets = (Secret("key_B", "sop_BBBBBB", 20), Secret("key_A", "sop_AAAAAA", 10, 99))
+    record = KeyRecord(id="key_A", org_id="acme", name="n", prefix="sop_BBBBBB", scopes=("tasks:read",),
+                       digest="11" * 32, created_at=10, created_by="operator", version=2, secret_ends_at=99,
+                       secrets=secrets, rolled_at=20)
+    assert codec.decode_record("key_A", _raw(codec.encode_record(record))) == record
+    alias = codec.decode_record("key_B", _raw(codec.encode_alias(record, "22" * 32)))
+    # The key's id whichever secret was read, the alias's own digest, no secrets list.
+    assert (alias.id, alias.alias_id, alias.digest, alias.secrets, alias.secret_ends_at) == (
+        "key_A", "key_B", "22" * 32, (), None)
+    assert (alias.scopes, alias.version, alias.rolled_at) == (record.scopes, 2, 20)
+    assert codec.decode_secrets(codec.encode_secrets(secrets)) == secrets
+
+
+def test_a_malformed_secrets_list_is_no_record():
+    fields = _raw(codec.encode_record(KeyRecord(id="key_A", org_id="acme", name="n", prefix="sop_AAAAAA", scopes=(),
+                                                digest="11" * 32, created_at=10, created_by="operator")))
+    fields[b"A"] = b"key_B:sop_x"
+    assert codec.decode_record("key_A", fields) is None

@@ -6,7 +6,10 @@ from __future__ import annotations
 import re
 
 from admin_api.openapi import build_openapi
-from gateway.model import EXPIRY_CHOICES, KEY_ID_PATTERN, ORG_ID_PATTERN, KeyRecord, created_by_any
+import pytest
+
+from gateway.model import (EXPIRY_CHOICES, GRACE_CHOICES, KEY_ID_PATTERN, ORG_ID_PATTERN, KeyRecord, Secret,
+                           created_by_any, grace_end, rolled_secrets)
 from gateway.store import AUDIT_CURSOR_PATTERN, CURSOR_PATTERN
 from gateway.validation import is_key_id, is_org_id
 from tests.support import ROOT
@@ -62,3 +65,43 @@ def test_created_by_any_finds_one_level_and_skips_the_creators():
     assert created_by_any(records, {"key_a"}) == ["key_b", "key_d"]
     assert created_by_any(records, {"key_a", "key_b", "key_d"}) == ["key_c"]
     assert created_by_any(records, {"key_c"}) == []
+
+
+# -- rolls (issue 14) ----------------------------------------------------------------------------
+
+
+_NOW = 1_800_000_000_000
+
+
+def _record(**fields) -> KeyRecord:
+    base = dict(id="key_a", org_id="acme", name="n", prefix="sop_aaaaaa", scopes=("tasks:read",), digest="00" * 32,
+                created_at=_NOW - 10, created_by="operator")
+    return KeyRecord(**{**base, **fields})
+
+
+def test_the_grace_choices_and_their_cap_at_the_key_expiry():
+    assert GRACE_CHOICES == {"now": 0, "1h": 3_600_000, "24h": 86_400_000, "7d": 7 * 86_400_000}
+    assert grace_end("now", _NOW, None) == _NOW
+    assert grace_end("7d", _NOW, None) == _NOW + 7 * 86_400_000
+    assert grace_end("24h", _NOW, _NOW + 5) == _NOW + 5  # never outlives the key
+    with pytest.raises(KeyError):
+        grace_end("2h", _NOW, None)
+
+
+def test_a_first_roll_lists_the_new_secret_then_the_record_own_one_ending():
+    new = Secret("key_b", "sop_bbbbbb", _NOW)
+    assert rolled_secrets(_record(), new, _NOW + 60, _NOW) == (new, Secret("key_a", "sop_aaaaaa", _NOW - 10, _NOW + 60))
+
+
+def test_a_second_roll_ends_the_oldest_now_and_drops_dead_ones():
+    secrets = (Secret("key_b", "sop_bbbbbb", _NOW - 5), Secret("key_a", "sop_aaaaaa", _NOW - 10, _NOW + 99))
+    new = Secret("key_c", "sop_cccccc", _NOW)
+    assert rolled_secrets(_record(secrets=secrets), new, _NOW + 60, _NOW) == (
+        new, Secret("key_b", "sop_bbbbbb", _NOW - 5, _NOW + 60), Secret("key_a", "sop_aaaaaa", _NOW - 10, _NOW))
+    dead = (secrets[0], Secret("key_a", "sop_aaaaaa", _NOW - 10, _NOW - 1))
+    assert [s.id for s in rolled_secrets(_record(secrets=dead), new, _NOW + 60, _NOW)] == ["key_c", "key_b"]
+
+
+def test_key_secrets_before_the_first_roll_is_the_record_own():
+    assert _record().key_secrets() == (Secret("key_a", "sop_aaaaaa", _NOW - 10),)
+    assert _record(alias_id="key_b").key_secrets() == ()

@@ -57,3 +57,22 @@ def test_the_verdict_agrees_with_the_record_status():
         except errors.ExpiredApiKey:
             said = "expired"
         assert said == r.status(NOW)
+
+
+@pytest.mark.parametrize("ends_at, refused", [(NOW, True), (NOW - 1, True), (NOW + 1, False), (None, False)])
+def test_a_rolled_secret_is_refused_from_its_end_on(ends_at, refused):
+    if refused:
+        with pytest.raises(errors.RolledApiKey) as err:
+            verdict(record(secret_ends_at=ends_at), DIGEST, NOW)
+        assert (err.value.status, err.value.code) == (401, "rolled_api_key")
+    else:
+        assert verdict(record(secret_ends_at=ends_at), DIGEST, NOW).secret_ends_at == ends_at
+
+
+def test_a_rolled_secret_of_another_key_is_invalid_and_the_key_state_comes_first():
+    with pytest.raises(errors.InvalidApiKey):
+        verdict(record(secret_ends_at=NOW - 1), hashlib.sha256(b"other").hexdigest(), NOW)
+    with pytest.raises(errors.RevokedApiKey):
+        verdict(record(secret_ends_at=NOW - 1, revoked_at=NOW - 1), DIGEST, NOW)
+    with pytest.raises(errors.ExpiredApiKey):
+        verdict(record(secret_ends_at=NOW - 1, expires_at=NOW - 1), DIGEST, NOW)
