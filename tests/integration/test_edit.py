@@ -30,11 +30,12 @@ async def test_each_field_is_edited_and_logged(stack):
     assert status == 200 and body["expires_at"] == rfc3339(earlier)
     status, body, _ = await patch(stack, created["id"], {"expires_in": "never"})
     assert status == 200 and body["expires_at"] is None and body["version"] == 6
-    log = [decode_event(e) for e in await stack.store.redis.lrange(stack.store._key_log(created["id"]), 0, -1)]
+    log = [decode_event(e, created["id"], "acme")
+           for e in await stack.store.redis.lrange(stack.store._key_log(created["id"]), 0, -1)]
     assert [(e.action, e.version, sorted(e.changes)) for e in log] == [
-        ("api_key.updated", 2, ["name"]), ("api_key.updated", 3, ["scopes"]), ("api_key.updated", 4, ["expires_at"]),
+        ("api_key.created", 1, []), ("api_key.updated", 2, ["name"]), ("api_key.updated", 3, ["scopes"]), ("api_key.updated", 4, ["expires_at"]),
         ("api_key.updated", 5, ["expires_at"]), ("api_key.updated", 6, ["expires_at"])]
-    assert log[1].changes["scopes"].before == ["tasks:read"]
+    assert log[2].changes["scopes"].before == ["tasks:read"]
     index = await stack.store.redis.zrange(stack.store._org_activity("acme"), 0, -1)
     assert {f"{created['id']}:{v}".encode() for v in range(2, 7)} <= set(index)
 
