@@ -22,7 +22,7 @@ from gateway.errors import FieldError, OrgNotFound
 from gateway import store as store_mod
 from gateway import history, validation
 from gateway.config import AdminSettings
-from gateway.model import EXPIRY_CHOICES, GRACE_CHOICES, created_by_any
+from gateway.model import EXPIRY_CHOICES, GRACE_CHOICES, created_by_any, rfc3339
 from gateway.envelope import new_request_id
 from gateway.aiohttp_runner import error_response, server_logger
 from gateway.reload import RulesHolder
@@ -524,6 +524,13 @@ async def roll_key(request: web.Request) -> web.Response:
     # SECURITY: the new secret carries all of the key's scopes: an org key may only roll a key
     # whose scopes it could grant (as on create).
     _grantable(principal, record.scopes)
+    # SECURITY: nor a key that outlives it: the new secret would outlast the caller (create caps
+    # expires_in at the caller's own expiry for the same reason).
+    if principal.expires_at is not None and (record.expires_at is None or record.expires_at > principal.expires_at):
+        raise errors.KeyOutlivesCaller(
+            "This key expires " + (rfc3339(principal.expires_at) or "") + "; it cannot roll a key that expires "
+            + ("never" if record.expires_at is None else "later, at " + (rfc3339(record.expires_at) or "")) + ".",
+            max_expires_at=rfc3339(principal.expires_at))
     rolled = await st.store.roll(org_id=org_id, key_id=key_id, grace=body.grace_period, actor=principal.actor,
                                  now_ms=st.now_ms(), ack_timeout=ACK_TIMEOUT)
     if rolled is None:

@@ -216,7 +216,8 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                                    "401 rolled_api_key once the grace period is over (never later than the key's "
                                    "expiry); with `now`, every gateway refuses it by the time of the answer. A secret "
                                    "still in an earlier roll's grace period stops at once. An org key may roll only "
-                                   "a key whose scopes it holds.",
+                                   "a key whose scopes it holds (403 scope_not_grantable) and that expires no later "
+                                   "than itself (403 key_outlives_caller).",
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("RollKeyRequest")}}},
                     "responses": {"200": {**_json("RolledApiKey", "Rolled; `key` is the new secret, shown only here"),
                                           "headers": ETAG, "links": CHANGED_LINKS},

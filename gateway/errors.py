@@ -196,6 +196,11 @@ class ScopeNotGrantable(Forbidden):
     message = "A key can only grant scopes it holds itself."
 
 
+class KeyOutlivesCaller(Forbidden):
+    code = "key_outlives_caller"
+    message = "A key can only roll keys that expire no later than itself."
+
+
 class NotFound(ApiError):
     status, code, message = 404, "not_found", "Not found."
 

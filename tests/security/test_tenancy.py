@@ -587,3 +587,33 @@ async def test_an_org_key_cannot_roll_a_key_with_more_scopes_and_a_now_roll_is_r
     assert status == 200
     assert gateway_code(gw, mine["key"]) == (401, "rolled_api_key")  # the real process, right after the answer
     assert gateway_code(gw, rolled["key"]) == (200, "ok")
+
+
+@pytest.mark.parametrize("target_expiry, allowed", [("never", False), ("1y", False), ("90d", False), ("30d", True)])
+async def test_an_org_key_cannot_roll_a_key_that_outlives_it(admins, org, target_expiry, allowed):
+    # The new secret is the caller's to keep: one that outlasts the caller's own expiry is the
+    # lifetime escalation create refuses (expires_in capped at the caller's expiry).
+    admin = await admins()
+    manager = await admin.create(org, scopes=MANAGER, expires_in="30d")
+    target = await admin.create(org, scopes=["tasks:read"], expires_in=target_expiry)
+    status, body, _ = await admin.call("POST", f"/v1/orgs/{org}/api-keys/{target['id']}/roll", manager["key"],
+                                       json={"grace_period": "1h"})
+    if allowed:  # created in the same millisecond range: expires no later than the caller
+        assert status == 200 and body["key"].startswith("sop_"), body
+    else:
+        assert (status, body["error"]["code"]) == (403, "key_outlives_caller"), body
+        assert body["error"]["max_expires_at"] == manager["expires_at"]
+        # Nothing changed: the key's one secret still works, no roll was logged.
+        status, after, _ = await admin.call("GET", f"/v1/orgs/{org}/api-keys/{target['id']}")
+        assert status == 200 and after["rolled_at"] is None and len(after["secrets"]) == 1
+
+
+async def test_an_org_key_without_expiry_and_operators_roll_any_key_they_could_grant(admins, org):
+    admin = await admins()
+    manager = await admin.create(org, scopes=MANAGER)
+    target = await admin.create(org, scopes=["tasks:read"])
+    status, _, _ = await admin.call("POST", f"/v1/orgs/{org}/api-keys/{target['id']}/roll", manager["key"],
+                                    json={"grace_period": "now"})
+    assert status == 200
+    status, _, _ = await admin.call("POST", f"/v1/orgs/{org}/api-keys/{target['id']}/roll", json={"grace_period": "now"})
+    assert status == 200
