@@ -159,7 +159,8 @@ def test_dev_works_as_it_prints_and_as_the_readme_says(tmp_path, start_dev):
     assert export.startswith("export ZAP=sop_")
     env["ZAP"] = created["key"]
     calls = [c.replace("key_...", created["id"]) for c in calls]
-    assert [curl(c, env)[0] for c in calls] == [200, 403, 200, 200, 401], calls
+    # tasks, 403, list, roll, usage, activity, revoke, then 401 for the (rolled-from) secret
+    assert [curl(c, env)[0] for c in calls] == [200, 403, 200, 200, 200, 200, 200, 401], calls
     assert (tmp_path / ".data" / "redis" / "appendonlydir").is_dir()  # AOF is on
 
     redis_port = int(re.search(r"redis +redis://127.0.0.1:(\d+)", dev.banner).group(1))
