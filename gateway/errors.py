@@ -7,7 +7,7 @@ ApiError
 │   ValidationFailed (FieldError: naming the field), InvalidHost
 ├── Unauthorized (401, with WWW-Authenticate): MissingApiKey, InvalidApiKey, ExpiredApiKey,
 │   RevokedApiKey, RolledApiKey, InvalidToken, MissingToken
-├── Forbidden (403): InsufficientScope, ScopeNotGrantable
+├── Forbidden (403): InsufficientScope, ScopeNotGrantable, KeyOutlivesCaller
 ├── NotFound (404): RouteNotFound, KeyNotFound, OrgNotFound
 ├── MethodNotAllowed (405, with Allow)
 ├── KeyLimitReached (409), KeyConflict (409): KeyIsRevoked, KeyIsExpired
