@@ -17,19 +17,26 @@ A node that was folded while it was away learns it from its next liveness beat (
 before writing whenever the last one is older than a minute) together with the sequence number
 of its last write that reached Redis, and starts again from what had not (``UsageBuffer.rebase``).
 
-Usage history (counts per key, UTC hour and outcome class) rides on the same flush: ONE more
-command, the ``_HIST_WRITE`` script, queued with the HSET (and the WAIT, when replicas must
-confirm). It writes this node's absolute counts of the hour, one field per key, into the node's
-hash of that hour (``hist:<node>:<hour>``), and lists that hash in ``hist:open``: a few commands
-per flush whatever the number of keys. Once the hour is over and all of it has landed, the node
-folds that hash (``_HIST_FOLD``, a chunk per call) into the per-key buckets: an hour bucket (a
-hash per key and UTC day, field = hour, expiring ``hourly_days`` after the hour) and a day bucket
-(a hash per key and 32-day page, field = day, expiring ``daily_days`` after the day), rolled to
-days as it is folded, so nothing has to roll later. Each field is either in the node's hash or in
-the buckets, never both (as for the last-used fold), and a folded hash keeps only its ``~``
-marker (7 days), so a write of that node and hour that Redis runs late is refused instead of
-counting twice. Reads add the hashes still open. Hashes of dead nodes are folded by whoever
-finds them, like their last-used hashes. Same hash tag as every usage key: single-slot on Cluster.
+Usage history (counts per key, UTC hour and outcome class) rides on the same flush, every
+HISTORY_EVERY seconds (gateway.usage.UsageBuffer.history_due): ONE more command, the
+``_HIST_WRITE`` script, queued with the HSET (and the WAIT, when replicas must confirm). It writes
+this node's absolute counts of the hour, one field per key, into the node's hash of that hour
+(``hist:<node>:<hour>``), and of the keys' UTC days into its hash of the day
+(``histday:<node>:<day>``): an EVAL, an HEXISTS and an HSET per hash whatever the number of keys;
+the node's first write of a hash also sets its expiry and lists it in ``hist:open`` (or
+``histday:open``). Once the hour is over and all of it has landed, the node folds that hash
+(``_HIST_FOLD``, a chunk per call) into the per-key hour buckets (a hash per key and UTC day,
+field = hour): one HSETNX per key (HGET and HSET when another node counted the key that hour).
+Once the day is over and its hours folded, the node folds its day hash into the per-key day
+buckets (a hash per key and 32-day page, field = day, expiring ``daily_days`` after the day),
+and sets the expiry of the key's hour bucket of that day (``hourly_days`` after the day: a
+constant per key and day): HSETNX and two PEXPIREAT per key and day. So an hour bucket has no
+expiry until its day is folded. Each field is either in the node's hash or in the buckets, never
+both (as for the last-used fold), and a folded hash keeps only its ``~`` marker (7 days), so a
+write of that node and hour (or day) that Redis runs late is refused instead of counting twice.
+Reads of hours add the open hour hashes, reads of days the open day hashes. Hashes of dead nodes
+are folded by whoever finds them, like their last-used hashes (hours first; a day once none of
+its hours is open). Same hash tag as every usage key: single-slot on Cluster.
 """
 
 from __future__ import annotations
