@@ -293,15 +293,25 @@ async def test_a_write_that_runs_after_its_hour_was_folded_is_refused(redis_url,
         assert await store.ledger.history(key_id, win) == {hour: [2, 0, 0, 0, 0]}  # not counted twice
         assert await store.ledger.fold_hour("gw_late", hour)  # a second fold finds nothing
         assert await store.ledger.history(key_id, win) == {hour: [2, 0, 0, 0, 0]}
-        # A crashed node's open hour is folded by whoever finds it once the node is not heard from.
-        await store.ledger.write("gw_crashed", 0, {}, HistoryWrite({hour: {key_id: (1, 0, 0, 0, 0)}}))
+        # A crashed node's open hour and day are folded by whoever finds them once the node is
+        # not heard from: the hour first, then the day (which sets the hour bucket's expiry).
+        day = hour // 24
+        day_win = Window("day", day * DAY_MS, (day + 1) * DAY_MS)
+        crashed = HistoryWrite({hour: {key_id: (1, 0, 0, 0, 0)}}, {day: {key_id: (1, 0, 0, 0, 0)}})
+        await store.ledger.write("gw_crashed", 0, {}, crashed)
         await store.ledger.beat("gw_crashed", False)
         assert await store.ledger.fold_dead_history()
-        assert redis_server.client.zcard("gw:usage:{gw}:hist:open") == 1  # alive: left to it
+        client = redis_server.client
+        assert client.zcard("gw:usage:{gw}:hist:open") == client.zcard("gw:usage:{gw}:histday:open") == 1  # alive
+        assert await store.ledger.history(key_id, day_win) == {day: [1, 0, 0, 0, 0]}  # its open day hash
         store.ledger.fold_after_ms = 0
         assert await store.ledger.fold_dead_history()
-        assert redis_server.client.zcard("gw:usage:{gw}:hist:open") == 0
+        assert client.zcard("gw:usage:{gw}:hist:open") == client.zcard("gw:usage:{gw}:histday:open") == 0
         assert await store.ledger.history(key_id, win) == {hour: [3, 0, 0, 0, 0]}
+        assert await store.ledger.history(key_id, day_win) == {day: [1, 0, 0, 0, 0]}
+        assert client.pexpiretime(f"gw:usage:{{gw}}:hour:{key_id}:{day}") == (day + 1 + 90) * DAY_MS
+        await store.ledger.write("gw_crashed", 0, {}, crashed)  # its failed write, run late: refused
+        assert await store.ledger.history(key_id, day_win) == {day: [1, 0, 0, 0, 0]}
     finally:
         await store.redis.aclose()
 
