@@ -367,7 +367,7 @@ async def test_a_fold_executes_one_command_per_key_and_hour_and_three_per_key_an
     day = int(NOON * 1000) // DAY_MS
     hours = [day * 24 + h for h in (9, 10, 11)]
     counts = {h: {k: (i % 7 + h % 3, 0, i % 2, 0, 1) for i, k in enumerate(keys)} for h in hours}
-    day_counts = {k: tuple(map(sum, zip(*(counts[h][k] for h in hours)))) for k in keys}
+    day_counts = {k: tuple(map(sum, zip(*(counts[h][k] for h in hours), strict=True))) for k in keys}
     try:
         await store.ledger.write("gw_a", 0, {}, HistoryWrite(counts, {day: day_counts}))
         await store.ledger.write("gw_b", 0, {}, HistoryWrite({hours[0]: counts[hours[0]]}, {day: {}}))
