@@ -172,18 +172,21 @@ async def _await_subscribed(pubsub, channels: int = 1) -> None:
 
 
 async def flush_usage(store: KeyStore, usage: UsageBuffer, metrics: Metrics) -> bool:
-    """Write the totals changed since the last flush, and the usage history: per USAGE_CHUNK keys
-    one HSET and one history script call, queued together (gateway.store.ledger); then fold this
-    node's hashes of the hours that are over into the per-key history buckets.
+    """Write the totals changed since the last flush, and the usage history when it is due
+    (``UsageBuffer.history_due``: every HISTORY_EVERY seconds, when an hour is over, at shutdown):
+    per USAGE_CHUNK keys one HSET and one history script call, queued together
+    (gateway.store.ledger); then fold this node's hashes of the hours, then the days, that are
+    over into the per-key history buckets.
 
     On failure everything not written is kept for the next try. Before writing, the node says it is alive when its last beat
     is older than BEAT_EVERY, and learns whether its hash was folded while it was away. At
     shutdown (``usage.closing``) the node then folds its own hash.
     """
     written = 0
+    history_due = usage.history_due(time.monotonic())
     try:
         # The keys pending now, no more: uses that arrive meanwhile wait for the next flush.
-        for _ in range(-(-max(len(usage), usage.history_pending) // USAGE_CHUNK)):
+        for _ in range(-(-max(len(usage), usage.history_pending if history_due else 0) // USAGE_CHUNK)):
             started = time.monotonic()
             if usage.beat_at is None or started - usage.beat_at >= BEAT_EVERY:
                 landed = await store.ledger.beat(usage.node_id, usage.registered)
@@ -192,7 +195,7 @@ async def flush_usage(store: KeyStore, usage: UsageBuffer, metrics: Metrics) -> 
                     usage.rebase(landed)
                 usage.registered, usage.beat_at = True, started
             batch = usage.drain(USAGE_CHUNK)
-            history = usage.drain_history(USAGE_CHUNK)
+            history = usage.drain_history(USAGE_CHUNK) if history_due else None
             if batch is None and history is None:
                 break
             try:
@@ -209,10 +212,15 @@ async def flush_usage(store: KeyStore, usage: UsageBuffer, metrics: Metrics) -> 
                 written += len(batch)
             if history is not None:
                 usage.confirm_history(history)
-        # Hours that are over and fully written: into the per-key buckets (once per key and hour).
+                usage.history_at = started
+        # Hours, then days, that are over and fully written: into the per-key buckets (once per
+        # key and hour, once per key and day).
         for hour in usage.foldable_hours(everything=usage.closing):
             if await store.ledger.fold_hour(usage.node_id, hour):
                 usage.forget_hour(hour)
+        for day in usage.foldable_days(everything=usage.closing):
+            if await store.ledger.fold_day(usage.node_id, day):
+                usage.forget_day(day)
     except FAULTS as exc:
         metrics.flushes.labels("failed").inc()
         log.warning("last-used flush failed, %d keys kept for the next try: %s", len(usage), exc)

@@ -13,9 +13,18 @@ node's *absolute* counts per (hour, key) since it began, written with the same f
 call beside the HSET: gateway.store.ledger) into this node's hash of that hour, one field a key.
 A retry writes the same totals again, so it can never count twice; a failed write's keys are
 written again, first, and once more after the next success (a failed write that Redis runs late
-cannot leave a stale value). Once an hour is over and everything of it has landed, the node
-folds its hash of that hour into the per-key buckets (``foldable_hours``, ``forget_hour``): the
-only per-key work in Redis, once per key and hour, not once per flush.
+cannot leave a stale value). The same write carries, for each of its keys, this node's absolute
+counts of the key's UTC day (the folded hours' counts plus the open ones), into the node's hash
+of that day. Once an hour is over and everything of it has landed, the node folds its hash of
+that hour into the per-key hour buckets (``foldable_hours``, ``forget_hour``); once a day is over
+and all its hours are folded, its day hash into the per-key day buckets (``foldable_days``,
+``forget_day``): the only per-key work in Redis, once per key and hour and once per key and day.
+
+The history is written on every flush only when it must be (``history_due``): every
+HISTORY_EVERY seconds (the freshness of the current hour in Redis), at once when an hour with
+unwritten counts is over (so that it can be folded), after a failed write, and at shutdown.
+Counts not written yet stay in memory. A node hash's expiry and its entry in the index of open
+hashes are set by the first write of that hash that landed (``HistoryWrite.fresh``).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 # Outcome classes: the index of each count in a history entry, and their names in the API.
@@ -33,6 +42,7 @@ CLASSES = ("2xx", "3xx", "4xx", "5xx", "refused")
 # 405 wrong method, 429 (rate limits). The same statuses from the upstream count by their class.
 REFUSED_STATUSES = frozenset({403, 404, 405, 429})
 HOUR_MS = 3_600_000
+HISTORY_EVERY = 10.0  # seconds between history writes: how fresh a node's current hour is in Redis
 
 
 def outcome_class(status: int, by_gateway: bool) -> int:
@@ -67,9 +77,16 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class HistoryWrite:
-    """One write of this node's absolute counts per hour and key (copies, taken at drain time)."""
+    """One write of this node's absolute counts per hour and key, and per day and key (copies,
+    taken at drain time). ``fresh``: the hashes (("h", hour) or ("d", day)) not known to have been
+    written before, whose expiry and index entry this write sets (None: all of them)."""
 
     hours: dict[int, dict[str, tuple[int, ...]]]
+    days: dict[int, dict[str, tuple[int, ...]]] = field(default_factory=dict)
+    fresh: frozenset[tuple[str, int]] | None = None
+
+    def is_fresh(self, kind: str, index: int) -> bool:
+        return self.fresh is None or (kind, index) in self.fresh
 
     def __len__(self) -> int:
         return sum(len(keys) for keys in self.hours.values())
@@ -101,6 +118,10 @@ class UsageBuffer:
         self._history_in_flight: list[HistoryWrite] = []  # writes sent (or failed) since the last success
         self._history_suspect: dict[int, set[str]] = {}  # their keys: written once more after a success
         self._latest_hour = -1  # of the latest use: the hours before it are over (uses are timed when answered)
+        self._day_base: dict[int, dict[str, list[int]]] = {}  # day -> key -> counts of its folded hours
+        self._written: set[tuple[str, int]] = set()  # node hashes a confirmed write set up (expiry, index)
+        self.history_every = HISTORY_EVERY
+        self.history_at: float | None = None  # monotonic time of the last history pass that wrote
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -131,10 +152,23 @@ class UsageBuffer:
         """(hour, key) entries waiting to be written."""
         return sum(len(keys) for keys in self._changed.values())
 
+    def history_due(self, now: float) -> bool:
+        """Whether a flush at monotonic ``now`` writes the history: something is waiting, and it
+        is the first write, HISTORY_EVERY seconds passed since the last, the last one failed, an
+        hour with unwritten counts is over (so that it can be folded), or the node is closing."""
+        if not self.history_pending:
+            return False
+        if self.closing or self._history_in_flight or self.history_at is None:
+            return True
+        if any(keys and hour < self._latest_hour for hour, keys in self._changed.items()):
+            return True
+        return now - self.history_at >= self.history_every
+
     def drain_history(self, limit: int | None = None) -> HistoryWrite | None:
         """The next history write: the absolute counts of up to ``limit`` changed (hour, key)
-        entries, oldest hours first."""
+        entries, oldest hours first, and the day counts of their keys."""
         out: dict[int, dict[str, tuple[int, ...]]] = {}
+        days: dict[int, dict[str, tuple[int, ...]]] = {}
         taken = 0
         for hour in sorted(self._changed):
             changed = self._changed[hour]
@@ -142,12 +176,23 @@ class UsageBuffer:
             while changed and (limit is None or taken < limit):
                 key_id = changed.pop()
                 out.setdefault(hour, {})[key_id] = tuple(counts[key_id])
+                days.setdefault(hour // 24, {})[key_id] = ()
                 taken += 1
         self._changed = {h: keys for h, keys in self._changed.items() if keys}
         self._hour = -1  # the next add looks its hour's set up again
         if not out:
             return None
-        write = HistoryWrite(out)
+        for day, keys in days.items():
+            base = self._day_base.get(day, {})
+            open_hours = [self._hours[h] for h in range(day * 24, day * 24 + 24) if h in self._hours]
+            for key_id in keys:
+                total = list(base.get(key_id, (0, 0, 0, 0, 0)))
+                for hour_counts in open_hours:
+                    for i, n in enumerate(hour_counts.get(key_id, ())):
+                        total[i] += n
+                keys[key_id] = tuple(total)
+        fresh = frozenset({("h", h) for h in out} | {("d", d) for d in days}) - self._written
+        write = HistoryWrite(out, days, fresh)
         self._history_in_flight.append(write)  # until a write is confirmed: no fold
         return write
 
@@ -155,6 +200,7 @@ class UsageBuffer:
         """``write`` landed: so did the failed ones before it (their keys are in it or were
         confirmed earlier); a failed one may still run late, so its keys are written once more."""
         self._history_in_flight.clear()
+        self._written |= write.fresh or set()
         for hour, keys in self._history_suspect.items():
             if hour in self._hours:
                 self._changed.setdefault(hour, set()).update(keys)
@@ -179,11 +225,30 @@ class UsageBuffer:
                       and not self._history_in_flight)
 
     def forget_hour(self, hour: int) -> None:
-        """This node's hash of ``hour`` was folded: its counts are in the per-key buckets now."""
-        self._hours.pop(hour, None)
+        """This node's hash of ``hour`` was folded: its counts are in the per-key buckets now
+        (and, until its day is folded, in this node's counts of the day)."""
+        base = self._day_base.setdefault(hour // 24, {})
+        for key_id, counts in self._hours.pop(hour, {}).items():
+            total = base.setdefault(key_id, [0, 0, 0, 0, 0])
+            for i, n in enumerate(counts):
+                total[i] += n
         self._changed.pop(hour, None)
         self._history_suspect.pop(hour, None)
+        self._written.discard(("h", hour))
         self._hour = -1
+
+    def foldable_days(self, everything: bool = False) -> list[int]:
+        """Days whose hours are all folded (their day counts are written with the hours' counts)
+        and that are over (the latest use is on a later day; ``everything``: at shutdown)."""
+        open_days = {h // 24 for h in self._hours}
+        return sorted(d for d in self._day_base
+                      if (everything or d < self._latest_hour // 24) and d not in open_days
+                      and not self._history_in_flight)
+
+    def forget_day(self, day: int) -> None:
+        """This node's hash of ``day`` was folded into the per-key day buckets."""
+        self._day_base.pop(day, None)
+        self._written.discard(("d", day))
 
     def drain(self, limit: int | None = None) -> Batch | None:
         """The next write: absolute totals of up to ``limit`` changed keys (retried keys first)."""

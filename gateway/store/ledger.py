@@ -17,26 +17,33 @@ A node that was folded while it was away learns it from its next liveness beat (
 before writing whenever the last one is older than a minute) together with the sequence number
 of its last write that reached Redis, and starts again from what had not (``UsageBuffer.rebase``).
 
-Usage history (counts per key, UTC hour and outcome class) rides on the same flush: ONE more
-command, the ``_HIST_WRITE`` script, queued with the HSET (and the WAIT, when replicas must
-confirm). It writes this node's absolute counts of the hour, one field per key, into the node's
-hash of that hour (``hist:<node>:<hour>``), and lists that hash in ``hist:open``: a few commands
-per flush whatever the number of keys. Once the hour is over and all of it has landed, the node
-folds that hash (``_HIST_FOLD``, a chunk per call) into the per-key buckets: an hour bucket (a
-hash per key and UTC day, field = hour, expiring ``hourly_days`` after the hour) and a day bucket
-(a hash per key and 32-day page, field = day, expiring ``daily_days`` after the day), rolled to
-days as it is folded, so nothing has to roll later. Each field is either in the node's hash or in
-the buckets, never both (as for the last-used fold), and a folded hash keeps only its ``~``
-marker (7 days), so a write of that node and hour that Redis runs late is refused instead of
-counting twice. Reads add the hashes still open. Hashes of dead nodes are folded by whoever
-finds them, like their last-used hashes. Same hash tag as every usage key: single-slot on Cluster.
+Usage history (counts per key, UTC hour and outcome class) rides on the same flush, every
+HISTORY_EVERY seconds (gateway.usage.UsageBuffer.history_due): ONE more command, the
+``_HIST_WRITE`` script, queued with the HSET (and the WAIT, when replicas must confirm). It writes
+this node's absolute counts of the hour, one field per key, into the node's hash of that hour
+(``hist:<node>:<hour>``), and of the keys' UTC days into its hash of the day
+(``histday:<node>:<day>``): an EVAL, an HEXISTS and an HSET per hash whatever the number of keys;
+the node's first write of a hash also sets its expiry and lists it in ``hist:open`` (or
+``histday:open``). Once the hour is over and all of it has landed, the node folds that hash
+(``_HIST_FOLD``, a chunk per call) into the per-key hour buckets (a hash per key and UTC day,
+field = hour): one HSETNX per key (HGET and HSET when another node counted the key that hour).
+Once the day is over and its hours folded, the node folds its day hash into the per-key day
+buckets (a hash per key and 32-day page, field = day, expiring ``daily_days`` after the day),
+and sets the expiry of the key's hour bucket of that day (``hourly_days`` after the day: a
+constant per key and day): HSETNX and two PEXPIREAT per key and day. So an hour bucket has no
+expiry until its day is folded. Each field is either in the node's hash or in the buckets, never
+both (as for the last-used fold), and a folded hash keeps only its ``~`` marker (7 days), so a
+write of that node and hour (or day) that Redis runs late is refused instead of counting twice.
+Reads of hours add the open hour hashes, reads of days the open day hashes. Hashes of dead nodes
+are folded by whoever finds them, like their last-used hashes (hours first; a day once none of
+its hours is open). Same hash tag as every usage key: single-slot on Cluster.
 """
 
 from __future__ import annotations
 
 from redis.asyncio.cluster import RedisCluster
 
-from gateway.history import DAY, HOUR, Window, day_slot, hour_slot
+from gateway.history import DAY, DAY_MS, HOUR, Window, day_slot, hour_slot
 from gateway.store.codec import SEQ_FIELD, decode_counts, decode_usage, encode_counts, encode_usage, merge_usage
 
 FOLD_AFTER_MS = 600_000  # a node not heard from for 10 minutes is folded by whoever notices
@@ -115,54 +122,55 @@ end
 return 0
 """
 
-# KEYS: the open-hours index, then one node-hour hash per hour written. ARGV: node id, ttl ms,
-# then per hash: hour, number of keys n, n x (key id, counts "a:b:c:d:e"). A folded hash (its
-# "~" marker) is not written again. Returns the number of hashes written.
+# KEYS: the open-hours index, the open-days index, then one node hash (of an hour or a day) per
+# hash written. ARGV: node id, ttl ms, then per hash: its index (1 or 2), hour or day, "1" if the
+# write sets the hash up (its expiry and index entry: not known to the node to have landed yet),
+# number of keys n, n x (key id, counts "a:b:c:d:e"). A folded hash (its "~" marker) is not
+# written again. Returns the number of hashes written.
 _HIST_WRITE = """
 local i, written = 3, 0
-for k = 2, #KEYS do
-  local hour, n = ARGV[i], tonumber(ARGV[i + 1])
+for k = 3, #KEYS do
+  local index, at, fresh, n = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
   if redis.call('HEXISTS', KEYS[k], '~') == 0 then
-    redis.call('HSET', KEYS[k], unpack(ARGV, i + 2, i + 1 + 2 * n))
-    redis.call('PEXPIRE', KEYS[k], ARGV[2])
-    redis.call('ZADD', KEYS[1], hour, ARGV[1] .. ':' .. hour)
+    redis.call('HSET', KEYS[k], unpack(ARGV, i + 4, i + 3 + 2 * n))
+    if fresh == '1' then
+      redis.call('PEXPIRE', KEYS[k], ARGV[2])
+      redis.call('ZADD', KEYS[index], at, ARGV[1] .. ':' .. at)
+    end
     written = written + 1
   end
-  i = i + 2 + 2 * n
+  i = i + 4 + 2 * n
 end
 return written
 """
 
-# KEYS: nodes, the open-hours index, the node-hour hash. ARGV: node id, minimum idle ms ("" =
-# fold now), chunk size, hour, hour-bucket prefix, day-bucket prefix, hour retention ms, day
-# retention ms, marker ttl ms. Moves up to one chunk of fields into the per-key buckets; returns
-# -1 if the node is alive, 0 once the hash is folded, else the number of fields moved.
+# KEYS: nodes, the open index (of hours or days), the node's hash. ARGV: node id, minimum idle
+# ms ("" = fold now), chunk size, hour or day, bucket key format (%s = key id), bucket field,
+# the bucket's expiry (ms since the epoch) set when a fold adds its field ("" = none), a second
+# hash per key to expire (format, "" = none) and when, marker ttl ms. Moves up to one chunk of
+# fields into the per-key buckets; returns -1 if the node is alive, 0 once the hash is folded,
+# else the number of fields moved. Per field: one HSETNX when the bucket has no count of it yet
+# (one node an hour), else HGET and HSET (the sum); plus the expiries asked for.
 _HIST_FOLD = _NOW + """
 if ARGV[2] ~= '' then
   local seen = redis.call('ZSCORE', KEYS[1], ARGV[1])
   if seen and tonumber(seen) > now - tonumber(ARGV[2]) then return -1 end
 end
-local function add(key, field, counts, expire_at)
-  local cur = redis.call('HGET', key, field)
-  if cur then
-    local old = {}
-    for n in string.gmatch(cur, '%d+') do old[#old + 1] = tonumber(n) end
-    local sum, i = {}, 0
-    for n in string.gmatch(counts, '%d+') do
-      i = i + 1
-      sum[i] = string.format('%d', (old[i] or 0) + tonumber(n))
-    end
-    counts = table.concat(sum, ':')
+local bucket, field, expire_at, also, also_at = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local function add(key, counts)
+  if redis.call('HSETNX', key, field, counts) == 1 then
+    if expire_at ~= '' then redis.call('PEXPIREAT', key, expire_at) end
+    return
   end
-  if redis.call('HSET', key, field, counts) == 1 then
-    redis.call('PEXPIREAT', key, string.format('%d', expire_at))
+  local old = {}
+  for n in string.gmatch(redis.call('HGET', key, field) or '', '%d+') do old[#old + 1] = tonumber(n) end
+  local sum, i = {}, 0
+  for n in string.gmatch(counts, '%d+') do
+    i = i + 1
+    sum[i] = string.format('%d', (old[i] or 0) + tonumber(n))
   end
+  redis.call('HSET', key, field, table.concat(sum, ':'))
 end
-local hour = tonumber(ARGV[4])
-local day = math.floor(hour / 24)
-local hkey, hfield = ARGV[5] .. '%s:' .. day, string.format('%d', hour % 24)
-local dkey, dfield = ARGV[6] .. '%s:' .. math.floor(day / 32), string.format('%d', day % 32)
-local hexp, dexp = (hour + 1) * 3600000 + tonumber(ARGV[7]), (day + 1) * 86400000 + tonumber(ARGV[8])
 local limit = tonumber(ARGV[3])
 local items = redis.call('HRANDFIELD', KEYS[3], limit + 1, 'WITHVALUES')
 local fields = {}
@@ -170,21 +178,21 @@ for i = 1, #items, 2 do
   local f = items[i]
   if f ~= '~' and #fields < limit then
     fields[#fields + 1] = f
-    add(string.format(hkey, f), hfield, items[i + 1], hexp)
-    add(string.format(dkey, f), dfield, items[i + 1], dexp)
+    add(string.format(bucket, f), items[i + 1])
+    if also ~= '' then redis.call('PEXPIREAT', string.format(also, f), also_at) end
   end
 end
 if #fields > 0 then redis.call('HDEL', KEYS[3], unpack(fields)) end
 if redis.call('HLEN', KEYS[3]) > (redis.call('HEXISTS', KEYS[3], '~') == 1 and 1 or 0) then return #fields end
 redis.call('HSET', KEYS[3], '~', '1')
-redis.call('PEXPIRE', KEYS[3], ARGV[9])
+redis.call('PEXPIRE', KEYS[3], ARGV[10])
 redis.call('ZREM', KEYS[2], ARGV[1] .. ':' .. ARGV[4])
 return 0
 """
 
-# KEYS: the open-hours index. ARGV: first hour, last hour, node-hour hash prefix, key id, then
-# the bucket hashes to read. Returns {{member, counts, ...} of the open hashes of those hours
-# that hold the key, then HGETALL of each bucket hash}: one consistent snapshot (a fold running
+# KEYS: the open index (of hours or days). ARGV: first, last hour or day, node hash prefix, key
+# id, then the bucket hashes to read. Returns {{member, counts, ...} of the open hashes of those
+# hours or days that hold the key, then HGETALL of each bucket hash}: one consistent snapshot (a fold running
 # beside it moves a field from one to the other atomically).
 _HIST_READ = """
 local open = {}
@@ -237,6 +245,8 @@ class UsageLedger:
         self.base_prefix = f"{tag}:base:"
         self.hist_prefix = f"{tag}:hist:"  # + node id + ":" + hour index: a node's counts of an hour
         self.hist_open = f"{tag}:hist:open"  # "<node id>:<hour>" of the hashes not folded yet, by hour
+        self.histday_prefix = f"{tag}:histday:"  # + node id + ":" + day index: a node's counts of a day
+        self.histday_open = f"{tag}:histday:open"  # "<node id>:<day>" of the day hashes not folded yet
         self.hour_prefix = f"{tag}:hour:"  # + key id + ":" + day index
         self.day_prefix = f"{tag}:day:"  # + key id + ":" + 32-day page index
         self.hourly_days, self.daily_days = HOURLY_DAYS, DAILY_DAYS
@@ -270,12 +280,16 @@ class UsageLedger:
                 items += (key_id, encode_usage(last_ms, count))
             calls.append(lambda c: c.hset(self.node_key(node_id), items=items))
         if history is not None and len(history):
-            keys, args = [self.hist_open], [node_id, FOLDED_TTL_MS]
-            for hour, counts in history.hours.items():
-                keys.append(f"{self.hist_prefix}{node_id}:{hour}")
-                args += (hour, len(counts))
-                for key_id, values in counts.items():
-                    args += (key_id, encode_counts(values))
+            keys, args = [self.hist_open, self.histday_open], [node_id, FOLDED_TTL_MS]
+            for index, kind, prefix, by in ((1, "h", self.hist_prefix, history.hours),
+                                            (2, "d", self.histday_prefix, history.days)):
+                for at, counts in by.items():
+                    if not counts:
+                        continue
+                    keys.append(f"{prefix}{node_id}:{at}")
+                    args += (index, at, "1" if history.is_fresh(kind, at) else "0", len(counts))
+                    for key_id, values in counts.items():
+                        args += (key_id, encode_counts(values))
             # EVAL, not a registered script: in a pipeline that would add a SCRIPT EXISTS per flush
             # (Redis caches the compiled script by its digest either way).
             calls.append(lambda c: c.eval(_HIST_WRITE, len(keys), *keys, *args))
@@ -295,58 +309,84 @@ class UsageLedger:
 
     async def history(self, key_id: str, win: Window) -> dict[int, list[int]]:
         """Counts per bucket index of ``win`` (missing buckets absent): the per-key buckets and the
-        node hashes of hours not folded yet, in one script call."""
+        node hashes (of hours, or of days) not folded yet, in one script call."""
         if win.granularity == HOUR:
-            prefix, slot, first_hour, last_hour = self.hour_prefix, hour_slot, win.first, win.last
+            prefix, slot, index, node_prefix = self.hour_prefix, hour_slot, self.hist_open, self.hist_prefix
         else:
             assert win.granularity == DAY
-            prefix, slot, first_hour, last_hour = self.day_prefix, day_slot, win.first * 24, win.last * 24 + 23
+            prefix, slot, index, node_prefix = self.day_prefix, day_slot, self.histday_open, self.histday_prefix
         slots = [slot(i) for i in range(win.first, win.last + 1)]
         hashes = sorted({h for h, _ in slots})
         still_open, *raw = await self._hist_read(
-            keys=[self.hist_open],
-            args=[first_hour, last_hour, self.hist_prefix, key_id, *(f"{prefix}{key_id}:{h}" for h in hashes)])
+            keys=[index],
+            args=[win.first, win.last, node_prefix, key_id, *(f"{prefix}{key_id}:{h}" for h in hashes)])
         by_hash = {h: dict(zip(flat[::2], flat[1::2], strict=True)) for h, flat in zip(hashes, raw, strict=True)}
         found: dict[int, list[int]] = {}
         for index, (h, field) in zip(range(win.first, win.last + 1), slots, strict=True):
             counts = decode_counts(by_hash[h].get(str(field).encode()))
             if counts is not None:
                 found[index] = counts
-        per = 1 if win.granularity == HOUR else 24
         for member, raw_counts in zip(still_open[::2], still_open[1::2], strict=True):
             counts = decode_counts(raw_counts)
             if counts is not None:
-                index = int(member.rsplit(b":", 1)[1]) // per
-                found[index] = [a + b for a, b in zip(found.get(index, [0] * len(counts)), counts, strict=True)]
+                at = int(member.rsplit(b":", 1)[1])
+                found[at] = [a + b for a, b in zip(found.get(at, [0] * len(counts)), counts, strict=True)]
         return found
 
     async def fold_hour(self, node_id: str, hour: int, *, only_if_idle: bool = False) -> bool:
-        """Fold a node's hash of ``hour`` into the per-key buckets, a chunk per call; True once done
-        (``only_if_idle``: only while the node is not heard from, as ``fold``; False if it is)."""
-        while (moved := await self._fold_hour_chunk(node_id, hour, only_if_idle)) > 0:
+        """Fold a node's hash of ``hour`` into the per-key hour buckets, a chunk per call; True
+        once done (``only_if_idle``: only while the node is not heard from, as ``fold``; False if
+        it is)."""
+        while (moved := await self._fold_chunk_of("h", node_id, hour, only_if_idle)) > 0:
             pass
         return moved == 0
 
-    async def _fold_hour_chunk(self, node_id: str, hour: int, only_if_idle: bool) -> int:
-        """-1: the node is alive; 0: the hash is folded; else the number of fields moved."""
+    async def fold_day(self, node_id: str, day: int, *, only_if_idle: bool = False) -> bool:
+        """Fold a node's hash of ``day`` into the per-key day buckets (once its hours are folded:
+        this also sets the expiry of the keys' hour buckets of that day), as ``fold_hour``."""
+        while (moved := await self._fold_chunk_of("d", node_id, day, only_if_idle)) > 0:
+            pass
+        return moved == 0
+
+    async def _fold_chunk_of(self, kind: str, node_id: str, at: int, only_if_idle: bool) -> int:
+        """One chunk of a node's hour (kind "h") or day ("d") hash: -1: the node is alive; 0: the
+        hash is folded; else the number of fields moved. An hour is one HSETNX per key (the hour
+        buckets get their expiry, a constant per key and day, from the day's fold); a day one
+        HSETNX, the day bucket's expiry when its field is new, and the hour bucket's expiry."""
+        if kind == "h":
+            day, field = hour_slot(at)
+            index, node_hash = self.hist_open, f"{self.hist_prefix}{node_id}:{at}"
+            bucket, expire_at, also, also_at = f"{self.hour_prefix}%s:{day}", "", "", ""
+        else:
+            page, field = day_slot(at)
+            index, node_hash = self.histday_open, f"{self.histday_prefix}{node_id}:{at}"
+            bucket, expire_at = f"{self.day_prefix}%s:{page}", (at + 1) * DAY_MS + self.daily_days * DAY_MS
+            also, also_at = f"{self.hour_prefix}%s:{at}", (at + 1) * DAY_MS + self.hourly_days * DAY_MS
         return await self._hist_fold(
-            keys=[self.nodes, self.hist_open, f"{self.hist_prefix}{node_id}:{hour}"],
-            args=[node_id, self.fold_after_ms if only_if_idle else "", FOLD_CHUNK, hour, self.hour_prefix,
-                  self.day_prefix, self.hourly_days * 86_400_000, self.daily_days * 86_400_000, FOLDED_TTL_MS])
+            keys=[self.nodes, index, node_hash],
+            args=[node_id, self.fold_after_ms if only_if_idle else "", FOLD_CHUNK, at, bucket, field,
+                  expire_at, also, also_at, FOLDED_TTL_MS])
 
     async def fold_dead_history(self, *, max_chunks: int | None = None) -> bool:
-        """Fold the open hour hashes of nodes not heard from for ``fold_after_ms`` (or gone), at
-        most ``max_chunks`` chunks in all; True if none is left to do now."""
+        """Fold the open hour hashes, then day hashes, of nodes not heard from for
+        ``fold_after_ms`` (or gone), at most ``max_chunks`` chunks in all; True if none is left
+        to do now. A node's day waits while an hour of it is open (its fold expires the hours)."""
         budget = max_chunks
-        for member in await self.redis.zrange(self.hist_open, 0, -1):
-            node_id, _, hour = member.decode().rpartition(":")
-            while True:
-                if budget is not None:
-                    if budget <= 0:
-                        return False
-                    budget -= 1
-                if await self._fold_hour_chunk(node_id, int(hour), True) <= 0:
-                    break  # folded, or the node is alive (it folds its own)
+        open_hours: set[tuple[str, int]] = set()
+        for kind, index in (("h", self.hist_open), ("d", self.histday_open)):
+            for member in await self.redis.zrange(index, 0, -1):
+                node_id, _, at = member.decode().rpartition(":")
+                if kind == "d" and any((node_id, h) in open_hours for h in range(int(at) * 24, int(at) * 24 + 24)):
+                    continue
+                while True:
+                    if budget is not None:
+                        if budget <= 0:
+                            return False
+                        budget -= 1
+                    if (moved := await self._fold_chunk_of(kind, node_id, int(at), True)) <= 0:
+                        break  # folded, or the node is alive (it folds its own)
+                if kind == "h" and moved < 0:
+                    open_hours.add((node_id, int(at)))
         return True
 
     async def read(self, key_ids: list[str]) -> tuple[dict[str, tuple[int | None, int]], list[str]]:

@@ -37,7 +37,8 @@ def test_redis_layout_names_exactly_the_keys_the_store_builds():
              ledger.base_prefix + "<bucket>", ledger.folded, store.channel, store.ack_channel,
              store.beat_channel("<node_id>"), store.registry, store.replicas.marker,
              store._key_log("<key_id>"), store._org_activity("<org_id>"), store.backfilled,
-             ledger.hist_prefix + "<node_id>:<hour>", ledger.hist_open, ledger.hour_prefix + "<key_id>:<day>",
+             ledger.hist_prefix + "<node_id>:<hour>", ledger.hist_open, ledger.histday_prefix + "<node_id>:<day>",
+             ledger.histday_open, ledger.hour_prefix + "<key_id>:<day>",
              ledger.day_prefix + "<key_id>:<page>"}
     assert documented == built
 

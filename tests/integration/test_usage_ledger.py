@@ -71,6 +71,7 @@ async def sent(redis_server, action) -> dict[str, int]:
 async def test_each_flush_is_one_hset_and_one_history_script_and_nothing_else(store, redis_server):
     ids = await make_keys(store, 40)
     buf = UsageBuffer()
+    buf.history_every = 0.0  # the history on every flush (test_usage_history: every HISTORY_EVERY s)
     buf.add(ids[0], T1)
     await flush(store, buf)  # the first flush also announces the node (one script call)
     for round_ in range(2):
@@ -84,6 +85,7 @@ async def test_each_flush_is_one_hset_and_one_history_script_and_nothing_else(st
 async def test_flushes_write_the_changed_totals_in_chunks(store, redis_server, monkeypatch):
     ids = await make_keys(store, 40)
     buf = UsageBuffer()
+    buf.history_every = 0.0  # the history on every flush (test_usage_history: every HISTORY_EVERY s)
     buf.add(ids[0], T1)
     await flush(store, buf)  # the first flush also announces the node (one script call)
     for round_ in range(3):

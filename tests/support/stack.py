@@ -98,6 +98,8 @@ async def make_stack(aiohttp_server, redis_url, clock, echo_server):
             AdminSettings(redis=serve.redis, redis_min_replicas=serve.redis_min_replicas, scopes=scopes, operator_tokens=(OPERATOR_TOKEN,), flush_interval=3600.0),
             clock=clock,
         ))
+        # Tests read the history right after flushing: every flush writes it (not every HISTORY_EVERY s).
+        state.usage.history_every = admin.app[ADMIN].usage.history_every = 0.0
         http = aiohttp.ClientSession()
         store = KeyStore(connect(serve.redis, timeout=2.0))
         made.append((http, store))

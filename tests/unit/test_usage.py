@@ -139,7 +139,7 @@ def test_retire_starts_afresh():
 
 # -- outcome classes and the usage history ----------------------------------------------------
 
-from gateway.usage import CLIENT_ERROR, HOUR_MS, OK, REDIRECT, REFUSED, SERVER_ERROR, outcome_class  # noqa: E402
+from gateway.usage import CLIENT_ERROR, HISTORY_EVERY, HOUR_MS, OK, REDIRECT, REFUSED, SERVER_ERROR, outcome_class  # noqa: E402
 
 
 def test_outcome_classes_are_the_status_the_client_got_or_refused_by_the_gateway():
@@ -199,47 +199,59 @@ def test_history_writes_respect_the_limit_oldest_hours_first():
 
 
 class HistoryModel:
-    """Redis for the history: a node's hash per hour (absolute values, refused once folded),
-    folded into per-key sums."""
+    """Redis for the history: a node's hash per hour and per day (absolute values, refused once
+    folded; read only once listed in its open index, which a fresh write does), folded into
+    per-key sums."""
 
     def __init__(self) -> None:
-        self.open: dict[int, dict[str, tuple[int, ...]]] = {}
-        self.folded: set[int] = set()
-        self.sums: dict[tuple[str, int], list[int]] = {}
+        self.open: dict[tuple[str, int], dict[str, tuple[int, ...]]] = {}
+        self.indexed: set[tuple[str, int]] = set()
+        self.folded: set[tuple[str, int]] = set()
+        self.sums: dict[tuple[str, str, int], list[int]] = {}
         self.late: list = []  # writes that failed but that Redis runs later
 
     def run(self, write) -> None:
-        for hour, keys in write.hours.items():
-            if hour not in self.folded:
-                self.open.setdefault(hour, {}).update(keys)
+        for kind, by in (("h", write.hours), ("d", write.days)):
+            for at, keys in by.items():
+                if (kind, at) not in self.folded:
+                    self.open.setdefault((kind, at), {}).update(keys)
+                    if write.is_fresh(kind, at):
+                        self.indexed.add((kind, at))
 
-    def fold(self, hour: int) -> None:
-        for key, counts in self.open.pop(hour, {}).items():
-            cur = self.sums.setdefault((key, hour), [0] * 5)
+    def fold(self, kind: str, at: int) -> None:
+        for key, counts in self.open.pop((kind, at), {}).items():
+            cur = self.sums.setdefault((kind, key, at), [0] * 5)
             for i, n in enumerate(counts):
                 cur[i] += n
-        self.folded.add(hour)
+        self.folded.add((kind, at))
+        self.indexed.discard((kind, at))
 
-    def merged(self) -> dict[tuple[str, int], list[int]]:
+    def merged(self) -> dict[tuple[str, str, int], list[int]]:
+        """What a read finds: the per-key sums and the open hashes listed in their index."""
         out = {k: list(v) for k, v in self.sums.items()}
-        for hour, keys in self.open.items():
-            for key, counts in keys.items():
-                cur = out.setdefault((key, hour), [0] * 5)
-                for i, n in enumerate(counts):
-                    cur[i] += n
+        for (kind, at), keys in self.open.items():
+            if (kind, at) in self.indexed:
+                for key, counts in keys.items():
+                    cur = out.setdefault((kind, key, at), [0] * 5)
+                    for i, n in enumerate(counts):
+                        cur[i] += n
         return out
 
 
 def fold_what_is_over(buf: UsageBuffer, redis: HistoryModel, everything: bool = False) -> None:
     for hour in buf.foldable_hours(everything):
-        redis.fold(hour)
+        redis.fold("h", hour)
         buf.forget_hour(hour)
+    for day in buf.foldable_days(everything):
+        redis.fold("d", day)
+        buf.forget_day(day)
 
 
 history_steps = st.lists(st.one_of(
-    st.tuples(st.just("use"), st.sampled_from("ab"), st.integers(0, 2), st.integers(0, 4)),
+    st.tuples(st.just("use"), st.sampled_from("ab"), st.sampled_from([0, 1, 2, 23, 24, 25, 48]), st.integers(0, 4)),
     st.tuples(st.just("flush"), st.sampled_from(["ok", "ok", "lost", "landed_but_failed", "late"])),
     st.tuples(st.just("late_lands")),
+    st.tuples(st.just("wait"), st.sampled_from([1.0, 5.0, 10.0])),
 ), max_size=50)
 
 
@@ -247,21 +259,27 @@ history_steps = st.lists(st.one_of(
 @given(history_steps, st.integers(1, 3))
 def test_history_is_exact_whatever_lands_when(steps, limit):
     buf, redis = UsageBuffer(), HistoryModel()
-    truth: dict[tuple[str, int], list[int]] = {}
-    latest = 0
+    truth: dict[tuple[str, str, int], list[int]] = {}
+    latest, now = 0, 0.0
     for step in steps:
         if step[0] == "use":
             _, key, hour, outcome = step
             latest = hour = max(hour, latest)  # uses are timed by the node's clock when answered
             buf.add(key, hour * HOUR_MS, outcome)
-            truth.setdefault((key, hour), [0] * 5)[outcome] += 1
+            truth.setdefault(("h", key, hour), [0] * 5)[outcome] += 1
+            truth.setdefault(("d", key, hour // 24), [0] * 5)[outcome] += 1
+        elif step[0] == "wait":
+            now += step[1]
         elif step[0] == "flush":
+            if not buf.history_due(now):  # what gateway.tasks.flush_usage asks first
+                continue
             write = buf.drain_history(limit)
             if write is None:
                 continue
             if step[1] == "ok":
                 redis.run(write)
                 buf.confirm_history(write)
+                buf.history_at = now
                 fold_what_is_over(buf, redis)
             elif step[1] == "landed_but_failed":
                 redis.run(write)
@@ -274,12 +292,65 @@ def test_history_is_exact_whatever_lands_when(steps, limit):
             for write in redis.late:
                 redis.run(write)
             redis.late = []
+    buf.closing = True
     for _ in range(30):  # Redis is back: flush until everything is written, then shut down
-        if (write := buf.drain_history(limit)) is not None:
+        if buf.history_due(now) and (write := buf.drain_history(limit)) is not None:
             redis.run(write)
             buf.confirm_history(write)
+    assert redis.merged() == truth  # read before the last folds: every open hash is in its index
     fold_what_is_over(buf, redis, everything=True)
     for write in redis.late:  # a failed write that Redis runs after all, even after the fold
         redis.run(write)
     assert buf.history_pending == 0
     assert redis.merged() == truth
+
+
+def test_the_history_is_written_every_history_every_seconds_when_an_hour_is_over_and_at_shutdown():
+    buf = UsageBuffer()
+    assert not buf.history_due(0.0)  # nothing to write
+    buf.add("a", 5 * HOUR_MS)
+    assert buf.history_due(0.0)  # the first write
+    first = buf.drain_history()
+    assert first.fresh == {("h", 5), ("d", 0)} and first.days == {0: {"a": (1, 0, 0, 0, 0)}}
+    buf.confirm_history(first)
+    buf.history_at = 100.0
+    buf.add("a", 5 * HOUR_MS + 1)
+    assert not buf.history_due(100.0 + HISTORY_EVERY - 0.1)  # in memory until HISTORY_EVERY passed
+    assert buf.history_due(100.0 + HISTORY_EVERY)
+    failed = buf.drain_history()
+    assert failed.fresh == frozenset()  # the hashes are set up: no expiry or index entry again
+    buf.restore_history(failed)
+    assert buf.history_due(100.0)  # a failed write is retried at once
+    retry = buf.drain_history()
+    buf.confirm_history(retry)
+    buf.history_at = 101.0
+    buf.confirm_history(buf.drain_history())  # the failed write's keys once more
+    buf.add("a", 5 * HOUR_MS + 2)
+    assert not buf.history_due(101.0)
+    buf.add("a", 6 * HOUR_MS)  # 5:00 is over, with a count not written: written at once
+    assert buf.history_due(101.0) and buf.foldable_hours() == []
+    write = buf.drain_history()
+    assert write.hours == {5: {"a": (3, 0, 0, 0, 0)}, 6: {"a": (1, 0, 0, 0, 0)}}
+    assert write.days == {0: {"a": (4, 0, 0, 0, 0)}} and write.fresh == {("h", 6)}
+    buf.confirm_history(write)
+    buf.history_at = 102.0
+    assert buf.foldable_hours() == [5] and buf.foldable_days() == []  # day 0 goes on
+    buf.forget_hour(5)
+    buf.add("a", 6 * HOUR_MS + 1)
+    assert not buf.history_due(102.0)
+    buf.closing = True
+    assert buf.history_due(102.0)  # shutdown: everything
+    write = buf.drain_history()
+    assert write.days == {0: {"a": (5, 0, 0, 0, 0)}}  # the folded hour 5 and the open hour 6
+    buf.confirm_history(write)
+    assert buf.foldable_hours(everything=True) == [6] and buf.foldable_days(everything=True) == []
+    buf.forget_hour(6)
+    assert buf.foldable_days(everything=True) == [0]
+
+
+def test_a_fresh_hash_whose_write_failed_is_set_up_by_the_next_write():
+    buf = UsageBuffer()
+    buf.add("a", 5 * HOUR_MS)
+    failed = buf.drain_history()
+    buf.restore_history(failed)  # (it may have landed: set up again, harmless)
+    assert buf.drain_history().fresh == {("h", 5), ("d", 0)}
