@@ -229,12 +229,26 @@ async def test_chart_draws_the_requests_made_through_the_gateway(stack, browser)
     assert foot == [str(totals[c]) for c in CLASSES] + ["12"]
     await expect(detail.locator("#detail-fields .request-count")).to_have_text("12 requests")
 
+    # The busiest bar's tooltip, in the screenshots too.
+    await detail.locator("#usage-chart g.bar").last.hover()
+    await expect(page.locator("#chart-tip")).to_have_text(
+        f"{tip_hour(first_hour + HOUR)}: 9 requests (3 2xx, 1 3xx, 1 4xx, 1 5xx, 3 Refused by the gateway)")
     await browser.shot("detail-chart")
     await browser.shot("chart", detail.locator("#usage-chart"))
     await page.set_viewport_size({"width": 375, "height": 812})
     await no_sideways_scroll(page, 375)
+    await detail.locator("#usage-chart").scroll_into_view_if_needed()
+    await detail.locator("#usage-chart g.bar").last.hover()
+    # The tooltip fits the chart, as wide as its text needs (not squeezed against the right edge).
+    tip, chart = await page.locator("#chart-tip").bounding_box(), await detail.locator("#usage-chart").bounding_box()
+    assert chart["x"] <= tip["x"] and tip["x"] + tip["width"] <= chart["x"] + chart["width"] + 0.5
+    assert tip["width"] >= min(chart["width"] * 0.9, 250), tip
     await browser.shot("detail-chart-375px")
     await browser.shot("chart-375px", detail.locator("#usage-chart"))
+
+
+def tip_hour(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%b %-d, %H:00 UTC")  # "Dec 1, 23:00 UTC"
 
 
 def hour_iso(seconds: float) -> str:
@@ -292,4 +306,9 @@ async def test_activity_shows_create_edit_roll_revoke_with_actor_and_changes(sta
     await browser.shot("activity-lifecycle")
     await page.set_viewport_size({"width": 375, "height": 812})
     await no_sideways_scroll(page, 375)
+    # Narrow: the key's name and its id are one value beside the label, the id whole, under the name.
+    name_box = await rows.first.locator(".key-title").bounding_box()
+    id_box = await rows.first.locator("code").bounding_box()
+    assert id_box["x"] == pytest.approx(name_box["x"], abs=1) and id_box["y"] > name_box["y"]
+    assert id_box["height"] < 2 * name_box["height"], "the key id wraps inside itself"
     await browser.shot("activity-lifecycle-375px")
