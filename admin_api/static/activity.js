@@ -78,9 +78,11 @@ export function activityRow(event, keyName, timeCell) {
   what.dataset.label = "What";
   const key = cell("td", "");
   key.dataset.label = "Key";
+  const ref = cell("span", "", "key-ref"); // one box: on a narrow screen the cell is label + value
   const name = keyName(event.key_id);
-  if (name) key.append(cell("span", name, "key-title"), " ");
-  key.append(cell("code", event.key_id));
+  if (name) ref.append(cell("span", name, "key-title"), " ");
+  ref.append(cell("code", event.key_id));
+  key.append(ref);
   const by = cell("td", actorLabel(event.actor), "actor");
   by.dataset.label = "By";
   const changes = cell("td", "");

@@ -71,6 +71,7 @@ export function drawUsage(box, table, usage) {
     const show = () => {
       tip.textContent = describe(bucket, granularity);
       tip.hidden = false;
+      tip.style.left = "0px"; // measured at the left edge: a tip left further right is squeezed narrower
       const b = g.getBoundingClientRect();
       const outer = box.getBoundingClientRect();
       const left = Math.min(Math.max(0, b.left - outer.left + b.width / 2 - tip.offsetWidth / 2), outer.width - tip.offsetWidth);

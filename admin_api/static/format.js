@@ -1,5 +1,5 @@
 // Pure formatting rules of the page (no DOM, no fetch): relative times, exact UTC, the flags a key
-// earns ("Expires in 5 days", "Not used for 30 days") and the live secrets' line.
+// earns ("Expires in 5 days", "Not used for 30 days", "Previous secret expires in 23 h").
 
 const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
@@ -25,6 +25,13 @@ export function span(ms) {
   return `${Math.floor(days / 365)} years`;
 }
 
+// How long a previous secret has left: hours below two days ("24 h", then "23 h"), as the grace
+// periods are counted (1 h, 24 h); else as span() says ("7 days").
+export function graceLeft(iso, now) {
+  const left = Date.parse(iso) - now;
+  return left >= HOUR - MINUTE / 2 && left < 2 * DAY - HOUR / 2 ? `${Math.round(left / HOUR)} h` : span(left);
+}
+
 // "just now", "3 min ago", "in 5 days".
 export function relative(iso, now) {
   const delta = Date.parse(iso) - now;
@@ -46,7 +53,7 @@ export function keyFlags(key, now) {
     flags.push({ kind: "idle", text: key.last_used_at ? `Not used for ${days} days` : `Never used in ${days} days` });
   }
   const previous = previousSecret(key, now);
-  if (previous) flags.push({ kind: "rolled", text: `Previous secret expires in ${span(Date.parse(previous.expires_at) - now)}` });
+  if (previous) flags.push({ kind: "rolled", text: `Previous secret expires in ${graceLeft(previous.expires_at, now)}` });
   return flags;
 }
 

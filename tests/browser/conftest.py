@@ -20,9 +20,14 @@ class Browser:
     page: Page
     problems: list[str] = field(default_factory=list)  # console errors, CSP violations, alerts
 
-    async def shot(self, name: str) -> None:
+    async def shot(self, name: str, element=None) -> None:
+        """The whole page, or only ``element`` (a locator), as artifacts/screenshots/<name>.png."""
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        await self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+        path = str(SCREENSHOTS / f"{name}.png")
+        if element is not None:
+            await element.screenshot(path=path)
+        else:
+            await self.page.screenshot(path=path, full_page=True)
 
 
 @pytest.fixture
