@@ -129,6 +129,10 @@ class Lifecycle:
         record = await self.store.get(key_id)
         if record is None or record.org_id != org_id or record.alias_id is not None:
             return None
+        if record.version == 0 and await self.store.backfill_records([record]):
+            # Written before the activity log: its create (and revoke) events first, as a revoke
+            # does, so that the change's event follows them in the key's log.
+            return await self._record(org_id, key_id)
         return record
 
     async def _write(self, *calls) -> list:

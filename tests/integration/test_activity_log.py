@@ -215,6 +215,25 @@ async def test_revoking_a_record_from_before_the_log_backfills_it_first(stack):
     assert [(e["action"], e["version"]) for e in events] == [("api_key.revoked", 2), ("api_key.created", 1)]
 
 
+@pytest.mark.parametrize("change", ["roll", "edit"])
+async def test_rolling_or_editing_a_record_from_before_the_log_backfills_it_first(stack, change):
+    store = stack.store
+    r = KeyRecord(id=f"key_OLD{change.upper()}000000000"[:20], org_id="acme", name="old", prefix="sop_AbCdEf",
+                  scopes=("tasks:read",), digest="ab" * 32, created_at=1000, created_by="cli")
+    await store.redis.hset(store._rec(r.id), mapping=dict(zip(*[iter(encode_record(r))] * 2, strict=True)))
+    await store.redis.zadd(store._org_keys("acme"), {r.id: r.created_at})
+    if change == "roll":
+        assert await store.roll(org_id="acme", key_id=r.id, grace="1h", actor="operator", now_ms=5000, ack_timeout=0.0)
+        action = "api_key.rolled"
+    else:
+        assert await store.edit(org_id="acme", key_id=r.id, actor="operator", now_ms=5000, ack_timeout=0.0, name="renamed")
+        action = "api_key.updated"
+    events, _ = await page_all(stack, key_id=r.id)
+    assert [(e["action"], e["version"], e["actor"]) for e in events] == [(action, 2, "operator"),
+                                                                         ("api_key.created", 1, "cli")]
+    assert (await store.get(r.id)).version == 2
+
+
 @pytest.mark.parametrize("n", [1000])
 async def test_redis_memory_per_event(stack, n):
     """About 130 bytes per event in the key's log (listpack; 175 when events held their key and
