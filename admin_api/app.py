@@ -15,6 +15,7 @@ from aiohttp import web
 from admin_api import schemas
 from admin_api.auth import MANAGE, READ, Principal, authenticate
 from admin_api.guard import AuthGuard
+from admin_api.oidc import OidcVerifier
 from admin_api.openapi import STATIC_FILES, build_openapi
 from admin_api.ops import ORG, PRINCIPAL, AdminMetrics, log_request
 from gateway import errors
@@ -66,6 +67,7 @@ class AdminState:
     metrics: AdminMetrics
     creates: CreateLimits
     usage: UsageBuffer = field(default_factory=UsageBuffer)  # org keys' uses, flushed like a gateway's
+    oidc: OidcVerifier | None = None  # with --oidc-issuer: the provider's access tokens
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -85,6 +87,8 @@ def make_admin_app(
     st = app[ADMIN] = AdminState(settings, KeyStore(client, settings.redis_prefix,
                                                             store_mod.parse_min_replicas(settings.redis_min_replicas)), RulesHolder(settings.scopes, rules),
                                  clock, guard, AdminMetrics(guard), CreateLimits(client, settings))
+    if settings.oidc_issuer:
+        st.oidc = OidcVerifier(settings, clock)
     st.rules.on_reload = lambda result: st.metrics.reloads.labels(result).inc()
     st.store.ledger.retain(settings.usage_hourly_days, settings.usage_daily_days)
     r = app.router
@@ -117,6 +121,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(watcher, flusher, backfill, return_exceptions=True)
     await flush_at_shutdown(st.store, st.usage, st.metrics)
     await st.store.redis.aclose()
+    if st.oidc is not None:
+        await st.oidc.close()
 
 
 BACKFILL_RETRY = 5.0  # seconds between attempts of the start-up backfill while Redis fails
@@ -202,7 +208,7 @@ async def _principal(request: web.Request) -> Principal:
     headers, peer = list(request.headers.items()), request.remote or ""
     st.guard.check(peer, headers)  # SECURITY: before any Redis command
     try:
-        principal = await authenticate(headers, st.store, st.settings.operator_tokens, st.now_ms())
+        principal = await authenticate(headers, st.store, st.settings.operator_tokens, st.now_ms(), st.oidc)
     except errors.MissingToken:
         raise  # sending nothing is not a failed attempt
     except errors.Unauthorized:
@@ -275,7 +281,7 @@ async def create_key(request: web.Request) -> web.Response:
         org_id=org_id, name=name, scopes=scopes, expires_at=expires_at, actor=principal.actor, now_ms=now,
         quota=quota,
     )
-    if not principal.is_operator:
+    if principal.key_id is not None:  # a person or an operator has no key to be revoked
         await _refuse_if_creator_revoked(st, principal, org_id, record.id)
     return _json_response(
         schemas.created_out(record, now, secret), 201,

@@ -10,6 +10,7 @@ import argparse
 import ipaddress
 import os
 import typing
+import urllib.parse
 from typing import Annotated, Any, Literal, Mapping
 
 import msgspec
@@ -57,6 +58,19 @@ def _check_retention(hourly_days: int, daily_days: int) -> None:
     if daily_days < hourly_days:
         raise ValueError(f"--usage-daily-days: must be at least --usage-hourly-days ({hourly_days}), "
                          f"got {daily_days}")
+
+
+def _check_oidc(issuer: str, audience: str) -> None:
+    if not issuer:
+        if audience:
+            raise ValueError("--oidc-audience: given without --oidc-issuer")
+        return
+    url = urllib.parse.urlsplit(issuer)
+    loopback = url.hostname in ("127.0.0.1", "::1", "localhost")
+    if not url.hostname or url.query or url.fragment or not (url.scheme == "https" or (url.scheme == "http" and loopback)):
+        raise ValueError(f"--oidc-issuer: expected an https:// URL (http:// only on a loopback address), got {issuer!r}")
+    if not audience:
+        raise ValueError("--oidc-audience: required with --oidc-issuer (the aud the provider puts in tokens for this API)")
 
 
 Seconds = Annotated[float, Meta(gt=0, le=3600)]
@@ -161,6 +175,17 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_keys_per_org: Annotated[int, Meta(ge=0, description="Most keys that are not revoked an org may hold before org keys get 409 key_limit_reached (0: no limit)")] = 1000
     create_rate_per_org: Annotated[int, Meta(ge=0, description="Keys an org's keys may create per minute, across admin API processes, before 429 too_many_creates (0: no limit)")] = 60
     memory_high_water: Annotated[float, Meta(gt=0, le=1, description="Fraction of Redis maxmemory above which every create gets 503 store_full, leaving room for revokes")] = 0.9
+    # OpenID Connect: the provider's access tokens (JWT) as Authorization: Bearer (admin_api/oidc.py).
+    oidc_issuer: Annotated[str, Meta(description="Issuer URL of the OpenID provider whose access tokens (JWT) the admin API accepts (none: not accepted); https, or http on a loopback address")] = ""
+    oidc_audience: Annotated[str, Meta(description="The aud an access token must hold to be accepted (required with --oidc-issuer)")] = ""
+    oidc_org_claim: Annotated[str, Meta(min_length=1, description="Access-token claim naming the person's org")] = "org_id"
+    oidc_roles_claim: Annotated[str, Meta(min_length=1, description="Access-token claim listing the person's roles in that org")] = "roles"
+    oidc_admin_role: Annotated[str, Meta(min_length=1, description="Role that may create, edit, roll and revoke the org's keys")] = "admin"
+    oidc_viewer_role: Annotated[str, Meta(min_length=1, description="Role that may read the org's keys and activity")] = "viewer"
+    oidc_leeway: Annotated[float, Meta(ge=0, le=300, description="Seconds of clock skew allowed on an access token's exp, nbf and iat")] = 30.0
+    oidc_timeout: Annotated[Seconds, Meta(description="Timeout of each fetch of the provider's metadata or JWKS, seconds")] = 2.0
+    oidc_jwks_max_age: Annotated[float, Meta(gt=0, le=86400, description="Seconds the provider's JWKS is used before it is fetched again")] = 900.0
+    oidc_jwks_min_refetch: Annotated[float, Meta(ge=0, le=3600, description="Least seconds between JWKS fetches caused by an unknown kid (key rotation)")] = 30.0
 
     def __post_init__(self) -> None:
         _check_listen(self.listen, "--listen")
@@ -168,6 +193,7 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         _check_redis_url(self.redis, "--redis")
         _check_networks(self.trusted_proxies, "--trusted-proxies")
         _check_retention(self.usage_hourly_days, self.usage_daily_days)
+        _check_oidc(self.oidc_issuer, self.oidc_audience)
         for token in self.operator_tokens:
             if len(token) < 16:
                 raise ValueError("GATEWAY_OPERATOR_TOKEN: each operator token needs at least 16 characters")

@@ -173,6 +173,14 @@ class Forbidden(ApiError):
     status, code, message = 403, "forbidden", "Not allowed."
 
 
+class NoOrgRole(Forbidden):
+    code = "no_org_role"
+
+    def __init__(self, org_id: str, required_scope: str) -> None:
+        super().__init__(f"You have no role in org {org_id} that allows this ({required_scope}); ask an admin "
+                         "of the org at the identity provider.", required_scope=required_scope)
+
+
 class InsufficientScope(Forbidden):
     code = "insufficient_scope"
 
@@ -311,6 +319,12 @@ class ServiceUnavailable(ApiError):
 class AuthUnavailable(ServiceUnavailable):
     code = "auth_unavailable"
     message = "API key verification is temporarily unavailable; retry shortly."
+
+
+class IdpUnavailable(ServiceUnavailable):
+    code = "idp_unavailable"
+    message = ("The identity provider's keys cannot be fetched to check this access token; retry shortly "
+               "(operator tokens and API keys still work).")
 
 
 class StoreUnavailable(ServiceUnavailable):

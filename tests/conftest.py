@@ -30,3 +30,21 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+@pytest.fixture(scope="session")
+def oidc_install():
+    """tests/oidc's node_modules (npm ci once, into a cache folder outside the repo)."""
+    from tests.support.oidc import install_dir
+
+    return install_dir()
+
+
+@pytest.fixture(scope="module")
+def oidc_provider(oidc_install):
+    """A real oidc-provider on 127.0.0.1 (tests/support/oidc.py), stopped after the module."""
+    from tests.support.oidc import OidcProvider
+
+    provider = OidcProvider(oidc_install)
+    yield provider
+    provider.stop()

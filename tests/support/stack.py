@@ -79,11 +79,11 @@ async def echo_server(aiohttp_server):
 
 @pytest.fixture
 async def make_stack(aiohttp_server, redis_url, clock, echo_server):
-    """Factory: build a stack with optional ServeSettings overrides."""
+    """Factory: build a stack with optional ServeSettings overrides (AdminSettings ones in ``admin_settings``)."""
     made = []
     gateways: list[Gateway] = []
 
-    async def factory(scopes: str = str(SCOPES), **overrides) -> Stack:
+    async def factory(scopes: str = str(SCOPES), admin_settings: dict | None = None, **overrides) -> Stack:
         settings = {
             "upstream": str(echo_server.make_url("")).rstrip("/"), "redis": redis_url, "scopes": scopes,
             "flush_interval": 3600.0, "reload_interval": 0.0, **overrides,
@@ -95,7 +95,8 @@ async def make_stack(aiohttp_server, redis_url, clock, echo_server):
         state = gw.state
         ops = await aiohttp_server(make_ops_app(state))
         admin = await aiohttp_server(make_admin_app(
-            AdminSettings(redis=serve.redis, redis_min_replicas=serve.redis_min_replicas, scopes=scopes, operator_tokens=(OPERATOR_TOKEN,), flush_interval=3600.0),
+            AdminSettings(redis=serve.redis, redis_min_replicas=serve.redis_min_replicas, scopes=scopes, operator_tokens=(OPERATOR_TOKEN,), flush_interval=3600.0,
+                          **(admin_settings or {})),
             clock=clock,
         ))
         # Tests read the history right after flushing: every flush writes it (not every HISTORY_EVERY s).
