@@ -15,8 +15,8 @@ from typing import Any, Literal
 from gateway import validation
 
 Role = Literal["admin", "viewer", "none"]
-_PRINTABLE = re.compile(r"^[\x21-\x7e]{1,255}$")  # no spaces, no controls: the actor stays one token
-_EMAIL = re.compile(r"^[\x21-\x3b\x3d\x3f-\x7e]{1,200}@[A-Za-z0-9.-]{1,100}$")  # no < or >
+_PRINTABLE = re.compile(r"[\x21-\x7e]{1,255}")  # no spaces, no controls: the actor stays one token
+_EMAIL = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]{1,200}@[A-Za-z0-9.-]{1,100}")  # no < or >
 
 
 class BadClaims(ValueError):
@@ -34,7 +34,7 @@ def person(claims: dict[str, Any], *, org_claim: str, roles_claim: str, admin_ro
     """Who the verified token names. A token without a usable ``sub`` or org is refused (never
     a caller without an org: that would read as an operator)."""
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not _PRINTABLE.match(sub):
+    if not isinstance(sub, str) or not _PRINTABLE.fullmatch(sub):
         raise BadClaims("claim sub: expected 1 to 255 printable characters without spaces")
     org_id = claims.get(org_claim)
     if not isinstance(org_id, str) or not validation.is_org_id(org_id):
@@ -47,6 +47,6 @@ def person(claims: dict[str, Any], *, org_claim: str, roles_claim: str, admin_ro
     role: Role = "admin" if admin_role in roles else "viewer" if viewer_role in roles else "none"
     email = claims.get("email")
     actor = f"user:{sub}"
-    if isinstance(email, str) and _EMAIL.match(email):
+    if isinstance(email, str) and _EMAIL.fullmatch(email):
         actor += f" <{email}>"
     return Person(actor, org_id, role)

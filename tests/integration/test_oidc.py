@@ -5,9 +5,14 @@ The refusals of forged and mis-issued tokens are in tests/security/test_oidc_tok
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
+from joserfc import jwt
 
 from tests.support import OPERATOR_TOKEN
+from tests.support.oidc import new_key
 
 BODY = {"name": "made by a person", "scopes": ["tasks:read"], "expires_in": "never"}
 
@@ -94,6 +99,14 @@ async def test_a_rotated_signing_key_is_fetched_on_its_unknown_kid(make_stack, o
         assert status == 200 and me["actor"].startswith("user:alice"), me
         stack.clock.advance(31)
         assert (await stack.admin_call("GET", "/v1/me", old))[0] == 401
+        # A kid that is not in the new JWKS either, once the JWKS was fetched again: refused.
+        header, _, rest = new.partition(".")
+        forged = jwt.encode({"alg": "RS256", "typ": "at+jwt", "kid": "k3"},
+                            json.loads(base64.urlsafe_b64decode(rest.split(".")[0] + "==")), new_key("k3"))
+        stack.clock.advance(31)
+        status, err, _ = await stack.admin_call("GET", "/v1/me", forged)
+        assert status == 401 and err["error"]["code"] == "invalid_token"
+        assert stack.admin_state.oidc.fetched_at == stack.clock()  # it was refetched for k3
     finally:
         provider.stop()
 

@@ -6,10 +6,11 @@
 //
 // Access tokens: oidc-provider's resourceIndicators feature with accessTokenFormat "jwt", so every
 // access token is a provider-signed JWT (typ at+jwt, kid of the signing key) for the audience.
-// POST /__test/token {"sub", "aud"?, "override"?} mints one for a user through the provider's own
+// POST /__test/token {"sub", "aud"?, "override"?, "header"?} mints one for a user through the provider's own
 // AccessToken model (what the authorization code grant does once the person has signed in): the
 // user's org_id, roles and email become claims. "override" replaces payload claims before signing
-// (iss, exp, nbf, ...) for the refusal tests: still a token the provider signed. Test-only: the
+// (iss, exp, nbf, ...; null removes one) and "header" adds header fields, for the refusal tests:
+// still a token the provider signed. Test-only: the
 // endpoint exists in this script only, and listens on 127.0.0.1.
 import { createServer } from 'node:http';
 import Provider from 'oidc-provider';
@@ -55,7 +56,11 @@ const provider = new Provider(config.issuer, {
   formats: {
     customizers: {
       jwt: async (ctx, token, jwt) => {
-        Object.assign(jwt.payload, overrides.get(token) || {});
+        const { header, claims } = overrides.get(token) || {};
+        for (const [name, value] of Object.entries(claims || {})) {
+          if (value === null) delete jwt.payload[name]; else jwt.payload[name] = value;
+        }
+        if (header) jwt.header = header; // e.g. {"typ": "JWT"}: an ID token's type
       },
     },
   },
@@ -72,7 +77,7 @@ async function mint(body) {
     gty: 'authorization_code' });
   token.resourceServer = new provider.ResourceServer(aud, info);
   token.extra = { email: user.email, org_id: user.org_id, roles: user.roles };
-  if (body.override) overrides.set(token, body.override);
+  overrides.set(token, { header: body.header, claims: body.override });
   return [200, { access_token: await token.save() }];
 }
 

@@ -8,6 +8,7 @@ OIDC_TEST_CONFIG. ``rotate()`` restarts it on the same port with a new signing k
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -108,11 +110,22 @@ class OidcProvider:
         self.keys = [new_key(kid)]
         self.start()
 
-    def token(self, sub: str, aud: str | None = None, **override) -> str:
-        """An access token (JWT) the provider signs for ``sub``; ``override`` replaces claims."""
-        body = json.dumps({"sub": sub, "aud": aud, "override": override or None}).encode()
+    def token(self, user: str, aud: str | None = None, header: dict | None = None, **override) -> str:
+        """An access token (JWT) the provider signs for ``user``; ``override`` replaces claims (None
+        removes one), ``header`` adds header fields."""
+        body = json.dumps({"sub": user, "aud": aud, "override": override, "header": header}).encode()
         req = urllib.request.Request(self.issuer + "/__test/token", data=body, method="POST",
                                      headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.load(r)["access_token"]
+
+    def client_credentials_token(self) -> str:
+        """A token from the provider's token endpoint for the client itself (no person, no org)."""
+        form = urllib.parse.urlencode({"grant_type": "client_credentials", "resource": self.audience,
+                                       "scope": "api_keys"}).encode()
+        auth = base64.b64encode(f"{CLIENT['client_id']}:{CLIENT['client_secret']}".encode()).decode()
+        req = urllib.request.Request(self.issuer + "/token", data=form, method="POST",
+                                     headers={"Authorization": f"Basic {auth}"})
         with urllib.request.urlopen(req, timeout=5) as r:
             return json.load(r)["access_token"]
 

@@ -41,3 +41,23 @@ def test_every_setting_has_its_description_as_help(settings_type):
     for field in msgspec.structs.fields(settings_type):
         text = helps[field.name]
         assert not text.startswith(f"{field.name} ("), f"{flag(field.name)} has no description: {text}"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"GATEWAY_OIDC_ISSUER": "https://idp.example"}, "--oidc-audience: required with --oidc-issuer"),
+    ({"GATEWAY_OIDC_AUDIENCE": "https://api.example"}, "--oidc-audience: given without --oidc-issuer"),
+    ({"GATEWAY_OIDC_ISSUER": "http://idp.example", "GATEWAY_OIDC_AUDIENCE": "a"}, "--oidc-issuer: expected an https://"),
+    ({"GATEWAY_OIDC_ISSUER": "idp.example", "GATEWAY_OIDC_AUDIENCE": "a"}, "--oidc-issuer: expected an https://"),
+])
+def test_oidc_settings_are_checked_together(env, message):
+    from gateway.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match=message):
+        load(AdminSettings, {}, env)
+
+
+def test_oidc_issuer_may_be_http_on_loopback_only():
+    from gateway.config import load
+
+    s = load(AdminSettings, {}, {"GATEWAY_OIDC_ISSUER": "http://127.0.0.1:9000", "GATEWAY_OIDC_AUDIENCE": "a"})
+    assert (s.oidc_issuer, s.oidc_org_claim, s.oidc_roles_claim) == ("http://127.0.0.1:9000", "org_id", "roles")
