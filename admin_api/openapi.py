@@ -133,7 +133,9 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
             "description": (
                 "Create, list, roll, edit and revoke an organization's API keys. Authenticate with "
                 "`Authorization: Bearer <operator token>` (any org) or an API key of the org holding "
-                "`api_keys:read` (read) or `api_keys:manage` (create and revoke; implies read). "
+                "`api_keys:read` (read) or `api_keys:manage` (create and revoke; implies read), or, with "
+                "`--oidc-issuer`, a person's access token (JWT) from the OpenID provider: its admin role "
+                "manages the org's keys, its viewer role reads them (docs/admin-api.md#people-openid-connect). "
                 "A key created by an org key records it in `created_by` (`key:<id>`) and cannot outlive it: "
                 "an `expires_in` later than the creator's own expiry (or `never`) is refused with a 400 on "
                 "`expires_in` naming `max_expires_at`; operators' keys are not capped. Revoking a key leaves "

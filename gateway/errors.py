@@ -7,14 +7,14 @@ ApiError
 │   ValidationFailed (FieldError: naming the field), InvalidHost
 ├── Unauthorized (401, with WWW-Authenticate): MissingApiKey, InvalidApiKey, ExpiredApiKey,
 │   RevokedApiKey, RolledApiKey, InvalidToken, MissingToken
-├── Forbidden (403): InsufficientScope, ScopeNotGrantable, KeyOutlivesCaller
+├── Forbidden (403): InsufficientScope, NoOrgRole, ScopeNotGrantable, KeyOutlivesCaller
 ├── NotFound (404): RouteNotFound, KeyNotFound, OrgNotFound
 ├── MethodNotAllowed (405, with Allow)
 ├── KeyLimitReached (409), KeyConflict (409): KeyIsRevoked, KeyIsExpired
 ├── VersionMismatch (412)
 ├── RequestTimeout (408), PayloadTooLarge (413), UriTooLong (414), UnsupportedMediaType (415),
 │   TooManyFailedAttempts (429), TooManyCreates (429), HeadersTooLarge (431)
-├── ServiceUnavailable (503, with Retry-After): AuthUnavailable, StoreUnavailable (StoreUnconfirmed),
+├── ServiceUnavailable (503, with Retry-After): AuthUnavailable, IdpUnavailable, StoreUnavailable (StoreUnconfirmed),
 │   StoreFull
 └── UpstreamUnavailable (502), UpstreamTimeout (504)
 """

@@ -107,8 +107,9 @@ def test_a_token_without_exp_is_refused(oidc_admin, oidc_provider):
     assert_refused(oidc_admin, oidc_provider.token("alice", exp=None))
 
 
-def test_a_token_not_yet_valid_is_refused(oidc_admin, oidc_provider):
-    assert_refused(oidc_admin, oidc_provider.token("alice", nbf=int(time.time()) + 300))
+@pytest.mark.parametrize("claim", ["nbf", "iat"])
+def test_a_token_not_yet_valid_or_issued_in_the_future_is_refused(oidc_admin, oidc_provider, claim):
+    assert_refused(oidc_admin, oidc_provider.token("alice", **{claim: int(time.time()) + 300}))
 
 
 @pytest.mark.parametrize("alg", ["none", "None", "NONE"])
