@@ -158,10 +158,9 @@ class CliError(Exception):
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from admin_api.schemas import created_out, key_out
-    from gateway.store import reach as redis_reach
     from gateway.model import expires_at_for
     from gateway import errors
-    from gateway.store import CreateLimits, KeyStore, connect, parse_min_replicas
+    from gateway.store import CreateLimits, parse_min_replicas
     from gateway.tasks import ACK_TIMEOUT
 
     settings = config.load(config.AdminSettings, {name: getattr(args, name, None) for name in KEYS_SETTINGS})
@@ -180,54 +179,43 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.keys_cmd == "edit":
         changes = _edit_changes(args, settings, now)
 
-    async def run() -> object:
-        store = KeyStore(connect(settings.redis, timeout=KEYS_REDIS_TIMEOUT), settings.redis_prefix,
-                         parse_min_replicas(settings.redis_min_replicas))
-        try:
-            await redis_reach.reach(store)
-            if args.keys_cmd == "create":
-                # The admin API's limits (CreateLimits): the memory mark always, the org's key
-                # limit and create rate unless the operator says --ignore-limits.
-                try:
-                    quota = await CreateLimits(store.redis, settings).admit(org_limits=not args.ignore_limits)
-                    record, secret = await store.create(
-                        org_id=org_id, name=name, scopes=scopes,
-                        expires_at=expires_at_for(args.expires_in, now), actor="cli", now_ms=now, quota=quota,
-                    )
-                except (errors.KeyLimitReached, errors.TooManyCreates) as exc:
-                    raise CliError(f"{exc.code}: {exc.message} (--ignore-limits creates it anyway)", code=1) from None
-                except errors.StoreFull as exc:
-                    raise CliError(f"{exc.code}: {exc.message}", code=1) from None
-                return created_out(record, now, secret)
-            if args.keys_cmd == "list":
-                out, cursor = [], None
-                while True:
-                    page = await store.list(org_id, limit=100, cursor=cursor, include_revoked=args.include_revoked)
-                    out += [key_out(r, now) for r in page.records]
-                    if not (cursor := page.next_cursor):
-                        if not out and not await store.org_exists(org_id):  # an org exists from its first key
-                            print(f"gateway: no organization {org_id}", file=sys.stderr)
-                            raise SystemExit(1)
-                        return out
-            if args.keys_cmd == "audit":
-                return await _audit(store, org_id, key_id, args)
-            if args.keys_cmd in ("roll", "edit"):
-                return await _roll_or_edit(store, args, org_id, key_id, now, changes if args.keys_cmd == "edit" else {})
-            record = await store.revoke(org_id=org_id, key_id=key_id, actor="cli", now_ms=now,
-                                        ack_timeout=ACK_TIMEOUT)
-            if record is None:
-                raise CliError(f"no key {key_id} in org {org_id}")
-            return key_out(record, now)
-        finally:
-            await store.redis.aclose()
+    async def work(store) -> object:
+        if args.keys_cmd == "create":
+            # The admin API's limits (CreateLimits): the memory mark always, the org's key
+            # limit and create rate unless the operator says --ignore-limits.
+            try:
+                quota = await CreateLimits(store.redis, settings).admit(org_limits=not args.ignore_limits)
+                record, secret = await store.create(
+                    org_id=org_id, name=name, scopes=scopes,
+                    expires_at=expires_at_for(args.expires_in, now), actor="cli", now_ms=now, quota=quota,
+                )
+            except (errors.KeyLimitReached, errors.TooManyCreates) as exc:
+                raise CliError(f"{exc.code}: {exc.message} (--ignore-limits creates it anyway)", code=1) from None
+            except errors.StoreFull as exc:
+                raise CliError(f"{exc.code}: {exc.message}", code=1) from None
+            return created_out(record, now, secret)
+        if args.keys_cmd == "list":
+            out, cursor = [], None
+            while True:
+                page = await store.list(org_id, limit=100, cursor=cursor, include_revoked=args.include_revoked)
+                out += [key_out(r, now) for r in page.records]
+                if not (cursor := page.next_cursor):
+                    if not out and not await store.org_exists(org_id):  # an org exists from its first key
+                        print(f"gateway: no organization {org_id}", file=sys.stderr)
+                        raise SystemExit(1)
+                    return out
+        if args.keys_cmd == "audit":
+            return await _audit(store, org_id, key_id, args)
+        if args.keys_cmd in ("roll", "edit"):
+            return await _roll_or_edit(store, args, org_id, key_id, now, changes if args.keys_cmd == "edit" else {})
+        record = await store.revoke(org_id=org_id, key_id=key_id, actor="cli", now_ms=now,
+                                    ack_timeout=ACK_TIMEOUT)
+        if record is None:
+            raise CliError(f"no key {key_id} in org {org_id}")
+        return key_out(record, now)
 
-    import msgspec
-
-    try:
-        result = asyncio.run(run())
-    except redis_reach.ERRORS as exc:
-        raise CliError(redis_reach.failure(settings.redis, exc), code=1) from None
-    sys.stdout.write(msgspec.json.format(msgspec.json.encode(result), indent=2).decode() + "\n")
+    result = _on_store(settings, work, parse_min_replicas(settings.redis_min_replicas))
+    _print_json(result)
     if args.keys_cmd == "create":
         print("Store the key now: it is not shown again.", file=sys.stderr)
     if args.keys_cmd == "roll":
@@ -270,30 +258,41 @@ async def _audit(store, org_id: str, key_id: str | None, args: argparse.Namespac
             return out
 
 
-def cmd_backfill_activity(args: argparse.Namespace) -> int:
-    """`keys backfill-activity [--force]`: what `gateway admin` runs at start-up, by hand: the
-    activity log's create/revoke events of the keys written before it (KeyStore.backfill_activity).
-    Prints {"backfilled": n}; n is null when an earlier run completed and --force is not given."""
-    import msgspec
-
+def _on_store(settings, work, min_replicas=None):
+    """``work(store)`` on a KeyStore of ``settings``: Redis reached first (a failure is one
+    CliError line naming it), the connections closed after, whatever happens."""
     from gateway.store import KeyStore, connect
     from gateway.store import reach as redis_reach
 
-    settings = config.load(config.AdminSettings, {name: getattr(args, name, None) for name in BACKFILL_SETTINGS})
-
-    async def run() -> int | None:
-        store = KeyStore(connect(settings.redis, timeout=KEYS_REDIS_TIMEOUT), settings.redis_prefix)
+    async def run():
+        store = KeyStore(connect(settings.redis, timeout=KEYS_REDIS_TIMEOUT), settings.redis_prefix,
+                         *(() if min_replicas is None else (min_replicas,)))
         try:
             await redis_reach.reach(store)
-            return await store.backfill_activity(force=args.force)
+            return await work(store)
         finally:
             await store.redis.aclose()
 
     try:
-        done = asyncio.run(run())
+        return asyncio.run(run())
     except redis_reach.ERRORS as exc:
         raise CliError(redis_reach.failure(settings.redis, exc), code=1) from None
-    sys.stdout.write(msgspec.json.format(msgspec.json.encode({"backfilled": done}), indent=2).decode() + "\n")
+
+
+def _print_json(value: object) -> None:
+    """What every `keys` command prints: the admin API's JSON, indented."""
+    import msgspec
+
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(value), indent=2).decode() + "\n")
+
+
+def cmd_backfill_activity(args: argparse.Namespace) -> int:
+    """`keys backfill-activity [--force]`: what `gateway admin` runs at start-up, by hand: the
+    activity log's create/revoke events of the keys written before it (KeyStore.backfill_activity).
+    Prints {"backfilled": n}; n is null when an earlier run completed and --force is not given."""
+    settings = config.load(config.AdminSettings, {name: getattr(args, name, None) for name in BACKFILL_SETTINGS})
+    done = _on_store(settings, lambda store: store.backfill_activity(force=args.force))
+    _print_json({"backfilled": done})
     if done is None:
         print("gateway: the backfill ran before (marker in Redis); --force runs it again", file=sys.stderr)
     return 0
@@ -304,13 +303,9 @@ USAGE_SETTINGS = ("redis", "redis_prefix", "usage_hourly_days")
 
 def cmd_keys_usage(args: argparse.Namespace) -> int:
     """`gateway keys usage KEY_ID`: the key's usage history, as the admin API's GET .../usage answers it."""
-    import msgspec
-
     from admin_api.schemas import usage_out
     from gateway import history
     from gateway.model import rfc3339
-    from gateway.store import KeyStore, connect
-    from gateway.store import reach as redis_reach
 
     settings = config.load(config.AdminSettings, {name: getattr(args, name, None) for name in USAGE_SETTINGS})
     key_id = validation.key_id(args.key_id)
@@ -320,24 +315,14 @@ def cmd_keys_usage(args: argparse.Namespace) -> int:
     except validation.InvalidField as exc:
         raise CliError(f"--{exc.field}: {exc}") from None
 
-    async def run() -> dict[int, list[int]]:
-        store = KeyStore(connect(settings.redis, timeout=KEYS_REDIS_TIMEOUT), settings.redis_prefix)
-        try:
-            await redis_reach.reach(store)
-            if await store.get(key_id) is None:
-                raise CliError(f"no key {key_id}", code=1)
-            return await store.ledger.history(key_id, win)
-        finally:
-            await store.redis.aclose()
+    async def work(store) -> dict[int, list[int]]:
+        if await store.get(key_id) is None:
+            raise CliError(f"no key {key_id}", code=1)
+        return await store.ledger.history(key_id, win)
 
-    try:
-        found = asyncio.run(run())
-    except redis_reach.ERRORS as exc:
-        raise CliError(redis_reach.failure(settings.redis, exc), code=1) from None
-    rows, totals = history.buckets(win, found)
+    rows, totals = history.buckets(win, _on_store(settings, work))
     if args.json:
-        body = usage_out(key_id, win.granularity, win.from_ms, win.to_ms, rows, totals)
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(body), indent=2).decode() + "\n")
+        _print_json(usage_out(key_id, win.granularity, win.from_ms, win.to_ms, rows, totals))
     else:
         cut = 16 if win.granularity == history.HOUR else 10  # 2026-12-01T10:00 / 2026-12-01
         sys.stdout.write(history.table(rows, totals, lambda ms: rfc3339(ms)[:cut]))

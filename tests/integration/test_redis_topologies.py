@@ -5,27 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 
-import pytest
 
 from gateway.tasks import flush_usage
 from tests.support import wait_for
 from tests.support.redis_topologies import (
-    migrate_keys, migrate_slot_begin, migrate_slot_finish, start_cluster, start_sentinels,
+    migrate_keys, migrate_slot_begin, migrate_slot_finish,
 )
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = start_cluster(tmp_path_factory.mktemp("cluster"))
-    yield c
-    c.stop()
-
-
-@pytest.fixture(scope="module")
-def sentinels(tmp_path_factory):
-    s = start_sentinels(tmp_path_factory.mktemp("sentinel"))
-    yield s
-    s.stop()
 
 
 async def test_cluster_create_list_verify_flush_revoke(cluster, make_stack):

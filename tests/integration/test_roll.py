@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 
 from gateway.store.lifecycle import TOMBSTONE_MS
 from gateway.tasks import ACK_TIMEOUT
-from tests.support.redis_topologies import start_cluster, start_sentinels
 
 KEYS = "/v1/orgs/acme/api-keys"
 
@@ -143,20 +141,6 @@ async def test_bad_roll_bodies_are_400s_naming_the_field(stack):
     assert status == 400 and body["error"]["field"] == "grace_period" and "now, 1h, 24h, 7d" in body["error"]["message"]
     status, body, _ = await stack.admin_call("POST", f"{KEYS}/{created['id']}/roll", json={})
     assert status == 400 and body["error"]["field"] == "grace_period"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = start_cluster(tmp_path_factory.mktemp("cluster"))
-    yield c
-    c.stop()
-
-
-@pytest.fixture(scope="module")
-def sentinels(tmp_path_factory):
-    s = start_sentinels(tmp_path_factory.mktemp("sentinel"))
-    yield s
-    s.stop()
 
 
 async def _roll_everywhere(stack):
