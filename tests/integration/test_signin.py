@@ -11,7 +11,6 @@ import urllib.parse
 
 import aiohttp
 import pytest
-import redis
 
 from tests.security.conftest import running_admin
 from tests.support import OPERATOR_TOKEN
