@@ -60,8 +60,9 @@ def _busy(port: int) -> bool:
 
 
 def free_base_port() -> int:
-    """A gateway port whose admin (+1), upstream (+2), ops (+10) and admin ops (+11) ports are free too."""
-    return free_port_block(0, 1, 2, 10, 11)
+    """A gateway port whose admin (+1), upstream (+2), sign-in provider (+3), ops (+10) and admin ops (+11)
+    ports are free too."""
+    return free_port_block(0, 1, 2, 3, 10, 11)
 
 
 def dev_command(port: int) -> list[str]:
@@ -142,8 +143,7 @@ def test_dev_works_as_it_prints_and_as_the_readme_says(tmp_path, start_dev):
     assert [claim for claim, _ in examples] == [200, 403, 401, 200, 200, 201]  # each example says what it gets
     for claim, command in examples:
         assert curl(command, env)[0] == claim, command
-    page = re.search(r"page +(http://127\.0\.0\.1:(\d+)/) +\(Settings -> API Keys; sign in with the operator "
-                     r"token and org demo\)", dev.banner)
+    page = re.search(r"page +(http://127\.0\.0\.1:(\d+)/) +\(Settings -> API Keys\)", dev.banner)
     assert page and int(page.group(2)) == admin
     status, html = curl(f"curl -s {page.group(1)}", env)
     assert status == 200 and "API Keys" in html
@@ -166,7 +166,7 @@ def test_dev_works_as_it_prints_and_as_the_readme_says(tmp_path, start_dev):
     redis_port = int(re.search(r"redis +redis://127.0.0.1:(\d+)", dev.banner).group(1))
     dev.stop()
     assert dev.proc.returncode == 0
-    for p in (gw, admin, gw + 2, gw + 10, gw + 11, redis_port):
+    for p in (gw, admin, gw + 2, gw + 3, gw + 10, gw + 11, redis_port):
         assert not _busy(p), f"port {p} still served after Ctrl-C"
 
 
