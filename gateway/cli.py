@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--redis", default=None, help="use this Redis instead of starting one")
     dev.add_argument("--scopes", default=None,
                      help="scopes file (default ./scopes.yaml, else the example shipped with the gateway)")
-    dev.add_argument("--port", type=int, default=8080, help="gateway port; admin +1, upstream +2, ops +10, admin ops +11")
+    dev.add_argument("--port", type=int, default=8080, help="gateway port; admin +1, upstream +2, sign-in provider +3, ops +10, admin ops +11")
     dev.set_defaults(func=cmd_dev)
 
     keys = command(sub, "keys", help="manage keys directly in Redis (operator)")

@@ -10,8 +10,11 @@ import secrets
 import shutil
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from gateway import config
@@ -116,15 +119,16 @@ async def _run_stack(*, redis_url: str, scopes: str, base_port: int) -> None:
 
     token = os.environ.get("GATEWAY_OPERATOR_TOKEN") or "dev-operator-" + secrets.token_urlsafe(16)
     ports = dev_ports(base_port)
-    gw_port, admin_port, up_port, ops_port, admin_ops_port = (ports[n] for n in (
-        "gateway", "admin API", "upstream", "ops", "admin ops"))
+    gw_port, admin_port, up_port, ops_port, admin_ops_port, idp_port = (ports[n] for n in (
+        "gateway", "admin API", "upstream", "ops", "admin ops", "sign-in provider"))
     serve = config.load(config.ServeSettings, {
         "listen": f"127.0.0.1:{gw_port}", "upstream": f"http://127.0.0.1:{up_port}",
         "redis": redis_url, "scopes": scopes, "ops_listen": f"127.0.0.1:{ops_port}",
     }, environ={})
+    idp = start_dev_provider(idp_port, f"http://127.0.0.1:{admin_port}")
     admin = config.load(config.AdminSettings, {
         "listen": f"127.0.0.1:{admin_port}", "redis": redis_url, "scopes": scopes,
-        "operator_tokens": (token,), "ops_listen": f"127.0.0.1:{admin_ops_port}",
+        "operator_tokens": (token,), "ops_listen": f"127.0.0.1:{admin_ops_port}", **idp.settings,
     }, environ={})
     gateway = Gateway(serve)
     store = KeyStore(connect(redis_url))
@@ -133,14 +137,78 @@ async def _run_stack(*, redis_url: str, scopes: str, base_port: int) -> None:
     finally:
         await store.redis.aclose()
     admin_app = make_admin_app(admin)
-    await run_apps(
-        [(make_echo_app(), f"127.0.0.1:{up_port}"), (gateway, serve.listen),
-         (make_ops_app(gateway.state), serve.ops_listen), (admin_app, admin.listen),
-         (make_ops_app(admin_app[ADMIN], checks=admin_app[ADMIN].ready_checks,
-                       before_metrics=admin_app[ADMIN].update_metrics), admin.ops_listen)],
-        on_started=lambda: print(_banner(key, token, redis_url, gw_port, admin_port, up_port, ops_port), flush=True),
-        limits=ListenerLimits.for_settings(admin),
-    )
+    try:
+        await run_apps(
+            [(make_echo_app(), f"127.0.0.1:{up_port}"), (gateway, serve.listen),
+             (make_ops_app(gateway.state), serve.ops_listen), (admin_app, admin.listen),
+             (make_ops_app(admin_app[ADMIN], checks=admin_app[ADMIN].ready_checks,
+                           before_metrics=admin_app[ADMIN].update_metrics), admin.ops_listen)],
+            on_started=lambda: print(_banner(key, token, redis_url, gw_port, admin_port, up_port, ops_port, idp),
+                                     flush=True),
+            limits=ListenerLimits.for_settings(admin),
+        )
+    finally:
+        idp.stop()
+
+
+DEV_CLIENT_ID = "gateway-dev"
+# The dev provider's people: (login, role) in the demo org; passwords are made up at each start.
+DEV_USERS = (("demo-admin", "admin"), ("demo-viewer", "viewer"))
+
+
+@dataclass
+class DevProvider:
+    """The local OpenID provider of `gateway dev` (gateway/devidp.py; DEV-ONLY), or why there is none."""
+
+    proc: subprocess.Popen | None
+    settings: dict  # the admin API settings that sign people in through it (empty: sign-in off)
+    passwords: dict[str, str]
+    issuer: str = ""
+    off_reason: str = ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def banner(self) -> str:
+        if self.proc is None:
+            return (f"  sign-in    off: {self.off_reason}\n"
+                    f"             (on the page, use the operator token below and org {DEMO_ORG})")
+        people = "\n".join(f"             {login} / {self.passwords[login]}   ({role} of org {DEMO_ORG})"
+                           for login, role in DEV_USERS)
+        return (f"  sign-in    {self.issuer}  (DEV-ONLY OpenID provider, made-up users; on the page choose\n"
+                f"             \"Sign in with your account\" and use one of:)\n{people}")
+
+
+def start_dev_provider(port: int, admin_url: str) -> DevProvider:
+    """Start the dev provider on ``port`` with DEV_USERS in the demo org, its client being the
+    admin API at ``admin_url``. Without node and npm (or npm's registry) sign-in is off, said
+    in the banner; the rest of `gateway dev` runs as before."""
+    from gateway import devidp
+
+    issuer = f"http://127.0.0.1:{port}"
+    passwords = {login: secrets.token_urlsafe(9) for login, _ in DEV_USERS}
+    secret = secrets.token_urlsafe(24)
+    config_json = {
+        "port": port, "issuer": issuer, "audience": admin_url,
+        "client": {"client_id": DEV_CLIENT_ID, "client_secret": secret,
+                   "redirect_uri": admin_url + "/auth/callback", "post_logout_redirect_uri": admin_url + "/"},
+        "users": {login: {"email": f"{login}@{DEMO_ORG}.example", "org_id": DEMO_ORG, "roles": [role],
+                          "password": passwords[login]} for login, role in DEV_USERS},
+        "jwks": {"keys": [devidp.new_signing_key("dev-1")]},
+    }
+    log = tempfile.TemporaryFile()
+    try:
+        proc = devidp.start(config_json, log=log, preexec_fn=die_with_parent)
+    except (devidp.NodeMissing, subprocess.SubprocessError, RuntimeError, OSError) as exc:
+        log.close()
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return DevProvider(None, {}, {}, off_reason=reason[:200])
+    settings = {"oidc_issuer": issuer, "oidc_audience": admin_url, "oidc_client_id": DEV_CLIENT_ID,
+                "oidc_client_secret": secret, "public_url": admin_url, "oidc_scopes": "openid email org",
+                "cookie_insecure": True}
+    return DevProvider(proc, settings, passwords, issuer=issuer)
 
 
 async def replace_demo_key(store: KeyStore, now_ms: int) -> str:
@@ -161,15 +229,16 @@ async def replace_demo_key(store: KeyStore, now_ms: int) -> str:
     return key
 
 
-def _banner(key: str, token: str, redis_url: str, gw: int, admin: int, up: int, ops: int) -> str:
+def _banner(key: str, token: str, redis_url: str, gw: int, admin: int, up: int, ops: int, idp: DevProvider) -> str:
     return f"""
 API-key gateway (dev) is running. Ctrl-C stops everything.
 
   gateway    http://127.0.0.1:{gw}    -> demo upstream http://127.0.0.1:{up} (echoes what it receives)
   admin API  http://127.0.0.1:{admin}   (OpenAPI: http://127.0.0.1:{admin}/openapi.json)
-  page       http://127.0.0.1:{admin}/  (Settings -> API Keys; sign in with the operator token and org {DEMO_ORG})
+  page       http://127.0.0.1:{admin}/  (Settings -> API Keys)
   ops        http://127.0.0.1:{ops}   (/healthz /readyz /metrics; the admin API's on :{ops + 1})
   redis      {redis_url}
+{idp.banner()}
 
 Demo key for org "{DEMO_ORG}" with {", ".join(DEMO_SCOPES)} (shown once; the previous run's is revoked):
   export KEY={key}

@@ -20,7 +20,8 @@ PORT_HELP = "choose other ports with --port N (gateway N, admin API N+1, upstrea
 
 def dev_ports(base_port: int) -> dict[str, int]:
     """The listeners of `gateway dev --port base_port`, by name."""
-    return {"gateway": base_port, "admin API": base_port + 1, "upstream": base_port + 2, "ops": base_port + 10,
+    return {"gateway": base_port, "admin API": base_port + 1, "upstream": base_port + 2,
+            "sign-in provider": base_port + 3, "ops": base_port + 10,
             "admin ops": base_port + 11}
 
 

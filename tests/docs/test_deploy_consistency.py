@@ -284,7 +284,11 @@ def check_k8s(d: Deploy) -> None:
         assert dep["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items(), name
         (container,) = pod["spec"]["containers"]
         assert container["image"].startswith(IMAGE), name
-        env = {e["name"]: e.get("value") or PLACEHOLDERS.get(e["name"], "placeholder") for e in container.get("env", [])}
+        # An optional Secret key is absent in a deployment without it (sign-in off).
+        env = {e["name"]: e.get("value") or PLACEHOLDERS.get(e["name"], "placeholder") for e in container.get("env", [])
+               if not e.get("valueFrom", {}).get("secretKeyRef", {}).get("optional")}
+        for source in container.get("envFrom", []):
+            env.update({k: v for k, v in config_maps[source["configMapRef"]["name"]]["data"].items() if v != ""})
         command, settings = gateway_command(container["args"], env, f"k8s {name}")
         commands[name] = command
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -320,8 +324,39 @@ def check_k8s(d: Deploy) -> None:
     assert hpa["spec"]["minReplicas"] >= pdb["spec"]["minAvailable"] + 1, "k8s: the PDB would block every eviction"
 
 
+SIGN_IN_SETTINGS = ("GATEWAY_OIDC_ISSUER", "GATEWAY_OIDC_AUDIENCE", "GATEWAY_OIDC_CLIENT_ID", "GATEWAY_PUBLIC_URL")
+
+
+def check_sign_in(d: Deploy) -> None:
+    """The admin API's provider settings are offered in compose and k8s; its client secret comes
+    from the environment (compose) and a Secret (k8s), never a literal in a file."""
+    admin = d.compose["services"]["admin"]["environment"]
+    for name in (*SIGN_IN_SETTINGS, "GATEWAY_OIDC_CLIENT_SECRET"):
+        assert name in admin, f"compose admin: no {name}"
+    assert re.fullmatch(r"\$\{GATEWAY_OIDC_CLIENT_SECRET(:-)?\}", admin["GATEWAY_OIDC_CLIENT_SECRET"]), \
+        "compose admin: the client secret must come from the environment"
+    container = k8s_container(d, "admin")
+    (secret,) = [e for e in container.get("env", []) if e["name"] == "GATEWAY_OIDC_CLIENT_SECRET"]
+    assert "value" not in secret and secret["valueFrom"]["secretKeyRef"]["name"] == "gateway-secrets", \
+        "k8s admin: the client secret must come from the gateway-secrets Secret"
+    maps = k8s_objects(d, "ConfigMap")
+    offered = {k for src in container.get("envFrom", []) for k in maps[src["configMapRef"]["name"]]["data"]}
+    offered |= {e["name"] for e in container.get("env", [])}
+    missing = set(SIGN_IN_SETTINGS) - offered
+    assert not missing, f"k8s admin: sign-in settings missing: {sorted(missing)}"
+    assert "GATEWAY_OIDC_CLIENT_SECRET" not in {k for m in maps.values() for k in m["data"]}, \
+        "k8s: the client secret in a ConfigMap"
+    # Filled in (the ConfigMap's values and the Secret's key), the admin API loads with sign-in on.
+    filled = {k: v for src in container.get("envFrom", []) for k, v in maps[src["configMapRef"]["name"]]["data"].items()}
+    filled.update(GATEWAY_OIDC_ISSUER="https://id.example.com", GATEWAY_OIDC_AUDIENCE="https://admin.example.com",
+                  GATEWAY_OIDC_CLIENT_ID="gateway-admin", GATEWAY_PUBLIC_URL="https://admin.example.com",
+                  GATEWAY_OIDC_CLIENT_SECRET="placeholder", GATEWAY_OPERATOR_TOKEN=PLACEHOLDERS["GATEWAY_OPERATOR_TOKEN"])
+    _, settings = gateway_command(container["args"], filled, "k8s gateway-admin with sign-in filled in")
+    assert settings.oidc_client_id == "gateway-admin" and not settings.cookie_insecure
+
+
 def check_scopes_configmap(d: Deploy) -> None:
-    (cm,) = k8s_objects(d, "ConfigMap").values()
+    (cm,) = [cm for cm in k8s_objects(d, "ConfigMap").values() if "scopes.yaml" in cm["data"]]
     text = cm["data"]["scopes.yaml"]
     try:
         parse_rules(text, "deploy/k8s/scopes-configmap.yaml")
@@ -439,7 +474,7 @@ def check_sentinel(d: Deploy) -> None:
         assert target.service == monitored[1], f"{url} names {target.service}, sentinel.conf monitors {monitored[1]}"
 
 
-CHECKS = [check_env_names, check_compose, check_nginx_matches_compose, check_k8s, check_scopes_configmap,
+CHECKS = [check_env_names, check_compose, check_nginx_matches_compose, check_k8s, check_scopes_configmap, check_sign_in,
           check_envoy, check_traefik, check_systemd, check_dockerfile, check_sentinel]
 
 
@@ -522,6 +557,16 @@ BREAKAGES = {
         "selector"].update(matchLabels={"app": "other"})),
     "scopes configmap": (check_scopes_configmap, lambda d: k8s_objects(d, "ConfigMap")["gateway-scopes"]["data"].update(
         {"scopes.yaml": SCOPES.read_text().replace("scope: tasks:read", "scope: tasks:reed", 1)})),
+    "compose client secret literal": (check_sign_in, lambda d: d.compose["services"]["admin"]["environment"].update(
+        GATEWAY_OIDC_CLIENT_SECRET="s3cret")),
+    "compose without issuer": (check_sign_in, lambda d: d.compose["services"]["admin"]["environment"].pop(
+        "GATEWAY_OIDC_ISSUER")),
+    "k8s client secret literal": (check_sign_in, lambda d: next(
+        e for e in k8s_container(d, "admin")["env"] if e["name"] == "GATEWAY_OIDC_CLIENT_SECRET").update(value="s3cret")),
+    "k8s without public url": (check_sign_in, lambda d: k8s_objects(d, "ConfigMap")["gateway-admin-sign-in"]["data"].pop(
+        "GATEWAY_PUBLIC_URL")),
+    "k8s sign-in setting misspelt": (check_k8s, lambda d: k8s_objects(d, "ConfigMap")["gateway-admin-sign-in"][
+        "data"].update(GATEWAY_OIDC_CLIENT_ID="x", GATEWAY_OIDC_ISSUER="ftp://id.example")),
     "envoy prefix": (check_envoy, lambda d: d.envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
                      ["typed_config"]["http_filters"][1]["typed_config"]["http_service"].update(path_prefix="/authz")),
     "envoy upstream headers": (check_envoy, lambda d: d.envoy["static_resources"]["listeners"][0]["filter_chains"][0]

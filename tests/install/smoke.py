@@ -177,7 +177,7 @@ def exercise_page(admin: int) -> None:
 
 def smoke_dev(work: Path) -> None:
     print("gateway dev:", flush=True)
-    base = free_block(12, (0, 1, 2, 10, 11))
+    base = free_block(12, (0, 1, 2, 3, 10, 11))
     gw, admin = base, base + 1
     log = work / "dev.log"
     proc = spawn([str(BIN / "gateway"), "dev", "--port", str(base)], work, log, env={"GATEWAY_OPERATOR_TOKEN": TOKEN})

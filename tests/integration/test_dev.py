@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,8 +61,9 @@ def _busy(port: int) -> bool:
 
 
 def free_base_port() -> int:
-    """A gateway port whose admin (+1), upstream (+2), ops (+10) and admin ops (+11) ports are free too."""
-    return free_port_block(0, 1, 2, 10, 11)
+    """A gateway port whose admin (+1), upstream (+2), sign-in provider (+3), ops (+10) and admin ops (+11)
+    ports are free too."""
+    return free_port_block(0, 1, 2, 3, 10, 11)
 
 
 def dev_command(port: int) -> list[str]:
@@ -142,8 +144,7 @@ def test_dev_works_as_it_prints_and_as_the_readme_says(tmp_path, start_dev):
     assert [claim for claim, _ in examples] == [200, 403, 401, 200, 200, 201]  # each example says what it gets
     for claim, command in examples:
         assert curl(command, env)[0] == claim, command
-    page = re.search(r"page +(http://127\.0\.0\.1:(\d+)/) +\(Settings -> API Keys; sign in with the operator "
-                     r"token and org demo\)", dev.banner)
+    page = re.search(r"page +(http://127\.0\.0\.1:(\d+)/) +\(Settings -> API Keys\)", dev.banner)
     assert page and int(page.group(2)) == admin
     status, html = curl(f"curl -s {page.group(1)}", env)
     assert status == 200 and "API Keys" in html
@@ -166,7 +167,7 @@ def test_dev_works_as_it_prints_and_as_the_readme_says(tmp_path, start_dev):
     redis_port = int(re.search(r"redis +redis://127.0.0.1:(\d+)", dev.banner).group(1))
     dev.stop()
     assert dev.proc.returncode == 0
-    for p in (gw, admin, gw + 2, gw + 10, gw + 11, redis_port):
+    for p in (gw, admin, gw + 2, gw + 3, gw + 10, gw + 11, redis_port):
         assert not _busy(p), f"port {p} still served after Ctrl-C"
 
 
@@ -242,3 +243,58 @@ def test_a_taken_port_is_one_clear_line_before_redis_starts(tmp_path):
     assert f"port {port + 1} (admin API) is in use" in lines[0] and "--port" in lines[0], lines[0]
     assert not (tmp_path / ".data" / "redis").exists()  # redis-server was never started
     assert not _busy(port)
+
+
+def banner_people(banner: str) -> dict[str, str]:
+    """login -> password of the dev provider's people, as the banner prints them."""
+    return dict(re.findall(r"^ +(demo-\w+) / (\S+) +\(\w+ of org demo\)$", banner, re.M))
+
+
+async def test_the_printed_demo_users_sign_in_at_the_dev_provider(tmp_path, start_dev):
+    import aiohttp
+
+    from tests.support.oidc import sign_in
+
+    dev = start_dev(tmp_path)
+    admin = f"http://127.0.0.1:{dev.port + 1}"
+    assert re.search(rf"sign-in +http://127\.0\.0\.1:{dev.port + 3} +\(DEV-ONLY OpenID provider", dev.banner), dev.banner
+    people = banner_people(dev.banner)
+    assert sorted(people) == ["demo-admin", "demo-viewer"], dev.banner
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(admin + "/auth/config") as r:
+            assert (await r.json())["sign_in"] is True
+        with pytest.raises(AssertionError):  # a wrong password signs nobody in
+            await sign_in(http, admin, "demo-admin", "not-" + people["demo-admin"])
+        await sign_in(http, admin, "demo-admin", people["demo-admin"])
+        async with http.get(admin + "/auth/session") as r:
+            me = await r.json()
+        assert (me["org_id"], me["role"], me["actor"]) == ("demo", "admin", "user:demo-admin <demo-admin@demo.example>")
+        async with http.post(admin + "/v1/orgs/demo/api-keys", headers={"X-CSRF-Token": me["csrf_token"]},
+                             json={"name": "Signed in", "scopes": ["tasks:read"], "expires_in": "30d"}) as r:
+            assert r.status == 201, await r.text()
+            assert (await r.json())["created_by"] == me["actor"]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        await sign_in(http, admin, "demo-viewer", people["demo-viewer"])
+        async with http.get(admin + "/auth/session") as r:
+            me = await r.json()
+        assert me["role"] == "viewer"
+        async with http.get(admin + "/v1/orgs/demo/api-keys") as r:
+            assert r.status == 200
+        async with http.post(admin + "/v1/orgs/demo/api-keys", headers={"X-CSRF-Token": me["csrf_token"]},
+                             json={"name": "Not allowed", "scopes": ["tasks:read"]}) as r:
+            assert r.status == 403 and (await r.json())["error"]["code"] == "no_org_role"
+
+
+def test_without_node_sign_in_is_off_and_the_rest_runs(tmp_path, start_dev, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "redis-server").symlink_to(shutil.which("redis-server"))
+    monkeypatch.setitem(ENV, "PATH", str(bin_dir))  # redis-server, but no node and no npm
+    (tmp_path / "work").mkdir()
+    dev = start_dev(tmp_path / "work")
+    assert re.search(r"sign-in +off: node and npm are required", dev.banner), dev.banner
+    assert not banner_people(dev.banner)
+    status, body = curl(f"curl -s http://127.0.0.1:{dev.port + 1}/auth/config", {**os.environ})
+    assert status == 200 and json.loads(body) == {"sign_in": False, "issuer": None}
+    assert curl(f'curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:{dev.port}/v1/tasks',
+                {**os.environ, "KEY": dev.key})[0] == 200

@@ -1,22 +1,15 @@
-"""A real OpenID provider for the tests: gateway/data/devidp/provider.mjs (oidc-provider from npm) under node.
-
-`npm ci` runs once per package-lock.json into a cache folder outside the repo
-(``$XDG_CACHE_HOME/api-key-gateway/oidc-<lock digest>``, else ``~/.cache/...``); the script is
-copied beside its node_modules and started on 127.0.0.1 with its configuration as JSON in
-OIDC_TEST_CONFIG. ``rotate()`` restarts it on the same port with a new signing key.
+"""A real OpenID provider for the tests: gateway/data/devidp/provider.mjs (oidc-provider from npm)
+under node, installed and started by gateway/devidp.py (as `gateway dev` starts it), with the
+test-only /__test/* endpoints on. ``rotate()`` restarts it on the same port with a new signing key.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import os
 import re
-import shutil
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,6 +17,7 @@ from pathlib import Path
 
 from joserfc.jwk import RSAKey
 
+from gateway import devidp
 from tests.support import ROOT, free_port
 
 OIDC_DIR = ROOT / "gateway" / "data" / "devidp"
@@ -46,23 +40,8 @@ def password(user: str) -> str:
 
 
 def install_dir() -> Path:
-    """node_modules for gateway/data/devidp/package-lock.json, installed once with `npm ci`."""
-    lock = (OIDC_DIR / "package-lock.json").read_bytes()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "api-key-gateway"
-    target = base / f"oidc-{hashlib.sha256(lock).hexdigest()[:16]}"
-    if not (target / "node_modules" / "oidc-provider").is_dir():
-        npm = shutil.which("npm")
-        assert npm and shutil.which("node"), "node and npm are required (scripts/install-system-deps.sh test)"
-        staging = base / f".staging-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        for name in ("package.json", "package-lock.json"):
-            shutil.copy(OIDC_DIR / name, staging / name)
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--silent"], cwd=staging, check=True, timeout=300)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)  # whole or not at all: a half-done install is never used
-    shutil.copy(OIDC_DIR / "provider.mjs", target / "provider.mjs")
-    return target
+    """node_modules for gateway/data/devidp/package-lock.json, installed once (gateway/devidp.py)."""
+    return devidp.install_dir()
 
 
 def new_key(kid: str) -> RSAKey:
@@ -92,22 +71,10 @@ class OidcProvider:
                   "users": self.users, "jwks": {"keys": [k.as_dict(private=True) for k in self.keys]},
                   "test_endpoints": True}
         self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([shutil.which("node"), str(self.folder / "provider.mjs")], cwd=self.folder,
-                                     env={**os.environ, "OIDC_TEST_CONFIG": json.dumps(config)},
-                                     stdout=subprocess.DEVNULL, stderr=self.log)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(self.issuer + "/.well-known/openid-configuration", timeout=2) as r:
-                    assert json.load(r)["issuer"] == self.issuer
-                return
-            except (urllib.error.URLError, ConnectionError):
-                if self.proc.poll() is not None:
-                    self.log.seek(0)
-                    raise AssertionError("oidc-provider exited: " + self.log.read().decode()) from None
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        try:
+            self.proc = devidp.start(config, log=self.log)
+        except RuntimeError as exc:
+            raise AssertionError(str(exc)) from None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
