@@ -107,7 +107,7 @@ def make_admin_app(
     if settings.oidc_issuer:
         st.oidc = OidcVerifier(settings, clock)
     if settings.signin_enabled and st.oidc is not None:
-        st.signin = app[SIGNIN] = SignIn(settings, st.oidc, store_mod.SessionStore(client, settings.redis_prefix),
+        st.signin = app[SIGNIN] = SignIn(settings, st.oidc, st.store.sessions,
                                          guard, clock, st.metrics)
     st.rules.on_reload = lambda result: st.metrics.reloads.labels(result).inc()
     st.store.ledger.retain(settings.usage_hourly_days, settings.usage_daily_days)

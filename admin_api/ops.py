@@ -84,7 +84,7 @@ def log_request(metrics: AdminMetrics, request: web.Request, request_id: str, st
         "path": request.path,  # never the query string: it may carry secrets
         "route": template,
         "org_id": request.get(ORG) or (principal.org_id if principal else None),
-        "key_id": principal.actor[4:] if principal and not principal.is_operator else None,
+        "key_id": principal.key_id if principal else None,  # None for operators and people
         "actor": principal.actor if principal else None,
         "status": status, "outcome": outcome, "duration_ms": round(duration * 1000, 3),
     }))

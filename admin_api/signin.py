@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Callable
@@ -38,6 +39,7 @@ from gateway.model import rfc3339
 from gateway.store import SessionStore
 
 UNSAFE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+REFRESH_WAIT = 10.0  # seconds a request waits for another process's refresh of its session
 TOUCH_EVERY_MS = 10_000  # a session's idle expiry is renewed at most this often (a quarter of a shorter idle)
 # The failure reasons (the label set of gateway_admin_signin_failures_total: bounded).
 REASONS = ("provider_error", "state_unknown", "state_not_bound", "code_missing", "code_refused", "id_token_invalid",
@@ -298,15 +300,29 @@ class SignIn:
         lock = self._refresh_locks.setdefault(found.sha, asyncio.Lock())
         try:
             async with lock:
-                again = await self._session(sid)  # another request may have refreshed meanwhile
-                if again is None:
-                    raise errors.SessionExpired()
-                if self.now_ms() - again.int("refreshed_at") < self.settings.session_refresh * 1000:
-                    return again
-                return await self._do_refresh(sid, again)
+                return await self._refresh_once(sid, found.sha)
         finally:
             if not lock.locked() and self._refresh_locks.get(found.sha) is lock:
                 del self._refresh_locks[found.sha]
+
+    async def _refresh_once(self, sid: str, sha: str) -> Session:
+        """Across admin API processes: the one that claims the refresh in Redis does it; the
+        others wait for its result (a refresh token that the provider rotates works once)."""
+        deadline = time.monotonic() + REFRESH_WAIT
+        while True:
+            again = await self._session(sid)  # another request may have refreshed meanwhile
+            if again is None:
+                raise errors.SessionExpired()
+            if self.now_ms() - again.int("refreshed_at") < self.settings.session_refresh * 1000:
+                return again
+            if await self.sessions.claim_refresh(sha, int(REFRESH_WAIT * 1000)):
+                try:
+                    return await self._do_refresh(sid, again)
+                finally:
+                    await self.sessions.release_refresh(sha)
+            if time.monotonic() >= deadline:
+                raise errors.IdpUnavailable(errors.IDP_DOWN_SIGNIN)  # fail closed: never the old roles
+            await asyncio.sleep(0.05)
 
     async def _do_refresh(self, sid: str, found: Session) -> Session:
         tokens = rules.unseal(sid, found.fields.get("enc", ""))

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.store.faults import Unavailable
+from gateway.store.replication import NotReplicated
 
 # Only a session that exists is changed (never one recreated from the fields of a touch).
 _UPDATE = """
@@ -24,11 +25,21 @@ return 1
 SESSION_FIELDS = ("sub", "actor", "email", "org_id", "role", "created_at", "refreshed_at", "last_seen", "csrf", "enc")
 
 
+async def _one(call) -> list:
+    return [await call]
+
+
 class SessionStore:
-    def __init__(self, client: aioredis.Redis, prefix: str = "gw") -> None:
+    """Logins and sessions. The writes that take rights away (sign-out, a refresh that lowers
+    the role) go through ``confirmed`` (KeyStore._confirmed: WAIT for the required replicas),
+    so a failover cannot bring a signed-out session back."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "gw", confirmed=None) -> None:
         self.redis = client
         self.p = prefix
         self.live_index = f"{prefix}:sessions"
+        self._confirmed = confirmed or (lambda steps: steps(client))
+        self._update = client.register_script(_UPDATE)
 
     def _login(self, state_sha: str) -> str:
         return f"{self.p}:login:{state_sha}"
@@ -76,17 +87,39 @@ class SessionStore:
         for k, v in fields.items():
             args += [k, str(v)]
         try:
-            done = await self.redis.eval(_UPDATE, 1, self._session(sid_sha), *args)
+            [done] = await self._confirmed(lambda c: _one(self._update(keys=[self._session(sid_sha)], args=args,
+                                                                      client=c)))
             if done:
                 await self.redis.zadd(self.live_index, {sid_sha: live_until_ms})
+        except NotReplicated:
+            raise  # landed on the master, unconfirmed: 503 store_unconfirmed
         except RedisError as exc:
             raise Unavailable(type(exc).__name__) from None
         return bool(done)
 
     async def delete(self, sid_sha: str) -> None:
         try:
-            await self.redis.delete(self._session(sid_sha))
+            await self._confirmed(lambda c: _one(c.delete(self._session(sid_sha), self._refreshing(sid_sha))))
             await self.redis.zrem(self.live_index, sid_sha)
+        except NotReplicated:
+            raise  # landed on the master, unconfirmed: 503 store_unconfirmed
+        except RedisError as exc:
+            raise Unavailable(type(exc).__name__) from None
+
+    def _refreshing(self, sid_sha: str) -> str:
+        return f"{self.p}:session:{sid_sha}:refreshing"
+
+    async def claim_refresh(self, sid_sha: str, ttl_ms: int) -> bool:
+        """Take the session's refresh for ``ttl_ms`` (one admin API process refreshes it at a
+        time: a provider that rotates refresh tokens would end the session on a second use)."""
+        try:
+            return bool(await self.redis.set(self._refreshing(sid_sha), "1", nx=True, px=ttl_ms))
+        except RedisError as exc:
+            raise Unavailable(type(exc).__name__) from None
+
+    async def release_refresh(self, sid_sha: str) -> None:
+        try:
+            await self.redis.delete(self._refreshing(sid_sha))
         except RedisError as exc:
             raise Unavailable(type(exc).__name__) from None
 

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.store import KeyStore, NotReplicated, connect
-from tests.support import OPERATOR_TOKEN, RedisServer, wait_for
+from tests.support import OPERATOR_TOKEN, wait_for
 from tests.support.redis_topologies import start_sentinels
 
 FLUSH_EVERY = 0.1  # seconds between the gateway's last-used flushes
@@ -302,18 +302,6 @@ async def test_two_failovers_in_a_row(sentinels, make_stack, tmp_path, clock):
     for answered in (between, after):
         assert answered and sum(answered) >= 0.9 * len(answered), answered
         assert not any(not a and not b for a, b in itertools.pairwise(answered)), answered  # never twice in a row
-
-
-@pytest.fixture
-def master_and_replica(tmp_path):
-    (tmp_path / "m").mkdir()
-    (tmp_path / "r").mkdir()
-    master = RedisServer(tmp_path / "m")
-    replica = RedisServer(tmp_path / "r", "--replicaof", "127.0.0.1", str(master.port))
-    yield master, replica
-    for node in (replica, master):
-        node.proc.send_signal(signal.SIGCONT)
-        node.stop()
 
 
 async def test_a_flush_counts_as_done_only_once_a_replica_has_it(master_and_replica, make_stack):

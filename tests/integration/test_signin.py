@@ -246,6 +246,60 @@ async def test_role_changes_apply_at_the_next_refresh(short_admin, browser, oidc
         oidc_provider.set_user("victor", victor)
 
 
+async def test_two_admin_processes_refresh_one_session_once(short_admin, browser, oidc_provider, redis_server, tmp_path):
+    """The provider rotates refresh tokens and refuses a used one: two processes refreshing the
+    same session at once must not both redeem it (the session would end). One claims the
+    refresh in Redis, the other waits for its result."""
+    import asyncio
+
+    from tests.support import free_port
+
+    port = free_port()
+    with running_admin(tmp_path / "second.log", redis_server.url, *oidc_provider.signin_args(
+            session_idle=30, session_lifetime=60, session_refresh=1), "--auth-failure-limit", "0",
+            env=oidc_provider.signin_env(), port=port) as second:
+        await sign_in(browser, short_admin.url, "alice")
+        for _ in range(2):  # within short_admin's 4 s lifetime
+            await asyncio.sleep(1.1)  # due for refresh on both
+            answers = await asyncio.gather(*(request_json(browser, "GET", url + "/auth/session")
+                                             for url in (short_admin.url, second.url) * 2))
+            assert [status for status, _, _ in answers] == [200] * 4, answers
+        assert "Traceback" not in second.log.read_text()
+
+
+async def test_a_sign_out_counts_only_once_a_replica_has_it(master_and_replica, oidc_install, browser, tmp_path):
+    """A failover promotes the replica: a sign-out it has not confirmed answers 503 (the person
+    signs out again), never 200 with the session still alive on what would be promoted."""
+    import asyncio
+    import signal
+
+    from tests.support import wait_for
+    from tests.support.oidc import OidcProvider
+
+    master, replica = master_and_replica
+    await wait_for(lambda: replica.client.info("replication")["master_link_status"] == "up", timeout=10)
+    provider = OidcProvider(oidc_install)  # its own, with its own registered admin port
+    with contextlib.ExitStack() as stack:
+        stack.callback(provider.stop)
+        on_master = stack.enter_context(signin_admin(provider, master, tmp_path))
+        sid = await sign_in(browser, on_master.url, "alice")
+        me = await session_of(browser, on_master)
+        key = b"gw:session:" + hashlib.sha256(sid.encode()).hexdigest().encode()
+        await wait_for(lambda: replica.client.exists(key) == 1, timeout=5)
+        replica.proc.send_signal(signal.SIGSTOP)  # replication stalls
+        try:
+            status, err, _ = await request_json(browser, "POST", on_master.url + "/auth/logout",
+                                                headers={"X-CSRF-Token": me["csrf_token"]})
+            assert status == 503 and err["error"]["code"] == "store_unavailable", err
+            assert "no replica confirmed it" in err["error"]["message"]
+        finally:
+            replica.proc.send_signal(signal.SIGCONT)
+        await wait_for(lambda: replica.client.exists(key) == 0, timeout=5)  # the delete arrives
+        await asyncio.sleep(0)
+        status, err, _ = await request_json(browser, "GET", on_master.url + "/auth/session")
+        assert status == 401 and err["error"]["code"] == "session_expired"
+
+
 async def test_a_person_removed_at_the_provider_is_signed_out_at_the_refresh(short_admin, browser, oidc_provider):
     import asyncio
 

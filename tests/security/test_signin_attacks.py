@@ -456,6 +456,17 @@ async def test_cookie_attributes_secure_mode(oidc_install, redis_server, tmp_pat
 
 # -- what Redis holds ----------------------------------------------------------------------
 
+def _decodings(value: bytes) -> list[bytes]:
+    """``value`` read as standard or URL-safe base64, where it is that (the sealed field is)."""
+    out = []
+    for decode in (base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            out.append(decode(value + b"=" * (-len(value) % 4)))
+        except ValueError:  # binascii.Error: not base64 of that kind
+            pass
+    return out
+
+
 async def test_redis_holds_neither_the_session_id_nor_a_usable_refresh_token(admin, alice, redis_server, oidc_provider):
     client = redis_server.client
     sha = hashlib.sha256(alice.sid.encode()).hexdigest()
@@ -478,7 +489,7 @@ async def test_redis_holds_neither_the_session_id_nor_a_usable_refresh_token(adm
     # No value in the record works as a refresh token at the provider.
     auth = base64.b64encode(f"{oidc_provider.client['client_id']}:{oidc_provider.client['client_secret']}".encode())
     for value in record.values():
-        for candidate in (value, base64.b64decode(value + b"==") if len(value) > 40 else value):
+        for candidate in {value, *_decodings(value)}:
             form = urllib.parse.urlencode({"grant_type": "refresh_token",
                                            "refresh_token": candidate.decode("latin-1")}).encode()
             req = urllib.request.Request(oidc_provider.issuer + "/token", data=form, method="POST",

@@ -51,6 +51,9 @@ const provider = new Provider(config.issuer, {
   conformIdTokenClaims: false,
   pkce: { required: () => true },
   issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  // Every refresh rotates the refresh token, and a rotated-away one is refused (reuse detection),
+  // as Auth0, Okta and others do: the strict case for sessions refreshed by several admin processes.
+  rotateRefreshToken: () => true,
   // Consent is granted automatically: every scope and claim the client asks for.
   loadExistingGrant: async (ctx) => {
     const grant = new ctx.oidc.provider.Grant({ clientId: ctx.oidc.client.clientId, accountId: ctx.oidc.session.accountId });
