@@ -18,6 +18,7 @@ from admin_api.guard import AuthGuard
 from admin_api.oidc import OidcVerifier
 from admin_api.openapi import STATIC_FILES, build_openapi
 from admin_api.ops import ORG, PRINCIPAL, AdminMetrics, log_request
+from admin_api.signin import SIGNIN, SignIn, add_routes as add_signin_routes
 from gateway import errors
 from gateway.errors import FieldError, OrgNotFound
 from gateway import store as store_mod
@@ -68,9 +69,25 @@ class AdminState:
     creates: CreateLimits
     usage: UsageBuffer = field(default_factory=UsageBuffer)  # org keys' uses, flushed like a gateway's
     oidc: OidcVerifier | None = None  # with --oidc-issuer: the provider's access tokens
+    signin: SignIn | None = None  # with --oidc-client-id: page sign-in
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    async def ready_checks(self) -> dict[str, bool]:
+        """/readyz beyond Redis and the rules: the provider's metadata and JWKS are loaded (and
+        the last fetch did not fail within --oidc-backoff)."""
+        if self.oidc is None:
+            return {}
+        return {"oidc_provider": self.oidc.loaded and not self.oidc.backoff(self.clock())}
+
+    async def update_metrics(self) -> None:
+        """Before /metrics renders: the live-sessions gauge (left as it was while Redis fails)."""
+        if self.signin is not None:
+            try:
+                self.metrics.live_sessions.set(await self.signin.live_sessions())
+            except store_mod.FAULTS:
+                pass
 
 
 ADMIN = web.AppKey("admin_state", AdminState)
@@ -89,6 +106,9 @@ def make_admin_app(
                                  clock, guard, AdminMetrics(guard), CreateLimits(client, settings))
     if settings.oidc_issuer:
         st.oidc = OidcVerifier(settings, clock)
+    if settings.signin_enabled and st.oidc is not None:
+        st.signin = app[SIGNIN] = SignIn(settings, st.oidc, store_mod.SessionStore(client, settings.redis_prefix),
+                                         guard, clock, st.metrics)
     st.rules.on_reload = lambda result: st.metrics.reloads.labels(result).inc()
     st.store.ledger.retain(settings.usage_hourly_days, settings.usage_daily_days)
     r = app.router
@@ -102,6 +122,7 @@ def make_admin_app(
     r.add_post("/v1/orgs/{org_id}/api-keys/{key_id}/roll", roll_key)
     r.add_patch("/v1/orgs/{org_id}/api-keys/{key_id}", edit_key)
     r.add_get("/v1/orgs/{org_id}/audit-events", list_audit_events)
+    add_signin_routes(app)
     r.add_get("/openapi.json", openapi)
     r.add_get("/", page)
     r.add_get("/static/{file}", static_file)
@@ -115,14 +136,29 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     watcher = asyncio.create_task(st.rules.watch(st.settings.reload_interval))
     flusher = asyncio.create_task(usage_flusher(st.store, st.usage, st.metrics, st.settings.flush_interval))
     backfill = asyncio.create_task(backfill_activity(st.store))
+    tasks = [watcher, flusher, backfill]
+    if st.oidc is not None:
+        tasks.append(asyncio.create_task(load_provider(st.oidc)))
     yield
-    for task in (watcher, flusher, backfill):
+    for task in tasks:
         task.cancel()
-    await asyncio.gather(watcher, flusher, backfill, return_exceptions=True)
+    await asyncio.gather(*tasks, return_exceptions=True)
     await flush_at_shutdown(st.store, st.usage, st.metrics)
     await st.store.redis.aclose()
     if st.oidc is not None:
         await st.oidc.close()
+
+
+async def load_provider(oidc: OidcVerifier) -> None:
+    """At start-up: the provider's metadata and JWKS, retried until they load (/readyz waits)."""
+    while not oidc.loaded:
+        try:
+            await oidc.load()
+        except errors.IdpUnavailable:
+            server_log.warning("OpenID provider: metadata or JWKS not loaded; retrying in %.0f s",
+                               max(1.0, oidc.settings.oidc_backoff))
+            await asyncio.sleep(max(1.0, oidc.settings.oidc_backoff))
+    server_log.info("OpenID provider: metadata and JWKS loaded")
 
 
 BACKFILL_RETRY = 5.0  # seconds between attempts of the start-up backfill while Redis fails
@@ -203,8 +239,17 @@ def _count_use(request: web.Request, status: int, refused: bool) -> None:
         st.usage.add(principal.key_id, st.now_ms(), outcome_class(status, refused))
 
 
+CREDENTIAL_HEADERS = ("Authorization", "X-API-Key")
+
+
 async def _principal(request: web.Request) -> Principal:
     st = request.app[ADMIN]
+    if st.signin is not None and st.signin.has_cookie(request) and not any(
+            h in request.headers for h in CREDENTIAL_HEADERS):
+        # The page's session (no credential header: one wins over the cookie, as before).
+        principal = await st.signin.request_principal(request)
+        request[PRINCIPAL] = principal
+        return principal
     headers, peer = list(request.headers.items()), request.remote or ""
     st.guard.check(peer, headers)  # SECURITY: before any Redis command
     try:

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily
 
 from admin_api.auth import Principal
 from admin_api.guard import AuthGuard
+from admin_api.signin import REASONS as SIGNIN_FAILURE_REASONS
 from gateway import accesslog
 from gateway.metrics import LATENCY_BUCKETS, ThrottleCollector
 
@@ -41,6 +42,14 @@ class AdminMetrics:
         self.flush_size = Histogram("gateway_admin_usage_flush_keys", "Keys written per last-used flush",
                                     buckets=(1, 10, 100, 1000, 10000), registry=r)
         self.usage_pending = Gauge("gateway_admin_usage_pending_keys", "Keys waiting for the next flush", registry=r)
+        # Page sign-in (admin_api/signin.py).
+        self.signins = Counter("gateway_admin_signins", "Completed page sign-ins (sessions created)", registry=r)
+        self.signin_failures = Counter("gateway_admin_signin_failures", "Failed page sign-ins by reason", ["reason"],
+                                       registry=r)
+        for reason in SIGNIN_FAILURE_REASONS:
+            self.signin_failures.labels(reason)
+        self.live_sessions = Gauge("gateway_admin_sessions_live", "Page sign-in sessions not past their absolute end "
+                                   "(updated when /metrics is read)", registry=r)
         r.register(_ThrottledCollector(guard))
         r.register(ThrottleCollector(guard.throttle, prefix="gateway_admin"))
 

@@ -138,12 +138,17 @@ class Gateway:
             await st.pool.close()
 
 
-def make_ops_app(state: GatewayState) -> web.Application:
+def make_ops_app(state: GatewayState, *, checks: Callable[[], Awaitable[dict[str, bool]]] | None = None,
+                 before_metrics: Callable[[], Awaitable[None]] | None = None) -> web.Application:
     """/healthz, /readyz and /metrics for one gateway process, or for the admin API (its
-    AdminState has the same settings.redis_timeout, rules, store and metrics.render())."""
+    AdminState has the same settings.redis_timeout, rules, store and metrics.render()).
+    ``checks``: more named readiness checks (the admin API's OpenID provider); ``before_metrics``:
+    runs before /metrics renders (the admin API's live-sessions gauge)."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    extra = checks
 
     async def readyz(_: web.Request) -> web.Response:
         checks = {"rules_loaded": state.rules.current is not None, "redis": False}
@@ -151,10 +156,14 @@ def make_ops_app(state: GatewayState) -> web.Application:
             checks["redis"] = await asyncio.wait_for(state.store.ping(), state.settings.redis_timeout * 2)
         except (*store_mod.FAULTS, asyncio.TimeoutError):
             pass
+        if extra is not None:
+            checks.update(await extra())
         ready = all(checks.values())
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
     async def metrics(_: web.Request) -> web.Response:
+        if before_metrics is not None:
+            await before_metrics()
         return web.Response(body=state.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     app = web.Application(middlewares=[ops_envelope_middleware])

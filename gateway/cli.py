@@ -121,7 +121,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         install_sighup(app[ADMIN].rules)
-        await run_apps([(app, settings.listen), (make_ops_app(app[ADMIN]), settings.ops_listen)],
+        await run_apps([(app, settings.listen), (make_ops_app(app[ADMIN], checks=app[ADMIN].ready_checks, before_metrics=app[ADMIN].update_metrics), settings.ops_listen)],
                        on_started=_then_watch_redis(
                            app[ADMIN].store, settings.redis, "requests answer 503 store_unavailable until it does",
                            lambda: log.info("admin API on http://%s (ops on http://%s)", settings.listen,
@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     admin = command(sub, "admin", help="run the admin API")
-    config.add_arguments(admin, config.AdminSettings, skip=("operator_tokens",))
+    config.add_arguments(admin, config.AdminSettings, skip=("operator_tokens", "oidc_client_secret"))
     admin.set_defaults(func=cmd_admin)
 
     dev = sub.add_parser("dev", help="run Redis, gateway, admin API and a demo upstream locally")

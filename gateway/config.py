@@ -73,6 +73,36 @@ def _check_oidc(issuer: str, audience: str) -> None:
         raise ValueError("--oidc-audience: required with --oidc-issuer (the aud the provider puts in tokens for this API)")
 
 
+def _check_url(value: str, field: str) -> urllib.parse.SplitResult:
+    url = urllib.parse.urlsplit(value)
+    loopback = url.hostname in ("127.0.0.1", "::1", "localhost")
+    if not url.hostname or url.query or url.fragment or not (url.scheme == "https" or (url.scheme == "http" and loopback)):
+        raise ValueError(f"{field}: expected an https:// URL (http:// only on a loopback address), got {value!r}")
+    return url
+
+
+def _check_signin(s: AdminSettings) -> None:
+    """Page sign-in needs the issuer, the admin API's public URL and the client secret."""
+    if not s.oidc_client_id:
+        if s.oidc_client_secret:
+            raise ValueError("GATEWAY_OIDC_CLIENT_SECRET: given without --oidc-client-id")
+        return
+    if not s.oidc_issuer:
+        raise ValueError("--oidc-client-id: needs --oidc-issuer (the provider people sign in with)")
+    if not s.public_url:
+        raise ValueError("--oidc-client-id: needs --public-url (the admin API's external URL; the redirect_uri "
+                         "registered at the provider is it + /auth/callback)")
+    url = _check_url(s.public_url, "--public-url")
+    if url.path not in ("", "/"):
+        raise ValueError(f"--public-url: expected an origin without a path (the admin API at /), got {s.public_url!r}")
+    if not s.oidc_client_secret:
+        raise ValueError("GATEWAY_OIDC_CLIENT_SECRET: required with --oidc-client-id (the client's secret at the provider)")
+    if "openid" not in s.oidc_scopes.split():
+        raise ValueError(f"--oidc-scopes: must include openid, got {s.oidc_scopes!r}")
+    if s.session_idle > s.session_lifetime:
+        raise ValueError(f"--session-idle: at most --session-lifetime ({s.session_lifetime:g}), got {s.session_idle:g}")
+
+
 Seconds = Annotated[float, Meta(gt=0, le=3600)]
 
 
@@ -186,6 +216,16 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     oidc_timeout: Annotated[Seconds, Meta(description="Timeout of each fetch of the provider's metadata or JWKS, seconds")] = 2.0
     oidc_jwks_max_age: Annotated[float, Meta(gt=0, le=86400, description="Seconds the provider's JWKS is used before it is fetched again")] = 900.0
     oidc_jwks_min_refetch: Annotated[float, Meta(ge=0, le=3600, description="Least seconds between JWKS fetches caused by an unknown kid (key rotation)")] = 30.0
+    # Page sign-in: the admin API as the OpenID provider's confidential client (admin_api/signin.py).
+    oidc_client_id: Annotated[str, Meta(description="Client id of the admin API at the OpenID provider: people sign in to the page with it (none: page sign-in off; needs --oidc-issuer and --public-url)")] = ""
+    oidc_client_secret: Annotated[str, Meta(description="The client's secret at the provider; give it in the environment (GATEWAY_OIDC_CLIENT_SECRET), not as a flag")] = ""
+    oidc_scopes: Annotated[str, Meta(description="Scopes asked for at sign-in (space-separated; must include openid)")] = "openid email profile"
+    oidc_backoff: Annotated[float, Meta(ge=0, le=300, description="Seconds sign-in answers 503 idp_unavailable at once after a failed fetch from the provider, instead of asking it again")] = 5.0
+    public_url: Annotated[str, Meta(description="The admin API's external base URL, e.g. https://admin.example.com (https, or http on a loopback address): redirect_uri is it + /auth/callback")] = ""
+    session_lifetime: Annotated[float, Meta(ge=10, le=30 * 86400, description="Seconds a sign-in session lasts at most")] = 43200.0
+    session_idle: Annotated[float, Meta(ge=5, le=86400, description="Seconds without a request after which a session ends")] = 1800.0
+    session_refresh: Annotated[float, Meta(ge=1, le=86400, description="Seconds after which a session re-reads the person's org and roles from the provider (the bound on role changes)")] = 300.0
+    cookie_insecure: Annotated[bool, Meta(description="Cookies without Secure and without the __Host- prefix (local http only)")] = False
 
     def __post_init__(self) -> None:
         _check_listen(self.listen, "--listen")
@@ -194,9 +234,22 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         _check_networks(self.trusted_proxies, "--trusted-proxies")
         _check_retention(self.usage_hourly_days, self.usage_daily_days)
         _check_oidc(self.oidc_issuer, self.oidc_audience)
+        _check_signin(self)
         for token in self.operator_tokens:
             if len(token) < 16:
                 raise ValueError("GATEWAY_OPERATOR_TOKEN: each operator token needs at least 16 characters")
+
+    def __repr__(self) -> str:
+        # SECURITY: the secrets never reach a log line or a traceback through repr().
+        shown = {f: getattr(self, f) for f in self.__struct_fields__}
+        for secret in ("operator_tokens", "oidc_client_secret"):
+            if shown[secret]:
+                shown[secret] = "[redacted]"
+        return "AdminSettings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+    @property
+    def signin_enabled(self) -> bool:
+        return bool(self.oidc_client_id)
 
 
 def flag(field: str) -> str:

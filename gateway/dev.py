@@ -136,7 +136,8 @@ async def _run_stack(*, redis_url: str, scopes: str, base_port: int) -> None:
     await run_apps(
         [(make_echo_app(), f"127.0.0.1:{up_port}"), (gateway, serve.listen),
          (make_ops_app(gateway.state), serve.ops_listen), (admin_app, admin.listen),
-         (make_ops_app(admin_app[ADMIN]), admin.ops_listen)],
+         (make_ops_app(admin_app[ADMIN], checks=admin_app[ADMIN].ready_checks,
+                       before_metrics=admin_app[ADMIN].update_metrics), admin.ops_listen)],
         on_started=lambda: print(_banner(key, token, redis_url, gw_port, admin_port, up_port, ops_port), flush=True),
         limits=ListenerLimits.for_settings(admin),
     )

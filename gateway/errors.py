@@ -4,10 +4,10 @@ ApiError
 ├── BadRequest (400): MalformedRequest, InvalidPath, AmbiguousCredentials, KeyInQuery, KeyInPath,
 │   MethodOverrideRefused, PathOverrideRefused, HostOverrideRefused, MissingOriginalRequest
 │   (AmbiguousOriginalRequest, InvalidOriginalMethod: the same code), InvalidJson,
-│   ValidationFailed (FieldError: naming the field), InvalidHost
+│   ValidationFailed (FieldError: naming the field), InvalidHost, SignInFailed
 ├── Unauthorized (401, with WWW-Authenticate): MissingApiKey, InvalidApiKey, ExpiredApiKey,
-│   RevokedApiKey, RolledApiKey, InvalidToken, MissingToken
-├── Forbidden (403): InsufficientScope, NoOrgRole, ScopeNotGrantable, KeyOutlivesCaller
+│   RevokedApiKey, RolledApiKey, InvalidToken, MissingToken, SessionExpired
+├── Forbidden (403): InsufficientScope, NoOrgRole, ScopeNotGrantable, KeyOutlivesCaller, CsrfFailed
 ├── NotFound (404): RouteNotFound, KeyNotFound, OrgNotFound
 ├── MethodNotAllowed (405, with Allow)
 ├── KeyLimitReached (409), KeyConflict (409): KeyIsRevoked, KeyIsExpired
@@ -113,6 +113,16 @@ class InvalidJson(BadRequest):
     code, message = "invalid_json", "The request body is not a valid JSON object."
 
 
+class SignInFailed(BadRequest):
+    """400 of the sign-in callback; ``reason`` (a short word, the metric's label) says what failed."""
+
+    code, message = "sign_in_failed", "Sign-in failed."
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message, reason=reason)
+        self.reason = reason
+
+
 class ValidationFailed(BadRequest):
     code, message = "validation_failed", "The request body is invalid."
 
@@ -169,6 +179,11 @@ class MissingToken(Unauthorized):
     rfc6750_error = None
 
 
+class SessionExpired(Unauthorized):
+    code, message = "session_expired", "Your session has ended; sign in again."
+    rfc6750_error = None
+
+
 class Forbidden(ApiError):
     status, code, message = 403, "forbidden", "Not allowed."
 
@@ -176,9 +191,19 @@ class Forbidden(ApiError):
 class NoOrgRole(Forbidden):
     code = "no_org_role"
 
-    def __init__(self, org_id: str, required_scope: str) -> None:
+    def __init__(self, org_id: str, required_scope: str | None = None) -> None:
+        if required_scope is None:  # signing in: no role at all in the org
+            super().__init__(f"You have no admin or viewer role in org {org_id}; ask an admin of the org to give "
+                             "you one at the identity provider, or sign in with another account.", org_id=org_id)
+            return
         super().__init__(f"You have no role in org {org_id} that allows this ({required_scope}); ask an admin "
                          "of the org at the identity provider.", required_scope=required_scope)
+
+
+class CsrfFailed(Forbidden):
+    code = "csrf_failed"
+    message = ("A change made with the page's session needs its X-CSRF-Token header, from the page's own "
+               "origin; reload the page and try again.")
 
 
 class InsufficientScope(Forbidden):
@@ -325,6 +350,10 @@ class IdpUnavailable(ServiceUnavailable):
     code = "idp_unavailable"
     message = ("The identity provider's keys cannot be fetched to check this access token; retry shortly "
                "(operator tokens and API keys still work).")
+
+
+IDP_DOWN_SIGNIN = ("The identity provider cannot be reached, so signing in (or checking your session) is not "
+                   "possible right now; retry in a few seconds (operator tokens and API keys still work).")
 
 
 class StoreUnavailable(ServiceUnavailable):

@@ -3,7 +3,7 @@
 #   scripts/install-system-deps.sh        what `make run` needs: redis-server, python3-venv
 #   scripts/install-system-deps.sh test   also what the test suite needs: chromium (browser tests),
 #                                         nginx (forward-auth tests with a real nginx), nodejs and
-#                                         npm (the OpenID provider of tests/oidc)
+#                                         npm (the OpenID provider of gateway/data/devidp)
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -13,7 +13,7 @@ if [ "${1:-}" = "test" ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v wrk >/dev/null 2>&1 || missing+=(wrk)  # the benchmark's smoke run
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
-  command -v node >/dev/null 2>&1 || missing+=(nodejs)  # tests/oidc: oidc-provider, a real OpenID provider
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)  # gateway/data/devidp: oidc-provider, a real OpenID provider
   command -v npm >/dev/null 2>&1 || missing+=(npm)
 fi
 if [ ${#missing[@]} -eq 0 ]; then

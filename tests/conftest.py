@@ -34,7 +34,7 @@ def clock() -> Clock:
 
 @pytest.fixture(scope="session")
 def oidc_install():
-    """tests/oidc's node_modules (npm ci once, into a cache folder outside the repo)."""
+    """gateway/data/devidp's node_modules (npm ci once, into a cache folder outside the repo)."""
     from tests.support.oidc import install_dir
 
     return install_dir()

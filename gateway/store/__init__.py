@@ -8,7 +8,7 @@ The key id is derived one-way from the secret (gateway.keys.key_id_for), so veri
 single HGETALL of the record followed by a constant-time digest comparison. The activity log
 (GET /v1/orgs/{org_id}/audit-events) is each key's list of events, written by the script that
 makes the change, and the org's activity index over them (keystore.KeyStore.activity).
-Last-used data: see ledger.py. Nothing outside this package imports redis-py: a Redis fault
+Last-used data: see ledger.py. Page sign-in (started sign-ins, sessions): sessions.py. Nothing outside this package imports redis-py: a Redis fault
 reaches callers as ``Unavailable`` (the reads) or one of ``FAULTS`` (faults.py); reach.py says
 in one line that Redis does not answer.
 """
@@ -20,8 +20,9 @@ from gateway.store.keystore import AuditPage, Contended, KeyStore, NotReplicated
 from gateway.store.ledger import UsageLedger
 from gateway.store.quota import CreateLimits, MemoryGauge, OrgQuota
 from gateway.store.replication import AUTO as AUTO_REPLICAS, parse_min_replicas
+from gateway.store.sessions import SessionStore
 
 __all__ = ["AUDIT_CURSOR_PATTERN", "AUTO_REPLICAS", "AuditPage", "CURSOR_PATTERN", "Contended", "CreateLimits", "FAULTS", "KeyStore",
-           "MemoryGauge", "NotReplicated", "OrgQuota", "Page", "RedisTarget", "Unavailable", "UsageLedger", "WriteTooLate",
+           "MemoryGauge", "NotReplicated", "OrgQuota", "Page", "RedisTarget", "SessionStore", "Unavailable", "UsageLedger", "WriteTooLate",
            "connect", "decode_audit_cursor", "decode_cursor", "parse_min_replicas", "parse_redis_url",
            "redact_redis_url"]

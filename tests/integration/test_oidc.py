@@ -116,9 +116,9 @@ async def test_provider_down_is_503_and_other_credentials_still_work(make_stack,
 
     provider = OidcProvider(oidc_install)
     try:
-        stack = await make_stack(admin_settings=provider.settings())
         token = provider.token("alice")
-        provider.stop()
+        provider.stop()  # down before the admin API could load its metadata and keys
+        stack = await make_stack(admin_settings=provider.settings())
         status, err, resp = await stack.admin_call("GET", "/v1/orgs/org-a/api-keys", token)
         assert status == 503 and err["error"]["code"] == "idp_unavailable", err
         assert resp.headers["Retry-After"] == "1"
@@ -126,8 +126,11 @@ async def test_provider_down_is_503_and_other_credentials_still_work(make_stack,
         key = await stack.create_key(org="org-a", scopes=("api_keys:manage",))
         status, listed, _ = await stack.admin_call("GET", "/v1/orgs/org-a/api-keys", key["key"])
         assert status == 200 and listed["data"], listed
-        # Back up: the same token is accepted (nothing was cached from the failure).
+        # Back up: the same token is accepted (nothing was cached from the failure) once the
+        # back-off after the failed fetch (--oidc-backoff, 5 s) has passed.
         provider.start()
+        assert (await stack.admin_call("GET", "/v1/orgs/org-a/api-keys", token))[0] == 503  # still backing off
+        stack.clock.advance(6)
         assert (await stack.admin_call("GET", "/v1/orgs/org-a/api-keys", token))[0] == 200
     finally:
         provider.stop()

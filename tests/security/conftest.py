@@ -176,9 +176,11 @@ class AdminProcess:
     log: Path  # stdout and stderr
 
 
-def start_admin(log: Path, redis_url: str, *extra: str, env: dict | None = None, **popen) -> AdminProcess:
-    """A real `gateway admin` (operator token OPERATOR_TOKEN, no reloads) on free ports, ready."""
-    port, ops = free_port(), free_port()
+def start_admin(log: Path, redis_url: str, *extra: str, env: dict | None = None, port: int | None = None,
+                **popen) -> AdminProcess:
+    """A real `gateway admin` (operator token OPERATOR_TOKEN, no reloads) on free ports (or
+    ``port``: one registered at the OpenID provider), ready."""
+    port, ops = port or free_port(), free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     environ.update({"GATEWAY_OPERATOR_TOKEN": OPERATOR_TOKEN, **(env or {})})
     cmd = [sys.executable, "-m", "gateway", "admin", "--listen", f"127.0.0.1:{port}", "--ops-listen",

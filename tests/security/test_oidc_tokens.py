@@ -1,7 +1,7 @@
 """Forged and mis-issued access tokens against a real `gateway admin` process trusting a real
 oidc-provider (tests/support/oidc.py). Every variant is 401 invalid_token, none is a 500, and
 no token ever reaches the log. The tokens the provider signs with changed claims come from its
-own signing code (tests/oidc/provider.mjs); the attacker's own are built here by hand."""
+own signing code (gateway/data/devidp/provider.mjs); the attacker's own are built here by hand."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A real OpenID provider for the tests: tests/oidc/provider.mjs (oidc-provider from npm) under node.
+"""A real OpenID provider for the tests: gateway/data/devidp/provider.mjs (oidc-provider from npm) under node.
 
 `npm ci` runs once per package-lock.json into a cache folder outside the repo
 (``$XDG_CACHE_HOME/api-key-gateway/oidc-<lock digest>``, else ``~/.cache/...``); the script is
@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -25,22 +26,27 @@ from joserfc.jwk import RSAKey
 
 from tests.support import ROOT, free_port
 
-OIDC_DIR = ROOT / "tests" / "oidc"
+OIDC_DIR = ROOT / "gateway" / "data" / "devidp"
 AUDIENCE = "https://admin-api.test"
 CLIENT = {"client_id": "admin-api", "client_secret": "admin-api-secret-0123456789",
           "redirect_uri": "http://127.0.0.1:8081/auth/callback"}
+SCOPES = "openid email org"
 # Two orgs; in each an admin and a viewer, and in org-a a person without a role.
 USERS = {
-    "alice": {"email": "alice@a.example", "org_id": "org-a", "roles": ["admin"]},
-    "victor": {"email": "victor@a.example", "org_id": "org-a", "roles": ["viewer"]},
-    "nora": {"email": "nora@a.example", "org_id": "org-a", "roles": []},
-    "bob": {"email": "bob@b.example", "org_id": "org-b", "roles": ["admin"]},
-    "beth": {"email": "beth@b.example", "org_id": "org-b", "roles": ["viewer"]},
+    "alice": {"email": "alice@a.example", "org_id": "org-a", "roles": ["admin"], "password": "alice-pw"},
+    "victor": {"email": "victor@a.example", "org_id": "org-a", "roles": ["viewer"], "password": "victor-pw"},
+    "nora": {"email": "nora@a.example", "org_id": "org-a", "roles": [], "password": "nora-pw"},
+    "bob": {"email": "bob@b.example", "org_id": "org-b", "roles": ["admin"], "password": "bob-pw"},
+    "beth": {"email": "beth@b.example", "org_id": "org-b", "roles": ["viewer"], "password": "beth-pw"},
 }
 
 
+def password(user: str) -> str:
+    return USERS[user]["password"]
+
+
 def install_dir() -> Path:
-    """node_modules for tests/oidc/package-lock.json, installed once with `npm ci`."""
+    """node_modules for gateway/data/devidp/package-lock.json, installed once with `npm ci`."""
     lock = (OIDC_DIR / "package-lock.json").read_bytes()
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "api-key-gateway"
     target = base / f"oidc-{hashlib.sha256(lock).hexdigest()[:16]}"
@@ -72,12 +78,19 @@ class OidcProvider:
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.audience = AUDIENCE
         self.keys = [new_key("k1")]
+        # The admin API that signs people in listens here (its redirect_uri is registered with the client).
+        self.admin_port = free_port()
+        self.public_url = f"http://127.0.0.1:{self.admin_port}"
+        self.client = {**CLIENT, "redirect_uri": self.public_url + "/auth/callback",
+                       "post_logout_redirect_uri": self.public_url + "/"}
+        self.users = json.loads(json.dumps(USERS))
         self.proc: subprocess.Popen | None = None
         self.start()
 
     def start(self) -> None:
-        config = {"port": self.port, "issuer": self.issuer, "audience": self.audience, "client": CLIENT,
-                  "users": USERS, "jwks": {"keys": [k.as_dict(private=True) for k in self.keys]}}
+        config = {"port": self.port, "issuer": self.issuer, "audience": self.audience, "client": self.client,
+                  "users": self.users, "jwks": {"keys": [k.as_dict(private=True) for k in self.keys]},
+                  "test_endpoints": True}
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([shutil.which("node"), str(self.folder / "provider.mjs")], cwd=self.folder,
                                      env={**os.environ, "OIDC_TEST_CONFIG": json.dumps(config)},
@@ -110,14 +123,49 @@ class OidcProvider:
         self.keys = [new_key(kid)]
         self.start()
 
+    def _post(self, path: str, body: dict) -> dict:
+        req = urllib.request.Request(self.issuer + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.load(r)
+
+    def next_id_token(self, header: dict | None = None, tamper: bool = False, alg: str | None = None,
+                      key: dict | None = None, **override) -> None:
+        """The NEXT token response carries a changed ID token (see provider.mjs, /__test/next-id-token)."""
+        self._post("/__test/next-id-token", {"override": override, "header": header, "tamper": tamper, "alg": alg,
+                                             "key": key})
+
+    def set_user(self, user: str, record: dict | None) -> None:
+        """Replace (None: remove) a user at the running provider (and for its restarts)."""
+        if record is None:
+            self.users.pop(user, None)
+        else:
+            self.users[user] = record
+        self._post("/__test/users", {user: record})
+
+    def last_token_request(self) -> dict:
+        with urllib.request.urlopen(self.issuer + "/__test/last-token-request", timeout=5) as r:
+            return json.load(r)
+
+    def signin_settings(self, **extra) -> dict:
+        """The admin API settings that sign people in with this provider (page sign-in)."""
+        return {**self.settings(), "oidc_client_id": self.client["client_id"], "public_url": self.public_url,
+                "oidc_scopes": SCOPES, "cookie_insecure": True, **extra}
+
+    def signin_args(self, **extra) -> list[str]:
+        """The same as `gateway admin` flags (the secret goes in GATEWAY_OIDC_CLIENT_SECRET: signin_env)."""
+        args: list[str] = []
+        for name, value in self.signin_settings(**extra).items():
+            args += ["--" + name.replace("_", "-"), str(value).lower() if isinstance(value, bool) else str(value)]
+        return args
+
+    def signin_env(self) -> dict:
+        return {"GATEWAY_OIDC_CLIENT_SECRET": self.client["client_secret"]}
+
     def token(self, user: str, aud: str | None = None, header: dict | None = None, **override) -> str:
         """An access token (JWT) the provider signs for ``user``; ``override`` replaces claims (None
         removes one), ``header`` adds header fields."""
-        body = json.dumps({"sub": user, "aud": aud, "override": override, "header": header}).encode()
-        req = urllib.request.Request(self.issuer + "/__test/token", data=body, method="POST",
-                                     headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return json.load(r)["access_token"]
+        return self._post("/__test/token", {"sub": user, "aud": aud, "override": override, "header": header})["access_token"]
 
     def client_credentials_token(self) -> str:
         """A token from the provider's token endpoint for the client itself (no person, no org)."""
@@ -132,3 +180,50 @@ class OidcProvider:
     def settings(self) -> dict:
         """The admin API settings that trust this provider."""
         return {"oidc_issuer": self.issuer, "oidc_audience": self.audience}
+
+
+LOGIN_FORM = re.compile(r'<form method="post" action="([^"]+)"')
+
+
+async def start_sign_in(http, admin_url: str, return_to: str = "/") -> tuple[str, str]:
+    """GET /auth/login with ``http`` (an aiohttp ClientSession with a cookie jar): the
+    provider's authorization URL the admin API redirects to, and the URL of its login form."""
+    async with http.get(admin_url + "/auth/login", params={"return_to": return_to}, allow_redirects=False) as r:
+        assert r.status == 302, (r.status, await r.text())
+        authorize = r.headers["Location"]
+    async with http.get(authorize, allow_redirects=True) as r:
+        text = await r.text()
+        assert r.status == 200, (r.status, text)
+        match = LOGIN_FORM.search(text)
+        assert match, text
+        return authorize, urllib.parse.urljoin(str(r.url), match.group(1))
+
+
+async def submit_login(http, form_url: str, user: str, password: str) -> str:
+    """Post the provider's login form; follow its redirects up to (not into) the admin API's
+    /auth/callback, and return that callback URL."""
+    async with http.post(form_url, data={"login": user, "password": password}, allow_redirects=False) as r:
+        location = r.headers.get("Location")
+        assert r.status in (302, 303), (r.status, await r.text())
+    url = urllib.parse.urljoin(form_url, location)
+    for _ in range(10):
+        if "/auth/callback" in urllib.parse.urlsplit(url).path:
+            return url
+        async with http.get(url, allow_redirects=False) as r:
+            assert r.status in (302, 303), (r.status, await r.text())
+            url = urllib.parse.urljoin(url, r.headers["Location"])
+    raise AssertionError("the provider never redirected to /auth/callback")
+
+
+async def sign_in(http, admin_url: str, user: str, password: str | None = None, return_to: str = "/") -> str:
+    """A whole sign-in over HTTP, as a browser does it: /auth/login, the provider's login form,
+    /auth/callback. Returns the session cookie's value (also kept in ``http``'s cookie jar, which
+    must accept cookies of IP hosts: aiohttp.CookieJar(unsafe=True))."""
+    _, form = await start_sign_in(http, admin_url, return_to)
+    callback = await submit_login(http, form, user, password if password is not None else USERS[user]["password"])
+    async with http.get(callback, allow_redirects=False) as r:
+        assert r.status == 303, (r.status, await r.text())
+        for cookie in r.cookies.values():
+            if cookie.key.endswith("gw_session") and cookie.value:
+                return cookie.value
+    raise AssertionError("no session cookie after /auth/callback")

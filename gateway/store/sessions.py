@@ -1,0 +1,104 @@
+"""Page sign-in in Redis: started sign-ins (read once) and sessions (docs/operations.md, "Redis layout").
+
+Callers pass digests, never the secrets: a login is stored under sha256(state), a session under
+sha256(session id) (admin_api/signin_rules.digest). A session's tokens arrive sealed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.store.faults import Unavailable
+
+# Only a session that exists is changed (never one recreated from the fields of a touch).
+_UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+SESSION_FIELDS = ("sub", "actor", "email", "org_id", "role", "created_at", "refreshed_at", "last_seen", "csrf", "enc")
+
+
+class SessionStore:
+    def __init__(self, client: aioredis.Redis, prefix: str = "gw") -> None:
+        self.redis = client
+        self.p = prefix
+        self.live_index = f"{prefix}:sessions"
+
+    def _login(self, state_sha: str) -> str:
+        return f"{self.p}:login:{state_sha}"
+
+    def _session(self, sid_sha: str) -> str:
+        return f"{self.p}:session:{sid_sha}"
+
+    async def put_login(self, state_sha: str, record: dict, ttl_ms: int) -> None:
+        try:
+            await self.redis.set(self._login(state_sha), json.dumps(record), px=ttl_ms)
+        except RedisError as exc:
+            raise Unavailable(type(exc).__name__) from None
+
+    async def take_login(self, state_sha: str) -> dict | None:
+        """The started sign-in, deleted as it is read (a state works once)."""
+        try:
+            raw = await self.redis.getdel(self._login(state_sha))
+        except RedisError as exc:
+            raise Unavailable(type(exc).__name__) from None
+        return json.loads(raw) if raw else None
+
+    async def create(self, sid_sha: str, fields: dict, ttl_ms: int, expires_ms: int) -> None:
+        key = self._session(sid_sha)
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping={k: str(v) for k, v in fields.items()})
+                pipe.pexpire(key, ttl_ms)
+                await pipe.execute()
+            await self.redis.zadd(self.live_index, {sid_sha: expires_ms})  # another slot: its own command
+        except RedisError as exc:
+            raise Unavailable(type(exc).__name__) from None
+
+    async def get(self, sid_sha: str) -> dict | None:
+        try:
+            raw = await self.redis.hgetall(self._session(sid_sha))
+        except RedisError as exc:
+            raise Unavailable(type(exc).__name__) from None
+        if not raw or "sub" not in {_text(k) for k in raw}:
+            return None
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def update(self, sid_sha: str, fields: dict, ttl_ms: int, live_until_ms: int) -> bool:
+        """Change fields and the expiry of a session that still exists (False: it is gone)."""
+        args = [ttl_ms]
+        for k, v in fields.items():
+            args += [k, str(v)]
+        try:
+            done = await self.redis.eval(_UPDATE, 1, self._session(sid_sha), *args)
+            if done:
+                await self.redis.zadd(self.live_index, {sid_sha: live_until_ms})
+        except RedisError as exc:
+            raise Unavailable(type(exc).__name__) from None
+        return bool(done)
+
+    async def delete(self, sid_sha: str) -> None:
+        try:
+            await self.redis.delete(self._session(sid_sha))
+            await self.redis.zrem(self.live_index, sid_sha)
+        except RedisError as exc:
+            raise Unavailable(type(exc).__name__) from None
+
+    async def live(self, now_ms: int) -> int:
+        """Sessions not past their absolute end (the index drops the others first). An idle
+        session that Redis expired early is still counted until its absolute end."""
+        try:
+            await self.redis.zremrangebyscore(self.live_index, "-inf", now_ms)
+            return int(await self.redis.zcard(self.live_index))
+        except RedisError as exc:
+            raise Unavailable(type(exc).__name__) from None
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
