@@ -156,6 +156,8 @@ function noAccess(person) {
 }
 
 function enterKeysView(me) {
+  // Signed in with the account: the role is the session's; an admin may grant any permission.
+  if (isCookieSession() && me.grants_any === undefined) me.grants_any = state.session.person.role === "admin";
   state.me = me;
   $("sign-in-view").hidden = true;
   $("no-access-view").hidden = true;
@@ -452,6 +454,8 @@ new IntersectionObserver((entries) => {
 }).observe($("load-more"));
 
 async function start() {
+  // Back from the provider's logout with ?state=: the page reads no query, the address bar need not show it.
+  if (location.search) history.replaceState(null, "", location.pathname);
   hideIdpDown();
   const offered = await offerAccountSignIn();
   const saved = sessionStorage.getItem(SESSION_KEY);
