@@ -134,7 +134,10 @@ async function signOutClicked() {
     }
     signOut("", SIGNED_OUT_TEXT);
   } catch (err) {
-    signOut("", `Signing out failed: ${err.message} (${err.code}). Close the browser to end the session.`);
+    // Not signed out: the session goes on, so the page stays and says so.
+    const message = `Signing out failed, you are still signed in: ${err.message} (${err.code}). Try again.`;
+    if ($("keys-view").hidden) signOut("", message);
+    else showListError(err, null, message);
   } finally {
     $("sign-out").disabled = false;
   }
@@ -195,13 +198,13 @@ function retryable(err) {
   return err.status === 0 || err.status === 429 || err.status >= 500;
 }
 
-function showListError(err, retry) {
-  if (err.status === 401) {
+function showListError(err, retry, message = `${err.message} (${err.code})`) {
+  if (err.status === 401 || err.handled) { // handled: the session's own screens (signin.js) say it
     handleApiError(err, "list-error");
     return;
   }
   state.retry = retryable(err) ? retry : null;
-  $("list-error-text").textContent = `${err.message} (${err.code})`;
+  $("list-error-text").textContent = message;
   $("list-retry").hidden = !state.retry;
   $("list-error").hidden = false;
 }

@@ -90,6 +90,16 @@ async def account_sign_in(b: Browser, user: str) -> None:
     await b.page.get_by_role("heading", name="API Keys", exact=True).wait_for()
 
 
+async def provider_logout(b: Browser, provider) -> None:
+    """The provider's logout page (its confirmation, when it asks), then back on the page."""
+    page = b.page
+    await page.wait_for_url(re.compile("^" + re.escape(provider.issuer)))
+    confirm = page.get_by_role("button", name="Yes, sign me out")
+    if await confirm.count():
+        await confirm.click()
+    await page.wait_for_url(re.compile("^" + re.escape(b.admin.url) + "/"))
+
+
 async def session_cookie(b: Browser) -> tuple[str, str]:
     cookies = [c for c in await b.page.context.cookies(b.admin.url) if c["name"].endswith("gw_session")]
     assert len(cookies) == 1, cookies
@@ -152,11 +162,7 @@ async def test_alice_signs_in_creates_sees_herself_revokes_and_signs_out(person,
 
     # Sign out: the API ends the session, then the provider's own logout page, then back here.
     await page.get_by_role("button", name="Sign out").click()
-    await page.wait_for_url(re.compile("^" + re.escape(oidc_provider.issuer)))
-    confirm = page.get_by_role("button", name="Yes, sign me out")
-    if await confirm.count():
-        await confirm.click()
-    await page.wait_for_url(re.compile("^" + re.escape(admin.url) + "/"))
+    await provider_logout(person, oidc_provider)
     await expect(page).to_have_url(admin.url + "/")  # the provider's ?state= is dropped from the address bar
     await expect(page.get_by_role("link", name="Sign in with your account")).to_be_visible()
     await page.reload()
@@ -273,7 +279,7 @@ async def test_a_call_after_the_session_ended_says_so(signin_admin):
 
 
 async def test_provider_down_says_so_and_an_operator_token_still_works(signin_admin, oidc_provider):
-    admin = signin_admin("--session-refresh", "1")
+    admin = signin_admin("--session-refresh", "1", "--oidc-backoff", "1")
     create_key(admin, "org-a", "Still listed")
     async with launch(admin.url) as b:
         b.admin = admin
@@ -282,8 +288,12 @@ async def test_provider_down_says_so_and_an_operator_token_still_works(signin_ad
         oidc_provider.stop()
         try:
             await page.wait_for_timeout(1100)  # past --session-refresh: the session must ask the provider
-            await page.reload()
+            # A call from the list: one banner saying what is wrong, not the list's own error too.
+            await page.get_by_label("Status").select_option("all")
             banner = page.locator("#idp-banner")
+            await expect(banner).to_contain_text("The sign-in provider cannot be reached right now")
+            await expect(page.locator("#list-error")).to_be_hidden()
+            await page.reload()
             await expect(banner).to_contain_text("The sign-in provider cannot be reached right now")
             await expect(banner).to_contain_text("API keys and the gateway keep working")
             await expect(page.get_by_role("link", name="Sign in with your account")).to_be_visible()
@@ -294,8 +304,32 @@ async def test_provider_down_says_so_and_an_operator_token_still_works(signin_ad
             await page.get_by_label("Organization ID").fill("org-a")
             await page.get_by_role("button", name="Sign in", exact=True).click()
             await expect(row(b, "Still listed")).to_be_visible()
+            await expect(page.locator("#who")).to_have_text("Operator · organization org-a")
         finally:
             oidc_provider.start()
+        # The provider is back (restarted: it forgot alice's grant, so her session is over): Try again
+        # clears the banner, and she signs in again with her account.
+        await page.get_by_role("button", name="Sign out").click()
+        await page.wait_for_timeout(1100)  # past --oidc-backoff: the API asks the provider again
+        await page.locator("#idp-banner").get_by_role("button", name="Try again").click()
+        await expect(page.locator("#idp-banner")).to_be_hidden()
+        await page.get_by_role("link", name="Sign in with your account").click()
+        await submit_login(b, "alice")
+        await expect(page.locator("#who")).to_have_text("alice@a.example · admin · organization org-a")
+        await expect(row(b, "Still listed")).to_be_visible()
+
+
+async def test_a_sign_out_that_fails_keeps_the_person_signed_in_and_says_so(person, oidc_provider):
+    page = person.page
+    await account_sign_in(person, "alice")
+    await page.route(re.compile(r"/auth/logout$"), lambda route: route.abort("internetdisconnected"))
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.locator("#list-error")).to_contain_text("Signing out failed, you are still signed in")
+    await expect(page.locator("#keys-view")).to_be_visible()
+    await page.unroute(re.compile(r"/auth/logout$"))
+    await page.get_by_role("button", name="Sign out").click()
+    await provider_logout(person, oidc_provider)
+    await expect(page.get_by_role("link", name="Sign in with your account")).to_be_visible()
 
 
 async def test_person_actors_read_as_their_email_with_the_subject_on_hover(person):
