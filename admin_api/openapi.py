@@ -37,8 +37,9 @@ ERROR_HEADERS = {
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {
         400: "Invalid request (the error names the field), or two different credentials",
-        401: "Missing or invalid credential",
-        403: "The credential lacks the needed scope",
+        401: "Missing or invalid credential; with the page's session cookie (no Authorization): session_expired",
+        403: "The credential lacks the needed scope (insufficient_scope; a person: no_org_role); with the page's "
+             "session cookie, a POST, PATCH, PUT or DELETE without its X-CSRF-Token or from another Origin: csrf_failed",
         404: "Unknown organization (one without keys) or key",
         408: "The body did not arrive within --body-timeout seconds; the connection is closed",
         409: "key_limit_reached: the org holds as many keys that are not revoked as it may (`limit`); "
@@ -49,7 +50,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         429: "Too many failed authentications from this address, or (create, org keys) too_many_creates: the "
              "org's keys created `limit` keys this minute; retry after Retry-After seconds",
         503: "The key store is unavailable; nothing was changed. On a create also store_full: Redis is near "
-             "its maxmemory, creates are refused so that revokes still fit",
+             "its maxmemory, creates are refused so that revokes still fit. idp_unavailable: the OpenID provider "
+             "is needed (a person's access token, or a session due for its refresh) and cannot be reached",
     }
     out = {}
     for status in statuses:
@@ -57,6 +59,17 @@ def _errors(*statuses: int) -> dict[str, Any]:
         if status in ERROR_HEADERS:
             out[str(status)]["headers"] = ERROR_HEADERS[status]
     return out
+
+
+HTML_PAGE = {"description": "An HTML page naming the error (sign_in_failed, no_org_role, too_many_failed_attempts, "
+                             "idp_unavailable)", "content": {"text/html": {"schema": {"type": "string"}}}}
+HTML_RETRY = {**HTML_PAGE, "headers": {"Retry-After": {**RETRY_AFTER, "required": True}}}
+SESSION = {"type": "object", "additionalProperties": False,
+           "required": ["actor", "subject", "email", "org_id", "role", "csrf_token", "expires_at", "idle_timeout"],
+           "properties": {"actor": {"type": "string"}, "subject": {"type": "string"}, "email": {"type": ["string", "null"]},
+                          "org_id": {"type": "string"}, "role": {"enum": ["admin", "viewer"]},
+                          "csrf_token": {"type": "string"}, "expires_at": {"type": "string", "format": "date-time"},
+                          "idle_timeout": {"type": "integer"}}}
 
 
 def _list_params(cursor_pattern: str) -> list[dict[str, Any]]:
@@ -142,7 +155,9 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                 "the keys it created active, unless `cascade` is asked: then they are revoked too, "
                 "recursively. Org keys are held to a per-org key limit (409 `key_limit_reached`) and create "
                 "rate (429 `too_many_creates`); every create is refused with 503 `store_full` while Redis is "
-                "near its maxmemory."
+                "near its maxmemory. With `--oidc-client-id` people also sign in to the page (/auth/*): the session "
+                "cookie then authenticates /v1 requests that carry no Authorization header, and their POST, PATCH, "
+                "PUT and DELETE need `X-CSRF-Token` (docs/admin-api.md#signing-in)."
             ),
         },
         "components": {
@@ -297,6 +312,53 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                 "summary": "The page's icon (the SVG of /static/favicon.svg), for clients that ask for this path",
                 "security": [],
                 "responses": {"200": {"description": "SVG icon", "content": {"image/svg+xml": {"schema": {"type": "string"}}}}},
+            }},
+            "/auth/config": {"get": {
+                "operationId": "signInConfig",
+                "summary": "Whether the page offers sign-in with the OpenID provider",
+                "security": [],
+                "responses": {"200": {"description": "Sign-in on or off", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["sign_in", "issuer"], "additionalProperties": False,
+                    "properties": {"sign_in": {"type": "boolean"}, "issuer": {"type": ["string", "null"]}}}}}}},
+            }},
+            "/auth/login": {"get": {
+                "operationId": "signInStart",
+                "summary": "Start a sign-in: 302 to the provider (state, nonce, PKCE S256), with the login cookie",
+                "security": [],
+                "parameters": [{"name": "return_to", "in": "query", "required": False, "schema": {"type": "string"},
+                                "description": "A local path to return to (anything else: /)"}],
+                "responses": {"302": {"description": "To the provider's authorization endpoint",
+                                      "headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
+                              "404": _json("Error", "Page sign-in is not configured"),
+                              "429": HTML_RETRY, "503": HTML_RETRY},
+            }},
+            "/auth/callback": {"get": {
+                "operationId": "signInCallback",
+                "summary": "The provider's redirect: the code redeemed, the ID token checked, the session created",
+                "security": [],
+                "parameters": [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+                               for n in ("code", "state", "error", "error_description")],
+                "responses": {"303": {"description": "Signed in: to return_to, with the session cookie",
+                                      "headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
+                              "400": HTML_PAGE, "403": HTML_PAGE, "404": _json("Error", "Page sign-in is not configured"),
+                              "429": HTML_RETRY, "503": HTML_RETRY},
+            }},
+            "/auth/session": {"get": {
+                "operationId": "signInSession",
+                "summary": "The signed-in person (session cookie), the CSRF token and when the session ends",
+                "security": [],
+                "responses": {"200": {"description": "The session", "content": {"application/json": {"schema": SESSION}}},
+                              **_errors(401, 403), "404": _json("Error", "Page sign-in is not configured"),
+                              **_errors(503)},
+            }},
+            "/auth/logout": {"post": {
+                "operationId": "signOut",
+                "summary": "End the session (cookie + X-CSRF-Token); the provider's end-session URL, if any",
+                "security": [],
+                "responses": {"200": {"description": "Signed out", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["end_session_url"], "additionalProperties": False,
+                    "properties": {"end_session_url": {"type": ["string", "null"]}}}}}},
+                              **_errors(403), "404": _json("Error", "Page sign-in is not configured"), **_errors(503)},
             }},
             "/openapi.json": {"get": {
                 "operationId": "openapi",

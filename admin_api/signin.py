@@ -38,7 +38,7 @@ from gateway.model import rfc3339
 from gateway.store import SessionStore
 
 UNSAFE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
-TOUCH_EVERY_MS = 10_000  # a session's idle expiry is renewed at most this often
+TOUCH_EVERY_MS = 10_000  # a session's idle expiry is renewed at most this often (a quarter of a shorter idle)
 # The failure reasons (the label set of gateway_admin_signin_failures_total: bounded).
 REASONS = ("provider_error", "state_unknown", "state_not_bound", "code_missing", "code_refused", "id_token_invalid",
            "claims_invalid", "no_org_role", "idp_unavailable", "throttled")
@@ -134,6 +134,14 @@ class SignIn:
         if wait:
             self.guard.throttled += 1
             raise errors.TooManyFailedAttempts(wait)
+        # The provider is asked again (metadata and JWKS) at most once per --oidc-backoff, so a
+        # provider that went down shows the 503 page instead of a redirect to nowhere.
+        now = self.clock()
+        if now - self.oidc.fetched_at >= max(1.0, self.settings.oidc_backoff):
+            try:
+                await self.oidc.load()
+            except errors.IdpUnavailable:
+                raise errors.IdpUnavailable(errors.IDP_DOWN_SIGNIN) from None
         metadata = await self._metadata()
         endpoint = metadata.get("authorization_endpoint")
         if not isinstance(endpoint, str):
@@ -267,7 +275,7 @@ class SignIn:
         now, s = self.now_ms(), self.settings
         if now - found.int("refreshed_at") >= s.session_refresh * 1000:
             found = await self._refresh(sid, found)
-        elif now - found.int("last_seen") >= TOUCH_EVERY_MS:
+        elif now - found.int("last_seen") >= min(TOUCH_EVERY_MS, s.session_idle * 250):
             await self._touch(found, {"last_seen": now})
         return sid, found
 

@@ -222,8 +222,8 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     oidc_scopes: Annotated[str, Meta(description="Scopes asked for at sign-in (space-separated; must include openid)")] = "openid email profile"
     oidc_backoff: Annotated[float, Meta(ge=0, le=300, description="Seconds sign-in answers 503 idp_unavailable at once after a failed fetch from the provider, instead of asking it again")] = 5.0
     public_url: Annotated[str, Meta(description="The admin API's external base URL, e.g. https://admin.example.com (https, or http on a loopback address): redirect_uri is it + /auth/callback")] = ""
-    session_lifetime: Annotated[float, Meta(ge=10, le=30 * 86400, description="Seconds a sign-in session lasts at most")] = 43200.0
-    session_idle: Annotated[float, Meta(ge=5, le=86400, description="Seconds without a request after which a session ends")] = 1800.0
+    session_lifetime: Annotated[float, Meta(ge=1, le=30 * 86400, description="Seconds a sign-in session lasts at most")] = 43200.0
+    session_idle: Annotated[float, Meta(ge=1, le=86400, description="Seconds without a request after which a session ends")] = 1800.0
     session_refresh: Annotated[float, Meta(ge=1, le=86400, description="Seconds after which a session re-reads the person's org and roles from the provider (the bound on role changes)")] = 300.0
     cookie_insecure: Annotated[bool, Meta(description="Cookies without Secure and without the __Host- prefix (local http only)")] = False
 

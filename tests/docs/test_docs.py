@@ -10,7 +10,7 @@ import msgspec
 import redis.asyncio
 
 from gateway.config import ServeSettings, env_names, flag
-from gateway.store import KeyStore, UsageLedger
+from gateway.store import KeyStore, SessionStore, UsageLedger
 from tests.support import ROOT
 
 
@@ -31,7 +31,7 @@ def test_redis_layout_names_exactly_the_keys_the_store_builds():
     table = doc.split("## Redis layout", 1)[1].split("\n\n| ", 1)[1].split("\n\n", 1)[0]
     documented = set(re.findall(r"^\| `([^`]+)` \|", table, flags=re.M)) - {"Redis key"}
     client = redis.asyncio.Redis()  # never connects: only the names are built
-    store, ledger = KeyStore(client, prefix="gw"), UsageLedger(client, "gw")
+    store, ledger, sessions = KeyStore(client, prefix="gw"), UsageLedger(client, "gw"), SessionStore(client, "gw")
     built = {store._rec("<key_id>"), store._org_keys("<org_id>"), store._org_revoked("<org_id>"),
              store._org_creates("<org_id>"), ledger.node_prefix + "<node_id>", ledger.nodes,
              ledger.base_prefix + "<bucket>", ledger.folded, store.channel, store.ack_channel,
@@ -39,7 +39,8 @@ def test_redis_layout_names_exactly_the_keys_the_store_builds():
              store._key_log("<key_id>"), store._org_activity("<org_id>"), store.backfilled,
              ledger.hist_prefix + "<node_id>:<hour>", ledger.hist_open, ledger.histday_prefix + "<node_id>:<day>",
              ledger.histday_open, ledger.hour_prefix + "<key_id>:<day>",
-             ledger.day_prefix + "<key_id>:<page>"}
+             ledger.day_prefix + "<key_id>:<page>", sessions._login("<state_sha256>"),
+             sessions._session("<session_sha256>"), sessions.live_index}
     assert documented == built
 
 

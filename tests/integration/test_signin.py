@@ -11,7 +11,6 @@ import urllib.parse
 
 import aiohttp
 import pytest
-import redis
 
 from tests.security.conftest import running_admin
 from tests.support import OPERATOR_TOKEN
@@ -144,3 +143,158 @@ async def test_a_person_without_a_role_gets_a_403_page_and_no_session(admin, bro
 
 def _json(text: str) -> dict:
     return json.loads(text)
+
+
+async def ops_get(http, admin, path: str) -> tuple[int, str]:
+    async with http.get(f"http://127.0.0.1:{admin.ops}{path}") as r:
+        return r.status, await r.text()
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{") and line.split(" ")[0] == name:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no metric {name}")
+
+
+async def test_metrics_count_sign_ins_failures_and_live_sessions(admin, browser):
+    _, before = await ops_get(browser, admin, "/metrics")
+    await sign_in(browser, admin.url, "alice")
+    async with browser.get(admin.url + "/auth/callback?state=" + "x" * 43 + "&code=c") as r:
+        assert r.status == 400
+    _, after = await ops_get(browser, admin, "/metrics")
+    assert metric(after, "gateway_admin_signins_total") == metric(before, "gateway_admin_signins_total") + 1
+    name = 'gateway_admin_signin_failures_total{reason="state_unknown"}'
+    assert metric(after, name) == metric(before, name) + 1
+    assert metric(after, "gateway_admin_sessions_live") >= 1
+    # The label set is bounded: every reason is there from the start, nothing else.
+    reasons = {line.split('"')[1] for line in after.splitlines() if line.startswith("gateway_admin_signin_failures_total{")}
+    from admin_api.signin import REASONS
+    assert reasons == set(REASONS)
+    status, ready = await ops_get(browser, admin, "/readyz")
+    assert status == 200 and json.loads(ready)["checks"]["oidc_provider"] is True
+
+
+@pytest.fixture(scope="module")
+def short_admin(oidc_provider, redis_server, tmp_path_factory, admin):
+    """Another admin process on the same registered port, with short sessions (the first one is stopped)."""
+    from tests.security.conftest import stop_process
+
+    stop_process(admin.proc)
+    with signin_admin(oidc_provider, redis_server, tmp_path_factory.mktemp("short"), session_idle=2,
+                      session_lifetime=4, session_refresh=1) as short:
+        yield short
+
+
+async def test_an_idle_session_ends(short_admin, browser):
+    import asyncio
+
+    await sign_in(browser, short_admin.url, "alice")
+    await session_of(browser, short_admin)
+    await asyncio.sleep(2.3)
+    status, err, _ = await request_json(browser, "GET", short_admin.url + "/auth/session")
+    assert status == 401 and err["error"]["code"] == "session_expired"
+
+
+async def test_a_used_session_ends_at_its_lifetime(short_admin, browser):
+    import asyncio
+    import time
+
+    await sign_in(browser, short_admin.url, "alice")
+    started = time.monotonic()
+    me = await session_of(browser, short_admin)
+    while time.monotonic() - started < 3.5:  # in use all along: the idle timeout never strikes
+        await session_of(browser, short_admin)
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(max(0.0, 4.3 - (time.monotonic() - started)))
+    status, err, _ = await request_json(browser, "GET", short_admin.url + "/auth/session")
+    assert status == 401 and err["error"]["code"] == "session_expired", me
+
+
+async def test_role_changes_apply_at_the_next_refresh(short_admin, browser, oidc_provider, redis_server):
+    import asyncio
+
+    victor = dict(USERS["victor"])
+    try:
+        await sign_in(browser, short_admin.url, "victor")
+        me = await session_of(browser, short_admin)
+        csrf = {"X-CSRF-Token": me["csrf_token"]}
+        status, err, _ = await request_json(browser, "POST", short_admin.url + "/v1/orgs/org-a/api-keys", json=BODY,
+                                            headers=csrf)
+        assert status == 403 and err["error"]["code"] == "no_org_role"
+        oidc_provider.set_user("victor", {**victor, "roles": ["admin"]})
+        await asyncio.sleep(1.1)  # --session-refresh 1: the bound on role changes
+        status, created, _ = await request_json(browser, "POST", short_admin.url + "/v1/orgs/org-a/api-keys",
+                                                json=BODY, headers=csrf)
+        assert status == 201 and created["created_by"] == "user:victor <victor@a.example>", created
+        assert (await session_of(browser, short_admin))["role"] == "admin"
+        # Moved to another org at the provider: the session's org follows.
+        oidc_provider.set_user("victor", {**victor, "org_id": "org-b", "roles": ["viewer"]})
+        await asyncio.sleep(1.1)
+        me = await session_of(browser, short_admin)
+        assert me["org_id"] == "org-b" and me["role"] == "viewer", me
+        status, err, _ = await request_json(browser, "GET", short_admin.url + "/v1/orgs/org-a/api-keys")
+        assert status == 404 and err["error"]["code"] == "org_not_found"
+        # The role removed: 403 no_org_role, then the session is gone.
+        oidc_provider.set_user("victor", {**victor, "roles": []})
+        await asyncio.sleep(1.1)
+        status, err, _ = await request_json(browser, "GET", short_admin.url + "/v1/orgs/org-b/api-keys")
+        assert status == 403 and err["error"]["code"] == "no_org_role", err
+        status, err, _ = await request_json(browser, "GET", short_admin.url + "/auth/session")
+        assert status == 401 and err["error"]["code"] == "session_expired"
+    finally:
+        oidc_provider.set_user("victor", victor)
+
+
+async def test_a_person_removed_at_the_provider_is_signed_out_at_the_refresh(short_admin, browser, oidc_provider):
+    import asyncio
+
+    bob = dict(USERS["bob"])
+    try:
+        await sign_in(browser, short_admin.url, "bob")
+        oidc_provider.set_user("bob", None)
+        await asyncio.sleep(1.1)
+        status, err, _ = await request_json(browser, "GET", short_admin.url + "/v1/orgs/org-b/api-keys")
+        assert status == 401 and err["error"]["code"] == "session_expired", err
+    finally:
+        oidc_provider.set_user("bob", bob)
+
+
+async def test_jwks_rotation_between_sign_ins_and_the_provider_down(redis_server, oidc_install, tmp_path, browser):
+    import asyncio
+
+    from tests.support.oidc import OidcProvider
+
+    provider = OidcProvider(oidc_install)  # its own: this test restarts and stops it
+    try:
+        with signin_admin(provider, redis_server, tmp_path, "--oidc-jwks-min-refetch", "0", session_refresh=1,
+                          oidc_backoff=1) as admin:
+            await sign_in(browser, admin.url, "alice")
+            provider.rotate("k2")  # the next ID token is signed with a key the admin API has not seen
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as other:
+                await sign_in(other, admin.url, "bob")
+                assert (await session_of(other, admin))["actor"] == "user:bob <bob@b.example>"
+                await asyncio.sleep(1.1)
+                # Down: sign-in is a 503 page, a session due for refresh 503, /readyz names the check;
+                # operator tokens and API keys still work.
+                provider.stop()
+                async with other.get(admin.url + "/auth/login", allow_redirects=False) as r:
+                    page = await r.text()
+                    assert r.status == 503 and r.content_type == "text/html", page
+                    assert "idp_unavailable" in page and 'href="/"' in page
+                status, err, _ = await request_json(other, "GET", admin.url + "/v1/orgs/org-b/api-keys")
+                assert status == 503 and err["error"]["code"] == "idp_unavailable", err
+                status, err, _ = await request_json(other, "GET", admin.url + "/auth/session")
+                assert status == 503 and err["error"]["code"] == "idp_unavailable", err
+                status, ready = await ops_get(other, admin, "/readyz")
+                assert status == 503 and json.loads(ready)["checks"]["oidc_provider"] is False, ready
+                async with other.post(admin.url + "/v1/orgs/org-b/api-keys", json=BODY,
+                                      headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as r:
+                    key = await r.json()
+                    assert r.status == 201, key
+                status, listed, _ = await request_json(other, "GET", admin.url + "/v1/orgs/org-b/api-keys", key["key"])
+                assert status == 403 or status == 200, listed  # the key's own scopes decide, never the provider
+                status, me, _ = await request_json(other, "GET", admin.url + "/v1/me", key["key"])
+                assert status == 200, me
+    finally:
+        provider.stop()

@@ -61,3 +61,39 @@ def test_oidc_issuer_may_be_http_on_loopback_only():
 
     s = load(AdminSettings, {}, {"GATEWAY_OIDC_ISSUER": "http://127.0.0.1:9000", "GATEWAY_OIDC_AUDIENCE": "a"})
     assert (s.oidc_issuer, s.oidc_org_claim, s.oidc_roles_claim) == ("http://127.0.0.1:9000", "org_id", "roles")
+
+
+SIGNIN_ENV = {"GATEWAY_OIDC_ISSUER": "https://idp.example", "GATEWAY_OIDC_AUDIENCE": "a",
+              "GATEWAY_OIDC_CLIENT_ID": "admin-api", "GATEWAY_OIDC_CLIENT_SECRET": "s3cret-value",
+              "GATEWAY_PUBLIC_URL": "https://admin.example"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"GATEWAY_PUBLIC_URL": ""}, "--oidc-client-id: needs --public-url"),
+    ({"GATEWAY_OIDC_ISSUER": "", "GATEWAY_OIDC_AUDIENCE": ""}, "--oidc-client-id: needs --oidc-issuer"),
+    ({"GATEWAY_OIDC_CLIENT_SECRET": ""}, "GATEWAY_OIDC_CLIENT_SECRET: required with --oidc-client-id"),
+    ({"GATEWAY_OIDC_CLIENT_ID": ""}, "GATEWAY_OIDC_CLIENT_SECRET: given without --oidc-client-id"),
+    ({"GATEWAY_PUBLIC_URL": "http://admin.example"}, "--public-url: expected an https://"),
+    ({"GATEWAY_PUBLIC_URL": "https://admin.example/admin"}, "--public-url: expected an origin without a path"),
+    ({"GATEWAY_PUBLIC_URL": "https://admin.example/?x=1"}, "--public-url: expected an https://"),
+    ({"GATEWAY_OIDC_SCOPES": "email profile"}, "--oidc-scopes: must include openid"),
+    ({"GATEWAY_SESSION_IDLE": "100", "GATEWAY_SESSION_LIFETIME": "50"}, "--session-idle: at most --session-lifetime"),
+    ({"GATEWAY_COOKIE_INSECURE": "maybe"}, "GATEWAY_COOKIE_INSECURE"),
+])
+def test_signin_settings_are_checked_together(change, message):
+    from gateway.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match=message):
+        load(AdminSettings, {}, {**SIGNIN_ENV, **change})
+
+
+def test_signin_settings_load_and_hide_the_secret():
+    from gateway.config import load
+
+    s = load(AdminSettings, {"cookie_insecure": "true"}, {**SIGNIN_ENV, "GATEWAY_PUBLIC_URL": "http://127.0.0.1:8081",
+                                                          "GATEWAY_OPERATOR_TOKEN": "operator-token-0123456789"})
+    assert s.signin_enabled and s.cookie_insecure and s.public_url == "http://127.0.0.1:8081"
+    assert (s.session_lifetime, s.session_idle, s.session_refresh) == (43200.0, 1800.0, 300.0)
+    assert "s3cret-value" not in repr(s) and "operator-token-0123456789" not in repr(s)
+    assert "oidc_client_id='admin-api'" in repr(s)
+    assert not load(AdminSettings, {}, {}).signin_enabled

@@ -1,0 +1,73 @@
+"""The pure rules of page sign-in (admin_api/signin_rules.py): secrets, return_to, sealing,
+cookies, CSRF and the error page."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, strategies as st
+
+from admin_api import signin_rules as rules
+from gateway import errors
+
+
+def test_secrets_are_43_urlsafe_characters_and_fresh():
+    made = {rules.new_secret() for _ in range(50)}
+    assert len(made) == 50 and all(rules.is_secret_shape(s) for s in made)
+    assert not rules.is_secret_shape("A" * 42) and not rules.is_secret_shape("A" * 44)
+    assert not rules.is_secret_shape("é" * 43) and not rules.is_secret_shape(None)
+    assert not rules.is_secret_shape("+" * 43)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("/", "/"), ("/keys", "/keys"), ("/keys?tab=a#x", "/keys?tab=a#x"), (None, "/"), ("", "/"),
+    ("//evil", "/"), ("/\\evil", "/"), ("\\/evil", "/"), ("https://evil", "/"), ("evil", "/"),
+    ("/%2F%2Fevil", "/"), ("/%2f/evil", "/"), ("/%5cevil", "/"), ("/\t/evil", "/"), ("/\r\n/evil", "/"),
+    ("/ evil", "/"), ("/\u0085evil", "/"), ("/\uff0fevil", "/"), ("/%0a", "/"), ("/" + "a" * 2001, "/"),
+])
+def test_return_to_is_a_local_path_or_slash(value, expected):
+    assert rules.safe_return_to(value) == expected
+
+
+@given(st.text(max_size=60))
+def test_return_to_never_names_another_host(value):
+    out = rules.safe_return_to(value)
+    assert out.startswith("/") and not out.startswith("//") and "\\" not in out
+    import urllib.parse
+    assert not urllib.parse.urlsplit(out).netloc
+
+
+def test_sealed_tokens_open_only_with_their_session_id():
+    sid, other = rules.new_secret(), rules.new_secret()
+    blob = rules.seal(sid, {"refresh_token": "rt-123", "id_token": "a.b.c"})
+    assert "rt-123" not in blob and sid not in blob
+    assert rules.unseal(sid, blob) == {"refresh_token": "rt-123", "id_token": "a.b.c"}
+    assert rules.unseal(other, blob) is None
+    assert rules.unseal(sid, blob[:-4] + "AAAA") is None
+    assert rules.unseal(sid, "not base64!") is None
+    assert rules.seal(sid, {"a": 1}) != rules.seal(sid, {"a": 1})  # a fresh nonce each time
+
+
+def test_cookie_headers():
+    assert rules.cookie_names(False) == ("__Host-gw_session", "__Host-gw_login")
+    assert rules.cookie_names(True) == ("gw_session", "gw_login")
+    assert rules.cookie_header("n", "v", max_age=5, same_site="Strict", insecure=False) == \
+        "n=v; Path=/; Max-Age=5; HttpOnly; SameSite=Strict; Secure"
+    assert "Secure" not in rules.cookie_header("n", "v", max_age=5, same_site="Lax", insecure=True)
+
+
+@pytest.mark.parametrize("given, origin, ok", [
+    ("tok", None, True), ("tok", "https://admin.example", True), ("tok", "HTTPS://ADMIN.EXAMPLE", True),
+    (None, None, False), ("", None, False), ("tok2", None, False), ("to", None, False),
+    ("tok", "https://evil.example", False), ("tok", "null", False), ("tok", "https://admin.example:444", False),
+])
+def test_csrf_rule(given, origin, ok):
+    assert rules.csrf_ok("tok", given, origin, rules.origin_of("https://admin.example/")) is ok
+
+
+def test_the_error_page_escapes_and_links_home():
+    page = rules.error_page(errors.SignInFailed("provider_error", 'said: <script>alert("x")</script>'))
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert '<a href="/">' in page and "400 sign_in_failed" in page and 'href="/static/app.css"' in page
+    assert "another account" not in page
+    page = rules.error_page(errors.NoOrgRole("org-a"), sign_in_again=True)
+    assert "org-a" in page and "Sign in with another account" in page and "403 no_org_role" in page
