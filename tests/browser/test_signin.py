@@ -319,6 +319,29 @@ async def test_provider_down_says_so_and_an_operator_token_still_works(signin_ad
         await expect(row(b, "Still listed")).to_be_visible()
 
 
+async def test_signing_in_while_the_provider_is_down_says_so_and_leads_back(signin_admin, oidc_provider):
+    admin = signin_admin("--oidc-backoff", "1")
+    create_key(admin, "org-a", "Still listed")
+    async with launch(admin.url) as b:
+        b.admin = admin
+        page = b.page
+        oidc_provider.stop()
+        try:
+            await page.wait_for_timeout(1100)  # past --oidc-backoff: /auth/login asks the provider again
+            await page.goto(admin.url + "/")
+            await page.get_by_role("link", name="Sign in with your account").click()
+            await expect(page.locator("body")).to_contain_text("idp_unavailable")
+            assert page.url.startswith(admin.url + "/auth/login")
+            await page.get_by_role("link", name="Back to API keys").click()
+            await page.get_by_text("Use an operator token or API key instead").click()
+            await page.get_by_label("Operator token or API key").fill(OPERATOR_TOKEN)
+            await page.get_by_label("Organization ID").fill("org-a")
+            await page.get_by_role("button", name="Sign in", exact=True).click()
+            await expect(row(b, "Still listed")).to_be_visible()
+        finally:
+            oidc_provider.start()
+
+
 async def test_a_sign_out_that_fails_keeps_the_person_signed_in_and_says_so(person, oidc_provider):
     page = person.page
     await account_sign_in(person, "alice")
