@@ -24,21 +24,24 @@ SESSION_ENDED = "Your session has ended. Sign in again."
 @pytest.fixture
 def signin_admin(oidc_provider, redis_server, tmp_path):
     """Factory: a real `gateway admin` on the provider's registered admin port (its redirect_uri),
-    signing people in with it; ``extra`` flags, e.g. a short --session-idle. One runs at a time."""
+    signing people in with it; ``extra`` flags, e.g. a short --session-idle. One runs at a time;
+    none may log a handler error."""
     running = []
 
     def start(*extra: str):
-        for proc in running:
-            stop_process(proc)
+        for admin in running:
+            stop_process(admin.proc)
         redis_server.client.flushall()
         admin = start_admin(tmp_path / f"admin-{len(running)}.log", redis_server.url, *oidc_provider.signin_args(),
                             *extra, env=oidc_provider.signin_env(), port=oidc_provider.admin_port)
-        running.append(admin.proc)
+        running.append(admin)
         return admin
 
     yield start
-    for proc in running:
-        stop_process(proc)
+    for admin in running:
+        stop_process(admin.proc)
+        text = admin.log.read_text()
+        assert "Traceback" not in text and "unhandled error" not in text, text
 
 
 @pytest.fixture
