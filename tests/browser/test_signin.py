@@ -134,6 +134,8 @@ async def test_the_sign_in_view_leads_with_the_account_and_folds_the_token_form(
     await person.shot("signin-view", page.locator("#sign-in-view"))
     await page.get_by_text("Use an operator token or API key instead").click()
     await expect(page.get_by_label("Operator token or API key")).to_be_visible()
+    await page.set_viewport_size({"width": 320, "height": 640})  # nothing wider than a small phone
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 320
 
 
 async def test_alice_signs_in_creates_sees_herself_revokes_and_signs_out(person, oidc_provider):
@@ -141,6 +143,7 @@ async def test_alice_signs_in_creates_sees_herself_revokes_and_signs_out(person,
     await account_sign_in(person, "alice")
     assert page.url == admin.url + "/"
     await expect(page.locator("#who")).to_have_text("alice@a.example · admin · organization org-a")
+    await expect(page.locator("#who")).to_have_attribute("title", "Subject alice")
     await storage_is_empty(person)
     cookie = await session_cookie(person)
 
@@ -189,6 +192,10 @@ async def test_a_viewer_sees_keys_usage_and_activity_but_no_controls(person):
     await expect(detail.locator("#key-activity li")).to_have_count(1)
     for name in ("Edit", "Roll secret", "Revoke"):
         await expect(detail.get_by_role("button", name=name, exact=True)).to_have_count(0)
+    await detail.get_by_role("button", name="Close").click()
+    await page.get_by_role("tab", name="Activity").click()
+    await expect(page.locator("#activity-body tr")).to_have_count(1)
+    await expect(page.locator("#activity-body .actor")).to_have_text("Operator")
 
 
 async def test_a_person_without_a_role_gets_the_no_access_page(person):
@@ -223,6 +230,9 @@ async def test_a_role_removed_at_the_provider_ends_in_the_no_access_screen(signi
                 "href", "/auth/login?return_to=/&prompt=login")
             await expect(page.locator("#keys-view")).to_be_hidden()
             await b.shot("signin-no-access")
+            await page.set_viewport_size({"width": 320, "height": 640})
+            assert await page.evaluate("document.documentElement.scrollWidth") <= 320
+            await page.set_viewport_size({"width": 1280, "height": 900})
             await screen.get_by_role("button", name="Sign out").click()
             await page.wait_for_url(re.compile(r"/$"))
             await expect(page.get_by_role("link", name="Sign in with your account")).to_be_visible()
