@@ -32,7 +32,8 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 
 # The browser tests save screenshots of the page (list and its flags, create and reveal dialogs, the key's
-# detail view and its chart, the roll dialog and the Activity view; 320/375 px, 1280 px).
+# detail view and its chart, the roll dialog and the Activity view; 320/375 px, 1280 px; the sign-in view,
+# the no-access screen and the provider-down banner).
 screenshots: $(STAMP)
 	@scripts/install-system-deps.sh test
 	$(PY) -m pytest -q tests/browser

@@ -10,11 +10,26 @@ export const ACTION_LABEL = {
   "api_key.revoked": "Revoked",
 };
 
-// "operator" / "key:key_abc" -> "Operator" / "Key key_abc"
+// Who did it, as shown and as told on hover: "operator" -> "Operator"; "key:key_abc" -> "Key key_abc";
+// a person, "user:<sub> <email>" -> their e-mail with the subject in the title ("user:<sub>": the subject).
+export function actorParts(actor) {
+  if (actor === "operator") return { label: "Operator", title: "" };
+  if (actor.startsWith("key:")) return { label: `Key ${actor.slice(4)}`, title: "" };
+  const person = /^user:(\S+)(?: <?([^<>\s]+)>?)?$/.exec(actor);
+  if (person) return { label: person[2] || person[1], title: `Subject ${person[1]}` };
+  return { label: actor, title: "" };
+}
+
 export function actorLabel(actor) {
-  if (actor === "operator") return "Operator";
-  if (actor.startsWith("key:")) return `Key ${actor.slice(4)}`;
-  return actor;
+  return actorParts(actor).label;
+}
+
+// The actor as an element: its label, and the subject on hover for a person.
+export function actorNode(actor, tag = "span", className = "actor") {
+  const { label, title } = actorParts(actor);
+  const node = cell(tag, label, className);
+  if (title) node.title = title;
+  return node;
 }
 
 function shown(value) {
@@ -83,7 +98,7 @@ export function activityRow(event, keyName, timeCell) {
   if (name) ref.append(cell("span", name, "key-title"), " ");
   ref.append(cell("code", event.key_id));
   key.append(ref);
-  const by = cell("td", actorLabel(event.actor), "actor");
+  const by = actorNode(event.actor, "td");
   by.dataset.label = "By";
   const changes = cell("td", "");
   changes.dataset.label = "Changes";
@@ -96,7 +111,7 @@ export function activityRow(event, keyName, timeCell) {
 export function activityItem(event, timeCell) {
   const li = document.createElement("li");
   li.dataset.action = event.action;
-  li.append(cell("strong", ACTION_LABEL[event.action] || event.action), " by ", cell("span", actorLabel(event.actor), "actor"), ", ", timeCell(event.at));
+  li.append(cell("strong", ACTION_LABEL[event.action] || event.action), " by ", actorNode(event.actor), ", ", timeCell(event.at));
   li.append(changesList(event));
   return li;
 }

@@ -1,14 +1,15 @@
 // Settings -> API Keys. Plain JavaScript modules, no build step, no third-party code.
 // SECURITY: every user-supplied string goes into the page through textContent or a form value,
-// never through innerHTML; the credential lives in sessionStorage only; the secret of a new key
+// never through innerHTML; a pasted credential lives in sessionStorage only, and a session with the
+// provider's account in an HttpOnly cookie (signin.js) that no script reads; the secret of a new key
 // lives only in the reveal dialog's text box and is wiped when that dialog closes (which the admin
 // must confirm).
 //
-// This module is the entry: sign-in, the list, the org's Activity view and the wiring. The
+// This module is the entry: sign-in (with an account: signin.js), the list, the org's Activity view and the wiring. The
 // detail view (detail.js), the key form for create and edit (keyform.js), the roll, revoke and
 // reveal dialogs (roll.js, revoke.js, reveal.js) each hold their own code; ui.js what they share.
 
-import { activityRow, actorLabel } from "./activity.js";
+import { activityRow, actorNode } from "./activity.js";
 import { openDetail } from "./detail.js";
 import { requests } from "./format.js";
 import { openCreate } from "./keyform.js";
@@ -17,7 +18,11 @@ import { canRead, MANAGE, READ } from "./permissions.js";
 import { REVEAL_CLOSED } from "./reveal.js";
 import { openRevoke } from "./revoke.js";
 import "./roll.js";
-import { activityPath, api, ApiError, orgPath, state } from "./session.js";
+import { activityPath, api, ApiError, hooks, orgPath, state } from "./session.js";
+import {
+  cookieSession, currentSession, endSession, hideIdpDown, isCookieSession, offerAccountSignIn, SESSION_ENDED,
+  showIdpDown, showNoAccess, showPerson, SIGNED_OUT_TEXT, stopWatching, watchIdle,
+} from "./signin.js";
 import {
   $, canRevoke, copyIdButton, flagList, handleApiError, KEY_CHANGED, scopeLabel, setFieldError, showError, showNotice,
   SIGNED_OUT, STATUS_LABEL, text, timeCell,
@@ -82,8 +87,22 @@ async function signIn(event) {
 const NO_ACCESS = `This API key cannot view or manage API keys: it needs the ${READ} or ${MANAGE} permission. ` +
   "Sign in with a key that holds one of them, or with an operator token.";
 
-function signOut(message) {
+// Back to the sign-in view. ``message`` goes under the token field (a pasted credential that
+// stopped working), ``notice`` above the choices (a session with the account that ended).
+function signOut(message, notice = "") {
   sessionStorage.removeItem(SESSION_KEY);
+  stopWatching();
+  resetPage();
+  $("sign-in-view").hidden = false;
+  $("sign-in-message").textContent = notice;
+  $("sign-in-message").hidden = !notice;
+  setFieldError("credential", "credential-error", message || "");
+  if (message) $("token-sign-in").open = true;
+  if (!$("account-sign-in").hidden && !message) $("account-sign-in-link").focus();
+  else $("credential").focus();
+}
+
+function resetPage() {
   state.session = null;
   state.me = null;
   state.keys = [];
@@ -92,29 +111,77 @@ function signOut(message) {
   for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
   $("keys-body").replaceChildren();
   $("keys-view").hidden = true;
+  $("no-access-view").hidden = true;
   $("who").hidden = true;
+  $("who").removeAttribute("title");
   $("sign-out").hidden = true;
-  $("sign-in-view").hidden = false;
-  setFieldError("credential", "credential-error", message || "");
-  $("credential").focus();
+}
+
+// The top bar's Sign out. With the account: the API ends the session, then the provider's own
+// logout when it has one (it comes back to this page).
+async function signOutClicked() {
+  if (!isCookieSession()) {
+    signOut("");
+    return;
+  }
+  $("sign-out").disabled = true;
+  try {
+    const provider = await endSession();
+    if (provider) {
+      resetPage();
+      location.assign(provider);
+      return;
+    }
+    signOut("", SIGNED_OUT_TEXT);
+  } catch (err) {
+    // Not signed out: the session goes on, so the page stays and says so.
+    const message = `Signing out failed, you are still signed in: ${err.message} (${err.code}). Try again.`;
+    if ($("keys-view").hidden) signOut("", message);
+    else showListError(err, null, message);
+  } finally {
+    $("sign-out").disabled = false;
+  }
+}
+
+// A call with the account's session said: it ended, no role, or the provider is down.
+hooks.failed = (err) => {
+  if (err.status === 401) signOut("", SESSION_ENDED);
+  else if (err.code === "no_org_role") noAccess(state.session && state.session.person);
+  else showIdpDown(() => start());
+};
+hooks.used = () => watchIdle(() => signOut("", SESSION_ENDED));
+
+function noAccess(person) {
+  stopWatching();
+  resetPage();
+  $("sign-in-view").hidden = true;
+  showNoAccess(person);
 }
 
 function enterKeysView(me) {
+  // Signed in with the account: the role is the session's; an admin may grant any permission.
+  if (isCookieSession() && me.grants_any === undefined) me.grants_any = state.session.person.role === "admin";
   state.me = me;
   $("sign-in-view").hidden = true;
+  $("no-access-view").hidden = true;
   $("keys-view").hidden = false;
-  const who = me.operator ? `Operator · organization ${state.session.orgId}` : `Organization ${state.session.orgId} · key ${me.actor.slice(4)}`;
-  $("who").textContent = who;
+  if (isCookieSession()) showPerson(state.session.person);
+  else {
+    $("who").textContent = me.operator ? `Operator · organization ${state.session.orgId}` : `Organization ${state.session.orgId} · key ${me.actor.slice(4)}`;
+  }
   $("who").hidden = false;
   $("sign-out").hidden = false;
   selectTab("keys");
   $("create-open").hidden = !me.can_manage;
   $("empty-create").hidden = !me.can_manage;
-  if (!me.can_manage) {
-    showNotice("This key can view the list but not create or revoke keys (that needs the api_keys:manage permission).");
+  if (me.can_manage) showNotice("");
+  else if (isCookieSession()) {
+    showNotice(`Your role (${state.session.person.role}) lets you see this organization's keys, their requests and ` +
+      "activity, but not create, edit, roll or revoke them; ask an admin of your organization for the admin role.");
   } else {
-    showNotice("");
+    showNotice("This key can view the list but not create or revoke keys (that needs the api_keys:manage permission).");
   }
+  watchIdle(() => signOut("", SESSION_ENDED));
   loadPermissions().finally(() => loadKeys());
 }
 
@@ -131,13 +198,13 @@ function retryable(err) {
   return err.status === 0 || err.status === 429 || err.status >= 500;
 }
 
-function showListError(err, retry) {
-  if (err.status === 401) {
+function showListError(err, retry, message = `${err.message} (${err.code})`) {
+  if (err.status === 401 || err.handled) { // handled: the session's own screens (signin.js) say it
     handleApiError(err, "list-error");
     return;
   }
   state.retry = retryable(err) ? retry : null;
-  $("list-error-text").textContent = `${err.message} (${err.code})`;
+  $("list-error-text").textContent = message;
   $("list-retry").hidden = !state.retry;
   $("list-error").hidden = false;
 }
@@ -254,7 +321,9 @@ function keyRow(key) {
   const created = document.createElement("td");
   created.dataset.label = "Created";
   created.className = "created";
-  created.append(timeCell(key.created_at), text("span", `by ${actorLabel(key.created_by)}`, "sub created-by"));
+  const by = actorNode(key.created_by, "span", "sub created-by");
+  by.prepend("by ");
+  created.append(timeCell(key.created_at), by);
 
   const lastUsed = document.createElement("td");
   lastUsed.dataset.label = "Last used";
@@ -333,7 +402,8 @@ async function loadActivity(more) {
 // ---------- wiring ----------
 
 $("sign-in-form").addEventListener("submit", signIn);
-$("sign-out").addEventListener("click", () => signOut(""));
+$("sign-out").addEventListener("click", signOutClicked);
+$("no-access-sign-out").addEventListener("click", signOutClicked);
 document.addEventListener(SIGNED_OUT, (event) => signOut(event.detail));
 document.addEventListener(KEY_CHANGED, (event) => {
   const row = $("keys-body").querySelector(`tr[data-key-id="${CSS.escape(event.detail.id)}"]`);
@@ -387,6 +457,10 @@ new IntersectionObserver((entries) => {
 }).observe($("load-more"));
 
 async function start() {
+  // Back from the provider's logout with ?state=: the page reads no query, the address bar need not show it.
+  if (location.search) history.replaceState(null, "", location.pathname);
+  hideIdpDown();
+  const offered = await offerAccountSignIn();
   const saved = sessionStorage.getItem(SESSION_KEY);
   if (saved) {
     try {
@@ -397,6 +471,28 @@ async function start() {
       return;
     } catch (err) {
       signOut(err instanceof ApiError ? `Please sign in again: ${err.message} (${err.code})` : "");
+      return;
+    }
+  }
+  if (offered) {
+    let session = null;
+    try {
+      session = await currentSession();
+    } catch (err) {
+      if (err.code === "no_org_role") noAccess(null);
+      else {
+        signOut("", err.code === "idp_unavailable" ? "" : `Your session cannot be checked: ${err.message} (${err.code})`);
+        if (err.code === "idp_unavailable") showIdpDown(() => start());
+      }
+      return;
+    }
+    if (session) {
+      state.session = cookieSession(session);
+      try {
+        enterKeysView(await api("GET", "/v1/me"));
+      } catch (err) {
+        if (!err.handled) signOut("", `Please sign in again: ${err.message} (${err.code})`);
+      }
       return;
     }
   }

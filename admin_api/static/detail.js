@@ -2,7 +2,7 @@
 // revoke open from here (keyform.js, roll.js, revoke.js); whatever changes the key, this view
 // redraws from KEY_CHANGED.
 
-import { activityItem, actorLabel } from "./activity.js";
+import { activityItem, actorNode } from "./activity.js";
 import { drawUsage } from "./chart.js";
 import { graceLeft, requests } from "./format.js";
 import { activityPath, api, keyPath, state } from "./session.js";
@@ -63,11 +63,11 @@ function renderDetail(key) {
   $("detail-fields").replaceChildren(
     ...field("ID", idBox),
     ...field("Permissions", text("span", key.scopes.map((s) => `${scopeLabel(s)} (${s})`).join(", "))),
-    ...field("Created", timeCell(key.created_at), ` by ${actorLabel(key.created_by)}`),
+    ...field("Created", timeCell(key.created_at), " by ", actorNode(key.created_by)),
     ...field("Last used", key.last_used_at ? timeCell(key.last_used_at) : never("Never")),
     ...field("Requests", text("span", requests(key.request_count), "request-count")),
     ...field("Expires", key.expires_at ? timeCell(key.expires_at) : never("Never")),
-    ...(key.revoked_at ? field("Revoked", timeCell(key.revoked_at), ` by ${actorLabel(key.revoked_by || "")}`) : []),
+    ...(key.revoked_at ? field("Revoked", timeCell(key.revoked_at), " by ", actorNode(key.revoked_by || "")) : []),
     ...(key.rolled_at ? field("Rolled", timeCell(key.rolled_at)) : []),
   );
   renderSecrets(key);

@@ -21,8 +21,11 @@ export function canRead(me) {
   return holds(me, READ);
 }
 
-// A caller may grant only what it holds itself.
-export const grantable = holds;
+// A caller may grant only what it holds itself; an operator, or a person with the admin role of the
+// org (``grants_any``), any permission of the catalogue.
+export function grantable(me, scope) {
+  return Boolean(me.grants_any) || holds(me, scope);
+}
 
 // "api_keys" -> "API keys", "webhook_urls" -> "Webhook URLs", "tasks" -> "Tasks": sentence
 // case, with known acronyms upper case.

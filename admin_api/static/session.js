@@ -1,7 +1,10 @@
 // The page's state and its one way to call the admin API (no DOM here but fetch).
 
 export const state = {
-  session: null, // {credential, orgId}
+  // {credential, orgId} with a pasted token; {cookie: true, orgId, csrf, person} when signed in with
+  // the provider (the admin API holds the session: an HttpOnly cookie; the CSRF token is kept here,
+  // in memory only, never in storage)
+  session: null,
   me: null, // GET /v1/me
   keys: [],
   cursor: null,
@@ -30,9 +33,44 @@ export class ApiError extends Error {
   }
 }
 
+const UNSAFE = new Set(["POST", "PATCH", "PUT", "DELETE"]);
+
+// Set by the entry module for a cookie session: ``used()`` after every call (the idle timer), and
+// ``failed(err)`` when a call says the session ended (401), the person has no role (403
+// no_org_role) or the provider cannot be reached (503 idp_unavailable). Such an error is marked
+// ``handled``: the page changes view for it, the caller need not say more.
+export const hooks = { used: null, failed: null };
+const SESSION_ERRORS = new Set(["no_org_role", "idp_unavailable"]);
+
+// With a ``credential`` (or the pasted one of the session): Authorization, never a cookie. Signed
+// in with the provider: the session cookie, and X-CSRF-Token on every call that changes something.
 export async function api(method, path, body, credential = state.session && state.session.credential, extra = {}) {
-  const headers = { Accept: "application/json", Authorization: "Bearer " + credential, ...extra };
-  const init = { method, headers, cache: "no-store", credentials: "omit" };
+  const headers = { ...extra };
+  const cookie = !credential && Boolean(state.session && state.session.cookie);
+  if (credential) headers.Authorization = "Bearer " + credential;
+  else if (cookie && UNSAFE.has(method)) headers["X-CSRF-Token"] = state.session.csrf;
+  if (!cookie) return request(method, path, body, headers, false);
+  try {
+    return await request(method, path, body, headers, true);
+  } catch (err) {
+    if ((err.status === 401 || SESSION_ERRORS.has(err.code)) && hooks.failed) {
+      err.handled = true;
+      hooks.failed(err);
+    }
+    throw err;
+  } finally {
+    if (hooks.used) hooks.used();
+  }
+}
+
+// The sign-in's own routes (/auth/*): the session cookie only; ``csrf`` for POST /auth/logout.
+export function authCall(method, path, csrf) {
+  return request(method, path, undefined, csrf ? { "X-CSRF-Token": csrf } : {}, true);
+}
+
+async function request(method, path, body, extra, cookie) {
+  const headers = { Accept: "application/json", ...extra };
+  const init = { method, headers, cache: "no-store", credentials: cookie ? "same-origin" : "omit" };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -66,3 +104,4 @@ export function activityPath(params) {
 export function orgPath(suffix = "") {
   return `/v1/orgs/${encodeURIComponent(state.session.orgId)}/api-keys${suffix}`;
 }
+

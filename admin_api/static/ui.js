@@ -48,6 +48,7 @@ export const SIGNED_OUT = "api-keys:signed-out";
 export const KEY_CHANGED = "api-keys:key-changed";
 
 export function handleApiError(err, bannerId) {
+  if (err.handled) return; // the session's own errors: the page already changed view (session.js hooks)
   if (err.status === 401) {
     document.dispatchEvent(new CustomEvent(SIGNED_OUT, { detail: `You were signed out: ${err.message} (${err.code})` }));
     return;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -30,14 +31,16 @@ class Browser:
             await self.page.screenshot(path=path, full_page=True)
 
 
-@pytest.fixture
-async def browser(stack):
+@contextlib.asynccontextmanager
+async def launch(origin: str):
+    """Headless Chromium with one page on ``origin`` (clipboard allowed there); console errors, page
+    errors and unexpected dialogs are collected in ``problems`` and must stay empty."""
     async with async_playwright() as pw:
         chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         context = await chromium.new_context(
             viewport={"width": 1280, "height": 900}, locale="en-US", timezone_id="America/New_York",
         )
-        await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.admin)
+        await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=origin)
         page = await context.new_page()
         page.set_default_timeout(10_000)
         b = Browser(page)
@@ -59,6 +62,12 @@ async def browser(stack):
         await context.close()
         await chromium.close()
     assert b.problems == []
+
+
+@pytest.fixture
+async def browser(stack):
+    async with launch(stack.admin) as b:
+        yield b
 
 
 async def sign_in(b: Browser, stack, credential: str = OPERATOR_TOKEN, org: str | None = "acme") -> None:
