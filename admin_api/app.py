@@ -289,6 +289,7 @@ async def whoami(request: web.Request) -> web.Response:
     return _json_response(schemas.Caller(
         actor=principal.actor, operator=principal.is_operator, org_id=principal.org_id,
         scopes=sorted(principal.scopes), can_manage=principal.is_operator or MANAGE in principal.scopes,
+        grants_any=principal.is_operator or principal.grants_any,
     ))
 
 

@@ -50,7 +50,11 @@ class Principal:
         if org_id is not None and org_id != self.org_id:
             raise errors.OrgNotFound()
         if not self.holds(scope):
-            raise errors.NoOrgRole(self.org_id, scope) if self.is_person else errors.InsufficientScope(scope)
+            if not self.is_person:
+                raise errors.InsufficientScope(scope)
+            if not self.scopes:  # a person without any role in the org (a bearer token; a session has one)
+                raise errors.NoOrgRole(self.org_id, scope)
+            raise errors.InsufficientRole(self.org_id, "admin" if MANAGE in self.scopes else "viewer", scope)
 
     def holds(self, scope: str) -> bool:
         """Does the caller's key carry ``scope``? api_keys:manage implies api_keys:read."""

@@ -125,11 +125,12 @@ class ApiKeyList(msgspec.Struct):
 class Caller(msgspec.Struct):
     """Who the credential belongs to (GET /v1/me): what the page needs to show the right actions."""
 
-    actor: Annotated[str, Meta(description="Recorded in the audit trail: operator or key:<key_id>")]
+    actor: Annotated[str, Meta(description="Recorded in the audit trail: operator, key:<key_id> or user:<sub> <email>")]
     operator: Annotated[bool, Meta(description="An operator token: acts on any org and may grant any scope")]
-    org_id: Annotated[str | None, Meta(description="The key's org; null for operators")]
-    scopes: Annotated[list[str], Meta(description="The key's scopes (what it may grant); empty for operators")]
-    can_manage: Annotated[bool, Meta(description="May create and revoke keys")]
+    org_id: Annotated[str | None, Meta(description="The caller's org; null for operators")]
+    scopes: Annotated[list[str], Meta(description="What the caller holds (a key: its scopes; a person: api_keys:manage and/or api_keys:read by role); empty for operators")]
+    can_manage: Annotated[bool, Meta(description="May create, edit, roll and revoke keys")]
+    grants_any: Annotated[bool, Meta(description="May grant any permission of the catalogue (operators and an org's admins), not only the scopes it holds")] = False
 
 
 class Permission(msgspec.Struct):

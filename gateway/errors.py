@@ -7,7 +7,7 @@ ApiError
 │   ValidationFailed (FieldError: naming the field), InvalidHost, SignInFailed
 ├── Unauthorized (401, with WWW-Authenticate): MissingApiKey, InvalidApiKey, ExpiredApiKey,
 │   RevokedApiKey, RolledApiKey, InvalidToken, MissingToken, SessionExpired
-├── Forbidden (403): InsufficientScope, NoOrgRole, ScopeNotGrantable, KeyOutlivesCaller, CsrfFailed
+├── Forbidden (403): InsufficientScope, NoOrgRole, InsufficientRole, ScopeNotGrantable, KeyOutlivesCaller, CsrfFailed
 ├── NotFound (404): RouteNotFound, KeyNotFound, OrgNotFound
 ├── MethodNotAllowed (405, with Allow)
 ├── KeyLimitReached (409), KeyConflict (409): KeyIsRevoked, KeyIsExpired
@@ -175,7 +175,8 @@ class InvalidToken(Unauthorized):
 
 
 class MissingToken(Unauthorized):
-    code, message = "missing_token", "Send an operator token or an API key as Authorization: Bearer."
+    code, message = "missing_token", ("Send an operator token, an API key of the org or an access token of the identity provider "
+                                       "as Authorization: Bearer, or sign in on the page.")
     rfc6750_error = None
 
 
@@ -198,6 +199,17 @@ class NoOrgRole(Forbidden):
             return
         super().__init__(f"You have no role in org {org_id} that allows this ({required_scope}); ask an admin "
                          "of the org at the identity provider.", required_scope=required_scope)
+
+
+class InsufficientRole(Forbidden):
+    """A person with a role in the org, but not one that allows this (a viewer changing a key)."""
+
+    code = "insufficient_role"
+
+    def __init__(self, org_id: str, role: str, required_scope: str) -> None:
+        super().__init__(f"Your role in org {org_id} ({role}) does not allow this ({required_scope}); ask an admin "
+                         "of the org for the admin role at the identity provider.", role=role,
+                         required_scope=required_scope)
 
 
 class CsrfFailed(Forbidden):

@@ -160,7 +160,6 @@ function noAccess(person) {
 
 function enterKeysView(me) {
   // Signed in with the account: the role is the session's; an admin may grant any permission.
-  if (isCookieSession() && me.grants_any === undefined) me.grants_any = state.session.person.role === "admin";
   state.me = me;
   $("sign-in-view").hidden = true;
   $("no-access-view").hidden = true;

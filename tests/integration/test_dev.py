@@ -282,7 +282,7 @@ async def test_the_printed_demo_users_sign_in_at_the_dev_provider(tmp_path, star
             assert r.status == 200
         async with http.post(admin + "/v1/orgs/demo/api-keys", headers={"X-CSRF-Token": me["csrf_token"]},
                              json={"name": "Not allowed", "scopes": ["tasks:read"]}) as r:
-            assert r.status == 403 and (await r.json())["error"]["code"] == "no_org_role"
+            assert r.status == 403 and (await r.json())["error"]["code"] == "insufficient_role"
 
 
 def test_without_node_sign_in_is_off_and_the_rest_runs(tmp_path, start_dev, monkeypatch):

@@ -26,7 +26,7 @@ async def test_an_admin_creates_and_revokes_and_the_log_names_the_person(oidc_st
     token = oidc_provider.token("alice")
     status, me, _ = await oidc_stack.admin_call("GET", "/v1/me", token)
     assert status == 200, me
-    assert me["actor"] == "user:alice <alice@a.example>" and me["org_id"] == "org-a" and me["can_manage"]
+    assert me["actor"] == "user:alice <alice@a.example>" and me["org_id"] == "org-a" and me["can_manage"] and me["grants_any"]
     status, created, _ = await oidc_stack.admin_call("POST", "/v1/orgs/org-a/api-keys", token, json=BODY)
     assert status == 201, created
     assert created["created_by"] == "user:alice <alice@a.example>"
@@ -52,6 +52,8 @@ async def test_an_admin_may_grant_any_permission_of_the_catalogue(oidc_stack, oi
 async def test_a_viewer_reads_but_cannot_create_roll_or_revoke(oidc_stack, oidc_provider):
     key = await oidc_stack.create_key(org="org-a")
     token = oidc_provider.token("victor")
+    status, me, _ = await oidc_stack.admin_call("GET", "/v1/me", token)
+    assert status == 200 and (me["can_manage"], me["grants_any"], me["scopes"]) == (False, False, ["api_keys:read"]), me
     status, listed, _ = await oidc_stack.admin_call("GET", "/v1/orgs/org-a/api-keys", token)
     assert status == 200 and [k["id"] for k in listed["data"]] == [key["id"]]
     for method, path, body in (("POST", "/v1/orgs/org-a/api-keys", BODY),
@@ -59,7 +61,8 @@ async def test_a_viewer_reads_but_cannot_create_roll_or_revoke(oidc_stack, oidc_
                                ("POST", f"/v1/orgs/org-a/api-keys/{key['id']}/revoke", None)):
         status, err, _ = await oidc_stack.admin_call(method, path, token, json=body)
         assert status == 403, (path, err)
-        assert err["error"]["code"] == "no_org_role" and err["error"]["required_scope"] == "api_keys:manage"
+        assert err["error"]["code"] == "insufficient_role" and err["error"]["required_scope"] == "api_keys:manage"
+        assert err["error"]["role"] == "viewer" and "(viewer) does not allow this" in err["error"]["message"]
     assert (await oidc_stack.call("GET", "/v1/tasks/1", key["key"]))[0] == 200  # untouched
 
 
