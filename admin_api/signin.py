@@ -36,7 +36,7 @@ from admin_api.oidc import BadIdToken, OidcVerifier
 from gateway import errors
 from gateway.config import AdminSettings
 from gateway.model import rfc3339
-from gateway.store import SessionStore
+from gateway.store import FAULTS, SessionStore
 
 UNSAFE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 REFRESH_WAIT = 10.0  # seconds a request waits for another process's refresh of its session
@@ -252,6 +252,12 @@ class SignIn:
             self._set_cookie(response, self.login_cookie, "", 0, "Lax")
         return response
 
+    def store_fault(self) -> web.Response:
+        """Redis failed during a sign-in navigation: 503 as an HTML page (counted as a Redis error,
+        as the envelope counts it); nothing was signed in."""
+        self.metrics.redis_errors.inc()
+        return self.error_response(errors.StoreUnavailable())
+
     # -- sessions ----------------------------------------------------------------------------
     async def _session(self, sid: str | None) -> Session | None:
         """The live session of a cookie value (None: none, unknown, ended; an ended one is deleted)."""
@@ -451,6 +457,8 @@ async def auth_login(request: web.Request) -> web.Response:
         return await signin.login(request)
     except (errors.IdpUnavailable, errors.TooManyFailedAttempts) as err:
         return signin.error_response(err)
+    except FAULTS:  # a browser navigation: the HTML page, as for every sign-in error
+        return signin.store_fault()
 
 
 async def auth_callback(request: web.Request) -> web.Response:
@@ -460,6 +468,8 @@ async def auth_callback(request: web.Request) -> web.Response:
         return await signin.callback(request)
     except (errors.SignInFailed, errors.NoOrgRole, errors.IdpUnavailable, errors.TooManyFailedAttempts) as err:
         return signin.error_response(err)
+    except FAULTS:
+        return signin.store_fault()
 
 
 async def auth_session(request: web.Request) -> web.Response:

@@ -132,4 +132,5 @@ def error_page(err: errors.ApiError, *, sign_in_again: bool = False) -> str:
 
 
 _titles = {"sign_in_failed": "Sign-in failed", "no_org_role": "No role in this organization",
-           "idp_unavailable": "Identity provider unavailable", "not_found": "Sign-in is not configured"}
+           "idp_unavailable": "Identity provider unavailable", "not_found": "Sign-in is not configured",
+           "store_unavailable": "Sign-in is unavailable for a moment"}

@@ -74,7 +74,7 @@ async def test_roll_with_24h_grace_both_secrets_work_and_the_page_says_until_whe
 
     await reveal.get_by_role("button", name="I have copied it").click()
     await expect(reveal).to_be_hidden()
-    assert await page.locator("#reveal-key").input_value() == ""  # the secret left the page
+    await expect(page.locator("#reveal-key")).to_have_value("")  # the secret left the page (on the close event)
     await expect(detail.get_by_role("button", name="Roll secret")).to_be_focused()
     await expect(detail.locator("#detail-notice")).to_have_text("Rolled. The previous secret expires in 24 h.")
     secrets = detail.locator("#detail-secrets li")

@@ -199,6 +199,13 @@ def smoke_dev(work: Path) -> None:
         status, _, body = request(gw, "GET", "/v1/tasks", headers=bearer(secret))
         check(status == 401 and b"revoked_api_key" in body, f"revoked key: 401 revoked_api_key (got {status})")
         exercise_page(admin)
+        # The dev-only OpenID provider ships in the wheel (gateway/data/devidp) and starts with node.
+        has_node = bool(shutil.which("node") and shutil.which("npm"))
+        banner = log.read_text(errors="replace")
+        check(bool(re.search(rf"sign-in +http://127\.0\.0\.1:{base + 3} ", banner)) == has_node,
+              f"gateway dev: sign-in {'on' if has_node else 'off'} (node and npm {'found' if has_node else 'missing'})")
+        status, _, body = request(admin, "GET", "/auth/config")
+        check(status == 200 and json.loads(body)["sign_in"] is has_node, "GET /auth/config says whether sign-in is on")
     except BaseException:
         print(log.read_text(errors="replace")[-4000:], file=sys.stderr)
         raise

@@ -352,3 +352,31 @@ async def test_jwks_rotation_between_sign_ins_and_the_provider_down(redis_server
                 assert status == 200, me
     finally:
         provider.stop()
+
+
+async def test_redis_down_during_sign_in_is_an_html_page(oidc_install, tmp_path, browser):
+    """/auth/login and /auth/callback are browser navigations: a Redis fault answers the 503 as a
+    page (as every sign-in error), nothing is signed in, and the admin process keeps serving."""
+    from tests.support import RedisServer
+    from tests.support.oidc import OidcProvider, start_sign_in, submit_login
+
+    provider = OidcProvider(oidc_install)
+    (tmp_path / "redis").mkdir()
+    redis = RedisServer(tmp_path / "redis")
+    try:
+        with signin_admin(provider, redis, tmp_path) as admin:
+            _, form = await start_sign_in(browser, admin.url)  # the login record is in Redis
+            callback = await submit_login(browser, form, "alice", USERS["alice"]["password"])
+            redis.stop()
+            for url in (admin.url + "/auth/login", callback):
+                async with browser.get(url, allow_redirects=False) as r:
+                    page = await r.text()
+                    assert r.status == 503 and r.content_type == "text/html", (url, r.status, page)
+                    assert "store_unavailable" in page and "Sign-in is unavailable" in page
+                    assert not any(c.key.endswith("gw_session") and c.value for c in r.cookies.values())
+            async with browser.get(admin.url + "/auth/config") as r:
+                assert r.status == 200
+    finally:
+        provider.stop()
+        if redis.proc.poll() is None:
+            redis.stop()
