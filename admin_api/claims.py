@@ -3,7 +3,8 @@
 The mapping is configured in AdminSettings (--oidc-org-claim, --oidc-roles-claim,
 --oidc-admin-role, --oidc-viewer-role). The actor recorded in created_by / revoked_by and the
 activity log is ``user:<sub>``, followed by `` <email>`` when the token carries a plain e-mail
-address, for example ``user:alice <alice@a.example>``.
+address that it does not mark unverified (``email_verified: false``), for example
+``user:alice <alice@a.example>``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def person(claims: dict[str, Any], *, org_claim: str, roles_claim: str, admin_ro
     role: Role = "admin" if admin_role in roles else "viewer" if viewer_role in roles else "none"
     email = claims.get("email")
     actor = f"user:{sub}"
-    if isinstance(email, str) and _EMAIL.fullmatch(email):
+    # An address the provider says it has not verified is not recorded as the person's.
+    if isinstance(email, str) and _EMAIL.fullmatch(email) and claims.get("email_verified") is not False:
         actor += f" <{email}>"
     return Person(actor, org_id, role)

@@ -29,6 +29,7 @@ from joserfc import jwt
 from joserfc.errors import ClaimError, InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 
+from admin_api.signin_rules import insecure_endpoints
 from gateway import errors
 from gateway.config import AdminSettings
 
@@ -197,6 +198,9 @@ class OidcVerifier:
             metadata = await self._get_json(s.oidc_issuer.rstrip("/") + "/.well-known/openid-configuration")
             if metadata.get("issuer") != s.oidc_issuer or not isinstance(metadata.get("jwks_uri"), str):
                 raise ProviderUnreachable("metadata: issuer mismatch or no jwks_uri")
+            bad = insecure_endpoints(metadata, s.oidc_issuer)
+            if bad:  # SECURITY: the client secret and the tokens travel to these
+                raise ProviderUnreachable(f"metadata: not https: {', '.join(bad)}")
             jwks = await self._get_json(metadata["jwks_uri"])
             keys = KeySet.import_key_set({"keys": [k for k in jwks.get("keys", []) if k.get("use", "sig") == "sig"]})
             return metadata, keys

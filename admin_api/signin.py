@@ -37,9 +37,10 @@ from gateway import errors
 from gateway.config import AdminSettings
 from gateway.model import rfc3339
 from gateway.store import FAULTS, SessionStore
+from gateway.throttle import FailureThrottle
 
 UNSAFE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
-REFRESH_WAIT = 10.0  # seconds a request waits for another process's refresh of its session
+REFRESH_POLL = 0.1  # seconds between looks at a session another process is refreshing
 TOUCH_EVERY_MS = 10_000  # a session's idle expiry is renewed at most this often (a quarter of a shorter idle)
 # The failure reasons (the label set of gateway_admin_signin_failures_total: bounded).
 REASONS = ("provider_error", "state_unknown", "state_not_bound", "code_missing", "code_refused", "id_token_invalid",
@@ -77,6 +78,11 @@ class SignIn:
         self.post_logout_uri = settings.public_url.rstrip("/") + "/"
         self.public_origin = rules.origin_of(settings.public_url)
         self._refresh_locks: dict[str, asyncio.Lock] = {}
+        # A refresh makes up to 5 provider calls (metadata, JWKS twice, token, ...), each within
+        # --oidc-timeout: the claim outlasts that, and a waiter gives up (503) no sooner.
+        self.refresh_claim = max(10.0, 5 * settings.oidc_timeout + 5)
+        self.starts = FailureThrottle(limit=settings.signin_rate, window=60.0, max_clients=settings.throttle_max_clients,
+                                      ipv6_prefix=settings.throttle_ipv6_prefix, clock=clock)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -136,6 +142,11 @@ class SignIn:
         if wait:
             self.guard.throttled += 1
             raise errors.TooManyFailedAttempts(wait)
+        client = self.guard.client(request.remote or "", headers)
+        wait = self.starts.retry_after(client)
+        if wait:
+            raise errors.TooManySignIns(self.settings.signin_rate, wait)
+        self.starts.record_failure(client)  # counted as started, used or not
         # The provider is asked again (metadata and JWKS) at most once per --oidc-backoff, so a
         # provider that went down shows the 503 page instead of a redirect to nowhere.
         now = self.clock()
@@ -182,10 +193,6 @@ class SignIn:
         state = q.get("state")
         if rules.is_secret_shape(state) and len(q.getall("state", ())) == 1:
             login = await self.sessions.take_login(rules.digest(state))  # read once: a replay finds nothing
-        if "error" in q:
-            # The provider's own words, shortened; the error page escapes them.
-            said = (q.get("error_description") or q.get("error") or "")[:300]
-            raise errors.SignInFailed("provider_error", f"The identity provider did not sign you in: {said}")
         if login is None:
             raise errors.SignInFailed("state_unknown", "This sign-in link is unknown, expired or already used; "
                                       "start again from the page.")
@@ -193,6 +200,11 @@ class SignIn:
         if binding is None or not hmac.compare_digest(rules.digest(binding), str(login.get("binding_sha256"))):
             raise errors.SignInFailed("state_not_bound", "This sign-in was started in another browser (or its "
                                       "cookie is missing); start again from the page.")
+        if "error" in q:
+            # The provider's own words (shortened; the page escapes them), only for a sign-in this
+            # browser started: a crafted link cannot put its text on this origin's page.
+            said = (q.get("error_description") or q.get("error") or "")[:300]
+            raise errors.SignInFailed("provider_error", f"The identity provider did not sign you in: {said}")
         code = q.get("code")
         if not code or len(q.getall("code", ())) != 1:
             raise errors.SignInFailed("code_missing", "The identity provider's answer has no authorization code.")
@@ -205,6 +217,9 @@ class SignIn:
         who = self._person(claims)
         if who.role == "none":
             raise errors.NoOrgRole(who.org_id)
+        previous = request.cookies.get(self.session_cookie)
+        if rules.is_secret_shape(previous):  # this browser's earlier session ends with the new sign-in
+            await self.sessions.delete(rules.digest(previous or ""))
         sid = rules.new_secret()
         sha = rules.digest(sid)
         now = self.now_ms()
@@ -214,7 +229,8 @@ class SignIn:
             "sub": claims["sub"], "actor": who.actor, "email": email, "org_id": who.org_id, "role": who.role,
             "created_at": now, "refreshed_at": now, "last_seen": now, "csrf": rules.new_secret(),
             "enc": rules.seal(sid, {"refresh_token": answer.get("refresh_token"), "id_token": answer["id_token"]}),
-        }, ttl_ms=int(min(s.session_idle, s.session_lifetime) * 1000), expires_ms=now + int(s.session_lifetime * 1000))
+        }, ttl_ms=int(min(s.session_idle, s.session_lifetime) * 1000), expires_ms=now + int(s.session_lifetime * 1000),
+           now_ms=now)
         self.metrics.signins.inc()
         response = web.Response(status=303, headers={"Location": rules.safe_return_to(login.get("return_to"))})
         self._set_cookie(response, self.session_cookie, sid, int(s.session_lifetime), "Strict")
@@ -242,7 +258,8 @@ class SignIn:
     def error_response(self, err: errors.ApiError) -> web.Response:
         """The HTML page of a sign-in error (one place), counted by reason."""
         reason = getattr(err, "reason", None) or {"no_org_role": "no_org_role", "idp_unavailable": "idp_unavailable",
-                                                  "too_many_failed_attempts": "throttled"}.get(err.code)
+                                                  "too_many_failed_attempts": "throttled",
+                                                  "too_many_sign_ins": "throttled"}.get(err.code)
         if reason in REASONS:
             self.metrics.signin_failures.labels(reason).inc()
         response = web.Response(status=err.status, text=rules.error_page(err, sign_in_again=err.code == "no_org_role"),
@@ -314,21 +331,22 @@ class SignIn:
     async def _refresh_once(self, sid: str, sha: str) -> Session:
         """Across admin API processes: the one that claims the refresh in Redis does it; the
         others wait for its result (a refresh token that the provider rotates works once)."""
-        deadline = time.monotonic() + REFRESH_WAIT
+        deadline = time.monotonic() + self.refresh_claim
         while True:
             again = await self._session(sid)  # another request may have refreshed meanwhile
             if again is None:
                 raise errors.SessionExpired()
             if self.now_ms() - again.int("refreshed_at") < self.settings.session_refresh * 1000:
                 return again
-            if await self.sessions.claim_refresh(sha, int(REFRESH_WAIT * 1000)):
+            owner = rules.new_secret()
+            if await self.sessions.claim_refresh(sha, owner, int(self.refresh_claim * 1000)):
                 try:
                     return await self._do_refresh(sid, again)
                 finally:
-                    await self.sessions.release_refresh(sha)
+                    await self.sessions.release_refresh(sha, owner)
             if time.monotonic() >= deadline:
                 raise errors.IdpUnavailable(errors.IDP_DOWN_SIGNIN)  # fail closed: never the old roles
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(REFRESH_POLL)
 
     async def _do_refresh(self, sid: str, found: Session) -> Session:
         tokens = rules.unseal(sid, found.fields.get("enc", ""))
@@ -414,6 +432,10 @@ class SignIn:
                     params = {"id_token_hint": tokens["id_token"], **params}
                 sep = "&" if "?" in endpoint else "?"
                 end_session_url = endpoint + sep + urllib.parse.urlencode(params)
+        elif not request.headers.get("X-CSRF-Token"):
+            # No session: clearing the cookie is harmless, but only for the page itself (a
+            # cross-site form cannot send this header), not for any site that posts here.
+            raise errors.CsrfFailed()
         response = web.json_response({"end_session_url": end_session_url})
         self.clear_session_cookie(response)
         return response
@@ -455,7 +477,7 @@ async def auth_login(request: web.Request) -> web.Response:
     signin = _signin(request)
     try:
         return await signin.login(request)
-    except (errors.IdpUnavailable, errors.TooManyFailedAttempts) as err:
+    except (errors.IdpUnavailable, errors.TooManyFailedAttempts, errors.TooManySignIns) as err:
         return signin.error_response(err)
     except FAULTS:  # a browser navigation: the HTML page, as for every sign-in error
         return signin.store_fault()

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from gateway import errors
 
 LOGIN_TTL = 600  # seconds a started sign-in (its state, and the login cookie) lasts
-MAX_RETURN_TO = 2000
+MAX_RETURN_TO = 512  # a pending sign-in's record stays small
 _SEAL_INFO = b"api-key-gateway session tokens v1"
 
 
@@ -110,6 +110,8 @@ def origin_of(url: str) -> str:
 def csrf_ok(expected: str, given: str | None, origin: str | None, public_origin: str) -> bool:
     """The CSRF rule of a state-changing request made with a session cookie: X-CSRF-Token
     equal to the session's (constant time) and, when the browser sends Origin, the page's own."""
+    if not is_secret_shape(expected):  # SECURITY: a session without a token of its own accepts none
+        return False
     if given is None or not hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogateescape")):
         return False
     return origin is None or origin.lower() == public_origin
@@ -133,4 +135,24 @@ def error_page(err: errors.ApiError, *, sign_in_again: bool = False) -> str:
 
 _titles = {"sign_in_failed": "Sign-in failed", "no_org_role": "No role in this organization",
            "idp_unavailable": "Identity provider unavailable", "not_found": "Sign-in is not configured",
-           "store_unavailable": "Sign-in is unavailable for a moment"}
+           "store_unavailable": "Sign-in is unavailable for a moment", "too_many_sign_ins": "Too many sign-ins"}
+
+
+ENDPOINTS = ("authorization_endpoint", "token_endpoint", "jwks_uri", "end_session_endpoint", "userinfo_endpoint")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def insecure_endpoints(metadata: dict, issuer: str) -> list[str]:
+    """The endpoints of ``metadata`` this client must not use: not https, or http on a loopback
+    address only when the issuer itself is one (a local provider), or not a string URL."""
+    local = urllib.parse.urlsplit(issuer).scheme == "http"
+    bad = []
+    for name in ENDPOINTS:
+        if name not in metadata:
+            continue
+        value = metadata[name]
+        url = urllib.parse.urlsplit(value) if isinstance(value, str) else None
+        if url is None or not url.hostname or not (
+                url.scheme == "https" or (local and url.scheme == "http" and url.hostname in LOOPBACK)):
+            bad.append(name)
+    return bad

@@ -95,6 +95,10 @@ def _check_signin(s: AdminSettings) -> None:
     url = _check_url(s.public_url, "--public-url")
     if url.path not in ("", "/"):
         raise ValueError(f"--public-url: expected an origin without a path (the admin API at /), got {s.public_url!r}")
+    if s.cookie_insecure and url.scheme == "https":
+        # SECURITY: over https, a cookie without Secure (and without the __Host- prefix) can be
+        # planted by a sibling subdomain or any http answer: a signed-in session of the attacker's.
+        raise ValueError(f"--cookie-insecure: only for a page on http on a loopback address, not {s.public_url!r}")
     if not s.oidc_client_secret:
         raise ValueError("GATEWAY_OIDC_CLIENT_SECRET: required with --oidc-client-id (the client's secret at the provider)")
     if "openid" not in s.oidc_scopes.split():
@@ -225,6 +229,7 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     session_lifetime: Annotated[float, Meta(ge=1, le=30 * 86400, description="Seconds a sign-in session lasts at most")] = 43200.0
     session_idle: Annotated[float, Meta(ge=1, le=86400, description="Seconds without a request after which a session ends")] = 1800.0
     session_refresh: Annotated[float, Meta(ge=1, le=86400, description="Seconds after which a session re-reads the person's org and roles from the provider (the bound on role changes)")] = 300.0
+    signin_rate: Annotated[int, Meta(ge=0, le=10000, description="Sign-ins one client address may start per minute before 429 too_many_sign_ins (each holds a pending record in Redis for 10 minutes; 0: no limit)")] = 30
     cookie_insecure: Annotated[bool, Meta(description="Cookies without Secure and without the __Host- prefix (local http only)")] = False
 
     def __post_init__(self) -> None:

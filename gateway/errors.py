@@ -13,7 +13,7 @@ ApiError
 ├── KeyLimitReached (409), KeyConflict (409): KeyIsRevoked, KeyIsExpired
 ├── VersionMismatch (412)
 ├── RequestTimeout (408), PayloadTooLarge (413), UriTooLong (414), UnsupportedMediaType (415),
-│   TooManyFailedAttempts (429), TooManyCreates (429), HeadersTooLarge (431)
+│   TooManyFailedAttempts (429), TooManyCreates (429), TooManySignIns (429), HeadersTooLarge (431)
 ├── ServiceUnavailable (503, with Retry-After): AuthUnavailable, IdpUnavailable, StoreUnavailable (StoreUnconfirmed),
 │   StoreFull
 └── UpstreamUnavailable (502), UpstreamTimeout (504)
@@ -327,6 +327,21 @@ class TooManyFailedAttempts(ApiError):
 
     def __init__(self, retry_after: int) -> None:
         super().__init__()
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class TooManySignIns(ApiError):
+    """Sign-ins started from one client address faster than a person starts them (each holds a
+    pending record in Redis until it is used or expires)."""
+
+    status, code = 429, "too_many_sign_ins"
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        super().__init__(f"Too many sign-ins started from this address ({limit} a minute); retry after {retry_after} s.",
+                         limit=limit)
         self.retry_after = retry_after
 
     def headers(self) -> dict[str, str]:

@@ -22,6 +22,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
+# Compare-and-delete: the refresh claim is released only by the process that holds it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 SESSION_FIELDS = ("sub", "actor", "email", "org_id", "role", "created_at", "refreshed_at", "last_seen", "csrf", "enc")
 
 
@@ -40,6 +46,7 @@ class SessionStore:
         self.live_index = f"{prefix}:sessions"
         self._confirmed = confirmed or (lambda steps: steps(client))
         self._update = client.register_script(_UPDATE)
+        self._release = client.register_script(_RELEASE)
 
     def _login(self, state_sha: str) -> str:
         return f"{self.p}:login:{state_sha}"
@@ -61,7 +68,7 @@ class SessionStore:
             raise Unavailable(type(exc).__name__) from None
         return json.loads(raw) if raw else None
 
-    async def create(self, sid_sha: str, fields: dict, ttl_ms: int, expires_ms: int) -> None:
+    async def create(self, sid_sha: str, fields: dict, ttl_ms: int, expires_ms: int, now_ms: int = 0) -> None:
         key = self._session(sid_sha)
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -69,6 +76,7 @@ class SessionStore:
                 pipe.pexpire(key, ttl_ms)
                 await pipe.execute()
             await self.redis.zadd(self.live_index, {sid_sha: expires_ms})  # another slot: its own command
+            await self.redis.zremrangebyscore(self.live_index, "-inf", now_ms)  # bounded without scrapes
         except RedisError as exc:
             raise Unavailable(type(exc).__name__) from None
 
@@ -109,17 +117,18 @@ class SessionStore:
     def _refreshing(self, sid_sha: str) -> str:
         return f"{self.p}:session:{sid_sha}:refreshing"
 
-    async def claim_refresh(self, sid_sha: str, ttl_ms: int) -> bool:
-        """Take the session's refresh for ``ttl_ms`` (one admin API process refreshes it at a
-        time: a provider that rotates refresh tokens would end the session on a second use)."""
+    async def claim_refresh(self, sid_sha: str, owner: str, ttl_ms: int) -> bool:
+        """Take the session's refresh for ``ttl_ms`` as ``owner`` (one admin API process refreshes
+        it at a time: a provider that rotates refresh tokens would end the session on a second use)."""
         try:
-            return bool(await self.redis.set(self._refreshing(sid_sha), "1", nx=True, px=ttl_ms))
+            return bool(await self.redis.set(self._refreshing(sid_sha), owner, nx=True, px=ttl_ms))
         except RedisError as exc:
             raise Unavailable(type(exc).__name__) from None
 
-    async def release_refresh(self, sid_sha: str) -> None:
+    async def release_refresh(self, sid_sha: str, owner: str) -> None:
+        """Give the claim back, if it is still ``owner``'s (never another process's later claim)."""
         try:
-            await self.redis.delete(self._refreshing(sid_sha))
+            await self._release(keys=[self._refreshing(sid_sha)], args=[owner])
         except RedisError as exc:
             raise Unavailable(type(exc).__name__) from None
 

@@ -116,9 +116,11 @@ async def test_sign_out_ends_the_session_and_points_at_the_provider(admin, brows
     # The provider's end-session URL works: its logout page (RP-initiated logout).
     async with browser.get(out["end_session_url"], allow_redirects=False) as r:
         assert r.status in (200, 302, 303), await r.text()
-    # Without a session: 200, null.
-    status, out, _ = await request_json(browser, "POST", admin.url + "/auth/logout")
+    # Without a session: 200, null, for the page (it sends its token; a cross-site form cannot).
+    status, out, _ = await request_json(browser, "POST", admin.url + "/auth/logout", headers={"X-CSRF-Token": "x"})
     assert status == 200 and out == {"end_session_url": None}
+    status, out, _ = await request_json(browser, "POST", admin.url + "/auth/logout")
+    assert status == 403 and out["error"]["code"] == "csrf_failed"
 
 
 async def test_a_viewer_reads_but_cannot_write(admin, browser):
@@ -380,3 +382,22 @@ async def test_redis_down_during_sign_in_is_an_html_page(oidc_install, tmp_path,
         provider.stop()
         if redis.proc.poll() is None:
             redis.stop()
+
+
+async def test_a_refresh_claim_is_released_only_by_its_owner(redis_server):
+    """A process whose claim expired mid-refresh must not release the claim another process
+    took since (compare-and-delete)."""
+    from gateway.store import KeyStore, connect
+
+    client = connect(redis_server.url)
+    try:
+        sessions, sha = KeyStore(client).sessions, "c" * 64
+        assert await sessions.claim_refresh(sha, "first", 10_000)
+        assert not await sessions.claim_refresh(sha, "second", 10_000)
+        await sessions.release_refresh(sha, "second")  # not its claim: nothing released
+        assert not await sessions.claim_refresh(sha, "second", 10_000)
+        await sessions.release_refresh(sha, "first")
+        assert await sessions.claim_refresh(sha, "second", 10_000)
+        assert 9_000 < redis_server.client.pttl(f"gw:session:{sha}:refreshing") <= 10_000
+    finally:
+        await client.aclose()

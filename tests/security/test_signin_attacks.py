@@ -535,3 +535,75 @@ async def test_failed_callbacks_count_against_the_client_address(oidc_provider, 
             # Operator tokens still work (a credential, decided by the existing throttle rules).
             status, _, _ = await request_json(http, "GET", throttled.url + "/v1/me", OPERATOR_TOKEN)
             assert status in (200, 429)
+
+
+# -- review: the classes around the flow ----------------------------------------------------
+
+@pytest.mark.parametrize("state", [None, "A" * 43, "unbound"])
+async def test_a_crafted_error_link_cannot_put_its_text_on_the_page(admin, state):
+    """The provider's words appear only for a sign-in this browser started; a link someone else
+    made (no state, an unknown one, or one started in another browser) shows the generic refusal."""
+    phish = "Your account is locked. Call +1 555 0100 to unlock it."
+    async with browser() as victim:
+        if state == "unbound":
+            async with browser() as attacker:
+                authorize, _ = await start_sign_in(attacker, admin.url)
+                state = query_of(authorize)["state"]
+                admin.secrets.append(state)
+        query = {"error": "access_denied", "error_description": phish, **({"state": state} if state else {})}
+        status, text, resp = await follow(victim, admin.url + "/auth/callback?" + urllib.parse.urlencode(query))
+        assert_page(status, text, resp, 400, "sign_in_failed")
+        assert phish not in text and "555" not in text
+
+
+async def test_sign_out_without_a_session_is_for_the_page_only(admin, alice):
+    """A cross-site form cannot sign someone out: without a session the cookie is cleared only
+    for a request that carries X-CSRF-Token (which a form cannot send)."""
+    async with browser() as http:
+        async with http.post(admin.url + "/auth/logout", headers={"Origin": "https://evil.example"}) as r:
+            assert r.status == 403 and (await r.json())["error"]["code"] == "csrf_failed"
+            assert "Set-Cookie" not in r.headers
+        async with http.post(admin.url + "/auth/logout", headers={"X-CSRF-Token": "anything"}) as r:
+            assert r.status == 200 and (await r.json()) == {"end_session_url": None}
+    # A signed-in browser's session is untouched by a form post carrying its cookie but no token.
+    async with alice.post(admin.url + "/auth/logout") as r:
+        assert r.status == 403 and "Set-Cookie" not in r.headers
+    assert (await request_json(alice, "GET", admin.url + "/auth/session"))[0] == 200
+
+
+async def test_a_new_sign_in_ends_the_browsers_previous_session(admin, redis_server):
+    async with browser() as http:
+        first = await sign_in(http, admin.url, "alice")
+        second = await sign_in(http, admin.url, "alice", prompt="login")  # signing in again in the same browser
+        admin.secrets += [first, second]
+        assert first != second
+        assert not redis_server.client.exists("gw:session:" + hashlib.sha256(first.encode()).hexdigest())
+        assert (await request_json(http, "GET", admin.url + "/auth/session"))[0] == 200  # the new one works
+    async with aiohttp.ClientSession() as other:  # the first cookie, replayed elsewhere: gone
+        async with other.get(admin.url + "/auth/session", headers={"Cookie": f"gw_session={first}"}) as r:
+            assert r.status == 401
+
+
+async def test_the_live_sessions_index_is_pruned_without_scrapes(admin, redis_server):
+    redis_server.client.zadd("gw:sessions", {"stale-" + secrets.token_hex(4): 1})  # ended long ago
+    async with browser() as http:
+        admin.secrets.append(await sign_in(http, admin.url, "alice"))
+    assert not [m for m in redis_server.client.zrange("gw:sessions", 0, -1) if m.startswith(b"stale-")]
+
+
+async def test_sign_ins_started_from_one_address_are_limited(oidc_provider, redis_server, tmp_path):
+    """Each started sign-in holds a record in Redis for 10 minutes: one address cannot fill Redis."""
+    with running_admin(tmp_path / "admin.log", redis_server.url, *oidc_provider.signin_args(signin_rate=3),
+                       "--auth-failure-limit", "0", env=oidc_provider.signin_env()) as limited:
+        before = len(redis_server.client.keys("gw:login:*"))
+        async with browser() as http:
+            for _ in range(3):
+                async with http.get(limited.url + "/auth/login", allow_redirects=False) as r:
+                    assert r.status == 302
+            status, text, resp = await follow(http, limited.url + "/auth/login?return_to=/" + "a" * 400)
+            assert_page(status, text, resp, 429, "too_many_sign_ins")
+            assert int(resp.headers["Retry-After"]) >= 1
+        assert len(redis_server.client.keys("gw:login:*")) - before == 3
+        async with aiohttp.ClientSession() as http:  # keys and tokens are not sign-ins: still served
+            status, _, _ = await request_json(http, "GET", limited.url + "/v1/me", OPERATOR_TOKEN)
+            assert status == 200

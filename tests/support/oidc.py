@@ -117,7 +117,7 @@ class OidcProvider:
     def signin_settings(self, **extra) -> dict:
         """The admin API settings that sign people in with this provider (page sign-in)."""
         return {**self.settings(), "oidc_client_id": self.client["client_id"], "public_url": self.public_url,
-                "oidc_scopes": SCOPES, "cookie_insecure": True, **extra}
+                "oidc_scopes": SCOPES, "cookie_insecure": True, "signin_rate": 0, **extra}  # many sign-ins per test
 
     def signin_args(self, **extra) -> list[str]:
         """The same as `gateway admin` flags (the secret goes in GATEWAY_OIDC_CLIENT_SECRET: signin_env)."""
@@ -152,10 +152,12 @@ class OidcProvider:
 LOGIN_FORM = re.compile(r'<form method="post" action="([^"]+)"')
 
 
-async def start_sign_in(http, admin_url: str, return_to: str = "/") -> tuple[str, str]:
+async def start_sign_in(http, admin_url: str, return_to: str = "/", prompt: str | None = None) -> tuple[str, str]:
     """GET /auth/login with ``http`` (an aiohttp ClientSession with a cookie jar): the
-    provider's authorization URL the admin API redirects to, and the URL of its login form."""
-    async with http.get(admin_url + "/auth/login", params={"return_to": return_to}, allow_redirects=False) as r:
+    provider's authorization URL the admin API redirects to, and the URL of its login form
+    (``prompt="login"``: the form even while the provider remembers a sign-in)."""
+    params = {"return_to": return_to, **({"prompt": prompt} if prompt else {})}
+    async with http.get(admin_url + "/auth/login", params=params, allow_redirects=False) as r:
         assert r.status == 302, (r.status, await r.text())
         authorize = r.headers["Location"]
     async with http.get(authorize, allow_redirects=True) as r:
@@ -182,11 +184,12 @@ async def submit_login(http, form_url: str, user: str, password: str) -> str:
     raise AssertionError("the provider never redirected to /auth/callback")
 
 
-async def sign_in(http, admin_url: str, user: str, password: str | None = None, return_to: str = "/") -> str:
+async def sign_in(http, admin_url: str, user: str, password: str | None = None, return_to: str = "/",
+                  prompt: str | None = None) -> str:
     """A whole sign-in over HTTP, as a browser does it: /auth/login, the provider's login form,
     /auth/callback. Returns the session cookie's value (also kept in ``http``'s cookie jar, which
     must accept cookies of IP hosts: aiohttp.CookieJar(unsafe=True))."""
-    _, form = await start_sign_in(http, admin_url, return_to)
+    _, form = await start_sign_in(http, admin_url, return_to, prompt)
     callback = await submit_login(http, form, user, password if password is not None else USERS[user]["password"])
     async with http.get(callback, allow_redirects=False) as r:
         assert r.status == 303, (r.status, await r.text())

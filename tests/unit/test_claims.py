@@ -28,6 +28,11 @@ def test_the_actor_names_subject_and_email():
     assert person({"sub": "alice", "org_id": "o", "email": "alice@a.example"}, **MAPPING).actor == \
         "user:alice <alice@a.example>"
     assert person({"sub": "alice", "org_id": "o"}, **MAPPING).actor == "user:alice"
+    # An address the provider marks unverified is not the person's; unmarked or verified, it is.
+    assert person({"sub": "alice", "org_id": "o", "email": "boss@a.example", "email_verified": False},
+                  **MAPPING).actor == "user:alice"
+    assert person({"sub": "alice", "org_id": "o", "email": "alice@a.example", "email_verified": True},
+                  **MAPPING).actor == "user:alice <alice@a.example>"
     # An e-mail that could break the format is left out, never copied in.
     for email in ("a>b@x.example", "a b@x.example", "a@x.example\n", 5, "no-at-sign"):
         assert person({"sub": "alice", "org_id": "o", "email": email}, **MAPPING).actor == "user:alice"

@@ -79,6 +79,8 @@ SIGNIN_ENV = {"GATEWAY_OIDC_ISSUER": "https://idp.example", "GATEWAY_OIDC_AUDIEN
     ({"GATEWAY_OIDC_SCOPES": "email profile"}, "--oidc-scopes: must include openid"),
     ({"GATEWAY_SESSION_IDLE": "100", "GATEWAY_SESSION_LIFETIME": "50"}, "--session-idle: at most --session-lifetime"),
     ({"GATEWAY_COOKIE_INSECURE": "maybe"}, "GATEWAY_COOKIE_INSECURE"),
+    ({"GATEWAY_COOKIE_INSECURE": "true"}, "--cookie-insecure: only for a page on http on a loopback address"),
+    ({"GATEWAY_SIGNIN_RATE": "-1"}, "GATEWAY_SIGNIN_RATE"),
 ])
 def test_signin_settings_are_checked_together(change, message):
     from gateway.config import ConfigError, load

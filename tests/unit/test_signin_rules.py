@@ -61,7 +61,37 @@ def test_cookie_headers():
     ("tok", "https://evil.example", False), ("tok", "null", False), ("tok", "https://admin.example:444", False),
 ])
 def test_csrf_rule(given, origin, ok):
-    assert rules.csrf_ok("tok", given, origin, rules.origin_of("https://admin.example/")) is ok
+    expected = "t" * 43  # a session's token: 43 URL-safe characters
+    given = given.replace("tok", expected) if given else given
+    assert rules.csrf_ok(expected, given, origin, rules.origin_of("https://admin.example/")) is ok
+
+
+@pytest.mark.parametrize("expected", ["", "short", "x" * 44, "t" * 42 + "!"])
+def test_a_session_without_a_token_of_its_own_accepts_none(expected):
+    for sent in (expected, "", "t" * 43):
+        assert rules.csrf_ok(expected, sent, None, rules.origin_of("https://admin.example/")) is False
+
+
+def test_return_to_is_short():
+    assert rules.safe_return_to("/" + "a" * 511) == "/" + "a" * 511
+    assert rules.safe_return_to("/" + "a" * 512) == "/"  # a started sign-in's record stays small
+
+
+@pytest.mark.parametrize("metadata, bad", [
+    ({"token_endpoint": "https://id.example/token", "jwks_uri": "https://id.example/jwks"}, []),
+    ({"token_endpoint": "http://id.example/token"}, ["token_endpoint"]),
+    ({"authorization_endpoint": "http://127.0.0.1/auth"}, ["authorization_endpoint"]),  # https issuer: no http at all
+    ({"end_session_endpoint": "javascript:alert(1)"}, ["end_session_endpoint"]),
+    ({"jwks_uri": 5, "userinfo_endpoint": "https:///nohost"}, ["jwks_uri", "userinfo_endpoint"]),
+])
+def test_provider_endpoints_must_be_https(metadata, bad):
+    assert rules.insecure_endpoints(metadata, "https://id.example") == bad
+
+
+def test_a_local_provider_may_use_http_on_loopback_only():
+    local = "http://127.0.0.1:9000"
+    assert rules.insecure_endpoints({"token_endpoint": "http://127.0.0.1:9000/token"}, local) == []
+    assert rules.insecure_endpoints({"token_endpoint": "http://10.0.0.1/token"}, local) == ["token_endpoint"]
 
 
 def test_the_error_page_escapes_and_links_home():
