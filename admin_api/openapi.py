@@ -62,7 +62,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 HTML_PAGE = {"description": "An HTML page naming the error (sign_in_failed, no_org_role, too_many_failed_attempts, "
-                             "idp_unavailable)", "content": {"text/html": {"schema": {"type": "string"}}}}
+                             "too_many_sign_ins, idp_unavailable, store_unavailable)",
+             "content": {"text/html": {"schema": {"type": "string"}}}}
 HTML_RETRY = {**HTML_PAGE, "headers": {"Retry-After": {**RETRY_AFTER, "required": True}}}
 SESSION = {"type": "object", "additionalProperties": False,
            "required": ["actor", "subject", "email", "org_id", "role", "csrf_token", "expires_at", "idle_timeout"],
