@@ -13,6 +13,7 @@ OIDC_TEST_CONFIG environment variable (provider.mjs says what it holds).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -72,7 +73,10 @@ def start(config: dict, *, log, preexec_fn=None, timeout: float = 20.0) -> subpr
             with urllib.request.urlopen(url, timeout=2) as r:
                 if json.load(r).get("issuer") == config["issuer"]:
                     return proc
-        except (urllib.error.URLError, ConnectionError, ValueError):
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
+            # Not up yet. Polling a port nobody listens on yet can even connect to itself (TCP
+            # simultaneous open, when the kernel picks that port as the source): it reads its own
+            # request back (BadStatusLine). Another try gets another source port.
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
