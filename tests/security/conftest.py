@@ -80,7 +80,9 @@ class GatewayProcess(RawClient):
     keys: dict[str, dict] = field(default_factory=dict)  # name -> {"key", "id", "scopes"}
 
     def access_log(self) -> list[dict]:
-        return [json.loads(line) for line in self.stdout.read_text().splitlines() if line.startswith("{")]
+        # Complete lines only: the last one may still be half written (the log is written in batches).
+        *complete, _partial = self.stdout.read_text().split("\n")
+        return [json.loads(line) for line in complete if line.startswith("{")]
 
     def log_entry(self, request_id: str) -> dict:
         for _ in range(100):  # the line may still be in flight
