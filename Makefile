@@ -16,7 +16,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) tests/install/run.py
 	$(PY) bench/run.py --smoke --output artifacts/bench-smoke.json
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -264,28 +264,28 @@ async def test_bob_of_org_b_sees_his_orgs_keys_never_org_as(person):
 
 
 async def test_an_idle_session_ends_and_the_page_says_so(signin_admin):
-    admin = signin_admin("--session-idle", "5")
+    admin = signin_admin("--session-idle", "3")
     async with launch(admin.url) as b:
         b.admin = admin
         page = b.page
         await account_sign_in(b, "alice")
         cookie = await session_cookie(b)
         message = page.locator("#sign-in-message")
-        await expect(message).to_have_text(SESSION_ENDED, timeout=12_000)  # the page's idle timer notices
+        await expect(message).to_have_text(SESSION_ENDED, timeout=8_000)  # the page's idle timer notices
         await expect(page.get_by_role("link", name="Sign in with your account")).to_be_visible()
         await expect(page.locator("#keys-view")).to_be_hidden()
         assert session_status(admin, cookie) == 401
 
 
 async def test_a_call_after_the_session_ended_says_so(signin_admin):
-    admin = signin_admin("--session-idle", "5")
+    admin = signin_admin("--session-idle", "3")
     async with launch(admin.url) as b:
         b.admin = admin
         page = b.page
         await page.clock.install()
         await account_sign_in(b, "alice")
         await page.clock.pause_at(time.time() * 1000)  # the page's idle timer is held; the API's clock is not
-        await page.wait_for_timeout(6_500)
+        await page.wait_for_timeout(3_500)
         await page.get_by_role("tab", name="Activity").click()
         await expect(page.locator("#sign-in-message")).to_have_text(SESSION_ENDED)
         await expect(page.locator("#keys-view")).to_be_hidden()
