@@ -1,0 +1,131 @@
+"""Per-key rate limits and quotas, what they are: fixed UTC windows (second, minute, hour for
+rates; day and calendar month for quotas), the limit spec, the store-fault policy and the IETF
+RateLimit headers. Pure; every time is an injected integer of milliseconds since the Unix epoch.
+
+Headers follow draft-ietf-httpapi-ratelimit-headers-11 (May 2026; the structured-field form of
+-08 to -11): ``RateLimit-Policy: "per-minute";q=100;w=60`` (a List, one item per limit) and
+``RateLimit: "per-minute";r=42;t=17`` (remaining units, seconds to the reset). The lease
+accounting that enforces the limits on one node is ``gateway.leases``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Sequence
+
+import msgspec
+from msgspec import Meta
+
+SECOND, MINUTE, HOUR, DAY, MONTH = "second", "minute", "hour", "day", "month"
+RATE_WINDOWS = (SECOND, MINUTE, HOUR)
+QUOTA_PERIODS = (DAY, MONTH)
+WINDOWS = RATE_WINDOWS + QUOTA_PERIODS
+FIXED_MS = {SECOND: 1_000, MINUTE: 60_000, HOUR: 3_600_000, DAY: 86_400_000}
+MAX_LIMIT = 999_999_999_999_999  # the largest structured-field Integer (15 digits)
+OPEN, CLOSED = "open", "closed"
+
+# --- windows ---------------------------------------------------------------------------------
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
+    year -= month <= 2
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146_097 + doe - 719_468
+
+
+def _civil_from_days(days: int) -> tuple[int, int]:
+    """(year, month) of a day number since 1970-01-01."""
+    days += 719_468
+    era = days // 146_097
+    doe = days - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    month = mp + (3 if mp < 10 else -9)
+    return yoe + era * 400 + (month <= 2), month
+
+
+def window_bounds(window: str, now: int) -> tuple[int, int]:
+    """[start, end) in ms of the UTC window holding ``now``; ``end`` is the reset time."""
+    size = FIXED_MS.get(window)
+    if size is not None:
+        start = now - now % size
+        return start, start + size
+    if window != MONTH:
+        raise ValueError(f"unknown window {window!r}; expected one of {', '.join(WINDOWS)}")
+    year, month = _civil_from_days(now // FIXED_MS[DAY])
+    start = _days_from_civil(year, month, 1)
+    end = _days_from_civil(year + (month == 12), month % 12 + 1, 1)
+    return start * FIXED_MS[DAY], end * FIXED_MS[DAY]
+
+
+def seconds_until(end: int, now: int) -> int:
+    """Whole seconds from ``now`` to ``end``, rounded up (0 once it has passed)."""
+    return max(0, -((now - end) // 1000))
+
+
+class Limit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One limit of a key: at most ``limit`` request units per UTC ``window``."""
+
+    window: Annotated[str, Meta(description="second, minute or hour (a rate); day or month (a quota, UTC calendar)")]
+    limit: Annotated[int, Meta(description=f"request units per window, 1 to {MAX_LIMIT}")]
+
+    def __post_init__(self) -> None:
+        if self.window not in WINDOWS:
+            raise ValueError(f"window must be one of {', '.join(WINDOWS)}, not {self.window!r}")
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or not 1 <= self.limit <= MAX_LIMIT:
+            raise ValueError(f"limit must be an integer from 1 to {MAX_LIMIT}, not {self.limit!r}")
+
+    @property
+    def is_quota(self) -> bool:
+        return self.window in QUOTA_PERIODS
+
+    @property
+    def code(self) -> str:
+        """The error code of a refusal by this limit."""
+        return "quota_exceeded" if self.is_quota else "rate_limited"
+
+    @property
+    def policy_name(self) -> str:
+        return f"per-{self.window}"
+
+
+class FaultPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a limit whose lease the store cannot answer does once the held budget is spent."""
+
+    # Rate windows protect the backend from bursts: a short store outage should not stop traffic;
+    # quotas are what a customer paid for: never give away what cannot be counted.
+    rate: Annotated[str, Meta(description="rate windows: open (admit) or closed (503)")] = OPEN
+    quota: Annotated[str, Meta(description="quotas: open (admit) or closed (503 quota_unavailable)")] = CLOSED
+
+    def __post_init__(self) -> None:
+        for name in ("rate", "quota"):
+            if getattr(self, name) not in (OPEN, CLOSED):
+                raise ValueError(f"{name} must be {OPEN!r} or {CLOSED!r}, not {getattr(self, name)!r}")
+
+    def opens(self, limit: Limit) -> bool:
+        return (self.quota if limit.is_quota else self.rate) == OPEN
+
+    @staticmethod
+    def code(limit: Limit) -> str:
+        return "quota_unavailable" if limit.is_quota else "rate_limit_unavailable"
+
+
+# --- headers ---------------------------------------------------------------------------------
+
+def _window_seconds(window: str, now: int) -> int:
+    start, end = window_bounds(window, now)
+    return (end - start) // 1000
+
+
+def policy_header(limits: Sequence[Limit], now: int) -> str:
+    """``RateLimit-Policy``: one item per limit; a month's ``w`` is the current month's length."""
+    return ", ".join(f'"{limit.policy_name}";q={limit.limit};w={_window_seconds(limit.window, now)}'
+                     for limit in limits)
+
+
+def ratelimit_header(limit: Limit, remaining: int, end: int, now: int) -> str:
+    """``RateLimit`` for one limit: the units left and whole seconds until its window ends."""
+    return f'"{limit.policy_name}";r={max(0, remaining)};t={seconds_until(end, now)}'
