@@ -10,6 +10,7 @@ accounting that enforces the limits on one node is ``gateway.leases``.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Sequence
 
 import msgspec
@@ -25,26 +26,8 @@ OPEN, CLOSED = "open", "closed"
 
 # --- windows ---------------------------------------------------------------------------------
 
-def _days_from_civil(year: int, month: int, day: int) -> int:
-    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
-    year -= month <= 2
-    era = year // 400
-    yoe = year - era * 400
-    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146_097 + doe - 719_468
-
-
-def _civil_from_days(days: int) -> tuple[int, int]:
-    """(year, month) of a day number since 1970-01-01."""
-    days += 719_468
-    era = days // 146_097
-    doe = days - era * 146_097
-    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    month = mp + (3 if mp < 10 else -9)
-    return yoe + era * 400 + (month <= 2), month
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_MS = dt.timedelta(milliseconds=1)
 
 
 def window_bounds(window: str, now: int) -> tuple[int, int]:
@@ -55,10 +38,10 @@ def window_bounds(window: str, now: int) -> tuple[int, int]:
         return start, start + size
     if window != MONTH:
         raise ValueError(f"unknown window {window!r}; expected one of {', '.join(WINDOWS)}")
-    year, month = _civil_from_days(now // FIXED_MS[DAY])
-    start = _days_from_civil(year, month, 1)
-    end = _days_from_civil(year + (month == 12), month % 12 + 1, 1)
-    return start * FIXED_MS[DAY], end * FIXED_MS[DAY]
+    # The calendar is datetime's (proleptic Gregorian, UTC): computed once per window, not per request.
+    first = (_EPOCH + now * _MS).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = first.replace(year=first.year + (first.month == 12), month=first.month % 12 + 1)
+    return (first - _EPOCH) // _MS, (following - _EPOCH) // _MS
 
 
 def seconds_until(end: int, now: int) -> int:
