@@ -39,8 +39,10 @@ class ApiError(Exception):
             self.message = message
         self.extra = extra  # extra fields for the JSON envelope (e.g. required_scope)
 
+    retry_after: int | None = None  # seconds: sent as Retry-After (429s, 503s)
+
     def headers(self) -> dict[str, str]:
-        return {}
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 class BadRequest(ApiError):
@@ -329,9 +331,6 @@ class TooManyFailedAttempts(ApiError):
         super().__init__()
         self.retry_after = retry_after
 
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
-
 
 class TooManySignIns(ApiError):
     """Sign-ins started from one client address faster than a person starts them (each holds a
@@ -344,9 +343,6 @@ class TooManySignIns(ApiError):
                          limit=limit)
         self.retry_after = retry_after
 
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
-
 
 class TooManyCreates(ApiError):
     status, code = 429, "too_many_creates"
@@ -356,16 +352,10 @@ class TooManyCreates(ApiError):
                          limit=limit)
         self.retry_after = retry_after
 
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
-
 
 class ServiceUnavailable(ApiError):
     status, code, message = 503, "service_unavailable", "Temporarily unavailable."
     retry_after = 1
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
 class AuthUnavailable(ServiceUnavailable):

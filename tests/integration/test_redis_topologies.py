@@ -182,3 +182,26 @@ async def test_cluster_activity_log_and_its_backfill(cluster, make_stack):
         assert [(e["key_id"], e["action"], e["version"]) for e in body["data"]] == [
             (r.id, "api_key.revoked", 2), (r.id, "api_key.created", 1)]
     assert await store.backfill_activity(force=True) == 0
+
+
+async def test_cluster_sign_in_sessions(cluster):
+    """The sign-in session store on a cluster, where its keys live in different slots (each of its
+    commands names one key, so none depends on redis-py splitting a multi-key command)."""
+    from gateway.store import KeyStore, connect
+
+    client = connect(cluster.url)
+    try:
+        sessions = KeyStore(client).sessions
+        sha = "d" * 64
+        await sessions.put_login("e" * 64, {"nonce": "n"}, 60_000)
+        assert await sessions.take_login("e" * 64) == {"nonce": "n"}
+        await sessions.create(sha, {"sub": "alice", "role": "admin"}, 60_000, expires_ms=2**41, now_ms=1)
+        assert await sessions.update(sha, {"role": "viewer"}, 60_000, 2**41)
+        assert (await sessions.get(sha))["role"] == "viewer"
+        assert await sessions.claim_refresh(sha, "me", 10_000)
+        assert await sessions.live(1) >= 1
+        await sessions.delete(sha)
+        assert await sessions.get(sha) is None
+        assert await sessions.claim_refresh(sha, "other", 10_000)  # the claim went with the session
+    finally:
+        await client.aclose()
