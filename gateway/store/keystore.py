@@ -25,6 +25,7 @@ from gateway.store.lifecycle import Lifecycle, all_ids
 from gateway.store.quota import NO_QUOTA, RESERVE, OrgQuota, check_reserve
 from gateway.store.replication import AUTO, NotReplicated, ReplicaGuard
 from gateway.store.sessions import SessionStore
+from gateway.store.limits import BudgetStore
 
 __all__ = ["AuditPage", "Contended", "KeyStore", "NotReplicated", "Page", "WriteTooLate", "decode_cursor"]
 
@@ -131,6 +132,7 @@ class KeyStore:
         self.registry = f"{prefix}:gateways"
         self.ledger = UsageLedger(client, prefix, self._confirmed)
         self.sessions = SessionStore(client, prefix, self._confirmed)  # page sign-in (admin API)
+        self.limits = BudgetStore(client, prefix)  # per-key rate-limit and quota budgets (issue 16)
         self._create = client.register_script(_CREATE)
         self._reserve = client.register_script(_RESERVE)
         self._register = client.register_script(_REGISTER)
