@@ -9,6 +9,7 @@ import msgspec
 
 from admin_api import schemas
 from gateway.model import KEY_ID_PATTERN, ORG_ID_PATTERN
+from gateway.ratelimit import WINDOWS
 from gateway.store import AUDIT_CURSOR_PATTERN, CURSOR_PATTERN
 
 REF = "#/components/schemas/{name}"
@@ -128,7 +129,7 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
     body may name only these), so the document follows a reloaded scopes.yaml."""
     _, components = msgspec.json.schema_components(
         [schemas.Caller, schemas.CreateKeyRequest, schemas.RevokeKeyRequest, schemas.RevokedApiKey,
-         schemas.CreatedApiKey, schemas.ApiKey, schemas.ApiKeyList,
+         schemas.CreatedApiKey, schemas.ApiKey, schemas.KeyDetail, schemas.ApiKeyList,
          schemas.RollKeyRequest, schemas.RolledApiKey, schemas.EditKeyRequest,
          schemas.PermissionList, schemas.AuditEventList, schemas.KeyUsage, schemas.Error],
         ref_template=REF,
@@ -139,6 +140,12 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
     # At least one field, and expires_in and expires_at not together (admin_api.app.edit_key).
     components["EditKeyRequest"].update(minProperties=1, not_={"required": ["expires_in", "expires_at"]})
     components["EditKeyRequest"]["not"] = components["EditKeyRequest"].pop("not_")
+    # One limit per window (validation.key_limits): no window is contained twice.
+    for name in ("CreateKeyRequest", "EditKeyRequest"):
+        choices = components[name]["properties"]["limits"]["anyOf"]
+        (array,) = [c for c in choices if c.get("type") == "array"]
+        array["allOf"] = [{"not": {"contains": {"properties": {"window": {"const": w}}}, "minContains": 2}}
+                          for w in WINDOWS]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -207,13 +214,16 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                 "get": {
                     "operationId": "getApiKey",
                     "summary": "One key (never the secret)",
-                    "responses": {"200": {**_json("ApiKey", "The key"), "headers": ETAG},
+                    "responses": {"200": {**_json("KeyDetail", "The key, and how much of its limits the current "
+                                                                "windows have used"), "headers": ETAG},
                                   **_errors(400, 401, 403, 404, 429, 503)},
                 },
                 "patch": {
                     "operationId": "editApiKey",
-                    "summary": "Change a key's name, scopes or expiry",
+                    "summary": "Change a key's name, scopes, expiry or limits",
                     "description": "expires_in is counted from now; expires_at may only make the expiry earlier. "
+                                   "limits replaces the key's own limits (null: the configured default applies); "
+                                   "a lower limit, like a removed scope, is enforced by every gateway by the answer. "
                                    "An org key may add only scopes it holds. A removed scope (or an earlier expiry) "
                                    "is refused by every gateway by the time of the answer; an added one applies "
                                    "from the next request. Applies to every live secret of the key.",
