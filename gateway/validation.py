@@ -146,6 +146,6 @@ def limit_flag(text: str) -> tuple[str, int | str]:
     is not a plain integer stays text (key_limits names it)."""
     window, sep, amount = text.partition("=")
     if not sep:
-        raise InvalidField("limits", f"--limit takes WINDOW=N (windows: {', '.join(WINDOWS)}), e.g. minute=600; got {text!r}.")
+        raise InvalidField("limits", f"expected WINDOW=N (windows: {', '.join(WINDOWS)}), e.g. minute=600; got {text!r}.")
     amount = amount.strip()
     return window.strip(), int(amount) if amount.isascii() and amount.isdigit() else amount
