@@ -342,7 +342,11 @@ async def create_key(request: web.Request) -> web.Response:
 
 def _limits(st: AdminState, specs: list[schemas.LimitSpec]):
     """A request's limits, checked (InvalidField "limits"), against the configured ceilings too."""
-    return validation.key_limits(((x.window, x.limit) for x in specs), st.limits.check)
+    return validation.key_limits(((x.window, _integral(x.limit)) for x in specs), st.limits.check)
+
+
+def _integral(value: int | float) -> int | float:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 async def _refuse_if_creator_revoked(st: AdminState, principal: Principal, org_id: str, key_id: str) -> None:

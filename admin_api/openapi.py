@@ -9,7 +9,7 @@ import msgspec
 
 from admin_api import schemas
 from gateway.model import KEY_ID_PATTERN, ORG_ID_PATTERN
-from gateway.ratelimit import WINDOWS
+from gateway.ratelimit import MAX_LIMIT
 from gateway.store import AUDIT_CURSOR_PATTERN, CURSOR_PATTERN
 
 REF = "#/components/schemas/{name}"
@@ -140,12 +140,9 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
     # At least one field, and expires_in and expires_at not together (admin_api.app.edit_key).
     components["EditKeyRequest"].update(minProperties=1, not_={"required": ["expires_in", "expires_at"]})
     components["EditKeyRequest"]["not"] = components["EditKeyRequest"].pop("not_")
-    # One limit per window (validation.key_limits): no window is contained twice.
-    for name in ("CreateKeyRequest", "EditKeyRequest"):
-        choices = components[name]["properties"]["limits"]["anyOf"]
-        (array,) = [c for c in choices if c.get("type") == "array"]
-        array["allOf"] = [{"not": {"contains": {"properties": {"window": {"const": w}}}, "minContains": 2}}
-                          for w in WINDOWS]
+    # A limit is an integer (5.0 is one too, as JSON Schema counts; schemas.LimitSpec).
+    components["LimitSpec"]["properties"]["limit"] = {
+        "type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "description": "Request units per window"}
     return {
         "openapi": "3.1.0",
         "info": {

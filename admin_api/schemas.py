@@ -34,7 +34,9 @@ class LimitSpec(msgspec.Struct, forbid_unknown_fields=True):
     """One limit of a key: at most ``limit`` request units per UTC window (a route may cost more than 1)."""
 
     window: Annotated[Window, Meta(description="second, minute, hour (rates); day, month (quotas, UTC calendar)")]
-    limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT, description="Request units per window")]
+    # int | float: JSON Schema's integer includes 5.0 (the document says integer; app._limits takes
+    # an integral float as its integer and refuses any other).
+    limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] | Annotated[float, Meta(ge=1, le=MAX_LIMIT)]
 
 
 # At most one limit per window; null (or left out on create): the configured default applies.

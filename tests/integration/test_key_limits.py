@@ -77,6 +77,7 @@ async def test_bad_limits_are_400s_naming_the_field(stack):
         ([{"window": "minute", "limit": 5, "burst": 2}], "each limit is"),
         ([{"window": "minute", "limit": "5"}], "limits[0].limit must be an integer"),
         ({"minute": 5}, "limits"),
+        ([{"window": "minute", "limit": 1.5}], "limits[0].limit must be an integer from 1 to"),
     ]
     for limits, text in cases:
         status, body, _ = await create(stack, limits)
@@ -97,3 +98,9 @@ async def test_the_key_reads_without_its_usage_when_redis_cannot_say(make_stack,
         assert status == 200 and one["limits"] == lim(("day", 5)) and one["limit_usage"] is None
     finally:
         server.stop()
+
+
+async def test_an_integral_number_is_an_integer_limit(stack):
+    # JSON Schema's integer (the document's) includes 600.0.
+    status, created, _ = await create(stack, [{"window": "minute", "limit": 600.0}])
+    assert status == 201 and created["limits"] == lim(("minute", 600)), created
