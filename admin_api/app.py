@@ -325,6 +325,7 @@ async def create_key(request: web.Request) -> web.Response:
         raise errors.ScopeNotGrantable(
             f"This key cannot grant scopes it does not hold: {', '.join(refused)}.", scopes=refused
         )
+    _within_caller(st, principal, limits)
     # Operators are trusted and not held to the org's limits (their keys still count toward the
     # org's total); nobody passes the memory mark.
     quota = await st.creates.admit(org_limits=not principal.is_operator)
@@ -338,6 +339,24 @@ async def create_key(request: web.Request) -> web.Response:
         schemas.created_out(record, now, secret, st.limits.effective), 201,
         Location=f"/v1/orgs/{org_id}/api-keys/{record.id}",
     )
+
+
+def _within_caller(st: AdminState, principal: Principal, limits, current: KeyRecord | None = None) -> None:
+    # SECURITY: an org key cannot give a key (one it creates, edits or rolls) more than its own
+    # limits allow, as it cannot grant scopes it does not hold: else a key with a quota would mint
+    # itself an unmetered one. Making an edited key stricter is always allowed, as removing a scope
+    # is. Operators and people (org admins signed in) are held to the configured ceilings only.
+    if principal.key_id is None:
+        return
+    new = st.limits.effective(limits)
+    looser = validation.looser_than(new, st.limits.effective(principal.limits))
+    if current is not None:  # only what the edit loosens
+        loosened = {cap.window for cap, _ in validation.looser_than(new, st.limits.effective(current.limits))}
+        looser = [(cap, mine) for cap, mine in looser if cap.window in loosened]
+    if looser:
+        raise errors.LimitsExceedCaller("A key can only give keys limits no looser than its own: " + "; ".join(
+            f"per {cap.window} {'no limit' if mine is None else mine}, where this key has {cap.limit}"
+            for cap, mine in looser) + ".")
 
 
 def _limits(st: AdminState, specs: list[schemas.LimitSpec]):
@@ -622,6 +641,7 @@ async def roll_key(request: web.Request) -> web.Response:
     # SECURITY: the new secret carries all of the key's scopes: an org key may only roll a key
     # whose scopes it could grant (as on create).
     _grantable(principal, record.scopes)
+    _within_caller(st, principal, record.limits)
     # SECURITY: nor a key that outlives it: the new secret would outlast the caller (create caps
     # expires_in at the caller's own expiry for the same reason).
     if principal.expires_at is not None and (record.expires_at is None or record.expires_at > principal.expires_at):
@@ -671,6 +691,8 @@ async def edit_key(request: web.Request) -> web.Response:
         raise FieldError(exc.field, str(exc), **exc.extra) from None
     # SECURITY: an org key may add only scopes it holds (removing one is always allowed).
     _grantable(principal, [s for s in changes.get("scopes", ()) if s not in record.scopes])
+    if "limits" in changes:
+        _within_caller(st, principal, changes["limits"], record)
     done = await st.store.edit(org_id=org_id, key_id=key_id, actor=principal.actor, now_ms=now,
                                ack_timeout=ACK_TIMEOUT, if_version=if_version, default_limits=st.limits.default,
                                **changes)

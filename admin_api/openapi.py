@@ -40,7 +40,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "Invalid request (the error names the field), or two different credentials",
         401: "Missing or invalid credential; with the page's session cookie (no Authorization): session_expired",
         403: "The credential lacks the needed scope (insufficient_scope; a person: no_org_role without a role in the org, insufficient_role with one that does not allow it); with the page's "
-             "session cookie, a POST, PATCH, PUT or DELETE without its X-CSRF-Token or from another Origin: csrf_failed",
+             "session cookie, a POST, PATCH, PUT or DELETE without its X-CSRF-Token or from another Origin: csrf_failed. "
+             "An org key giving a key (create, edit, roll) looser limits than its own: limits_exceed_caller",
         404: "Unknown organization (one without keys) or key",
         408: "The body did not arrive within --body-timeout seconds; the connection is closed",
         409: "key_limit_reached: the org holds as many keys that are not revoked as it may (`limit`); "

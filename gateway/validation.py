@@ -149,3 +149,12 @@ def limit_flag(text: str) -> tuple[str, int | str]:
         raise InvalidField("limits", f"expected WINDOW=N (windows: {', '.join(WINDOWS)}), e.g. minute=600; got {text!r}.")
     amount = amount.strip()
     return window.strip(), int(amount) if amount.isascii() and amount.isdigit() else amount
+
+
+def looser_than(limits: Sequence[Limit], cap: Sequence[Limit]) -> list[tuple[Limit, int | None]]:
+    """The limits of ``cap`` that ``limits`` (enforced limits both) leaves out or sets higher, each
+    with what ``limits`` sets on its window (None: nothing). Empty when ``limits`` is at least as
+    strict on every window of ``cap``."""
+    given = {limit.window: limit.limit for limit in limits}
+    return [(limit, given.get(limit.window)) for limit in cap
+            if given.get(limit.window) is None or given[limit.window] > limit.limit]

@@ -104,3 +104,42 @@ async def test_an_integral_number_is_an_integer_limit(stack):
     # JSON Schema's integer (the document's) includes 600.0.
     status, created, _ = await create(stack, [{"window": "minute", "limit": 600.0}])
     assert status == 201 and created["limits"] == lim(("minute", 600)), created
+
+
+async def test_an_org_key_cannot_give_keys_looser_limits_than_its_own(make_stack):
+    stack = await make_stack(admin_settings={"default_limits": "hour=1000"})
+    _, manager, _ = await stack.admin_call("POST", KEYS, json={
+        "name": "manager", "scopes": ["api_keys:manage", "tasks:read"], "limits": lim(("minute", 100), ("month", 10_000))})
+    token = manager["key"]
+
+    async def as_manager(method, path, body):
+        return await stack.admin_call(method, path, token=token, json=body)
+
+    # Within its own: at least as strict on each of its windows (others may be added).
+    status, ok, _ = await as_manager("POST", KEYS, {"name": "child", "scopes": ["tasks:read"],
+                                                    "limits": lim(("second", 5), ("minute", 100), ("month", 9000))})
+    assert status == 201, ok
+    for limits, text in [
+        (lim(("minute", 101), ("month", 10_000)), "per minute 101, where this key has 100"),
+        (lim(("minute", 50)), "per month no limit, where this key has 10000"),
+        (None, "per minute no limit, where this key has 100"),  # the default (hour 1000) has neither
+    ]:
+        status, body, _ = await as_manager("POST", KEYS, {"name": "child", "scopes": ["tasks:read"], "limits": limits})
+        assert (status, body["error"]["code"]) == (403, "limits_exceed_caller"), body
+        assert text in body["error"]["message"], body
+    # An edit may loosen only within its own; making a key stricter is always allowed.
+    status, body, _ = await as_manager("PATCH", f"{KEYS}/{ok['id']}", {"limits": lim(("minute", 100), ("month", 20_000))})
+    assert (status, body["error"]["code"]) == (403, "limits_exceed_caller")
+    _, plain, _ = await stack.admin_call("POST", KEYS, json={"name": "unmetered", "scopes": ["tasks:read"]})
+    status, body, _ = await as_manager("PATCH", f"{KEYS}/{plain['id']}", {"limits": lim(("hour", 500))})
+    assert status == 200 and body["limits"] == lim(("hour", 500)), body
+    status, body, _ = await as_manager("PATCH", f"{KEYS}/{plain['id']}", {"name": "renamed"})
+    assert status == 200, body
+    # Nor roll a key looser than itself: it would hold that key's new secret.
+    status, body, _ = await as_manager("POST", f"{KEYS}/{plain['id']}/roll", {"grace_period": "now"})
+    assert (status, body["error"]["code"]) == (403, "limits_exceed_caller"), body
+    status, body, _ = await as_manager("POST", f"{KEYS}/{ok['id']}/roll", {"grace_period": "now"})
+    assert status == 200, body
+    # The operator is held to the ceilings only.
+    status, body, _ = await stack.admin_call("PATCH", f"{KEYS}/{ok['id']}", json={"limits": None})
+    assert status == 200 and body["effective_limits"] == lim(("hour", 1000))

@@ -67,3 +67,12 @@ def test_limit_flags_parse_for_key_limits_to_check(text, pair):
 def test_a_limit_flag_without_equals_says_how():
     with pytest.raises(InvalidField, match="WINDOW=N"):
         limit_flag("minute")
+
+
+def test_looser_than_names_each_window_of_the_cap_left_out_or_set_higher():
+    from gateway.ratelimit import Limit
+    from gateway.validation import looser_than
+    cap = (Limit("minute", 100), Limit("month", 10))
+    assert looser_than((Limit("second", 1), Limit("minute", 100), Limit("month", 9)), cap) == []
+    assert looser_than((Limit("minute", 101),), cap) == [(Limit("minute", 100), 101), (Limit("month", 10), None)]
+    assert looser_than((), ()) == [] and looser_than((Limit("day", 5),), ()) == []
