@@ -13,8 +13,8 @@ secret the record does not list, nor an alias that grants more than the record:
   event); a failure after the first step leaves an alias nobody can use.
 - an edit that removes scopes, makes the expiry earlier or narrows the limits (a lower limit, or
   one on a window that had none) narrows every alias first (scopes removed, expiry only ever
-  earlier, per window the smaller limit: ``ratelimit.narrower``), then writes the record (conditional on its version), then
-  brings the aliases to the record's new version (``_SYNC``, only ever forward: two concurrent
+  earlier, per window the smaller limit: ``ratelimit.narrower``), then writes the record
+  (conditional on its version), then brings the aliases to the record's new version (``_SYNC``, only ever forward: two concurrent
   edits cannot leave an alias older than the record).
 - a revoke revokes the aliases it knows of, then the record, then any alias the record lists
   that it did not know of (one a concurrent roll added).
