@@ -138,7 +138,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from gateway.dev import run_dev
 
     scopes = args.scopes or ("scopes.yaml" if Path("scopes.yaml").is_file() else str(SHIPPED_SCOPES))
-    return asyncio.run(run_dev(redis_url=args.redis, scopes=scopes, base_port=args.port))
+    from gateway.dev import SHIPPED_LIMITS
+
+    limits_file = args.limits_file or os.environ.get("GATEWAY_LIMITS_FILE") or str(SHIPPED_LIMITS)
+    return asyncio.run(run_dev(redis_url=args.redis, scopes=scopes, base_port=args.port, limits_file=limits_file))
 
 
 KEYS_REDIS_TIMEOUT = 2.0  # seconds per Redis call of `gateway keys` (plus one quick retry)
@@ -481,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--redis", default=None, help="use this Redis instead of starting one")
     dev.add_argument("--scopes", default=None,
                      help="scopes file (default ./scopes.yaml, else the example shipped with the gateway)")
+    dev.add_argument("--limits-file", default=None,
+                     help="limits file (default: $GATEWAY_LIMITS_FILE, else the example shipped with the gateway)")
     dev.add_argument("--port", type=int, default=8080, help="gateway port; admin +1, upstream +2, sign-in provider +3, ops +10, admin ops +11")
     dev.set_defaults(func=cmd_dev)
 
