@@ -71,7 +71,7 @@ async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: 
             pending: dict[str, float] = {}
             lapsed_at: float | None = None
             while True:
-                msg = await pubsub.get_message(timeout=PING_EVERY / 2)
+                msg = await _next_message(pubsub, PING_EVERY / 2)
                 now = time.monotonic()
                 if msg is not None and msg["type"] == "message":
                     if msg["channel"].decode() == beats:
@@ -148,12 +148,24 @@ async def _reconnect(store: KeyStore, reads: KeyStore | None) -> None:
                 pass
 
 
+async def _next_message(pubsub, timeout: float):
+    """``pubsub.get_message(timeout=...)``, except that a cancellation is never lost. One that lands
+    as the client's read timeout expires can be taken by asyncio.timeout (Python 3.11) for that
+    timeout, and the client answers None: the listener would then loop on, cancelled, until the
+    shutdown cancels it again 3 s later (app.py), with an error in the log."""
+    msg = await pubsub.get_message(timeout=timeout)
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
+    return msg
+
+
 async def _await_beat(pubsub, token: str, beats: str) -> None:
     """The first beat must come back before the cache is trusted (messages before it are older
     than the subscription's start, whose clear() drops everything anyway)."""
     deadline = time.monotonic() + SILENCE_LIMIT
     while time.monotonic() < deadline:
-        msg = await pubsub.get_message(timeout=0.05)
+        msg = await _next_message(pubsub, 0.05)
         if msg is not None and msg["type"] == "message" and msg["channel"].decode() == beats \
                 and msg["data"].decode() == token:
             return
@@ -163,7 +175,7 @@ async def _await_beat(pubsub, token: str, beats: str) -> None:
 async def _await_subscribed(pubsub, channels: int = 1) -> None:
     deadline = time.monotonic() + SILENCE_LIMIT
     while time.monotonic() < deadline:
-        msg = await pubsub.get_message(timeout=0.25)
+        msg = await _next_message(pubsub, 0.25)
         if msg is not None and msg["type"] == "subscribe":
             channels -= 1
             if not channels:

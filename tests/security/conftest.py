@@ -78,17 +78,31 @@ class GatewayProcess(RawClient):
     stdout: Path
     stderr: Path
     keys: dict[str, dict] = field(default_factory=dict)  # name -> {"key", "id", "scopes"}
+    # The access log read so far: a module's gateway logs thousands of lines, so each read goes on from
+    # where the last one stopped (the file only grows) instead of parsing it all again.
+    _log: list[dict] = field(default_factory=list, repr=False)
+    _log_by_id: dict[str, dict] = field(default_factory=dict, repr=False)  # request id -> its first line
+    _log_read: int = 0  # bytes of stdout in _log
 
     def access_log(self) -> list[dict]:
         # Complete lines only: the last one may still be half written (the log is written in batches).
-        *complete, _partial = self.stdout.read_text().split("\n")
-        return [json.loads(line) for line in complete if line.startswith("{")]
+        with open(self.stdout, "rb") as f:
+            f.seek(self._log_read)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        for line in data[:end].decode().split("\n"):
+            if line.startswith("{"):
+                entry = json.loads(line)
+                self._log.append(entry)
+                self._log_by_id.setdefault(entry.get("request_id"), entry)
+        self._log_read += end
+        return list(self._log)
 
     def log_entry(self, request_id: str) -> dict:
         for _ in range(100):  # the line may still be in flight
-            for entry in self.access_log():
-                if entry["request_id"] == request_id:
-                    return entry
+            self.access_log()
+            if request_id in self._log_by_id:
+                return self._log_by_id[request_id]
             time.sleep(0.01)
         raise AssertionError(f"no access log line for {request_id}")
 

@@ -100,11 +100,20 @@ class Recorder(ThreadedServer):
     _server: asyncio.AbstractServer | None = None
     _thread: threading.Thread | None = None
 
+    _by_id: dict[str, Received] = field(default_factory=dict)  # X-Request-Id -> the first request with it
+    _indexed: int = 0  # how many of ``received`` are in _by_id
+
     def by_request_id(self, request_id: str) -> Received | None:
-        for r in self.received:
-            if r.header("X-Request-Id") == request_id:
-                return r
-        return None
+        """The first request received with this X-Request-Id. The recorder lives for the whole
+        session (thousands of requests): each one is indexed once instead of every lookup
+        scanning them all; every one is still checked to carry at most one X-Request-Id."""
+        while self._indexed < len(self.received):
+            r = self.received[self._indexed]
+            rid = r.header("X-Request-Id")  # asserts it was sent at most once
+            if rid is not None:
+                self._by_id.setdefault(rid, r)
+            self._indexed += 1
+        return self._by_id.get(request_id)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

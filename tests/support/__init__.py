@@ -62,8 +62,9 @@ class RedisServer:
         self.port = free_port()
         self.dir = tmp
         self.proc = subprocess.Popen(
+            # --repl-diskless-sync-delay 0: a replica of this server gets its first sync at once, not 5 s later.
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(tmp), *extra],
+             "--repl-diskless-sync-delay", "0", "--dir", str(tmp), *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self.url = f"redis://127.0.0.1:{self.port}/0"

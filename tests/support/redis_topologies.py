@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import time
@@ -15,6 +16,9 @@ from tests.support import free_port, free_port_block
 
 REDIS_SERVER = shutil.which("redis-server") or "redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "redis-cli"
+# A master sends a replica its first full sync at once: Redis 7 otherwise waits 5 s
+# (repl-diskless-sync-delay) for more replicas to join the same transfer, at every (re)sync.
+DATA_NODE = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"]
 
 
 def cluster_port() -> int:
@@ -138,7 +142,7 @@ class SentinelSetup:
         """Start a killed data node again, as a replica of the current master (what an operator
         or an orchestrator does; the sentinels would convert a returning old master anyway)."""
         self.procs[port].wait()
-        self.procs[port] = _start(["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        self.procs[port] = _start(["--port", str(port), *DATA_NODE,
                                    "--replicaof", "127.0.0.1", str(self.current_master())], tmp / f"again-{port}")
 
     def replica_in_sync(self, port: int) -> bool:
@@ -166,23 +170,37 @@ def start_sentinels(tmp: Path) -> SentinelSetup:
 
 
 def _start_sentinels(setup: SentinelSetup, tmp: Path) -> None:
-    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    setup.procs[setup.master_port] = _start(["--port", str(setup.master_port), *common], tmp / "master")
-    setup.procs[setup.replica_port] = _start(["--port", str(setup.replica_port), *common,
+    setup.procs[setup.master_port] = _start(["--port", str(setup.master_port), *DATA_NODE], tmp / "master")
+    setup.procs[setup.replica_port] = _start(["--port", str(setup.replica_port), *DATA_NODE,
                                               "--replicaof", "127.0.0.1", str(setup.master_port)], tmp / "replica")
     _wait(lambda: redis.Redis(port=setup.replica_port).info("replication")["master_link_status"] == "up",
           "replica in sync")
+    # Each sentinel starts knowing the others and the replica (what a sentinel writes into its own
+    # file once it has found them): without this, finding them over hello messages takes seconds.
+    ids = {port: secrets.token_hex(20) for port in setup.sentinel_ports}
     for port in setup.sentinel_ports:
         conf = tmp / f"sentinel-{port}.conf"
         conf.write_text(
-            f"port {port}\nbind 127.0.0.1\n"
+            f"port {port}\nbind 127.0.0.1\nsentinel myid {ids[port]}\n"
             f"sentinel monitor {setup.service} 127.0.0.1 {setup.master_port} 2\n"
             f"sentinel down-after-milliseconds {setup.service} 500\n"
             f"sentinel failover-timeout {setup.service} 3000\n"
             f"sentinel parallel-syncs {setup.service} 1\n"
+            f"sentinel known-replica {setup.service} 127.0.0.1 {setup.replica_port}\n"
+            + "".join(f"sentinel known-sentinel {setup.service} 127.0.0.1 {other} {ids[other]}\n"
+                      for other in setup.sentinel_ports if other != port)
         )
         setup.procs[port] = _start([str(conf), "--sentinel"], tmp / f"s{port}")
     for port in setup.sentinel_ports:
-        _wait(lambda port=port: int(redis.Redis(port=port, decode_responses=True).sentinel_master(setup.service)
-                          ["num-other-sentinels"]) == 2 and redis.Redis(port=port, decode_responses=True)
-              .sentinel_master(setup.service)["num-slaves"] == 1, f"sentinel {port} sees the others")
+        _wait(lambda port=port: _sees_all(redis.Redis(port=port, decode_responses=True), setup.service),
+              f"sentinel {port} sees the others")
+
+
+def _sees_all(sentinel: redis.Redis, service: str) -> bool:
+    """The sentinel has live links to the master, the replica (in sync) and the two other sentinels."""
+    master = sentinel.sentinel_master(service)
+    replicas = sentinel.execute_command("SENTINEL", "REPLICAS", service)
+    others = sentinel.execute_command("SENTINEL", "SENTINELS", service)
+    return (master["flags"] == "master" and int(master["num-other-sentinels"]) == 2
+            and [(r["flags"], r["master-link-status"]) for r in replicas] == [("slave", "ok")]
+            and [o["flags"] for o in others] == ["sentinel", "sentinel"])
