@@ -17,6 +17,7 @@ from typing import Callable
 from gateway import accesslog, config, validation
 from gateway.model import EXPIRY_CHOICES, GRACE_CHOICES
 from gateway.resources import shipped
+from gateway.plans import LimitsError
 from gateway.scopes import ScopesError, load_rules
 
 SHIPPED_SCOPES = shipped("scopes.yaml")  # the example rules, installed with the package
@@ -526,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{FLAGS.get(exc.field, exc.field)}: {exc}")
     except CliError as exc:
         return _fail(str(exc), exc.code)
+    except LimitsError as exc:
+        return _fail(f"invalid limits: {exc}")
     except ScopesError as exc:
         if exc.line is None and not os.path.exists(exc.file):
             # A new install has no rules of its own yet: say where they go and where the example is.

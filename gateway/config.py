@@ -107,6 +107,15 @@ def _check_signin(s: AdminSettings) -> None:
         raise ValueError(f"--session-idle: at most --session-lifetime ({s.session_lifetime:g}), got {s.session_idle:g}")
 
 
+def _check_default_limits(value: str) -> None:
+    from gateway.plans import parse_limit_specs
+
+    try:
+        parse_limit_specs(value)
+    except ValueError as exc:
+        raise ValueError(f"--default-limits: {exc}") from None
+
+
 Seconds = Annotated[float, Meta(gt=0, le=3600)]
 
 
@@ -153,6 +162,10 @@ class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # usual keep-alive and outlives load-balancer idles. The proxy port and the ops listener.
     head_timeout: Annotated[Seconds, Meta(description="Seconds a connection may take to send a complete request head, from connect and after each response (idle keep-alive and dribbling clients are closed)")] = 75.0
     ops_max_connections: Annotated[int, Meta(ge=1, le=65536, description="Most open connections on --ops-listen; past it the idle ones are closed first")] = 256
+    limits_file: Annotated[str, Meta(description="Path of the limits file: the default plan of keys that set no limits, named plans, ceilings, fault policies (docs/rate-limits.md; none: no default limits)")] = ""
+    default_limits: Annotated[str, Meta(description="Limits of keys that set none, e.g. minute=600,month=1000000 (instead of the limits file's default plan)")] = ""
+    rate_limit_faults: Annotated[str, Meta(pattern=r"^(|open|closed)$", description="What a rate window does when Redis cannot lease budget and the node's is spent: open (admit) or closed (503); default open, or the limits file's")] = ""
+    quota_faults: Annotated[str, Meta(pattern=r"^(|open|closed)$", description="What a quota does when Redis cannot lease budget and the node's is spent: open (admit) or closed (503); default closed, or the limits file's")] = ""
     signing_secrets: Annotated[
         tuple[str, ...],
         Meta(description="KID:SECRET pairs that sign the identity headers (comma-separated, secrets >= 32 bytes; the first one signs); give it in the environment, not as a flag"),
@@ -168,6 +181,7 @@ class ServeSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"--upstream: expected an http:// or https:// URL, got {self.upstream!r}")
         _check_networks(self.trusted_proxies, "--trusted-proxies")
         _check_retention(self.usage_hourly_days, self.usage_daily_days)
+        _check_default_limits(self.default_limits)
         if self.signing_secrets:
             try:
                 parse_secrets(self.signing_secrets)
@@ -210,6 +224,10 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     create_rate_per_org: Annotated[int, Meta(ge=0, description="Keys an org's keys may create per minute, across admin API processes, before 429 too_many_creates (0: no limit)")] = 60
     memory_high_water: Annotated[float, Meta(gt=0, le=1, description="Fraction of Redis maxmemory above which every create gets 503 store_full, leaving room for revokes")] = 0.9
     # OpenID Connect: the provider's access tokens (JWT) as Authorization: Bearer (admin_api/oidc.py).
+    limits_file: Annotated[str, Meta(description="Path of the limits file: the default plan of keys that set no limits, named plans, ceilings, fault policies (docs/rate-limits.md; none: no default limits)")] = ""
+    default_limits: Annotated[str, Meta(description="Limits of keys that set none, e.g. minute=600,month=1000000 (instead of the limits file's default plan)")] = ""
+    rate_limit_faults: Annotated[str, Meta(pattern=r"^(|open|closed)$", description="What a rate window does when Redis cannot lease budget and the node's is spent: open (admit) or closed (503); default open, or the limits file's")] = ""
+    quota_faults: Annotated[str, Meta(pattern=r"^(|open|closed)$", description="What a quota does when Redis cannot lease budget and the node's is spent: open (admit) or closed (503); default closed, or the limits file's")] = ""
     oidc_issuer: Annotated[str, Meta(description="Issuer URL of the OpenID provider whose access tokens (JWT) the admin API accepts (none: not accepted); https, or http on a loopback address")] = ""
     oidc_audience: Annotated[str, Meta(description="The aud an access token must hold to be accepted (required with --oidc-issuer)")] = ""
     oidc_org_claim: Annotated[str, Meta(min_length=1, description="Access-token claim naming the person's org")] = "org_id"
@@ -238,6 +256,7 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         _check_redis_url(self.redis, "--redis")
         _check_networks(self.trusted_proxies, "--trusted-proxies")
         _check_retention(self.usage_hourly_days, self.usage_daily_days)
+        _check_default_limits(self.default_limits)
         _check_oidc(self.oidc_issuer, self.oidc_audience)
         _check_signin(self)
         for token in self.operator_tokens:
