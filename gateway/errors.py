@@ -14,9 +14,9 @@ ApiError
 ├── VersionMismatch (412)
 ├── RequestTimeout (408), PayloadTooLarge (413), UriTooLong (414), UnsupportedMediaType (415),
 │   TooManyFailedAttempts (429), TooManyCreates (429), TooManySignIns (429), HeadersTooLarge (431)
-├── LimitExceeded (429, with Retry-After and the RateLimit headers): RateLimited, QuotaExceeded
+├── LimitExceeded (429, with Retry-After and the limit headers): RateLimited, QuotaExceeded
 ├── ServiceUnavailable (503, with Retry-After): AuthUnavailable, IdpUnavailable, StoreUnavailable (StoreUnconfirmed),
-│   StoreFull, RateLimitUnavailable, QuotaUnavailable
+│   StoreFull, LimitUnavailable: RateLimitUnavailable, QuotaUnavailable
 └── UpstreamUnavailable (502), UpstreamTimeout (504)
 """
 
