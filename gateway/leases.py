@@ -181,12 +181,15 @@ class Lease:
     def want(self, cost: int, now: int, rate: float, sizing: Sizing = DEFAULT_SIZING) -> Want:
         """The lease to ask for: the node's expected use over the horizon (at most the rest of
         the window) with headroom; the headroom only out of a fair share of what the store has
-        left (a spiking node leaves budget for the others); at least what ``cost`` lacks."""
+        left (a spiking node leaves budget for the others); once the node expects to use all that
+        is left, only the fair share (the other nodes may need the rest: contended budget is
+        split, and split again, rather than taken whole by the first node to ask); at least what
+        ``cost`` lacks."""
         short = max(0, cost - self.held)
         left = self.limit.limit if self.store_remaining is None else self.store_remaining
         fair = -(-left // sizing.share)
         bare = self.expected(now, rate, sizing, headroom=1.0)
-        amount = min(self.expected(now, rate, sizing), max(fair, bare), left)
+        amount = min(self.expected(now, rate, sizing), fair if bare >= left else max(fair, bare), left)
         return Want(self.limit.window, self.start, max(amount, short))
 
     def expected(self, now: int, rate: float, sizing: Sizing = DEFAULT_SIZING, headroom: float | None = None) -> int:

@@ -25,7 +25,7 @@ MAX_KEYS = 65536  # KeyLimiters one process keeps; idle ones are dropped first
 EVICT_AFTER_MS = 150_000  # a key holding no budget and unused this long is dropped (> Sizing.max_idle_ms)
 FAULT_BACKOFF = 1.0  # seconds after a failed lease during which no other lease is tried (the policy answers)
 RECLAIM_WAIT = 0.05  # seconds a short request waits for other nodes to return budget
-ROUNDS = 4  # lease-then-admit rounds of one request before it is refused
+ROUNDS = 8  # lease-then-admit rounds of one request before it is refused
 RETURN_EVERY = 1.0  # seconds between returns of idle budget
 SHUTDOWN_RETURN_DEADLINE = 2.0  # seconds
 
@@ -51,7 +51,7 @@ class Entry:
     """One key's limiter on this node, memoized by the record it was built from."""
 
     __slots__ = ("key_id", "record", "limits", "limiter", "by_window", "kinds", "flight", "woken",
-                 "reclaimed", "last_seen")
+                 "reclaimed", "last_seen", "waiting")
 
     def __init__(self, key_id: str, record, limits: tuple[Limit, ...], now: int) -> None:
         self.key_id = key_id
@@ -64,6 +64,7 @@ class Entry:
         self.woken: asyncio.Event | None = None  # set when another node returned budget of this key
         self.reclaimed: dict[str, tuple[int, int]] = {}  # window -> (start, when) of the last reclaim sent
         self.last_seen = now
+        self.waiting = 0  # requests of this key in ``Limiter.settle`` now
 
 
 class Limiter:
@@ -121,6 +122,13 @@ class Limiter:
     async def settle(self, entry: Entry, decision: Decision, cost: int) -> None:
         """Lease and admit again (bounded), or raise the refusal: 429 rate_limited /
         quota_exceeded, or under a store fault the closed policy's 503."""
+        entry.waiting += 1
+        try:
+            await self._settle(entry, decision, cost)
+        finally:
+            entry.waiting -= 1
+
+    async def _settle(self, entry: Entry, decision: Decision, cost: int) -> None:
         limiter = entry.limiter
         for _ in range(ROUNDS):
             if decision.outcome == REFUSED:
@@ -171,6 +179,8 @@ class Limiter:
         """One lease call in flight per key: concurrent requests of the key wait on it."""
         flight = entry.flight
         if flight is None:
+            # Enough for every request of the key waiting now (a burst on a cold key), not only this one.
+            wants = [w._replace(amount=max(w.amount, entry.waiting * cost)) for w in wants]
             flight = entry.flight = asyncio.ensure_future(self._lease_now(entry, wants, cost))
             flight.add_done_callback(lambda _: setattr(entry, "flight", None) if entry.flight is flight else None)
         # Shielded: a cancelled request must not cancel the lease the others wait for.
