@@ -124,7 +124,7 @@ def rate_headers(st: GatewayState, limited: LimitedKey | None) -> dict[str, str]
     """The RateLimit-Policy and RateLimit headers of a limited key's answer (None: unlimited)."""
     if limited is None:
         return None
-    return limited.limiter.headers(int(st.clock() * 1000))
+    return limited.headers(int(st.clock() * 1000))
 
 
 async def authenticate(st: GatewayState, headers: list[tuple[str, str]], peer: str, credential: str,

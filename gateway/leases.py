@@ -272,6 +272,16 @@ class KeyLimiter:
         changes the counters."""
         if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
             raise ValueError(f"cost must be a positive integer, not {cost!r}")
+        # The common case first, as check() would decide it: every lease is of the current window
+        # and holds enough (no list, no second pass: this runs on every request of a limited key).
+        for lease in self.leases:
+            if lease.held < cost or not lease.start <= now < lease.end:
+                break
+        else:
+            for lease in self.leases:
+                lease.take(cost, now)
+            self.meter.add(cost, now)
+            return ADMIT
         states = [lease.check(cost, now) for lease in self.leases]
         if REFUSED in states:
             refusals = [lease.refusal(now) for lease, s in zip(self.leases, states, strict=True) if s == REFUSED]

@@ -13,9 +13,9 @@ import time
 from typing import Callable, Sequence
 
 from gateway import errors
-from gateway.leases import ADMIT, NEEDS_LEASE, REFUSED, Decision, KeyLimiter, Want
+from gateway.leases import ADMIT, NEEDS_LEASE, REFUSED, Decision, KeyLimiter, Want, most_restrictive
 from gateway.plans import NO_LIMITS, LimitsConfig
-from gateway.ratelimit import Limit
+from gateway.ratelimit import MONTH, Limit, policy_header, ratelimit_header, window_bounds
 from gateway.store import Unavailable
 from gateway.store.limits import BudgetStore, parse_reclaim
 
@@ -51,7 +51,7 @@ class Entry:
     """One key's limiter on this node, memoized by the record it was built from."""
 
     __slots__ = ("key_id", "record", "limits", "limiter", "by_window", "kinds", "flight", "woken",
-                 "reclaimed", "last_seen", "waiting")
+                 "reclaimed", "last_seen", "waiting", "policy", "policy_until")
 
     def __init__(self, key_id: str, record, limits: tuple[Limit, ...], now: int) -> None:
         self.key_id = key_id
@@ -65,6 +65,19 @@ class Entry:
         self.reclaimed: dict[str, tuple[int, int]] = {}  # window -> (start, when) of the last reclaim sent
         self.last_seen = now
         self.waiting = 0  # requests of this key in ``Limiter.settle`` now
+        self.policy = ""  # RateLimit-Policy, the same until a month ends (its w is the month's length)
+        self.policy_until = -1
+
+    def headers(self, now: int) -> dict[str, str]:
+        """RateLimit-Policy and RateLimit of an answer (``KeyLimiter.headers``, the policy
+        memoized: built once per key and month, not per request)."""
+        if now >= self.policy_until:
+            self.policy = policy_header(self.limits, now)
+            self.policy_until = window_bounds(MONTH, now)[1] if MONTH in self.by_window else 2**62
+        leases = self.limiter.leases
+        tight = leases[0] if len(leases) == 1 else most_restrictive(leases, now)
+        return {"RateLimit-Policy": self.policy,
+                "RateLimit": ratelimit_header(tight.limit, tight.remaining(now), tight.end, now)}
 
 
 class Limiter:
@@ -172,7 +185,7 @@ class Limiter:
         code = self.config.faults.code(closed)
         self.stats.refuse(closed, code)
         cls = errors.QuotaUnavailable if closed.is_quota else errors.RateLimitUnavailable
-        raise cls(closed.window, closed.limit, entry.limiter.headers(now))
+        raise cls(closed.window, closed.limit, entry.headers(now))
 
     # -- leases ---------------------------------------------------------------------------
     async def _lease(self, entry: Entry, wants: Sequence[Want], cost: int) -> None:
