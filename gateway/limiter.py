@@ -299,6 +299,8 @@ class Limiter:
         """What goes back now (idle and over-sized leases, or ``everything``), and drops the keys
         that hold nothing and have not been used for EVICT_AFTER_MS."""
         out, self.pending = self.pending, []
+        if len(self._sent) > 4096:  # reclaims whose echo never came (the subscription was down)
+            self._sent.clear()
         for key_id, entry in list(self.entries.items()):
             if entry.limiter is None:
                 if now - entry.last_seen >= EVICT_AFTER_MS:

@@ -47,6 +47,8 @@ async def test_one_node_admits_exactly_the_limit_and_refusals_spend_nothing(make
     statuses = await calls(stack, key["key"], 25)
     assert statuses == [200] * 20 + [429] * 5
     assert forwarded(stack) == 20
+    # The access log's outcome (and the requests metric, written from the same entry).
+    assert stack.state.metrics.requests.count("rate_limited", "/v1/tasks") == 5
     # Hammered far past the limit: nothing of it counts, so the next window admits the full limit.
     await asyncio.gather(*(calls(stack, key["key"], 20) for _ in range(5)))
     assert forwarded(stack) == 20
