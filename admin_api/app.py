@@ -24,7 +24,9 @@ from gateway.errors import FieldError, OrgNotFound
 from gateway import store as store_mod
 from gateway import history, validation
 from gateway.config import AdminSettings
-from gateway.model import EXPIRY_CHOICES, GRACE_CHOICES, created_by_any, rfc3339
+from gateway.model import EXPIRY_CHOICES, GRACE_CHOICES, KeyRecord, created_by_any, rfc3339
+from gateway.plans import LimitsConfig, settings_limits
+from gateway.ratelimit import MAX_LIMIT, WINDOWS, window_bounds
 from gateway.envelope import new_request_id
 from gateway.aiohttp_runner import error_response, server_logger
 from gateway.reload import RulesHolder
@@ -67,6 +69,7 @@ class AdminState:
     guard: AuthGuard
     metrics: AdminMetrics
     creates: CreateLimits
+    limits: LimitsConfig  # the default plan and ceilings (--limits-file, --default-limits)
     usage: UsageBuffer = field(default_factory=UsageBuffer)  # org keys' uses, flushed like a gateway's
     oidc: OidcVerifier | None = None  # with --oidc-issuer: the provider's access tokens
     signin: SignIn | None = None  # with --oidc-client-id: page sign-in
@@ -103,7 +106,8 @@ def make_admin_app(
     guard = AuthGuard(settings, clock)
     st = app[ADMIN] = AdminState(settings, KeyStore(client, settings.redis_prefix,
                                                             store_mod.parse_min_replicas(settings.redis_min_replicas)), RulesHolder(settings.scopes, rules),
-                                 clock, guard, AdminMetrics(guard), CreateLimits(client, settings))
+                                 clock, guard, AdminMetrics(guard), CreateLimits(client, settings),
+                                 settings_limits(settings))
     if settings.oidc_issuer:
         st.oidc = OidcVerifier(settings, clock)
     if settings.signin_enabled and st.oidc is not None:
@@ -313,6 +317,7 @@ async def create_key(request: web.Request) -> web.Response:
         scopes = validation.key_scopes(body.scopes, st.rules.current.permissions)
         # An org key's keys expire no later than it does; an operator's are not capped.
         expires_at = validation.expiry_within(body.expires_in, now, principal.expires_at)
+        limits = None if body.limits is None else _limits(st, body.limits)
     except validation.InvalidField as exc:
         raise FieldError(exc.field, str(exc), **exc.extra) from None
     refused = principal.grantable(scopes)
@@ -320,19 +325,47 @@ async def create_key(request: web.Request) -> web.Response:
         raise errors.ScopeNotGrantable(
             f"This key cannot grant scopes it does not hold: {', '.join(refused)}.", scopes=refused
         )
+    _within_caller(st, principal, limits)
     # Operators are trusted and not held to the org's limits (their keys still count toward the
     # org's total); nobody passes the memory mark.
     quota = await st.creates.admit(org_limits=not principal.is_operator)
     record, secret = await st.store.create(
         org_id=org_id, name=name, scopes=scopes, expires_at=expires_at, actor=principal.actor, now_ms=now,
-        quota=quota,
+        quota=quota, limits=limits,
     )
     if principal.key_id is not None:  # a person or an operator has no key to be revoked
         await _refuse_if_creator_revoked(st, principal, org_id, record.id)
     return _json_response(
-        schemas.created_out(record, now, secret), 201,
+        schemas.created_out(record, now, secret, st.limits.effective), 201,
         Location=f"/v1/orgs/{org_id}/api-keys/{record.id}",
     )
+
+
+def _within_caller(st: AdminState, principal: Principal, limits, current: KeyRecord | None = None) -> None:
+    # SECURITY: an org key cannot give a key (one it creates, edits or rolls) more than its own
+    # limits allow, as it cannot grant scopes it does not hold: else a key with a quota would mint
+    # itself an unmetered one. Making an edited key stricter is always allowed, as removing a scope
+    # is. Operators and people (org admins signed in) are held to the configured ceilings only.
+    if principal.key_id is None:
+        return
+    new = st.limits.effective(limits)
+    looser = validation.looser_than(new, st.limits.effective(principal.limits))
+    if current is not None:  # only what the edit loosens
+        loosened = {cap.window for cap, _ in validation.looser_than(new, st.limits.effective(current.limits))}
+        looser = [(cap, mine) for cap, mine in looser if cap.window in loosened]
+    if looser:
+        raise errors.LimitsExceedCaller("A key can only give keys limits no looser than its own: " + "; ".join(
+            f"per {cap.window} {'no limit' if mine is None else mine}, where this key has {cap.limit}"
+            for cap, mine in looser) + ".")
+
+
+def _limits(st: AdminState, specs: list[schemas.LimitSpec]):
+    """A request's limits, checked (InvalidField "limits"), against the configured ceilings too."""
+    return validation.key_limits(((x.window, _integral(x.limit)) for x in specs), st.limits.check)
+
+
+def _integral(value: int | float) -> int | float:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 async def _refuse_if_creator_revoked(st: AdminState, principal: Principal, org_id: str, key_id: str) -> None:
@@ -385,7 +418,7 @@ def _no_duplicate_fields(pairs: list[tuple[str, object]]) -> dict[str, object]:
 def _field_error(message: str) -> FieldError:
     # msgspec: "Expected `str`, got `int` - at `$.name`", "Object contains unknown field `x`",
     # "Object missing required field `name`".
-    field = ""
+    field = path = ""
     if " - at `$." in message:
         message, _, path = message.rpartition(" - at `$.")
         field = path.rstrip("`").split("[", 1)[0]
@@ -395,7 +428,25 @@ def _field_error(message: str) -> FieldError:
         message = f"expires_in must be one of: {', '.join(EXPIRY_CHOICES)}."
     elif field == "grace_period":
         message = f"grace_period must be one of: {', '.join(GRACE_CHOICES)}."
+    elif field == "limits":
+        message = _limits_message(message, path)
     return FieldError(field or "body", message.rstrip(".") + ".")
+
+
+def _limits_message(message: str, path: str) -> str:
+    # msgspec's words ("Expected `int` >= 1") with the item named, as validation.key_limits says it.
+    item = path.rstrip("`").split(".", 1)
+    where = item[0]
+    if len(item) == 2 and item[1] == "window":
+        return f"{where}.window must be one of: {', '.join(WINDOWS)}."
+    if len(item) == 2 and item[1] == "limit":
+        return f"{where}.limit must be an integer from 1 to {MAX_LIMIT}."
+    if "length" in message:
+        return (f"limits holds 1 to {len(WINDOWS)} limits, one per window; null clears the key's own "
+                "(the default applies).")
+    if "missing required field" in message or "unknown field" in message:
+        return f"{where}: each limit is {{\"window\": WINDOW, \"limit\": N}} ({message.rstrip('.')})."
+    return f"{where}: {message.rstrip('.')}; each limit is {{\"window\": WINDOW, \"limit\": N}}."
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -409,7 +460,8 @@ async def list_keys(request: web.Request) -> web.Response:
     if not page.records:
         await _require_org(st, principal, org_id)
     now = st.now_ms()
-    return _json_response(schemas.ApiKeyList([schemas.key_out(r, now) for r in page.records], page.next_cursor))
+    return _json_response(schemas.ApiKeyList([schemas.key_out(r, now, st.limits.effective) for r in page.records],
+                                             page.next_cursor))
 
 
 def _list_params(request: web.Request, decode: Callable[[str], object], *flags: str) -> tuple:
@@ -459,7 +511,20 @@ async def get_key(request: web.Request) -> web.Response:
     if record is None:
         await _require_org(st, principal, org_id)
         raise errors.KeyNotFound()
-    return _json_response(schemas.key_out(record, st.now_ms()), ETag=_etag(record))
+    now = st.now_ms()
+    usage = await _limit_usage(st, record, now)
+    return _json_response(schemas.detail_out(record, now, st.limits.effective, usage), ETag=_etag(record))
+
+
+async def _limit_usage(st: AdminState, record: KeyRecord, now: int) -> list | None:
+    """(limit, used so far, reset time) per enforced limit; None when Redis cannot say (the key
+    itself was read: the page shows it without the bars rather than failing)."""
+    limits = st.limits.effective(record.limits)
+    try:
+        used = await st.store.limits.usage(record.id, limits, now)
+    except store_mod.FAULTS:
+        return None
+    return [(limit, used.get(limit.window, 0), window_bounds(limit.window, now)[1]) for limit in limits]
 
 
 async def get_key_usage(request: web.Request) -> web.Response:
@@ -506,7 +571,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     revoked = [key_id]
     if cascade:
         revoked += await _revoke_descendants(st, org_id, key_id, principal.actor, now)
-    return _json_response(schemas.revoked_out(record, now, revoked))
+    return _json_response(schemas.revoked_out(record, now, revoked, st.limits.effective))
 
 
 async def _read_cascade(request: web.Request) -> bool:
@@ -576,6 +641,7 @@ async def roll_key(request: web.Request) -> web.Response:
     # SECURITY: the new secret carries all of the key's scopes: an org key may only roll a key
     # whose scopes it could grant (as on create).
     _grantable(principal, record.scopes)
+    _within_caller(st, principal, record.limits)
     # SECURITY: nor a key that outlives it: the new secret would outlast the caller (create caps
     # expires_in at the caller's own expiry for the same reason).
     if principal.expires_at is not None and (record.expires_at is None or record.expires_at > principal.expires_at):
@@ -589,12 +655,12 @@ async def roll_key(request: web.Request) -> web.Response:
         raise errors.KeyNotFound()
     done, secret, previous_end = rolled
     done = msgspec.structs.replace(done, last_used_at=record.last_used_at, request_count=record.request_count)
-    return _json_response(schemas.rolled_out(done, st.now_ms(), secret, previous_end),
+    return _json_response(schemas.rolled_out(done, st.now_ms(), secret, previous_end, st.limits.effective),
                           ETag=_etag(done), **{"Cache-Control": "no-store"})
 
 
 async def edit_key(request: web.Request) -> web.Response:
-    """PATCH .../{key_id}: name, scopes, expiry; If-Match: "<version>" (412 when stale). Answered
+    """PATCH .../{key_id}: name, scopes, expiry, limits; If-Match: "<version>" (412 when stale). Answered
     once every gateway applies the change (a removed scope is refused everywhere by then)."""
     st, principal, org_id, key_id = await _key_for_change(request)
     try:
@@ -604,7 +670,7 @@ async def edit_key(request: web.Request) -> web.Response:
     body = await _read_json(request, _edit_decoder)
     given = {f for f in body.__struct_fields__ if getattr(body, f) is not msgspec.UNSET}
     if not given:
-        raise FieldError("body", "Give at least one of name, scopes, expires_in, expires_at.")
+        raise FieldError("body", "Give at least one of name, scopes, expires_in, expires_at, limits.")
     if {"expires_in", "expires_at"} <= given:
         raise FieldError("expires_at", "Give expires_in or expires_at, not both.")
     record = await _found(st, principal, org_id, key_id)
@@ -619,16 +685,21 @@ async def edit_key(request: web.Request) -> web.Response:
             changes["expires_at"] = validation.expiry_within(body.expires_in, now, principal.expires_at)
         elif "expires_at" in given:
             changes["expires_at"] = validation.earlier_expiry(body.expires_at, now, record.expires_at)
+        if "limits" in given:
+            changes["limits"] = None if body.limits is None else _limits(st, body.limits)
     except validation.InvalidField as exc:
         raise FieldError(exc.field, str(exc), **exc.extra) from None
     # SECURITY: an org key may add only scopes it holds (removing one is always allowed).
     _grantable(principal, [s for s in changes.get("scopes", ()) if s not in record.scopes])
+    if "limits" in changes:
+        _within_caller(st, principal, changes["limits"], record)
     done = await st.store.edit(org_id=org_id, key_id=key_id, actor=principal.actor, now_ms=now,
-                               ack_timeout=ACK_TIMEOUT, if_version=if_version, **changes)
+                               ack_timeout=ACK_TIMEOUT, if_version=if_version, default_limits=st.limits.default,
+                               **changes)
     if done is None:
         raise errors.KeyNotFound()
     done = msgspec.structs.replace(done, last_used_at=record.last_used_at, request_count=record.request_count)
-    return _json_response(schemas.key_out(done, st.now_ms()), ETag=_etag(done))
+    return _json_response(schemas.key_out(done, st.now_ms(), st.limits.effective), ETag=_etag(done))
 
 
 async def list_audit_events(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ from admin_api.claims import BadClaims, person
 from gateway import errors, keys
 from gateway.config import AdminSettings
 from gateway.credentials import extract_credential
+from gateway.ratelimit import Limit
 from gateway.store import KeyStore
 
 if TYPE_CHECKING:
@@ -28,6 +29,9 @@ class Principal:
     scopes: frozenset[str]
     expires_at: int | None = None  # the key's own expiry: what it creates cannot outlive it
     grants_any: bool = False  # an org admin (person): may grant any permission of the catalogue
+    # An org key's own limits (None: the default applies to it): what it creates, edits or rolls
+    # may not be allowed more (operators and people are not held to this).
+    limits: tuple[Limit, ...] | None = None
 
     @property
     def is_operator(self) -> bool:
@@ -102,7 +106,7 @@ async def authenticate(headers, store: KeyStore, operator_tokens: tuple[str, ...
     except errors.InvalidApiKey:
         raise errors.InvalidToken() from None  # the admin API's code for a credential it does not know
     return Principal(actor=f"key:{record.id}", org_id=record.org_id, scopes=frozenset(record.scopes),
-                     expires_at=record.expires_at)
+                     expires_at=record.expires_at, limits=record.limits)
 
 
 def person_principal(claims: dict, settings: AdminSettings) -> Principal:

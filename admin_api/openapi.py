@@ -9,11 +9,12 @@ import msgspec
 
 from admin_api import schemas
 from gateway.model import KEY_ID_PATTERN, ORG_ID_PATTERN
+from gateway.ratelimit import MAX_LIMIT
 from gateway.store import AUDIT_CURSOR_PATTERN, CURSOR_PATTERN
 
 REF = "#/components/schemas/{name}"
 STATIC_FILES = ("app.js", "session.js", "ui.js", "detail.js", "keyform.js", "reveal.js", "revoke.js", "roll.js", "permissions.js",
-                "format.js", "listview.js", "chart.js", "activity.js", "signin.js", "app.css", "favicon.svg")
+                "format.js", "listview.js", "chart.js", "activity.js", "signin.js", "limits.js", "app.css", "favicon.svg")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -39,7 +40,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "Invalid request (the error names the field), or two different credentials",
         401: "Missing or invalid credential; with the page's session cookie (no Authorization): session_expired",
         403: "The credential lacks the needed scope (insufficient_scope; a person: no_org_role without a role in the org, insufficient_role with one that does not allow it); with the page's "
-             "session cookie, a POST, PATCH, PUT or DELETE without its X-CSRF-Token or from another Origin: csrf_failed",
+             "session cookie, a POST, PATCH, PUT or DELETE without its X-CSRF-Token or from another Origin: csrf_failed. "
+             "An org key giving a key (create, edit, roll) looser limits than its own: limits_exceed_caller",
         404: "Unknown organization (one without keys) or key",
         408: "The body did not arrive within --body-timeout seconds; the connection is closed",
         409: "key_limit_reached: the org holds as many keys that are not revoked as it may (`limit`); "
@@ -128,7 +130,7 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
     body may name only these), so the document follows a reloaded scopes.yaml."""
     _, components = msgspec.json.schema_components(
         [schemas.Caller, schemas.CreateKeyRequest, schemas.RevokeKeyRequest, schemas.RevokedApiKey,
-         schemas.CreatedApiKey, schemas.ApiKey, schemas.ApiKeyList,
+         schemas.CreatedApiKey, schemas.ApiKey, schemas.KeyDetail, schemas.ApiKeyList,
          schemas.RollKeyRequest, schemas.RolledApiKey, schemas.EditKeyRequest,
          schemas.PermissionList, schemas.AuditEventList, schemas.KeyUsage, schemas.Error],
         ref_template=REF,
@@ -139,6 +141,9 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
     # At least one field, and expires_in and expires_at not together (admin_api.app.edit_key).
     components["EditKeyRequest"].update(minProperties=1, not_={"required": ["expires_in", "expires_at"]})
     components["EditKeyRequest"]["not"] = components["EditKeyRequest"].pop("not_")
+    # A limit is an integer (5.0 is one too, as JSON Schema counts; schemas.LimitSpec).
+    components["LimitSpec"]["properties"]["limit"] = {
+        "type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "description": "Request units per window"}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -207,13 +212,16 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                 "get": {
                     "operationId": "getApiKey",
                     "summary": "One key (never the secret)",
-                    "responses": {"200": {**_json("ApiKey", "The key"), "headers": ETAG},
+                    "responses": {"200": {**_json("KeyDetail", "The key, and how much of its limits the current "
+                                                                "windows have used"), "headers": ETAG},
                                   **_errors(400, 401, 403, 404, 429, 503)},
                 },
                 "patch": {
                     "operationId": "editApiKey",
-                    "summary": "Change a key's name, scopes or expiry",
+                    "summary": "Change a key's name, scopes, expiry or limits",
                     "description": "expires_in is counted from now; expires_at may only make the expiry earlier. "
+                                   "limits replaces the key's own limits (null: the configured default applies); "
+                                   "a lower limit, like a removed scope, is enforced by every gateway by the answer. "
                                    "An org key may add only scopes it holds. A removed scope (or an earlier expiry) "
                                    "is refused by every gateway by the time of the answer; an added one applies "
                                    "from the next request. Applies to every live secret of the key.",

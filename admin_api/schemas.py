@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from gateway.model import EXPIRY_CHOICES, GRACE_CHOICES, KEY_ACTIONS, KEY_ID_PATTERN, KeyEvent, KeyRecord, rfc3339
+from gateway.ratelimit import MAX_LIMIT, WINDOWS, Limit
 
 ExpiresIn = Literal[tuple(EXPIRY_CHOICES)]
 GracePeriod = Literal[tuple(GRACE_CHOICES)]
@@ -26,6 +27,23 @@ Timestamp = Annotated[str, Meta(description="RFC 3339 UTC time", examples=["2026
                                  extra_json_schema={"format": "date-time"})]
 
 
+Window = Literal[WINDOWS]
+
+
+class LimitSpec(msgspec.Struct, forbid_unknown_fields=True):
+    """One limit of a key: at most ``limit`` request units per UTC window (a route may cost more than 1)."""
+
+    window: Annotated[Window, Meta(description="second, minute, hour (rates); day, month (quotas, UTC calendar)")]
+    # int | float: JSON Schema's integer includes 5.0 (the document says integer; app._limits takes
+    # an integral float as its integer and refuses any other).
+    limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] | Annotated[float, Meta(ge=1, le=MAX_LIMIT)]
+
+
+# At most one limit per window; null (or left out on create): the configured default applies.
+Limits = Annotated[list[LimitSpec], Meta(min_length=1, max_length=len(WINDOWS), description=(
+    "The key's own rate windows and quotas, one per window; null: the configured default applies"))]
+
+
 class CreateKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Body of POST /v1/orgs/{org_id}/api-keys."""
 
@@ -35,6 +53,7 @@ class CreateKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
     )]
     scopes: Annotated[list[str], Meta(min_length=1, max_length=200, description="Known resource:action scopes")]
     expires_in: Annotated[ExpiresIn, Meta(description="When the key stops working")] = "never"
+    limits: Limits | None = None
 
 
 class RevokeKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -62,6 +81,9 @@ class EditKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
     expires_at: Annotated[str, Meta(description="RFC 3339; only earlier than the current expiry, and in the future "
                                                 "(not with expires_in)", extra_json_schema={"format": "date-time"})
                           ] | UnsetType = UNSET
+    limits: Annotated[Limits | None, Meta(description=(
+        "The whole new list, or null to clear it (the configured default applies); a lower limit is "
+        "enforced by every gateway before the answer"))] | UnsetType = UNSET
 
 
 class Secret(msgspec.Struct):
@@ -72,6 +94,17 @@ class Secret(msgspec.Struct):
     expires_at: Annotated[Timestamp | None, Meta(
         description="When it stops working: the key's expiry for the current secret, the grace period's end "
                     "for the previous one")]
+
+
+class LimitUsage(msgspec.Struct):
+    """How much of one enforced limit the current window has used, and when the window resets."""
+
+    window: Window
+    limit: int
+    used: Annotated[int, Meta(ge=0, description=(
+        "Units leased to gateways in this window: includes budget a gateway holds but has not spent, "
+        "which it gives back within seconds of going idle"))]
+    resets_at: Timestamp
 
 
 class ApiKey(msgspec.Struct):
@@ -93,6 +126,10 @@ class ApiKey(msgspec.Struct):
     version: Annotated[int, Meta(description="Bumped by every change; the ETag, and PATCH's If-Match")]
     secrets: Annotated[list[Secret], Meta(description="The live secrets, newest first")]
     rolled_at: Timestamp | None
+    limits: Annotated[list[LimitSpec] | None, Meta(description="The key's own limits; null: the default applies")]
+    effective_limits: Annotated[list[LimitSpec], Meta(description=(
+        "What the gateways enforce: the key's own limits or the configured default, capped by the "
+        "configured maximum; empty: unlimited"))]
 
 
 class RolledApiKey(ApiKey):
@@ -164,7 +201,7 @@ class AuditEvent(msgspec.Struct):
     at: Timestamp
     version: Annotated[int, Meta(ge=1, description="The key's version after the change (its ETag)")]
     changes: Annotated[dict[str, AuditChange], Meta(
-        description="field -> before/after: name, scopes, expires_at (edits); secret (display prefixes), "
+        description="field -> before/after: name, scopes, expires_at, limits (edits; limits: the list or null); secret (display prefixes), "
                     "previous_secret_expires_at (rolls); empty for creates and revokes")]
 
 
@@ -240,20 +277,49 @@ class Error(msgspec.Struct):
     error: ErrorDetail
 
 
-def key_out(record: KeyRecord, now_ms: int) -> ApiKey:
-    return ApiKey(**_fields(record, now_ms))
+class KeyDetail(ApiKey):
+    """GET of one key: the key, and how much of each enforced limit its current window has used."""
+
+    limit_usage: Annotated[list[LimitUsage] | None, Meta(description=(
+        "One entry per effective limit; null when the store could not say (the rest of the key still is)"))]
 
 
-def created_out(record: KeyRecord, now_ms: int, secret: str) -> CreatedApiKey:
-    return CreatedApiKey(**_fields(record, now_ms), key=secret)
+# What a key's record sets -> what the gateways enforce (gateway.plans.LimitsConfig.effective).
+Effective = Callable[[tuple[Limit, ...] | None], tuple[Limit, ...]]
 
 
-def revoked_out(record: KeyRecord, now_ms: int, revoked_ids: list[str]) -> RevokedApiKey:
-    return RevokedApiKey(**_fields(record, now_ms), revoked_ids=revoked_ids)
+def _no_config(limits: tuple[Limit, ...] | None) -> tuple[Limit, ...]:
+    return limits or ()
 
 
-def rolled_out(record: KeyRecord, now_ms: int, secret: str, previous_ends_at: int) -> RolledApiKey:
-    return RolledApiKey(**_fields(record, now_ms), key=secret, previous_secret_expires_at=rfc3339(previous_ends_at))
+def key_out(record: KeyRecord, now_ms: int, effective: Effective = _no_config) -> ApiKey:
+    return ApiKey(**_fields(record, now_ms, effective))
+
+
+def detail_out(record: KeyRecord, now_ms: int, effective: Effective,
+               usage: list[tuple[Limit, int, int]] | None) -> KeyDetail:
+    """``usage``: (limit, used, reset time in ms) per effective limit; None: unknown."""
+    return KeyDetail(**_fields(record, now_ms, effective), limit_usage=None if usage is None else [
+        LimitUsage(limit.window, limit.limit, used, rfc3339(resets)) for limit, used, resets in usage])
+
+
+def created_out(record: KeyRecord, now_ms: int, secret: str, effective: Effective = _no_config) -> CreatedApiKey:
+    return CreatedApiKey(**_fields(record, now_ms, effective), key=secret)
+
+
+def revoked_out(record: KeyRecord, now_ms: int, revoked_ids: list[str],
+                effective: Effective = _no_config) -> RevokedApiKey:
+    return RevokedApiKey(**_fields(record, now_ms, effective), revoked_ids=revoked_ids)
+
+
+def rolled_out(record: KeyRecord, now_ms: int, secret: str, previous_ends_at: int,
+               effective: Effective = _no_config) -> RolledApiKey:
+    return RolledApiKey(**_fields(record, now_ms, effective), key=secret,
+                        previous_secret_expires_at=rfc3339(previous_ends_at))
+
+
+def _specs(limits) -> list[LimitSpec]:
+    return [LimitSpec(limit.window, limit.limit) for limit in limits]
 
 
 def _secrets(r: KeyRecord, now_ms: int) -> list[Secret]:
@@ -264,13 +330,14 @@ def _secrets(r: KeyRecord, now_ms: int) -> list[Secret]:
     return [Secret(s.prefix, rfc3339(s.created_at), rfc3339(end(s.ends_at))) for s in r.live_secrets(now_ms)]
 
 
-def _fields(r: KeyRecord, now_ms: int) -> dict:
+def _fields(r: KeyRecord, now_ms: int, effective: Effective) -> dict:
     return dict(
         id=r.id, org_id=r.org_id, name=r.name, prefix=r.prefix, scopes=list(r.scopes),
         status=r.status(now_ms), created_at=rfc3339(r.created_at), created_by=r.created_by,
         expires_at=rfc3339(r.expires_at), last_used_at=rfc3339(r.last_used_at),
         request_count=r.request_count, revoked_at=rfc3339(r.revoked_at), revoked_by=r.revoked_by,
         version=r.version, secrets=_secrets(r, now_ms), rolled_at=rfc3339(r.rolled_at),
+        limits=None if r.limits is None else _specs(r.limits), effective_limits=_specs(effective(r.limits)),
     )
 
 

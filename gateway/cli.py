@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, admin, dev, keys create|list|revoke|roll|edit|usage|audit|backfill-activity,
+"""The `gateway` command: serve, admin, dev, keys create|list|show|revoke|roll|edit|usage|audit|backfill-activity,
 scopes check|explain."""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Callable
 
 from gateway import accesslog, config, validation
 from gateway.model import EXPIRY_CHOICES, GRACE_CHOICES
+from gateway.ratelimit import WINDOWS
 from gateway.resources import shipped
-from gateway.plans import LimitsError
+from gateway.plans import LimitsError, settings_limits
 from gateway.scopes import ScopesError, load_rules
 
 SHIPPED_SCOPES = shipped("scopes.yaml")  # the example rules, installed with the package
@@ -137,7 +138,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from gateway.dev import run_dev
 
     scopes = args.scopes or ("scopes.yaml" if Path("scopes.yaml").is_file() else str(SHIPPED_SCOPES))
-    return asyncio.run(run_dev(redis_url=args.redis, scopes=scopes, base_port=args.port))
+    from gateway.dev import SHIPPED_LIMITS
+
+    limits_file = args.limits_file or os.environ.get("GATEWAY_LIMITS_FILE") or str(SHIPPED_LIMITS)
+    return asyncio.run(run_dev(redis_url=args.redis, scopes=scopes, base_port=args.port, limits_file=limits_file))
 
 
 KEYS_REDIS_TIMEOUT = 2.0  # seconds per Redis call of `gateway keys` (plus one quick retry)
@@ -145,8 +149,10 @@ KEYS_REDIS_TIMEOUT = 2.0  # seconds per Redis call of `gateway keys` (plus one q
 # the admin API's create limits, so that it is held to the same ones.
 KEYS_SETTINGS = ("redis", "scopes", "redis_prefix", "redis_min_replicas",
                  "max_keys_per_org", "create_rate_per_org", "memory_high_water")
+# The configured default and ceilings: what create and edit check limits against, what reads show as enforced.
+LIMITS_SETTINGS = ("limits_file", "default_limits")
 BACKFILL_SETTINGS = ("redis", "redis_prefix")  # its writes are not acknowledged ones: no replica count
-FLAGS = {"org_id": "--org", "name": "--name", "scopes": "--scope", "key_id": "KEY_ID"}  # InvalidField.field
+FLAGS = {"org_id": "--org", "name": "--name", "scopes": "--scope", "key_id": "KEY_ID", "limits": "--limit"}  # InvalidField.field
 
 
 class CliError(Exception):
@@ -164,21 +170,24 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from gateway.store import CreateLimits, parse_min_replicas
     from gateway.tasks import ACK_TIMEOUT
 
-    settings = config.load(config.AdminSettings, {name: getattr(args, name, None) for name in KEYS_SETTINGS})
+    settings = config.load(config.AdminSettings,
+                           {name: getattr(args, name, None) for name in KEYS_SETTINGS + LIMITS_SETTINGS})
+    plan = settings_limits(settings)
     # Everything the admin API would refuse is refused here too, before Redis is touched.
     org_id = validation.org_id(args.org)
     if args.keys_cmd == "create":
         name = validation.key_name(args.name)
         scopes = validation.key_scopes([s.strip() for item in args.scope for s in item.split(",") if s.strip()],
                                        load_rules(settings.scopes).permissions)
-    elif args.keys_cmd in ("revoke", "roll", "edit"):
+        limits = _limit_flags(args.limit, plan) if args.limit else None
+    elif args.keys_cmd in ("revoke", "roll", "edit", "show"):
         key_id = validation.key_id(args.key_id)
     elif args.keys_cmd == "audit":
         key_id = validation.key_id(args.key) if args.key else None
         _check_audit_args(args, key_id)
     now = int(time.time() * 1000)
     if args.keys_cmd == "edit":
-        changes = _edit_changes(args, settings, now)
+        changes = _edit_changes(args, settings, now, plan)
 
     async def work(store) -> object:
         if args.keys_cmd == "create":
@@ -189,17 +198,18 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 record, secret = await store.create(
                     org_id=org_id, name=name, scopes=scopes,
                     expires_at=expires_at_for(args.expires_in, now), actor="cli", now_ms=now, quota=quota,
+                    limits=limits,
                 )
             except (errors.KeyLimitReached, errors.TooManyCreates) as exc:
                 raise CliError(f"{exc.code}: {exc.message} (--ignore-limits creates it anyway)", code=1) from None
             except errors.StoreFull as exc:
                 raise CliError(f"{exc.code}: {exc.message}", code=1) from None
-            return created_out(record, now, secret)
+            return created_out(record, now, secret, plan.effective)
         if args.keys_cmd == "list":
             out, cursor = [], None
             while True:
                 page = await store.list(org_id, limit=100, cursor=cursor, include_revoked=args.include_revoked)
-                out += [key_out(r, now) for r in page.records]
+                out += [key_out(r, now, plan.effective) for r in page.records]
                 if not (cursor := page.next_cursor):
                     if not out and not await store.org_exists(org_id):  # an org exists from its first key
                         print(f"gateway: no organization {org_id}", file=sys.stderr)
@@ -208,12 +218,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
         if args.keys_cmd == "audit":
             return await _audit(store, org_id, key_id, args)
         if args.keys_cmd in ("roll", "edit"):
-            return await _roll_or_edit(store, args, org_id, key_id, now, changes if args.keys_cmd == "edit" else {})
+            return await _roll_or_edit(store, args, org_id, key_id, now, changes if args.keys_cmd == "edit" else {},
+                                       plan)
+        if args.keys_cmd == "show":
+            return await _show(store, org_id, key_id, now, plan)
         record = await store.revoke(org_id=org_id, key_id=key_id, actor="cli", now_ms=now,
                                     ack_timeout=ACK_TIMEOUT)
         if record is None:
             raise CliError(f"no key {key_id} in org {org_id}")
-        return key_out(record, now)
+        return key_out(record, now, plan.effective)
 
     result = _on_store(settings, work, parse_min_replicas(settings.redis_min_replicas))
     _print_json(result)
@@ -223,6 +236,31 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(f"Store the new key now: it is not shown again. The previous secret works until "
               f"{result.previous_secret_expires_at}.", file=sys.stderr)
     return 0
+
+
+def _limit_flags(texts: list[str], plan) -> tuple:
+    """--limit WINDOW=N (repeated, or comma-separated) as the admin API checks a request's limits."""
+    items = [t for text in texts for t in text.split(",") if t.strip()]
+    return validation.key_limits([validation.limit_flag(t) for t in items], plan.check)
+
+
+async def _show(store, org_id: str, key_id: str, now: int, plan) -> object:
+    """`keys show`: the key as the admin API's GET of one key answers it, with limit_usage."""
+    from admin_api.schemas import detail_out
+    from gateway.ratelimit import window_bounds
+    from gateway.store import FAULTS
+
+    record = await store.get_for_org(org_id, key_id)
+    if record is None:
+        raise CliError(f"no key {key_id} in org {org_id}", code=1)
+    limits = plan.effective(record.limits)
+    try:
+        used = await store.limits.usage(record.id, limits, now)
+        usage = [(x, used.get(x.window, 0), window_bounds(x.window, now)[1]) for x in limits]
+    except FAULTS:
+        usage = None
+        print("gateway: the limits' usage could not be read (limit_usage: null)", file=sys.stderr)
+    return detail_out(record, now, plan.effective, usage)
 
 
 def _check_audit_args(args: argparse.Namespace, key_id: str | None) -> None:
@@ -330,7 +368,7 @@ def cmd_keys_usage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _edit_changes(args: argparse.Namespace, settings, now: int) -> dict:
+def _edit_changes(args: argparse.Namespace, settings, now: int, plan) -> dict:
     """What `keys edit` changes, validated as the admin API validates a PATCH."""
     from gateway.model import expires_at_for
 
@@ -343,12 +381,16 @@ def _edit_changes(args: argparse.Namespace, settings, now: int) -> dict:
             load_rules(settings.scopes).permissions)
     if args.expires_in is not None:
         changes["expires_at"] = expires_at_for(args.expires_in, now)
+    if args.limit:
+        changes["limits"] = _limit_flags(args.limit, plan)
+    elif args.clear_limits:
+        changes["limits"] = None
     if not changes:
-        raise CliError("nothing to change: give --name, --scope or --expires-in")
+        raise CliError("nothing to change: give --name, --scope, --expires-in, --limit or --clear-limits")
     return changes
 
 
-async def _roll_or_edit(store, args: argparse.Namespace, org_id: str, key_id: str, now: int, changes: dict):
+async def _roll_or_edit(store, args: argparse.Namespace, org_id: str, key_id: str, now: int, changes: dict, plan):
     """`keys roll` and `keys edit`: the store's roll and edit, as the admin API calls them."""
     from admin_api.schemas import key_out, rolled_out
     from gateway import errors
@@ -359,12 +401,12 @@ async def _roll_or_edit(store, args: argparse.Namespace, org_id: str, key_id: st
             rolled = await store.roll(org_id=org_id, key_id=key_id, grace=args.grace, actor="cli", now_ms=now,
                                       ack_timeout=ACK_TIMEOUT)
             if rolled is not None:
-                return rolled_out(rolled[0], now, rolled[1], rolled[2])
+                return rolled_out(rolled[0], now, rolled[1], rolled[2], plan.effective)
         else:
             record = await store.edit(org_id=org_id, key_id=key_id, actor="cli", now_ms=now, ack_timeout=ACK_TIMEOUT,
-                                      if_version=args.if_version, **changes)
+                                      if_version=args.if_version, default_limits=plan.default, **changes)
             if record is not None:
-                return key_out(record, now)
+                return key_out(record, now, plan.effective)
     except (errors.KeyConflict, errors.VersionMismatch) as exc:
         raise CliError(f"{exc.code}: {exc.message}", code=1) from None
     raise CliError(f"no key {key_id} in org {org_id}")
@@ -442,20 +484,27 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--redis", default=None, help="use this Redis instead of starting one")
     dev.add_argument("--scopes", default=None,
                      help="scopes file (default ./scopes.yaml, else the example shipped with the gateway)")
+    dev.add_argument("--limits-file", default=None,
+                     help="limits file (default: $GATEWAY_LIMITS_FILE, else the example shipped with the gateway)")
     dev.add_argument("--port", type=int, default=8080, help="gateway port; admin +1, upstream +2, sign-in provider +3, ops +10, admin ops +11")
     dev.set_defaults(func=cmd_dev)
 
     keys = command(sub, "keys", help="manage keys directly in Redis (operator)")
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
-    for name in ("create", "list", "revoke", "roll", "edit", "audit"):
-        p = command(keys_sub, name)
-        config.add_arguments(p, config.AdminSettings, only=KEYS_SETTINGS if name == "create" else KEYS_SETTINGS[:4])
+    limit_help = (f"a limit of the key, WINDOW=N (windows: {', '.join(WINDOWS)}; repeat or comma-separate, "
+                  "one per window; none: the configured default applies)")
+    for name in ("create", "list", "show", "revoke", "roll", "edit", "audit"):
+        p = command(keys_sub, name, **({"help": "one key, with its limits and what their current windows have used"}
+                                       if name == "show" else {}))
+        config.add_arguments(p, config.AdminSettings,
+                             only=(KEYS_SETTINGS if name == "create" else KEYS_SETTINGS[:4]) + LIMITS_SETTINGS)
         p.add_argument("--scopes-file", dest="scopes", default=None, help=argparse.SUPPRESS)  # deprecated: --scopes
         p.add_argument("--org", required=True, help="organization id")
         if name == "create":
             p.add_argument("--name", required=True, help=f"what the key is for, 1-{validation.NAME_MAX} characters")
             p.add_argument("--scope", action="append", default=[], help="scope to grant (repeat or comma-separate)")
             p.add_argument("--expires-in", default="never", choices=list(EXPIRY_CHOICES), help="when the key stops working")
+            p.add_argument("--limit", action="append", default=[], metavar="WINDOW=N", help=limit_help)
             p.add_argument("--ignore-limits", action="store_true",
                            help="not held to --max-keys-per-org and --create-rate-per-org, as the admin API's "
                                 "operator token is not (the memory mark still applies)")
@@ -477,6 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--scope", action="append", default=[],
                            help="the key's new scopes, all of them (repeat or comma-separate)")
             p.add_argument("--expires-in", default=None, choices=list(EXPIRY_CHOICES), help="a new expiry, from now")
+            given = p.add_mutually_exclusive_group()
+            given.add_argument("--limit", action="append", default=[], metavar="WINDOW=N",
+                               help="the key's new limits, all of them, WINDOW=N (repeat or comma-separate)")
+            given.add_argument("--clear-limits", action="store_true",
+                               help="remove the key's own limits: the configured default applies")
             p.add_argument("--if-version", type=int, default=None,
                            help="refuse (exit 1, version_mismatch) unless the key is at this version")
     keys.set_defaults(func=cmd_keys)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from gateway import config
 from gateway.devguards import PORT_HELP, DevLock, check_ports, dev_ports
+from gateway.ratelimit import Limit
 from gateway.resources import shipped
 from gateway.store import KeyStore, connect
 
@@ -26,6 +27,10 @@ DEMO_ORG = "demo"
 DEMO_SCOPES = ("tasks:read", "reservations:read")
 DEMO_NAME = "Demo key (gateway dev)"
 DEMO_ACTOR = "gateway dev"  # created_by of the demo key, and revoked_by of the ones it replaced
+# The demo key's own limits, small enough to see a 429 from a shell loop (the limits file's
+# default plan applies to the keys made on the page that set none).
+DEMO_LIMITS = (Limit("second", 5), Limit("day", 10_000))
+SHIPPED_LIMITS = shipped("limits.yaml")
 DATA_DIR = Path(".data")
 PR_SET_PDEATHSIG = 1
 REDIS_CONF = shipped("redis.conf")  # also deploy/redis.conf (a link to it)
@@ -79,7 +84,7 @@ async def start_redis(data_dir: Path, lock_fd: int) -> tuple[asyncio.subprocess.
     raise SystemExit(f"gateway dev: redis-server did not start (see {data_dir}/redis.log)")
 
 
-async def run_dev(*, redis_url: str | None, scopes: str, base_port: int) -> int:
+async def run_dev(*, redis_url: str | None, scopes: str, base_port: int, limits_file: str = str(SHIPPED_LIMITS)) -> int:
     """Start Redis (unless given), then the stack; Redis stops with it, however it ends.
 
     Nothing starts while another `gateway dev` runs in this folder (it would share
@@ -96,7 +101,7 @@ async def run_dev(*, redis_url: str | None, scopes: str, base_port: int) -> int:
             redis_proc, redis_port = await start_redis(DATA_DIR / "redis", lock.fd)
             lock.update(redis=redis_port)
             redis_url = local_redis_url(redis_port)
-        await _run_stack(redis_url=redis_url, scopes=scopes, base_port=base_port)
+        await _run_stack(redis_url=redis_url, scopes=scopes, base_port=base_port, limits_file=limits_file)
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise
@@ -111,7 +116,7 @@ async def run_dev(*, redis_url: str | None, scopes: str, base_port: int) -> int:
     return 0
 
 
-async def _run_stack(*, redis_url: str, scopes: str, base_port: int) -> None:
+async def _run_stack(*, redis_url: str, scopes: str, base_port: int, limits_file: str) -> None:
     from admin_api.app import ADMIN, make_admin_app
     from gateway.app import Gateway, make_ops_app, run_apps
     from gateway.echo import make_echo_app
@@ -123,12 +128,13 @@ async def _run_stack(*, redis_url: str, scopes: str, base_port: int) -> None:
         "gateway", "admin API", "upstream", "ops", "admin ops", "sign-in provider"))
     serve = config.load(config.ServeSettings, {
         "listen": f"127.0.0.1:{gw_port}", "upstream": f"http://127.0.0.1:{up_port}",
-        "redis": redis_url, "scopes": scopes, "ops_listen": f"127.0.0.1:{ops_port}",
+        "redis": redis_url, "scopes": scopes, "ops_listen": f"127.0.0.1:{ops_port}", "limits_file": limits_file,
     }, environ={})
     idp = start_dev_provider(idp_port, f"http://127.0.0.1:{admin_port}")
     admin = config.load(config.AdminSettings, {
         "listen": f"127.0.0.1:{admin_port}", "redis": redis_url, "scopes": scopes,
-        "operator_tokens": (token,), "ops_listen": f"127.0.0.1:{admin_ops_port}", **idp.settings,
+        "operator_tokens": (token,), "ops_listen": f"127.0.0.1:{admin_ops_port}", "limits_file": limits_file,
+        **idp.settings,
     }, environ={})
     gateway = Gateway(serve)
     store = KeyStore(connect(redis_url))
@@ -223,10 +229,14 @@ async def replace_demo_key(store: KeyStore, now_ms: int) -> str:
         if not (cursor := page.next_cursor):
             break
     _, key = await store.create(org_id=DEMO_ORG, name=DEMO_NAME, scopes=DEMO_SCOPES, expires_at=None,
-                                actor=DEMO_ACTOR, now_ms=now_ms)
+                                actor=DEMO_ACTOR, now_ms=now_ms, limits=DEMO_LIMITS)
     for key_id in earlier:
         await store.revoke(org_id=DEMO_ORG, key_id=key_id, actor=DEMO_ACTOR, now_ms=now_ms)
     return key
+
+
+def _limits(limits) -> str:
+    return ", ".join(f"{limit.limit:,} a {limit.window}" for limit in limits)
 
 
 def _banner(key: str, token: str, redis_url: str, gw: int, admin: int, up: int, ops: int, idp: DevProvider) -> str:
@@ -240,7 +250,8 @@ API-key gateway (dev) is running. Ctrl-C stops everything.
   redis      {redis_url}
 {idp.banner()}
 
-Demo key for org "{DEMO_ORG}" with {", ".join(DEMO_SCOPES)} (shown once; the previous run's is revoked):
+Demo key for org "{DEMO_ORG}" with {", ".join(DEMO_SCOPES)}, limited to {_limits(DEMO_LIMITS)}
+(shown once; the previous run's is revoked):
   export KEY={key}
 Operator token for the admin API:
   export TOKEN={token}
@@ -254,6 +265,10 @@ Try:
   curl -s http://127.0.0.1:{gw}/v1/tasks
   # a public route (200, no key needed)
   curl -s http://127.0.0.1:{gw}/v1/status
+  # past the key's 5 requests a second, 429 rate_limited (with Retry-After; every answer for the
+  # key carries the RateLimit-Policy and RateLimit headers: add -i to see them)
+  for i in 1 2 3 4 5 6 7 8; do curl -s -o /dev/null -w '%{{http_code}} ' -H "Authorization: Bearer $KEY" \
+       http://127.0.0.1:{gw}/v1/tasks; done; echo
   # the org's keys (200), with last_used_at (written about a second after a call)
   curl -s -H "Authorization: Bearer $TOKEN" http://127.0.0.1:{admin}/v1/orgs/{DEMO_ORG}/api-keys
   # create a key (201; its secret is in this answer only), as in the README's walkthrough

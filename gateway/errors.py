@@ -7,7 +7,8 @@ ApiError
 │   ValidationFailed (FieldError: naming the field), InvalidHost, SignInFailed
 ├── Unauthorized (401, with WWW-Authenticate): MissingApiKey, InvalidApiKey, ExpiredApiKey,
 │   RevokedApiKey, RolledApiKey, InvalidToken, MissingToken, SessionExpired
-├── Forbidden (403): InsufficientScope, NoOrgRole, InsufficientRole, ScopeNotGrantable, KeyOutlivesCaller, CsrfFailed
+├── Forbidden (403): InsufficientScope, NoOrgRole, InsufficientRole, ScopeNotGrantable, KeyOutlivesCaller,
+│   LimitsExceedCaller, CsrfFailed
 ├── NotFound (404): RouteNotFound, KeyNotFound, OrgNotFound
 ├── MethodNotAllowed (405, with Allow)
 ├── KeyLimitReached (409), KeyConflict (409): KeyIsRevoked, KeyIsExpired
@@ -250,6 +251,11 @@ class ScopeNotGrantable(Forbidden):
 class KeyOutlivesCaller(Forbidden):
     code = "key_outlives_caller"
     message = "A key can only roll keys that expire no later than itself."
+
+
+class LimitsExceedCaller(Forbidden):
+    code = "limits_exceed_caller"
+    message = "A key can only give keys limits no looser than its own."
 
 
 class NotFound(ApiError):

@@ -107,7 +107,7 @@ class Limiter:
         found = self.entries.get(record.id)
         if found is not None and found.record is record:
             return found if found.limiter is not None else None
-        own = getattr(record, "limits", None)  # (KeyRecord.limits: issue 16's record field)
+        own = record.limits
         if own is None and not self._any_default and found is None:
             return None
         limits = self.config.effective(own)

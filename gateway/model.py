@@ -12,6 +12,7 @@ import secrets
 import msgspec
 
 from gateway import errors
+from gateway.ratelimit import Limit
 
 DAY_MS = 86_400_000
 # The one definition of the expires_in choices and of the id shapes: gateway.validation, the CLI,
@@ -75,6 +76,9 @@ class KeyRecord(msgspec.Struct, frozen=True):
     # Set when the hash read is an alias (a later secret's copy of the record): its own id.
     # ``id`` is always the key's public id, whichever secret was presented.
     alias_id: str | None = None
+    # The key's own rate windows and quotas, shortest window first, at most one per window (never
+    # empty); None: the configured default applies (gateway.plans.LimitsConfig.effective).
+    limits: tuple[Limit, ...] | None = None
 
     def key_secrets(self) -> tuple[Secret, ...]:
         """The secrets, newest first: before the first roll, the record's own one."""

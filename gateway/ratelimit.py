@@ -112,3 +112,17 @@ def policy_header(limits: Sequence[Limit], now: int) -> str:
 def ratelimit_header(limit: Limit, remaining: int, end: int, now: int) -> str:
     """``RateLimit`` for one limit: the units left and whole seconds until its window ends."""
     return f'"{limit.policy_name}";r={max(0, remaining)};t={seconds_until(end, now)}'
+
+
+# --- edits -----------------------------------------------------------------------------------
+
+def narrower(old: Sequence[Limit] | None, new: Sequence[Limit] | None) -> tuple[Limit, ...]:
+    """What an edit from ``old`` to ``new`` writes to a rolled key's aliases before the record:
+    per window the smaller of the two limits, every window of either (a window one side does not
+    limit is unlimited there), shortest window first. Never more permissive than either side, so
+    an alias is no wider than its record at any step of the edit. () when neither limits anything.
+    """
+    least: dict[str, int] = {}
+    for limit in (*(old or ()), *(new or ())):
+        least[limit.window] = min(limit.limit, least.get(limit.window, limit.limit))
+    return tuple(Limit(window, least[window]) for window in WINDOWS if window in least)

@@ -1,4 +1,5 @@
-"""What the admin API and the `gateway keys` CLI accept: key names, organization and key ids, scopes.
+"""What the admin API and the `gateway keys` CLI accept: key names, organization and key ids, scopes,
+limits.
 
 Pure: each check returns the value to use or raises InvalidField naming the field at fault;
 the admin API turns that into its 400, the CLI into one line on stderr.
@@ -9,9 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
-from typing import Collection, Iterable
+from typing import Callable, Collection, Iterable, Sequence
 
 from gateway.model import EXPIRY_CHOICES, KEY_ID_PATTERN, ORG_ID_PATTERN, expires_at_for, rfc3339
+from gateway.ratelimit import MAX_LIMIT, WINDOWS, Limit
 
 NAME_MAX = 100  # also the page's maxlength and admin_api.schemas.NAME_PATTERN
 # SECURITY: used with fullmatch, since "$" also matches before a final newline ("acme\n").
@@ -112,3 +114,47 @@ def if_match(header: str | None) -> int | None:
     if len(text) >= 3 and text[0] == text[-1] == '"' and text[1:-1].isascii() and text[1:-1].isdigit():
         return int(text[1:-1])
     raise InvalidField("If-Match", 'If-Match must be the ETag of the key as sent, e.g. "3".')
+
+
+def key_limits(pairs: Iterable[tuple[object, object]],
+               ceiling: Callable[[Sequence[Limit]], None] | None = None) -> tuple[Limit, ...]:
+    """A key's own limits from (window, limit) pairs, shortest window first: known windows, one
+    limit per window, each 1..MAX_LIMIT, at least one (no limits of its own is None, not an empty
+    list), and none above the configured maximum (``ceiling``: LimitsConfig.check)."""
+    out: dict[str, Limit] = {}
+    for i, (window, limit) in enumerate(pairs):
+        if window not in WINDOWS:
+            raise InvalidField("limits", f"limits[{i}].window must be one of: {', '.join(WINDOWS)}; got {window!r}.")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+            raise InvalidField("limits", f"limits[{i}].limit must be an integer from 1 to {MAX_LIMIT}; got {limit!r}.")
+        if window in out:
+            raise InvalidField("limits", f"limits: one limit per window; {window} is given more than once.")
+        out[window] = Limit(window, limit)
+    if not out:
+        raise InvalidField("limits", "limits needs at least one limit; null clears the key's own (the default applies).")
+    limits = tuple(out[w] for w in WINDOWS if w in out)
+    if ceiling is not None:
+        try:
+            ceiling(limits)
+        except ValueError as exc:
+            raise InvalidField("limits", f"limits: {exc}.") from None
+    return limits
+
+
+def limit_flag(text: str) -> tuple[str, int | str]:
+    """``minute=600`` (the CLI's --limit) -> ("minute", 600), for key_limits to check; a limit that
+    is not a plain integer stays text (key_limits names it)."""
+    window, sep, amount = text.partition("=")
+    if not sep:
+        raise InvalidField("limits", f"expected WINDOW=N (windows: {', '.join(WINDOWS)}), e.g. minute=600; got {text!r}.")
+    amount = amount.strip()
+    return window.strip(), int(amount) if amount.isascii() and amount.isdigit() else amount
+
+
+def looser_than(limits: Sequence[Limit], cap: Sequence[Limit]) -> list[tuple[Limit, int | None]]:
+    """The limits of ``cap`` that ``limits`` (enforced limits both) leaves out or sets higher, each
+    with what ``limits`` sets on its window (None: nothing). Empty when ``limits`` is at least as
+    strict on every window of ``cap``."""
+    given = {limit.window: limit.limit for limit in limits}
+    return [(limit, given.get(limit.window)) for limit in cap
+            if given.get(limit.window) is None or given[limit.window] > limit.limit]

@@ -1,7 +1,7 @@
 // The activity log as the page shows it: what an event says in words (pure), and its table row or
 // list item. Events never hold a secret; "secret" changes are display prefixes.
 
-import { utcText } from "./format.js";
+import { limitsText, utcText } from "./format.js";
 
 export const ACTION_LABEL = {
   "api_key.created": "Created",
@@ -61,6 +61,7 @@ export function describeChanges(changes) {
       lines.push(`Permissions: ${parts.join("; ") || shown(after)}`);
     } else if (field === "expires_at") lines.push(`Expiry: ${when(before)} → ${when(after)}`);
     else if (field === "secret") lines.push(`Secret: ${shown(before)}… → ${shown(after)}…`);
+    else if (field === "limits") lines.push(`Limits: ${before ? limitsText(before) : "the default"} → ${after ? limitsText(after) : "the default"}`);
     else if (field === "previous_secret_expires_at") lines.push(`Previous secret works until ${when(after)}`);
     else lines.push(`${field}: ${shown(before)} → ${shown(after)}`);
   }

@@ -5,6 +5,7 @@
 import { activityItem, actorNode } from "./activity.js";
 import { drawUsage } from "./chart.js";
 import { graceLeft, requests } from "./format.js";
+import { limitsSummary, renderLimitUsage } from "./limits.js";
 import { activityPath, api, keyPath, state } from "./session.js";
 import {
   $, canRevoke, copyIdButton, flagList, handleApiError, KEY_CHANGED, now, openDialog, replaceKey, scopeLabel,
@@ -67,10 +68,12 @@ function renderDetail(key) {
     ...field("Last used", key.last_used_at ? timeCell(key.last_used_at) : never("Never")),
     ...field("Requests", text("span", requests(key.request_count), "request-count")),
     ...field("Expires", key.expires_at ? timeCell(key.expires_at) : never("Never")),
+    ...field("Limits", text("span", limitsSummary(key), "limits-text")),
     ...(key.revoked_at ? field("Revoked", timeCell(key.revoked_at), " by ", actorNode(key.revoked_by || "")) : []),
     ...(key.rolled_at ? field("Rolled", timeCell(key.rolled_at)) : []),
   );
   renderSecrets(key);
+  renderLimitUsage(key);
 }
 
 // The live secrets, newest first. Before the roll branch the record has one: its prefix.
@@ -157,6 +160,7 @@ document.addEventListener(KEY_CHANGED, (event) => {
   const changed = key.version !== state.detail.version;
   renderDetail(key);
   if (changed) loadKeyActivity(false);
+  if (key.limit_usage === undefined) refreshDetail(key.id); // an edit's or roll's answer: usage comes with GET
 });
 for (const radio of document.querySelectorAll("input[name='usage-range']")) radio.addEventListener("change", loadUsage);
 $("key-activity-more").addEventListener("click", () => loadKeyActivity(true));

@@ -68,3 +68,8 @@ export function previousSecret(key, now) {
 export function requests(n) {
   return `${n.toLocaleString("en-US")} request${n === 1 ? "" : "s"}`;
 }
+
+// "600 per minute, 100,000 per month"
+export function limitsText(limits) {
+  return limits.map((l) => `${l.limit.toLocaleString("en-US")} per ${l.window}`).join(", ");
+}

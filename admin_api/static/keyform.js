@@ -3,6 +3,7 @@
 
 import { showDetailNotice } from "./detail.js";
 import { utcText } from "./format.js";
+import { focusLimits, readLimits, sameLimits, setLimitRows, setLimitsError } from "./limits.js";
 import { grantable, groupLabel } from "./permissions.js";
 import { reveal } from "./reveal.js";
 import { api, keyPath, orgPath, state } from "./session.js";
@@ -28,6 +29,7 @@ function resetKeyForm(key) {
   $("create-title").textContent = key ? `Edit “${key.name}”` : "Create API Key";
   $("create-submit").textContent = key ? "Save" : "Create";
   state.selected = new Set(key ? key.scopes : []);
+  setLimitRows(key ? key.limits : null);
   for (const field of Object.keys(FIELD_ERRORS)) setFieldError(FIELD_INPUTS[field], FIELD_ERRORS[field], "");
   showError("create-error", "");
 }
@@ -151,6 +153,7 @@ async function submitCreate(event) {
   for (const field of Object.keys(FIELD_ERRORS)) setFieldError(FIELD_INPUTS[field], FIELD_ERRORS[field], "");
   showError("create-error", "");
   const name = $("key-name").value.trim();
+  const limits = readLimits();
   let invalid = null;
   if (!name) {
     setFieldError("key-name", "key-name-error", "Enter a name, for example “Zapier production”.");
@@ -160,12 +163,14 @@ async function submitCreate(event) {
     setFieldError("perm-search", "perm-error", "Select at least one permission.");
     invalid = invalid || $("perm-search");
   }
+  invalid = invalid || limits.invalid;
   if (invalid) {
     invalid.focus();
     return;
   }
   const body = { name, expires_in: $("key-expiry").value, scopes: state.permissions.map((p) => p.scope).filter((s) => state.selected.has(s)) };
   const editing = state.editing;
+  if (limits.limits || editing) body.limits = limits.limits; // create: none given is the default
   state.creating = true;
   const submit = $("create-submit");
   submit.disabled = true;
@@ -183,6 +188,9 @@ async function submitCreate(event) {
       await reloadAfterConflict(editing);
     } else if (err.status === 401) {
       handleApiError(err, "create-error");
+    } else if (err.field === "limits") {
+      setLimitsError(err.message);
+      focusLimits();
     } else if (err.field && FIELD_ERRORS[err.field]) {
       setFieldError(FIELD_INPUTS[err.field], FIELD_ERRORS[err.field], err.message);
       $(FIELD_INPUTS[err.field]).focus();
@@ -204,6 +212,7 @@ async function saveEdit(editing, form) {
   if (form.name !== key.name) body.name = form.name;
   if ([...form.scopes].sort().join(" ") !== [...key.scopes].sort().join(" ")) body.scopes = form.scopes;
   if (form.expires_in) body.expires_in = form.expires_in;
+  if (!sameLimits(form.limits, key.limits || null)) body.limits = form.limits;
   if (Object.keys(body).length === 0) {
     showError("create-error", "Nothing changed: there is nothing to save.");
     return;
@@ -212,7 +221,7 @@ async function saveEdit(editing, form) {
   state.editing = null;
   $("create-dialog").close();
   replaceKey(updated);
-  showDetailNotice(`Saved. ${Object.keys(body).map((f) => ({ name: "Name", scopes: "Permissions", expires_in: "Expiry" })[f]).join(", ")} changed.`);
+  showDetailNotice(`Saved. ${Object.keys(body).map((f) => ({ name: "Name", scopes: "Permissions", expires_in: "Expiry", limits: "Limits" })[f]).join(", ")} changed.`);
 }
 
 // Someone else saved the key since the form loaded it: say so, and show the current record.

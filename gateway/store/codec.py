@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import msgspec
 
 from gateway.model import KEY_ID_PATTERN, Change, KeyEvent, KeyRecord, Secret
+from gateway.ratelimit import WINDOWS, Limit
 
 # Record fields. The key id is not stored: it is in the Redis key's name.
 ORG, NAME, PREFIX, SCOPES, DIGEST = "o", "n", "p", "s", "d"
@@ -24,7 +25,11 @@ VERSION = "v"
 # record alone lists the secrets (A: "id:prefix:created_at:ends_at" newest first, ends_at empty
 # while current) and when the key was last rolled (y).
 SECRET_ENDS_AT, ALIAS_OF, SECRETS, ROLLED_AT = "g", "a", "A", "y"
-SHARED = (ORG, NAME, PREFIX, SCOPES, CREATED_AT, CREATED_BY, EXPIRES_AT, REVOKED_AT, REVOKED_BY, VERSION, ROLLED_AT)
+# The key's own limits (L: "window:limit ..." shortest window first; absent: the default applies)
+# are shared, so every secret of a rolled key is held to them.
+LIMITS = "L"
+SHARED = (ORG, NAME, PREFIX, SCOPES, CREATED_AT, CREATED_BY, EXPIRES_AT, REVOKED_AT, REVOKED_BY, VERSION, ROLLED_AT,
+          LIMITS)
 
 # The field of a node's usage hash holding the sequence number of the write that set it.
 SEQ_FIELD = "~"
@@ -54,6 +59,8 @@ def shared_fields(record: KeyRecord) -> list[Any]:
         fields += [REVOKED_AT, record.revoked_at, REVOKED_BY, record.revoked_by or ""]
     if record.rolled_at is not None:
         fields += [ROLLED_AT, record.rolled_at]
+    if record.limits is not None:
+        fields += [LIMITS, encode_limits(record.limits)]
     return fields
 
 
@@ -76,6 +83,25 @@ def decode_secrets(text: str) -> tuple[Secret, ...]:
     return tuple(out)
 
 
+def encode_limits(limits: Iterable[Limit]) -> str:
+    """``second:10 month:100000``: shortest window first."""
+    return " ".join(f"{limit.window}:{limit.limit}" for limit in sorted(limits, key=lambda x: WINDOWS.index(x.window)))
+
+
+def decode_limits(text: str) -> tuple[Limit, ...]:
+    """ValueError for anything encode_limits does not write (an unknown window, a limit out of
+    range, a window twice, nothing at all)."""
+    out: list[Limit] = []
+    for entry in text.split(" "):
+        window, limit = entry.split(":")
+        if not limit.isascii() or not limit.isdigit() or any(x.window == window for x in out):
+            raise ValueError(f"malformed limits {text!r}")
+        out.append(Limit(window, int(limit)))
+    if [x.window for x in out] != sorted((x.window for x in out), key=WINDOWS.index):
+        raise ValueError(f"limits out of order {text!r}")
+    return tuple(out)
+
+
 def decode_record(key_id: str, raw: dict[Any, Any] | list[Any]) -> KeyRecord | None:
     """A record read back with HGETALL (a dict, or a flat list from Lua); None if it is no record."""
     if isinstance(raw, list):
@@ -94,6 +120,8 @@ def decode_record(key_id: str, raw: dict[Any, Any] | list[Any]) -> KeyRecord | N
         alias_of = h[ALIAS_OF].decode() if ALIAS_OF in h else None
         # Only a rolled record lists its secrets (KeyRecord.key_secrets: the record's own before).
         secrets = decode_secrets(h[SECRETS].decode()) if SECRETS in h and alias_of is None else ()
+        # SECURITY: a malformed L is no key at all (never "no limits"): fail closed.
+        limits = decode_limits(h[LIMITS].decode()) if LIMITS in h else None
         return KeyRecord(
             id=alias_of or key_id,
             org_id=h[ORG].decode(),
@@ -111,6 +139,7 @@ def decode_record(key_id: str, raw: dict[Any, Any] | list[Any]) -> KeyRecord | N
             secrets=secrets,
             rolled_at=None if rolled_at is None else int(rolled_at),
             alias_id=None if alias_of is None else key_id,
+            limits=limits,
         )
     except (KeyError, ValueError, AttributeError, UnicodeDecodeError):
         return None  # a half-written or foreign hash is never treated as a key

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from gateway import keys
 from gateway.model import KeyEvent, KeyRecord, verdict
+from gateway.ratelimit import Limit
 from gateway.store.faults import Unavailable
 from gateway.validation import is_org_id
 from gateway.store.codec import (ORG, decode_audit_cursor, decode_cursor, decode_event, decode_record,
@@ -198,6 +199,7 @@ class KeyStore:
         actor: str,
         now_ms: int,
         quota: OrgQuota = NO_QUOTA,
+        limits: tuple[Limit, ...] | None = None,
     ) -> tuple[KeyRecord, str]:
         """Create a key; return its record and the secret (the only time it exists).
 
@@ -218,6 +220,7 @@ class KeyStore:
                 created_by=actor,
                 expires_at=expires_at,
                 version=1,
+                limits=limits,
             )
             # Index first: an index entry without a record is invisible (filtered on read),
             # while a record without an index entry would be an unlisted, working key.

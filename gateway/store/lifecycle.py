@@ -11,9 +11,10 @@ secret the record does not list, nor an alias that grants more than the record:
 - a roll writes the new alias first (nobody has its secret before the answer), then ends the
   older aliases (``_NARROW``), then the record (conditional on its version, atomic with the
   event); a failure after the first step leaves an alias nobody can use.
-- an edit that removes scopes or makes the expiry earlier narrows every alias first (scopes
-  removed, expiry only ever earlier), then writes the record (conditional on its version), then
-  brings the aliases to the record's new version (``_SYNC``, only ever forward: two concurrent
+- an edit that removes scopes, makes the expiry earlier or narrows the limits (a lower limit, or
+  one on a window that had none) narrows every alias first (scopes removed, expiry only ever
+  earlier, per window the smaller limit: ``ratelimit.narrower``), then writes the record
+  (conditional on its version), then brings the aliases to the record's new version (``_SYNC``, only ever forward: two concurrent
   edits cannot leave an alias older than the record).
 - a revoke revokes the aliases it knows of, then the record, then any alias the record lists
   that it did not know of (one a concurrent roll added).
@@ -25,8 +26,9 @@ import msgspec
 
 from gateway import errors, keys
 from gateway.model import Change, KeyEvent, KeyRecord, Secret, grace_end, rolled_secrets
-from gateway.store.codec import (ALIAS_OF, EXPIRES_AT, SECRETS, SECRET_ENDS_AT, decode_record, encode_alias,
-                                 encode_event, encode_secrets, shared_fields)
+from gateway.ratelimit import WINDOWS, Limit, narrower
+from gateway.store.codec import (ALIAS_OF, EXPIRES_AT, LIMITS, SECRETS, SECRET_ENDS_AT, decode_record,
+                                 encode_alias, encode_event, encode_limits, encode_secrets, shared_fields)
 
 # How long the hash of a secret that a roll ended is kept after its end: a client still sending
 # it gets 401 rolled_api_key (use the new secret) instead of invalid_api_key (which looks like a
@@ -71,6 +73,18 @@ if ARGV[6] ~= '' and redis.call('HEXISTS', KEYS[1], 'r') == 0 then
   redis.call('HSET', KEYS[1], 'r', ARGV[6], 'R', ARGV[7])
 end
 if ARGV[8] ~= '' then redis.call('PEXPIREAT', KEYS[1], ARGV[8]) end
+if ARGV[9] ~= '' then
+  local least = {{}}
+  for w, n in string.gmatch(redis.call('HGET', KEYS[1], '{LIMITS}') or '', '(%a+):(%d+)') do least[w] = tonumber(n) end
+  for w, n in string.gmatch(ARGV[9], '(%a+):(%d+)') do
+    if not least[w] or tonumber(n) < least[w] then least[w] = tonumber(n) end
+  end
+  local out = {{}}
+  for _, w in ipairs({{{', '.join(repr(w) for w in WINDOWS)}}}) do
+    if least[w] then out[#out + 1] = w .. ':' .. string.format('%d', least[w]) end
+  end
+  redis.call('HSET', KEYS[1], '{LIMITS}', table.concat(out, ' '))
+end
 return 1
 """
 
@@ -81,7 +95,7 @@ SYNC = DEADLINE + f"""
 if redis.call('HGET', KEYS[1], '{ALIAS_OF}') ~= ARGV[2] then return 0 end
 local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if v > tonumber(ARGV[3]) or (v == tonumber(ARGV[3]) and ARGV[4] ~= '1') then return 0 end
-redis.call('HDEL', KEYS[1], '{EXPIRES_AT}')
+redis.call('HDEL', KEYS[1], '{EXPIRES_AT}', '{LIMITS}')
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 return 1
 """
@@ -170,7 +184,7 @@ class Lifecycle:
 
     async def _narrow_aliases(self, record: KeyRecord, ids: list[str], *, ends: dict[str, int] | None = None,
                               expires_cap: int | None = None, removed: tuple[str, ...] = (),
-                              revoked: tuple[int, str] | None = None) -> None:
+                              revoked: tuple[int, str] | None = None, limits: tuple[Limit, ...] = ()) -> None:
         if not ids:
             return
         st, ends = self.store, ends or {}
@@ -180,7 +194,7 @@ class Lifecycle:
             return self._narrow(keys=[st._rec(alias_id)], args=[
                 st._deadline(), record.id, _opt(end), _opt(expires_cap), " ".join(removed),
                 "" if revoked is None else revoked[0], "" if revoked is None else revoked[1],
-                "" if end is None else end + TOMBSTONE_MS], client=c)
+                "" if end is None else end + TOMBSTONE_MS, encode_limits(limits)], client=c)
         await self._write(*(lambda c, a=a: one(c, a) for a in ids))
 
     async def _sync_aliases(self, record: KeyRecord, repair: bool = False) -> None:
@@ -232,8 +246,10 @@ class Lifecycle:
     # -- edit ----------------------------------------------------------------------------
     async def edit(self, *, org_id: str, key_id: str, actor: str, now_ms: int, ack_timeout: float,
                    if_version: int | None = None, name: str | None = None, scopes: list[str] | None = None,
-                   expires_at: object = _UNSET) -> KeyRecord | None:
-        """Change name, scopes and expiry; None for no such key of the org. VersionMismatch when
+                   expires_at: object = _UNSET, limits: object = _UNSET,
+                   default_limits: tuple[Limit, ...] = ()) -> KeyRecord | None:
+        """Change name, scopes, expiry and limits (a tuple, or None: ``default_limits``, the
+        configured default, applies); None for no such key of the org. VersionMismatch when
         ``if_version`` is not the record's version (or a concurrent change won), KeyIsRevoked.
         Answered once every live gateway has dropped the key's ids from its cache. Without
         ``if_version`` a concurrent change is retried (read again, then applied)."""
@@ -241,14 +257,15 @@ class Lifecycle:
             try:
                 return await self._edit_once(org_id=org_id, key_id=key_id, actor=actor, now_ms=now_ms,
                                              ack_timeout=ack_timeout, if_version=if_version, name=name,
-                                             scopes=scopes, expires_at=expires_at)
+                                             scopes=scopes, expires_at=expires_at, limits=limits,
+                                             default_limits=default_limits)
             except errors.VersionMismatch:
                 if if_version is not None or attempt == 2:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _edit_once(self, *, org_id, key_id, actor, now_ms, ack_timeout, if_version, name, scopes,
-                         expires_at) -> KeyRecord | None:
+                         expires_at, limits, default_limits) -> KeyRecord | None:
         record = await self._record(org_id, key_id)
         if record is None:
             return None
@@ -267,21 +284,32 @@ class Lifecycle:
         if expires_at is not _UNSET and expires_at != record.expires_at:
             changes["expires_at"] = Change(record.expires_at, expires_at)
             after = msgspec.structs.replace(after, expires_at=expires_at)
+        if limits is not _UNSET and limits != record.limits:
+            changes["limits"] = Change(_limits_out(record.limits), _limits_out(limits))
+            after = msgspec.structs.replace(after, limits=limits)
         if not changes:
             return record
         after = msgspec.structs.replace(after, version=record.version + 1)
         removed = tuple(s for s in record.scopes if s not in after.scopes)
         earlier = after.expires_at is not None and (record.expires_at is None or after.expires_at < record.expires_at)
+        # What the aliases enforce meanwhile: per window the smaller of before and after, where None
+        # (the default applies) counts as the default, so that no step drops a window it enforces.
+        old_limits = default_limits if record.limits is None else record.limits
+        new_limits = default_limits if after.limits is None else after.limits
+        held = narrower(old_limits, new_limits) if "limits" in changes else ()
+        narrowed = tuple(held) != narrower(old_limits, ())
         ids = _alias_ids(record)
-        if removed or earlier:  # narrow the aliases before the record says so
-            await self._narrow_aliases(record, ids, expires_cap=after.expires_at if earlier else None, removed=removed)
+        if removed or earlier or narrowed:  # narrow the aliases before the record says so
+            await self._narrow_aliases(record, ids, expires_cap=after.expires_at if earlier else None, removed=removed,
+                                       limits=held if narrowed else ())
         event = KeyEvent("api_key.updated", key_id, org_id, actor, now_ms, after.version, changes)
         try:
-            done = await self._commit(record, after, event, None, (EXPIRES_AT,) if after.expires_at is None else ())
+            deleted = ((EXPIRES_AT,) if after.expires_at is None else ()) + ((LIMITS,) if after.limits is None else ())
+            done = await self._commit(record, after, event, None, deleted)
         except errors.VersionMismatch:
             # Another change won: its sync may have run before this edit narrowed the aliases, so
             # bring them back to the record as it is now (less permissive meanwhile, never more).
-            if removed or earlier:
+            if removed or earlier or narrowed:
                 current = await self._record(org_id, key_id)
                 if current is not None:
                     await self._sync_aliases(current, repair=True)
@@ -298,6 +326,11 @@ class Lifecycle:
         ids = [i for i in _alias_ids(record) if i not in done]
         await self._narrow_aliases(record, ids, revoked=revoked)
         done.update(ids)
+
+
+def _limits_out(limits: tuple[Limit, ...] | None) -> list[dict] | None:
+    """Limits as an activity-log event holds them (the admin API's shape; None: the default)."""
+    return None if limits is None else [{"window": x.window, "limit": x.limit} for x in limits]
 
 
 def _alias_ids(record: KeyRecord) -> list[str]:

@@ -424,3 +424,49 @@ def test_keys_backfill_activity_runs_once_and_again_with_force(redis_url, redis_
     assert audit()[-1] == (old[0], "api_key.created", 1) and (late, "api_key.created", 1) in audit()
     assert backfill("--force") == (0, "")  # idempotent: no second event for anyone
     assert len(audit()) == 4
+
+
+def test_keys_limits_at_create_edit_show_and_list(redis_url, redis_server, tmp_path):
+    limits_file = tmp_path / "limits.yaml"
+    limits_file.write_text("default: basic\nplans:\n  basic:\n    - {window: day, limit: 1000}\n"
+                           "max:\n  - {window: second, limit: 50}\n")
+    env = {"GATEWAY_REDIS_URL": redis_url, "GATEWAY_SCOPES": str(SCOPES), "GATEWAY_LIMITS_FILE": str(limits_file)}
+    key = json.loads(gateway("keys", "create", "--org", "acme", "--name", "limited", "--scope", "tasks:read",
+                             "--limit", "month=100000", "--limit", "minute=600,second=10", env=env, check=True).stdout)
+    expected = [{"window": "second", "limit": 10}, {"window": "minute", "limit": 600}, {"window": "month", "limit": 100000}]
+    assert key["limits"] == key["effective_limits"] == expected
+    shown = json.loads(gateway("keys", "show", "--org", "acme", key["id"], env=env, check=True).stdout)
+    assert [(u["window"], u["limit"], u["used"]) for u in shown["limit_usage"]] == [
+        ("second", 10, 0), ("minute", 600, 0), ("month", 100000, 0)]
+    assert all(u["resets_at"].endswith("Z") for u in shown["limit_usage"])
+    edited = json.loads(gateway("keys", "edit", "--org", "acme", key["id"], "--limit", "hour=5", env=env,
+                                check=True).stdout)
+    assert edited["limits"] == [{"window": "hour", "limit": 5}]
+    assert edited["effective_limits"] == [{"window": "second", "limit": 50}, {"window": "hour", "limit": 5}]
+    cleared = json.loads(gateway("keys", "edit", "--org", "acme", key["id"], "--clear-limits", env=env,
+                                 check=True).stdout)
+    assert cleared["limits"] is None
+    assert cleared["effective_limits"] == [{"window": "second", "limit": 50}, {"window": "day", "limit": 1000}]
+    listed = json.loads(gateway("keys", "list", "--org", "acme", env=env, check=True).stdout)
+    assert listed[0]["limits"] is None and listed[0]["effective_limits"] == cleared["effective_limits"]
+    audit = json.loads(gateway("keys", "audit", "--org", "acme", "--key", key["id"], env=env, check=True).stdout)
+    assert [sorted(e["changes"]) for e in audit["data"][:2]] == [["limits"], ["limits"]]
+    missing = gateway("keys", "show", "--org", "acme", "key_doesnotexist", env=env)
+    assert missing.returncode == 1 and "no key key_doesnotexist" in missing.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--limit", "minute"], "--limit: expected WINDOW=N"),
+    (["--limit", "week=5"], "--limit: limits[0].window must be one of: second, minute, hour, day, month"),
+    (["--limit", "minute=0"], "--limit: limits[0].limit must be an integer from 1 to"),
+    (["--limit", "minute=5,minute=6"], "--limit: limits: one limit per window; minute is given more than once."),
+    (["--limit", "second=51"], "--limit: limits: per-second limit 51 is above this gateway's maximum of 50."),
+])
+def test_keys_refuse_bad_limits_with_one_line(redis_url, redis_server, tmp_path, args, message):
+    env = {"GATEWAY_REDIS_URL": redis_url, "GATEWAY_SCOPES": str(SCOPES), "GATEWAY_DEFAULT_LIMITS": ""}
+    flags = ["--limits-file", str(tmp_path / "l.yaml")]
+    (tmp_path / "l.yaml").write_text("max:\n  - {window: second, limit: 50}\n")
+    result = gateway("keys", "create", "--org", "acme", "--name", "x", "--scope", "tasks:read", *flags, *args, env=env)
+    assert result.returncode == 2 and result.stderr.startswith(f"gateway: {message}"), result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert redis_server.client.keys("*") == []

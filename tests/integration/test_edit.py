@@ -125,3 +125,106 @@ async def test_bad_edits_are_400s_with_clear_messages(stack):
     assert (await stack.admin_call("POST", f"{KEYS}/{created['id']}/revoke"))[0] == 200
     status, answer, _ = await patch(stack, created["id"], {"name": "x"})
     assert (status, answer["error"]["code"]) == (409, "api_key_revoked")
+
+
+# -- limits (issue 16) ----------------------------------------------------------------------------
+
+def lim(*pairs):
+    return [{"window": w, "limit": n} for w, n in pairs]
+
+
+async def create_limited(stack, limits):
+    status, created, _ = await stack.admin_call("POST", KEYS, json={"name": "limited", "scopes": ["tasks:read"],
+                                                                   "limits": limits})
+    assert status == 201, created
+    return created
+
+
+async def raw_limits(stack, hash_id: str):
+    return await stack.store.redis.hget(stack.store._rec(hash_id), "L")
+
+
+async def test_limits_are_edited_cleared_logged_and_reach_every_secret(stack):
+    created = await create_limited(stack, lim(("minute", 100)))
+    _, rolled, _ = await stack.admin_call("POST", f"{KEYS}/{created['id']}/roll", json={"grace_period": "1h"})
+    alias = rolled["key"]  # the new secret's hash is an alias of the record
+    from gateway.keys import parse_key
+    alias_id = parse_key(alias).key_id
+    assert await raw_limits(stack, alias_id) == b"minute:100"  # the roll copied them
+    # The gateway holds both secrets' records in its cache: the edit must drop them.
+    for secret in (created["key"], alias):
+        assert (await stack.call("GET", "/v1/tasks", secret))[0] == 200
+    assert stack.state.cache.get(alias_id).limits is not None
+    status, body, _ = await patch(stack, created["id"], {"limits": lim(("minute", 10), ("month", 5000))})
+    assert status == 200 and body["limits"] == lim(("minute", 10), ("month", 5000)), body
+    from gateway.cache import MISS
+    assert stack.state.cache.get(alias_id) is MISS and stack.state.cache.get(created["id"]) is MISS
+    assert await raw_limits(stack, created["id"]) == await raw_limits(stack, alias_id) == b"minute:10 month:5000"
+    status, body, _ = await patch(stack, created["id"], {"limits": None})
+    assert status == 200 and body["limits"] is None and body["effective_limits"] == []
+    assert await raw_limits(stack, created["id"]) is None and await raw_limits(stack, alias_id) is None
+    # The same limits again change nothing (no event).
+    assert (await patch(stack, created["id"], {"limits": None}))[1]["version"] == body["version"]
+    log = [decode_event(e, created["id"], "acme")
+           for e in await stack.store.redis.lrange(stack.store._key_log(created["id"]), 0, -1)]
+    assert [(e.action, sorted(e.changes)) for e in log[2:]] == [("api_key.updated", ["limits"])] * 2
+    assert (log[2].changes["limits"].before, log[2].changes["limits"].after) == (
+        lim(("minute", 100)), lim(("minute", 10), ("month", 5000)))
+    assert (log[3].changes["limits"].before, log[3].changes["limits"].after) == (
+        lim(("minute", 10), ("month", 5000)), None)
+    _, events, _ = await stack.admin_call("GET", f"/v1/orgs/acme/audit-events?key_id={created['id']}")
+    assert events["data"][0]["changes"]["limits"] == {"before": lim(("minute", 10), ("month", 5000)), "after": None}
+
+
+async def _stopped_after_narrowing(stack, monkeypatch, created, body):
+    """PATCH ``body``, the admin API stopping (a Redis fault) after narrowing the aliases and
+    before the record is written; returns the alias's id."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from gateway.keys import parse_key
+    _, rolled, _ = await stack.admin_call("POST", f"{KEYS}/{created['id']}/roll", json={"grace_period": "1h"})
+
+    async def crash(*args, **kwargs):
+        raise RedisConnectionError("stopped between the steps of the edit")
+    monkeypatch.setattr(stack.admin_state.store.lifecycle, "_commit", crash)
+    status, answer, _ = await patch(stack, created["id"], body)
+    assert (status, answer["error"]["code"]) == (503, "store_unavailable")
+    return parse_key(rolled["key"]).key_id
+
+
+async def test_a_lowered_limit_reaches_the_aliases_before_the_record(stack, monkeypatch):
+    created = await create_limited(stack, lim(("minute", 100), ("day", 50)))
+    alias_id = await _stopped_after_narrowing(stack, monkeypatch, created, {"limits": lim(("minute", 10), ("hour", 70))})
+    # The alias enforces the smaller of before and after on every window of either, the record
+    # still the old limits: at no step is a secret held to less than its record says.
+    assert await raw_limits(stack, alias_id) == b"minute:10 hour:70 day:50"
+    assert await raw_limits(stack, created["id"]) == b"minute:100 day:50"
+
+
+async def test_own_limits_replacing_the_default_keep_the_defaults_windows_on_the_aliases_meanwhile(make_stack, monkeypatch):
+    stack = await make_stack(admin_settings={"default_limits": "minute=600,month=1000"})
+    created = await create_limited(stack, None)
+    alias_id = await _stopped_after_narrowing(stack, monkeypatch, created, {"limits": lim(("minute", 10))})
+    # None meant the default (minute 600, month 1000): the alias keeps the default's month until
+    # the record says minute 10 alone, and gets minute 10 before it.
+    assert await raw_limits(stack, alias_id) == b"minute:10 month:1000"
+    assert await raw_limits(stack, created["id"]) is None
+    monkeypatch.undo()
+    # A looser one needs no write before the record: the default the alias still has is narrower.
+    other = await create_limited(stack, None)
+    alias_id = await _stopped_after_narrowing(stack, monkeypatch, other, {"limits": lim(("minute", 900))})
+    assert await raw_limits(stack, alias_id) is None
+
+
+async def test_a_raised_limit_leaves_the_aliases_until_the_record_is_written(stack, monkeypatch):
+    created = await create_limited(stack, lim(("minute", 100)))
+    alias_id = await _stopped_after_narrowing(stack, monkeypatch, created, {"limits": None})
+    assert await raw_limits(stack, alias_id) == await raw_limits(stack, created["id"]) == b"minute:100"
+
+
+async def test_bad_limit_edits_are_400s_naming_the_field(stack):
+    created = await create_limited(stack, lim(("minute", 100)))
+    for limits, text in [(lim(("fortnight", 1)), "limits[0].window"), ([], "1 to 5 limits"),
+                         (lim(("day", 1), ("day", 2)), "day is given more than once")]:
+        status, answer, _ = await patch(stack, created["id"], {"limits": limits})
+        assert (status, answer["error"]["field"]) == (400, "limits") and text in answer["error"]["message"], answer
+    assert await raw_limits(stack, created["id"]) == b"minute:100"

@@ -380,3 +380,23 @@ async def test_three_processes_keep_each_second_within_the_limit(stack, redis_ur
     assert len(upstream.app[RECEIVED]) == len(admitted_at) <= 50 * windows + 3
     assert len(admitted_at) >= 50 * (windows - 2)  # the limit is mostly used, not starved
     stopped_cleanly(tmp_path, processes)
+
+
+async def test_a_keys_own_limits_apply_and_an_edit_takes_effect_at_once(make_stack):
+    stack = await make_stack(default_limits="minute=1000")
+    status, key, _ = await stack.admin_call("POST", "/v1/orgs/acme/api-keys", json={
+        "name": "own", "scopes": ["tasks:read"], "limits": [{"window": "minute", "limit": 3}]})
+    assert status == 201, key
+    assert await calls(stack, key["key"], 4) == [200, 200, 200, 429]
+    # Raised to 5: the same window's counter, so 2 more; the gateway's old lease went back.
+    status, body, _ = await stack.admin_call("PATCH", f"/v1/orgs/acme/api-keys/{key['id']}",
+                                             json={"limits": [{"window": "minute", "limit": 5}]})
+    assert status == 200, body
+    assert await calls(stack, key["key"], 3) == [200, 200, 429]
+    _, _, resp = await stack.call("GET", "/v1/tasks", key["key"])
+    assert resp.headers["RateLimit-Policy"] == '"per-minute";q=5;w=60'
+    # Cleared: the default plan applies.
+    status, body, _ = await stack.admin_call("PATCH", f"/v1/orgs/acme/api-keys/{key['id']}", json={"limits": None})
+    assert status == 200, body
+    _, _, resp = await stack.call("GET", "/v1/tasks", key["key"])
+    assert resp.status == 200 and resp.headers["RateLimit-Policy"] == '"per-minute";q=1000;w=60'

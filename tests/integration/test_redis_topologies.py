@@ -239,3 +239,25 @@ async def test_cluster_rate_limit_budgets(cluster, make_stack):
     key = await stack.create_key()
     statuses = [(await stack.call("GET", "/v1/tasks", key["key"]))[0] for _ in range(7)]
     assert statuses == [200] * 5 + [429] * 2
+
+
+async def test_cluster_key_limits_through_create_roll_edit_and_usage(cluster, make_stack):
+    from gateway.keys import parse_key
+    stack = await make_stack(redis=cluster.url)
+    keys = "/v1/orgs/acme/api-keys"
+    limits = [{"window": "minute", "limit": 100}, {"window": "month", "limit": 5000}]
+    status, created, _ = await stack.admin_call("POST", keys, json={"name": "n", "scopes": ["tasks:read"], "limits": limits})
+    assert status == 201, created
+    _, rolled, _ = await stack.admin_call("POST", f"{keys}/{created['id']}/roll", json={"grace_period": "1h"})
+    alias_id = parse_key(rolled["key"]).key_id
+    # The record and its alias are in different slots: the narrowing and the sync are one-key scripts.
+    status, body, _ = await stack.admin_call("PATCH", f"{keys}/{created['id']}",
+                                             json={"limits": [{"window": "minute", "limit": 10}]})
+    assert status == 200 and body["limits"] == [{"window": "minute", "limit": 10}], body
+    for hash_id in (created["id"], alias_id):
+        assert (await stack.store.get(hash_id)).limits == (await stack.store.get(created["id"])).limits
+    # Every window of one key is in its slot ({key_id}): the usage read is one MGET.
+    status, one, _ = await stack.admin_call("GET", f"{keys}/{created['id']}")
+    assert status == 200 and [u["used"] for u in one["limit_usage"]] == [0], one
+    status, body, _ = await stack.admin_call("PATCH", f"{keys}/{created['id']}", json={"limits": None})
+    assert status == 200 and (await stack.store.get(alias_id)).limits is None

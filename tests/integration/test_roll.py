@@ -167,3 +167,20 @@ async def test_roll_on_a_cluster(cluster, make_stack):
 
 async def test_roll_on_sentinel(sentinels, make_stack):
     await _roll_everywhere(await make_stack(redis=sentinels.url))
+
+
+async def test_a_roll_keeps_the_limits_and_what_they_have_used(stack):
+    from gateway.keys import parse_key
+    from gateway.ratelimit import window_bounds
+    limits = [{"window": "second", "limit": 10}, {"window": "month", "limit": 100_000}]
+    _, created, _ = await stack.admin_call("POST", KEYS, json={"name": "n", "scopes": ["tasks:read"], "limits": limits})
+    start = window_bounds("month", int(stack.clock() * 1000))[0]
+    await stack.store.redis.set(stack.store.limits.budget_key(created["id"], "month", start), 777)
+    status, rolled, _ = await roll(stack, created["id"], "1h")
+    assert status == 200 and rolled["limits"] == rolled["effective_limits"] == limits
+    # The new secret's alias carries them, so the gateway holds either secret to the same limits.
+    alias = await stack.store.get(parse_key(rolled["key"]).key_id)
+    record = await stack.store.get(created["id"])
+    assert alias.limits == record.limits and [x.limit for x in alias.limits] == [10, 100_000]
+    _, one, _ = await stack.admin_call("GET", f"{KEYS}/{created['id']}")
+    assert [(u["window"], u["used"]) for u in one["limit_usage"]] == [("second", 0), ("month", 777)]

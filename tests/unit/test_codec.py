@@ -192,3 +192,30 @@ def test_a_malformed_secrets_list_is_no_record():
                                                 digest="11" * 32, created_at=10, created_by="operator")))
     fields[b"A"] = b"key_B:sop_x"
     assert codec.decode_record("key_A", fields) is None
+
+
+# -- limits (issue 16) --------------------------------------------------------------------------
+
+def test_a_records_limits_round_trip_and_its_aliases_carry_them():
+    from gateway.model import Secret
+    from gateway.ratelimit import Limit
+    limits = (Limit("second", 10), Limit("minute", 500), Limit("month", 100_000))
+    record = make_record(limits=limits)
+    raw = _raw(codec.encode_record(record))
+    assert raw[b"L"] == b"second:10 minute:500 month:100000"
+    assert codec.decode_record(record.id, raw) == record
+    assert codec.decode_record(record.id, _raw(codec.encode_record(make_record()))).limits is None  # absent: default
+    rolled = make_record(limits=limits, secrets=(Secret("key_B", "sop_BBBBBB", 20),), rolled_at=20)
+    assert codec.decode_record("key_B", _raw(codec.encode_alias(rolled, "22" * 32))).limits == limits
+    assert "L" in codec.SHARED
+
+
+@pytest.mark.parametrize("text", [
+    b"", b" ", b"minute", b"minute:", b"minute:0", b"minute:-1", b"minute:1e3", b"week:5", b"minute:5 minute:6",
+    b"month:5 second:1", b"minute:5  hour:6", b"minute:\xd9\xa1", b"minute:1000000000000000", b"minute:5:6",
+])
+def test_a_malformed_limits_field_is_no_record(text):
+    # SECURITY: fail closed: a key whose limits cannot be read is refused, never unlimited.
+    raw = _raw(codec.encode_record(make_record()))
+    raw[b"L"] = text
+    assert codec.decode_record("key_0123456789ABCDEF", raw) is None

@@ -3,6 +3,7 @@ record's pure helpers (the cascade's tree walk)."""
 
 from __future__ import annotations
 
+import json
 import re
 
 from admin_api.openapi import build_openapi
@@ -105,3 +106,10 @@ def test_a_second_roll_ends_the_oldest_now_and_drops_dead_ones():
 def test_key_secrets_before_the_first_roll_is_the_record_own():
     assert _record().key_secrets() == (Secret("key_a", "sop_aaaaaa", _NOW - 10),)
     assert _record(alias_id="key_b").key_secrets() == ()
+
+
+def test_the_pages_limit_windows_agree_with_the_model():
+    from gateway.ratelimit import MAX_LIMIT, WINDOWS
+    js = (STATIC / "limits.js").read_text()
+    assert f"export const WINDOWS = {json.dumps(list(WINDOWS))};" in js
+    assert f"export const MAX_LIMIT = {MAX_LIMIT};" in js

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.leases import ADMIT, ADMITTED, NEEDS_LEASE, REFUSED, KeyLimiter, Lease, RateMeter, Sizing, Want
-from gateway.ratelimit import MAX_LIMIT, WINDOWS, FaultPolicy, Limit, policy_header, seconds_until, window_bounds
+from gateway.ratelimit import (MAX_LIMIT, WINDOWS, FaultPolicy, Limit, narrower, policy_header, seconds_until,
+                               window_bounds)
 
 UTC = dt.timezone.utc
 
@@ -546,3 +547,39 @@ def test_traffic_under_95_percent_of_the_limit_is_never_refused(limit, seconds, 
 def test_traffic_over_the_limit_gets_exactly_the_limit(nodes):
     admitted, refused, _ = simulate(Limit("second", 100), 150, 10, nodes)
     assert admitted >= 0.95 * 100 * 10 and refused == 1_500 - admitted  # at most the limit: asserted inside
+
+
+# --- narrower (what an edit writes to a rolled key's aliases before its record) ---
+
+def lim(text: str) -> tuple[Limit, ...]:
+    return tuple(Limit(w, int(n)) for w, n in (item.split("=") for item in text.split()))
+
+
+@pytest.mark.parametrize("old, new, narrowed", [
+    ("minute=100", "minute=10", "minute=10"),                       # lowered: the new one
+    ("minute=10", "minute=100", "minute=10"),                       # raised: the old one until the record says so
+    ("minute=100", "hour=1000", "minute=100 hour=1000"),            # a window each: both
+    ("month=5 second=3", "second=7 day=9", "second=3 day=9 month=5"),  # shortest window first
+    ("", "day=4", "day=4"),
+    ("day=4", "", "day=4"),
+    ("", "", ""),
+])
+def test_narrower_is_the_per_window_minimum_of_the_union(old, new, narrowed):
+    assert narrower(lim(old) if old else None, lim(new) if new else None) == (lim(narrowed) if narrowed else ())
+
+
+_limits = st.dictionaries(st.sampled_from(WINDOWS), st.integers(1, MAX_LIMIT), max_size=5).map(
+    lambda d: tuple(Limit(w, n) for w, n in d.items()))
+
+
+def _allows(limits, window: str, amount: int) -> bool:
+    return all(limit.limit >= amount for limit in limits if limit.window == window)
+
+
+@given(_limits, _limits, st.sampled_from(WINDOWS), st.integers(1, MAX_LIMIT))
+@settings(max_examples=200)
+def test_narrower_never_allows_what_either_side_refuses(old, new, window, amount):
+    narrowed = narrower(old, new)
+    if _allows(narrowed, window, amount):
+        assert _allows(old, window, amount) and _allows(new, window, amount)
+    assert len({limit.window for limit in narrowed}) == len(narrowed)
