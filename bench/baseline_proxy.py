@@ -11,6 +11,7 @@ lookup on every request, without any of the gateway's other work).
 from __future__ import annotations
 
 import argparse
+import time
 import asyncio
 import signal
 
@@ -25,12 +26,23 @@ HOP_BY_HOP = frozenset({
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
-def make_app(upstream: str, redis_url: str | None, redis_key: str) -> web.Application:
+def make_app(upstream: str, redis_url: str | None, redis_key: str, naive_limit: str = "") -> web.Application:
     upstream = upstream.rstrip("/")
     client = aioredis.Redis.from_url(redis_url) if redis_url else None
+    window_s, limit = 0, 0
+    if naive_limit:  # "SECONDS=LIMIT": one INCR per request, Kong's accurate (Redis) mode (bench/ratelimit.py)
+        window_s, limit = (int(x) for x in naive_limit.split("="))
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        if client is not None:
+        if limit:
+            window = int(time.time()) // window_s
+            name = f"naive:{request.headers.get('Authorization', '')[-12:]}:{window}"
+            count = await client.incr(name)
+            if count == 1:
+                await client.expire(name, window_s + 60)
+            if count > limit:
+                return web.json_response({"error": {"code": "rate_limited"}}, status=429)
+        elif client is not None:
             await client.hgetall(redis_key)
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
         async with request.app[SESSION].request(
@@ -66,7 +78,7 @@ def make_app(upstream: str, redis_url: str | None, redis_key: str) -> web.Applic
 
 async def serve(args: argparse.Namespace) -> None:
     host, _, port = args.listen.rpartition(":")
-    runner = web.AppRunner(make_app(args.upstream, args.redis, args.redis_key), access_log=None)
+    runner = web.AppRunner(make_app(args.upstream, args.redis, args.redis_key, args.naive_limit), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, int(port), reuse_address=True).start()
     stop = asyncio.Event()
@@ -94,6 +106,8 @@ def main() -> None:
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--redis", default=None, help="Redis URL: await one HGETALL per request")
     parser.add_argument("--redis-key", default="bench:record", help="the hash read by that HGETALL")
+    parser.add_argument("--naive-limit", default="", metavar="SECONDS=LIMIT",
+                        help="with --redis: a per-key fixed-window limit, one INCR per request (instead of the HGETALL)")
     args = parser.parse_args()
     print(f"baseline proxy on {args.listen} -> {args.upstream} (event loop: {use_uvloop()})", flush=True)
     asyncio.run(serve(args))

@@ -41,6 +41,8 @@ import servers  # noqa: E402
 from procs import Proc, Processes, machine_busy_seconds, self_cpu_seconds, vm_rss_kib  # noqa: E402
 
 PATH = "/v1/tasks"  # GET needs tasks:read in the shipped scopes.yaml
+# gateway_hit_limited: a default plan on every key (issue 16), never reached: what enforcing it costs.
+LIMITED = "minute=100000000,month=999999999999"
 
 
 
@@ -560,6 +562,10 @@ def run(args, procs: Processes, workdir: Path) -> dict:
         Config("gateway_hit", "4 gateway, cache hit",
                lambda: servers.start_gateway(procs, "gateway-hit", upstream, redis_proc, scopes_file,
                                             access_log=args.access_log),
+               gateway=True, warm_all_keys=True),
+        Config("gateway_hit_limited", "4l gateway, cache hit, every key limited",
+               lambda: servers.start_gateway(procs, "gateway-hit-limited", upstream, redis_proc, scopes_file,
+                                             extra=("--default-limits", LIMITED), access_log=args.access_log),
                gateway=True, warm_all_keys=True),
         Config("gateway_miss", "5 gateway, cache miss (ttl 0)",
                lambda: servers.start_gateway(procs, "gateway-miss", upstream, redis_proc, scopes_file,

@@ -23,6 +23,8 @@ from gateway.httplimits import Limits
 from gateway.httpserver import HttpServer
 from gateway.decision import GatewayState
 from gateway.envelope import answer_protocol_error
+from gateway.limiter import Limiter
+from gateway.plans import LimitsConfig, settings_limits
 from gateway.proxy import handle
 from gateway.reload import RulesHolder
 from gateway.scopes import RuleSet
@@ -41,8 +43,9 @@ BACKGROUND_CONNECTIONS = 4
 
 
 def make_state(settings: ServeSettings, *, clock: Callable[[], float] = time.time,
-               rules: RuleSet | None = None) -> GatewayState:
-    """Everything one gateway process shares between requests; ``clock`` and ``rules`` are injectable."""
+               rules: RuleSet | None = None, limits: LimitsConfig | None = None) -> GatewayState:
+    """Everything one gateway process shares between requests; ``clock``, ``rules`` and the
+    limits configuration (else read from ``settings``: plans.settings_limits) are injectable."""
     metrics = Metrics()
     cache = VerdictCache(
         max_size=settings.cache_size, ttl=settings.cache_ttl, negative_ttl=settings.negative_cache_ttl
@@ -72,6 +75,8 @@ def make_state(settings: ServeSettings, *, clock: Callable[[], float] = time.tim
         signer=make_signer(settings.signing_secrets, settings.upstream),
     )
     metrics.add_throttle(state.throttle)
+    state.limits = Limiter(state.store.limits, settings_limits(settings) if limits is None else limits, clock)
+    metrics.add_limiter(state.limits)
     state.background.ledger.retain(settings.usage_hourly_days, settings.usage_daily_days)
     return state
 
@@ -80,8 +85,8 @@ class Gateway:
     """One gateway process's listener (proxy or forward-auth), its state and background tasks."""
 
     def __init__(self, settings: ServeSettings, *, clock: Callable[[], float] = time.time,
-                 rules: RuleSet | None = None) -> None:
-        self.state = st = make_state(settings, clock=clock, rules=rules)
+                 rules: RuleSet | None = None, limits: LimitsConfig | None = None) -> None:
+        self.state = st = make_state(settings, clock=clock, rules=rules, limits=limits)
         handler = handle if settings.mode == "proxy" else forward_auth.check
         self.server = HttpServer(functools.partial(handler, st), answer_protocol_error,
                                  Limits(head_timeout=settings.head_timeout))
@@ -104,12 +109,15 @@ class Gateway:
         return self.port
 
     def start_tasks(self) -> None:
-        """The revocation listener (until it runs, the cache is not trusted), the last-used
-        flusher and the rules watcher; the first two on the background Redis client."""
+        """The revocation listener (until it runs, the cache is not trusted; it also hears the
+        limiter's reclaims), the last-used flusher, the rules watcher and the limiter's returns;
+        the first two on the background Redis client."""
         st = self.state
         self._tasks = [
             asyncio.create_task(listen_for_revocations(st.background, st.cache, st.metrics, st.usage.node_id,
-                                                      reads=st.store), name="revocations"),
+                                                      reads=st.store, on_reclaim=st.limits.on_reclaim),
+                                name="revocations"),
+            asyncio.create_task(st.limits.run(), name="limits"),
             asyncio.create_task(usage_flusher(st.background, st.usage, st.metrics, st.settings.flush_interval),
                                 name="usage"),
             asyncio.create_task(st.rules.watch(st.settings.reload_interval), name="rules"),
@@ -131,6 +139,7 @@ class Gateway:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
         self._tasks = []
+        await st.limits.close()  # the budget this process holds goes back (other nodes can spend it)
         await flush_at_shutdown(st.background, st.usage, st.metrics)
         await st.store.redis.aclose()
         await st.background.redis.aclose()

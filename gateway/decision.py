@@ -1,7 +1,7 @@
 """May this request pass? The decision shared by the proxy and forward-auth, steps 1-5 of the pipeline.
 
-canonicalize -> public? -> credential -> throttle + verify -> mark the key used -> route + scope.
-Raises the ApiError to answer; gateway.proxy (forwarding) and gateway.forward_auth (answering
+canonicalize -> public? -> credential -> throttle + verify -> mark the key used -> route + scope
+-> the key's limits. Raises the ApiError to answer; gateway.proxy (forwarding) and gateway.forward_auth (answering
 the edge) do the rest. No HTTP server and no upstream client here.
 """
 
@@ -19,6 +19,8 @@ from gateway.clientaddr import client_address
 from gateway.credentials import extract_credential, key_in_path, redacted_path
 from gateway.envelope import KEY_USED
 from gateway.headers import Identity, identity_of
+from gateway.leases import ADMIT
+from gateway.limiter import Entry as LimitedKey, Limiter
 from gateway.metrics import Metrics
 from gateway.model import KeyRecord, verdict
 from gateway.paths import NotCanonical, Target, canonicalize
@@ -55,6 +57,7 @@ class GatewayState:
     pool: UpstreamPool | None = None
     trusted_nets: tuple = ()
     signer: Signer | None = None  # signs the identity headers when --signing-secrets is set
+    limits: Limiter | None = None  # per-key rate limits and quotas (gateway.limiter); None: none enforced
     # Per-process memos of the hot path, public-safe (never a key): digest -> key id (keys.parse_key),
     # key id -> (record, its identity) built once per cached record.
     key_ids: dict[str, str] = field(default_factory=dict)
@@ -65,10 +68,11 @@ class GatewayState:
 
 
 async def decide(st: GatewayState, method: str, raw_target: str, headers: list[tuple[str, str]],
-                 peer: str, entry: dict) -> tuple[Target, Identity | None]:
+                 peer: str, entry: dict) -> tuple[Target, Identity | None, LimitedKey | None]:
     """May this request pass? Steps 1-5 of the pipeline, shared by the proxy and forward-auth.
 
-    Returns the canonical target and the identity to inject (None on a public route); raises
+    Returns the canonical target, the identity to inject (None on a public route) and the key's
+    limiter when it is limited (its RateLimit headers go on the answer: ``rate_headers``); raises
     the ApiError to answer otherwise. Fills ``entry`` (the access log line) as it learns.
     """
     # 1. Canonicalize: authorize exactly the path that will be forwarded.
@@ -92,7 +96,7 @@ async def decide(st: GatewayState, method: str, raw_target: str, headers: list[t
         entry["route"] = found.rule.template  # logged for refusals too (a 401 or 403 on this route)
         # 2. Public route: forwarded without a key.
         if found.rule.public:
-            return target, None
+            return target, None, None
     # 3. Credential, 4. throttle + verify (401 before anything about routes is revealed).
     record = await authenticate(st, headers, peer, extract_credential(headers), entry)
     # 7. Record use: every request whose key verified counts, whatever is answered next
@@ -101,7 +105,26 @@ async def decide(st: GatewayState, method: str, raw_target: str, headers: list[t
     entry[KEY_USED] = record.id
     # 5. Route, then scope.
     authorize(found, record)
-    return target, _identity(st, record)
+    # 5b. The key's limits, last: a 401, 403 or 404 spends nothing, and a refusal here neither
+    # (gateway.leases). Admitting from the budget this node holds is synchronous; only a lease
+    # (a few per second per key at most) goes to Redis.
+    limited = None
+    if st.limits is not None:
+        now = int(st.clock() * 1000)
+        limited = st.limits.entry(record, now)
+        if limited is not None:
+            cost = found.rule.cost
+            decision = st.limits.admit(limited, cost, now)
+            if decision is not ADMIT:
+                await st.limits.settle(limited, decision, cost)
+    return target, _identity(st, record), limited
+
+
+def rate_headers(st: GatewayState, limited: LimitedKey | None) -> dict[str, str] | None:
+    """The RateLimit-Policy and RateLimit headers of a limited key's answer (None: unlimited)."""
+    if limited is None:
+        return None
+    return limited.headers(int(st.clock() * 1000))
 
 
 async def authenticate(st: GatewayState, headers: list[tuple[str, str]], peer: str, credential: str,

@@ -39,8 +39,11 @@ def new_request_id() -> str:
 
 def error_headers(err: errors.ApiError, request_id: str) -> list[tuple[str, str]]:
     """The headers of an error answer: JSON, its request id, no-store, and the error's own."""
-    return [("Content-Type", "application/json"), ("X-Request-Id", request_id), ("Cache-Control", "no-store"),
-            *err.headers().items()]
+    headers = [("Content-Type", "application/json"), ("X-Request-Id", request_id), ("Cache-Control", "no-store"),
+               *err.headers().items()]
+    if err.more_headers:
+        headers += err.more_headers.items()
+    return headers
 
 
 def error_body(err: errors.ApiError, request_id: str) -> bytes:

@@ -15,8 +15,9 @@ ApiError
 ├── VersionMismatch (412)
 ├── RequestTimeout (408), PayloadTooLarge (413), UriTooLong (414), UnsupportedMediaType (415),
 │   TooManyFailedAttempts (429), TooManyCreates (429), TooManySignIns (429), HeadersTooLarge (431)
+├── LimitExceeded (429, with Retry-After and the limit headers): RateLimited, QuotaExceeded
 ├── ServiceUnavailable (503, with Retry-After): AuthUnavailable, IdpUnavailable, StoreUnavailable (StoreUnconfirmed),
-│   StoreFull
+│   StoreFull, LimitUnavailable: RateLimitUnavailable, QuotaUnavailable
 └── UpstreamUnavailable (502), UpstreamTimeout (504)
 """
 
@@ -41,6 +42,9 @@ class ApiError(Exception):
         self.extra = extra  # extra fields for the JSON envelope (e.g. required_scope)
 
     retry_after: int | None = None  # seconds: sent as Retry-After (429s, 503s)
+    # Headers every answer of this request carries, whatever the error (a limited key's RateLimit
+    # headers: gateway.limiter); sent after the error's own.
+    more_headers: dict[str, str] | None = None
 
     def headers(self) -> dict[str, str]:
         return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
@@ -359,6 +363,34 @@ class TooManyCreates(ApiError):
         self.retry_after = retry_after
 
 
+class LimitExceeded(ApiError):
+    """429 of a key over one of its limits (gateway.limiter): the envelope names the window and
+    the limit; Retry-After is when that window resets."""
+
+    status = 429
+
+    def __init__(self, window: str, limit: int, retry_after: int, rate_headers: dict[str, str]) -> None:
+        super().__init__(self.template.format(limit=limit, window=window, retry_after=retry_after),
+                         window=window, limit=limit)
+        self.retry_after = retry_after
+        self.more_headers = {name: value for name, value in rate_headers.items() if name != "Retry-After"}
+
+    template = "{limit} {window}"
+
+
+class RateLimited(LimitExceeded):
+    code = "rate_limited"
+    message = "The API key is over its rate limit; retry later."
+    template = "This API key may send {limit} request units per {window}; retry after {retry_after} s."
+
+
+class QuotaExceeded(LimitExceeded):
+    code = "quota_exceeded"
+    message = "The API key's quota is used up; retry once it resets."
+    template = ("This API key's quota of {limit} request units per {window} (UTC) is used up; it resets in "
+                "{retry_after} s.")
+
+
 class ServiceUnavailable(ApiError):
     status, code, message = 503, "service_unavailable", "Temporarily unavailable."
     retry_after = 1
@@ -395,6 +427,24 @@ class StoreFull(ServiceUnavailable):
     message = ("The key store is nearly full: new keys are refused until an operator frees memory; "
                "revoking keys still works.")
     retry_after = 60
+
+
+class LimitUnavailable(ServiceUnavailable):
+    """503 of a limit whose budget the store cannot lease, under the closed fault policy."""
+
+    def __init__(self, window: str, limit: int, rate_headers: dict[str, str]) -> None:
+        super().__init__(window=window, limit=limit)
+        self.more_headers = {name: value for name, value in rate_headers.items() if name != "Retry-After"}
+
+
+class RateLimitUnavailable(LimitUnavailable):
+    code = "rate_limit_unavailable"
+    message = "The API key's rate limit cannot be checked right now; retry shortly."
+
+
+class QuotaUnavailable(LimitUnavailable):
+    code = "quota_unavailable"
+    message = "The API key's quota cannot be checked right now; retry shortly."
 
 
 class UpstreamUnavailable(ApiError):

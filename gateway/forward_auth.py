@@ -15,12 +15,14 @@ from gateway.credentials import key_in_path
 from gateway.headers import identity_headers, override_header
 from gateway.paths import NotCanonical, canonicalize
 from gateway.httpserver import HttpConnection, HttpRequest
-from gateway.decision import GatewayState, decide
+from gateway.decision import GatewayState, decide, rate_headers
 from gateway.envelope import error_body, error_headers, request_handler
 from gateway.signing import KEY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 # The headers a 200 carries, for the edge to set on the forwarded request (deploy/ lists them).
 IDENTITY_RESPONSE_HEADERS = ("X-Org-Id", "X-Api-Key-Id", "X-Api-Key-Scopes", "X-Request-Id")
+# A limited key's 200 (and 429) carries these too, for the edge to set on its answer to the client.
+RATE_RESPONSE_HEADERS = ("RateLimit-Policy", "RateLimit")
 SIGNATURE_RESPONSE_HEADERS = (SIGNATURE_HEADER, KEY_ID_HEADER, TIMESTAMP_HEADER)
 # nginx's auth_request drops the body of a refusal, and turns any status but 401/403 into a
 # 500: the JSON error travels in this header too, so nginx can answer it as is (deploy/nginx).
@@ -153,8 +155,10 @@ async def _answer(st: GatewayState, req: HttpRequest, conn: HttpConnection, requ
         raise _OVERRIDE_REFUSALS[overridden]()
     # Steps 1-5, as in the proxy. The throttle's client address is the edge's
     # X-Forwarded-For only when the edge is in --trusted-proxies.
-    target, identity = await decide(st, method, raw_target, req.headers, req.peer, entry)
+    target, identity, limited = await decide(st, method, raw_target, req.headers, req.peer, entry)
     headers = [("Cache-Control", "no-store"), *identity_headers(identity, request_id)]
+    if limited is not None:  # for the edge to copy onto its answer (docs/forward-auth.md)
+        headers += rate_headers(st, limited).items()
     if st.signer is not None:
         headers += st.signer.headers(now=st.clock(), method=method, path=target.path, query=target.query,
                                      identity=identity, request_id=request_id)

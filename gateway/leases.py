@@ -181,12 +181,15 @@ class Lease:
     def want(self, cost: int, now: int, rate: float, sizing: Sizing = DEFAULT_SIZING) -> Want:
         """The lease to ask for: the node's expected use over the horizon (at most the rest of
         the window) with headroom; the headroom only out of a fair share of what the store has
-        left (a spiking node leaves budget for the others); at least what ``cost`` lacks."""
+        left (a spiking node leaves budget for the others); once the node expects to use all that
+        is left, only the fair share (the other nodes may need the rest: contended budget is
+        split, and split again, rather than taken whole by the first node to ask); at least what
+        ``cost`` lacks."""
         short = max(0, cost - self.held)
         left = self.limit.limit if self.store_remaining is None else self.store_remaining
         fair = -(-left // sizing.share)
         bare = self.expected(now, rate, sizing, headroom=1.0)
-        amount = min(self.expected(now, rate, sizing), max(fair, bare), left)
+        amount = min(self.expected(now, rate, sizing), fair if bare >= left else max(fair, bare), left)
         return Want(self.limit.window, self.start, max(amount, short))
 
     def expected(self, now: int, rate: float, sizing: Sizing = DEFAULT_SIZING, headroom: float | None = None) -> int:
@@ -269,6 +272,16 @@ class KeyLimiter:
         changes the counters."""
         if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
             raise ValueError(f"cost must be a positive integer, not {cost!r}")
+        # The common case first, as check() would decide it: every lease is of the current window
+        # and holds enough (no list, no second pass: this runs on every request of a limited key).
+        for lease in self.leases:
+            if lease.held < cost or not lease.start <= now < lease.end:
+                break
+        else:
+            for lease in self.leases:
+                lease.take(cost, now)
+            self.meter.add(cost, now)
+            return ADMIT
         states = [lease.check(cost, now) for lease in self.leases]
         if REFUSED in states:
             refusals = [lease.refusal(now) for lease, s in zip(self.leases, states, strict=True) if s == REFUSED]

@@ -45,6 +45,10 @@ class Metrics:
         """Export how many client addresses the failure throttle tracks."""
         self.registry.register(ThrottleCollector(throttle))
 
+    def add_limiter(self, limits) -> None:
+        """Export the per-key limiter's counters (gateway.limiter.LimiterStats) at scrape time."""
+        self.registry.register(LimiterCollector(limits))
+
     def add_cache(self, cache) -> None:
         """Export the verdict cache's own counters at scrape time."""
         self.registry.register(_CacheCollector(cache))
@@ -125,3 +129,42 @@ class ThrottleCollector:
         yield CounterMetricFamily(f"{self.prefix}_auth_throttle_untracked",
                                   "Failures from new addresses not tracked (every tracked address blocked; they are refused)",
                                   value=self.throttle.untracked)
+
+
+class LimiterCollector:
+    """gateway_limit_*: the per-key rate limits and quotas of this process (gateway.limiter)."""
+
+    def __init__(self, limits) -> None:
+        self.limits = limits
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        s = self.limits.stats
+        admitted = CounterMetricFamily("gateway_limit_admitted", "Requests of limited keys admitted, by limit kind "
+                                       "(a key with rate windows and a quota counts in both)", labels=["kind"])
+        for kind, n in sorted(s.admitted.items()):
+            admitted.add_metric([kind], n)
+        yield admitted
+        refused = CounterMetricFamily("gateway_limit_refused", "Requests refused by a key's limit, by limit kind and "
+                                      "code (rate_limited, quota_exceeded, rate_limit_unavailable, quota_unavailable)",
+                                      labels=["kind", "code"])
+        for (kind, code), n in sorted(s.refused.items()):
+            refused.add_metric([kind, code], n)
+        yield refused
+        for name, text, value in (
+                ("leases", "Budget leases granted by Redis (one per window)", s.leases),
+                ("leased_units", "Request units leased from Redis", s.leased_units),
+                ("returns", "Unused budgets given back to Redis (one per window)", s.returns),
+                ("returned_units", "Request units given back to Redis", s.returned_units),
+                ("reclaims_sent", "Reclaims published: this process found too little budget left", s.reclaims_sent),
+                ("reclaims_received", "Reclaim messages of other processes heard for keys this one holds",
+                 s.reclaims_received)):
+            yield CounterMetricFamily(f"gateway_limit_{name}", text, value=value)
+        commands = CounterMetricFamily("gateway_limit_redis_commands", "Redis commands of the limiter, by command "
+                                       "(lease, return: script calls; publish)", labels=["command"])
+        for command, n in sorted(s.commands.items()):
+            commands.add_metric([command], n)
+        yield commands
+        yield GaugeMetricFamily("gateway_limit_keys", "Keys with a limiter in this process", value=len(self.limits.entries))

@@ -12,7 +12,7 @@ from typing import AsyncIterator
 
 from gateway import errors
 from gateway.clientaddr import is_trusted_peer
-from gateway.decision import GatewayState, decide
+from gateway.decision import GatewayState, decide, rate_headers
 from gateway.envelope import request_handler
 from gateway.httpserver import BodyError, HttpConnection, HttpRequest, RequestBody
 from gateway.headers import ClientInfo, upstream_request_headers, upstream_response_headers
@@ -25,7 +25,7 @@ log = logging.getLogger("gateway")
 async def _pipeline(st: GatewayState, req: HttpRequest, conn: HttpConnection, request_id: str,
                     entry: dict) -> tuple[int, str]:
     # 1-5. Canonicalize, public route?, credential, throttle + verify, route + scope.
-    target, identity = await decide(st, req.method, req.target, req.headers, req.peer, entry)
+    target, identity, limited = await decide(st, req.method, req.target, req.headers, req.peer, entry)
 
     # 6. Header hygiene, then injection; stream to the upstream and back.
     headers = upstream_request_headers(
@@ -36,7 +36,19 @@ async def _pipeline(st: GatewayState, req: HttpRequest, conn: HttpConnection, re
             now=st.clock(), method=req.method, path=target.path, query=target.query,
             identity=identity, request_id=request_id,
         ))
-    return await forward(st, req, conn, target, headers, request_id)
+    if limited is None:
+        return await forward(st, req, conn, target, headers, request_id)
+    try:
+        return await forward(st, req, conn, target, headers, request_id, limited=rate_headers(st, limited))
+    except errors.ApiError as err:  # (a 502, 504 or 413 after the limiter: its headers too)
+        err.more_headers = rate_headers(st, limited)
+        raise
+
+
+# SECURITY: the RateLimit headers of a limited key's answer are the gateway's: the upstream's
+# copies are dropped, so a backend cannot tell the client another budget. An unlimited key's
+# answer passes the backend's own (its limits, not ours).
+_RATE_HEADERS = (b"ratelimit", b"ratelimit-policy")
 
 
 # handle(st, req, conn): the whole per-request pipeline of the gateway; refusals get the JSON envelope.
@@ -68,10 +80,12 @@ async def _body_chunks(body: RequestBody, limit: int, state: dict) -> AsyncItera
 
 
 async def forward(st: GatewayState, req: HttpRequest, conn: HttpConnection, target: Target,
-                  headers: list[tuple[str, str]], request_id: str) -> tuple[int, str]:
+                  headers: list[tuple[str, str]], request_id: str,
+                  limited: dict[str, str] | None = None) -> tuple[int, str]:
     """Stream the request to the upstream and its response back, with limits and timeouts.
 
-    Returns the status answered and the access log's outcome.
+    ``limited``: a limited key's RateLimit headers, which replace the upstream's. Returns the
+    status answered and the access log's outcome.
     """
     limit = st.settings.max_body_bytes
     if req.content_length is not None and req.content_length > limit:
@@ -104,8 +118,12 @@ async def forward(st: GatewayState, req: HttpRequest, conn: HttpConnection, targ
     for name, value in upstream_response_headers(upstream.raw_headers, request_id=request_id):
         if len(name) == 14 and name.lower() == b"content-length":
             length = int(value)  # httptools accepted it: digits only
+        elif limited is not None and name.lower() in _RATE_HEADERS:
+            continue
         else:
             lines.append(name + b": " + value + b"\r\n")
+    if limited is not None:
+        lines += [f"{name}: {value}\r\n".encode() for name, value in limited.items()]
     response_headers = b"".join(lines)
     body_now = upstream.complete_body if req.method != "HEAD" else None
     if body_now is not None:  # the whole (small) reply is in already: one write

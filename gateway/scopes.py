@@ -16,7 +16,8 @@ from gateway.yaml_lines import YamlError, compose
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 TOP_FIELDS = ("permissions", "routes")
-ROUTE_FIELDS = ("method", "path", "scope", "public")
+ROUTE_FIELDS = ("method", "path", "scope", "public", "cost")
+MAX_COST = 1_000_000  # request units one request of a route may cost (a key's limits count units)
 SCOPE_RE = re.compile(r"[a-z][a-z0-9_]*:[a-z][a-z0-9_]*")
 _LITERAL_RE = re.compile(r"[A-Za-z0-9._~!$&'()*+,=:@-]+")
 _PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(:path)?\}")
@@ -38,13 +39,15 @@ class ScopesError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One route rule: ``method template`` needs ``scope``, or is ``public``."""
+    """One route rule: ``method template`` needs ``scope``, or is ``public``; a request of it
+    spends ``cost`` units of a limited key's budget."""
 
     method: str
     template: str
     scope: str | None
     public: bool
     line: int
+    cost: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +195,8 @@ class RuleSet:
 
             if rule.method not in METHODS:
                 fail(".method", f"unknown method {rule.method!r}")
+            if isinstance(rule.cost, bool) or not isinstance(rule.cost, int) or not 1 <= rule.cost <= MAX_COST:
+                fail(".cost", f"cost must be an integer from 1 to {MAX_COST:_}, not {rule.cost!r}")
             if rule.public == (rule.scope is not None):
                 fail("", "needs exactly one of 'scope' or 'public: true'")
             if rule.scope is not None and rule.scope not in perms:
@@ -264,6 +269,8 @@ class RuleSet:
             lines.append("  public: forwarded without an API key")
         else:
             lines.append(f"  requires scope: {rule.scope} ({self.permissions[rule.scope]})")
+            if rule.cost != 1:
+                lines.append(f"  cost: {rule.cost} units of a limited key's budget")
         return "\n".join(lines)
 
 
@@ -331,7 +338,7 @@ def _parse_route(route: Any, where: str, permissions: Mapping[str, str], lines: 
     line = lines[where]
     for key in route:
         if key not in ROUTE_FIELDS:
-            fail(f"{where}.{key}", f"unknown field {key!r} (expected method, path, scope, public)", key=True)
+            fail(f"{where}.{key}", f"unknown field {key!r} (expected method, path, scope, public, cost)", key=True)
     for key in ("method", "path"):
         if key not in route:
             fail(f"{where}.{key}", f"missing {key!r}", line=line)
@@ -359,7 +366,12 @@ def _parse_route(route: Any, where: str, permissions: Mapping[str, str], lines: 
             fail(f"{where}.scope", f"unknown scope {scope!r}")
     elif not public:
         fail(where, "needs 'scope: <scope>' or 'public: true'", line=line)
-    return Rule(method, path, scope, public, line)
+    cost = route.get("cost", 1)
+    if isinstance(cost, bool) or not isinstance(cost, int) or not 1 <= cost <= MAX_COST:
+        fail(f"{where}.cost", f"cost must be an integer from 1 to {MAX_COST:_}, not {cost!r}")
+    if public and "cost" in route:
+        fail(f"{where}.cost", "a public route has no key whose limits it could spend")
+    return Rule(method, path, scope, public, line, cost)
 
 
 def load_rules(path: str | os.PathLike[str]) -> RuleSet:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 import time
+from typing import Callable
 
 
 from gateway.cache import VerdictCache
@@ -33,8 +34,10 @@ SHUTDOWN_FLUSH_DEADLINE = 5.0  # seconds; well inside a 30 s orchestrator grace 
 
 
 async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: Metrics,
-                                 node_id: str, reads: KeyStore | None = None) -> None:
-    """Keep the cache in step with revocations published by admin API processes.
+                                 node_id: str, reads: KeyStore | None = None,
+                                 on_reclaim: Callable[[str], None] | None = None) -> None:
+    """Keep the cache in step with revocations published by admin API processes (and, with
+    ``on_reclaim``, pass the rate limiter's reclaim messages on: gateway.limiter).
 
     SECURITY: the cache is trusted only until SILENCE_LIMIT after the last heartbeat that went
     out through the store's client (the master, confirmed by the replicas like a key write:
@@ -59,8 +62,9 @@ async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: 
         try:
             await store.initialize()
             pubsub = store.redis.pubsub()
-            await pubsub.subscribe(store.channel, beats)
-            await _await_subscribed(pubsub, 2)
+            channels = [store.channel, beats] + ([store.limits.reclaim_channel] if on_reclaim else [])
+            await pubsub.subscribe(*channels)
+            await _await_subscribed(pubsub, len(channels))
             await store.register_gateway(node_id, REGISTRY_TTL_MS)
             sent_at = time.monotonic()
             token = await _beat(store, node_id, reads)
@@ -74,11 +78,17 @@ async def listen_for_revocations(store: KeyStore, cache: VerdictCache, metrics: 
                 msg = await _next_message(pubsub, PING_EVERY / 2)
                 now = time.monotonic()
                 if msg is not None and msg["type"] == "message":
-                    if msg["channel"].decode() == beats:
+                    channel = msg["channel"].decode()
+                    if channel == beats:
                         # Heard from the master after everything it published before the beat.
                         at = pending.pop(msg["data"].decode(), None)
                         if at is not None:
                             cache.trust_until(at + SILENCE_LIMIT)
+                    elif on_reclaim is not None and channel == store.limits.reclaim_channel:
+                        try:
+                            on_reclaim(msg["data"].decode())
+                        except Exception:  # a limiter bug must not cost the cache its channel
+                            log.exception("reclaim message not handled")
                     else:
                         # "<id>[,<id>...] <nonce>": a rolled key's record and aliases together.
                         key_ids, _, nonce = msg["data"].decode().partition(" ")

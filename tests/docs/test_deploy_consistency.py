@@ -264,7 +264,18 @@ def check_nginx_matches_compose(d: Deploy) -> None:
     assert check_sent["x-original-uri"] == "$request_uri" and check_sent["x-original-method"] == "$request_method"
     assert check_sent["x-forwarded-uri"] == check_sent["x-forwarded-method"] == ""
 
+    # A limited key's RateLimit headers reach the client on the backend's answers and on refusals,
+    # and never the backend's own copies.
+    added = {args[0].lower(): args[1] for args in directives(main, "add_header")}
+    hidden = {args[0].lower() for args in directives(main, "proxy_hide_header")}
+    for header in forward_auth.RATE_RESPONSE_HEADERS:
+        var = added.get(header.lower())
+        assert var and from_check.get(var) == header.lower(), f"nginx: {header} is not copied from the check"
+        assert header.lower() in hidden, f"nginx: the backend's {header} reaches the client"
+
     denied = block(server, "location @gateway_denied")
+    denied_added = {args[0].lower(): args[1] for args in directives(denied, "add_header")}
+    assert all(denied_added.get(h.lower()) == added[h.lower()] for h in forward_auth.RATE_RESPONSE_HEADERS)
     assert from_check["$gw_error"] == forward_auth.ERROR_HEADER.lower()
     returned = {int(m[1]) for m in re.finditer(r"if \(\$gw_status = (\d+)\) \{ return \1 \$gw_error; \}", denied)}
     assert returned >= FORWARD_AUTH_STATUSES - {503}, f"nginx: @gateway_denied answers only {sorted(returned)}"

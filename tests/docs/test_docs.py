@@ -40,7 +40,8 @@ def test_redis_layout_names_exactly_the_keys_the_store_builds():
              ledger.hist_prefix + "<node_id>:<hour>", ledger.hist_open, ledger.histday_prefix + "<node_id>:<day>",
              ledger.histday_open, ledger.hour_prefix + "<key_id>:<day>",
              ledger.day_prefix + "<key_id>:<page>", sessions._login("<state_sha256>"),
-             sessions._session("<session_sha256>"), sessions._refreshing("<session_sha256>"), sessions.live_index}
+             sessions._session("<session_sha256>"), sessions._refreshing("<session_sha256>"), sessions.live_index,
+             store.limits.budget_key("<key_id>", "<window>", "<window_start_ms>"), store.limits.reclaim_channel}
     assert documented == built
 
 

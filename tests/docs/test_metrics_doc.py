@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import re
 
+import redis.asyncio
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from admin_api.guard import AuthGuard
 from admin_api.ops import AdminMetrics
 from gateway.cache import VerdictCache
 from gateway.config import AdminSettings
+from gateway.limiter import Limiter
 from gateway.metrics import Metrics
+from gateway.ratelimit import Limit
+from gateway.store.limits import BudgetStore
 from gateway.throttle import FailureThrottle
 from tests.support import ROOT
 
@@ -23,6 +28,9 @@ def test_operations_doc_lists_exactly_the_exported_metrics():
     metrics.redis_errors.labels("verify").inc()
     metrics.flushes.labels("ok").inc()
     metrics.reloads.labels("reloaded").inc()
+    limiter = Limiter(BudgetStore(redis.asyncio.Redis()))  # never connects
+    limiter.stats.refuse(Limit("minute", 1), "rate_limited")
+    metrics.add_limiter(limiter)
     assert documented_metrics("operations.md") == exported_metrics(metrics.render())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 
 
 from gateway.tasks import flush_usage
@@ -205,6 +206,39 @@ async def test_cluster_sign_in_sessions(cluster):
         assert await sessions.claim_refresh(sha, "other", 10_000)  # the claim went with the session
     finally:
         await client.aclose()
+
+
+async def test_cluster_rate_limit_budgets(cluster, make_stack):
+    """The budget store on a cluster: a lease of several windows in one script (one slot: the key
+    id's hash tag), returns of keys on several masters in one call, usage, and a gateway there that
+    admits exactly the limit."""
+    from gateway.leases import Want
+    from gateway.ratelimit import Limit, window_bounds
+    from gateway.store import KeyStore, connect
+
+    client = connect(cluster.url)
+    try:
+        budgets = KeyStore(client).limits
+        now = int(time.time() * 1000)  # (the counters expire at their window's end: real windows)
+        limits = {"hour": Limit("hour", 10), "day": Limit("day", 100)}
+        starts = {w: window_bounds(w, now)[0] for w in limits}
+        ids = [f"key_cluster{i}" for i in range(8)]
+        assert len({cluster.owner_of(cluster.keyslot(budgets.budget_key(k, "day", 0))) for k in ids}) >= 2
+        for key_id in ids:
+            grants = await budgets.lease(key_id, [Want("hour", starts["hour"], 7), Want("day", starts["day"], 7)],
+                                         limits)
+            assert [(g.amount, g.left) for g in grants] == [(7, 3), (7, 93)]
+            grants = await budgets.lease(key_id, [Want("hour", starts["hour"], 7)], limits)
+            assert [(g.amount, g.left) for g in grants] == [(3, 0)]  # never past the limit
+        assert await budgets.give_back([(k, [Want("day", starts["day"], 5)]) for k in ids]) == len(ids)
+        for key_id in ids:
+            assert await budgets.usage(key_id, list(limits.values()), now) == {"hour": 10, "day": 2}
+    finally:
+        await client.aclose()
+    stack = await make_stack(redis=cluster.url, default_limits="minute=5")
+    key = await stack.create_key()
+    statuses = [(await stack.call("GET", "/v1/tasks", key["key"]))[0] for _ in range(7)]
+    assert statuses == [200] * 5 + [429] * 2
 
 
 async def test_cluster_key_limits_through_create_roll_edit_and_usage(cluster, make_stack):

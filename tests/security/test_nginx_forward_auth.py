@@ -488,3 +488,24 @@ def test_nginx_logged_no_key(edge, gateway):
     logs = edge.error_log() + (edge.dir / "access.log").read_text("latin-1") + gateway.all_logs()
     for spec in gateway.keys.values():
         assert spec["key"] not in logs
+
+
+def test_a_limited_keys_budget_headers_reach_the_client_through_nginx(redis_server, recorder, tmp_path):
+    """The shipped config copies RateLimit-Policy / RateLimit onto the backend's answers and the
+    429, and the 429 reaches nothing."""
+    keys = create_keys(redis_server.url, {"limited": ("tasks:read",)})
+    gw = start_forward_auth(tmp_path, redis_server.url, recorder, "--default-limits", "hour=3")
+    (tmp_path / "nginx").mkdir()
+    nginx = start_nginx(tmp_path / "nginx", auth_port=gw.port, backend_port=recorder.port)
+    try:
+        answers = [through(nginx, gw, raw_request(b"GET", b"/v1/tasks", keys["limited"]["key"]))[0] for _ in range(4)]
+        for i, resp in enumerate(answers[:3]):
+            assert resp.status == 200 and resp.header("X-Upstream") == "recorder"
+            assert resp.header("RateLimit-Policy") == '"per-hour";q=3;w=3600'
+            assert resp.header("RateLimit").startswith(f'"per-hour";r={2 - i};t=')
+        error = error_of(answers[3], 429, "rate_limited")
+        assert (error["window"], error["limit"]) == ("hour", 3)
+        assert answers[3].header("Retry-After") and answers[3].header("RateLimit").startswith('"per-hour";r=0;')
+    finally:
+        stop_nginx(nginx)
+        stop_gateway(gw)

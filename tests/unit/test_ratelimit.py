@@ -163,7 +163,8 @@ def test_a_big_request_asks_for_what_it_lacks():
     (100.0, None, 0, 6_000),  # 100/s for the 60 s left; the headroom (7,500) only out of half the limit
     (100.0, 20_000, 0, 7_500),  # half what is left covers the headroom: 1.25 * 100/s * 60 s
     (100.0, 7_000, 0, 6_000),  # it does not: the bare expected use
-    (100.0, 1_000, 0, 1_000),  # never more than the store has left
+    (100.0, 1_000, 0, 500),  # less left than it expects to use: half (other nodes may need the rest)
+    (100.0, 10, 0, 5),  # ... and half again
     (100.0, 100_000, 59_000, 125),  # 1 s left in the window
     (100.0, 0, 0, 1),  # at least the cost
 ])

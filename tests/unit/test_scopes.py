@@ -248,7 +248,24 @@ ERRORS = [
     ("label-not-text", BASE.replace("Manage tasks", "yes"), 3, "permissions.tasks:write", "non-empty string"),
     ("alias", BASE + "  - &r\n    method: POST\n    path: /v1/y\n    scope: tasks:write\n  - *r\n", 12, "",
      "aliases (*name) are not supported"),
+    ("cost-zero", route(extra="    scope: tasks:read\n    cost: 0\n"), 11, "routes[1].cost", "from 1 to 1_000_000, not 0"),
+    ("cost-too-big", route(extra="    scope: tasks:read\n    cost: 1000001\n"), 11, "routes[1].cost", "from 1 to"),
+    ("cost-not-int", route(extra="    scope: tasks:read\n    cost: 2.5\n"), 11, "routes[1].cost", "not 2.5"),
+    ("cost-bool", route(extra="    scope: tasks:read\n    cost: true\n"), 11, "routes[1].cost", "not True"),
+    ("cost-text", route(extra="    scope: tasks:read\n    cost: '10'\n"), 11, "routes[1].cost", "not '10'"),
+    ("cost-on-public", route(extra="    public: true\n    cost: 2\n"), 11, "routes[1].cost", "a public route"),
 ]
+
+
+def test_a_route_cost_is_1_unless_the_rule_says():
+    rules = parse_rules(route(path="/v1/export", extra="    scope: tasks:read\n    cost: 10\n"))
+    assert rules.match("GET", ("v1", "export")).rule.cost == 10
+    assert rules.match("HEAD", ("v1", "export")).rule.cost == 10  # HEAD by the GET rule, at its cost
+    assert rules.match("GET", ("v1", "tasks")).rule.cost == 1
+    assert "cost: 10 units" in rules.explain("GET", ("v1", "export"))
+    assert "cost" not in rules.explain("GET", ("v1", "tasks"))
+    with pytest.raises(ScopesError, match="cost"):
+        RuleSet({"t:r": "R"}, [Rule("GET", "/a", "t:r", False, 3, 0)])
 
 
 @pytest.mark.parametrize(("text", "line", "field", "fragment"), [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])

@@ -1,0 +1,351 @@
+"""Per-key limits on one gateway process: the registry of KeyLimiters and its I/O (issue 16).
+
+The accounting is gateway.leases (pure); this module asks the store for leases (one call in
+flight per key), gives back what is idle every second and everything at shutdown, and answers
+the reclaim broadcast of other nodes. The hot path (``Limiter.admit``'s ADMIT) does no I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable, Sequence
+
+from gateway import errors
+from gateway.leases import ADMIT, NEEDS_LEASE, REFUSED, Decision, KeyLimiter, Want, most_restrictive
+from gateway.plans import NO_LIMITS, LimitsConfig
+from gateway.ratelimit import MONTH, Limit, policy_header, ratelimit_header, window_bounds
+from gateway.store import Unavailable
+from gateway.store.limits import BudgetStore, parse_reclaim
+
+log = logging.getLogger("gateway")
+
+MAX_KEYS = 65536  # KeyLimiters one process keeps; idle ones are dropped first
+EVICT_AFTER_MS = 150_000  # a key holding no budget and unused this long is dropped (> Sizing.max_idle_ms)
+FAULT_BACKOFF = 1.0  # seconds after a failed lease during which no other lease is tried (the policy answers)
+RECLAIM_WAIT = 0.05  # seconds a short request waits for other nodes to return budget
+ROUNDS = 8  # lease-then-admit rounds of one request before it is refused
+RETURN_EVERY = 1.0  # seconds between returns of idle budget
+SHUTDOWN_RETURN_DEADLINE = 2.0  # seconds
+
+RATE, QUOTA = "rate", "quota"
+
+
+class LimiterStats:
+    """Plain counters, read at scrape time (gateway.metrics.LimiterCollector)."""
+
+    def __init__(self) -> None:
+        self.admitted = {RATE: 0, QUOTA: 0}
+        self.refused: dict[tuple[str, str], int] = {}  # (kind, code) -> count
+        self.leases = self.leased_units = self.returns = self.returned_units = 0
+        self.reclaims_sent = self.reclaims_received = 0
+        self.commands = {"lease": 0, "return": 0, "publish": 0}
+
+    def refuse(self, limit: Limit, code: str) -> None:
+        key = (QUOTA if limit.is_quota else RATE, code)
+        self.refused[key] = self.refused.get(key, 0) + 1
+
+
+class Entry:
+    """One key's limiter on this node, memoized by the record it was built from."""
+
+    __slots__ = ("key_id", "record", "limits", "limiter", "by_window", "kinds", "flight", "woken",
+                 "reclaimed", "last_seen", "waiting", "policy", "policy_until")
+
+    def __init__(self, key_id: str, record, limits: tuple[Limit, ...], now: int) -> None:
+        self.key_id = key_id
+        self.record = record
+        self.limits = limits
+        self.limiter = KeyLimiter(limits, now) if limits else None
+        self.by_window = {limit.window: limit for limit in limits}
+        self.kinds = tuple(k for k in (RATE, QUOTA) if any((lim.is_quota) == (k == QUOTA) for lim in limits))
+        self.flight: asyncio.Future | None = None  # the lease in flight
+        self.woken: asyncio.Event | None = None  # set when another node returned budget of this key
+        self.reclaimed: dict[str, tuple[int, int]] = {}  # window -> (start, when) of the last reclaim sent
+        self.last_seen = now
+        self.waiting = 0  # requests of this key in ``Limiter.settle`` now
+        self.policy = ""  # RateLimit-Policy, the same until a month ends (its w is the month's length)
+        self.policy_until = -1
+
+    def headers(self, now: int) -> dict[str, str]:
+        """RateLimit-Policy and RateLimit of an answer (``KeyLimiter.headers``, the policy
+        memoized: built once per key and month, not per request)."""
+        if now >= self.policy_until:
+            self.policy = policy_header(self.limits, now)
+            self.policy_until = window_bounds(MONTH, now)[1] if MONTH in self.by_window else 2**62
+        leases = self.limiter.leases
+        tight = leases[0] if len(leases) == 1 else most_restrictive(leases, now)
+        return {"RateLimit-Policy": self.policy,
+                "RateLimit": ratelimit_header(tight.limit, tight.remaining(now), tight.end, now)}
+
+
+class Limiter:
+    """The registry key id -> Entry, and the lease, return and reclaim traffic of this node."""
+
+    def __init__(self, store: BudgetStore, config: LimitsConfig = NO_LIMITS,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.stats = LimiterStats()
+        self.entries: dict[str, Entry] = {}
+        self.pending: list[tuple[str, list[Want]]] = []  # budget to return at the next tick
+        self.fault_until = 0.0  # monotonic: leases fail fast until then
+        self._sent: set[tuple[str, str, int]] = set()  # reclaims of ours not yet heard back
+        self._tasks: set[asyncio.Task] = set()
+        # Nothing can be limited without a default, a ceiling or a record's own limits.
+        self._any_default = bool(config.default or config.ceilings)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- the hot path ---------------------------------------------------------------------
+    def entry(self, record, now: int) -> Entry | None:
+        """The key's entry when it is limited (None: unlimited). Free when the record is the
+        one the entry was built from (the verdict cache hands out the same object)."""
+        found = self.entries.get(record.id)
+        if found is not None and found.record is record:
+            return found if found.limiter is not None else None
+        own = record.limits
+        if own is None and not self._any_default and found is None:
+            return None
+        limits = self.config.effective(own)
+        if found is not None:
+            if found.limits == limits:
+                found.record = record
+                return found if found.limiter is not None else None
+            self._drop(found, now)  # changed limits: its budget goes back, a new limiter starts
+        elif not limits:
+            return None
+        if len(self.entries) >= MAX_KEYS:
+            self._evict(now)
+        made = self.entries[record.id] = Entry(record.id, record, limits, now)
+        return made if made.limiter is not None else None
+
+    def admit(self, entry: Entry, cost: int, now: int) -> Decision:
+        """The synchronous decision (no I/O); NEEDS_LEASE and REFUSED go to ``settle``."""
+        decision = entry.limiter.admit(cost, now)
+        if decision is ADMIT:
+            for kind in entry.kinds:
+                self.stats.admitted[kind] += 1
+            entry.last_seen = now
+        return decision
+
+    async def settle(self, entry: Entry, decision: Decision, cost: int) -> None:
+        """Lease and admit again (bounded), or raise the refusal: 429 rate_limited /
+        quota_exceeded, or under a store fault the closed policy's 503."""
+        entry.waiting += 1
+        try:
+            await self._settle(entry, decision, cost)
+        finally:
+            entry.waiting -= 1
+
+    async def _settle(self, entry: Entry, decision: Decision, cost: int) -> None:
+        limiter = entry.limiter
+        for _ in range(ROUNDS):
+            if decision.outcome == REFUSED:
+                if entry.woken is not None:  # a reclaim is under way: its returns may cover this
+                    await self._wait_returns(entry)
+                    decision = self.admit(entry, cost, self.now_ms())
+                    if decision.outcome != REFUSED:
+                        continue
+                raise self._refusal(entry, decision)
+            if decision.outcome != NEEDS_LEASE:
+                return
+            if time.monotonic() < self.fault_until:
+                return self._on_fault(entry, decision, cost)
+            try:
+                await self._lease(entry, decision.wants, cost)
+            except Unavailable:
+                self.fault_until = time.monotonic() + FAULT_BACKOFF
+                return self._on_fault(entry, decision, cost)
+            decision = self.admit(entry, cost, self.now_ms())
+        if decision.outcome == ADMIT.outcome:
+            return
+        if decision.outcome == NEEDS_LEASE:  # leases kept falling short: refused by the first of them
+            decision = limiter.lease(decision.wants[0].window).refusal(self.now_ms())
+        raise self._refusal(entry, decision)
+
+    def _refusal(self, entry: Entry, decision: Decision) -> errors.ApiError:
+        limit = entry.by_window[decision.window]
+        self.stats.refuse(limit, decision.code)
+        now = self.now_ms()
+        cls = errors.QuotaExceeded if limit.is_quota else errors.RateLimited
+        return cls(limit.window, limit.limit, decision.retry_after, entry.limiter.headers(now, decision))
+
+    def _on_fault(self, entry: Entry, decision: Decision, cost: int) -> None:
+        now = self.now_ms()
+        if entry.limiter.admit_on_fault(decision, cost, now, self.config.faults):
+            for kind in entry.kinds:
+                self.stats.admitted[kind] += 1
+            return
+        closed = next(entry.by_window[w.window] for w in decision.wants
+                      if not self.config.faults.opens(entry.by_window[w.window]))
+        code = self.config.faults.code(closed)
+        self.stats.refuse(closed, code)
+        cls = errors.QuotaUnavailable if closed.is_quota else errors.RateLimitUnavailable
+        raise cls(closed.window, closed.limit, entry.headers(now))
+
+    # -- leases ---------------------------------------------------------------------------
+    async def _lease(self, entry: Entry, wants: Sequence[Want], cost: int) -> None:
+        """One lease call in flight per key: concurrent requests of the key wait on it."""
+        flight = entry.flight
+        if flight is None:
+            # Enough for every request of the key waiting now (a burst on a cold key), not only this one.
+            wants = [w._replace(amount=max(w.amount, entry.waiting * cost)) for w in wants]
+            flight = entry.flight = asyncio.ensure_future(self._lease_now(entry, wants, cost))
+            flight.add_done_callback(lambda _: setattr(entry, "flight", None) if entry.flight is flight else None)
+        # Shielded: a cancelled request must not cancel the lease the others wait for.
+        await asyncio.shield(flight)
+
+    async def _lease_now(self, entry: Entry, wants: Sequence[Want], cost: int) -> None:
+        self.stats.commands["lease"] += 1
+        grants = await self.store.lease(entry.key_id, wants, entry.by_window)
+        now = self.now_ms()
+        short: list[Want] = []
+        for want, grant in zip(wants, grants, strict=True):
+            self.stats.leases += 1
+            self.stats.leased_units += grant.amount
+            if not entry.limiter.grant(grant.window, grant.start, grant.amount, grant.left, now):
+                self.pending.append((entry.key_id, [Want(grant.window, grant.start, grant.amount)]))
+                continue
+            lease = entry.limiter.lease(grant.window)
+            if grant.amount < want.amount and lease.held < cost:
+                short.append(want)
+        for want in short:
+            await self._reclaim(entry, want, now)
+
+    async def _reclaim(self, entry: Entry, want: Want, now: int) -> None:
+        """The store had too little left: ask the other nodes for what they hold of this key (at
+        most once a recheck period per window), then wait briefly for their returns."""
+        last = entry.reclaimed.get(want.window)
+        if last is not None and last[0] == want.start and now - last[1] < entry.limiter.sizing.recheck_ms:
+            return
+        entry.reclaimed[want.window] = (want.start, now)
+        self._sent.add((entry.key_id, want.window, want.start))
+        entry.woken = asyncio.Event()
+        self.stats.reclaims_sent += 1
+        self.stats.commands["publish"] += 1
+        try:
+            await self.store.reclaim(entry.key_id, want.window, want.start)
+        except Unavailable:
+            entry.woken = None
+            return
+        await self._wait_returns(entry)
+
+    async def _wait_returns(self, entry: Entry) -> None:
+        woken = entry.woken
+        if woken is None:
+            return
+        try:
+            await asyncio.wait_for(woken.wait(), RECLAIM_WAIT)
+        except asyncio.TimeoutError:
+            pass
+        if entry.woken is woken:
+            entry.woken = None
+
+    def on_reclaim(self, data: str) -> None:
+        """A message of the reclaim channel (gateway.tasks' subscription): another node asks for
+        budget of a key (return what this node holds of it), or says it returned some (ask the
+        store again at the next shortfall)."""
+        parsed = parse_reclaim(data)
+        if parsed is None:
+            return
+        key_id, window, start, returned = parsed
+        entry = self.entries.get(key_id)
+        if entry is None or entry.limiter is None or window not in entry.by_window:
+            return
+        self.stats.reclaims_received += 1
+        lease = entry.limiter.lease(window)
+        if returned:
+            if lease.start == start:
+                lease.allow_recheck()
+                if entry.woken is not None:
+                    entry.woken.set()
+            return
+        if (key_id, window, start) in self._sent:  # our own request, heard back
+            self._sent.discard((key_id, window, start))
+            return
+        wants = entry.limiter.release(self.now_ms(), everything=True)
+        if wants:
+            self._spawn(self._return_reclaimed(key_id, wants, window, start))
+
+    async def _return_reclaimed(self, key_id: str, wants: list[Want], window: str, start: int) -> None:
+        if await self._give_back([(key_id, wants)]):
+            self.stats.commands["publish"] += 1
+            try:
+                await self.store.reclaim(key_id, window, start, returned=True)
+            except Unavailable:
+                pass
+
+    # -- returns --------------------------------------------------------------------------
+    async def _give_back(self, returns: list[tuple[str, list[Want]]]) -> bool:
+        returns = [(key_id, wants) for key_id, wants in returns if wants]
+        if not returns:
+            return True
+        try:
+            calls = await self.store.give_back(returns)
+        except Unavailable as exc:
+            # Lost: under-admission for the rest of those windows, never over.
+            log.warning("could not return unused rate-limit budget of %d keys: %s", len(returns), exc)
+            return False
+        self.stats.commands["return"] += calls
+        self.stats.returns += sum(len(wants) for _, wants in returns)
+        self.stats.returned_units += sum(w.amount for _, wants in returns for w in wants)
+        return True
+
+    def due_returns(self, now: int, *, everything: bool = False) -> list[tuple[str, list[Want]]]:
+        """What goes back now (idle and over-sized leases, or ``everything``), and drops the keys
+        that hold nothing and have not been used for EVICT_AFTER_MS."""
+        out, self.pending = self.pending, []
+        if len(self._sent) > 4096:  # reclaims whose echo never came (the subscription was down)
+            self._sent.clear()
+        for key_id, entry in list(self.entries.items()):
+            if entry.limiter is None:
+                if now - entry.last_seen >= EVICT_AFTER_MS:
+                    del self.entries[key_id]
+                continue
+            wants = entry.limiter.release(now, everything=everything)
+            if wants:
+                out.append((key_id, wants))
+            elif now - entry.last_seen >= EVICT_AFTER_MS and entry.flight is None \
+                    and all(lease.held == 0 for lease in entry.limiter.leases):
+                del self.entries[key_id]
+        return out
+
+    async def return_idle(self, *, everything: bool = False) -> None:
+        await self._give_back(self.due_returns(self.now_ms(), everything=everything))
+
+    async def run(self, interval: float = RETURN_EVERY) -> None:
+        """Every ``interval`` seconds, return the budget this node holds and does not need."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.return_idle()
+
+    async def close(self) -> None:
+        """At shutdown (requests finished): everything held goes back, within a deadline."""
+        for task in list(self._tasks):
+            task.cancel()
+        try:
+            await asyncio.wait_for(self.return_idle(everything=True), SHUTDOWN_RETURN_DEADLINE)
+        except asyncio.TimeoutError:
+            log.error("rate-limit budget not returned within %ss (lost until the windows end)",
+                      SHUTDOWN_RETURN_DEADLINE)
+
+    def _drop(self, entry: Entry, now: int) -> None:
+        if entry.limiter is not None:
+            wants = entry.limiter.release(now, everything=True)
+            if wants:
+                self.pending.append((entry.key_id, wants))
+        del self.entries[entry.key_id]
+
+    def _evict(self, now: int) -> None:
+        """Make room: the oldest entries (insertion order), their budget returned at the next tick."""
+        for key_id in list(self.entries)[: max(1, MAX_KEYS // 16)]:
+            self._drop(self.entries[key_id], now)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
