@@ -38,8 +38,9 @@ log = logging.getLogger("gateway")
 
 SHUTDOWN_REQUEST_GRACE = 10.0  # seconds in-flight requests get to finish on SIGTERM
 # The background client's pool: the subscription holds one connection; the listener's
-# acknowledgements and registry beat, and the flusher, need one each at most at a time.
-BACKGROUND_CONNECTIONS = 4
+# acknowledgements and registry beat, and the flusher, need one each at most at a time; the
+# limiter's returns at most store.limits.RETURN_CONCURRENCY (a cluster) or one pipeline.
+BACKGROUND_CONNECTIONS = 8
 
 
 def make_state(settings: ServeSettings, *, clock: Callable[[], float] = time.time,
@@ -58,7 +59,9 @@ def make_state(settings: ServeSettings, *, clock: Callable[[], float] = time.tim
         rules=holder,
         store=store_mod.KeyStore(store_mod.connect(settings.redis, timeout=settings.redis_timeout,
                                                    max_connections=settings.redis_max_connections),
-                                 settings.redis_prefix),
+                                 settings.redis_prefix,
+                                 # quota leases are confirmed like other counted writes
+                                 store_mod.parse_min_replicas(settings.redis_min_replicas)),
         # The subscription, its acknowledgements, the registry beat and the last-used flushes on
         # connections of their own: a burst of request reads that fills the pool above cannot
         # fail them (a failed beat or ack would drop the cache's trust and make the burst worse).
@@ -75,7 +78,8 @@ def make_state(settings: ServeSettings, *, clock: Callable[[], float] = time.tim
         signer=make_signer(settings.signing_secrets, settings.upstream),
     )
     metrics.add_throttle(state.throttle)
-    state.limits = Limiter(state.store.limits, settings_limits(settings) if limits is None else limits, clock)
+    state.limits = Limiter(state.store.limits, settings_limits(settings) if limits is None else limits, clock,
+                           returns=state.background.limits)
     metrics.add_limiter(state.limits)
     state.background.ledger.retain(settings.usage_hourly_days, settings.usage_daily_days)
     return state

@@ -110,7 +110,7 @@ async def decide(st: GatewayState, method: str, raw_target: str, headers: list[t
     # (a few per second per key at most) goes to Redis.
     limited = None
     if st.limits is not None:
-        now = int(st.clock() * 1000)
+        now = st.limits.now_ms()  # Redis's clock (gateway.limiter)
         limited = st.limits.entry(record, now)
         if limited is not None:
             cost = found.rule.cost
@@ -124,7 +124,7 @@ def rate_headers(st: GatewayState, limited: LimitedKey | None) -> dict[str, str]
     """The RateLimit-Policy and RateLimit headers of a limited key's answer (None: unlimited)."""
     if limited is None:
         return None
-    return limited.headers(int(st.clock() * 1000))
+    return limited.headers(st.limits.now_ms())
 
 
 async def authenticate(st: GatewayState, headers: list[tuple[str, str]], peer: str, credential: str,

@@ -236,6 +236,17 @@ class Lease:
         self.returned += amount
         return Want(self.limit.window, self.start, amount)
 
+    def restore(self, start: int, amount: int, now: int) -> bool:
+        """Take back budget ``release`` handed out that never reached the store (it was not
+        sent: the store was down), so the node keeps admitting within what it leased. False (and
+        nothing changes) once the window is over or for another window."""
+        self.roll(now)
+        if start != self.start or amount <= 0 or amount > self.returned:
+            return False
+        self.held += amount
+        self.returned -= amount
+        return True
+
     def remaining(self, now: int) -> int:
         """What this key may still spend in the window, as this node knows it: the unleased
         budget the store last reported plus what this node holds (other nodes' leases unseen)."""
@@ -314,6 +325,10 @@ class KeyLimiter:
         returns = (lease.release(now, rate, self.sizing, everything=everything, idle_after=idle_after)
                    for lease in self.leases)
         return [want for want in returns if want is not None]
+
+    def restore(self, wants: Sequence[Want], now: int) -> list[Want]:
+        """``Lease.restore`` each of ``wants``; the ones that could not be (windows over)."""
+        return [want for want in wants if not self.lease(want.window).restore(want.start, want.amount, now)]
 
     def headers(self, now: int, refused: Decision | None = None) -> dict[str, str]:
         """RateLimit-Policy (every limit), RateLimit (the most restrictive one; for a refusal the

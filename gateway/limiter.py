@@ -3,6 +3,8 @@
 The accounting is gateway.leases (pure); this module asks the store for leases (one call in
 flight per key), gives back what is idle every second and everything at shutdown, and answers
 the reclaim broadcast of other nodes. The hot path (``Limiter.admit``'s ADMIT) does no I/O.
+Windows are on Redis's clock: ``Limiter.now_ms`` is this node's clock plus the offset each lease
+reply measures (docs/rate-limits.md, "Clocks").
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from gateway.store.limits import BudgetStore, parse_reclaim
 
 log = logging.getLogger("gateway")
 
-MAX_KEYS = 65536  # KeyLimiters one process keeps; idle ones are dropped first
+MAX_KEYS = 65536  # KeyLimiters one process keeps; the least recently used are dropped first
 EVICT_AFTER_MS = 150_000  # a key holding no budget and unused this long is dropped (> Sizing.max_idle_ms)
-FAULT_BACKOFF = 1.0  # seconds after a failed lease during which no other lease is tried (the policy answers)
+FAULT_BACKOFF = 1.0  # seconds after a key's lease failed (Redis down) in which no other lease of it is tried
+MAX_PENDING = 65536  # returns kept for the next tick (dropped entries' budget, returns deferred by a fault)
 RECLAIM_WAIT = 0.05  # seconds a short request waits for other nodes to return budget
 ROUNDS = 8  # lease-then-admit rounds of one request before it is refused
 RETURN_EVERY = 1.0  # seconds between returns of idle budget
@@ -51,7 +54,7 @@ class Entry:
     """One key's limiter on this node, memoized by the record it was built from."""
 
     __slots__ = ("key_id", "record", "limits", "limiter", "by_window", "kinds", "flight", "woken",
-                 "reclaimed", "last_seen", "waiting", "policy", "policy_until")
+                 "reclaimed", "last_seen", "waiting", "policy", "policy_until", "fault_until")
 
     def __init__(self, key_id: str, record, limits: tuple[Limit, ...], now: int) -> None:
         self.key_id = key_id
@@ -67,6 +70,7 @@ class Entry:
         self.waiting = 0  # requests of this key in ``Limiter.settle`` now
         self.policy = ""  # RateLimit-Policy, the same until a month ends (its w is the month's length)
         self.policy_until = -1
+        self.fault_until = 0.0  # monotonic: this key's leases fail fast until then (the policy answers)
 
     def headers(self, now: int) -> dict[str, str]:
         """RateLimit-Policy and RateLimit of an answer (``KeyLimiter.headers``, the policy
@@ -84,21 +88,45 @@ class Limiter:
     """The registry key id -> Entry, and the lease, return and reclaim traffic of this node."""
 
     def __init__(self, store: BudgetStore, config: LimitsConfig = NO_LIMITS,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, returns: BudgetStore | None = None,
+                 redis_clock: bool | None = None) -> None:
+        """``store``: leases and reclaims (the hot path's client); ``returns``: the returns, on
+        a client of their own (the background one) so a tick of many keys cannot take the
+        connections requests need. ``redis_clock`` (default: when ``clock`` is the real one):
+        windows follow Redis's clock, and the store refuses a window that does not hold it; an
+        injected test clock is taken as it is."""
         self.store = store
+        self.returns = returns or store
         self.config = config
         self.clock = clock
+        self.redis_clock = clock is time.time if redis_clock is None else redis_clock
+        self.offset_ms = 0  # Redis's clock minus this node's, as the last lease replies bound it
+        self._last_ms = 0
         self.stats = LimiterStats()
         self.entries: dict[str, Entry] = {}
         self.pending: list[tuple[str, list[Want]]] = []  # budget to return at the next tick
-        self.fault_until = 0.0  # monotonic: leases fail fast until then
-        self._sent: set[tuple[str, str, int]] = set()  # reclaims of ours not yet heard back
         self._tasks: set[asyncio.Task] = set()
+        self._warned_at = float("-inf")
         # Nothing can be limited without a default, a ceiling or a record's own limits.
         self._any_default = bool(config.default or config.ceilings)
 
     def now_ms(self) -> int:
-        return int(self.clock() * 1000)
+        """The limiter's clock (ms): this node's plus the offset to Redis's; never goes back (a
+        lease rolled into a window must not roll back into the one before and drop its budget)."""
+        now = int(self.clock() * 1000) + self.offset_ms
+        if now < self._last_ms:
+            return self._last_ms
+        self._last_ms = now
+        return now
+
+    def _measured(self, redis_now: int, sent: float, answered: float) -> None:
+        """Redis's clock read ``redis_now`` between ``sent`` and ``answered`` (this node's clock,
+        s): keep the offset if it fits in that interval, else move it to the nearest bound."""
+        low, high = redis_now - int(answered * 1000), redis_now - int(sent * 1000)
+        offset = min(max(self.offset_ms, low), high)
+        if offset < self.offset_ms:
+            self._last_ms = 0  # a correction (not jitter): the clock may go back to Redis's
+        self.offset_ms = offset
 
     # -- the hot path ---------------------------------------------------------------------
     def entry(self, record, now: int) -> Entry | None:
@@ -153,12 +181,18 @@ class Limiter:
                 raise self._refusal(entry, decision)
             if decision.outcome != NEEDS_LEASE:
                 return
-            if time.monotonic() < self.fault_until:
+            if time.monotonic() < entry.fault_until:
                 return self._on_fault(entry, decision, cost)
             try:
                 await self._lease(entry, decision.wants, cost)
-            except Unavailable:
-                self.fault_until = time.monotonic() + FAULT_BACKOFF
+            except Unavailable as exc:
+                # Only this key backs off (other keys' leases may be in other slots, on other
+                # nodes), and only for an outage: a full pool or an error about this call alone
+                # answers this request by the policy and lets the next one try again.
+                if exc.outage:
+                    entry.fault_until = time.monotonic() + FAULT_BACKOFF
+                else:
+                    log.warning("rate-limit lease failed (not an outage): %s", exc)
                 return self._on_fault(entry, decision, cost)
             decision = self.admit(entry, cost, self.now_ms())
         if decision.outcome == ADMIT.outcome:
@@ -201,14 +235,23 @@ class Limiter:
 
     async def _lease_now(self, entry: Entry, wants: Sequence[Want], cost: int) -> None:
         self.stats.commands["lease"] += 1
-        grants = await self.store.lease(entry.key_id, wants, entry.by_window)
+        sent = self.clock()
+        reply = await self.store.lease(entry.key_id, wants, entry.by_window, check=self.redis_clock)
+        if self.redis_clock:
+            self._measured(reply.now, sent, self.clock())
         now = self.now_ms()
+        # An entry dropped meanwhile (limits edited, evicted) admits nothing more: what it was
+        # granted goes back.
+        live = self.entries.get(entry.key_id) is entry
         short: list[Want] = []
-        for want, grant in zip(wants, grants, strict=True):
+        for want, grant in zip(wants, reply.grants, strict=True):
+            if grant.left < 0:  # a window that does not hold Redis's clock: nothing granted
+                continue  # (the offset is now right: the caller's next round leases the current one)
             self.stats.leases += 1
             self.stats.leased_units += grant.amount
-            if not entry.limiter.grant(grant.window, grant.start, grant.amount, grant.left, now):
-                self.pending.append((entry.key_id, [Want(grant.window, grant.start, grant.amount)]))
+            if not live or not entry.limiter.grant(grant.window, grant.start, grant.amount, grant.left, now):
+                if grant.amount:
+                    self._defer(entry.key_id, [Want(grant.window, grant.start, grant.amount)])
                 continue
             lease = entry.limiter.lease(grant.window)
             if grant.amount < want.amount and lease.held < cost:
@@ -223,7 +266,6 @@ class Limiter:
         if last is not None and last[0] == want.start and now - last[1] < entry.limiter.sizing.recheck_ms:
             return
         entry.reclaimed[want.window] = (want.start, now)
-        self._sent.add((entry.key_id, want.window, want.start))
         entry.woken = asyncio.Event()
         self.stats.reclaims_sent += 1
         self.stats.commands["publish"] += 1
@@ -252,7 +294,7 @@ class Limiter:
         parsed = parse_reclaim(data)
         if parsed is None:
             return
-        key_id, window, start, returned = parsed
+        key_id, window, start, node, returned = parsed
         entry = self.entries.get(key_id)
         if entry is None or entry.limiter is None or window not in entry.by_window:
             return
@@ -264,8 +306,7 @@ class Limiter:
                 if entry.woken is not None:
                     entry.woken.set()
             return
-        if (key_id, window, start) in self._sent:  # our own request, heard back
-            self._sent.discard((key_id, window, start))
+        if node == self.store.node:  # our own request, heard back
             return
         wants = entry.limiter.release(self.now_ms(), everything=True)
         if wants:
@@ -275,20 +316,26 @@ class Limiter:
         if await self._give_back([(key_id, wants)]):
             self.stats.commands["publish"] += 1
             try:
-                await self.store.reclaim(key_id, window, start, returned=True)
+                await self.returns.reclaim(key_id, window, start, returned=True)
             except Unavailable:
                 pass
 
     # -- returns --------------------------------------------------------------------------
     async def _give_back(self, returns: list[tuple[str, list[Want]]]) -> bool:
+        """Return budget released from the leases. While Redis does not answer (checked first:
+        one PING), nothing is sent and the budget goes back into the leases it came from: the
+        node keeps admitting within what it leased through an outage."""
         returns = [(key_id, wants) for key_id, wants in returns if wants]
         if not returns:
             return True
+        if not await self.returns.ping():
+            self._restore(returns)
+            return False
         try:
-            calls = await self.store.give_back(returns)
+            calls = await self.returns.give_back(returns)
         except Unavailable as exc:
-            # Lost: under-admission for the rest of those windows, never over.
-            log.warning("could not return unused rate-limit budget of %d keys: %s", len(returns), exc)
+            # Sent, maybe landed: lost (under-admission for the rest of those windows, never over).
+            self._warn("could not return unused rate-limit budget of %d keys: %s", len(returns), exc)
             return False
         self.stats.commands["return"] += calls
         self.stats.returns += sum(len(wants) for _, wants in returns)
@@ -299,8 +346,6 @@ class Limiter:
         """What goes back now (idle and over-sized leases, or ``everything``), and drops the keys
         that hold nothing and have not been used for EVICT_AFTER_MS."""
         out, self.pending = self.pending, []
-        if len(self._sent) > 4096:  # reclaims whose echo never came (the subscription was down)
-            self._sent.clear()
         for key_id, entry in list(self.entries.items()):
             if entry.limiter is None:
                 if now - entry.last_seen >= EVICT_AFTER_MS:
@@ -318,10 +363,35 @@ class Limiter:
         await self._give_back(self.due_returns(self.now_ms(), everything=everything))
 
     async def run(self, interval: float = RETURN_EVERY) -> None:
-        """Every ``interval`` seconds, return the budget this node holds and does not need."""
+        """Every ``interval`` seconds, return the budget this node holds and does not need. A
+        failure of one tick is logged and the next tick runs (a dead loop would hold every idle
+        lease until the windows end)."""
         while True:
             await asyncio.sleep(interval)
-            await self.return_idle()
+            try:
+                await self.return_idle()
+            except Exception:
+                log.exception("rate-limit return tick failed")
+
+    def _restore(self, returns: list[tuple[str, list[Want]]]) -> None:
+        """Budget that was not sent goes back into its leases (or, for a dropped key, stays
+        pending for the next tick, while its window lasts)."""
+        now = self.now_ms()
+        for key_id, wants in returns:
+            entry = self.entries.get(key_id)
+            if entry is not None and entry.limiter is not None:
+                wants = entry.limiter.restore(wants, now)
+            self._defer(key_id, [w for w in wants if window_bounds(w.window, w.start)[1] > now])
+
+    def _defer(self, key_id: str, wants: list[Want]) -> None:
+        if wants and len(self.pending) < MAX_PENDING:  # past it: lost, under-admission only
+            self.pending.append((key_id, wants))
+
+    def _warn(self, message: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= 10.0:  # at most one line per 10 s through an outage
+            self._warned_at = now
+            log.warning(message, *args)
 
     async def close(self) -> None:
         """At shutdown (requests finished): everything held goes back, within a deadline."""
@@ -335,15 +405,15 @@ class Limiter:
 
     def _drop(self, entry: Entry, now: int) -> None:
         if entry.limiter is not None:
-            wants = entry.limiter.release(now, everything=True)
-            if wants:
-                self.pending.append((entry.key_id, wants))
+            self._defer(entry.key_id, entry.limiter.release(now, everything=True))
         del self.entries[entry.key_id]
 
     def _evict(self, now: int) -> None:
-        """Make room: the oldest entries (insertion order), their budget returned at the next tick."""
-        for key_id in list(self.entries)[: max(1, MAX_KEYS // 16)]:
-            self._drop(self.entries[key_id], now)
+        """Make room: the least recently used sixteenth, their budget returned at the next tick
+        (a sort once per MAX_KEYS // 16 new keys)."""
+        idle = sorted(self.entries.values(), key=lambda e: e.last_seen)[: max(1, MAX_KEYS // 16)]
+        for entry in idle:
+            self._drop(entry, now)
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)

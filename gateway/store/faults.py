@@ -12,7 +12,13 @@ from redis.exceptions import RedisError
 
 
 class Unavailable(Exception):
-    """Redis could not answer (down, slow, unreachable, or it refused the command)."""
+    """Redis could not answer (down, slow, unreachable, or it refused the command).
+    ``outage``: False when Redis itself may be fine (this process's pool was full, or an error
+    about this one call): the caller should not back off from Redis for it."""
+
+    def __init__(self, message: str = "", *, outage: bool = True) -> None:
+        super().__init__(message)
+        self.outage = outage
 
 
 FAULTS: tuple[type[BaseException], ...] = (Unavailable, RedisError, OSError)

@@ -133,7 +133,7 @@ class KeyStore:
         self.registry = f"{prefix}:gateways"
         self.ledger = UsageLedger(client, prefix, self._confirmed)
         self.sessions = SessionStore(client, prefix, self._confirmed)  # page sign-in (admin API)
-        self.limits = BudgetStore(client, prefix)  # per-key rate-limit and quota budgets (issue 16)
+        self.limits = BudgetStore(client, prefix, self._confirmed)  # per-key rate-limit and quota budgets (issue 16)
         self._create = client.register_script(_CREATE)
         self._reserve = client.register_script(_RESERVE)
         self._register = client.register_script(_REGISTER)

@@ -13,55 +13,101 @@ did not use, one script call per key, pipelined), and the reclaim broadcast on `
 from __future__ import annotations
 
 import asyncio
+import itertools
+import secrets
 from typing import NamedTuple, Sequence
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 
 from gateway.leases import Want
 from gateway.ratelimit import Limit, window_bounds
 from gateway.store.faults import Unavailable
 
-EXPIRE_GRACE_MS = 60_000  # a window's counter outlives the window by this much (clock skew between nodes)
+EXPIRE_GRACE_MS = 60_000  # a window's counter outlives the window by this much
+OP_TTL_MS = 120_000  # how long a call's nonce is remembered (far longer than any client retry)
+RETURN_CONCURRENCY = 4  # return script calls in flight at once (cluster; standalone pipelines them)
+RETURN_BATCH = 256  # return script calls per pipeline (standalone and Sentinel)
+# Redis errors that mean "Redis cannot serve now" (an outage: back off); any other ResponseError
+# is an answer about this call alone (a bug, a full pool of this process): no back-off.
+OUTAGE_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "OOM",
+                  "NOREPLICAS", "MISCONF")
 
-# KEYS: the budget keys of one key's wanted windows (one slot: the {key_id} hash tag).
-# ARGV: per key, three values: the units wanted, the window's limit, its expiry (ms: end + grace).
-# Grants min(wanted, limit - leased) per window; returns {granted, left after it, ...} per key.
+# SECURITY: both scripts are idempotent. redis-py retries a command (and a whole pipeline) once
+# after a timeout, and the first attempt may have run: a second RETURN would credit the budget
+# twice (over-admission), a second LEASE would grant twice and lose the first grant. Every call
+# carries a nonce (KEYS[1], in the key's slot): a repeated call answers what the first did.
+#
+# LEASE. KEYS: the nonce, then the budget keys of one key's wanted windows (one slot: the {key_id}
+# hash tag). ARGV: check (1: refuse a window that does not hold Redis's clock), then per window
+# four values: the units wanted, the window's limit, its start and its end (ms).
+# SECURITY: the window is Redis's, not the node's: with ``check`` a want whose [start, end) does
+# not hold Redis's TIME is granted nothing (answered -1 as "left"), so a node whose clock is off
+# cannot lease a window that is over (unlimited once it expired) or not yet begun (a second
+# window's budget), and the counter's expiry is never in the past.
+# Answers {Redis's now (ms), granted, left after it, ...}; a repeated nonce answers the first reply.
 LEASE = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local want, limit = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1])
-  local leased = tonumber(redis.call('GET', key) or '0')
-  local grant = math.min(want, limit - leased)
-  if grant < 0 then grant = 0 end
-  if grant > 0 then
-    leased = redis.call('INCRBY', key, grant)
-    redis.call('PEXPIREAT', key, ARGV[3 * i])
+local seen = redis.call('GET', KEYS[1])
+if seen then return cjson.decode(seen) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local check = ARGV[1] == '1'
+local out = {now}
+for i = 2, #KEYS do
+  local j = 4 * (i - 2) + 2
+  local want, limit = tonumber(ARGV[j]), tonumber(ARGV[j + 1])
+  local start, stop = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
+  if check and (now < start or now >= stop) then
+    out[#out + 1] = 0
+    out[#out + 1] = -1
+  else
+    local key = KEYS[i]
+    local leased = tonumber(redis.call('GET', key) or '0')
+    local grant = math.min(want, limit - leased)
+    if grant < 0 then grant = 0 end
+    if grant > 0 then
+      leased = redis.call('INCRBY', key, grant)
+      redis.call('PEXPIREAT', key, math.max(stop, now) + %(grace)d)
+    end
+    out[#out + 1] = grant
+    out[#out + 1] = math.max(0, limit - leased)
   end
-  out[2 * i - 1] = grant
-  out[2 * i] = math.max(0, limit - leased)
 end
+redis.call('SET', KEYS[1], cjson.encode(out), 'PX', %(op_ttl)d)
 return out
-"""
+""" % {"grace": EXPIRE_GRACE_MS, "op_ttl": OP_TTL_MS}
 
-# KEYS: budget keys of one key; ARGV: the units given back to each. Never below 0, and only to a
-# counter that still exists (an expired window stays gone). Returns nothing useful.
+# RETURN. KEYS: the nonce, then budget keys of one key; ARGV: the units given back to each. Never
+# below 0, only to a counter that still exists (an expired window stays gone), once per nonce.
 RETURN = """
-for i, key in ipairs(KEYS) do
-  local leased = redis.call('GET', key)
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', %(op_ttl)d) then return 0 end
+for i = 2, #KEYS do
+  local leased = redis.call('GET', KEYS[i])
   if leased then
-    local left = tonumber(leased) - tonumber(ARGV[i])
+    local left = tonumber(leased) - tonumber(ARGV[i - 1])
     if left < 0 then left = 0 end
-    redis.call('SET', key, left, 'KEEPTTL')
+    redis.call('SET', KEYS[i], left, 'KEEPTTL')
   end
 end
 return 1
-"""
+""" % {"op_ttl": OP_TTL_MS}
+
+
+def is_outage(err: BaseException) -> bool:
+    """Whether a failed call means Redis cannot serve now (back off) rather than this call alone
+    failed: this process's pool was full (MaxConnectionsError), or Redis answered an error about
+    the call (a script error: logged; NOSCRIPT never gets here, redis-py loads the script again)."""
+    if isinstance(err, MaxConnectionsError):
+        return False
+    if isinstance(err, ResponseError):
+        return str(err).split(" ", 1)[0].upper() in OUTAGE_REPLIES
+    return True
 
 
 class Grant(NamedTuple):
-    """What the store gave for one Want: ``amount`` units, and ``left`` unleased after it."""
+    """What the store gave for one Want: ``amount`` units, and ``left`` unleased after it
+    (``left`` -1: the window does not hold Redis's clock, nothing was granted)."""
 
     window: str
     start: int
@@ -69,18 +115,30 @@ class Grant(NamedTuple):
     left: int
 
 
-class BudgetStore:
-    """The leased budgets of every key's limits (``KeyStore.limits``)."""
+class LeaseReply(NamedTuple):
+    now: int  # Redis's clock when it ran the lease (ms)
+    grants: list[Grant]
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "gw") -> None:
+
+class BudgetStore:
+    """The leased budgets of every key's limits (``KeyStore.limits``). ``confirmed``:
+    KeyStore._confirmed, through which a lease of a quota window is confirmed by a replica."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "gw", confirmed=None) -> None:
         self.redis = client
         self.p = prefix
         self.reclaim_channel = f"{prefix}:rl:reclaim"
+        self.node = secrets.token_hex(6)  # names this process's nonces and reclaims
+        self._seq = itertools.count()
+        self._confirmed = confirmed
         self._lease = client.register_script(LEASE)
         self._return = client.register_script(RETURN)
 
     def budget_key(self, key_id: str, window: str, start_ms: int) -> str:
         return f"{self.p}:rl:{{{key_id}}}:{window}:{start_ms}"
+
+    def _nonce(self, key_id: str) -> str:
+        return f"{self.p}:rl:{{{key_id}}}:op:{self.node}:{next(self._seq)}"
 
     async def usage(self, key_id: str, limits: Sequence[Limit], now_ms: int) -> dict[str, int]:
         """window -> units leased in the current window (what the page shows as used so far: it
@@ -95,56 +153,85 @@ class BudgetStore:
             raise Unavailable(str(err)) from err
         return {limit.window: int(value or 0) for limit, value in zip(limits, values, strict=True)}
 
-    async def lease(self, key_id: str, wants: Sequence[Want], limits: dict[str, Limit]) -> list[Grant]:
-        """Lease ``wants`` of one key in one script call (``limits``: window -> its Limit).
+    async def lease(self, key_id: str, wants: Sequence[Want], limits: dict[str, Limit], *,
+                    check: bool = True) -> LeaseReply:
+        """Lease ``wants`` of one key in one script call (``limits``: window -> its Limit), with
+        Redis's clock; ``check``: grant nothing for a window that does not hold it. A lease of a
+        quota window is confirmed by a replica (KeyStore._confirmed, when replicas are
+        required): a failover cannot lose it and give the quota out again.
         Raises Unavailable on a Redis fault (then nothing is known to be granted)."""
-        keys, args = [], []
+        keys, args = [self._nonce(key_id)], ["1" if check else "0"]
         for want in wants:
             keys.append(self.budget_key(key_id, want.window, want.start))
             end = window_bounds(want.window, want.start)[1]
-            args += [want.amount, limits[want.window].limit, end + EXPIRE_GRACE_MS]
+            args += [want.amount, limits[want.window].limit, want.start, end]
         try:
-            reply = await self._lease(keys=keys, args=args)
+            if self._confirmed is not None and any(limits[w.window].is_quota for w in wants):
+                [reply] = await self._confirmed(lambda c: _one(self._lease(keys=keys, args=args, client=c)))
+            else:
+                reply = await self._lease(keys=keys, args=args)
         except (RedisError, OSError) as err:
-            raise Unavailable(str(err)) from err
-        return [Grant(want.window, want.start, int(reply[2 * i]), int(reply[2 * i + 1]))
-                for i, want in enumerate(wants)]
+            raise Unavailable(str(err), outage=is_outage(err)) from err
+        return LeaseReply(int(reply[0]), [Grant(want.window, want.start, int(reply[2 * i + 1]), int(reply[2 * i + 2]))
+                                          for i, want in enumerate(wants)])
 
     async def give_back(self, returns: Sequence[tuple[str, Sequence[Want]]]) -> int:
-        """Return unused budget, ``(key_id, wants)`` per key, in one round trip (pipelined; on a
-        cluster, whose pipelines refuse scripts, concurrently): the number of script calls.
-        Raises Unavailable on a Redis fault (what was not returned is lost: under-admission)."""
+        """Return unused budget, ``(key_id, wants)`` per key: pipelined in batches (on a cluster,
+        whose pipelines refuse scripts, at most RETURN_CONCURRENCY calls at once, so a tick of
+        thousands of keys cannot take every connection of a node); the number of script calls.
+        Raises Unavailable on a Redis fault (a return may or may not have landed: the caller
+        treats it as lost, under-admission, never over)."""
         calls = [(key_id, wants) for key_id, wants in returns if wants]
         if not calls:
             return 0
 
         def one(client, key_id: str, wants: Sequence[Want]):
-            return self._return(keys=[self.budget_key(key_id, w.window, w.start) for w in wants],
+            return self._return(keys=[self._nonce(key_id), *(self.budget_key(key_id, w.window, w.start) for w in wants)],
                                 args=[w.amount for w in wants], client=client)
         try:
             if isinstance(self.redis, RedisCluster):
-                await asyncio.gather(*(one(self.redis, key_id, wants) for key_id, wants in calls))
+                gate = asyncio.Semaphore(RETURN_CONCURRENCY)
+
+                async def bounded(key_id: str, wants: Sequence[Want]) -> None:
+                    async with gate:
+                        await one(self.redis, key_id, wants)
+                await asyncio.gather(*(bounded(key_id, wants) for key_id, wants in calls))
             else:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for key_id, wants in calls:
-                        await one(pipe, key_id, wants)
-                    await pipe.execute()
+                for i in range(0, len(calls), RETURN_BATCH):
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for key_id, wants in calls[i:i + RETURN_BATCH]:
+                            await one(pipe, key_id, wants)
+                        await pipe.execute()
         except (RedisError, OSError) as err:
-            raise Unavailable(str(err)) from err
+            raise Unavailable(str(err), outage=is_outage(err)) from err
         return len(calls)
 
-    async def reclaim(self, key_id: str, window: str, start: int, returned: bool = False) -> None:
-        """Ask every node to return what it holds of ``key_id`` ("<key_id> <window> <start>"), or
-        (``returned``) say that this node just did ("... +"). Raises Unavailable on a Redis fault."""
+    async def ping(self) -> bool:
+        """Whether Redis answers now (checked before budget is let go: see Limiter.return_idle)."""
         try:
-            await self.redis.publish(self.reclaim_channel, f"{key_id} {window} {start}{' +' if returned else ''}")
+            return bool(await self.redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def reclaim(self, key_id: str, window: str, start: int, returned: bool = False) -> None:
+        """Ask every node to return what it holds of ``key_id`` ("<key_id> <window> <start>
+        <node>"), or (``returned``) say that this node just did ("... +"); ``node`` tells a
+        node its own requests apart from another's. Raises Unavailable on a Redis fault."""
+        try:
+            await self.redis.publish(self.reclaim_channel,
+                                     f"{key_id} {window} {start} {self.node}{' +' if returned else ''}")
         except (RedisError, OSError) as err:
-            raise Unavailable(str(err)) from err
+            raise Unavailable(str(err), outage=is_outage(err)) from err
 
 
-def parse_reclaim(data: str) -> tuple[str, str, int, bool] | None:
-    """A reclaim message: (key id, window, window start, is it a "returned" notice), None if malformed."""
+async def _one(call) -> list:
+    return [await call]
+
+
+def parse_reclaim(data: str) -> tuple[str, str, int, str, bool] | None:
+    """A reclaim message: (key id, window, window start, sending node, is it a "returned"
+    notice), None if malformed."""
     parts = data.split(" ")
-    if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "+") or not parts[2].isdigit():
+    if len(parts) not in (4, 5) or (len(parts) == 5 and parts[4] != "+") or not parts[2].isdigit():
         return None
-    return parts[0], parts[1], int(parts[2]), len(parts) == 4
+    return parts[0], parts[1], int(parts[2]), parts[3], len(parts) == 5
