@@ -168,6 +168,10 @@ class Limiter:
             await self._settle(entry, decision, cost)
         finally:
             entry.waiting -= 1
+            if not entry.waiting and entry.limiter is not None and self.entries.get(entry.key_id) is not entry:
+                # Dropped (limits edited, evicted) while this waited on a lease: what the lease
+                # brought and the requests waiting on it did not spend goes back.
+                self._defer(entry.key_id, entry.limiter.release(self.now_ms(), everything=True))
 
     async def _settle(self, entry: Entry, decision: Decision, cost: int) -> None:
         limiter = entry.limiter
@@ -240,16 +244,13 @@ class Limiter:
         if self.redis_clock:
             self._measured(reply.now, sent, self.clock())
         now = self.now_ms()
-        # An entry dropped meanwhile (limits edited, evicted) admits nothing more: what it was
-        # granted goes back.
-        live = self.entries.get(entry.key_id) is entry
         short: list[Want] = []
         for want, grant in zip(wants, reply.grants, strict=True):
             if grant.left < 0:  # a window that does not hold Redis's clock: nothing granted
                 continue  # (the offset is now right: the caller's next round leases the current one)
             self.stats.leases += 1
             self.stats.leased_units += grant.amount
-            if not live or not entry.limiter.grant(grant.window, grant.start, grant.amount, grant.left, now):
+            if not entry.limiter.grant(grant.window, grant.start, grant.amount, grant.left, now):
                 if grant.amount:
                     self._defer(entry.key_id, [Want(grant.window, grant.start, grant.amount)])
                 continue

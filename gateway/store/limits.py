@@ -189,7 +189,9 @@ class BudgetStore:
             return self._return(keys=[self._nonce(key_id), *(self.budget_key(key_id, w.window, w.start) for w in wants)],
                                 args=[w.amount for w in wants], client=client)
         try:
-            if isinstance(self.redis, RedisCluster):
+            if len(calls) == 1:  # one call: no pipeline (its SCRIPT EXISTS would be a second round trip)
+                await one(self.redis, *calls[0])
+            elif isinstance(self.redis, RedisCluster):
                 gate = asyncio.Semaphore(RETURN_CONCURRENCY)
 
                 async def bounded(key_id: str, wants: Sequence[Want]) -> None:

@@ -61,13 +61,15 @@ class RedisServer:
         assert binary, "redis-server is required (make test installs it)"
         self.port = free_port()
         self.dir = tmp
-        self.proc = subprocess.Popen(
-            # --repl-diskless-sync-delay 0: a replica of this server gets its first sync at once, not 5 s later.
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--repl-diskless-sync-delay", "0", "--dir", str(tmp), *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        # --repl-diskless-sync-delay 0: a replica of this server gets its first sync at once, not 5 s later.
+        self.argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                     "--repl-diskless-sync-delay", "0", "--dir", str(tmp), *extra]
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.start()
+
+    def start(self) -> None:
+        """Start the server (again, after ``stop``: same port and flags, empty without persistence)."""
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.client = redis.Redis(port=self.port)
         deadline = time.monotonic() + 10
         while True:
