@@ -237,17 +237,23 @@ async def test_the_return_loop_survives_a_failed_tick(budgets, caplog):
 
 async def test_a_grant_that_lands_after_the_entry_was_dropped_goes_back(budgets):
     limiter = Limiter(budgets, LimitsConfig())
-    record = Record("key_drop", Limit("hour", 100))
+    record = Record("key_drop", Limit("hour", 10_000))
+    for _ in range(40):  # a busy key: its leases are sized to its rate
+        assert await attempt(limiter, record)
+        await asyncio.sleep(0.005)
     now = limiter.now_ms()
     entry = limiter.entry(record, now)
-    decision = limiter.admit(entry, 1, now)
-    flight = asyncio.ensure_future(limiter.settle(entry, decision, 1))
+    lease = entry.limiter.lease("hour")
+    cost = lease.held + 1  # more than it holds: a lease goes out
+    decision = limiter.admit(entry, cost, now)
+    flight = asyncio.ensure_future(limiter.settle(entry, decision, cost))
     await asyncio.sleep(0)  # the lease is in flight
-    limiter.entry(Record("key_drop", Limit("hour", 50)), now)  # limits edited: the entry is replaced
+    limiter.entry(Record("key_drop", Limit("hour", 5_000)), now)  # limits edited: the entry is replaced
     await flight  # admitted from the lease it waited for
+    assert lease.held == 0
     await limiter.return_idle()
-    used = await budgets.usage("key_drop", [Limit("hour", 100)], limiter.now_ms())
-    assert used == {"hour": 1}, used  # the rest of that lease went back
+    used = await budgets.usage("key_drop", [Limit("hour", 1)], limiter.now_ms())
+    assert used == {"hour": lease.admitted}, used  # the rest of that lease went back
 
 
 async def test_eviction_drops_the_least_recently_used_keys(budgets, monkeypatch):
