@@ -322,14 +322,14 @@ class Limiter:
                 pass
 
     # -- returns --------------------------------------------------------------------------
-    async def _give_back(self, returns: list[tuple[str, list[Want]]]) -> bool:
-        """Return budget released from the leases. While Redis does not answer (checked first:
-        one PING), nothing is sent and the budget goes back into the leases it came from: the
-        node keeps admitting within what it leased through an outage."""
+    async def _give_back(self, returns: list[tuple[str, list[Want]]], *, keep: bool = True) -> bool:
+        """Return budget released from the leases. ``keep``: while Redis does not answer
+        (checked first: one PING), nothing is sent and the budget goes back into the leases it
+        came from: the node keeps admitting within what it leased through an outage."""
         returns = [(key_id, wants) for key_id, wants in returns if wants]
         if not returns:
             return True
-        if not await self.returns.ping():
+        if keep and not await self.returns.ping():
             self._restore(returns)
             return False
         try:
@@ -361,7 +361,8 @@ class Limiter:
         return out
 
     async def return_idle(self, *, everything: bool = False) -> None:
-        await self._give_back(self.due_returns(self.now_ms(), everything=everything))
+        """Give back what is due (``everything``: at shutdown, straight away, no PING first)."""
+        await self._give_back(self.due_returns(self.now_ms(), everything=everything), keep=not everything)
 
     async def run(self, interval: float = RETURN_EVERY) -> None:
         """Every ``interval`` seconds, return the budget this node holds and does not need. A
