@@ -68,7 +68,7 @@ class GatewayState:
 
 
 async def decide(st: GatewayState, method: str, raw_target: str, headers: list[tuple[str, str]],
-                 peer: str, entry: dict) -> tuple[Target, Identity | None, LimitedKey | None]:
+                 peer: str, entry: dict, content_length: int | None = None) -> tuple[Target, Identity | None, LimitedKey | None]:
     """May this request pass? Steps 1-5 of the pipeline, shared by the proxy and forward-auth.
 
     Returns the canonical target, the identity to inject (None on a public route) and the key's
@@ -113,6 +113,10 @@ async def decide(st: GatewayState, method: str, raw_target: str, headers: list[t
         now = st.limits.now_ms()  # Redis's clock (gateway.limiter)
         limited = st.limits.entry(record, now)
         if limited is not None:
+            # A body declared too large is refused before it spends the key's budget (the
+            # proxy's content_length; a chunked body found too large later has spent it).
+            if content_length is not None and content_length > st.settings.max_body_bytes:
+                raise errors.PayloadTooLarge()
             cost = found.rule.cost
             decision = st.limits.admit(limited, cost, now)
             if decision is not ADMIT:

@@ -16,6 +16,7 @@ ApiError
 ├── RequestTimeout (408), PayloadTooLarge (413), UriTooLong (414), UnsupportedMediaType (415),
 │   TooManyFailedAttempts (429), TooManyCreates (429), TooManySignIns (429), HeadersTooLarge (431)
 ├── LimitExceeded (429, with Retry-After and the limit headers): RateLimited, QuotaExceeded
+│   (their CostOverRate / CostOverQuota: the route costs more than the whole limit)
 ├── ServiceUnavailable (503, with Retry-After): AuthUnavailable, IdpUnavailable, StoreUnavailable (StoreUnconfirmed),
 │   StoreFull, LimitUnavailable: RateLimitUnavailable, QuotaUnavailable
 └── UpstreamUnavailable (502), UpstreamTimeout (504)
@@ -389,6 +390,18 @@ class QuotaExceeded(LimitExceeded):
     message = "The API key's quota is used up; retry once it resets."
     template = ("This API key's quota of {limit} request units per {window} (UTC) is used up; it resets in "
                 "{retry_after} s.")
+
+
+class CostOverRate(RateLimited):
+    """The route's cost (scopes.yaml) exceeds the key's whole limit: no wait helps (same code)."""
+
+    template = ("This route costs more request units than this API key's limit of {limit} per {window}: "
+                "it cannot be admitted under this limit.")
+
+
+class CostOverQuota(QuotaExceeded):
+    template = ("This route costs more request units than this API key's quota of {limit} per {window} "
+                "(UTC): it cannot be admitted under this quota.")
 
 
 class ServiceUnavailable(ApiError):

@@ -182,7 +182,7 @@ class Limiter:
                     decision = self.admit(entry, cost, self.now_ms())
                     if decision.outcome != REFUSED:
                         continue
-                raise self._refusal(entry, decision)
+                raise self._refusal(entry, decision, cost)
             if decision.outcome != NEEDS_LEASE:
                 return
             if time.monotonic() < entry.fault_until:
@@ -203,13 +203,16 @@ class Limiter:
             return
         if decision.outcome == NEEDS_LEASE:  # leases kept falling short: refused by the first of them
             decision = limiter.lease(decision.wants[0].window).refusal(self.now_ms())
-        raise self._refusal(entry, decision)
+        raise self._refusal(entry, decision, cost)
 
-    def _refusal(self, entry: Entry, decision: Decision) -> errors.ApiError:
+    def _refusal(self, entry: Entry, decision: Decision, cost: int) -> errors.ApiError:
         limit = entry.by_window[decision.window]
         self.stats.refuse(limit, decision.code)
         now = self.now_ms()
-        cls = errors.QuotaExceeded if limit.is_quota else errors.RateLimited
+        if cost > limit.limit:  # never admitted, whatever the wait: say so
+            cls = errors.CostOverQuota if limit.is_quota else errors.CostOverRate
+        else:
+            cls = errors.QuotaExceeded if limit.is_quota else errors.RateLimited
         return cls(limit.window, limit.limit, decision.retry_after, entry.limiter.headers(now, decision))
 
     def _on_fault(self, entry: Entry, decision: Decision, cost: int) -> None:

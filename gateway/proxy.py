@@ -25,7 +25,8 @@ log = logging.getLogger("gateway")
 async def _pipeline(st: GatewayState, req: HttpRequest, conn: HttpConnection, request_id: str,
                     entry: dict) -> tuple[int, str]:
     # 1-5. Canonicalize, public route?, credential, throttle + verify, route + scope.
-    target, identity, limited = await decide(st, req.method, req.target, req.headers, req.peer, entry)
+    target, identity, limited = await decide(st, req.method, req.target, req.headers, req.peer, entry,
+                                             req.content_length)
 
     # 6. Header hygiene, then injection; stream to the upstream and back.
     headers = upstream_request_headers(

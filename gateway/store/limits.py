@@ -137,8 +137,12 @@ class BudgetStore:
     def budget_key(self, key_id: str, window: str, start_ms: int) -> str:
         return f"{self.p}:rl:{{{key_id}}}:{window}:{start_ms}"
 
+    def op_key(self, key_id: str, op_id: str) -> str:
+        """The nonce of one LEASE or RETURN call (what a retry of it finds: see LEASE)."""
+        return f"{self.p}:rl:{{{key_id}}}:op:{op_id}"
+
     def _nonce(self, key_id: str) -> str:
-        return f"{self.p}:rl:{{{key_id}}}:op:{self.node}:{next(self._seq)}"
+        return self.op_key(key_id, f"{self.node}:{next(self._seq)}")
 
     async def usage(self, key_id: str, limits: Sequence[Limit], now_ms: int) -> dict[str, int]:
         """window -> units leased in the current window (what the page shows as used so far: it

@@ -142,6 +142,27 @@ async def test_a_route_costs_what_scopes_yaml_says(make_stack, tmp_path):
     assert forwarded(stack, "/v1/export") == 2 and forwarded(stack) == 5
 
 
+async def test_a_route_costing_more_than_the_whole_limit_says_so(make_stack, tmp_path):
+    rules = tmp_path / "scopes.yaml"
+    rules.write_text(SCOPES.read_text() + "\n  - {method: GET, path: /v1/export, scope: tasks:read, cost: 50}\n")
+    stack = await make_stack(scopes=str(rules), default_limits="minute=25,day=1000")
+    key = await stack.create_key()
+    status, body, _ = await stack.call("GET", "/v1/export", key["key"])
+    assert status == 429 and body["error"]["code"] == "rate_limited"
+    assert (body["error"]["window"], body["error"]["limit"]) == ("minute", 25)
+    assert "costs more request units than this API key's limit of 25 per minute" in body["error"]["message"]
+    assert await calls(stack, key["key"], 2) == [200, 200]  # it spent nothing
+
+
+async def test_a_body_declared_too_large_is_refused_before_it_spends_the_budget(make_stack):
+    stack = await make_stack(default_limits="minute=3", max_body_bytes=100)
+    key = await stack.create_key(scopes=("tasks:read", "tasks:write"))
+    for _ in range(5):
+        status, body, _ = await stack.call("POST", "/v1/tasks", key["key"], data=b"x" * 200)
+        assert status == 413, body
+    assert await calls(stack, key["key"], 4) == [200] * 3 + [429]
+
+
 async def test_forward_auth_enforces_the_same_limits(make_stack):
     stack = await make_stack(mode="forward-auth", default_limits="minute=3")
     key = await stack.create_key()
