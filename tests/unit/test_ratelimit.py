@@ -583,3 +583,49 @@ def test_narrower_never_allows_what_either_side_refuses(old, new, window, amount
     if _allows(narrowed, window, amount):
         assert _allows(old, window, amount) and _allows(new, window, amount)
     assert len({limit.window for limit in narrowed}) == len(narrowed)
+
+
+# --- restore: budget released but never sent goes back -----------------------------------------
+
+def _held_lease(now: int) -> Lease:
+    lease = Lease(Limit("hour", 100), now)
+    assert lease.grant(lease.start, 40, 60, now)
+    return lease
+
+
+def test_a_release_that_was_not_sent_is_restored_into_the_lease():
+    now = 1_796_100_000_000
+    lease = _held_lease(now)
+    want = lease.release(now, everything=True)
+    assert want == Want("hour", lease.start, 40) and lease.held == 0
+    assert lease.restore(want.start, want.amount, now + 1000)
+    assert (lease.held, lease.returned, lease.granted) == (40, 0, 40)
+
+
+@pytest.mark.parametrize("case", ["next window", "other start", "more than returned", "nothing"])
+def test_restore_refuses_what_the_lease_cannot_hold(case):
+    now = 1_796_100_000_000
+    lease = _held_lease(now)
+    want = lease.release(now, everything=True)
+    start, amount, at = want.start, want.amount, now
+    if case == "next window":
+        at = lease.end  # the window is over: its budget buys nothing now
+    elif case == "other start":
+        start -= 3_600_000
+    elif case == "more than returned":
+        amount += 1
+    else:
+        amount = 0
+    assert not lease.restore(start, amount, at)
+    assert lease.held == 0
+
+
+def test_key_limiter_restore_answers_what_it_could_not_take_back():
+    now = 1_796_100_000_000
+    limiter = KeyLimiter([Limit("minute", 10), Limit("hour", 100)], now)
+    for window, amount in (("minute", 5), ("hour", 30)):
+        assert limiter.grant(window, limiter.lease(window).start, amount, 0, now)
+    wants = limiter.release(now, everything=True)
+    later = limiter.lease("minute").end  # the minute is over, the hour is not
+    assert limiter.restore(wants, later) == [w for w in wants if w.window == "minute"]
+    assert limiter.lease("hour").held == 30 and limiter.lease("minute").held == 0
