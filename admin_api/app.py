@@ -25,7 +25,7 @@ from gateway import store as store_mod
 from gateway import history, validation
 from gateway.config import AdminSettings
 from gateway.model import EXPIRY_CHOICES, GRACE_CHOICES, KeyRecord, created_by_any, rfc3339
-from gateway.plans import LimitsConfig, settings_limits
+from gateway.plans import LimitsConfig, describe, settings_limits
 from gateway.ratelimit import MAX_LIMIT, WINDOWS, window_bounds
 from gateway.envelope import new_request_id
 from gateway.aiohttp_runner import error_response, server_logger
@@ -140,7 +140,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     watcher = asyncio.create_task(st.rules.watch(st.settings.reload_interval))
     flusher = asyncio.create_task(usage_flusher(st.store, st.usage, st.metrics, st.settings.flush_interval))
     backfill = asyncio.create_task(backfill_activity(st.store))
-    tasks = [watcher, flusher, backfill]
+    tasks = [watcher, flusher, backfill, asyncio.create_task(check_limits_config(st.store.limits, st.limits))]
     if st.oidc is not None:
         tasks.append(asyncio.create_task(load_provider(st.oidc)))
     yield
@@ -163,6 +163,27 @@ async def load_provider(oidc: OidcVerifier) -> None:
                                max(1.0, oidc.settings.oidc_backoff))
             await asyncio.sleep(max(1.0, oidc.settings.oidc_backoff))
     server_log.info("OpenID provider: metadata and JWKS loaded")
+
+
+LIMITS_CHECK_EVERY = 60.0  # seconds between comparisons of this process's limits configuration with the gateways'
+
+
+async def check_limits_config(budgets, config: LimitsConfig, every: float = LIMITS_CHECK_EVERY) -> None:
+    """Warn while the gateways enforce another default plan or other ceilings than this process
+    was given (``gateway admin`` started without the gateways' --limits-file: its reads would
+    show other effective limits, its ceilings would go unchecked). Once per change seen."""
+    warned = None
+    while True:
+        try:
+            theirs = await budgets.announced()
+        except store_mod.FAULTS:
+            theirs = None
+        if theirs is not None and theirs != describe(config) and theirs != warned:
+            server_log.warning("the gateways enforce limits %r, this admin API was given %r: start it with the "
+                               "gateways' --limits-file / --default-limits (docs/rate-limits.md)",
+                               theirs or "(none)", describe(config) or "(none)")
+            warned = theirs
+        await asyncio.sleep(every)
 
 
 BACKFILL_RETRY = 5.0  # seconds between attempts of the start-up backfill while Redis fails

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from gateway import errors
 from gateway.leases import ADMIT, NEEDS_LEASE, REFUSED, Decision, KeyLimiter, Want, most_restrictive
-from gateway.plans import NO_LIMITS, LimitsConfig
+from gateway.plans import NO_LIMITS, LimitsConfig, describe
 from gateway.ratelimit import MONTH, Limit, policy_header, ratelimit_header, window_bounds
 from gateway.store import Unavailable
 from gateway.store.limits import BudgetStore, parse_reclaim
@@ -371,7 +371,14 @@ class Limiter:
         """Every ``interval`` seconds, return the budget this node holds and does not need. A
         failure of one tick is logged and the next tick runs (a dead loop would hold every idle
         lease until the windows end)."""
+        announced = False
         while True:
+            if not announced:  # for the admin API's check (admin_api.app.check_limits_config)
+                try:
+                    await self.returns.announce(describe(self.config))
+                    announced = True
+                except Unavailable:
+                    pass
             await asyncio.sleep(interval)
             try:
                 await self.return_idle()

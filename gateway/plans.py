@@ -50,6 +50,15 @@ def ordered(limits: Iterable[Limit]) -> tuple[Limit, ...]:
     return tuple(sorted(limits, key=lambda limit: _ORDER[limit.window]))
 
 
+def describe(config: LimitsConfig) -> str:
+    """What the admin API must agree with the gateways on, as one canonical line: the default
+    plan and the ceilings (``default=minute:600,month:1000000 max=second:1000``; "" for none).
+    The gateways write theirs to Redis, the admin API warns when its own differs."""
+    def part(name: str, limits: Sequence[Limit]) -> str:
+        return f"{name}=" + ",".join(f"{limit.window}:{limit.limit}" for limit in ordered(limits)) if limits else ""
+    return " ".join(p for p in (part("default", config.default), part("max", config.ceilings)) if p)
+
+
 def check_limits(limits: Sequence[Limit]) -> None:
     """ValueError unless ``limits`` has at most one limit per window (and at least one)."""
     if not limits:

@@ -128,6 +128,7 @@ class BudgetStore:
         self.redis = client
         self.p = prefix
         self.reclaim_channel = f"{prefix}:rl:reclaim"
+        self.config_key = f"{prefix}:rl:config"  # the gateways' limits configuration (plans.describe)
         self.node = secrets.token_hex(6)  # names this process's nonces and reclaims
         self._seq = itertools.count()
         self._confirmed = confirmed
@@ -211,6 +212,22 @@ class BudgetStore:
         except (RedisError, OSError) as err:
             raise Unavailable(str(err), outage=is_outage(err)) from err
         return len(calls)
+
+    async def announce(self, described: str) -> None:
+        """Write this gateway's limits configuration (plans.describe) for the admin API to
+        compare with its own. Raises Unavailable on a Redis fault."""
+        try:
+            await self.redis.set(self.config_key, described)
+        except (RedisError, OSError) as err:
+            raise Unavailable(str(err)) from err
+
+    async def announced(self) -> str | None:
+        """The limits configuration the gateways last wrote (None: none has yet)."""
+        try:
+            value = await self.redis.get(self.config_key)
+        except (RedisError, OSError) as err:
+            raise Unavailable(str(err)) from err
+        return None if value is None else value.decode()
 
     async def ping(self) -> bool:
         """Whether Redis answers now (checked before budget is let go: see Limiter.return_idle)."""

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway.echo import RECEIVED, make_echo_app
 from gateway.ratelimit import seconds_until, window_bounds
-from tests.support import OPERATOR_TOKEN, ROOT, SCOPES, RedisServer, free_port
+from tests.support import OPERATOR_TOKEN, ROOT, SCOPES, RedisServer, eventually, free_port, wait_for
 
 ORIGINAL = {"X-Original-Method": "GET", "X-Original-URI": "/v1/tasks"}
 
@@ -161,6 +161,23 @@ async def test_a_body_declared_too_large_is_refused_before_it_spends_the_budget(
         status, body, _ = await stack.call("POST", "/v1/tasks", key["key"], data=b"x" * 200)
         assert status == 413, body
     assert await calls(stack, key["key"], 4) == [200] * 3 + [429]
+
+
+async def test_the_admin_api_warns_when_the_gateways_enforce_other_limits(make_stack, caplog):
+    from admin_api.app import check_limits_config
+    stack = await make_stack(default_limits="minute=600")  # the admin API is given none
+    budgets = stack.state.store.limits
+    assert await eventually(budgets.announced) == "default=minute:600"
+    task = asyncio.ensure_future(check_limits_config(budgets, stack.admin_state.limits, every=0.01))
+    try:
+        await wait_for(lambda: "the gateways enforce limits 'default=minute:600'" in caplog.text)
+    finally:
+        task.cancel()
+    caplog.clear()
+    task = asyncio.ensure_future(check_limits_config(budgets, stack.state.limits.config, every=0.01))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    assert "the gateways enforce limits" not in caplog.text  # the same: no warning
 
 
 async def test_forward_auth_enforces_the_same_limits(make_stack):

@@ -136,3 +136,12 @@ def test_load_limits_reads_the_file_and_names_an_unreadable_one(tmp_path):
     assert load_limits("") == NO_LIMITS
     with pytest.raises(LimitsError, match=r"missing\.yaml: cannot read"):
         load_limits(tmp_path / "missing.yaml")
+
+
+def test_describe_is_the_canonical_default_and_ceilings():
+    from gateway.plans import NO_LIMITS, LimitsConfig, describe
+    from gateway.ratelimit import Limit
+    assert describe(NO_LIMITS) == ""
+    config = LimitsConfig(default=(Limit("month", 1000), Limit("minute", 60)), ceilings=(Limit("second", 9),))
+    assert describe(config) == "default=minute:60,month:1000 max=second:9"
+    assert describe(LimitsConfig(ceilings=(Limit("day", 5),))) == "max=day:5"
