@@ -268,3 +268,27 @@ async def test_eviction_drops_the_least_recently_used_keys(budgets, monkeypatch)
     await attempt(limiter, records[0])  # the oldest, used again
     await attempt(limiter, Record("key_new"))
     assert "key_0" in limiter.entries and "key_1" not in limiter.entries
+
+
+async def test_a_quota_lease_is_confirmed_by_the_replica_and_fails_while_it_stalls(master_and_replica):
+    import signal
+    master, replica = master_and_replica
+    deadline = time.monotonic() + 10
+    while replica.client.info("replication")["master_link_status"] != "up":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    client = connect(master.url)
+    try:
+        budgets = KeyStore(client).limits  # auto: a replica is connected, so 1 is required
+        now = int(time.time() * 1000)
+        limits = {"minute": Limit("minute", 10), "day": Limit("day", 100)}
+        start = {w: window_bounds(w, now)[0] for w in limits}
+        reply = await budgets.lease("key_q", [Want("day", start["day"], 5), Want("minute", start["minute"], 5)], limits)
+        assert [g.amount for g in reply.grants] == [5, 5]
+        assert replica.client.get(budgets.budget_key("key_q", "day", start["day"])) == b"5"  # WAITed for
+        replica.proc.send_signal(signal.SIGSTOP)
+        assert (await budgets.lease("key_q", [Want("minute", start["minute"], 1)], limits)).grants[0].amount == 1
+        with pytest.raises(Unavailable):  # the master granted it, no replica confirmed: not used
+            await budgets.lease("key_q", [Want("day", start["day"], 5)], limits)
+    finally:
+        await client.aclose()
