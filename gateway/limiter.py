@@ -317,7 +317,8 @@ class Limiter:
             self._spawn(self._return_reclaimed(key_id, wants, window, start))
 
     async def _return_reclaimed(self, key_id: str, wants: list[Want], window: str, start: int) -> None:
-        if await self._give_back([(key_id, wants)]):
+        # (no PING first: the reclaim just came through Redis, and the asker waits at most RECLAIM_WAIT)
+        if await self._give_back([(key_id, wants)], keep=False):
             self.stats.commands["publish"] += 1
             try:
                 await self.returns.reclaim(key_id, window, start, returned=True)
