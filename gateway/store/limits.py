@@ -5,9 +5,10 @@ not given back. The hash tag is the key's public id (``record.id``, the same for
 rolled key, so a roll keeps its counters; every window of a key in one slot). A node admits only
 from budget it leased (gateway.leases), so the admitted total never exceeds the limit.
 
-Three operations: LEASE (one script call for the windows one key needs), RETURN (budget a node
-did not use, one script call per key, pipelined), and the reclaim broadcast on ``reclaim_channel``
-(a node that found too little left asks the others to return what they hold of that key).
+Three operations: LEASE (one script call for the windows one key needs, on Redis's clock), RETURN
+(budget a node did not use, one script call per key, pipelined), both idempotent under redis-py's
+retries, and the reclaim broadcast on ``reclaim_channel`` (a node that found too little left asks
+the others to return what they hold of that key).
 """
 
 from __future__ import annotations
