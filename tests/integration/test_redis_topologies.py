@@ -242,6 +242,28 @@ async def test_cluster_rate_limit_budgets(cluster, make_stack):
     assert statuses == [200] * 5 + [429] * 2
 
 
+async def test_cluster_returns_of_many_keys_never_take_more_than_a_few_connections(cluster):
+    """A return tick of hundreds of keys was one concurrent script call per key: past the
+    per-node pool (redis-py's cluster pools cannot queue) every call failed, all returns lost."""
+    from gateway.leases import Want
+    from gateway.ratelimit import Limit, window_bounds
+    from gateway.store import KeyStore, connect
+
+    client = connect(cluster.url, max_connections=4)
+    try:
+        budgets = KeyStore(client).limits
+        now = int(time.time() * 1000)
+        start = window_bounds("hour", now)[0]
+        limits = {"hour": Limit("hour", 10)}
+        ids = [f"key_many{i}" for i in range(300)]
+        for key_id in ids[:3]:
+            await budgets.lease(key_id, [Want("hour", start, 5)], limits)
+        assert await budgets.give_back([(k, [Want("hour", start, 5)]) for k in ids]) == len(ids)
+        assert await budgets.usage(ids[0], list(limits.values()), now) == {"hour": 0}
+    finally:
+        await client.aclose()
+
+
 async def test_cluster_key_limits_through_create_roll_edit_and_usage(cluster, make_stack):
     from gateway.keys import parse_key
     stack = await make_stack(redis=cluster.url)
