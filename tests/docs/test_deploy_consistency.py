@@ -29,12 +29,14 @@ from gateway import config, forward_auth
 from gateway.cli import build_parser
 from gateway.headers import (CREDENTIAL_HEADERS, HOST_OVERRIDE_HEADERS, IDENTITY_HEADERS, METHOD_OVERRIDE_HEADERS,
                              PATH_OVERRIDE_HEADERS)
+from gateway.plans import LimitsError, parse_limits
 from gateway.scopes import ScopesError, parse_rules
 from gateway.store import parse_redis_url
 from gateway.tasks import SHUTDOWN_FLUSH_DEADLINE
 from tests.support import ROOT, SCOPES, free_port
 
 DEPLOY = ROOT / "deploy"
+LIMITS = ROOT / "gateway" / "data" / "limits.yaml"
 IMAGE = "api-key-gateway"
 # What a secret reference stands for when a command line is loaded (any valid value).
 PLACEHOLDERS = {"GATEWAY_SIGNING_SECRETS": "test:" + "s" * 32, "GATEWAY_OPERATOR_TOKEN": "t" * 16}
@@ -376,6 +378,28 @@ def check_scopes_configmap(d: Deploy) -> None:
     assert text == SCOPES.read_text(), "deploy/k8s/scopes-configmap.yaml differs from scopes.yaml: copy it over"
 
 
+def check_limits_file(d: Deploy) -> None:
+    """Every gateway and admin API of compose and k8s reads the same limits file, a copy of the
+    shipped example that loads (the admin API checks keys against the ceilings the gateways apply)."""
+    files = set()
+    for name, (_, settings, svc) in compose_gateways(d).items():
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in svc.get("volumes", [])}
+        assert settings.limits_file in mounts, f"compose {name}: --limits-file {settings.limits_file!r} is not mounted"
+        files.add(mounts[settings.limits_file])
+    assert files == {"../gateway/data/limits.yaml"}, f"compose: the services read different limits files {files}"
+    (cm,) = [cm for cm in k8s_objects(d, "ConfigMap").values() if "scopes.yaml" in cm["data"]]
+    text = cm["data"].get("limits.yaml")
+    assert text == LIMITS.read_text(), "deploy/k8s/scopes-configmap.yaml: limits.yaml differs from gateway/data/limits.yaml"
+    try:
+        parse_limits(text, "deploy/k8s/scopes-configmap.yaml")
+    except LimitsError as exc:
+        raise AssertionError(str(exc)) from None
+    for command in ("serve", "admin"):
+        args = build_parser().parse_args(k8s_container(d, command)["args"])  # (check_k8s loads the settings)
+        assert args.limits_file == args.scopes.rpartition("/")[0] + "/limits.yaml", \
+            f"k8s {command}: --limits-file {args.limits_file!r} is not the ConfigMap's limits.yaml"
+
+
 def check_envoy(d: Deploy) -> None:
     (listener,) = d.envoy["static_resources"]["listeners"]
     (hcm,) = listener["filter_chains"][0]["filters"]
@@ -485,7 +509,7 @@ def check_sentinel(d: Deploy) -> None:
         assert target.service == monitored[1], f"{url} names {target.service}, sentinel.conf monitors {monitored[1]}"
 
 
-CHECKS = [check_env_names, check_compose, check_nginx_matches_compose, check_k8s, check_scopes_configmap, check_sign_in,
+CHECKS = [check_env_names, check_compose, check_nginx_matches_compose, check_k8s, check_scopes_configmap, check_limits_file, check_sign_in,
           check_envoy, check_traefik, check_systemd, check_dockerfile, check_sentinel]
 
 
@@ -568,6 +592,12 @@ BREAKAGES = {
         "selector"].update(matchLabels={"app": "other"})),
     "scopes configmap": (check_scopes_configmap, lambda d: k8s_objects(d, "ConfigMap")["gateway-scopes"]["data"].update(
         {"scopes.yaml": SCOPES.read_text().replace("scope: tasks:read", "scope: tasks:reed", 1)})),
+    "limits configmap": (check_limits_file, lambda d: k8s_objects(d, "ConfigMap")["gateway-scopes"]["data"].update(
+        {"limits.yaml": LIMITS.read_text().replace("limit: 100}", "limit: 1000}", 1)})),
+    "compose admin without the limits file": (check_limits_file, lambda d: d.compose["services"]["admin"].update(
+        command=[a for a in d.compose["services"]["admin"]["command"] if "limits" not in a])),
+    "k8s gateway without the limits file": (check_limits_file, lambda d: k8s_container(d, "serve").update(
+        args=[a for a in k8s_container(d, "serve")["args"] if "limits" not in a])),
     "compose client secret literal": (check_sign_in, lambda d: d.compose["services"]["admin"]["environment"].update(
         GATEWAY_OIDC_CLIENT_SECRET="s3cret")),
     "compose without issuer": (check_sign_in, lambda d: d.compose["services"]["admin"]["environment"].pop(

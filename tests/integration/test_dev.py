@@ -162,6 +162,13 @@ def test_dev_works_as_it_prints_and_as_the_readme_says(tmp_path, start_dev):
     calls = [c.replace("key_...", created["id"]) for c in calls]
     # tasks, 403, list, roll, usage, activity, revoke, then 401 for the (rolled-from) secret
     assert [curl(c, env)[0] for c in calls] == [200, 403, 200, 200, 200, 200, 200, 401], calls
+
+    # The banner's loop past the demo key's 5 a second, run at the start of a second (so its 8
+    # requests fall in one window): 5 answered, then 429 rate_limited.
+    loop = next(line.strip() for line in _join_continuations(dev.banner) if line.strip().startswith("for i in"))
+    time.sleep(1.02 - time.time() % 1)
+    out = subprocess.run(["bash", "-c", loop], env=env, capture_output=True, text=True, timeout=10).stdout
+    assert out.split() == ["200"] * 5 + ["429"] * 3, out
     assert (tmp_path / ".data" / "redis" / "appendonlydir").is_dir()  # AOF is on
 
     redis_port = int(re.search(r"redis +redis://127.0.0.1:(\d+)", dev.banner).group(1))

@@ -284,3 +284,36 @@ async def test_cluster_key_limits_through_create_roll_edit_and_usage(cluster, ma
     assert status == 200 and [u["used"] for u in one["limit_usage"]] == [0], one
     status, body, _ = await stack.admin_call("PATCH", f"{keys}/{created['id']}", json={"limits": None})
     assert status == 200 and (await stack.store.get(alias_id)).limits is None
+
+
+async def test_sentinel_limits_hold_across_a_failover(sentinels, make_stack):
+    """Per-key limits on Sentinel: the budget a key spent before a graceful failover is still
+    spent after it (the counters are on the new master), and leases follow the new master."""
+    stack = await make_stack(redis=sentinels.url, redis_min_replicas="0", default_limits="hour=5")
+    spent, fresh = await stack.create_key(org="sent", name="spent"), await stack.create_key(org="sent", name="fresh")
+    statuses = [(await stack.call("GET", "/v1/tasks", spent["key"]))[0] for _ in range(7)]
+    assert statuses == [200] * 5 + [429] * 2
+    # The node gives back what it holds (SIGTERM does the same), so the next asks go to Redis.
+    await stack.state.limits.return_idle(everything=True)
+    old_master = sentinels.current_master()
+    import redis as sync_redis
+
+    with sync_redis.Redis(port=sentinels.sentinel_ports[0]) as sentinel:
+        sentinel.execute_command("SENTINEL", "FAILOVER", sentinels.service)
+    await wait_for(lambda: sentinels.current_master() != old_master, timeout=15)
+
+    async def answers(key: str, n: int) -> list[int]:
+        out = []
+        for _ in range(n):
+            status, body, _ = await stack.call("GET", "/v1/tasks", key)
+            assert status != 503 or body.get("error", {}).get("code") != "quota_unavailable", body
+            out.append(status)
+        return out
+
+    # The spent key stays refused on the new master; the fresh one gets its whole budget there.
+    deadline = time.monotonic() + 10
+    while (fresh_statuses := await answers(fresh["key"], 1)) != [200]:
+        assert time.monotonic() < deadline, fresh_statuses
+        await asyncio.sleep(0.2)
+    assert await answers(fresh["key"], 5) == [200] * 4 + [429]
+    assert await answers(spent["key"], 3) == [429] * 3
