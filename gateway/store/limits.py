@@ -47,10 +47,15 @@ OUTAGE_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN"
 # not hold Redis's TIME is granted nothing (answered -1 as "left"), so a node whose clock is off
 # cannot lease a window that is over (unlimited once it expired) or not yet begun (a second
 # window's budget), and the counter's expiry is never in the past.
-# Answers {Redis's now (ms), granted, left after it, ...}; a repeated nonce answers the first reply.
+# Answers {Redis's now (ms), granted, left after it, ...}; a repeated nonce answers the first reply
+# (kept as decimal integers: limits have up to 15 digits).
 LEASE = """
 local seen = redis.call('GET', KEYS[1])
-if seen then return cjson.decode(seen) end
+if seen then
+  local first = {}
+  for v in string.gmatch(seen, '%%-?%%d+') do first[#first + 1] = tonumber(v) end
+  return first
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local check = ARGV[1] == '1'
@@ -75,7 +80,9 @@ for i = 2, #KEYS do
     out[#out + 1] = math.max(0, limit - leased)
   end
 end
-redis.call('SET', KEYS[1], cjson.encode(out), 'PX', %(op_ttl)d)
+local text = {}  -- (%%d: cjson and tostring write 15-digit limits as 1e+15)
+for i, v in ipairs(out) do text[i] = string.format('%%d', v) end
+redis.call('SET', KEYS[1], table.concat(text, ' '), 'PX', %(op_ttl)d)
 return out
 """ % {"grace": EXPIRE_GRACE_MS, "op_ttl": OP_TTL_MS}
 

@@ -292,3 +292,14 @@ async def test_a_quota_lease_is_confirmed_by_the_replica_and_fails_while_it_stal
             await budgets.lease("key_q", [Want("day", start["day"], 5)], limits)
     finally:
         await client.aclose()
+
+
+async def test_a_retried_lease_answers_the_first_reply_exactly_with_the_largest_limits(budgets, redis_server):
+    from gateway.ratelimit import MAX_LIMIT
+    limits = {"month": Limit("month", MAX_LIMIT)}
+    start = window_bounds("month", int(time.time() * 1000))[0]
+    await budgets.lease("key_big", [Want("month", start, 1)], limits)
+    thread = stall(redis_server.port, 0.7)
+    reply = await budgets.lease("key_big", [Want("month", start, MAX_LIMIT - 2)], limits)
+    thread.join()
+    assert (reply.grants[0].amount, reply.grants[0].left) == (MAX_LIMIT - 2, 1)
