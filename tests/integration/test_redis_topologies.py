@@ -6,11 +6,13 @@ import asyncio
 import signal
 import time
 
+import pytest
+
 
 from gateway.tasks import flush_usage
 from tests.support import wait_for
 from tests.support.redis_topologies import (
-    migrate_keys, migrate_slot_begin, migrate_slot_finish,
+    migrate_keys, migrate_slot_begin, migrate_slot_finish, start_sentinels,
 )
 
 
@@ -286,9 +288,18 @@ async def test_cluster_key_limits_through_create_roll_edit_and_usage(cluster, ma
     assert status == 200 and (await stack.store.get(alias_id)).limits is None
 
 
-async def test_sentinel_limits_hold_across_a_failover(sentinels, make_stack):
+@pytest.fixture
+def fresh_sentinels(tmp_path):
+    """A topology of its own (the module's ``sentinels`` lost a node in the failover test above)."""
+    s = start_sentinels(tmp_path)
+    yield s
+    s.stop()
+
+
+async def test_sentinel_limits_hold_across_a_failover(fresh_sentinels, make_stack):
     """Per-key limits on Sentinel: the budget a key spent before a graceful failover is still
     spent after it (the counters are on the new master), and leases follow the new master."""
+    sentinels = fresh_sentinels
     stack = await make_stack(redis=sentinels.url, redis_min_replicas="0", default_limits="hour=5")
     spent, fresh = await stack.create_key(org="sent", name="spent"), await stack.create_key(org="sent", name="fresh")
     statuses = [(await stack.call("GET", "/v1/tasks", spent["key"]))[0] for _ in range(7)]
