@@ -127,6 +127,11 @@ def rate_headers(st: GatewayState, limited: LimitedKey | None) -> dict[str, str]
     return limited.headers(int(st.clock() * 1000))
 
 
+def rate_header_bytes(st: GatewayState, limited: LimitedKey) -> bytes:
+    """``rate_headers`` as the response head's lines (one CRLF-ended line each), for the proxy."""
+    return limited.header_bytes(int(st.clock() * 1000))
+
+
 async def authenticate(st: GatewayState, headers: list[tuple[str, str]], peer: str, credential: str,
                        entry: dict) -> KeyRecord:
     """The failed-auth throttle, then verification; each failure counts against the client address.

@@ -13,7 +13,7 @@ import time
 from typing import Callable, Sequence
 
 from gateway import errors
-from gateway.leases import ADMIT, NEEDS_LEASE, REFUSED, Decision, KeyLimiter, Want, most_restrictive
+from gateway.leases import ADMIT, NEEDS_LEASE, REFUSED, Decision, KeyLimiter, RateHeaders, Want, most_restrictive
 from gateway.plans import NO_LIMITS, LimitsConfig
 from gateway.ratelimit import MONTH, Limit, policy_header, ratelimit_header, window_bounds
 from gateway.store import Unavailable
@@ -51,7 +51,7 @@ class Entry:
     """One key's limiter on this node, memoized by the record it was built from."""
 
     __slots__ = ("key_id", "record", "limits", "limiter", "by_window", "kinds", "flight", "woken",
-                 "reclaimed", "last_seen", "waiting", "policy", "policy_until")
+                 "reclaimed", "last_seen", "waiting", "policy", "policy_until", "rate_lines")
 
     def __init__(self, key_id: str, record, limits: tuple[Limit, ...], now: int) -> None:
         self.key_id = key_id
@@ -67,6 +67,11 @@ class Entry:
         self.waiting = 0  # requests of this key in ``Limiter.settle`` now
         self.policy = ""  # RateLimit-Policy, the same until a month ends (its w is the month's length)
         self.policy_until = -1
+        self.rate_lines = RateHeaders(limits)  # the same headers as bytes, for the proxy's answers
+
+    def header_bytes(self, now: int) -> bytes:
+        """``headers(now)`` as the response head's lines (the proxy's hot path: memoized parts)."""
+        return self.rate_lines.render(self.limiter.leases, now)
 
     def headers(self, now: int) -> dict[str, str]:
         """RateLimit-Policy and RateLimit of an answer (``KeyLimiter.headers``, the policy
