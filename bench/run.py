@@ -461,6 +461,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rss-keys", type=int, default=100_000, help="keys cached before reading gateway RSS (default 100,000)")
     p.add_argument("--only", default="", help="comma-separated config names to run (default all)")
     p.add_argument("--skip-memory", action="store_true", help="skip the Redis memory and gateway RSS measurements")
+    p.add_argument("--profile-limited", action="store_true",
+                   help="--profile the gateway of config 4l (every key limited) instead of config 4")
     p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                    help="after the rounds, profile the gateway (cache hit) under load with py-spy for SECONDS")
     p.add_argument("--max-foreign-load", type=float, default=0.1, metavar="CORES",
@@ -633,8 +635,10 @@ def run(args, procs: Processes, workdir: Path) -> dict:
     if args.profile > 0:
         import profile_gateway
 
-        log(f"profiling the gateway (cache hit) for {args.profile:.0f} s with py-spy")
-        gw = servers.start_gateway(procs, "gateway-profile", upstream, redis_proc, scopes_file)
+        limited = ("--default-limits", LIMITED) if args.profile_limited else ()
+        log(f"profiling the gateway (cache hit{', every key limited' if limited else ''}) for {args.profile:.0f} s "
+            "with py-spy")
+        gw = servers.start_gateway(procs, "gateway-profile", upstream, redis_proc, scopes_file, extra=limited)
         try:
             result["profile"] = profile_gateway.profile(gw, f"http://127.0.0.1:{gw.port}{PATH}", args, ctx,
                                                         args.output.parent)

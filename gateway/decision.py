@@ -129,7 +129,7 @@ def rate_headers(st: GatewayState, limited: LimitedKey | None) -> dict[str, str]
 
 def rate_header_bytes(st: GatewayState, limited: LimitedKey) -> bytes:
     """``rate_headers`` as the response head's lines (one CRLF-ended line each), for the proxy."""
-    return limited.header_bytes(int(st.clock() * 1000))
+    return limited.rate_lines.render(limited.limiter.leases, int(st.clock() * 1000))  # (Entry.header_bytes)
 
 
 async def authenticate(st: GatewayState, headers: list[tuple[str, str]], peer: str, credential: str,

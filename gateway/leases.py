@@ -85,7 +85,8 @@ class RateMeter:
             self.second, self.count = second, 0
 
     def add(self, cost: int, now: int) -> None:
-        self._fold(now)
+        if now // 1000 != self.second:  # (a new second: fold; per request only this test)
+            self._fold(now)
         self.count += cost
         if self.last is not None:
             self.gap = self.alpha * max(0, now - self.last) / cost + (1 - self.alpha) * self.gap
@@ -334,13 +335,22 @@ class KeyLimiter:
 def most_restrictive(leases: Sequence[Lease], now: int) -> Lease:
     """The lease with the least remaining; of equals, the one that resets last (of full ties the
     first). A loop, not ``min(key=...)``: no tuple per lease on every answer of a limited key."""
-    best = leases[0]
-    least = best.remaining(now)
-    for lease in leases[1:]:
-        left = lease.remaining(now)
-        if left < least or (left == least and lease.end > best.end):
+    return _tightest(leases, now)[0]
+
+
+def _tightest(leases: Sequence[Lease], now: int) -> tuple[Lease, int]:
+    """``most_restrictive`` and its remaining (``Lease.remaining`` inlined: every answer of a
+    limited key asks this)."""
+    best, least = None, 0
+    for lease in leases:
+        if not lease.start <= now < lease.end:
+            lease.roll(now)
+        held_elsewhere = lease.store_remaining
+        left = (max(0, lease.limit.limit - lease.admitted - lease.overdraft) if held_elsewhere is None
+                else held_elsewhere + lease.held)
+        if best is None or left < least or (left == least and lease.end > best.end):
             best, least = lease, left
-    return best
+    return best, least
 
 
 class RateHeaders:
@@ -368,8 +378,7 @@ class RateHeaders:
             self.prefixes = {limit.window: head + f'"{limit.policy_name}";r='.encode() for limit in self.limits}
             self.until = window_bounds(MONTH, now)[1] if self.has_month else 2**62
             self.t_lease = None
-        tight = leases[0] if len(leases) == 1 else most_restrictive(leases, now)
-        remaining = tight.remaining(now)
+        tight, remaining = _tightest(leases, now)
         t = seconds_until(tight.end, now)
         if t != self.t or tight is not self.t_lease:
             self.t, self.t_lease, self.suffix = t, tight, b";t=%d\r\n" % t
