@@ -254,7 +254,7 @@ async def main() -> int:
     parser.add_argument("--quota-timeout", type=float, default=180.0, help="at most this long to exhaust it (s)")
     parser.add_argument("--smoke", action="store_true",
                         help="1 s runs, no naive proxies, a 500/day quota (~20 s; `make test`): fails on errors and on "
-                             "the quota's exactness only (the timing-dependent bars are reported, not enforced)")
+                             "the quota's exactness only (refusals under a limit are reported, not enforced)")
     parser.add_argument("--quota-tail", type=float, default=3.0,
                         help="the quota flood stops once a 429 came and no 200 for this long (default 3 s); "
                              "a 429 with 200s after it was refused too early")
@@ -270,7 +270,9 @@ async def main() -> int:
     bench = Bench(args)
     results: list[dict] = []
     failures: list[str] = []  # errors, and the quota's exactness: always fail the run
-    timing: list[str] = []  # the bars a starved machine can miss (late sends bunch up): fail it unless --smoke
+    # Refusals under a limit (the sharing of budget between processes; late sends on a starved machine
+    # also bunch up) and windows over the bar: fail the run unless --smoke.
+    timing: list[str] = []
     try:
         bench.start([] if args.smoke else rates)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -375,13 +377,14 @@ async def main() -> int:
             codes = row["refusal_codes"]
             late = row["ok_after_first_refusal"] = quota_answers[0].ok_after_quota_refusal
             early = row["refused_before_exhausted"] = quota_answers[0].refused_before_last_ok
-            exhausted = row["admitted"] == args.quota and set(codes) == {"quota_exceeded"} and not early
+            exhausted = row["admitted"] == args.quota and set(codes) == {"quota_exceeded"}
             print(f"  quota: {row['admitted']:,} reached the upstream (exactly {args.quota:,}: "
                   f"{'yes' if row['admitted'] == args.quota else 'NO'}), then {row['refused']:,} refusals {codes}; "
                   f"{early:,} of them refused too early (a 200 came after them; {late:,} admitted after the first)")
             if not exhausted:
-                failures.append(f"quota: {row['admitted']} admitted (want {args.quota}), refusals {codes}, "
-                                f"{early} refused before it was exhausted")
+                failures.append(f"quota: {row['admitted']} admitted (want {args.quota}), refusals {codes}")
+            if early:
+                timing.append(f"quota: {early} refused before it was exhausted")
         await bench.store.redis.aclose()
     finally:
         bench.close()
