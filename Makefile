@@ -9,13 +9,15 @@ run: $(STAMP)
 	@scripts/install-system-deps.sh
 	$(VENV)/bin/gateway dev
 
-# Lint, then the wheel on every Python found, the benchmark's smoke run, and the suite last
+# Lint, then the wheel on every Python found, the benchmarks' smoke runs (bench/run.py, and bench/ratelimit.py:
+# 3 gateway processes, ~20 s, fails if a quota admits other than exactly its limit), and the suite last
 # (its closing line is the run's summary).
 test: $(STAMP)
 	@scripts/install-system-deps.sh test
 	$(VENV)/bin/ruff check .
 	$(PY) tests/install/run.py
 	$(PY) bench/run.py --smoke --output artifacts/bench-smoke.json
+	$(PY) bench/ratelimit.py --smoke --output artifacts/bench-ratelimit-smoke.json
 	$(PY) -m pytest -q --durations=15
 
 lint: $(STAMP)

@@ -131,6 +131,11 @@ def rate_headers(st: GatewayState, limited: LimitedKey | None) -> dict[str, str]
     return limited.headers(st.limits.now_ms())
 
 
+def rate_header_bytes(st: GatewayState, limited: LimitedKey) -> bytes:
+    """``rate_headers`` as the response head's lines (one CRLF-ended line each), for the proxy."""
+    return limited.rate_lines.render(limited.limiter.leases, st.limits.now_ms())  # (Entry.header_bytes)
+
+
 async def authenticate(st: GatewayState, headers: list[tuple[str, str]], peer: str, credential: str,
                        entry: dict) -> KeyRecord:
     """The failed-auth throttle, then verification; each failure counts against the client address.

@@ -14,7 +14,7 @@ from typing import Annotated, NamedTuple, Sequence
 import msgspec
 from msgspec import Meta
 
-from gateway.ratelimit import FaultPolicy, Limit, policy_header, ratelimit_header, seconds_until, window_bounds
+from gateway.ratelimit import MONTH, FaultPolicy, Limit, policy_header, ratelimit_header, seconds_until, window_bounds
 
 ADMITTED, NEEDS_LEASE, REFUSED = "admitted", "needs_lease", "refused"
 
@@ -85,7 +85,8 @@ class RateMeter:
             self.second, self.count = second, 0
 
     def add(self, cost: int, now: int) -> None:
-        self._fold(now)
+        if now // 1000 != self.second:  # (a new second: fold; per request only this test)
+            self._fold(now)
         self.count += cost
         if self.last is not None:
             self.gap = self.alpha * max(0, now - self.last) / cost + (1 - self.alpha) * self.gap
@@ -281,16 +282,20 @@ class KeyLimiter:
         """ADMIT (every held budget spent by ``cost``), NEEDS_LEASE (lease ``wants``, ``grant``
         them, call again) or REFUSED (the longest wait of the refusing limits). Only an admit
         changes the counters."""
-        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
+        if cost.__class__ is not int or cost < 1:  # (one test: a bool's class is bool)
             raise ValueError(f"cost must be a positive integer, not {cost!r}")
         # The common case first, as check() would decide it: every lease is of the current window
-        # and holds enough (no list, no second pass: this runs on every request of a limited key).
-        for lease in self.leases:
+        # and holds enough (no list, no second pass, take() inlined: this runs on every request of
+        # a limited key).
+        leases = self.leases
+        for lease in leases:
             if lease.held < cost or not lease.start <= now < lease.end:
                 break
         else:
-            for lease in self.leases:
-                lease.take(cost, now)
+            for lease in leases:
+                lease.held -= cost
+                lease.admitted += cost
+                lease.last_admit = now
             self.meter.add(cost, now)
             return ADMIT
         states = [lease.check(cost, now) for lease in self.leases]
@@ -343,5 +348,53 @@ class KeyLimiter:
 
 
 def most_restrictive(leases: Sequence[Lease], now: int) -> Lease:
-    """The lease with the least remaining; of equals, the one that resets last."""
-    return min(leases, key=lambda lease: (lease.remaining(now), -lease.end))
+    """The lease with the least remaining; of equals, the one that resets last (of full ties the
+    first). A loop, not ``min(key=...)``: no tuple per lease on every answer of a limited key."""
+    return _tightest(leases, now)[0]
+
+
+def _tightest(leases: Sequence[Lease], now: int) -> tuple[Lease, int]:
+    """``most_restrictive`` and its remaining (``Lease.remaining`` inlined: every answer of a
+    limited key asks this)."""
+    best, least = None, 0
+    for lease in leases:
+        if not lease.start <= now < lease.end:
+            lease.roll(now)
+        held_elsewhere = lease.store_remaining
+        left = (max(0, lease.limit.limit - lease.admitted - lease.overdraft) if held_elsewhere is None
+                else held_elsewhere + lease.held)
+        if best is None or left < least or (left == least and lease.end > best.end):
+            best, least = lease, left
+    return best, least
+
+
+class RateHeaders:
+    """The ``RateLimit-Policy`` and ``RateLimit`` lines of one key's answers, as the bytes that go
+    into the response head (what ``KeyLimiter.headers`` says, without its dict and f-strings).
+
+    Built once per key and month: the policy line and each limit's ``RateLimit: "per-x";r=``
+    prefix; ``;t=N`` once per second; per answer only ``r`` is formatted (it changes with every
+    admit, so a whole line cannot be memoized)."""
+
+    __slots__ = ("limits", "has_month", "until", "prefixes", "t_lease", "t", "suffix")
+
+    def __init__(self, limits: Sequence[Limit]) -> None:
+        self.limits = tuple(limits)
+        self.has_month = any(limit.window == MONTH for limit in limits)
+        self.until = -1  # the prefixes hold until then (a month's w is that month's length)
+        self.prefixes: dict[str, bytes] = {}
+        self.t_lease: Lease | None = None
+        self.t = -1
+        self.suffix = b""
+
+    def render(self, leases: Sequence[Lease], now: int) -> bytes:
+        if now >= self.until:
+            head = b"RateLimit-Policy: " + policy_header(self.limits, now).encode() + b"\r\nRateLimit: "
+            self.prefixes = {limit.window: head + f'"{limit.policy_name}";r='.encode() for limit in self.limits}
+            self.until = window_bounds(MONTH, now)[1] if self.has_month else 2**62
+            self.t_lease = None
+        tight, remaining = _tightest(leases, now)
+        t = seconds_until(tight.end, now)
+        if t != self.t or tight is not self.t_lease:
+            self.t, self.t_lease, self.suffix = t, tight, b";t=%d\r\n" % t
+        return self.prefixes[tight.limit.window] + (b"%d" % remaining if remaining > 0 else b"0") + self.suffix

@@ -15,7 +15,7 @@ import time
 from typing import Callable, Sequence
 
 from gateway import errors
-from gateway.leases import ADMIT, NEEDS_LEASE, REFUSED, Decision, KeyLimiter, Want, most_restrictive
+from gateway.leases import ADMIT, NEEDS_LEASE, REFUSED, Decision, KeyLimiter, RateHeaders, Want, most_restrictive
 from gateway.plans import NO_LIMITS, LimitsConfig, describe
 from gateway.ratelimit import MONTH, Limit, policy_header, ratelimit_header, window_bounds
 from gateway.store import Unavailable
@@ -40,10 +40,16 @@ class LimiterStats:
 
     def __init__(self) -> None:
         self.admitted = {RATE: 0, QUOTA: 0}
+        self.fast_admits = [0, 0, 0]  # admitted by the hot path, by Entry.kinds_index (folded in at scrape time)
         self.refused: dict[tuple[str, str], int] = {}  # (kind, code) -> count
         self.leases = self.leased_units = self.returns = self.returned_units = 0
         self.reclaims_sent = self.reclaims_received = 0
         self.commands = {"lease": 0, "return": 0, "publish": 0}
+
+    def admitted_total(self) -> dict[str, int]:
+        """``admitted`` with the hot path's counts folded in (what the metric shows)."""
+        rate_only, quota_only, both = self.fast_admits
+        return {RATE: self.admitted[RATE] + rate_only + both, QUOTA: self.admitted[QUOTA] + quota_only + both}
 
     def refuse(self, limit: Limit, code: str) -> None:
         key = (QUOTA if limit.is_quota else RATE, code)
@@ -54,7 +60,8 @@ class Entry:
     """One key's limiter on this node, memoized by the record it was built from."""
 
     __slots__ = ("key_id", "record", "limits", "limiter", "by_window", "kinds", "flight", "woken",
-                 "reclaimed", "last_seen", "waiting", "policy", "policy_until", "fault_until")
+                 "reclaimed", "last_seen", "waiting", "policy", "policy_until", "fault_until", "rate_lines",
+                 "kinds_index")
 
     def __init__(self, key_id: str, record, limits: tuple[Limit, ...], now: int) -> None:
         self.key_id = key_id
@@ -63,6 +70,7 @@ class Entry:
         self.limiter = KeyLimiter(limits, now) if limits else None
         self.by_window = {limit.window: limit for limit in limits}
         self.kinds = tuple(k for k in (RATE, QUOTA) if any((lim.is_quota) == (k == QUOTA) for lim in limits))
+        self.kinds_index = {(RATE,): 0, (QUOTA,): 1}.get(self.kinds, 2)  # LimiterStats.fast_admits
         self.flight: asyncio.Future | None = None  # the lease in flight
         self.woken: asyncio.Event | None = None  # set when another node returned budget of this key
         self.reclaimed: dict[str, tuple[int, int]] = {}  # window -> (start, when) of the last reclaim sent
@@ -71,6 +79,11 @@ class Entry:
         self.policy = ""  # RateLimit-Policy, the same until a month ends (its w is the month's length)
         self.policy_until = -1
         self.fault_until = 0.0  # monotonic: this key's leases fail fast until then (the policy answers)
+        self.rate_lines = RateHeaders(limits)  # the same headers as bytes, for the proxy's answers
+
+    def header_bytes(self, now: int) -> bytes:
+        """``headers(now)`` as the response head's lines (the proxy's hot path: memoized parts)."""
+        return self.rate_lines.render(self.limiter.leases, now)
 
     def headers(self, now: int) -> dict[str, str]:
         """RateLimit-Policy and RateLimit of an answer (``KeyLimiter.headers``, the policy
@@ -155,8 +168,7 @@ class Limiter:
         """The synchronous decision (no I/O); NEEDS_LEASE and REFUSED go to ``settle``."""
         decision = entry.limiter.admit(cost, now)
         if decision is ADMIT:
-            for kind in entry.kinds:
-                self.stats.admitted[kind] += 1
+            self.stats.fast_admits[entry.kinds_index] += 1  # (one list slot, not a dict entry per kind)
             entry.last_seen = now
         return decision
 

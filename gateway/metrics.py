@@ -144,7 +144,7 @@ class LimiterCollector:
         s = self.limits.stats
         admitted = CounterMetricFamily("gateway_limit_admitted", "Requests of limited keys admitted, by limit kind "
                                        "(a key with rate windows and a quota counts in both)", labels=["kind"])
-        for kind, n in sorted(s.admitted.items()):
+        for kind, n in sorted(s.admitted_total().items()):
             admitted.add_metric([kind], n)
         yield admitted
         refused = CounterMetricFamily("gateway_limit_refused", "Requests refused by a key's limit, by limit kind and "

@@ -12,7 +12,7 @@ from typing import AsyncIterator
 
 from gateway import errors
 from gateway.clientaddr import is_trusted_peer
-from gateway.decision import GatewayState, decide, rate_headers
+from gateway.decision import GatewayState, decide, rate_header_bytes, rate_headers
 from gateway.envelope import request_handler
 from gateway.httpserver import BodyError, HttpConnection, HttpRequest, RequestBody
 from gateway.headers import ClientInfo, upstream_request_headers, upstream_response_headers
@@ -40,7 +40,7 @@ async def _pipeline(st: GatewayState, req: HttpRequest, conn: HttpConnection, re
     if limited is None:
         return await forward(st, req, conn, target, headers, request_id)
     try:
-        return await forward(st, req, conn, target, headers, request_id, limited=rate_headers(st, limited))
+        return await forward(st, req, conn, target, headers, request_id, limited=rate_header_bytes(st, limited))
     except errors.ApiError as err:  # (a 502, 504 or 413 after the limiter: its headers too)
         err.more_headers = rate_headers(st, limited)
         raise
@@ -50,6 +50,7 @@ async def _pipeline(st: GatewayState, req: HttpRequest, conn: HttpConnection, re
 # copies are dropped, so a backend cannot tell the client another budget. An unlimited key's
 # answer passes the backend's own (its limits, not ours).
 _RATE_HEADERS = (b"ratelimit", b"ratelimit-policy")
+_RATE_LENGTHS = (9, 16)  # their lengths: most names are told apart without lower()
 
 
 # handle(st, req, conn): the whole per-request pipeline of the gateway; refusals get the JSON envelope.
@@ -82,11 +83,11 @@ async def _body_chunks(body: RequestBody, limit: int, state: dict) -> AsyncItera
 
 async def forward(st: GatewayState, req: HttpRequest, conn: HttpConnection, target: Target,
                   headers: list[tuple[str, str]], request_id: str,
-                  limited: dict[str, str] | None = None) -> tuple[int, str]:
+                  limited: bytes | None = None) -> tuple[int, str]:
     """Stream the request to the upstream and its response back, with limits and timeouts.
 
-    ``limited``: a limited key's RateLimit headers, which replace the upstream's. Returns the
-    status answered and the access log's outcome.
+    ``limited``: a limited key's RateLimit header lines (``rate_header_bytes``), which replace
+    the upstream's. Returns the status answered and the access log's outcome.
     """
     limit = st.settings.max_body_bytes
     if req.content_length is not None and req.content_length > limit:
@@ -119,12 +120,12 @@ async def forward(st: GatewayState, req: HttpRequest, conn: HttpConnection, targ
     for name, value in upstream_response_headers(upstream.raw_headers, request_id=request_id):
         if len(name) == 14 and name.lower() == b"content-length":
             length = int(value)  # httptools accepted it: digits only
-        elif limited is not None and name.lower() in _RATE_HEADERS:
+        elif limited is not None and len(name) in _RATE_LENGTHS and name.lower() in _RATE_HEADERS:
             continue
         else:
             lines.append(name + b": " + value + b"\r\n")
     if limited is not None:
-        lines += [f"{name}: {value}\r\n".encode() for name, value in limited.items()]
+        lines.append(limited)
     response_headers = b"".join(lines)
     body_now = upstream.complete_body if req.method != "HEAD" else None
     if body_now is not None:  # the whole (small) reply is in already: one write

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.leases import ADMIT, ADMITTED, NEEDS_LEASE, REFUSED, KeyLimiter, Lease, RateMeter, Sizing, Want
+from gateway.leases import (ADMIT, ADMITTED, NEEDS_LEASE, REFUSED, KeyLimiter, Lease, RateHeaders, RateMeter, Sizing,
+                            Want, most_restrictive)
 from gateway.ratelimit import (MAX_LIMIT, WINDOWS, FaultPolicy, Limit, narrower, policy_header, seconds_until,
                                window_bounds)
 
@@ -370,6 +371,37 @@ def test_a_refusal_shows_the_refusing_limit_so_retry_after_ends_its_window():
     assert headers["RateLimit"] == '"per-minute";r=5;t=60' and headers["Retry-After"] == "60"
 
 
+def as_lines(headers: dict[str, str]) -> bytes:
+    return b"".join(f"{name}: {value}\r\n".encode() for name, value in headers.items())
+
+
+def test_the_proxys_header_bytes_are_the_headers_and_follow_each_admit_second_and_month():
+    key = limiter(("minute", 100), ("month", 10_000), now=ms(2026, 2, 28, 23, 59))
+    lines = RateHeaders([lease.limit for lease in key.leases])
+    now = ms(2026, 2, 28, 23, 59, 1)
+    key.grant("minute", ms(2026, 2, 28, 23, 59), 10, 50, now)
+    key.grant("month", ms(2026, 2, 1), 10, 9_000, now)
+    assert lines.render(key.leases, now) == as_lines(key.headers(now)) == (
+        b'RateLimit-Policy: "per-minute";q=100;w=60, "per-month";q=10000;w=2419200\r\n'
+        b'RateLimit: "per-minute";r=60;t=59\r\n')
+    assert key.admit(1, now) is ADMIT  # r follows every admit (the memoized parts do not hide it)
+    assert lines.render(key.leases, now) == as_lines(key.headers(now)) and b"r=59;t=59" in lines.render(key.leases, now)
+    now += 1_000  # t follows the clock
+    assert lines.render(key.leases, now) == as_lines(key.headers(now)) and b"r=59;t=58" in lines.render(key.leases, now)
+    now = ms(2026, 3, 1, 0, 0, 30)  # a new month: its w is March's 31 days, and a new minute's whole limit
+    assert lines.render(key.leases, now) == as_lines(key.headers(now))
+    assert b"w=2678400" in lines.render(key.leases, now) and b'"per-minute";r=100;t=30' in lines.render(key.leases, now)
+
+
+def test_the_most_restrictive_lease_is_the_least_remaining_then_the_last_to_reset_then_the_first():
+    key = limiter(("second", 5), ("minute", 5), ("hour", 5))
+    assert most_restrictive(key.leases, 100).limit.window == "hour"  # equal r: the one resetting last
+    key.grant("minute", 0, 1, 1, 100)  # the minute: 2 left
+    assert most_restrictive(key.leases, 100).limit.window == "minute"
+    twins = KeyLimiter([Limit("day", 3), Limit("month", 3)], ms(2026, 1, 31))  # the day ends with the month
+    assert most_restrictive(twins.leases, ms(2026, 1, 31)).limit.window == "day"
+
+
 def test_an_untouched_key_shows_its_whole_limit():
     key = limiter(("second", 10))
     assert key.headers(250) == {"RateLimit-Policy": '"per-second";q=10;w=1', "RateLimit": '"per-second";r=10;t=1'}
@@ -398,6 +430,7 @@ def snapshot(key: KeyLimiter):
 @given(limits_st, steps_st, st.integers(0, ms(2030, 1, 1)))
 def test_admitted_never_exceeds_granted_and_refusals_change_nothing(limits, steps, start):
     key = KeyLimiter([Limit(w, n) for w, n in limits], start)
+    lines = RateHeaders([Limit(w, n) for w, n in limits])
     store: dict = {}
     now = start
     for action, cost, dt_ms in steps:
@@ -431,6 +464,7 @@ def test_admitted_never_exceeds_granted_and_refusals_change_nothing(limits, step
             assert lease.granted - lease.returned == granted_total  # this node is the store's only client
             assert lease.admitted <= lease.limit.limit  # never over the limit without a fault
             assert lease.limit.is_quota is False or lease.overdraft == 0  # quotas fail closed
+        assert lines.render(key.leases, now) == as_lines(key.headers(now))  # the proxy's bytes: the same headers
         well_formed_list(key.headers(now)["RateLimit-Policy"], ("q", "w"))
         [item] = well_formed_list(key.headers(now)["RateLimit"], ("r", "t"))
         assert 0 <= item["r"] <= max(l.limit.limit for l in key.leases) and item["t"] >= 0
