@@ -27,7 +27,7 @@ MAX_KEYS = 65536  # KeyLimiters one process keeps; the least recently used are d
 EVICT_AFTER_MS = 150_000  # a key holding no budget and unused this long is dropped (> Sizing.max_idle_ms)
 FAULT_BACKOFF = 1.0  # seconds after a key's lease failed (Redis down) in which no other lease of it is tried
 MAX_PENDING = 65536  # returns kept for the next tick (dropped entries' budget, returns deferred by a fault)
-RECLAIM_WAIT = 0.05  # seconds a short request waits for other nodes to return budget
+RECLAIM_WAIT = 0.15  # seconds a short request waits at most for other nodes to return budget (woken by the first)
 ROUNDS = 8  # lease-then-admit rounds of one request before it is refused
 RETURN_EVERY = 1.0  # seconds between returns of idle budget
 SHUTDOWN_RETURN_DEADLINE = 2.0  # seconds
@@ -277,7 +277,9 @@ class Limiter:
 
     async def _reclaim(self, entry: Entry, want: Want, now: int) -> None:
         """The store had too little left: ask the other nodes for what they hold of this key (at
-        most once a recheck period per window), then wait briefly for their returns."""
+        most once a recheck period per window, counted from the end of the last wait: one wait
+        per request, and again in the same window once that passed), then wait for their returns
+        (woken by the first, at most RECLAIM_WAIT)."""
         last = entry.reclaimed.get(want.window)
         if last is not None and last[0] == want.start and now - last[1] < entry.limiter.sizing.recheck_ms:
             return
@@ -291,6 +293,7 @@ class Limiter:
             entry.woken = None
             return
         await self._wait_returns(entry)
+        entry.reclaimed[want.window] = (want.start, self.now_ms())
 
     async def _wait_returns(self, entry: Entry) -> None:
         woken = entry.woken
