@@ -48,11 +48,14 @@ class Sizing(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     idle_ms: Annotated[int, Meta(description="no admit for this long (or 4 usual gaps): return the whole lease (ms)")] = 5_000
     max_idle_ms: Annotated[int, Meta(description="...but at most this long, however sparse the key (ms)")] = 120_000
     min_return_ms: Annotated[int, Meta(description="budget of a window ending sooner is never returned (ms)")] = 1_000
-    recheck_ms: Annotated[int, Meta(description="after the store had too little, refuse without asking (ms)")] = 1_000
+    recheck_ms: Annotated[int, Meta(description="after the store had too little, refuse without asking (ms)")] = 100
+    contended_ms: Annotated[int, Meta(description="once the node expects to use all the store has left, a lease covers only this much of its traffic (ms)")] = 150
 
     def __post_init__(self) -> None:
-        if min(self.horizon_ms, self.share, self.idle_ms, self.max_idle_ms, self.recheck_ms) <= 0 or self.headroom < 1:
-            raise ValueError("horizon_ms, share, idle_ms, max_idle_ms and recheck_ms must be positive and headroom >= 1")
+        if min(self.horizon_ms, self.share, self.idle_ms, self.max_idle_ms, self.recheck_ms, self.contended_ms) <= 0 \
+                or self.headroom < 1:
+            raise ValueError("horizon_ms, share, idle_ms, max_idle_ms, recheck_ms and contended_ms must be positive"
+                             " and headroom >= 1")
 
 
 DEFAULT_SIZING = Sizing()
@@ -183,14 +186,17 @@ class Lease:
         """The lease to ask for: the node's expected use over the horizon (at most the rest of
         the window) with headroom; the headroom only out of a fair share of what the store has
         left (a spiking node leaves budget for the others); once the node expects to use all that
-        is left, only the fair share (the other nodes may need the rest: contended budget is
-        split, and split again, rather than taken whole by the first node to ask); at least what
-        ``cost`` lacks."""
+        is left (contended), only ``contended_ms`` of its traffic, at most the fair share: the
+        budget stays in the store, where any node takes it as it needs it, rather than held
+        unspent by the first node to ask while another refuses; at least what ``cost`` lacks."""
         short = max(0, cost - self.held)
         left = self.limit.limit if self.store_remaining is None else self.store_remaining
         fair = -(-left // sizing.share)
         bare = self.expected(now, rate, sizing, headroom=1.0)
-        amount = min(self.expected(now, rate, sizing), fair if bare >= left else max(fair, bare), left)
+        if bare >= left:
+            amount = min(fair, math.ceil(rate * sizing.contended_ms / 1000))
+        else:
+            amount = min(self.expected(now, rate, sizing), max(fair, bare), left)
         return Want(self.limit.window, self.start, max(amount, short))
 
     def expected(self, now: int, rate: float, sizing: Sizing = DEFAULT_SIZING, headroom: float | None = None) -> int:
@@ -235,6 +241,7 @@ class Lease:
                 return None
         self.held -= amount
         self.returned += amount
+        self.recheck_at = -1  # the store has this back: the next shortfall asks it, not refuses
         return Want(self.limit.window, self.start, amount)
 
     def restore(self, start: int, amount: int, now: int) -> bool:

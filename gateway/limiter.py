@@ -27,7 +27,8 @@ MAX_KEYS = 65536  # KeyLimiters one process keeps; the least recently used are d
 EVICT_AFTER_MS = 150_000  # a key holding no budget and unused this long is dropped (> Sizing.max_idle_ms)
 FAULT_BACKOFF = 1.0  # seconds after a key's lease failed (Redis down) in which no other lease of it is tried
 MAX_PENDING = 65536  # returns kept for the next tick (dropped entries' budget, returns deferred by a fault)
-RECLAIM_WAIT = 0.05  # seconds a short request waits for other nodes to return budget
+RECLAIM_WAIT = 0.15  # seconds a short request waits at most for other nodes to return budget (woken by the first)
+FRUITLESS_WAIT = 0.03  # ...after the key's last reclaim brought nothing back (a flood: nobody holds any)
 ROUNDS = 8  # lease-then-admit rounds of one request before it is refused
 RETURN_EVERY = 1.0  # seconds between returns of idle budget
 SHUTDOWN_RETURN_DEADLINE = 2.0  # seconds
@@ -61,7 +62,7 @@ class Entry:
 
     __slots__ = ("key_id", "record", "limits", "limiter", "by_window", "kinds", "flight", "woken",
                  "reclaimed", "last_seen", "waiting", "policy", "policy_until", "fault_until", "rate_lines",
-                 "kinds_index")
+                 "kinds_index", "fruitless")
 
     def __init__(self, key_id: str, record, limits: tuple[Limit, ...], now: int) -> None:
         self.key_id = key_id
@@ -73,6 +74,7 @@ class Entry:
         self.kinds_index = {(RATE,): 0, (QUOTA,): 1}.get(self.kinds, 2)  # LimiterStats.fast_admits
         self.flight: asyncio.Future | None = None  # the lease in flight
         self.woken: asyncio.Event | None = None  # set when another node returned budget of this key
+        self.fruitless = False  # the last reclaim's wait ended with no return
         self.reclaimed: dict[str, tuple[int, int]] = {}  # window -> (start, when) of the last reclaim sent
         self.last_seen = now
         self.waiting = 0  # requests of this key in ``Limiter.settle`` now
@@ -277,7 +279,9 @@ class Limiter:
 
     async def _reclaim(self, entry: Entry, want: Want, now: int) -> None:
         """The store had too little left: ask the other nodes for what they hold of this key (at
-        most once a recheck period per window), then wait briefly for their returns."""
+        most once a recheck period per window, counted from the end of the last wait: one wait
+        per request, and again in the same window once that passed), then wait for their returns
+        (woken by the first, at most RECLAIM_WAIT)."""
         last = entry.reclaimed.get(want.window)
         if last is not None and last[0] == want.start and now - last[1] < entry.limiter.sizing.recheck_ms:
             return
@@ -291,15 +295,17 @@ class Limiter:
             entry.woken = None
             return
         await self._wait_returns(entry)
+        entry.reclaimed[want.window] = (want.start, self.now_ms())
 
     async def _wait_returns(self, entry: Entry) -> None:
         woken = entry.woken
         if woken is None:
             return
         try:
-            await asyncio.wait_for(woken.wait(), RECLAIM_WAIT)
+            await asyncio.wait_for(woken.wait(), FRUITLESS_WAIT if entry.fruitless else RECLAIM_WAIT)
         except asyncio.TimeoutError:
             pass
+        entry.fruitless = not woken.is_set()
         if entry.woken is woken:
             entry.woken = None
 

@@ -97,7 +97,7 @@ def test_a_key_has_one_limit_per_window():
         KeyLimiter([Limit("minute", 5), Limit("minute", 6)], 0)
 
 
-@pytest.mark.parametrize("kwargs", [{"share": 0}, {"headroom": 0.5}, {"recheck_ms": 0}, {"idle_ms": -1}])
+@pytest.mark.parametrize("kwargs", [{"share": 0}, {"headroom": 0.5}, {"recheck_ms": 0}, {"idle_ms": -1}, {"contended_ms": 0}])
 def test_bad_sizing_is_refused(kwargs):
     with pytest.raises(ValueError):
         Sizing(**kwargs)
@@ -132,12 +132,28 @@ def test_refused_when_the_store_had_too_little_until_the_window_resets():
 def test_after_the_recheck_time_the_store_is_asked_again():
     lease = Lease(Limit("day", 10), 0)
     lease.grant(0, 0, 0, 1_000)
-    assert lease.admit(1, 1_500).outcome == REFUSED
-    assert lease.admit(1, 2_000).outcome == NEEDS_LEASE  # another node may have returned budget
+    assert lease.admit(1, 1_050).outcome == REFUSED
+    assert lease.admit(1, 1_100).outcome == NEEDS_LEASE  # another node may have returned budget (100 ms)
     lease.grant(0, 0, 0, 2_000)
     assert lease.admit(1, 2_001).outcome == REFUSED
     lease.allow_recheck()  # a reclaim was answered
     assert lease.admit(1, 2_002).outcome == NEEDS_LEASE
+
+
+def test_a_node_that_returned_budget_asks_the_store_again_at_once():
+    lease = Lease(Limit("minute", 10), 0)
+    lease.grant(0, 10, 0, 0, Sizing(recheck_ms=60_000))
+    assert lease.release(10, everything=True) == Want("minute", 0, 10)  # a reclaim took it all back
+    assert lease.admit(1, 20).outcome == NEEDS_LEASE  # not refused on the store's stale 0
+
+
+def test_a_contended_lease_covers_a_short_horizon_only():
+    lease = Lease(Limit("second", 1_000), 0)
+    lease.grant(0, 0, 300, 0)
+    assert lease.want(1, 0, 400.0).amount == 60  # 400/s expects 400 > 300 left: 150 ms of it
+    assert lease.want(1, 0, 400.0, Sizing(contended_ms=50)).amount == 20
+    lease.grant(0, 0, 3, 0)
+    assert lease.want(5, 0, 10.0).amount == 5  # at least the cost
 
 
 def test_a_request_costing_more_than_the_limit_is_refused_without_a_lease():
@@ -164,8 +180,8 @@ def test_a_big_request_asks_for_what_it_lacks():
     (100.0, None, 0, 6_000),  # 100/s for the 60 s left; the headroom (7,500) only out of half the limit
     (100.0, 20_000, 0, 7_500),  # half what is left covers the headroom: 1.25 * 100/s * 60 s
     (100.0, 7_000, 0, 6_000),  # it does not: the bare expected use
-    (100.0, 1_000, 0, 500),  # less left than it expects to use: half (other nodes may need the rest)
-    (100.0, 10, 0, 5),  # ... and half again
+    (100.0, 1_000, 0, 15),  # less left than it expects to use: 150 ms of its traffic (the rest stays in the store)
+    (100.0, 10, 0, 5),  # ... at most half (other nodes may need the rest)
     (100.0, 100_000, 59_000, 125),  # 1 s left in the window
     (100.0, 0, 0, 1),  # at least the cost
 ])
@@ -273,7 +289,7 @@ def test_a_request_passes_every_limit_or_changes_nothing():
     assert [serve(key, 1, 0, store) for _ in range(4)] == [ADMITTED] * 3 + [REFUSED]
     second, day = key.lease("second"), key.lease("day")
     assert second.admitted == 3 and day.admitted == 3  # the refused 4th spent neither
-    refused = key.admit(1, 500)
+    refused = key.admit(1, 50)  # (within the recheck time: refused without asking)
     assert refused.code == "quota_exceeded" and refused.window == "day" and refused.retry_after == 86_400
 
 
@@ -281,7 +297,7 @@ def test_the_longest_wait_names_the_refusal():
     key = limiter(("minute", 2), ("day", 2))
     store: dict = {}
     assert [serve(key, 1, 0, store) for _ in range(3)] == [ADMITTED, ADMITTED, REFUSED]
-    assert key.admit(1, 500).window == "day"
+    assert key.admit(1, 50).window == "day"
 
 
 def test_a_refused_request_asks_the_store_for_nothing():
@@ -361,13 +377,13 @@ def test_a_refusal_shows_the_refusing_limit_so_retry_after_ends_its_window():
     key = limiter(("minute", 100), ("day", 1_000))
     key.grant("minute", 0, 5, 0, 0)  # 5 units left this minute, all held here
     key.grant("day", 0, 1, 2, 0)  # 3 left today: the day is the tighter limit
-    assert key.headers(500)["RateLimit"] == '"per-day";r=3;t=86400'
-    refused = key.admit(6, 500)  # both lack: the day waits longest
-    assert refused.window == "day" and key.headers(500, refused)["Retry-After"] == "86400"
+    assert key.headers(50)["RateLimit"] == '"per-day";r=3;t=86400'
+    refused = key.admit(6, 50)  # both lack: the day waits longest
+    assert refused.window == "day" and key.headers(50, refused)["Retry-After"] == "86400"
     key.grant("day", 0, 2, 998, 0)  # another node returned budget: now only the minute refuses
-    refused = key.admit(6, 500)
+    refused = key.admit(6, 50)
     assert refused.window == "minute" and refused.retry_after == 60
-    headers = key.headers(500, refused)
+    headers = key.headers(50, refused)
     assert headers["RateLimit"] == '"per-minute";r=5;t=60' and headers["Retry-After"] == "60"
 
 
