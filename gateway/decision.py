@@ -110,9 +110,9 @@ async def decide(st: GatewayState, method: str, raw_target: str, headers: list[t
     # (a few per second per key at most) goes to Redis.
     limited = None
     if st.limits is not None:
-        now = st.limits.now_ms()  # Redis's clock (gateway.limiter)
-        limited = st.limits.entry(record, now)
+        limited = st.limits.entry(record)
         if limited is not None:
+            now = st.limits.now_ms()  # Redis's clock (gateway.limiter)
             # A body declared too large is refused before it spends the key's budget (the
             # proxy's content_length; a chunked body found too large later has spent it).
             if content_length is not None and content_length > st.settings.max_body_bytes:

@@ -144,15 +144,18 @@ class Limiter:
         self.offset_ms = offset
 
     # -- the hot path ---------------------------------------------------------------------
-    def entry(self, record, now: int) -> Entry | None:
+    def entry(self, record, now: int | None = None) -> Entry | None:
         """The key's entry when it is limited (None: unlimited). Free when the record is the
-        one the entry was built from (the verdict cache hands out the same object)."""
+        one the entry was built from (the verdict cache hands out the same object), and for an
+        unlimited key without a default (the clock is read only when an entry is built)."""
         found = self.entries.get(record.id)
         if found is not None and found.record is record:
             return found if found.limiter is not None else None
         own = record.limits
         if own is None and not self._any_default and found is None:
             return None
+        if now is None:
+            now = self.now_ms()
         limits = self.config.effective(own)
         if found is not None:
             if found.limits == limits:

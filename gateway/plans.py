@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping, NoReturn, Sequence
 
 from gateway.ratelimit import CLOSED, MAX_LIMIT, OPEN, WINDOWS, FaultPolicy, Limit
-from gateway.yaml_lines import YamlError, compose
+from gateway.yaml_lines import FileError, YamlError, compose
 
 TOP_FIELDS = ("default", "plans", "max", "faults")
 PLAN_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
@@ -32,17 +32,8 @@ MAX_LIMITS = len(WINDOWS)  # one limit per window
 _ORDER = {window: i for i, window in enumerate(WINDOWS)}
 
 
-class LimitsError(Exception):
+class LimitsError(FileError):
     """A limits file or flag that cannot be used; ``str()`` reads ``file:line: field: message``."""
-
-    def __init__(self, file: str, line: int | None, field: str, message: str) -> None:
-        super().__init__(file, line, field, message)
-        self.file, self.line, self.field, self.message = file, line, field, message
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        parts = [part for part in (where, self.field, self.message) if part]
-        return ": ".join(parts)
 
 
 def ordered(limits: Iterable[Limit]) -> tuple[Limit, ...]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, NoReturn
 
-from gateway.yaml_lines import YamlError, compose
+from gateway.yaml_lines import FileError, YamlError, compose
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 TOP_FIELDS = ("permissions", "routes")
@@ -25,16 +25,8 @@ LITERAL, PARAM, CATCHALL = 0, 1, 2  # segment kinds, in precedence order
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
-class ScopesError(Exception):
+class ScopesError(FileError):
     """A scopes file that cannot be used; ``str()`` reads ``file:line: field: message``."""
-
-    def __init__(self, file: str, line: int | None, field: str, message: str) -> None:
-        super().__init__(file, line, field, message)
-        self.file, self.line, self.field, self.message = file, line, field, message
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
 
 
 @dataclass(frozen=True, slots=True)

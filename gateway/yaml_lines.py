@@ -1,6 +1,7 @@
 """Read YAML into plain Python values while remembering the line of every field.
 
-Used by gateway.scopes so that load errors can say ``file:line: field: message``.
+Used by gateway.scopes and gateway.plans so that load errors can say ``file:line: field: message``
+(``FileError``, the base of both modules' errors).
 """
 
 from __future__ import annotations
@@ -28,6 +29,19 @@ class _Loader(yaml.SafeLoader):
             mark = self.peek_event().start_mark
             raise _Refused(problem="YAML aliases (*name) are not supported", problem_mark=mark)
         return super().compose_node(parent, index)
+
+
+class FileError(Exception):
+    """A file (or flag) that cannot be used; ``str()`` reads ``file:line: field: message``, the
+    parts that are unknown left out."""
+
+    def __init__(self, file: str, line: int | None, field: str, message: str) -> None:
+        super().__init__(file, line, field, message)
+        self.file, self.line, self.field, self.message = file, line, field, message
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return ": ".join(part for part in (where, self.field, self.message) if part)
 
 
 class YamlError(Exception):
