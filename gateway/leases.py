@@ -21,11 +21,16 @@ ADMITTED, NEEDS_LEASE, REFUSED = "admitted", "needs_lease", "refused"
 # --- decisions and sizing --------------------------------------------------------------------
 
 class Want(NamedTuple):
-    """A lease to ask the store for: ``amount`` units of ``window`` starting at ``start``."""
+    """A lease to ask the store for: ``amount`` units of ``window`` starting at ``start``
+    (also what goes back to it). ``rate``: this node's use of the key, milli-units a second,
+    which the store keeps so that every node's lease is sized by its share of the key's whole
+    traffic (0: none known yet); ``stale_ms``: how long the store counts that rate."""
 
     window: str
     start: int
     amount: int
+    rate: int = 0
+    stale_ms: int = 0
 
 
 class Decision(NamedTuple):
@@ -120,10 +125,15 @@ class Lease:
     """
 
     __slots__ = ("limit", "start", "end", "granted", "held", "admitted", "returned", "overdraft",
-                 "store_remaining", "recheck_at", "last_admit")
+                 "store_remaining", "recheck_at", "last_admit", "rates", "rate_sent")
 
     def __init__(self, limit: Limit, now: int) -> None:
         self.limit = limit
+        # The key's traffic on every node (milli-units a second, as the store last summed the
+        # rates nodes sent with their leases; None: not known yet) and this node's part of that
+        # sum: kept across windows (a rate outlives a window).
+        self.rates: int | None = None
+        self.rate_sent = 0
         self._new_window(now)
 
     def _new_window(self, now: int) -> None:
@@ -188,16 +198,35 @@ class Lease:
         left (a spiking node leaves budget for the others); once the node expects to use all that
         is left (contended), only ``contended_ms`` of its traffic, at most the fair share: the
         budget stays in the store, where any node takes it as it needs it, rather than held
-        unspent by the first node to ask while another refuses; at least what ``cost`` lacks."""
+        unspent by the first node to ask while another refuses; and, once the store has told the
+        key's traffic on every node, at most this node's share of the window's limit (less what it
+        took already) unless that is less than ``contended_ms`` of its traffic: near the limit, the
+        nodes' first leases of a window add up to the limit and none runs short before the end;
+        at least what ``cost`` lacks."""
         short = max(0, cost - self.held)
         left = self.limit.limit if self.store_remaining is None else self.store_remaining
         fair = -(-left // sizing.share)
         bare = self.expected(now, rate, sizing, headroom=1.0)
+        contended = math.ceil(rate * sizing.contended_ms / 1000)
         if bare >= left:
-            amount = min(fair, math.ceil(rate * sizing.contended_ms / 1000))
+            amount = min(fair, contended)
         else:
             amount = min(self.expected(now, rate, sizing), max(fair, bare), left)
-        return Want(self.limit.window, self.start, max(amount, short))
+            cap = self.share(rate)
+            if cap is not None:
+                amount = min(amount, max(cap, contended))
+        return Want(self.limit.window, self.start, max(amount, short), math.ceil(rate * 1000),
+                    min(self.end - self.start, sizing.horizon_ms) + sizing.idle_ms)
+
+    def share(self, rate: float) -> int | None:
+        """What is left of this node's share of the window's limit: the limit times its part of
+        the key's traffic on every node (this node's part at ``rate`` now), less what it took in
+        this window; None while the store has not told the key's traffic."""
+        if self.rates is None or rate <= 0:
+            return None
+        mine = math.ceil(rate * 1000)
+        total = max(mine, self.rates - self.rate_sent + mine)
+        return self.limit.limit * mine // total - (self.granted - self.returned)
 
     def expected(self, now: int, rate: float, sizing: Sizing = DEFAULT_SIZING, headroom: float | None = None) -> int:
         """Units this node should use over the horizon (at most the rest of the window) at ``rate``,
@@ -205,9 +234,14 @@ class Lease:
         horizon = min(self.end - now, sizing.horizon_ms)
         return math.ceil(rate * (sizing.headroom if headroom is None else headroom) * horizon / 1000)
 
-    def grant(self, start: int, amount: int, store_remaining: int, now: int, sizing: Sizing = DEFAULT_SIZING) -> bool:
+    def grant(self, start: int, amount: int, store_remaining: int, now: int, sizing: Sizing = DEFAULT_SIZING,
+              rates: int | None = None, sent: int = 0) -> bool:
         """The store granted ``amount`` for the window at ``start`` and has ``store_remaining``
-        left. False (and nothing changes) for a window that is no longer current."""
+        left; ``rates``: the key's traffic on every node it summed (milli-units a second), with
+        ``sent`` this node's (the want's ``rate``). False (and nothing changes but ``rates``) for
+        a window that is no longer current."""
+        if rates is not None and rates >= 0:
+            self.rates, self.rate_sent = rates, sent
         self.roll(now)
         if start != self.start or amount < 0 or store_remaining < 0:
             return False
@@ -318,8 +352,9 @@ class KeyLimiter:
         self.meter.add(cost, now)
         return ADMIT
 
-    def grant(self, window: str, start: int, amount: int, store_remaining: int, now: int) -> bool:
-        return self.lease(window).grant(start, amount, store_remaining, now, self.sizing)
+    def grant(self, window: str, start: int, amount: int, store_remaining: int, now: int,
+              rates: int | None = None, sent: int = 0) -> bool:
+        return self.lease(window).grant(start, amount, store_remaining, now, self.sizing, rates, sent)
 
     def admit_on_fault(self, decision: Decision, cost: int, now: int, policy: FaultPolicy) -> bool:
         """The store could not answer ``decision``'s leases: admit (overdrawing) if the policy of

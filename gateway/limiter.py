@@ -270,7 +270,7 @@ class Limiter:
                 continue  # (the offset is now right: the caller's next round leases the current one)
             self.stats.leases += 1
             self.stats.leased_units += grant.amount
-            if not entry.limiter.grant(grant.window, grant.start, grant.amount, grant.left, now):
+            if not entry.limiter.grant(grant.window, grant.start, grant.amount, grant.left, now, grant.rates, want.rate):
                 if grant.amount:
                     self._defer(entry.key_id, [Want(grant.window, grant.start, grant.amount)])
                 continue

@@ -40,15 +40,20 @@ OUTAGE_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN"
 # twice (over-admission), a second LEASE would grant twice and lose the first grant. Every call
 # carries a nonce (KEYS[1], in the key's slot): a repeated call answers what the first did.
 #
-# LEASE. KEYS: the nonce, then the budget keys of one key's wanted windows (one slot: the {key_id}
-# hash tag). ARGV: check (1: refuse a window that does not hold Redis's clock), then per window
-# four values: the units wanted, the window's limit, its start and its end (ms).
+# LEASE. KEYS: the nonce, then per wanted window of one key its budget key and its rates hash (one
+# slot: the {key_id} hash tag). ARGV: check (1: refuse a window that does not hold Redis's clock),
+# this node's name, then per window six values: the units wanted, the window's limit, its start
+# and its end (ms), this node's rate of the key (milli-units a second, 0: none yet) and how long a
+# rate counts (ms).
 # SECURITY: the window is Redis's, not the node's: with ``check`` a want whose [start, end) does
 # not hold Redis's TIME is granted nothing (answered -1 as "left"), so a node whose clock is off
 # cannot lease a window that is over (unlimited once it expired) or not yet begun (a second
 # window's budget), and the counter's expiry is never in the past.
-# Answers {Redis's now (ms), granted, left after it, ...}; a repeated nonce answers the first reply
-# (kept as decimal integers: limits have up to 15 digits).
+# The rates hash (node -> "rate at") is the key's traffic on every node that leased it lately; its
+# sum sizes each node's lease by its share (gateway.leases.Lease.share). Rates older than their
+# stale time are dropped as they are read.
+# Answers {Redis's now (ms), then per window: granted, left after it, the sum of the rates}; a
+# repeated nonce answers the first reply (kept as decimal integers: limits have up to 15 digits).
 LEASE = """
 local seen = redis.call('GET', KEYS[1])
 if seen then
@@ -58,17 +63,28 @@ if seen then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local check = ARGV[1] == '1'
+local check, node = ARGV[1] == '1', ARGV[2]
 local out = {now}
-for i = 2, #KEYS do
-  local j = 4 * (i - 2) + 2
+for w = 1, (#KEYS - 1) / 2 do
+  local j = 6 * (w - 1) + 3
   local want, limit = tonumber(ARGV[j]), tonumber(ARGV[j + 1])
   local start, stop = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
+  local rate, stale = tonumber(ARGV[j + 4]), tonumber(ARGV[j + 5])
+  local rates = KEYS[2 * w + 1]
+  if rate > 0 then redis.call('HSET', rates, node, rate .. ' ' .. now) end
+  local total = 0
+  local seen = redis.call('HGETALL', rates)
+  for k = 1, #seen, 2 do
+    local r, at = string.match(seen[k + 1], '^(%%d+) (%%d+)$')
+    if r and now - tonumber(at) <= stale then total = total + tonumber(r) else redis.call('HDEL', rates, seen[k]) end
+  end
+  if total > 0 then redis.call('PEXPIRE', rates, stale) end
   if check and (now < start or now >= stop) then
     out[#out + 1] = 0
     out[#out + 1] = -1
+    out[#out + 1] = total
   else
-    local key = KEYS[i]
+    local key = KEYS[2 * w]
     local leased = tonumber(redis.call('GET', key) or '0')
     local grant = math.min(want, limit - leased)
     if grant < 0 then grant = 0 end
@@ -78,6 +94,7 @@ for i = 2, #KEYS do
     end
     out[#out + 1] = grant
     out[#out + 1] = math.max(0, limit - leased)
+    out[#out + 1] = total
   end
 end
 local text = {}  -- (%%d: cjson and tostring write 15-digit limits as 1e+15)
@@ -115,12 +132,14 @@ def is_outage(err: BaseException) -> bool:
 
 class Grant(NamedTuple):
     """What the store gave for one Want: ``amount`` units, and ``left`` unleased after it
-    (``left`` -1: the window does not hold Redis's clock, nothing was granted)."""
+    (``left`` -1: the window does not hold Redis's clock, nothing was granted); ``rates``: the
+    key's traffic on every node that leased it lately (milli-units a second)."""
 
     window: str
     start: int
     amount: int
     left: int
+    rates: int = 0
 
 
 class LeaseReply(NamedTuple):
@@ -145,6 +164,10 @@ class BudgetStore:
 
     def budget_key(self, key_id: str, window: str, start_ms: int) -> str:
         return f"{self.p}:rl:{{{key_id}}}:{window}:{start_ms}"
+
+    def rates_key(self, key_id: str, window: str) -> str:
+        """node -> its recent rate of the key in ``window`` (see LEASE)."""
+        return f"{self.p}:rl:{{{key_id}}}:r:{window}"
 
     def op_key(self, key_id: str, op_id: str) -> str:
         """The nonce of one LEASE or RETURN call (what a retry of it finds: see LEASE)."""
@@ -173,11 +196,12 @@ class BudgetStore:
         quota window is confirmed by a replica (KeyStore._confirmed, when replicas are
         required): a failover cannot lose it and give the quota out again.
         Raises Unavailable on a Redis fault (then nothing is known to be granted)."""
-        keys, args = [self._nonce(key_id)], ["1" if check else "0"]
+        keys, args = [self._nonce(key_id)], ["1" if check else "0", self.node]
         for want in wants:
-            keys.append(self.budget_key(key_id, want.window, want.start))
+            keys += [self.budget_key(key_id, want.window, want.start), self.rates_key(key_id, want.window)]
             end = window_bounds(want.window, want.start)[1]
-            args += [want.amount, limits[want.window].limit, want.start, end]
+            args += [want.amount, limits[want.window].limit, want.start, end, max(0, want.rate),
+                     max(1, want.stale_ms or end - want.start)]
         try:
             if self._confirmed is not None and any(limits[w.window].is_quota for w in wants):
                 [reply] = await self._confirmed(lambda c: _one(self._lease(keys=keys, args=args, client=c)))
@@ -185,7 +209,7 @@ class BudgetStore:
                 reply = await self._lease(keys=keys, args=args)
         except (RedisError, OSError) as err:
             raise Unavailable(str(err), outage=is_outage(err)) from err
-        return LeaseReply(int(reply[0]), [Grant(want.window, want.start, int(reply[2 * i + 1]), int(reply[2 * i + 2]))
+        return LeaseReply(int(reply[0]), [Grant(want.window, want.start, *(int(v) for v in reply[3 * i + 1:3 * i + 4]))
                                           for i, want in enumerate(wants)])
 
     async def give_back(self, returns: Sequence[tuple[str, Sequence[Want]]]) -> int:

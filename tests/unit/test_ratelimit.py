@@ -108,7 +108,7 @@ def test_bad_sizing_is_refused(kwargs):
 def test_admits_from_the_lease_only_and_asks_for_more():
     lease = Lease(Limit("minute", 100), 0)
     decision = lease.admit(1, 10)
-    assert decision.outcome == NEEDS_LEASE and decision.wants == (Want("minute", 0, 1),)
+    assert decision.outcome == NEEDS_LEASE and [w[:3] for w in decision.wants] == [("minute", 0, 1)]
     assert lease.grant(0, 3, 97, 10)
     assert [lease.admit(1, 11) for _ in range(3)] == [ADMIT] * 3
     assert lease.admitted == 3 and lease.held == 0
@@ -170,7 +170,7 @@ def test_a_grant_for_a_past_window_is_ignored():
 def test_a_big_request_asks_for_what_it_lacks():
     lease = Lease(Limit("minute", 100), 0)
     lease.grant(0, 3, 97, 0)
-    assert lease.admit(10, 1).wants == (Want("minute", 0, 7),)
+    assert [w[:3] for w in lease.admit(10, 1).wants] == [("minute", 0, 7)]
 
 
 # --- sizing ---
@@ -532,6 +532,7 @@ def simulate(limit: Limit, per_second: float, seconds: int, nodes: int) -> tuple
     refused, store commands); asserts no window ever admits more than the limit."""
     keys = [KeyLimiter([limit], 0) for _ in range(nodes)]
     store: dict = {}
+    rates: dict = {}  # node -> (rate, at): the store's rates hash
     admitted: dict = {}
     commands = refused = 0
 
@@ -547,17 +548,20 @@ def simulate(limit: Limit, per_second: float, seconds: int, nodes: int) -> tuple
         for _ in range(2):
             if decision.outcome != NEEDS_LEASE:
                 break
-            commands += len(decision.wants)
+            commands += 1  # one script call for every window
             serve_wants(key, decision.wants)
             decision = key.admit(1, now)
         return decision
 
     def serve_wants(key, wants):
         for want in wants:
+            if want.rate > 0:
+                rates[id(key)] = (want.rate, now)
+            total = sum(rate for rate, at in rates.values() if now - at <= want.stale_ms)
             left = store.setdefault((want.window, want.start), limit.limit)
             grant = min(want.amount, left)
             store[(want.window, want.start)] = left - grant
-            key.grant(want.window, want.start, grant, left - grant, now)
+            key.grant(want.window, want.start, grant, left - grant, now, total, want.rate)
 
     for i in range(int(per_second * seconds)):
         now = int(i * 1000 / per_second)
@@ -679,3 +683,34 @@ def test_key_limiter_restore_answers_what_it_could_not_take_back():
     later = limiter.lease("minute").end  # the minute is over, the hour is not
     assert limiter.restore(wants, later) == [w for w in wants if w.window == "minute"]
     assert limiter.lease("hour").held == 30 and limiter.lease("minute").held == 0
+
+
+@pytest.mark.parametrize("limit, seconds, cost", [(Limit("second", 1_000), 30, 0.01), (Limit("minute", 10_000), 900, 0.01),
+                                                  (Limit("second", 10), 120, 0.5)])
+@pytest.mark.parametrize("load", [0.8, 0.92, 0.95])
+def test_near_the_limit_three_nodes_lease_about_once_a_window_each(limit, seconds, cost, load):
+    # Each node's lease is its share of the key's traffic on every node, as the store sums it: the
+    # first leases of a window add up to at most the limit and none runs short (no reclaims).
+    per_second = load * limit.limit * 1000 / window_bounds(limit.window, 0)[1]
+    admitted, refused, commands = simulate(limit, per_second, seconds, 3)
+    assert refused == 0 and commands / admitted <= cost
+
+
+def test_a_lease_is_the_nodes_share_once_the_store_told_every_nodes_traffic():
+    lease = Lease(Limit("second", 1_000), 0)
+    assert lease.want(1, 0, 300.0).amount == 375  # alone (no rates known): its rate, 25 % headroom
+    lease.grant(0, 10, 990, 0, rates=900_000, sent=300_000)  # three nodes at 300/s
+    want = lease.want(1, 0, 300.0)
+    assert want.amount == 333 - 10 and want.rate == 300_000  # its third of the limit, less what it took
+    assert want.stale_ms == 1_000 + Sizing().idle_ms
+    assert lease.want(1, 0, 600.0).amount == 1_000 * 600 // 1_200 - 10  # its own rate doubled: half of the key's
+    lease.grant(0, 323, 667, 0, rates=900_000, sent=300_000)
+    assert lease.want(1, 0, 300.0).amount == 45  # its share taken: 150 ms of its traffic, not a unit at a time
+    lease.roll(1_000)
+    assert lease.want(1, 1_000, 300.0).amount == 333  # the next window: the share again (rates outlive a window)
+
+
+def test_a_lease_far_below_the_share_is_not_raised_to_it():
+    lease = Lease(Limit("second", 1_000), 0)
+    lease.grant(0, 0, 1_000, 0, rates=300_000, sent=100_000)  # the key at 30 % of its limit
+    assert lease.want(1, 0, 100.0).amount == 125  # its rate with headroom, not its share (333)
