@@ -12,8 +12,10 @@ History: counts per key, UTC hour and outcome class, kept like the last-used tot
 node's *absolute* counts per (hour, key) since it began, written with the same flush (one script
 call beside the HSET: gateway.store.ledger) into this node's hash of that hour, one field a key.
 A retry writes the same totals again, so it can never count twice; a failed write's keys are
-written again, first, and once more after the next success (a failed write that Redis runs late
-cannot leave a stale value). The same write carries, for each of its keys, this node's absolute
+written again, first. These counts only grow, and the store keeps, class by class, the larger of
+a field's count and the written one: so a failed write that Redis runs late, whenever that is
+(after newer writes, after the retry), changes nothing, and the node needs no write to repair
+it. (Once the hash is folded, its marker refuses the late write.) The same write carries, for each of its keys, this node's absolute
 counts of the key's UTC day (the folded hours' counts plus the open ones), into the node's hash
 of that day. Once an hour is over and everything of it has landed, the node folds its hash of
 that hour into the per-key hour buckets (``foldable_hours``, ``forget_hour``); once a day is over
@@ -116,7 +118,6 @@ class UsageBuffer:
         self._current: dict[str, list[int]] = {}
         self._current_changed: set[str] = set()
         self._history_in_flight: list[HistoryWrite] = []  # writes sent (or failed) since the last success
-        self._history_suspect: dict[int, set[str]] = {}  # their keys: written once more after a success
         self._latest_hour = -1  # of the latest use: the hours before it are over (uses are timed when answered)
         self._day_base: dict[int, dict[str, list[int]]] = {}  # day -> key -> counts of its folded hours
         self._written: set[tuple[str, int]] = set()  # node hashes a confirmed write set up (expiry, index)
@@ -198,20 +199,15 @@ class UsageBuffer:
 
     def confirm_history(self, write: HistoryWrite) -> None:
         """``write`` landed: so did the failed ones before it (their keys are in it or were
-        confirmed earlier); a failed one may still run late, so its keys are written once more."""
+        confirmed earlier). A failed one may still run late: the store keeps the larger counts,
+        so it cannot set a newer value back (gateway.store.ledger), and needs no repair."""
         self._history_in_flight.clear()
         self._written |= write.fresh or set()
-        for hour, keys in self._history_suspect.items():
-            if hour in self._hours:
-                self._changed.setdefault(hour, set()).update(keys)
-        self._history_suspect = {}
-        self._hour = -1
 
     def restore_history(self, write: HistoryWrite) -> None:
         """``write`` failed (it may or may not have landed): its keys are written again."""
         for hour, keys in write.hours.items():
             self._changed.setdefault(hour, set()).update(keys)
-            self._history_suspect.setdefault(hour, set()).update(keys)
         self._hour = -1
 
     def foldable_hours(self, everything: bool = False) -> list[int]:
@@ -233,7 +229,6 @@ class UsageBuffer:
             for i, n in enumerate(counts):
                 total[i] += n
         self._changed.pop(hour, None)
-        self._history_suspect.pop(hour, None)
         self._written.discard(("h", hour))
         self._hour = -1
 

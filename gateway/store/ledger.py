@@ -22,9 +22,10 @@ HISTORY_EVERY seconds (gateway.usage.UsageBuffer.history_due): ONE more command,
 ``_HIST_WRITE`` script, queued with the HSET (and the WAIT, when replicas must confirm). It writes
 this node's absolute counts of the hour, one field per key, into the node's hash of that hour
 (``hist:<node>:<hour>``), and of the keys' UTC days into its hash of the day
-(``histday:<node>:<day>``): an EVAL, an HEXISTS and an HSET per hash whatever the number of keys;
-the node's first write of a hash also sets its expiry and lists it in ``hist:open`` (or
-``histday:open``). Once the hour is over and all of it has landed, the node folds that hash
+(``histday:<node>:<day>``): an EVAL, an HEXISTS, an HMGET and an HSET per hash whatever the number
+of keys; the node's first write of a hash also sets its expiry and lists it in ``hist:open`` (or
+``histday:open``). A field keeps the larger count of each class (a node's counts only grow), so a
+write whose answer was lost and that Redis runs after newer ones changes nothing. Once the hour is over and all of it has landed, the node folds that hash
 (``_HIST_FOLD``, a chunk per call) into the per-key hour buckets (a hash per key and UTC day,
 field = hour): one HSETNX per key (HGET and HSET when another node counted the key that hour).
 Once the day is over and its hours folded, the node folds its day hash into the per-key day
@@ -126,13 +127,32 @@ return 0
 # hash written. ARGV: node id, ttl ms, then per hash: its index (1 or 2), hour or day, "1" if the
 # write sets the hash up (its expiry and index entry: not known to the node to have landed yet),
 # number of keys n, n x (key id, counts "a:b:c:d:e"). A folded hash (its "~" marker) is not
-# written again. Returns the number of hashes written.
+# written again. Each field keeps, class by class, the larger of its count and the written one:
+# a node's counts of an hour or a day only grow, so a write that Redis runs after a newer one
+# (its answer was lost, it was sent again and landed late) changes nothing, and the writes of a
+# hash may land in any order, any number of times. Returns the number of hashes written.
 _HIST_WRITE = """
+local function larger(old, new)
+  local a, b, out = {}, {}, {}
+  for n in string.gmatch(old, '%d+') do a[#a + 1] = tonumber(n) end
+  for n in string.gmatch(new, '%d+') do b[#b + 1] = tonumber(n) end
+  for j = 1, math.max(#a, #b) do out[j] = string.format('%d', math.max(a[j] or 0, b[j] or 0)) end
+  return table.concat(out, ':')
+end
 local i, written = 3, 0
 for k = 3, #KEYS do
   local index, at, fresh, n = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  if redis.call('HEXISTS', KEYS[k], '~') == 0 then
-    redis.call('HSET', KEYS[k], unpack(ARGV, i + 4, i + 3 + 2 * n))
+  if n > 0 and redis.call('HEXISTS', KEYS[k], '~') == 0 then
+    local fields = {}
+    for j = 1, n do fields[j] = ARGV[i + 2 + 2 * j] end
+    local old = redis.call('HMGET', KEYS[k], unpack(fields))
+    local items = {}
+    for j = 1, n do
+      local v = ARGV[i + 3 + 2 * j]
+      if old[j] and old[j] ~= v then v = larger(old[j], v) end
+      if v ~= old[j] then items[#items + 1] = fields[j]; items[#items + 1] = v end
+    end
+    if #items > 0 then redis.call('HSET', KEYS[k], unpack(items)) end
     if fresh == '1' then
       redis.call('PEXPIRE', KEYS[k], ARGV[2])
       redis.call('ZADD', KEYS[index], at, ARGV[1] .. ':' .. at)
