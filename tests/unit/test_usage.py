@@ -198,9 +198,10 @@ def test_history_writes_respect_the_limit_oldest_hours_first():
 
 
 class HistoryModel:
-    """Redis for the history: a node's hash per hour and per day (absolute values, each field
-    keeping the larger count class by class; refused once folded; read only once listed in its
-    open index, which a fresh write does), folded into per-key sums."""
+    """Redis for the history (gateway.store.ledger._HIST_WRITE): a node's hash per hour and per
+    day (absolute values, set as written by a write at least as recent as the hash's latest, else
+    each field keeping the larger count class by class; refused once folded; read only once
+    listed in its open index, which a fresh write does), folded into per-key sums."""
 
     def __init__(self) -> None:
         self.open: dict[tuple[str, int], dict[str, tuple[int, ...]]] = {}
@@ -208,14 +209,19 @@ class HistoryModel:
         self.folded: set[tuple[str, int]] = set()
         self.sums: dict[tuple[str, str, int], list[int]] = {}
         self.late: list = []  # writes that failed but that Redis runs later
+        self.seq: dict[tuple[str, int], int] = {}  # per hash, the latest write's seq ("^")
 
     def run(self, write) -> None:
         for kind, by in (("h", write.hours), ("d", write.days)):
             for at, keys in by.items():
                 if (kind, at) not in self.folded:
                     fields = self.open.setdefault((kind, at), {})
-                    for key, counts in keys.items():
-                        fields[key] = tuple(map(max, fields.get(key, counts), counts))
+                    if write.seq >= self.seq.get((kind, at), 0):
+                        fields.update(keys)
+                        self.seq[(kind, at)] = write.seq
+                    else:  # run late, after a newer write
+                        for key, counts in keys.items():
+                            fields[key] = tuple(map(max, fields.get(key, counts), counts))
                     if write.is_fresh(kind, at):
                         self.indexed.add((kind, at))
 
