@@ -12,8 +12,10 @@ History: counts per key, UTC hour and outcome class, kept like the last-used tot
 node's *absolute* counts per (hour, key) since it began, written with the same flush (one script
 call beside the HSET: gateway.store.ledger) into this node's hash of that hour, one field a key.
 A retry writes the same totals again, so it can never count twice; a failed write's keys are
-written again, first, and once more after the next success (a failed write that Redis runs late
-cannot leave a stale value). The same write carries, for each of its keys, this node's absolute
+written again, first. These counts only grow, and each write carries a sequence number: a
+failed write that Redis runs late, after newer ones (whenever that is), only raises a count to
+the larger one, class by class, so it changes nothing and the node needs no write to repair it.
+(Once the hash is folded, its marker refuses the late write.) The same write carries, for each of its keys, this node's absolute
 counts of the key's UTC day (the folded hours' counts plus the open ones), into the node's hash
 of that day. Once an hour is over and everything of it has landed, the node folds its hash of
 that hour into the per-key hour buckets (``foldable_hours``, ``forget_hour``); once a day is over
@@ -79,11 +81,13 @@ class Batch:
 class HistoryWrite:
     """One write of this node's absolute counts per hour and key, and per day and key (copies,
     taken at drain time). ``fresh``: the hashes (("h", hour) or ("d", day)) not known to have been
-    written before, whose expiry and index entry this write sets (None: all of them)."""
+    written before, whose expiry and index entry this write sets (None: all of them). ``seq``
+    grows with each write drained: a later one carries counts at least as large."""
 
     hours: dict[int, dict[str, tuple[int, ...]]]
     days: dict[int, dict[str, tuple[int, ...]]] = field(default_factory=dict)
     fresh: frozenset[tuple[str, int]] | None = None
+    seq: int = 0
 
     def is_fresh(self, kind: str, index: int) -> bool:
         return self.fresh is None or (kind, index) in self.fresh
@@ -116,7 +120,7 @@ class UsageBuffer:
         self._current: dict[str, list[int]] = {}
         self._current_changed: set[str] = set()
         self._history_in_flight: list[HistoryWrite] = []  # writes sent (or failed) since the last success
-        self._history_suspect: dict[int, set[str]] = {}  # their keys: written once more after a success
+        self._history_seq = 0  # of the latest history write drained
         self._latest_hour = -1  # of the latest use: the hours before it are over (uses are timed when answered)
         self._day_base: dict[int, dict[str, list[int]]] = {}  # day -> key -> counts of its folded hours
         self._written: set[tuple[str, int]] = set()  # node hashes a confirmed write set up (expiry, index)
@@ -192,26 +196,22 @@ class UsageBuffer:
                         total[i] += n
                 keys[key_id] = tuple(total)
         fresh = frozenset({("h", h) for h in out} | {("d", d) for d in days}) - self._written
-        write = HistoryWrite(out, days, fresh)
+        self._history_seq += 1
+        write = HistoryWrite(out, days, fresh, self._history_seq)
         self._history_in_flight.append(write)  # until a write is confirmed: no fold
         return write
 
     def confirm_history(self, write: HistoryWrite) -> None:
         """``write`` landed: so did the failed ones before it (their keys are in it or were
-        confirmed earlier); a failed one may still run late, so its keys are written once more."""
+        confirmed earlier). A failed one may still run late: as an older write than the hash's
+        latest it only raises counts (gateway.store.ledger), so it needs no repair."""
         self._history_in_flight.clear()
         self._written |= write.fresh or set()
-        for hour, keys in self._history_suspect.items():
-            if hour in self._hours:
-                self._changed.setdefault(hour, set()).update(keys)
-        self._history_suspect = {}
-        self._hour = -1
 
     def restore_history(self, write: HistoryWrite) -> None:
         """``write`` failed (it may or may not have landed): its keys are written again."""
         for hour, keys in write.hours.items():
             self._changed.setdefault(hour, set()).update(keys)
-            self._history_suspect.setdefault(hour, set()).update(keys)
         self._hour = -1
 
     def foldable_hours(self, everything: bool = False) -> list[int]:
@@ -233,7 +233,6 @@ class UsageBuffer:
             for i, n in enumerate(counts):
                 total[i] += n
         self._changed.pop(hour, None)
-        self._history_suspect.pop(hour, None)
         self._written.discard(("h", hour))
         self._hour = -1
 

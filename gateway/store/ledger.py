@@ -22,9 +22,11 @@ HISTORY_EVERY seconds (gateway.usage.UsageBuffer.history_due): ONE more command,
 ``_HIST_WRITE`` script, queued with the HSET (and the WAIT, when replicas must confirm). It writes
 this node's absolute counts of the hour, one field per key, into the node's hash of that hour
 (``hist:<node>:<hour>``), and of the keys' UTC days into its hash of the day
-(``histday:<node>:<day>``): an EVAL, an HEXISTS and an HSET per hash whatever the number of keys;
+(``histday:<node>:<day>``): an EVAL, an HMGET and an HSET per hash whatever the number of keys;
 the node's first write of a hash also sets its expiry and lists it in ``hist:open`` (or
-``histday:open``). Once the hour is over and all of it has landed, the node folds that hash
+``histday:open``). A write whose answer was lost and that Redis runs after newer ones (the hash's
+``^`` field holds the latest write's sequence number) only raises counts, class by class: it
+cannot set a newer count back. Once the hour is over and all of it has landed, the node folds that hash
 (``_HIST_FOLD``, a chunk per call) into the per-key hour buckets (a hash per key and UTC day,
 field = hour): one HSETNX per key (HGET and HSET when another node counted the key that hour).
 Once the day is over and its hours folded, the node folds its day hash into the per-key day
@@ -123,16 +125,54 @@ return 0
 """
 
 # KEYS: the open-hours index, the open-days index, then one node hash (of an hour or a day) per
-# hash written. ARGV: node id, ttl ms, then per hash: its index (1 or 2), hour or day, "1" if the
-# write sets the hash up (its expiry and index entry: not known to the node to have landed yet),
-# number of keys n, n x (key id, counts "a:b:c:d:e"). A folded hash (its "~" marker) is not
-# written again. Returns the number of hashes written.
+# hash written. ARGV: node id, ttl ms, the write's sequence number (UsageBuffer.drain_history:
+# grows with each write the node drains), then per hash: its index (1 or 2), hour or day, "1" if
+# the write sets the hash up (its expiry and index entry: not known to the node to have landed
+# yet), number of keys n, n x (key id, counts "a:b:c:d:e"). A folded hash (its "~" marker) is
+# not written again. A hash's "^" field holds the latest sequence number written into it. A
+# node's counts only grow and each write carries them as they were when it was drained, so a
+# write at least as recent as "^" holds the larger count of every class of its fields: it is
+# written as it is (an HMGET and an HSET). An older one is a write whose answer was lost and that
+# Redis runs late, after newer ones (once or more): each of its fields keeps, class by class,
+# the larger of the two counts, so it can neither set a count back nor add to it. Returns the
+# number of hashes written.
 _HIST_WRITE = """
-local i, written = 3, 0
+local FIVE = '^(%d+):(%d+):(%d+):(%d+):(%d+)$'
+local function larger(old, new)
+  local a1, a2, a3, a4, a5 = string.match(old, FIVE)
+  local b1, b2, b3, b4, b5 = string.match(new, FIVE)
+  if a1 and b1 then  -- the usual case, and cheap: one of the two holds the larger of every class
+    a1, a2, a3, a4, a5 = tonumber(a1), tonumber(a2), tonumber(a3), tonumber(a4), tonumber(a5)
+    b1, b2, b3, b4, b5 = tonumber(b1), tonumber(b2), tonumber(b3), tonumber(b4), tonumber(b5)
+    if b1 >= a1 and b2 >= a2 and b3 >= a3 and b4 >= a4 and b5 >= a5 then return new end
+    if a1 >= b1 and a2 >= b2 and a3 >= b3 and a4 >= b4 and a5 >= b5 then return old end
+  end
+  local a, b, out = {}, {}, {}
+  for n in string.gmatch(old, '%d+') do a[#a + 1] = tonumber(n) end
+  for n in string.gmatch(new, '%d+') do b[#b + 1] = tonumber(n) end
+  for j = 1, math.max(#a, #b) do out[j] = string.format('%d', math.max(a[j] or 0, b[j] or 0)) end
+  return table.concat(out, ':')
+end
+local seq = tonumber(ARGV[3])
+local i, written = 4, 0
 for k = 3, #KEYS do
   local index, at, fresh, n = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  if redis.call('HEXISTS', KEYS[k], '~') == 0 then
-    redis.call('HSET', KEYS[k], unpack(ARGV, i + 4, i + 3 + 2 * n))
+  local state = redis.call('HMGET', KEYS[k], '~', '^')
+  if n > 0 and not state[1] then
+    if seq >= tonumber(state[2] or '0') then
+      redis.call('HSET', KEYS[k], '^', ARGV[3], unpack(ARGV, i + 4, i + 3 + 2 * n))
+    else
+      local fields = {}
+      for j = 1, n do fields[j] = ARGV[i + 2 + 2 * j] end
+      local old = redis.call('HMGET', KEYS[k], unpack(fields))
+      local items = {}
+      for j = 1, n do
+        local v = ARGV[i + 3 + 2 * j]
+        if old[j] and old[j] ~= v then v = larger(old[j], v) end
+        if v ~= old[j] then items[#items + 1] = fields[j]; items[#items + 1] = v end
+      end
+      if #items > 0 then redis.call('HSET', KEYS[k], unpack(items)) end
+    end
     if fresh == '1' then
       redis.call('PEXPIRE', KEYS[k], ARGV[2])
       redis.call('ZADD', KEYS[index], at, ARGV[1] .. ':' .. at)
@@ -172,18 +212,20 @@ local function add(key, counts)
   redis.call('HSET', key, field, table.concat(sum, ':'))
 end
 local limit = tonumber(ARGV[3])
-local items = redis.call('HRANDFIELD', KEYS[3], limit + 1, 'WITHVALUES')
+local items = redis.call('HRANDFIELD', KEYS[3], limit + 2, 'WITHVALUES')
 local fields = {}
 for i = 1, #items, 2 do
   local f = items[i]
-  if f ~= '~' and #fields < limit then
+  if f ~= '~' and f ~= '^' and #fields < limit then
     fields[#fields + 1] = f
     add(string.format(bucket, f), items[i + 1])
     if also ~= '' then redis.call('PEXPIREAT', string.format(also, f), also_at) end
   end
 end
 if #fields > 0 then redis.call('HDEL', KEYS[3], unpack(fields)) end
-if redis.call('HLEN', KEYS[3]) > (redis.call('HEXISTS', KEYS[3], '~') == 1 and 1 or 0) then return #fields end
+local marks = redis.call('HEXISTS', KEYS[3], '~') + redis.call('HEXISTS', KEYS[3], '^')
+if redis.call('HLEN', KEYS[3]) > marks then return #fields end
+redis.call('HDEL', KEYS[3], '^')
 redis.call('HSET', KEYS[3], '~', '1')
 redis.call('PEXPIRE', KEYS[3], ARGV[10])
 redis.call('ZREM', KEYS[2], ARGV[1] .. ':' .. ARGV[4])
@@ -280,7 +322,7 @@ class UsageLedger:
                 items += (key_id, encode_usage(last_ms, count))
             calls.append(lambda c: c.hset(self.node_key(node_id), items=items))
         if history is not None and len(history):
-            keys, args = [self.hist_open, self.histday_open], [node_id, FOLDED_TTL_MS]
+            keys, args = [self.hist_open, self.histday_open], [node_id, FOLDED_TTL_MS, history.seq]
             for index, kind, prefix, by in ((1, "h", self.hist_prefix, history.hours),
                                             (2, "d", self.histday_prefix, history.days)):
                 for at, counts in by.items():

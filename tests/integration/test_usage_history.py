@@ -164,6 +164,47 @@ async def test_a_flush_that_failed_is_retried_and_counted_once(own_redis):  # no
         await reader.redis.aclose()
 
 
+async def test_a_lost_answer_write_that_redis_runs_after_newer_ones_changes_nothing(redis_url):
+    """A flush whose answer was lost (a timeout: it may be queued somewhere still) and that Redis
+    runs after the retry and a newer write, then after the folds: the same script call, replayed."""
+    store = KeyStore(connect(redis_url, timeout=2.0))
+    a, b = "key_" + "d" * 16, "key_" + "e" * 16
+    hour_ms = int(NOON * 1000)
+    hour, day = hour_ms // HOUR_MS, hour_ms // DAY_MS
+    hours = Window("hour", hour_ms, hour_ms + 2 * HOUR_MS)
+    days = Window("day", day * DAY_MS, (day + 1) * DAY_MS)
+    try:
+        buf = UsageBuffer("gw_lost")
+        buf.history_every = 0.0
+        buf.add(a, hour_ms)
+        assert await flush_usage(store, buf, Metrics())
+        buf.add(a, hour_ms + 1, 3)
+        buf.add(b, hour_ms + 1, 2)
+        lost = buf.drain_history()  # sent; its answer never came
+        buf.restore_history(lost)
+        buf.add(a, hour_ms + 2, 4)
+        assert await flush_usage(store, buf, Metrics())  # the retry, with the newer use
+        for _ in range(2):  # run late, once or twice: the counts it carries are older
+            await store.ledger.write("gw_lost", 0, {}, lost)
+            assert await store.ledger.history(a, hours) == {hour: [1, 0, 0, 1, 1]}
+            assert await store.ledger.history(a, days) == {day: [1, 0, 0, 1, 1]}
+            assert await store.ledger.history(b, hours) == {hour: [0, 0, 1, 0, 0]}
+        buf.add(b, hour_ms + HOUR_MS)  # the next hour: 12:00 is over, written and folded
+        assert await flush_usage(store, buf, Metrics())
+        assert buf.foldable_hours(everything=True) == [hour + 1]  # 12:00 is folded
+        await store.ledger.write("gw_lost", 0, {}, lost)  # after the hour's fold: refused
+        both = {hour: [1, 0, 0, 1, 1]}, {hour: [0, 0, 1, 0, 0], hour + 1: [1, 0, 0, 0, 0]}
+        assert (await store.ledger.history(a, hours), await store.ledger.history(b, hours)) == both
+        buf.closing = True  # shutdown: the last hour, then the day, folded
+        assert await flush_usage(store, buf, Metrics())
+        await store.ledger.write("gw_lost", 0, {}, lost)  # after the day's fold: refused
+        assert (await store.ledger.history(a, hours), await store.ledger.history(b, hours)) == both
+        expected_days = {day: [1, 0, 0, 1, 1]}, {day: [1, 0, 1, 0, 0]}
+        assert (await store.ledger.history(a, days), await store.ledger.history(b, days)) == expected_days
+    finally:
+        await store.redis.aclose()
+
+
 async def test_buckets_expire_after_their_retention_and_days_outlive_hours(redis_url, redis_server):
     store = KeyStore(connect(redis_url, timeout=2.0))
     store.ledger.retain(hourly_days=2, daily_days=30)
@@ -341,8 +382,9 @@ async def test_the_history_rides_on_a_flush_every_history_every_seconds(redis_ur
         buf.history_at -= HISTORY_EVERY  # HISTORY_EVERY seconds of flushing later
         assert await flush_usage(store, buf, Metrics())
         # One script (no use since the last flush: no last-used HSET): the node's hour and day
-        # hashes, set up (expiry, open index) by the first write, so no PEXPIRE or ZADD now.
-        assert _executed(client) == {"hset": 9 + 2, "eval": 1, "hexists": 2}
+        # hashes (an HMGET of the fold marker and the latest write's sequence number, an HSET),
+        # set up (expiry, open index) by the first write, so no PEXPIRE or ZADD now.
+        assert _executed(client) == {"hset": 9 + 2, "eval": 1, "hmget": 2}
         win = Window("hour", hour_ms, hour_ms + HOUR_MS)
         assert await store.ledger.history(keys[7], win) == {hour_ms // HOUR_MS: [10, 0, 0, 0, 0]}
         buf.add(keys[7], hour_ms + 1, 4)  # not written yet: in memory until the next write
