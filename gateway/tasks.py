@@ -214,22 +214,29 @@ async def flush_usage(store: KeyStore, usage: UsageBuffer, metrics: Metrics) -> 
                 landed = await store.ledger.beat(usage.node_id, usage.registered)
                 if landed is not None:
                     log.warning("last-used data of this process was folded while it was away; carrying on")
-                    usage.rebase(landed)
+                    usage.rebase(*landed)
                 usage.registered, usage.beat_at = True, started
             batch = usage.drain(USAGE_CHUNK)
             history = usage.drain_history(USAGE_CHUNK) if history_due else None
             if batch is None and history is None:
                 break
             try:
-                await store.ledger.write(usage.node_id, batch.seq if batch else 0, batch.values if batch else {},
-                                         history)
+                taken = await store.ledger.write(usage.node_id, batch.seq if batch else 0,
+                                                 batch.values if batch else {}, history,
+                                                 gen=batch.gen if batch else 0)
             except BaseException:  # a failure or a cancellation: it may or may not have landed
                 if batch is not None:
                     usage.restore(batch)
                 if history is not None:
                     usage.restore_history(history)
                 raise
-            if batch is not None:
+            if batch is not None and not taken:
+                # The node's hash was folded while it was away, and it did not know (its beats
+                # say so first, normally): written again after the next beat and its rebase.
+                log.warning("last-used write refused: this process's hash was folded; rebasing")
+                usage.restore(batch)
+                usage.beat_at = None
+            elif batch is not None:
                 usage.confirm(batch)
                 written += len(batch)
             if history is not None:
@@ -273,10 +280,11 @@ async def _fold_own(store: KeyStore, usage: UsageBuffer) -> None:
         return  # never wrote anything
     try:
         await store.ledger.fold(usage.node_id)
+        gen = await store.ledger.generation(usage.node_id)
     except FAULTS as exc:
         log.warning("could not fold this process's last-used data (another process will): %s", exc)
         return
-    usage.retire()
+    usage.retire(gen)
 
 
 async def fold_dead_usage(store: KeyStore, max_chunks: int | None = None) -> bool:

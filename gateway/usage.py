@@ -3,10 +3,15 @@
 Pure. ``add`` is all a request does, once its answer is known (its outcome class: ``outcome_class``).
 
 Last-used: running totals per key, written as absolutes. gateway.tasks drains the keys changed
-since the last flush, writes their absolute totals (latest use, request count) with one HSET into
-this node's usage hash, and reports back: ``confirm`` when it landed, ``restore`` when it failed
-(the keys are written again next time, so nothing is lost during a Redis outage), ``rebase`` when
-the node's hash was folded into the durable base while it was away.
+since the last flush, writes their absolute totals (latest use, request count) with one command
+into this node's usage hash, and reports back: ``confirm`` when it landed, ``restore`` when it
+failed (the keys are written again next time, so nothing is lost during a Redis outage),
+``rebase`` when the node's hash was folded into the durable base while it was away. Each write
+carries a sequence number and the node's *generation*: the totals restart, as a new generation,
+once the node learns its hash was folded (``rebase``, ``retire``). The store keeps the later use
+and the larger count of a write older than the hash's latest, and refuses a write of an older
+generation (gateway.store.ledger): so a failed write that Redis runs late, whenever that is,
+never sets a total back nor counts twice, and the node needs no write to repair it.
 
 History: counts per key, UTC hour and outcome class, kept like the last-used totals: this
 node's *absolute* counts per (hour, key) since it began, written with the same flush (one script
@@ -70,8 +75,9 @@ class Batch:
     """One write: this node's absolute totals for some keys, and the uses it is the first to carry."""
 
     seq: int
-    values: dict[str, tuple[int, int]]  # key id -> (last used ms, request count) since the node began
+    values: dict[str, tuple[int, int]]  # key id -> (last used ms, request count) of the generation
     deltas: dict[str, tuple[int, int]]  # key id -> (latest use, count) of the uses new in this write
+    gen: int = 0  # the node's generation: its totals restart with each fold it learns of
 
     def __len__(self) -> int:
         return len(self.values)
@@ -107,8 +113,8 @@ class UsageBuffer:
         self._pending: dict[str, tuple[int, int]] = {}  # uses since the last drain (and retries)
         self._totals: dict[str, tuple[int, int]] = {}  # everything drained so far
         self._unconfirmed: list[Batch] = []  # writes since the last one known to have landed
-        self._suspect: set[str] = set()  # keys of failed writes: written once more after a success
         self._seq = 0
+        self._gen = 0  # one more per fold of this node's hash it learned of (rebase, retire)
         self.registered = False  # the node has announced itself in Redis (ledger beat)
         self.beat_at: float | None = None  # monotonic time of the last beat that was answered
         self.closing = False  # set at shutdown: the last flush then folds this node's hash
@@ -269,30 +275,28 @@ class UsageBuffer:
                 continue  # a retry of a key whose totals were folded away (see rebase)
             values[key_id] = totals[key_id] = (last, n)
         self._seq += 1
-        return Batch(self._seq, values, deltas)
+        return Batch(self._seq, values, deltas, self._gen)
 
     def confirm(self, batch: Batch) -> None:
-        """``batch`` landed. Every earlier write's keys were carried by it, so all of them did too."""
+        """``batch`` landed. Every earlier write's keys were carried by it, so all of them did too.
+        A failed one may still run late: older than the hash's latest, it changes nothing (or, of
+        an older generation, it is refused: gateway.store.ledger), so it needs no repair."""
         self._unconfirmed.clear()
-        # A failed write may still be executed late by Redis, after a newer one: write those keys
-        # once more now that one write has been answered, so a stale value cannot stay.
-        for key_id in self._suspect:
-            self._pending.setdefault(key_id, _RETRY)
-        self._suspect = set()
 
     def restore(self, batch: Batch) -> None:
         """``batch`` failed (it may or may not have landed): its keys go first into the next write."""
         self._unconfirmed.append(batch)
-        self._suspect.update(batch.values)
         retry = dict.fromkeys(batch.values, _RETRY)
         retry.update(self._pending)  # keeps the retried keys first, with any newer uses
         self._pending = retry
 
-    def rebase(self, landed_seq: int) -> None:
-        """This node's hash was folded into the base; its last write that landed was ``landed_seq``.
+    def rebase(self, landed_seq: int, gen: int = 0) -> None:
+        """This node's hash was folded into the base; its last write that landed was ``landed_seq``,
+        and the hash admits generation ``gen`` now (ledger.beat).
 
         What had landed is counted in the base now, so the totals restart from the uses that
-        had not: those of later writes, and those not yet written.
+        had not: those of later writes, and those not yet written, as a new generation (at
+        least the one the folded hash admits; the store refuses the earlier ones' writes).
         """
         lost: dict[str, tuple[int, int]] = {}
         for batch in self._unconfirmed:
@@ -308,12 +312,13 @@ class UsageBuffer:
         self._pending = lost
         self._totals = {}
         self._unconfirmed.clear()
-        self._suspect = set()
+        self._gen = max(self._gen + 1, gen)
 
-    def retire(self) -> None:
-        """This node folded its own hash (at shutdown): start afresh should it be used again."""
+    def retire(self, gen: int = 0) -> None:
+        """This node folded its own hash (at shutdown), which admits generation ``gen`` now:
+        start afresh, as a new generation, should it be used again."""
         self._totals = {}
         self._unconfirmed.clear()
-        self._suspect = set()
+        self._gen = max(self._gen + 1, gen)
         self.registered = False
         self.beat_at = None

@@ -1,9 +1,17 @@
 """Last-used data in Redis: one hash per gateway process, merged on read, folded into a durable base.
 
 Each gateway process (a *node*) keeps its own absolute totals per key and writes the changed ones
-with ONE ``HSET`` per flush into its own hash. A node's values only grow, so no script is needed
-to keep them monotonic, and Redis executes one command per flush whatever the number of keys.
-Readers merge: last_used_at = the latest over the base and every node, request_count = the sum.
+with ONE command per flush into its own hash (``_WRITE``: an HMGET and an HSET whatever the number
+of keys). Readers merge: last_used_at = the latest over the base and every node, request_count =
+the sum. A node's totals only grow, until its hash is folded: then they restart, as the node's
+next *generation* (``UsageBuffer.rebase``, ``retire``). Each write carries the node's generation
+and its sequence number; the hash keeps the generation (``^``, absent: 0) and the latest sequence
+number written (``~``). So a write whose answer was lost and that Redis runs late (redis-py sends
+a timed-out command once more; the first may still be queued somewhere) can never set a total
+back or count twice: a write of the hash's generation at least as recent as ``~`` holds the
+larger totals of its keys and is set as it is; an older one keeps, field by field, the later use
+and the larger count; one of an older generation (its totals were folded already, or are sent
+again by the node's next generation) is refused.
 
 A node hash is folded into the base (and deleted) when its node shuts down, and by whoever
 notices a node that has not been heard from for ``fold_after_ms``: the admin API when it reads
@@ -11,7 +19,8 @@ usage, and the flusher of every gateway and admin API process after its first fl
 few minutes (gateway.tasks.usage_flusher). Every fold is a script over a single hash slot (all
 usage keys share one hash tag), a chunk at a time: each field is either in its node's hash or in
 the base, never both, so nothing is counted twice or lost, on standalone Redis, Sentinel or
-Cluster.
+Cluster. A folded hash keeps only ``^``, the node's next generation (7 days), so that a late
+write of the folded generation is refused instead of recreating the hash.
 
 A node that was folded while it was away learns it from its next liveness beat (which it sends
 before writing whenever the last one is older than a minute) together with the sequence number
@@ -46,7 +55,7 @@ from __future__ import annotations
 from redis.asyncio.cluster import RedisCluster
 
 from gateway.history import DAY, DAY_MS, HOUR, Window, day_slot, hour_slot
-from gateway.store.codec import SEQ_FIELD, decode_counts, decode_usage, encode_counts, encode_usage, merge_usage
+from gateway.store.codec import decode_counts, decode_usage, encode_counts, encode_usage, merge_usage
 
 FOLD_AFTER_MS = 600_000  # a node not heard from for 10 minutes is folded by whoever notices
 FOLD_CHUNK = 1000  # fields per fold script call: 3-4 ms of Redis time (measured here)
@@ -68,33 +77,36 @@ local function bucket(id)
 end
 """
 
-# KEYS: nodes, folded. ARGV: node id, "1" if this node has beaten before.
-# Returns -1 (carry on), or the sequence number of the node's last write that was folded while
-# it was away (0: unknown). Either way the node is registered again.
+# KEYS: nodes, folded, the node's hash. ARGV: node id, "1" if this node has beaten before.
+# Returns -1 (carry on), or {the sequence number of the node's last write that was folded while
+# it was away (0: unknown), the generation its folded hash admits ("^")}. Either way the node is
+# registered again.
 _BEAT = _NOW + """
 local known = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 if known or ARGV[2] ~= '1' then return -1 end
 local seq = redis.call('HGET', KEYS[2], ARGV[1])
 if seq then redis.call('HDEL', KEYS[2], ARGV[1]) end
-return tonumber(seq or '0')
+return {tonumber(seq or '0'), tonumber(redis.call('HGET', KEYS[3], '^') or '0')}
 """
 
 # KEYS: nodes, folded, the node's hash. ARGV: node id, minimum idle ms ("" = fold now), chunk
-# size, base key prefix, "1" to remember the node's last sequence number.
+# size, base key prefix, "1" to remember the node's last sequence number, marker ttl ms.
 # Moves up to one chunk of fields into the base; returns -1 if the node is alive, 0 once the
-# node hash is gone, else the number of fields moved (call again).
+# node hash is folded, else the number of fields moved (call again). A folded hash keeps only
+# "^", the node's next generation (the one it starts when it learns of the fold: rebase or
+# retire), for the marker ttl: a late write of the folded generation is refused by _WRITE.
 _FOLD = _NOW + _BUCKET + """
 if ARGV[2] ~= '' then
   local seen = redis.call('ZSCORE', KEYS[1], ARGV[1])
   if seen and tonumber(seen) > now - tonumber(ARGV[2]) then return -1 end
 end
 local limit = tonumber(ARGV[3])
-local items = redis.call('HRANDFIELD', KEYS[3], limit + 1, 'WITHVALUES')
+local items = redis.call('HRANDFIELD', KEYS[3], limit + 2, 'WITHVALUES')
 local fields = {}
 for i = 1, #items, 2 do
   local f = items[i]
-  if f ~= '~' and #fields < limit then
+  if f ~= '~' and f ~= '^' and #fields < limit then
     fields[#fields + 1] = f
     local last, n = string.match(items[i + 1], '^(%d+):(%d+)$')
     if last then
@@ -113,15 +125,65 @@ for i = 1, #items, 2 do
   end
 end
 if #fields > 0 then redis.call('HDEL', KEYS[3], unpack(fields)) end
-local seq = redis.call('HGET', KEYS[3], '~')
-if redis.call('HLEN', KEYS[3]) > (seq and 1 or 0) then return #fields end
+local state = redis.call('HMGET', KEYS[3], '~', '^')
+local seq = state[1]
+if redis.call('HLEN', KEYS[3]) > (seq and 1 or 0) + (state[2] and 1 or 0) then return #fields end
 redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[3], '^', tonumber(state[2] or '0') + 1)
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[6]))
 redis.call('ZREM', KEYS[1], ARGV[1])
 if ARGV[5] == '1' then
   redis.call('HSET', KEYS[2], ARGV[1], seq or '0')
   redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[6]))
 end
 return 0
+"""
+
+# KEYS: the node's hash. ARGV: the node's generation, the write's sequence number, then key id,
+# "<last used ms>:<count>" pairs (the node's absolute totals of that generation). The hash keeps
+# its generation in "^" (absent: 0) and the latest sequence number written in "~". Within a
+# generation a node's totals only grow, and each write carries them as they were when it was
+# drained: a write at least as recent as "~" holds the later use and the larger count of each of
+# its keys, and is set as it is (an HMGET and an HSET). An older one is a write whose answer was
+# lost and that Redis runs late, after newer ones: each of its fields keeps the later use and the
+# larger count, so it can neither set a total back nor add to it. A write of an older generation
+# than "^" is refused (its totals were folded into the base, or are sent again by the newer
+# generation): so a late write never recreates a folded hash. A newer generation (the node
+# learned its hash was folded) takes the hash over: its marker's expiry goes. Returns 1 if
+# written, 0 if refused.
+_WRITE = """
+local state = redis.call('HMGET', KEYS[1], '^', '~')
+local gen, have = tonumber(ARGV[1]), tonumber(state[1] or '0')
+if gen < have then return 0 end
+if gen > have then
+  redis.call('PERSIST', KEYS[1])
+  redis.call('HSET', KEYS[1], '^', ARGV[1])
+elseif tonumber(ARGV[2]) < tonumber(state[2] or '0') then
+  local fields = {}
+  for j = 3, #ARGV, 2 do fields[#fields + 1] = ARGV[j] end
+  local old = redis.call('HMGET', KEYS[1], unpack(fields))
+  local items = {}
+  for j = 1, #fields do
+    local v = ARGV[2 + 2 * j]
+    if old[j] then
+      local l0, n0 = string.match(old[j], '^(%d+):(%d+)$')
+      local l1, n1 = string.match(v, '^(%d+):(%d+)$')
+      if l0 and l1 then
+        l0, n0, l1, n1 = tonumber(l0), tonumber(n0), tonumber(l1), tonumber(n1)
+        if l0 >= l1 and n0 >= n1 then
+          v = nil
+        else
+          v = string.format('%d:%d', math.max(l0, l1), math.max(n0, n1))
+        end
+      end
+    end
+    if v then items[#items + 1] = fields[j]; items[#items + 1] = v end
+  end
+  if #items > 0 then redis.call('HSET', KEYS[1], unpack(items)) end
+  return 1
+end
+redis.call('HSET', KEYS[1], '~', ARGV[2], unpack(ARGV, 3))
+return 1
 """
 
 # KEYS: the open-hours index, the open-days index, then one node hash (of an hour or a day) per
@@ -306,21 +368,31 @@ class UsageLedger:
     def node_key(self, node_id: str) -> str:
         return self.node_prefix + node_id
 
-    async def beat(self, node_id: str, registered: bool) -> int | None:
-        """Say this node is alive. None, or (folded while away) the seq of its last write that landed."""
-        [landed] = await self._confirmed(lambda c: _one(
-            self._beat(keys=[self.nodes, self.folded], args=[node_id, "1" if registered else "0"], client=c)))
-        return None if landed == -1 else int(landed)
+    async def beat(self, node_id: str, registered: bool) -> tuple[int, int] | None:
+        """Say this node is alive. None, or (folded while away) the seq of its last write that
+        landed and the generation its hash admits now (``UsageBuffer.rebase``)."""
+        [landed] = await self._confirmed(lambda c: _one(self._beat(
+            keys=[self.nodes, self.folded, self.node_key(node_id)], args=[node_id, "1" if registered else "0"],
+            client=c)))
+        return None if landed == -1 else (int(landed[0]), int(landed[1]))
 
-    async def write(self, node_id: str, seq: int, values: dict[str, tuple[int, int]], history=None) -> None:
-        """ONE command: this node's absolute totals for ``values`` and the write's sequence number;
-        and ONE more (a script) for a ``history`` write (gateway.usage.HistoryWrite), when given."""
+    async def generation(self, node_id: str) -> int:
+        """The generation a node's hash admits (``^``): after the node's own fold, the next one."""
+        return int(await self.redis.hget(self.node_key(node_id), "^") or 0)
+
+    async def write(self, node_id: str, seq: int, values: dict[str, tuple[int, int]], history=None,
+                    gen: int = 0) -> bool:
+        """ONE command (``_WRITE``): this node's absolute totals for ``values``, of its generation
+        ``gen``, with the write's sequence number; and ONE more (a script) for a ``history`` write
+        (gateway.usage.HistoryWrite), when given. False if the totals were refused: the node's
+        hash was folded into the base (its generation is older than the hash's)."""
         calls = []
         if values:
-            items: list[object] = [SEQ_FIELD, seq]
+            items: list[object] = [gen, seq]
             for key_id, (last_ms, count) in values.items():
                 items += (key_id, encode_usage(last_ms, count))
-            calls.append(lambda c: c.hset(self.node_key(node_id), items=items))
+            # EVAL, not a registered script, for the reason below.
+            calls.append(lambda c: c.eval(_WRITE, 1, self.node_key(node_id), *items))
         if history is not None and len(history):
             keys, args = [self.hist_open, self.histday_open], [node_id, FOLDED_TTL_MS, history.seq]
             for index, kind, prefix, by in ((1, "h", self.hist_prefix, history.hours),
@@ -335,8 +407,10 @@ class UsageLedger:
             # EVAL, not a registered script: in a pipeline that would add a SCRIPT EXISTS per flush
             # (Redis caches the compiled script by its digest either way).
             calls.append(lambda c: c.eval(_HIST_WRITE, len(keys), *keys, *args))
-        if calls:
-            await self._confirmed(lambda c: self._together(c, calls))
+        if not calls:
+            return True
+        results = await self._confirmed(lambda c: self._together(c, calls))
+        return not values or bool(results[0])
 
     async def _together(self, client, calls) -> list:
         """``calls`` sent in one round trip: queued on the caller's pipeline (with its WAIT), or

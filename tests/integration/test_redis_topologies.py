@@ -38,7 +38,7 @@ async def test_cluster_create_list_verify_flush_revoke(cluster, make_stack):
     usage = stack.state.usage
     usage.closing = True
     assert await flush_usage(stack.state.store, usage, stack.state.metrics)
-    assert not await stack.store.redis.exists(stack.store.ledger.node_key(usage.node_id))
+    assert await stack.store.redis.hkeys(stack.store.ledger.node_key(usage.node_id)) == [b"^"]  # folded
     usage.closing = False
     status, listed, _ = await stack.admin_call("GET", "/v1/orgs/acme/api-keys")
     assert all(k["last_used_at"] and k["request_count"] == 1 for k in listed["data"])
