@@ -31,6 +31,9 @@ LIMITS = "L"
 SHARED = (ORG, NAME, PREFIX, SCOPES, CREATED_AT, CREATED_BY, EXPIRES_AT, REVOKED_AT, REVOKED_BY, VERSION, ROLLED_AT,
           LIMITS)
 
+# The field of a node's usage hash holding the sequence number of the latest write set into it.
+SEQ_FIELD = "~"
+
 
 def encode_record(record: KeyRecord) -> list[Any]:
     """The record as HSET arguments: field, value, field, value, ..."""

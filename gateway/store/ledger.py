@@ -1,8 +1,8 @@
 """Last-used data in Redis: one hash per gateway process, merged on read, folded into a durable base.
 
 Each gateway process (a *node*) keeps its own absolute totals per key and writes the changed ones
-with ONE command per flush into its own hash (``_WRITE``: an HMGET and an HSET whatever the number
-of keys). Readers merge: last_used_at = the latest over the base and every node, request_count =
+with ONE ``HSET`` per flush into its own hash, whatever the number of keys, between two small
+scripts in a transaction (``_GUARD``, ``_SETTLE``; on Redis Cluster, the ``_WRITE`` script). Readers merge: last_used_at = the latest over the base and every node, request_count =
 the sum. A node's totals only grow, until its hash is folded: then they restart, as the node's
 next *generation* (``UsageBuffer.rebase``, ``retire``). Each write carries the node's generation
 and its sequence number; the hash keeps the generation (``^``, absent: 0) and the latest sequence
@@ -11,7 +11,10 @@ a timed-out command once more; the first may still be queued somewhere) can neve
 back or count twice: a write of the hash's generation at least as recent as ``~`` holds the
 larger totals of its keys and is set as it is; an older one keeps, field by field, the later use
 and the larger count; one of an older generation (its totals were folded already, or are sent
-again by the node's next generation) is refused.
+again by the node's next generation) is refused. The HSET stays a plain command (a script would
+take every field as an argument: twice the Redis time of the flush): ``_GUARD`` moves the hash
+aside (``late:<node>``) when the write is older than the hash's latest, so the HSET fills a
+scratch hash, and ``_SETTLE`` puts the hash back and merges the scratch into it, or drops it.
 
 A node hash is folded into the base (and deleted) when its node shuts down, and by whoever
 notices a node that has not been heard from for ``fold_after_ms``: the admin API when it reads
@@ -55,7 +58,7 @@ from __future__ import annotations
 from redis.asyncio.cluster import RedisCluster
 
 from gateway.history import DAY, DAY_MS, HOUR, Window, day_slot, hour_slot
-from gateway.store.codec import decode_counts, decode_usage, encode_counts, encode_usage, merge_usage
+from gateway.store.codec import SEQ_FIELD, decode_counts, decode_usage, encode_counts, encode_usage, merge_usage
 
 FOLD_AFTER_MS = 600_000  # a node not heard from for 10 minutes is folded by whoever notices
 FOLD_CHUNK = 1000  # fields per fold script call: 3-4 ms of Redis time (measured here)
@@ -183,6 +186,64 @@ elseif tonumber(ARGV[2]) < tonumber(state[2] or '0') then
   return 1
 end
 redis.call('HSET', KEYS[1], '~', ARGV[2], unpack(ARGV, 3))
+return 1
+"""
+
+# The same, as a plain HSET between these two scripts in one MULTI/EXEC (the HSET: "~", the
+# sequence number, then the key id, value pairs). KEYS: the node's hash, its aside key. ARGV: the
+# generation, the sequence number. _GUARD: a write of an older generation than "^", or of the
+# same and older than "~", moves the hash aside (RENAME) so that the HSET fills a scratch hash;
+# a newer generation takes the hash over. _SETTLE (ARGV: the generation): if the hash was moved
+# aside, the scratch (the late write) is dropped and the hash put back, then, if the generation
+# is the hash's, each of the scratch's fields keeps the later use and the larger count. Returns
+# 1 if written, 0 if refused. A write at least as recent as "~" costs the HSET and two small
+# script calls.
+_GUARD = """
+local state = redis.call('HMGET', KEYS[1], '^', '~')
+local gen, have = tonumber(ARGV[1]), tonumber(state[1] or '0')
+if gen < have or (gen == have and tonumber(ARGV[2]) < tonumber(state[2] or '0')) then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  return 0
+end
+if gen > have then
+  redis.call('PERSIST', KEYS[1])
+  redis.call('HSET', KEYS[1], '^', ARGV[1])
+end
+return 1
+"""
+
+_SETTLE = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 1 end
+local late = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('RENAME', KEYS[2], KEYS[1])
+if tonumber(ARGV[1]) ~= tonumber(redis.call('HGET', KEYS[1], '^') or '0') then return 0 end
+local fields = {}
+for j = 1, #late, 2 do
+  if late[j] ~= '~' then fields[#fields + 1] = late[j]; fields[#fields + 1] = late[j + 1] end
+end
+if #fields == 0 then return 1 end
+local names = {}
+for j = 1, #fields, 2 do names[#names + 1] = fields[j] end
+local old = redis.call('HMGET', KEYS[1], unpack(names))
+local items = {}
+for j = 1, #names do
+  local v = fields[2 * j]
+  if old[j] then
+    local l0, n0 = string.match(old[j], '^(%d+):(%d+)$')
+    local l1, n1 = string.match(v, '^(%d+):(%d+)$')
+    if l0 and l1 then
+      l0, n0, l1, n1 = tonumber(l0), tonumber(n0), tonumber(l1), tonumber(n1)
+      if l0 >= l1 and n0 >= n1 then
+        v = nil
+      else
+        v = string.format('%d:%d', math.max(l0, l1), math.max(n0, n1))
+      end
+    end
+  end
+  if v then items[#items + 1] = names[j]; items[#items + 1] = v end
+end
+if #items > 0 then redis.call('HSET', KEYS[1], unpack(items)) end
 return 1
 """
 
@@ -346,6 +407,7 @@ class UsageLedger:
         self.nodes = f"{tag}:nodes"
         self.folded = f"{tag}:folded"
         self.node_prefix = f"{tag}:node:"
+        self.late_prefix = f"{tag}:late:"  # + node id: its hash, moved aside while a late write runs
         self.base_prefix = f"{tag}:base:"
         self.hist_prefix = f"{tag}:hist:"  # + node id + ":" + hour index: a node's counts of an hour
         self.hist_open = f"{tag}:hist:open"  # "<node id>:<hour>" of the hashes not folded yet, by hour
@@ -368,6 +430,9 @@ class UsageLedger:
     def node_key(self, node_id: str) -> str:
         return self.node_prefix + node_id
 
+    def late_key(self, node_id: str) -> str:
+        return self.late_prefix + node_id
+
     async def beat(self, node_id: str, registered: bool) -> tuple[int, int] | None:
         """Say this node is alive. None, or (folded while away) the seq of its last write that
         landed and the generation its hash admits now (``UsageBuffer.rebase``)."""
@@ -387,12 +452,23 @@ class UsageLedger:
         (gateway.usage.HistoryWrite), when given. False if the totals were refused: the node's
         hash was folded into the base (its generation is older than the hash's)."""
         calls = []
+        cluster = isinstance(self.redis, RedisCluster)
         if values:
-            items: list[object] = [gen, seq]
+            node, aside = self.node_key(node_id), self.late_key(node_id)
+            items: list[object] = [SEQ_FIELD, seq]
             for key_id, (last_ms, count) in values.items():
                 items += (key_id, encode_usage(last_ms, count))
-            # EVAL, not a registered script, for the reason below.
-            calls.append(lambda c: c.eval(_WRITE, 1, self.node_key(node_id), *items))
+
+            async def guarded(c) -> None:  # queued on a pipeline (of Redis or Sentinel's master)
+                c.execute_command("MULTI")
+                c.eval(_GUARD, 2, node, aside, gen, seq)
+                c.hset(node, items=items)
+                c.eval(_SETTLE, 2, node, aside, gen)
+                c.execute_command("EXEC")
+
+            # (A cluster client cannot send MULTI inside the flush's pipeline: one script there.
+            # EVAL, not a registered script, for the reason below.)
+            calls.append((lambda c: c.eval(_WRITE, 1, node, gen, seq, *items[2:])) if cluster else guarded)
         if history is not None and len(history):
             keys, args = [self.hist_open, self.histday_open], [node_id, FOLDED_TTL_MS, history.seq]
             for index, kind, prefix, by in ((1, "h", self.hist_prefix, history.hours),
@@ -402,15 +478,17 @@ class UsageLedger:
                         continue
                     keys.append(f"{prefix}{node_id}:{at}")
                     args += (index, at, "1" if history.is_fresh(kind, at) else "0", len(counts))
-                    for key_id, values in counts.items():
-                        args += (key_id, encode_counts(values))
+                    for key_id, classes in counts.items():
+                        args += (key_id, encode_counts(classes))
             # EVAL, not a registered script: in a pipeline that would add a SCRIPT EXISTS per flush
             # (Redis caches the compiled script by its digest either way).
             calls.append(lambda c: c.eval(_HIST_WRITE, len(keys), *keys, *args))
         if not calls:
             return True
         results = await self._confirmed(lambda c: self._together(c, calls))
-        return not values or bool(results[0])
+        # The pipeline's answers: MULTI, three QUEUED, then EXEC's (the guard's, the HSET's, the
+        # settle's); on Cluster the script's.
+        return not values or bool(results[0] if cluster else results[4][2])
 
     async def _together(self, client, calls) -> list:
         """``calls`` sent in one round trip: queued on the caller's pipeline (with its WAIT), or

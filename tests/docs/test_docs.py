@@ -33,7 +33,7 @@ def test_redis_layout_names_exactly_the_keys_the_store_builds():
     client = redis.asyncio.Redis()  # never connects: only the names are built
     store, ledger, sessions = KeyStore(client, prefix="gw"), UsageLedger(client, "gw"), SessionStore(client, "gw")
     built = {store._rec("<key_id>"), store._org_keys("<org_id>"), store._org_revoked("<org_id>"),
-             store._org_creates("<org_id>"), ledger.node_prefix + "<node_id>", ledger.nodes,
+             store._org_creates("<org_id>"), ledger.node_prefix + "<node_id>", ledger.nodes, ledger.late_prefix + "<node_id>",
              ledger.base_prefix + "<bucket>", ledger.folded, store.channel, store.ack_channel,
              store.beat_channel("<node_id>"), store.registry, store.replicas.marker,
              store._key_log("<key_id>"), store._org_activity("<org_id>"), store.backfilled,

@@ -187,6 +187,34 @@ async def test_cluster_activity_log_and_its_backfill(cluster, make_stack):
     assert await store.backfill_activity(force=True) == 0
 
 
+async def test_cluster_last_used_write_run_late_changes_nothing(cluster):
+    """On a cluster the last-used write is one script (_WRITE), not the HSET in a transaction: a
+    lost-answer write that Redis runs after the retry, then after the node's own fold, changes
+    nothing (tests/integration/test_usage_ledger.py does the same on a standalone Redis)."""
+    from gateway.metrics import Metrics
+    from gateway.store import KeyStore, connect
+    from gateway.usage import UsageBuffer
+
+    store = KeyStore(connect(cluster.url))
+    try:
+        ledger, key = store.ledger, "key_" + "c" * 16
+        buf = UsageBuffer("gw_cluster_late")
+        buf.add(key, 1_000)
+        lost = buf.drain()
+        buf.restore(lost)
+        buf.add(key, 2_000)
+        assert await flush_usage(store, buf, Metrics())
+        assert await ledger.write(buf.node_id, lost.seq, lost.values, gen=lost.gen)  # older: merged
+        assert (await ledger.read([key]))[0] == {key: (2_000, 2)}
+        buf.closing = True
+        assert await flush_usage(store, buf, Metrics())  # folded into the base at shutdown
+        assert not await ledger.write(buf.node_id, lost.seq, lost.values, gen=lost.gen)  # refused
+        assert await store.redis.hkeys(ledger.node_key(buf.node_id)) == [b"^"]
+        assert (await ledger.read([key]))[0] == {key: (2_000, 2)}
+    finally:
+        await store.redis.aclose()
+
+
 async def test_cluster_sign_in_sessions(cluster):
     """The sign-in session store on a cluster, where its keys live in different slots (each of its
     commands names one key, so none depends on redis-py splitting a multi-key command)."""

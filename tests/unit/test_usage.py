@@ -49,8 +49,8 @@ def test_node_ids_differ_and_can_be_given():
 class Model:
     """Redis for the last-used data (gateway.store.ledger): the node's hash (its generation "^",
     the latest sequence number "~", the totals), the base a fold moves it to, the nodes index
-    and the folded record (_WRITE, _FOLD, _BEAT), and the writes that failed but that Redis runs
-    later (``late``). A read counts the node's hash only while the node is in the index."""
+    and the folded record (_GUARD + HSET + _SETTLE, or _WRITE; _FOLD; _BEAT), and the writes that
+    failed but that Redis runs later (``late``). A read counts the node's hash only while the node is in the index."""
 
     def __init__(self) -> None:
         self.node: dict[str, tuple[int, int]] = {}
