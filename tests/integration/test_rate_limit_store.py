@@ -237,7 +237,9 @@ async def test_the_return_loop_survives_a_failed_tick(budgets, caplog):
 
 async def test_a_grant_that_lands_after_the_entry_was_dropped_goes_back(budgets):
     limiter = Limiter(budgets, LimitsConfig())
-    record = Record("key_drop", Limit("hour", 10_000))
+    # (A limit far above what the warm-up leases: the lease for ``cost`` below must fit in what the
+    # store has left while the dropped entry's budget waits for the next tick.)
+    record = Record("key_drop", Limit("hour", 1_000_000))
     for _ in range(40):  # a busy key: its leases are sized to its rate
         assert await attempt(limiter, record)
         await asyncio.sleep(0.005)
@@ -248,7 +250,8 @@ async def test_a_grant_that_lands_after_the_entry_was_dropped_goes_back(budgets)
     decision = limiter.admit(entry, cost, now)
     flight = asyncio.ensure_future(limiter.settle(entry, decision, cost))
     await asyncio.sleep(0)  # the lease is in flight
-    limiter.entry(Record("key_drop", Limit("hour", 5_000)), now)  # limits edited: the entry is replaced
+    assert 2 * cost <= 1_000_000
+    limiter.entry(Record("key_drop", Limit("hour", 500_000)), now)  # limits edited: the entry is replaced
     await flight  # admitted from the lease it waited for
     assert lease.held == 0
     await limiter.return_idle()
