@@ -27,7 +27,7 @@ MAX_KEYS = 65536  # KeyLimiters one process keeps; the least recently used are d
 EVICT_AFTER_MS = 150_000  # a key holding no budget and unused this long is dropped (> Sizing.max_idle_ms)
 FAULT_BACKOFF = 1.0  # seconds after a key's lease failed (Redis down) in which no other lease of it is tried
 MAX_PENDING = 65536  # returns kept for the next tick (dropped entries' budget, returns deferred by a fault)
-RECLAIM_WAIT = 0.15  # seconds a short request waits at most for other nodes to return budget (woken by the first)
+RECLAIM_WAIT = 0.15  # seconds a short request waits at most for other nodes to return budget (woken once enough came)
 FRUITLESS_WAIT = 0.03  # ...after the key's last reclaim brought nothing back (a flood: nobody holds any)
 ROUNDS = 8  # lease-then-admit rounds of one request before it is refused
 RETURN_EVERY = 1.0  # seconds between returns of idle budget
@@ -62,7 +62,7 @@ class Entry:
 
     __slots__ = ("key_id", "record", "limits", "limiter", "by_window", "kinds", "flight", "woken",
                  "reclaimed", "last_seen", "waiting", "policy", "policy_until", "fault_until", "rate_lines",
-                 "kinds_index", "fruitless")
+                 "kinds_index", "fruitless", "need", "back")
 
     def __init__(self, key_id: str, record, limits: tuple[Limit, ...], now: int) -> None:
         self.key_id = key_id
@@ -75,6 +75,8 @@ class Entry:
         self.flight: asyncio.Future | None = None  # the lease in flight
         self.woken: asyncio.Event | None = None  # set when another node returned budget of this key
         self.fruitless = False  # the last reclaim's wait ended with no return
+        self.need = 0  # units the requests waiting on a reclaim lack
+        self.back = 0  # units other nodes said they returned since that reclaim
         self.reclaimed: dict[str, tuple[int, int]] = {}  # window -> (start, when) of the last reclaim sent
         self.last_seen = now
         self.waiting = 0  # requests of this key in ``Limiter.settle`` now
@@ -276,20 +278,21 @@ class Limiter:
                 continue
             lease = entry.limiter.lease(grant.window)
             if grant.amount < want.amount and lease.held < cost:
-                short.append(want)
-        for want in short:
-            await self._reclaim(entry, want, now)
+                short.append((want, max(cost, entry.waiting * cost) - lease.held))
+        for want, need in short:
+            await self._reclaim(entry, want, need, now)
 
-    async def _reclaim(self, entry: Entry, want: Want, now: int) -> None:
+    async def _reclaim(self, entry: Entry, want: Want, need: int, now: int) -> None:
         """The store had too little left: ask the other nodes for what they hold of this key (at
         most once a recheck period per window, counted from the end of the last wait: one wait
         per request, and again in the same window once that passed), then wait for their returns
-        (woken by the first, at most RECLAIM_WAIT)."""
+        (woken once they add up to ``need``, what the waiting requests lack; at most RECLAIM_WAIT)."""
         last = entry.reclaimed.get(want.window)
         if last is not None and last[0] == want.start and now - last[1] < entry.limiter.sizing.recheck_ms:
             return
         entry.reclaimed[want.window] = (want.start, now)
         entry.woken = asyncio.Event()
+        entry.need, entry.back = need, 0
         self.stats.reclaims_sent += 1
         self.stats.commands["publish"] += 1
         try:
@@ -308,7 +311,7 @@ class Limiter:
             await asyncio.wait_for(woken.wait(), FRUITLESS_WAIT if entry.fruitless else RECLAIM_WAIT)
         except asyncio.TimeoutError:
             pass
-        entry.fruitless = not woken.is_set()
+        entry.fruitless = not woken.is_set() and not entry.back
         if entry.woken is woken:
             entry.woken = None
 
@@ -325,10 +328,11 @@ class Limiter:
             return
         self.stats.reclaims_received += 1
         lease = entry.limiter.lease(window)
-        if returned:
-            if lease.start == start:
+        if returned is not None:
+            if lease.start == start and node != self.store.node:
                 lease.allow_recheck()
-                if entry.woken is not None:
+                entry.back += returned
+                if entry.woken is not None and entry.back >= entry.need:
                     entry.woken.set()
             return
         if node == self.store.node:  # our own request, heard back
@@ -341,8 +345,9 @@ class Limiter:
         # (no PING first: the reclaim just came through Redis, and the asker waits at most RECLAIM_WAIT)
         if await self._give_back([(key_id, wants)], keep=False):
             self.stats.commands["publish"] += 1
+            returned = sum(w.amount for w in wants if w.window == window and w.start == start)
             try:
-                await self.returns.reclaim(key_id, window, start, returned=True)
+                await self.returns.reclaim(key_id, window, start, returned=returned)
             except Unavailable:
                 pass
 

@@ -268,13 +268,14 @@ class BudgetStore:
         except (RedisError, OSError):
             return False
 
-    async def reclaim(self, key_id: str, window: str, start: int, returned: bool = False) -> None:
+    async def reclaim(self, key_id: str, window: str, start: int, returned: int | None = None) -> None:
         """Ask every node to return what it holds of ``key_id`` ("<key_id> <window> <start>
-        <node>"), or (``returned``) say that this node just did ("... +"); ``node`` tells a
-        node its own requests apart from another's. Raises Unavailable on a Redis fault."""
+        <node>"), or say that this node just returned ``returned`` units of it ("... +<n>");
+        ``node`` tells a node its own requests apart from another's. Raises Unavailable on a
+        Redis fault."""
+        tail = "" if returned is None else f" +{returned}"
         try:
-            await self.redis.publish(self.reclaim_channel,
-                                     f"{key_id} {window} {start} {self.node}{' +' if returned else ''}")
+            await self.redis.publish(self.reclaim_channel, f"{key_id} {window} {start} {self.node}{tail}")
         except (RedisError, OSError) as err:
             raise Unavailable(str(err), outage=is_outage(err)) from err
 
@@ -283,10 +284,14 @@ async def _one(call) -> list:
     return [await call]
 
 
-def parse_reclaim(data: str) -> tuple[str, str, int, str, bool] | None:
-    """A reclaim message: (key id, window, window start, sending node, is it a "returned"
-    notice), None if malformed."""
+def parse_reclaim(data: str) -> tuple[str, str, int, str, int | None] | None:
+    """A reclaim message: (key id, window, window start, sending node, the units it returned
+    or None for a request), None if malformed."""
     parts = data.split(" ")
-    if len(parts) not in (4, 5) or (len(parts) == 5 and parts[4] != "+") or not parts[2].isdigit():
+    if len(parts) not in (4, 5) or not parts[2].isdigit():
         return None
-    return parts[0], parts[1], int(parts[2]), parts[3], len(parts) == 5
+    if len(parts) == 4:
+        return parts[0], parts[1], int(parts[2]), parts[3], None
+    if not (parts[4].startswith("+") and parts[4][1:].isdigit()):
+        return None
+    return parts[0], parts[1], int(parts[2]), parts[3], int(parts[4][1:])

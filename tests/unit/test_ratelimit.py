@@ -714,3 +714,27 @@ def test_a_lease_far_below_the_share_is_not_raised_to_it():
     lease = Lease(Limit("second", 1_000), 0)
     lease.grant(0, 0, 1_000, 0, rates=300_000, sent=100_000)  # the key at 30 % of its limit
     assert lease.want(1, 0, 100.0).amount == 125  # its rate with headroom, not its share (333)
+
+
+@pytest.mark.parametrize("gap_ms, most", [(200, 3), (1_000, 4), (3_000, 6)])
+def test_a_sparse_key_leases_on_few_of_its_requests(gap_ms, most):
+    # A key used every gap_ms on one node (a minute and a month limit): once its rate is known its
+    # leases cover many requests, and it keeps them between requests (4 usual gaps at least).
+    key = KeyLimiter([Limit("minute", 10**6), Limit("month", 10**9)], 0)
+    store: dict = {}
+    leases = 0
+    for i in range(60):
+        now = 1_000 + i * gap_ms
+        decision = key.admit(1, now)
+        while decision.outcome == NEEDS_LEASE:
+            leases += 1
+            for want in decision.wants:
+                left = store.setdefault((want.window, want.start), 10**9)
+                store[(want.window, want.start)] = left - want.amount
+                key.grant(want.window, want.start, want.amount, left - want.amount, now, want.rate, want.rate)
+            decision = key.admit(1, now)
+        assert decision.outcome == ADMITTED
+        for tick in range(now + 1, now + gap_ms, 1_000):  # the node's return ticks until the next request
+            for want in key.release(tick):
+                store[(want.window, want.start)] += want.amount
+    assert leases <= most
