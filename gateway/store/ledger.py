@@ -2,8 +2,9 @@
 
 Each gateway process (a *node*) keeps its own absolute totals per key and writes the changed ones
 with ONE ``HSET`` per flush into its own hash, whatever the number of keys, between two small
-scripts in a transaction (``_GUARD``, ``_SETTLE``; on Redis Cluster, the ``_WRITE`` script). Readers merge: last_used_at = the latest over the base and every node, request_count =
-the sum. A node's totals only grow, until its hash is folded: then they restart, as the node's
+scripts in a transaction (``_GUARD``, ``_SETTLE``; on Redis Cluster, the ``_WRITE`` script).
+Readers merge: last_used_at = the latest over the base and every node, request_count = the sum.
+A node's totals only grow, until its hash is folded: then they restart, as the node's
 next *generation* (``UsageBuffer.rebase``, ``retire``). Each write carries the node's generation
 and its sequence number; the hash keeps the generation (``^``, absent: 0) and the latest sequence
 number written (``~``). So a write whose answer was lost and that Redis runs late (redis-py sends
@@ -12,11 +13,11 @@ back or count twice: a write of the hash's generation at least as recent as ``~`
 larger totals of its keys and is set as it is; an older one keeps, field by field, the later use
 and the larger count; one of an older generation (its totals were folded already, or are sent
 again by the node's next generation) is refused. The HSET stays a plain command (a script would
-take every field as an argument: twice the Redis time of the flush): ``_GUARD`` moves the hash
+take every field as an argument: about twice the Redis CPU of the flush): ``_GUARD`` moves the hash
 aside (``late:<node>``) when the write is older than the hash's latest, so the HSET fills a
 scratch hash, and ``_SETTLE`` puts the hash back and merges the scratch into it, or drops it.
 
-A node hash is folded into the base (and deleted) when its node shuts down, and by whoever
+A node hash is folded into the base when its node shuts down, and by whoever
 notices a node that has not been heard from for ``fold_after_ms``: the admin API when it reads
 usage, and the flusher of every gateway and admin API process after its first flush, then every
 few minutes (gateway.tasks.usage_flusher). Every fold is a script over a single hash slot (all
@@ -27,7 +28,8 @@ write of the folded generation is refused instead of recreating the hash.
 
 A node that was folded while it was away learns it from its next liveness beat (which it sends
 before writing whenever the last one is older than a minute) together with the sequence number
-of its last write that reached Redis, and starts again from what had not (``UsageBuffer.rebase``).
+of its last write that reached Redis and the generation its folded hash admits, and starts again
+from what had not, as that generation (``UsageBuffer.rebase``).
 
 Usage history (counts per key, UTC hour and outcome class) rides on the same flush, every
 HISTORY_EVERY seconds (gateway.usage.UsageBuffer.history_due): ONE more command, the
@@ -486,9 +488,16 @@ class UsageLedger:
         if not calls:
             return True
         results = await self._confirmed(lambda c: self._together(c, calls))
-        # The pipeline's answers: MULTI, three QUEUED, then EXEC's (the guard's, the HSET's, the
-        # settle's); on Cluster the script's.
-        return not values or bool(results[0] if cluster else results[4][2])
+        if not values:
+            return True
+        if cluster:
+            return bool(results[0])
+        # The pipeline's answers: MULTI, three QUEUED, then EXEC's: the guard's, the HSET's and
+        # the settle's (a command that failed inside the transaction is an error in that list).
+        for answer in results[4]:
+            if isinstance(answer, Exception):
+                raise answer
+        return bool(results[4][2])
 
     async def _together(self, client, calls) -> list:
         """``calls`` sent in one round trip: queued on the caller's pipeline (with its WAIT), or

@@ -316,6 +316,7 @@ async def test_a_lost_answer_write_that_redis_runs_late_never_sets_back_nor_coun
     await flush(store, buf)
     await replay(store, buf.node_id, lost_again)
     assert (await usage_of(store, a), await usage_of(store, b)) == ((T3 + 1, 4), (T3 + 2, 3))
+    assert not await store.redis.exists(store.ledger.late_key("gw_lost"))  # (only inside a transaction)
 
 
 async def test_a_write_refused_as_folded_is_written_again_after_the_beat(store):
