@@ -449,10 +449,11 @@ class UsageLedger:
 
     async def write(self, node_id: str, seq: int, values: dict[str, tuple[int, int]], history=None,
                     gen: int = 0) -> bool:
-        """ONE command (``_WRITE``): this node's absolute totals for ``values``, of its generation
-        ``gen``, with the write's sequence number; and ONE more (a script) for a ``history`` write
-        (gateway.usage.HistoryWrite), when given. False if the totals were refused: the node's
-        hash was folded into the base (its generation is older than the hash's)."""
+        """ONE ``HSET`` (in its MULTI/EXEC with ``_GUARD`` and ``_SETTLE``; on Cluster, the
+        ``_WRITE`` script): this node's absolute totals for ``values``, of its generation ``gen``,
+        with the write's sequence number; and ONE more command (a script) for a ``history`` write
+        (gateway.usage.HistoryWrite), when given, all in one round trip. False if the totals were
+        refused: the node's hash was folded into the base (its generation is older than the hash's)."""
         calls = []
         cluster = isinstance(self.redis, RedisCluster)
         if values:
