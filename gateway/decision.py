@@ -109,18 +109,19 @@ async def decide(st: GatewayState, method: str, raw_target: str, headers: list[t
     # (gateway.leases). Admitting from the budget this node holds is synchronous; only a lease
     # (a few per second per key at most) goes to Redis.
     limited = None
-    if st.limits is not None:
-        limited = st.limits.entry(record)
+    limits = st.limits
+    if limits is not None:
+        limited = limits.entry(record)
         if limited is not None:
-            now = st.limits.now_ms()  # Redis's clock (gateway.limiter)
+            now = limits.now_ms()  # Redis's clock (gateway.limiter)
             # A body declared too large is refused before it spends the key's budget (the
             # proxy's content_length; a chunked body found too large later has spent it).
             if content_length is not None and content_length > st.settings.max_body_bytes:
                 raise errors.PayloadTooLarge()
             cost = found.rule.cost
-            decision = st.limits.admit(limited, cost, now)
+            decision = limits.admit(limited, cost, now)
             if decision is not ADMIT:
-                await st.limits.settle(limited, decision, cost)
+                await limits.settle(limited, decision, cost)
     return target, _identity(st, record), limited
 
 

@@ -71,10 +71,11 @@ class RateMeter:
     for dense traffic, and an EWMA of the gaps between admits for sparse traffic (a key used every
     few seconds has mostly empty buckets)."""
 
-    __slots__ = ("alpha", "second", "count", "previous", "ewma", "last", "gap")
+    __slots__ = ("alpha", "beta", "second", "count", "previous", "ewma", "last", "gap")
 
     def __init__(self, alpha: float = 0.2) -> None:
         self.alpha = alpha
+        self.beta = 1 - alpha  # (add's weight of the past, computed once)
         self.second = None  # the bucket being filled (now // 1000)
         self.count = 0
         self.previous = 0  # the last full second's count
@@ -96,8 +97,9 @@ class RateMeter:
         if now // 1000 != self.second:  # (a new second: fold; per request only this test)
             self._fold(now)
         self.count += cost
-        if self.last is not None:
-            self.gap = self.alpha * max(0, now - self.last) / cost + (1 - self.alpha) * self.gap
+        last = self.last
+        if last is not None:  # (max(0, now - last) without the call: this runs on every admit)
+            self.gap = self.alpha * (now - last if now > last else 0) / cost + self.beta * self.gap
         self.last = now
 
     def rate(self, now: int) -> float:
@@ -303,13 +305,19 @@ class Lease:
 class KeyLimiter:
     """All limits of one key on one node. A request passes every limit or changes nothing."""
 
-    __slots__ = ("leases", "meter", "sizing")
+    __slots__ = ("leases", "meter", "sizing", "first", "second", "more")
 
     def __init__(self, limits: Sequence[Limit], now: int, sizing: Sizing = DEFAULT_SIZING) -> None:
         windows = [limit.window for limit in limits]
         if len(set(windows)) != len(windows):
             raise ValueError(f"one limit per window: {', '.join(windows)}")
+        if not limits:
+            raise ValueError("at least one limit")
         self.leases = tuple(Lease(limit, now) for limit in limits)
+        # admit()'s fast path reads the first two leases by name (most keys have one or two limits).
+        self.first = self.leases[0]
+        self.second = self.leases[1] if len(self.leases) > 1 else None
+        self.more = self.leases[2:] or None
         self.meter = RateMeter()
         self.sizing = sizing
 
@@ -327,18 +335,43 @@ class KeyLimiter:
             raise ValueError(f"cost must be a positive integer, not {cost!r}")
         # The common case first, as check() would decide it: every lease is of the current window
         # and holds enough (no list, no second pass, take() inlined: this runs on every request of
-        # a limited key).
+        # a limited key; one or two limits without a loop).
+        first, second = self.first, self.second
+        if first.held >= cost and first.start <= now < first.end:
+            if second is None:
+                first.held -= cost
+                first.admitted += cost
+                first.last_admit = now
+                self.meter.add(cost, now)
+                return ADMIT
+            if second.held >= cost and second.start <= now < second.end:
+                if self.more is None:
+                    first.held -= cost
+                    first.admitted += cost
+                    first.last_admit = now
+                    second.held -= cost
+                    second.admitted += cost
+                    second.last_admit = now
+                    self.meter.add(cost, now)
+                    return ADMIT
+                return self._admit_all(cost, now)
+        return self._admit_slow(cost, now)
+
+    def _admit_all(self, cost: int, now: int) -> Decision:
+        """``admit`` of a key with three limits or more."""
         leases = self.leases
         for lease in leases:
             if lease.held < cost or not lease.start <= now < lease.end:
-                break
-        else:
-            for lease in leases:
-                lease.held -= cost
-                lease.admitted += cost
-                lease.last_admit = now
-            self.meter.add(cost, now)
-            return ADMIT
+                return self._admit_slow(cost, now)
+        for lease in leases:
+            lease.held -= cost
+            lease.admitted += cost
+            lease.last_admit = now
+        self.meter.add(cost, now)
+        return ADMIT
+
+    def _admit_slow(self, cost: int, now: int) -> Decision:
+        """``admit`` when some lease lacks budget or is of a past window (check() decides each)."""
         states = [lease.check(cost, now) for lease in self.leases]
         if REFUSED in states:
             refusals = [lease.refusal(now) for lease, s in zip(self.leases, states, strict=True) if s == REFUSED]
@@ -415,19 +448,20 @@ class RateHeaders:
     into the response head (what ``KeyLimiter.headers`` says, without its dict and f-strings).
 
     Built once per key and month: the policy line and each limit's ``RateLimit: "per-x";r=``
-    prefix; ``;t=N`` once per second; per answer only ``r`` is formatted (it changes with every
+    prefix; ``;t=N`` once per second and tightest lease (windows end on whole seconds, so ``t``
+    only changes with ``now // 1000``); per answer only ``r`` is formatted (it changes with every
     admit, so a whole line cannot be memoized)."""
 
-    __slots__ = ("limits", "has_month", "until", "prefixes", "t_lease", "t", "suffix")
+    __slots__ = ("limits", "has_month", "until", "prefixes", "t_lease", "second", "head", "suffix")
 
     def __init__(self, limits: Sequence[Limit]) -> None:
         self.limits = tuple(limits)
         self.has_month = any(limit.window == MONTH for limit in limits)
         self.until = -1  # the prefixes hold until then (a month's w is that month's length)
         self.prefixes: dict[str, bytes] = {}
-        self.t_lease: Lease | None = None
-        self.t = -1
-        self.suffix = b""
+        self.t_lease: Lease | None = None  # head and suffix are of this lease, in this second
+        self.second = -1
+        self.head = self.suffix = b""
 
     def render(self, leases: Sequence[Lease], now: int) -> bytes:
         if now >= self.until:
@@ -435,8 +469,25 @@ class RateHeaders:
             self.prefixes = {limit.window: head + f'"{limit.policy_name}";r='.encode() for limit in self.limits}
             self.until = window_bounds(MONTH, now)[1] if self.has_month else 2**62
             self.t_lease = None
-        tight, remaining = _tightest(leases, now)
-        t = seconds_until(tight.end, now)
-        if t != self.t or tight is not self.t_lease:
-            self.t, self.t_lease, self.suffix = t, tight, b";t=%d\r\n" % t
-        return self.prefixes[tight.limit.window] + (b"%d" % remaining if remaining > 0 else b"0") + self.suffix
+        if len(leases) == 2:  # (``_tightest`` inlined for the usual rate + quota)
+            tight, other = leases
+            if not tight.start <= now < tight.end:
+                tight.roll(now)
+            if not other.start <= now < other.end:
+                other.roll(now)
+            remaining = tight.store_remaining
+            remaining = (max(0, tight.limit.limit - tight.admitted - tight.overdraft) if remaining is None
+                         else remaining + tight.held)
+            left = other.store_remaining
+            left = (max(0, other.limit.limit - other.admitted - other.overdraft) if left is None
+                    else left + other.held)
+            if left < remaining or (left == remaining and other.end > tight.end):
+                tight, remaining = other, left
+        else:
+            tight, remaining = _tightest(leases, now)
+        second = now // 1000
+        if second != self.second or tight is not self.t_lease:
+            assert tight.end % 1000 == 0  # (window_bounds: every window ends on a whole second)
+            self.second, self.t_lease, self.head = second, tight, self.prefixes[tight.limit.window]
+            self.suffix = b";t=%d\r\n" % seconds_until(tight.end, now)
+        return self.head + (b"%d" % remaining if remaining > 0 else b"0") + self.suffix

@@ -49,8 +49,7 @@ async def _pipeline(st: GatewayState, req: HttpRequest, conn: HttpConnection, re
 # SECURITY: the RateLimit headers of a limited key's answer are the gateway's: the upstream's
 # copies are dropped, so a backend cannot tell the client another budget. An unlimited key's
 # answer passes the backend's own (its limits, not ours).
-_RATE_HEADERS = (b"ratelimit", b"ratelimit-policy")
-_RATE_LENGTHS = (9, 16)  # their lengths: most names are told apart without lower()
+_RATE_HEADERS = (b"ratelimit", b"ratelimit-policy")  # (9 and 16 bytes: most names are told apart without lower())
 
 
 # handle(st, req, conn): the whole per-request pipeline of the gateway; refusals get the JSON envelope.
@@ -118,9 +117,10 @@ async def forward(st: GatewayState, req: HttpRequest, conn: HttpConnection, targ
     length = None
     lines = []
     for name, value in upstream_response_headers(upstream.raw_headers, request_id=request_id):
-        if len(name) == 14 and name.lower() == b"content-length":
+        size = len(name)
+        if size == 14 and name.lower() == b"content-length":
             length = int(value)  # httptools accepted it: digits only
-        elif limited is not None and len(name) in _RATE_LENGTHS and name.lower() in _RATE_HEADERS:
+        elif (size == 9 or size == 16) and limited is not None and name.lower() in _RATE_HEADERS:
             continue
         else:
             lines.append(name + b": " + value + b"\r\n")

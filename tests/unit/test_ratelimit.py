@@ -409,6 +409,58 @@ def test_the_proxys_header_bytes_are_the_headers_and_follow_each_admit_second_an
     assert b"w=2678400" in lines.render(key.leases, now) and b'"per-minute";r=100;t=30' in lines.render(key.leases, now)
 
 
+@pytest.mark.parametrize("limits", [
+    (("minute", 100),),
+    (("minute", 100), ("month", 10_000)),
+    (("second", 3), ("minute", 5)),  # the tightest changes hands within a second
+    (("second", 4), ("minute", 9), ("hour", 20)),
+])
+def test_the_header_bytes_equal_the_headers_for_every_remaining_and_reset(limits):
+    """RateHeaders memoizes ``;t=N`` per second and tightest lease: every ms of two seconds
+    around a window's end, every remaining value of the limits (admits of 1 and 2, leases and
+    refusals in between), the bytes are the dict's."""
+    start = ms(2026, 1, 31, 23, 59, 58) + 500  # the second, minute, hour, day and month end at 2026-02-01
+    key = KeyLimiter([Limit(w, n) for w, n in limits], start)
+    lines = RateHeaders([Limit(w, n) for w, n in limits])
+    store: dict = {}
+    seen = set()
+    for now in range(start, start + 3_000, 7):
+        serve(key, 1 + now % 2, now, store)
+        assert lines.render(key.leases, now) == as_lines(key.headers(now)), now
+        seen.add(re.search(rb"RateLimit: (.*)\r\n", lines.render(key.leases, now)).group(1))
+    assert len(seen) >= 4  # (remaining and reset both moved)
+
+
+def test_the_header_bytes_follow_the_tightest_limit_within_a_second():
+    key = limiter(("minute", 100), ("hour", 50))
+    lines = RateHeaders([lease.limit for lease in key.leases])
+    assert lines.render(key.leases, 1_500) == as_lines(key.headers(1_500))  # the hour: 50 left
+    key.grant("minute", 0, 5, 10, 1_501)  # other nodes took most of the minute: 15 left
+    assert b'"per-minute";r=15;t=59' in lines.render(key.leases, 1_502) == as_lines(key.headers(1_502))
+    key.grant("hour", 0, 1, 0, 1_503)  # ...and of the hour: 1 left
+    assert b'"per-hour";r=1;t=3599' in lines.render(key.leases, 1_504) == as_lines(key.headers(1_504))
+
+
+def test_the_fast_admit_spends_all_leases_or_none():
+    for limits in ([("minute", 10)], [("minute", 10), ("month", 100)], [("second", 10), ("minute", 10), ("day", 10)]):
+        key = limiter(*limits, now=500)
+        for lease in key.leases:
+            lease.grant(0, 3, 0, 500)  # the store has none left (asked again from 600 on)
+        assert key.admit(2, 520) is ADMIT
+        assert [(lease.held, lease.admitted, lease.last_admit) for lease in key.leases] == [(1, 2, 520)] * len(limits)
+        before = snapshot(key)
+        assert key.admit(2, 540).outcome == REFUSED and snapshot(key) == before  # nothing spent
+        if len(limits) > 1:
+            key.leases[-1].grant(0, 1, 0, 560)  # only the last lease could pay
+            assert key.admit(2, 580).outcome == REFUSED
+            after = snapshot(key)
+            assert after[0][:-1] == before[0][:-1] and after[0][-1][2] == 2 and after[1] == before[1]
+        if limits[0][0] == "second":  # the second rolls (its budget is dropped): a lease first
+            assert key.admit(1, 1_500).outcome == NEEDS_LEASE and key.leases[1].admitted == 2
+        else:
+            assert key.admit(1, 1_500) is ADMIT and (key.meter.count, key.meter.last) == (1, 1_500)
+
+
 def test_the_most_restrictive_lease_is_the_least_remaining_then_the_last_to_reset_then_the_first():
     key = limiter(("second", 5), ("minute", 5), ("hour", 5))
     assert most_restrictive(key.leases, 100).limit.window == "hour"  # equal r: the one resetting last
