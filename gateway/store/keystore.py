@@ -27,6 +27,8 @@ from gateway.store.quota import NO_QUOTA, RESERVE, OrgQuota, check_reserve
 from gateway.store.replication import AUTO, NotReplicated, ReplicaGuard
 from gateway.store.sessions import SessionStore
 from gateway.store.limits import BudgetStore
+from gateway.store.events import EventFeed
+from gateway.store.orgs import OrgSettingsStore
 
 __all__ = ["AuditPage", "Contended", "KeyStore", "NotReplicated", "Page", "WriteTooLate", "decode_cursor"]
 
@@ -134,6 +136,8 @@ class KeyStore:
         self.ledger = UsageLedger(client, prefix, self._confirmed)
         self.sessions = SessionStore(client, prefix, self._confirmed)  # page sign-in (admin API)
         self.limits = BudgetStore(client, prefix, self._confirmed)  # per-key rate-limit and quota budgets (issue 16)
+        self.events = EventFeed(client, prefix)  # the org event outbox (issue 17): written with the activity index
+        self.orgs = OrgSettingsStore(client, prefix, self._confirmed)  # org settings (issue 17)
         self._create = client.register_script(_CREATE)
         self._reserve = client.register_script(_RESERVE)
         self._register = client.register_script(_REGISTER)
@@ -232,9 +236,11 @@ class KeyStore:
             check_reserve(reserved, quota)
             event = KeyEvent("api_key.created", record.id, org_id, actor, now_ms, 1)
             try:
-                # The activity index entry first (the org's slot), then the record and its event.
-                _, created = await self._confirmed(lambda c, r=record, e=event: self._gather(
+                # The activity index entry and the outbox entry first (the org's slot, the
+                # outbox's), then the record and its event.
+                *_, created = await self._confirmed(lambda c, r=record, e=event: self._gather(
                     lambda: c.zadd(self._org_activity(org_id), {event_id(r.id, 1): now_ms}),
+                    lambda: self.events.add_change(c, org_id, r.id, 1, now_ms),
                     lambda: self._create(keys=[self._rec(r.id), self._key_log(r.id)],
                                          args=[self._deadline(), encode_event(e), *encode_record(r)], client=c)))
                 if created == -1:
@@ -279,7 +285,8 @@ class KeyStore:
             index = {} if current.revoked_at is not None else {event_id(key_id, version): now_ms}
             *_, raw = await self._confirmed(lambda c, ev=event, v=version, i=index: self._gather(
                 lambda: c.zadd(self._org_revoked(org_id), {key_id: now_ms}),
-                *([lambda: c.zadd(self._org_activity(org_id), i)] if i else []),
+                *([lambda: c.zadd(self._org_activity(org_id), i),
+                   lambda: self.events.add_change(c, org_id, key_id, v, now_ms)] if i else []),
                 lambda: self._revoke(keys=[self._rec(key_id), self._key_log(key_id)],
                                      args=[self._deadline(), org_id, now_ms, actor, v, ev], client=c)))
             if raw == -1:

@@ -160,9 +160,11 @@ class Lifecycle:
     async def _commit(self, before: KeyRecord, after: KeyRecord, event: KeyEvent, now_ms: int | None,
                       deleted: tuple[str, ...]) -> KeyRecord:
         st = self.store
-        # Event-log protocol: the org's activity index entry first, then the change with its event.
-        await st._confirmed(lambda c: st._gather(lambda: c.zadd(
-            st._org_activity(before.org_id), {f"{before.id}:{after.version}": event.at})))
+        # Event-log protocol: the org's activity index entry (and the outbox's) first, then the
+        # change with its event.
+        await st._confirmed(lambda c: st._gather(
+            lambda: c.zadd(st._org_activity(before.org_id), {f"{before.id}:{after.version}": event.at}),
+            lambda: st.events.add_change(c, before.org_id, before.id, after.version, event.at)))
         fields = shared_fields(after) + [SECRETS, encode_secrets(after.secrets)] if after.rolled_at is not None \
             else shared_fields(after)
         if after.secret_ends_at is not None:

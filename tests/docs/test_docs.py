@@ -43,7 +43,8 @@ def test_redis_layout_names_exactly_the_keys_the_store_builds():
              sessions._session("<session_sha256>"), sessions._refreshing("<session_sha256>"), sessions.live_index,
              store.limits.budget_key("<key_id>", "<window>", "<window_start_ms>"), store.limits.reclaim_channel,
              store.limits.op_key("<key_id>", "<node_id>:<n>"), store.limits.config_key,
-             store.limits.rates_key("<key_id>", "<window>")}
+             store.limits.rates_key("<key_id>", "<window>"), store.events.stream,
+             store.orgs.settings_key("<org_id>")}
     assert documented == built
 
 
