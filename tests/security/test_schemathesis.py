@@ -162,4 +162,9 @@ def test_stateful_create_then_get_and_revoke(api_schema):
     assert ("POST /v1/orgs/{org_id}/api-keys/{key_id}/revoke", 200) in statuses, statuses
     assert ("GET /v1/orgs/{org_id}/audit-events", 200) in statuses, statuses  # a real key's log
     assert ("POST /v1/orgs/{org_id}/api-keys/{key_id}/roll", 200) in statuses, sorted(set(statuses))
-    assert ("PATCH /v1/orgs/{org_id}/api-keys/{key_id}", 200) in statuses, statuses
+    # An edit reached a real key: 200, or 409 (revoked) / 412 (the generated If-Match is stale),
+    # which only a key of the org answers (a made-up id is 404). A 200 alone depended on luck:
+    # few generated edit bodies are valid (limits, times in the future, If-Match), and the run
+    # with 25 examples found none in about one full run in three.
+    patched = {status for label, status in statuses if label == "PATCH /v1/orgs/{org_id}/api-keys/{key_id}"}
+    assert patched & {200, 409, 412}, sorted(set(statuses))
