@@ -20,6 +20,7 @@ from admin_api.openapi import STATIC_FILES, build_openapi
 from admin_api.ops import ORG, PRINCIPAL, AdminMetrics, log_request
 from admin_api.signin import SIGNIN, SignIn, add_routes as add_signin_routes
 from admin_api.secret_scanning import SCANNING, Scanning, github_report
+from admin_api.org_settings import get_settings, patch_settings
 from gateway import errors
 from gateway.errors import FieldError, OrgNotFound
 from gateway import store as store_mod
@@ -129,6 +130,8 @@ def make_admin_app(
     r.add_post("/v1/orgs/{org_id}/api-keys/{key_id}/roll", roll_key)
     r.add_patch("/v1/orgs/{org_id}/api-keys/{key_id}", edit_key)
     r.add_get("/v1/orgs/{org_id}/audit-events", list_audit_events)
+    r.add_get("/v1/orgs/{org_id}/settings", get_settings)
+    r.add_patch("/v1/orgs/{org_id}/settings", patch_settings)
     r.add_post("/v1/secret-scanning/github", github_report)  # public: the report's signature authenticates it
     add_signin_routes(app)
     r.add_get("/openapi.json", openapi)

@@ -194,6 +194,25 @@ class PermissionList(msgspec.Struct):
     data: list[Permission]
 
 
+class OrgSettingsOut(msgspec.Struct):
+    """An org's settings about its keys (GET/PATCH /v1/orgs/{org_id}/settings)."""
+
+    org_id: str
+    leak_action: Annotated[Literal["revoke", "flag"], Meta(description=(
+        "A key a secret scanner reports public: revoked at once (revoke, the default) or flagged and left active (flag)"))]
+    unused_days: Annotated[int, Meta(ge=1, le=3650, description="Days without a request after which api_key.unused is sent")]
+    expire_unused_days: Annotated[Annotated[int, Meta(ge=1, le=3650)] | None, Meta(description=(
+        "Keys without a request for this many days expire by themselves; null: never (the default)"))]
+
+
+class OrgSettingsPatch(msgspec.Struct, forbid_unknown_fields=True):
+    """The settings to change (any of them; at least one field is not required)."""
+
+    leak_action: Literal["revoke", "flag"] | UnsetType = UNSET
+    unused_days: Annotated[int, Meta(ge=1, le=3650)] | UnsetType = UNSET
+    expire_unused_days: Annotated[int, Meta(ge=1, le=3650)] | None | UnsetType = UNSET
+
+
 class AuditChange(msgspec.Struct):
     """One field's value before and after the change (never a secret: a roll shows display prefixes)."""
 

@@ -7,7 +7,7 @@ ApiError
 │   ValidationFailed (FieldError: naming the field), InvalidHost, SignInFailed, InvalidReport
 ├── Unauthorized (401, with WWW-Authenticate): MissingApiKey, InvalidApiKey, ExpiredApiKey,
 │   RevokedApiKey, RolledApiKey, InvalidToken, MissingToken, SessionExpired
-├── InvalidSignature (401, no WWW-Authenticate: a secret-scanning report's signature): MissingSignature
+├── InvalidSignature (401, a secret-scanning report's signature; its own challenge): MissingSignature
 ├── Forbidden (403): InsufficientScope, NoOrgRole, InsufficientRole, ScopeNotGrantable, KeyOutlivesCaller,
 │   LimitsExceedCaller, CsrfFailed
 ├── NotFound (404): RouteNotFound, KeyNotFound, OrgNotFound
@@ -155,6 +155,10 @@ class InvalidSignature(ApiError):
 
     status, code = 401, "invalid_signature"
     message = "The report's signature does not verify with a public key the scanner publishes; nothing was changed."
+
+    def headers(self) -> dict[str, str]:
+        # RFC 9110 15.5.2: a 401 carries a challenge; this one names the scheme the report needs.
+        return {"WWW-Authenticate": f'Github-Public-Key-Signature realm="{REALM}"'}
 
 
 class MissingSignature(InvalidSignature):

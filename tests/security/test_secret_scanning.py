@@ -343,3 +343,8 @@ async def test_a_report_of_1000_real_keys_is_answered_well_within_30_s(scan, sig
     assert (await scan.call("GET", "/v1/tasks", secrets[-1]))[0] == 401
     page = await scan.store.list("acme", limit=100, include_revoked=True)
     assert all(r.revoked_by == "secret_scanning:github" and r.leak is not None for r in page.records)
+
+
+async def test_a_refused_signature_is_a_401_with_its_challenge(scan, signer):
+    status, err, resp = await send(scan, report("x"), signer, signature=signer.sign(b"other"))
+    assert status == 401 and resp.headers["WWW-Authenticate"] == 'Github-Public-Key-Signature realm="api"'
