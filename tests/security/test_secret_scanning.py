@@ -16,55 +16,16 @@ import time
 
 import msgspec
 import pytest
-from aiohttp import web
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.keys import generate_key
 from gateway.orgsettings import OrgSettings
 from gateway.store.events import decode_entry
-
-PATH = "/v1/secret-scanning/github"
-
-
-class Signer:
-    def __init__(self, key_id: str) -> None:
-        self.key_id = key_id
-        self.private = ec.generate_private_key(ec.SECP256R1())
-
-    def pem(self) -> str:
-        return self.private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-
-    def sign(self, body: bytes) -> str:
-        return base64.b64encode(self.private.sign(body, ec.ECDSA(hashes.SHA256()))).decode()
-
-
-class KeyServer:
-    """GitHub's /meta/public_keys/secret_scanning, served by a real aiohttp server."""
-
-    def __init__(self) -> None:
-        self.published: list[Signer] = []
-        self.fetches = 0
-        self.down = False
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.fetches += 1
-        if self.down:
-            return web.Response(status=503)
-        return web.json_response({"public_keys": [
-            {"key_identifier": s.key_id, "key": s.pem(), "is_current": i == 0} for i, s in enumerate(self.published)]})
+from tests.support.secret_scanning import PATH, KeyServer, Signer, report, send
 
 
 @pytest.fixture
 async def key_server(aiohttp_server):
-    server = KeyServer()
-    app = web.Application()
-    app.router.add_get("/meta/public_keys/secret_scanning", server.handle)
-    running = await aiohttp_server(app)
-    server.url = str(running.make_url("/meta/public_keys/secret_scanning"))
-    return server
+    return await KeyServer().start(aiohttp_server)
 
 
 @pytest.fixture
@@ -78,20 +39,6 @@ def signer(key_server) -> Signer:
 async def scan(make_stack, key_server, signer):
     return await make_stack(admin_settings={"secret_scanning_keys_url": key_server.url,
                                             "secret_scanning_rate": 0})
-
-
-def report(*tokens: str, url: str = "https://github.com/octo/repo/blob/abc/config.py", source: str = "content"):
-    return msgspec.json.encode([{"token": t, "type": "suiteop_api_key", "url": url, "source": source} for t in tokens])
-
-
-async def send(stack, body: bytes, signer: Signer | None, *, signature: str | None = None,
-               headers: dict | None = None, key_id: str | None = None):
-    h = {"Content-Type": "application/json"}
-    if signer is not None:
-        h["Github-Public-Key-Identifier"] = key_id or signer.key_id
-        h["Github-Public-Key-Signature"] = signature or signer.sign(body)
-    h.update(headers or {})
-    return await stack.admin_call("POST", PATH, token=None, data=body, headers=h)
 
 
 async def snapshot(stack, key_id: str, org: str = "acme"):
