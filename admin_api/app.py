@@ -19,6 +19,8 @@ from admin_api.oidc import OidcVerifier
 from admin_api.openapi import STATIC_FILES, build_openapi
 from admin_api.ops import ORG, PRINCIPAL, AdminMetrics, log_request
 from admin_api.signin import SIGNIN, SignIn, add_routes as add_signin_routes
+from admin_api.secret_scanning import SCANNING, Scanning, github_report
+from admin_api.org_settings import get_settings, patch_settings
 from gateway import errors
 from gateway.errors import FieldError, OrgNotFound
 from gateway import store as store_mod
@@ -115,6 +117,8 @@ def make_admin_app(
                                          guard, clock, st.metrics)
     st.rules.on_reload = lambda result: st.metrics.reloads.labels(result).inc()
     st.store.ledger.retain(settings.usage_hourly_days, settings.usage_daily_days)
+    if settings.secret_scanning_keys_url:
+        app[SCANNING] = Scanning(st, clock)
     r = app.router
     r.add_get("/v1/me", whoami)
     r.add_get("/v1/permissions", list_permissions)
@@ -126,6 +130,9 @@ def make_admin_app(
     r.add_post("/v1/orgs/{org_id}/api-keys/{key_id}/roll", roll_key)
     r.add_patch("/v1/orgs/{org_id}/api-keys/{key_id}", edit_key)
     r.add_get("/v1/orgs/{org_id}/audit-events", list_audit_events)
+    r.add_get("/v1/orgs/{org_id}/settings", get_settings)
+    r.add_patch("/v1/orgs/{org_id}/settings", patch_settings)
+    r.add_post("/v1/secret-scanning/github", github_report)  # public: the report's signature authenticates it
     add_signin_routes(app)
     r.add_get("/openapi.json", openapi)
     r.add_get("/", page)
@@ -151,6 +158,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await st.store.redis.aclose()
     if st.oidc is not None:
         await st.oidc.close()
+    if SCANNING in app:
+        await app[SCANNING].keys.close()
 
 
 async def load_provider(oidc: OidcVerifier) -> None:

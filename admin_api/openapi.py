@@ -14,7 +14,7 @@ from gateway.store import AUDIT_CURSOR_PATTERN, CURSOR_PATTERN
 
 REF = "#/components/schemas/{name}"
 STATIC_FILES = ("app.js", "session.js", "ui.js", "detail.js", "keyform.js", "reveal.js", "revoke.js", "roll.js", "permissions.js",
-                "format.js", "listview.js", "chart.js", "activity.js", "signin.js", "limits.js", "app.css", "favicon.svg")
+                "format.js", "listview.js", "chart.js", "activity.js", "signin.js", "limits.js", "leak.js", "app.css", "favicon.svg")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -105,6 +105,18 @@ CHANGED_LINKS = {
 }
 ETAG = {"ETag": {"description": 'The key\'s version, "<version>": send it as If-Match', "schema": {"type": "string"}}}
 SECURITY = [{"bearer": []}]
+SCAN_REPORT = {"type": "array", "maxItems": 1000, "items": {
+    "type": "object", "required": ["token"],
+    "properties": {"token": {"type": "string", "minLength": 1, "maxLength": 1024},
+                   "type": {"type": "string", "maxLength": 200}, "url": {"type": "string", "maxLength": 4096},
+                   "source": {"type": "string", "maxLength": 200}}}}
+SCAN_FEEDBACK = {"type": "array", "items": {
+    "type": "object", "required": ["token_hash", "token_type", "label"], "additionalProperties": False,
+    "properties": {"token_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$",
+                                  "description": "SHA-256 (hex) of the reported token"},
+                   "token_type": {"type": "string"},
+                   "label": {"enum": ["true_positive", "false_positive"],
+                             "description": "true_positive: a real key of this gateway, active or not"}}}}
 _TIME = {"type": "string", "format": "date-time"}
 USAGE_PARAMS = [
     {"name": "from", "in": "query", "required": False, "schema": _TIME,
@@ -132,7 +144,8 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
         [schemas.Caller, schemas.CreateKeyRequest, schemas.RevokeKeyRequest, schemas.RevokedApiKey,
          schemas.CreatedApiKey, schemas.ApiKey, schemas.KeyDetail, schemas.ApiKeyList,
          schemas.RollKeyRequest, schemas.RolledApiKey, schemas.EditKeyRequest,
-         schemas.PermissionList, schemas.AuditEventList, schemas.KeyUsage, schemas.Error],
+         schemas.PermissionList, schemas.AuditEventList, schemas.KeyUsage, schemas.Error,
+         schemas.OrgSettingsOut, schemas.OrgSettingsPatch],
         ref_template=REF,
     )
     if scopes:
@@ -297,6 +310,51 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                     "responses": {"200": _json("AuditEventList", "A page of events"), **_errors(400, 401, 403, 404, 429, 503)},
                 },
             },
+            "/v1/orgs/{org_id}/settings": {
+                "parameters": [ORG],
+                "get": {
+                    "operationId": "getOrgSettings",
+                    "summary": "The org's settings about its keys (leak_action, unused_days, expire_unused_days)",
+                    "responses": {"200": _json("OrgSettingsOut", "The settings (the defaults until changed)"),
+                                  **_errors(401, 403, 404, 429, 503)},
+                },
+                "patch": {
+                    "operationId": "editOrgSettings",
+                    "summary": "Change some of the org's settings (api_keys:manage)",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("OrgSettingsPatch")}}},
+                    "responses": {"200": _json("OrgSettingsOut", "The settings now"),
+                                  **_errors(400, 401, 403, 404, 408, 413, 415, 429, 503)},
+                },
+            },
+            "/v1/secret-scanning/github": {"post": {
+                "operationId": "secretScanningReport",
+                "summary": "GitHub's secret-scanning partner report: revoke (or flag) the keys it found public",
+                "description": "Public: authenticated by the ECDSA P-256 / SHA-256 signature over the raw body "
+                               "(Github-Public-Key-Signature, base64 DER) with the key Github-Public-Key-Identifier "
+                               "names among those --secret-scanning-keys-url publishes. At most 1 MiB and 1,000 "
+                               "tokens. See docs/secret-scanning.md.",
+                "security": [],
+                "parameters": [{"name": n, "in": "header", "required": True, "schema": {"type": "string"}}
+                               for n in ("Github-Public-Key-Identifier", "Github-Public-Key-Signature")],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": SCAN_REPORT}}},
+                "responses": {
+                    "200": {"description": "One label per reported token, in order",
+                            "content": {"application/json": {"schema": SCAN_FEEDBACK}}},
+                    "400": _json("Error", "invalid_report: signed, but not an array of at most 1,000 {token, type, url, source}"),
+                    "401": {**_json("Error", "missing_signature or invalid_signature: nothing was changed"),
+                            "headers": {"WWW-Authenticate": {"description": 'Github-Public-Key-Signature realm="api"',
+                                                             "required": True, "schema": {"type": "string"}}}},
+                    "404": _json("Error", "Secret-scanning reports are off (--secret-scanning-keys-url is empty)"),
+                    "408": _json("Error", "The body did not arrive within --body-timeout seconds"),
+                    "413": _json("Error", "Body larger than 1 MiB"),
+                    "415": _json("Error", "Body is not application/json"),
+                    "429": {**_json("Error", "too_many_reports: --secret-scanning-rate reports a minute from this address"),
+                            "headers": ERROR_HEADERS[429]},
+                    "503": {**_json("Error", "scanner_keys_unavailable (the public keys cannot be fetched) or "
+                                             "store_unavailable: nothing was changed, send it again"),
+                            "headers": ERROR_HEADERS[503]},
+                },
+            }},
             "/": {"get": {
                 "operationId": "apiKeysPage",
                 "summary": "The Settings -> API Keys web page (sign in with the same credentials)",

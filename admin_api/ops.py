@@ -50,6 +50,20 @@ class AdminMetrics:
             self.signin_failures.labels(reason)
         self.live_sessions = Gauge("gateway_admin_sessions_live", "Page sign-in sessions not past their absolute end "
                                    "(updated when /metrics is read)", registry=r)
+        # Secret-scanning reports (admin_api/secret_scanning.py; docs/secret-scanning.md).
+        self.scanning_reports = Counter("gateway_admin_secret_scanning_reports", "Secret-scanning reports by result "
+                                        "(ok or the error code)", ["result"], registry=r)
+        for result in ("ok", "invalid_signature", "missing_signature", "invalid_report", "payload_too_large",
+                       "too_many_reports", "scanner_keys_unavailable", "store_unavailable"):
+            self.scanning_reports.labels(result)
+        self.scanning_tokens = Counter("gateway_admin_secret_scanning_tokens", "Reported tokens by label "
+                                       "(true_positive: a key of ours)", ["label"], registry=r)
+        for label in ("true_positive", "false_positive"):
+            self.scanning_tokens.labels(label)
+        self.scanning_actions = Counter("gateway_admin_secret_scanning_actions", "Keys revoked or flagged because a "
+                                        "report found them", ["action"], registry=r)
+        for action in ("revoked", "flagged"):
+            self.scanning_actions.labels(action)
         r.register(_ThrottledCollector(guard))
         r.register(ThrottleCollector(guard.throttle, prefix="gateway_admin"))
 

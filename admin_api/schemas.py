@@ -107,6 +107,16 @@ class LimitUsage(msgspec.Struct):
     resets_at: Timestamp
 
 
+class LeakReport(msgspec.Struct):
+    """A secret scanner reported one of the key's secrets public (docs/secret-scanning.md)."""
+
+    url: Annotated[str, Meta(description="Where the scanner found it (e.g. a file at a commit on GitHub)")]
+    source: Annotated[str, Meta(description="What the scanner looked at (GitHub: content, commit, pull_request, gist, ...)")]
+    scanner: Annotated[str, Meta(description="Who reported it (github)")]
+    action: Annotated[Literal["revoke", "flag"], Meta(description="What the org's leak_action did: revoked the key, or flagged it and left it active")]
+    found_at: Timestamp
+
+
 class ApiKey(msgspec.Struct):
     """An API key as the admin API shows it: never the secret, only its display prefix."""
 
@@ -130,6 +140,7 @@ class ApiKey(msgspec.Struct):
     effective_limits: Annotated[list[LimitSpec], Meta(description=(
         "What the gateways enforce: the key's own limits or the configured default, capped by the "
         "configured maximum; empty: unlimited"))]
+    leak: Annotated[LeakReport | None, Meta(description="Set once a secret scanner reported the key public: where, and what was done")]
 
 
 class RolledApiKey(ApiKey):
@@ -181,6 +192,25 @@ class Permission(msgspec.Struct):
 
 class PermissionList(msgspec.Struct):
     data: list[Permission]
+
+
+class OrgSettingsOut(msgspec.Struct):
+    """An org's settings about its keys (GET/PATCH /v1/orgs/{org_id}/settings)."""
+
+    org_id: str
+    leak_action: Annotated[Literal["revoke", "flag"], Meta(description=(
+        "A key a secret scanner reports public: revoked at once (revoke, the default) or flagged and left active (flag)"))]
+    unused_days: Annotated[int, Meta(ge=1, le=3650, description="Days without a request after which api_key.unused is sent")]
+    expire_unused_days: Annotated[Annotated[int, Meta(ge=1, le=3650)] | None, Meta(description=(
+        "Keys without a request for this many days expire by themselves; null: never (the default)"))]
+
+
+class OrgSettingsPatch(msgspec.Struct, forbid_unknown_fields=True):
+    """The settings to change (any of them; at least one field is not required)."""
+
+    leak_action: Literal["revoke", "flag"] | UnsetType = UNSET
+    unused_days: Annotated[int, Meta(ge=1, le=3650)] | UnsetType = UNSET
+    expire_unused_days: Annotated[int, Meta(ge=1, le=3650)] | None | UnsetType = UNSET
 
 
 class AuditChange(msgspec.Struct):
@@ -338,6 +368,8 @@ def _fields(r: KeyRecord, now_ms: int, effective: Effective) -> dict:
         request_count=r.request_count, revoked_at=rfc3339(r.revoked_at), revoked_by=r.revoked_by,
         version=r.version, secrets=_secrets(r, now_ms), rolled_at=rfc3339(r.rolled_at),
         limits=None if r.limits is None else _specs(r.limits), effective_limits=_specs(effective(r.limits)),
+        leak=None if r.leak is None else LeakReport(r.leak.url, r.leak.source, r.leak.scanner, r.leak.action,
+                                                     rfc3339(r.leak.at)),
     )
 
 

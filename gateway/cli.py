@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from gateway import accesslog, config, validation
+from gateway import accesslog, config, orgs_cli, validation
 from gateway.model import EXPIRY_CHOICES, GRACE_CHOICES
 from gateway.ratelimit import WINDOWS
 from gateway.resources import shipped
@@ -550,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default: hour for up to 7 days, else day")
     usage.add_argument("--json", action="store_true", help="the admin API's JSON answer instead of a table")
     usage.set_defaults(func=cmd_keys_usage)
+
+    orgs_cli.add_parser(sub, command)  # gateway orgs settings (issue 17)
 
     scopes = command(sub, "scopes", help="check scopes.yaml or explain how a request is authorized")
     scopes_sub = scopes.add_subparsers(dest="scopes_cmd", required=True)

@@ -250,6 +250,12 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     session_refresh: Annotated[float, Meta(ge=1, le=86400, description="Seconds after which a session re-reads the person's org and roles from the provider (the bound on role changes)")] = 300.0
     signin_rate: Annotated[int, Meta(ge=0, le=10000, description="Sign-ins one client address may start per minute before 429 too_many_sign_ins (each holds a pending record in Redis for 10 minutes; 0: no limit)")] = 30
     cookie_insecure: Annotated[bool, Meta(description="Cookies without Secure and without the __Host- prefix (local http only)")] = False
+    # Secret-scanning reports (POST /v1/secret-scanning/github; docs/secret-scanning.md).
+    secret_scanning_keys_url: Annotated[str, Meta(description="URL of GitHub's secret-scanning public keys ({\"public_keys\": [...]}) that reports are verified with (https, or http on a loopback address; empty: the endpoint answers 404)")] = "https://api.github.com/meta/public_keys/secret_scanning"
+    secret_scanning_keys_max_age: Annotated[float, Meta(gt=0, le=86400, description="Seconds the fetched public keys are used before they are fetched again")] = 3600.0
+    secret_scanning_min_refetch: Annotated[float, Meta(ge=0, le=3600, description="Least seconds between fetches of the public keys caused by a report signed with a key id they lack")] = 60.0
+    secret_scanning_timeout: Annotated[Seconds, Meta(description="Timeout of each fetch of the public keys, seconds")] = 5.0
+    secret_scanning_rate: Annotated[int, Meta(ge=0, le=100000, description="Reports one client address may send per minute before 429 too_many_reports (0: no limit)")] = 60
 
     def __post_init__(self) -> None:
         _check_listen(self.listen, "--listen")
@@ -260,6 +266,8 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         _check_default_limits(self.default_limits)
         _check_oidc(self.oidc_issuer, self.oidc_audience)
         _check_signin(self)
+        if self.secret_scanning_keys_url:
+            _check_url(self.secret_scanning_keys_url, "--secret-scanning-keys-url")
         for token in self.operator_tokens:
             if len(token) < 16:
                 raise ValueError("GATEWAY_OPERATOR_TOKEN: each operator token needs at least 16 characters")

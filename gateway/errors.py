@@ -4,9 +4,10 @@ ApiError
 ├── BadRequest (400): MalformedRequest, InvalidPath, AmbiguousCredentials, KeyInQuery, KeyInPath,
 │   MethodOverrideRefused, PathOverrideRefused, HostOverrideRefused, MissingOriginalRequest
 │   (AmbiguousOriginalRequest, InvalidOriginalMethod: the same code), InvalidJson,
-│   ValidationFailed (FieldError: naming the field), InvalidHost, SignInFailed
+│   ValidationFailed (FieldError: naming the field), InvalidHost, SignInFailed, InvalidReport
 ├── Unauthorized (401, with WWW-Authenticate): MissingApiKey, InvalidApiKey, ExpiredApiKey,
 │   RevokedApiKey, RolledApiKey, InvalidToken, MissingToken, SessionExpired
+├── InvalidSignature (401, a secret-scanning report's signature; its own challenge): MissingSignature
 ├── Forbidden (403): InsufficientScope, NoOrgRole, InsufficientRole, ScopeNotGrantable, KeyOutlivesCaller,
 │   LimitsExceedCaller, CsrfFailed
 ├── NotFound (404): RouteNotFound, KeyNotFound, OrgNotFound
@@ -14,11 +15,12 @@ ApiError
 ├── KeyLimitReached (409), KeyConflict (409): KeyIsRevoked, KeyIsExpired
 ├── VersionMismatch (412)
 ├── RequestTimeout (408), PayloadTooLarge (413), UriTooLong (414), UnsupportedMediaType (415),
-│   TooManyFailedAttempts (429), TooManyCreates (429), TooManySignIns (429), HeadersTooLarge (431)
+│   TooManyFailedAttempts (429), TooManyCreates (429), TooManySignIns (429), TooManyReports (429),
+│   HeadersTooLarge (431)
 ├── LimitExceeded (429, with Retry-After and the limit headers): RateLimited, QuotaExceeded
 │   (their CostOverRate / CostOverQuota: the route costs more than the whole limit)
 ├── ServiceUnavailable (503, with Retry-After): AuthUnavailable, IdpUnavailable, StoreUnavailable (StoreUnconfirmed),
-│   StoreFull, LimitUnavailable: RateLimitUnavailable, QuotaUnavailable
+│   StoreFull, LimitUnavailable: RateLimitUnavailable, QuotaUnavailable, ScannerKeysUnavailable
 └── UpstreamUnavailable (502), UpstreamTimeout (504)
 """
 
@@ -140,6 +142,28 @@ class FieldError(ValidationFailed):
 
     def __init__(self, field: str, message: str, **extra: Any) -> None:
         super().__init__(message, field=field, **extra)
+
+
+class InvalidReport(BadRequest):
+    """400 of a signed secret-scanning report that is not one (the message says what is wrong)."""
+
+    code, message = "invalid_report", "The report is not a JSON array of {token, type, url, source} objects."
+
+
+class InvalidSignature(ApiError):
+    """401 of a secret-scanning report whose signature does not verify (not a Bearer challenge)."""
+
+    status, code = 401, "invalid_signature"
+    message = "The report's signature does not verify with a public key the scanner publishes; nothing was changed."
+
+    def headers(self) -> dict[str, str]:
+        # RFC 9110 15.5.2: a 401 carries a challenge; this one names the scheme the report needs.
+        return {"WWW-Authenticate": f'Github-Public-Key-Signature realm="{REALM}"'}
+
+
+class MissingSignature(InvalidSignature):
+    code = "missing_signature"
+    message = "Send the report with its Github-Public-Key-Identifier and Github-Public-Key-Signature headers."
 
 
 class Unauthorized(ApiError):
@@ -364,6 +388,15 @@ class TooManyCreates(ApiError):
         self.retry_after = retry_after
 
 
+class TooManyReports(ApiError):
+    status, code = 429, "too_many_reports"
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        super().__init__(f"Too many secret-scanning reports from this address ({limit} a minute); retry after "
+                         f"{retry_after} s.", limit=limit)
+        self.retry_after = retry_after
+
+
 class LimitExceeded(ApiError):
     """429 of a key over one of its limits (gateway.limiter): the envelope names the window and
     the limit; Retry-After is when that window resets."""
@@ -458,6 +491,13 @@ class RateLimitUnavailable(LimitUnavailable):
 class QuotaUnavailable(LimitUnavailable):
     code = "quota_unavailable"
     message = "The API key's quota cannot be checked right now; retry shortly."
+
+
+class ScannerKeysUnavailable(ServiceUnavailable):
+    code = "scanner_keys_unavailable"
+    message = ("The secret scanner's public keys cannot be fetched to check this report's signature; nothing was "
+               "changed, send it again shortly.")
+    retry_after = 5
 
 
 class UpstreamUnavailable(ApiError):

@@ -47,6 +47,17 @@ class Secret(msgspec.Struct, frozen=True, array_like=True):
         return self.ends_at is None or self.ends_at > now_ms
 
 
+class Leak(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A secret scanner's report that the key is public (issue 17; gateway.leaks): where it was
+    found, by whom, when (ms) and what was done (``revoke`` or ``flag``: left active, marked)."""
+
+    url: str
+    source: str
+    at: int
+    scanner: str
+    action: str
+
+
 class KeyRecord(msgspec.Struct, frozen=True):
     """One API key as stored; never holds the secret, only its SHA-256 digest."""
 
@@ -79,6 +90,9 @@ class KeyRecord(msgspec.Struct, frozen=True):
     # The key's own rate windows and quotas, shortest window first, at most one per window (never
     # empty); None: the configured default applies (gateway.plans.LimitsConfig.effective).
     limits: tuple[Limit, ...] | None = None
+    # Set once a secret scanner reported one of the key's secrets public (the record only, never
+    # an alias): the page shows "Revoked: leaked (found at <url>)" or a Leaked badge.
+    leak: Leak | None = None
 
     def key_secrets(self) -> tuple[Secret, ...]:
         """The secrets, newest first: before the first roll, the record's own one."""
@@ -120,7 +134,7 @@ def verdict(record: KeyRecord | None, digest: str, now_ms: int) -> KeyRecord:
 
 
 # The actions of a key's activity log.
-KEY_ACTIONS = ("api_key.created", "api_key.updated", "api_key.rolled", "api_key.revoked")
+KEY_ACTIONS = ("api_key.created", "api_key.updated", "api_key.rolled", "api_key.revoked", "api_key.leaked")
 
 
 class Change(msgspec.Struct, frozen=True, array_like=True):

@@ -8,6 +8,7 @@ export const ACTION_LABEL = {
   "api_key.updated": "Edited",
   "api_key.rolled": "Rolled the secret",
   "api_key.revoked": "Revoked",
+  "api_key.leaked": "Reported leaked",
 };
 
 // Who did it, as shown and as told on hover: "operator" -> "Operator"; "key:key_abc" -> "Key key_abc";
@@ -15,6 +16,7 @@ export const ACTION_LABEL = {
 export function actorParts(actor) {
   if (actor === "operator") return { label: "Operator", title: "" };
   if (actor.startsWith("key:")) return { label: `Key ${actor.slice(4)}`, title: "" };
+  if (actor === "secret_scanning:github") return { label: "GitHub secret scanning", title: actor };
   const person = /^user:(\S+)(?: <?([^<>\s]+)>?)?$/.exec(actor);
   if (person) return { label: person[2] || person[1], title: `Subject ${person[1]}` };
   return { label: actor, title: "" };
@@ -63,6 +65,7 @@ export function describeChanges(changes) {
     else if (field === "secret") lines.push(`Secret: ${shown(before)}… → ${shown(after)}…`);
     else if (field === "limits") lines.push(`Limits: ${before ? limitsText(before) : "the default"} → ${after ? limitsText(after) : "the default"}`);
     else if (field === "previous_secret_expires_at") lines.push(`Previous secret works until ${when(after)}`);
+    else if (field === "leak" && after) lines.push(`Found at ${after.url || "an unnamed place"} (${after.source || "unknown source"}, reported by ${after.scanner}); ${after.action === "flag" ? "flagged, left active" : "revoked"}`);
     else lines.push(`${field}: ${shown(before)} → ${shown(after)}`);
   }
   return lines;

@@ -9,6 +9,7 @@
 // detail view (detail.js), the key form for create and edit (keyform.js), the roll, revoke and
 // reveal dialogs (roll.js, revoke.js, reveal.js) each hold their own code; ui.js what they share.
 
+import { leakNote } from "./leak.js";
 import { activityRow, actorNode } from "./activity.js";
 import { openDetail } from "./detail.js";
 import { requests } from "./format.js";
@@ -345,6 +346,8 @@ function keyRow(key) {
   const status = document.createElement("td");
   status.dataset.label = "Status";
   status.append(text("span", STATUS_LABEL[key.status] || key.status, "badge " + key.status));
+  const leak = leakNote(key);
+  if (leak) status.append(leak);
 
   const actions = document.createElement("td");
   actions.className = "actions-cell";

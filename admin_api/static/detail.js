@@ -5,6 +5,7 @@
 import { activityItem, actorNode } from "./activity.js";
 import { drawUsage } from "./chart.js";
 import { graceLeft, requests } from "./format.js";
+import { leakNote } from "./leak.js";
 import { limitsSummary, renderLimitUsage } from "./limits.js";
 import { activityPath, api, keyPath, state } from "./session.js";
 import {
@@ -71,6 +72,7 @@ function renderDetail(key) {
     ...field("Limits", text("span", limitsSummary(key), "limits-text")),
     ...(key.revoked_at ? field("Revoked", timeCell(key.revoked_at), " by ", actorNode(key.revoked_by || "")) : []),
     ...(key.rolled_at ? field("Rolled", timeCell(key.rolled_at)) : []),
+    ...(key.leak ? field("Leak report", timeCell(key.leak.found_at), " ", leakNote(key)) : []),
   );
   renderSecrets(key);
   renderLimitUsage(key);

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import msgspec
 
-from gateway.model import KEY_ID_PATTERN, Change, KeyEvent, KeyRecord, Secret
+from gateway.model import KEY_ID_PATTERN, Change, KeyEvent, KeyRecord, Leak, Secret
 from gateway.ratelimit import WINDOWS, Limit
 
 # Record fields. The key id is not stored: it is in the Redis key's name.
@@ -28,6 +28,8 @@ SECRET_ENDS_AT, ALIAS_OF, SECRETS, ROLLED_AT = "g", "a", "A", "y"
 # The key's own limits (L: "window:limit ..." shortest window first; absent: the default applies)
 # are shared, so every secret of a rolled key is held to them.
 LIMITS = "L"
+# A secret scanner's leak report (k: gateway.model.Leak as JSON), on the record only (not shared).
+LEAK = "k"
 SHARED = (ORG, NAME, PREFIX, SCOPES, CREATED_AT, CREATED_BY, EXPIRES_AT, REVOKED_AT, REVOKED_BY, VERSION, ROLLED_AT,
           LIMITS)
 
@@ -42,7 +44,25 @@ def encode_record(record: KeyRecord) -> list[Any]:
         fields += [SECRET_ENDS_AT, record.secret_ends_at]
     if record.rolled_at is not None:
         fields += [SECRETS, encode_secrets(record.secrets)]
+    if record.leak is not None:
+        fields += [LEAK, encode_leak(record.leak)]
     return fields
+
+
+_LEAK_ENCODER = msgspec.json.Encoder()
+_LEAK_DECODER = msgspec.json.Decoder(Leak)
+
+
+def encode_leak(leak: Leak) -> bytes:
+    return _LEAK_ENCODER.encode(leak)
+
+
+def decode_leak(raw: bytes) -> Leak:
+    """ValueError for anything encode_leak does not write."""
+    try:
+        return _LEAK_DECODER.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as err:
+        raise ValueError("malformed leak mark") from err
 
 
 def shared_fields(record: KeyRecord) -> list[Any]:
@@ -122,6 +142,7 @@ def decode_record(key_id: str, raw: dict[Any, Any] | list[Any]) -> KeyRecord | N
         secrets = decode_secrets(h[SECRETS].decode()) if SECRETS in h and alias_of is None else ()
         # SECURITY: a malformed L is no key at all (never "no limits"): fail closed.
         limits = decode_limits(h[LIMITS].decode()) if LIMITS in h else None
+        leak = decode_leak(h[LEAK]) if LEAK in h and alias_of is None else None
         return KeyRecord(
             id=alias_of or key_id,
             org_id=h[ORG].decode(),
@@ -140,6 +161,7 @@ def decode_record(key_id: str, raw: dict[Any, Any] | list[Any]) -> KeyRecord | N
             rolled_at=None if rolled_at is None else int(rolled_at),
             alias_id=None if alias_of is None else key_id,
             limits=limits,
+            leak=leak,
         )
     except (KeyError, ValueError, AttributeError, UnicodeDecodeError):
         return None  # a half-written or foreign hash is never treated as a key

@@ -29,6 +29,7 @@ from gateway.store.sessions import SessionStore
 from gateway.store.limits import BudgetStore
 from gateway.store.events import EventFeed
 from gateway.store.orgs import OrgSettingsStore
+from gateway.store.leaks import LeakMarks
 
 __all__ = ["AuditPage", "Contended", "KeyStore", "NotReplicated", "Page", "WriteTooLate", "decode_cursor"]
 
@@ -148,6 +149,7 @@ class KeyStore:
         self.lifecycle = Lifecycle(self)
         self.roll = self.lifecycle.roll  # KeyStore.roll / .edit: gateway.store.lifecycle
         self.edit = self.lifecycle.edit
+        self.leaks = LeakMarks(self)  # secret-scanning leak marks (issue 17)
 
     async def _confirmed(self, steps) -> list:
         """Run the writes ``steps(client)`` issues, then WAIT for the required replicas on the

@@ -1,0 +1,63 @@
+"""A key a secret scanner reported (issue 17), in Chromium: revoked with the reason and a link to
+where it was found; flagged (the org's leak_action) with a Leaked badge while it stays active."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.async_api import expect
+
+from gateway.orgsettings import OrgSettings
+from tests.browser.conftest import row, sign_in
+from tests.support.secret_scanning import KeyServer, Signer, report, send
+
+FOUND = "https://github.com/octo/repo/blob/abc123/settings.py"
+
+
+@pytest.fixture
+async def signer(aiohttp_server):
+    server = await KeyServer().start(aiohttp_server)
+    s = Signer("k1")
+    server.published.append(s)
+    s.url = server.url
+    return s
+
+
+@pytest.fixture
+async def stack(make_stack, signer):  # the browser fixture's stack, taking reports signed by ``signer``
+    return await make_stack(admin_settings={"secret_scanning_keys_url": signer.url})
+
+
+async def test_a_leaked_key_shows_as_revoked_with_where_it_was_found(stack, browser, signer):
+    page = browser.page
+    leaked = await stack.create_key(name="CI deploy")
+    status, body, _ = await send(stack, report(leaked["key"], url=FOUND), signer)
+    assert status == 200 and body[0]["label"] == "true_positive"
+    await sign_in(browser, stack)
+    await page.get_by_label("Status").select_option("revoked")
+    cell = row(browser, "CI deploy")
+    await expect(cell.locator(".badge.revoked")).to_have_text("Revoked")
+    await expect(cell.locator(".leak")).to_have_text(f"Revoked: leaked (found at {FOUND})")
+    link = cell.locator(".leak a")
+    await expect(link).to_have_attribute("href", FOUND)
+    await expect(link).to_have_attribute("rel", "noopener noreferrer")
+    await browser.shot("leaked-revoked", cell)
+    await cell.get_by_role("button", name="CI deploy: open details").click()
+    detail = page.get_by_role("dialog", name="CI deploy")
+    await expect(detail.locator("#detail-fields")).to_contain_text(f"Revoked: leaked (found at {FOUND})")
+    await expect(detail.get_by_text("Reported leaked")).to_be_visible()  # its activity event
+    await expect(detail).to_contain_text("by GitHub secret scanning")
+
+
+async def test_a_flagged_key_stays_active_with_a_leaked_badge_and_a_script_url_is_no_link(stack, browser, signer):
+    page = browser.page
+    await stack.store.orgs.put("acme", OrgSettings(leak_action="flag"))
+    flagged = await stack.create_key(name="Zapier")
+    assert (await send(stack, report(flagged["key"], url="javascript:alert(1)", source="gist"), signer))[0] == 200
+    await sign_in(browser, stack)
+    cell = row(browser, "Zapier")
+    await expect(cell.locator(".badge.active")).to_have_text("Active")
+    await expect(cell.locator(".badge.leaked")).to_have_text("Leaked")
+    await expect(cell.locator(".leak")).to_contain_text("found at javascript:alert(1)")
+    await expect(cell.locator(".leak a")).to_have_count(0)  # SECURITY: only http(s) becomes a link
+    await browser.shot("leaked-flagged", cell)
+    assert page.url.startswith(stack.admin)
