@@ -45,6 +45,8 @@ async def patch_settings(request: web.Request) -> web.Response:
     given = await app._read_json(request, _PATCH)
     await app._require_org(st, principal, org_id)
     current = await st.store.orgs.get(org_id)
+    # (JSON has one number type: 30.0 is the integer 30, as for limits)
+    given = {k: app._integral(v) if isinstance(v, float) else v for k, v in given.items()}
     try:
         settings = msgspec.convert({**msgspec.structs.asdict(current), **given}, OrgSettings)
     except msgspec.ValidationError as exc:
