@@ -144,32 +144,17 @@ end
 return 0
 """
 
-# KEYS: the node's hash. ARGV: the node's generation, the write's sequence number, then key id,
-# "<last used ms>:<count>" pairs (the node's absolute totals of that generation). The hash keeps
-# its generation in "^" (absent: 0) and the latest sequence number written in "~". Within a
-# generation a node's totals only grow, and each write carries them as they were when it was
-# drained: a write at least as recent as "~" holds the later use and the larger count of each of
-# its keys, and is set as it is (an HMGET and an HSET). An older one is a write whose answer was
-# lost and that Redis runs late, after newer ones: each of its fields keeps the later use and the
-# larger count, so it can neither set a total back nor add to it. A write of an older generation
-# than "^" is refused (its totals were folded into the base, or are sent again by the newer
-# generation): so a late write never recreates a folded hash. A newer generation (the node
-# learned its hash was folded) takes the hash over: its marker's expiry goes. Returns 1 if
-# written, 0 if refused.
-_WRITE = """
-local state = redis.call('HMGET', KEYS[1], '^', '~')
-local gen, have = tonumber(ARGV[1]), tonumber(state[1] or '0')
-if gen < have then return 0 end
-if gen > have then
-  redis.call('PERSIST', KEYS[1])
-  redis.call('HSET', KEYS[1], '^', ARGV[1])
-elseif tonumber(ARGV[2]) < tonumber(state[2] or '0') then
-  local fields = {}
-  for j = 3, #ARGV, 2 do fields[#fields + 1] = ARGV[j] end
-  local old = redis.call('HMGET', KEYS[1], unpack(fields))
+# A late write's fields into a node's hash (``given``: key id, "<last used ms>:<count>", ...):
+# each keeps the later use and the larger count of the two (a field the hash lacks is set as it
+# is), so a late write can neither set a total back nor add to it. One HMGET, at most one HSET.
+_MERGE_LATE = """
+local function merge_late(hash, given)
+  local names = {}
+  for j = 1, #given, 2 do names[#names + 1] = given[j] end
+  local old = redis.call('HMGET', hash, unpack(names))
   local items = {}
-  for j = 1, #fields do
-    local v = ARGV[2 + 2 * j]
+  for j = 1, #names do
+    local v = given[2 * j]
     if old[j] then
       local l0, n0 = string.match(old[j], '^(%d+):(%d+)$')
       local l1, n1 = string.match(v, '^(%d+):(%d+)$')
@@ -182,9 +167,35 @@ elseif tonumber(ARGV[2]) < tonumber(state[2] or '0') then
         end
       end
     end
-    if v then items[#items + 1] = fields[j]; items[#items + 1] = v end
+    if v then items[#items + 1] = names[j]; items[#items + 1] = v end
   end
-  if #items > 0 then redis.call('HSET', KEYS[1], unpack(items)) end
+  if #items > 0 then redis.call('HSET', hash, unpack(items)) end
+end
+"""
+
+# KEYS: the node's hash. ARGV: the node's generation, the write's sequence number, then key id,
+# "<last used ms>:<count>" pairs (the node's absolute totals of that generation). The hash keeps
+# its generation in "^" (absent: 0) and the latest sequence number written in "~". Within a
+# generation a node's totals only grow, and each write carries them as they were when it was
+# drained: a write at least as recent as "~" holds the later use and the larger count of each of
+# its keys, and is set as it is (an HMGET and an HSET). An older one is a write whose answer was
+# lost and that Redis runs late, after newer ones: each of its fields keeps the later use and the
+# larger count, so it can neither set a total back nor add to it. A write of an older generation
+# than "^" is refused (its totals were folded into the base, or are sent again by the newer
+# generation): so a late write never recreates a folded hash. A newer generation (the node
+# learned its hash was folded) takes the hash over: its marker's expiry goes. Returns 1 if
+# written, 0 if refused.
+_WRITE = _MERGE_LATE + """
+local state = redis.call('HMGET', KEYS[1], '^', '~')
+local gen, have = tonumber(ARGV[1]), tonumber(state[1] or '0')
+if gen < have then return 0 end
+if gen > have then
+  redis.call('PERSIST', KEYS[1])
+  redis.call('HSET', KEYS[1], '^', ARGV[1])
+elseif tonumber(ARGV[2]) < tonumber(state[2] or '0') then
+  local late = {}
+  for j = 3, #ARGV do late[#late + 1] = ARGV[j] end
+  merge_late(KEYS[1], late)
   return 1
 end
 redis.call('HSET', KEYS[1], '~', ARGV[2], unpack(ARGV, 3))
@@ -214,7 +225,7 @@ end
 return 1
 """
 
-_SETTLE = """
+_SETTLE = _MERGE_LATE + """
 if redis.call('EXISTS', KEYS[2]) == 0 then return 1 end
 local late = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', KEYS[1])
@@ -225,27 +236,7 @@ for j = 1, #late, 2 do
   if late[j] ~= '~' then fields[#fields + 1] = late[j]; fields[#fields + 1] = late[j + 1] end
 end
 if #fields == 0 then return 1 end
-local names = {}
-for j = 1, #fields, 2 do names[#names + 1] = fields[j] end
-local old = redis.call('HMGET', KEYS[1], unpack(names))
-local items = {}
-for j = 1, #names do
-  local v = fields[2 * j]
-  if old[j] then
-    local l0, n0 = string.match(old[j], '^(%d+):(%d+)$')
-    local l1, n1 = string.match(v, '^(%d+):(%d+)$')
-    if l0 and l1 then
-      l0, n0, l1, n1 = tonumber(l0), tonumber(n0), tonumber(l1), tonumber(n1)
-      if l0 >= l1 and n0 >= n1 then
-        v = nil
-      else
-        v = string.format('%d:%d', math.max(l0, l1), math.max(n0, n1))
-      end
-    end
-  end
-  if v then items[#items + 1] = names[j]; items[#items + 1] = v end
-end
-if #items > 0 then redis.call('HSET', KEYS[1], unpack(items)) end
+merge_late(KEYS[1], fields)
 return 1
 """
 

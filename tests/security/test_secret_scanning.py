@@ -295,3 +295,43 @@ async def test_a_report_of_1000_real_keys_is_answered_well_within_30_s(scan, sig
 async def test_a_refused_signature_is_a_401_with_its_challenge(scan, signer):
     status, err, resp = await send(scan, report("x"), signer, signature=signer.sign(b"other"))
     assert status == 401 and resp.headers["WWW-Authenticate"] == 'Github-Public-Key-Signature realm="api"'
+
+
+async def _everything_in_redis(r) -> bytes:
+    """Every key name and value in Redis, as bytes (type by type: DUMP may compress)."""
+    out = []
+    async for name in r.scan_iter(count=1000):
+        out.append(name)
+        kind = (await r.type(name)).decode()
+        if kind == "string":
+            out.append(await r.get(name) or b"")
+        elif kind == "hash":
+            out += [b for kv in (await r.hgetall(name)).items() for b in kv]
+        elif kind == "list":
+            out += await r.lrange(name, 0, -1)
+        elif kind == "zset":
+            out += [m for m, _ in await r.zrange(name, 0, -1, withscores=True)]
+        elif kind == "set":
+            out += list(await r.smembers(name))
+        elif kind == "stream":
+            out += [b for _, fields in await r.xrange(name) for kv in fields.items() for b in kv]
+    return b"\n".join(out)
+
+
+async def test_a_reported_token_is_never_stored_or_logged(scan, signer, caplog):
+    # SECURITY (PRODUCT.md: never store or log a key): the report carries live keys in the clear;
+    # only their digests and display prefixes may reach Redis or a log line, whatever the token's
+    # fate (revoked, flagged, not ours, malformed).
+    import logging
+    caplog.set_level(logging.DEBUG)
+    revoked = await scan.create_key(name="leaked")
+    flagged_org_key = generate_key()
+    garbage = revoked["key"][:-1] + ("A" if revoked["key"][-1] != "A" else "B")
+    status, body, _ = await send(scan, report(revoked["key"], flagged_org_key, garbage), signer)
+    assert status == 200 and [b["label"] for b in body] == ["true_positive", "false_positive", "false_positive"]
+    stored = await _everything_in_redis(scan.store.redis)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for token in (revoked["key"], flagged_org_key, garbage):
+        secret_part = token[len("sop_"):]
+        assert secret_part.encode() not in stored, "a reported token reached Redis"
+        assert secret_part not in logged, "a reported token reached a log line"
