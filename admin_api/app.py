@@ -19,6 +19,7 @@ from admin_api.oidc import OidcVerifier
 from admin_api.openapi import STATIC_FILES, build_openapi
 from admin_api.ops import ORG, PRINCIPAL, AdminMetrics, log_request
 from admin_api.signin import SIGNIN, SignIn, add_routes as add_signin_routes
+from admin_api import webhooks as webhook_routes
 from gateway import errors
 from gateway.errors import FieldError, OrgNotFound
 from gateway import store as store_mod
@@ -127,6 +128,7 @@ def make_admin_app(
     r.add_patch("/v1/orgs/{org_id}/api-keys/{key_id}", edit_key)
     r.add_get("/v1/orgs/{org_id}/audit-events", list_audit_events)
     add_signin_routes(app)
+    webhook_routes.add_routes(app, st)
     r.add_get("/openapi.json", openapi)
     r.add_get("/", page)
     r.add_get("/static/{file}", static_file)
@@ -143,6 +145,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     tasks = [watcher, flusher, backfill, asyncio.create_task(check_limits_config(st.store.limits, st.limits))]
     if st.oidc is not None:
         tasks.append(asyncio.create_task(load_provider(st.oidc)))
+    tasks += webhook_routes.start_tasks(app)  # the webhook dispatcher and delivery workers
     yield
     for task in tasks:
         task.cancel()

@@ -128,11 +128,13 @@ USAGE_DESCRIPTION = (
 def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
     """The document served at /openapi.json; ``scopes`` is the current catalogue (the create
     body may name only these), so the document follows a reloaded scopes.yaml."""
+    from admin_api import webhooks, webhooks_openapi  # they import this module's helpers
+
     _, components = msgspec.json.schema_components(
         [schemas.Caller, schemas.CreateKeyRequest, schemas.RevokeKeyRequest, schemas.RevokedApiKey,
          schemas.CreatedApiKey, schemas.ApiKey, schemas.KeyDetail, schemas.ApiKeyList,
          schemas.RollKeyRequest, schemas.RolledApiKey, schemas.EditKeyRequest,
-         schemas.PermissionList, schemas.AuditEventList, schemas.KeyUsage, schemas.Error],
+         schemas.PermissionList, schemas.AuditEventList, schemas.KeyUsage, schemas.Error, *webhooks.SCHEMAS],
         ref_template=REF,
     )
     if scopes:
@@ -297,6 +299,7 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                     "responses": {"200": _json("AuditEventList", "A page of events"), **_errors(400, 401, 403, 404, 429, 503)},
                 },
             },
+            **webhooks_openapi.paths(),
             "/": {"get": {
                 "operationId": "apiKeysPage",
                 "summary": "The Settings -> API Keys web page (sign in with the same credentials)",

@@ -250,6 +250,19 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     session_refresh: Annotated[float, Meta(ge=1, le=86400, description="Seconds after which a session re-reads the person's org and roles from the provider (the bound on role changes)")] = 300.0
     signin_rate: Annotated[int, Meta(ge=0, le=10000, description="Sign-ins one client address may start per minute before 429 too_many_sign_ins (each holds a pending record in Redis for 10 minutes; 0: no limit)")] = 30
     cookie_insecure: Annotated[bool, Meta(description="Cookies without Secure and without the __Host- prefix (local http only)")] = False
+    # Webhooks (docs/webhooks.md): delivery from the Redis outbox, in every admin API process.
+    webhooks_allow_private: Annotated[bool, Meta(description="Deliver webhooks to loopback, link-local and private addresses too (SSRF: only for tests and closed networks)")] = False
+    webhooks_max_attempts: Annotated[int, Meta(ge=1, le=50, description="Attempts of a webhook delivery before it is dead-lettered")] = 10
+    webhooks_retry_base: Annotated[float, Meta(gt=0, le=86400, description="Seconds before the first retry of a failed webhook delivery (doubled per attempt, with jitter)")] = 300.0
+    webhooks_retry_cap: Annotated[float, Meta(gt=0, le=7 * 86400, description="Most seconds between two attempts of a webhook delivery")] = 28800.0
+    webhooks_timeout: Annotated[Seconds, Meta(description="Seconds a webhook delivery may take in all (connect, send, answer)")] = 10.0
+    webhooks_connect_timeout: Annotated[Seconds, Meta(description="Seconds to connect to a webhook endpoint")] = 3.0
+    webhooks_max_response: Annotated[int, Meta(ge=0, le=1 << 20, description="Most bytes of a webhook endpoint's answer that are read")] = 65536
+    webhooks_concurrency: Annotated[int, Meta(ge=1, le=1024, description="Webhook deliveries in flight per admin API process")] = 16
+    webhooks_per_endpoint: Annotated[int, Meta(ge=1, le=256, description="Webhook deliveries in flight per endpoint, across processes (one slow endpoint holds no more)")] = 4
+    webhooks_visibility: Annotated[float, Meta(ge=1, le=3600, description="Seconds a claimed webhook delivery is hidden from other processes (at least --webhooks-timeout + 1): a process that dies loses it for this long")] = 60.0
+    webhooks_poll: Annotated[float, Meta(gt=0, le=60, description="Seconds between polls of the webhook outbox and job queue when idle")] = 0.5
+    webhooks_grace: Annotated[float, Meta(ge=0, le=3600, description="Seconds a key change's outbox entry waits for its activity log event before it is dropped")] = 30.0
 
     def __post_init__(self) -> None:
         _check_listen(self.listen, "--listen")
