@@ -18,6 +18,7 @@ from admin_api.guard import AuthGuard
 from admin_api.signin import REASONS as SIGNIN_FAILURE_REASONS
 from gateway import accesslog
 from gateway.metrics import LATENCY_BUCKETS, ThrottleCollector
+from gateway.webhook_delivery import WebhookMetrics
 
 
 # What the handlers learn about a request, for its log line.
@@ -50,6 +51,7 @@ class AdminMetrics:
             self.signin_failures.labels(reason)
         self.live_sessions = Gauge("gateway_admin_sessions_live", "Page sign-in sessions not past their absolute end "
                                    "(updated when /metrics is read)", registry=r)
+        self.webhooks = WebhookMetrics(r)  # webhook delivery (gateway.webhook_delivery)
         r.register(_ThrottledCollector(guard))
         r.register(ThrottleCollector(guard.throttle, prefix="gateway_admin"))
 

@@ -117,7 +117,7 @@ WEBHOOKS = web.AppKey("webhooks", Webhooks)
 def add_routes(app: web.Application, state) -> None:
     """The routes, and this process's webhook state over ``state`` (AdminState)."""
     app[WEBHOOKS] = Webhooks(WebhookStore(state.store), DeliveryConfig.from_settings(state.settings),
-                             WebhookMetrics(state.metrics.registry))
+                             state.metrics.webhooks)
     r = app.router
     base = "/v1/orgs/{org_id}/webhooks"
     r.add_post(base, create_webhook)

@@ -63,7 +63,8 @@ def check_url(url: str, allow_private: bool = False) -> Target:
     host = (parts.hostname or "").lower()
     if not host:
         raise UrlRefused("The URL needs a host.")
-    port = port or (443 if parts.scheme == "https" else 80)
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
     if port == 0:
         raise UrlRefused("The URL's port must be 1 to 65535.")
     try:

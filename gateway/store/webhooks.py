@@ -118,14 +118,23 @@ class WebhookStore:
         self._claim = self.redis.register_script(_CLAIM)
         self._finish = self.redis.register_script(_FINISH)
 
-    def _endpoints(self, org_id: str) -> str:
+    def endpoints_key(self, org_id: str) -> str:
         return f"{self.p}:org:{{{org_id}}}:webhooks"
+
+    def job_key(self, job: str) -> str:
+        return self.q + "job:" + job
+
+    def busy_key(self, endpoint_id: str) -> str:
+        return self.q + "busy:" + endpoint_id
+
+    def log_key(self, endpoint_id: str) -> str:
+        return self.q + "log:" + endpoint_id
 
     # -- endpoints --------------------------------------------------------------------
     async def endpoints(self, org_id: str) -> list[Endpoint]:
         """The org's endpoints, oldest first. Unavailable on a Redis fault."""
         try:
-            raw = await self.redis.hvals(self._endpoints(org_id))
+            raw = await self.redis.hvals(self.endpoints_key(org_id))
         except (RedisError, OSError) as err:
             raise Unavailable(str(err)) from err
         found = [e for e in map(decode_endpoint, raw) if e is not None and e.org_id == org_id]
@@ -133,7 +142,7 @@ class WebhookStore:
 
     async def endpoint(self, org_id: str, endpoint_id: str) -> Endpoint | None:
         try:
-            raw = await self.redis.hget(self._endpoints(org_id), endpoint_id)
+            raw = await self.redis.hget(self.endpoints_key(org_id), endpoint_id)
         except (RedisError, OSError) as err:
             raise Unavailable(str(err)) from err
         found = decode_endpoint(raw) if raw else None
@@ -141,12 +150,12 @@ class WebhookStore:
 
     async def put_endpoint(self, endpoint: Endpoint) -> None:
         """Create or replace (confirmed by the required replicas, like a key's writes)."""
-        name, value = self._endpoints(endpoint.org_id), encode_endpoint(endpoint)
+        name, value = self.endpoints_key(endpoint.org_id), encode_endpoint(endpoint)
         await self.keys._confirmed(lambda c: _gather(c.hset(name, endpoint.id, value)))
 
     async def delete_endpoint(self, org_id: str, endpoint_id: str) -> bool:
         """Remove the endpoint (its queued jobs are dropped when they come due)."""
-        name = self._endpoints(org_id)
+        name = self.endpoints_key(org_id)
         done = await self.keys._confirmed(lambda c: _gather(c.hdel(name, endpoint_id)))
         return bool(done[0])
 
@@ -154,7 +163,7 @@ class WebhookStore:
     async def enqueue(self, job: str, due_ms: int, org_id: str, event_id: str, event_type: str, body: bytes,
                       now_ms: int, client=None) -> None:
         endpoint_id = job.rsplit("|", 1)[-1]
-        await self._enqueue(keys=[self.queue, self.q + "job:" + job, self.q + "log:" + endpoint_id],
+        await self._enqueue(keys=[self.queue, self.job_key(job), self.log_key(endpoint_id)],
                             args=[job, due_ms, org_id, event_id, event_type, body, now_ms, RECENT],
                             client=client)
 
@@ -171,19 +180,19 @@ class WebhookStore:
         """Record an attempt's result: ok, retry (due again at ``next_at``), dead (the bound is
         reached: a dead letter) or drop (the endpoint is gone)."""
         endpoint_id = job.rsplit("|", 1)[-1]
-        await self._finish(keys=[self.queue, self.q + "job:" + job, self.q + "busy:" + endpoint_id, self.dead],
+        await self._finish(keys=[self.queue, self.job_key(job), self.busy_key(endpoint_id), self.dead],
                            args=[job, outcome, "" if status is None else status, error[:300], next_at, now_ms,
                                  DONE_TTL, DEAD_KEEP])
 
     async def deliveries(self, endpoint_id: str, limit: int = 50) -> list[dict[str, Any]]:
         """The endpoint's recent jobs, newest first (what GET .../deliveries shows)."""
-        log = self.q + "log:" + endpoint_id
+        log = self.log_key(endpoint_id)
         jobs = [j.decode() for j in await self.redis.zrevrange(log, 0, limit - 1)]
         if not jobs:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for job in jobs:
-                pipe.hgetall(self.q + "job:" + job)
+                pipe.hgetall(self.job_key(job))
             rows = await pipe.execute()
         out = []
         for job, row in zip(jobs, rows, strict=True):
