@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from admin_api.openapi import ORG, _errors, _json, _ref
+from gateway.webhooks import ENDPOINT_ID
 
 HOOK = {"name": "webhook_id", "in": "path", "required": True,
-        "schema": {"type": "string", "pattern": "^wh_[a-z0-9]{16}$"}}
+        "schema": {"type": "string", "pattern": ENDPOINT_ID.pattern}}
 _WRITE = (400, 401, 403, 404, 408, 413, 415, 429, 503)
 _READ = (400, 401, 403, 404, 429, 503)
 
