@@ -1,5 +1,5 @@
 """The `gateway` command: serve, admin, dev, keys create|list|show|revoke|roll|edit|usage|audit|backfill-activity,
-scopes check|explain."""
+webhooks create|list|show|edit|delete|rotate|test|deliveries, scopes check|explain."""
 
 from __future__ import annotations
 
@@ -550,6 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default: hour for up to 7 days, else day")
     usage.add_argument("--json", action="store_true", help="the admin API's JSON answer instead of a table")
     usage.set_defaults(func=cmd_keys_usage)
+
+    from gateway.webhooks_cli import add_parser as add_webhooks_parser
+
+    add_webhooks_parser(sub, command)  # `gateway webhooks ...` (issue 17)
 
     scopes = command(sub, "scopes", help="check scopes.yaml or explain how a request is authorized")
     scopes_sub = scopes.add_subparsers(dest="scopes_cmd", required=True)
