@@ -14,7 +14,7 @@ from gateway.store import AUDIT_CURSOR_PATTERN, CURSOR_PATTERN
 
 REF = "#/components/schemas/{name}"
 STATIC_FILES = ("app.js", "session.js", "ui.js", "detail.js", "keyform.js", "reveal.js", "revoke.js", "roll.js", "permissions.js",
-                "format.js", "listview.js", "chart.js", "activity.js", "signin.js", "limits.js", "app.css", "favicon.svg")
+                "format.js", "listview.js", "chart.js", "activity.js", "signin.js", "limits.js", "webhooks.js", "app.css", "favicon.svg")
 
 
 def _ref(name: str) -> dict[str, str]:
