@@ -145,27 +145,24 @@ async def queue_test(ws: WebhookStore, endpoint: webhooks.Endpoint, now_ms: int)
 
 async def dispatcher(ws: WebhookStore, cfg: DeliveryConfig, consumer: str, clock=time.time) -> None:
     """Read the stream for ever (cancelled at shutdown)."""
-    reclaim_at = 0.0
+    reclaim_at, grouped = 0.0, False
     while True:
+        entries = []
         try:
-            await ws.ensure_group()
-            break
+            if not grouped:
+                grouped = await ws.ensure_group()
+            if grouped:
+                if time.monotonic() >= reclaim_at:
+                    entries += await ws.reclaim(consumer, int(min(5.0, cfg.grace) * 1000), 100)
+                    reclaim_at = time.monotonic() + 1.0
+                entries += await ws.read(consumer, 100, None)
+                now = int(clock() * 1000)
+                done = [sid for sid, entry in entries if await fan_out(ws, entry, now, int(cfg.grace * 1000))]
+                await ws.handled(done)
         except FAULTS as exc:
-            log.warning("webhooks: cannot create the consumer group (%s); retrying", type(exc).__name__)
-            await asyncio.sleep(max(1.0, cfg.poll))
-    while True:
-        try:
-            entries = []
-            if time.monotonic() >= reclaim_at:
-                entries += await ws.reclaim(consumer, int(min(5.0, cfg.grace) * 1000), 100)
-                reclaim_at = time.monotonic() + 1.0
-            entries += await ws.read(consumer, 100, None)
-            now = int(clock() * 1000)
-            done = [sid for sid, entry in entries if await fan_out(ws, entry, now, int(cfg.grace * 1000))]
-            await ws.handled(done)
-        except FAULTS as exc:
+            # Also the group's loss (NOGROUP: the stream was deleted): created again next time.
             log.warning("webhooks: dispatcher failed (%s); retrying", type(exc).__name__)
-            entries = []
+            entries, grouped = [], False
         if not entries:
             await asyncio.sleep(cfg.poll)
 

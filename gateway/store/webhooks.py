@@ -211,12 +211,18 @@ class WebhookStore:
         return int(queued), int(dead)
 
     # -- the stream's consumer group --------------------------------------------------
-    async def ensure_group(self) -> None:
+    async def ensure_group(self) -> bool:
+        """Create the consumer group once the stream exists (False until then: no key is created
+        for a deployment that has no events yet). New groups read the stream from its start."""
         try:
-            await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+            await self.redis.xgroup_create(self.stream, GROUP, id="0")
         except ResponseError as err:
-            if "BUSYGROUP" not in str(err):
-                raise
+            if "BUSYGROUP" in str(err):
+                return True
+            if "requires the key to exist" in str(err) or "no such key" in str(err).lower():
+                return False
+            raise
+        return True
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, FeedEntry | None]]:
         """New entries for this consumer (delivered to it, pending until acknowledged)."""

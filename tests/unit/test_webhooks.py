@@ -55,3 +55,13 @@ def test_endpoint_round_trip_and_job_ids():
     assert webhooks.decode_endpoint(webhooks.encode_endpoint(e)) == e
     assert webhooks.decode_endpoint(b"junk") is None
     assert webhooks.endpoint_of(webhooks.job_id("evt_a|b", "wh_2")) == "wh_2"
+
+
+def test_the_pages_event_labels_are_the_event_types():
+    import re
+
+    from tests.support import ROOT
+
+    source = (ROOT / "admin_api" / "static" / "webhooks.js").read_text()
+    block = source.split("export const EVENT_LABEL = {", 1)[1].split("};", 1)[0]
+    assert tuple(re.findall(r'"(api_key\.[a-z]+)":', block)) == EVENT_TYPES
