@@ -160,9 +160,11 @@ async def dispatcher(ws: WebhookStore, cfg: DeliveryConfig, consumer: str, clock
                 done = [sid for sid, entry in entries if await fan_out(ws, entry, now, int(cfg.grace * 1000))]
                 await ws.handled(done)
         except FAULTS as exc:
+            _raise_if_cancelled()
             # Also the group's loss (NOGROUP: the stream was deleted): created again next time.
             log.warning("webhooks: dispatcher failed (%s); retrying", type(exc).__name__)
             entries, grouped = [], False
+        _raise_if_cancelled()  # a cancellation some library swallowed (shutdown) still stops the loop
         if not entries:
             await asyncio.sleep(cfg.poll)
 
@@ -186,11 +188,13 @@ async def workers(ws: WebhookStore, cfg: DeliveryConfig, metrics: WebhookMetrics
                         metrics.dead.set(dead)
                         gauges_at = time.monotonic() + 5.0
                 except FAULTS as exc:
+                    _raise_if_cancelled()
                     log.warning("webhooks: claim failed (%s); retrying", type(exc).__name__)
                 for job in claimed:
                     task = asyncio.create_task(deliver(ws, cfg, metrics, session, job, clock))
                     inflight.add(task)
                     task.add_done_callback(inflight.discard)
+                _raise_if_cancelled()
                 if not claimed:
                     await asyncio.sleep(cfg.poll)
         finally:
@@ -225,6 +229,7 @@ async def deliver(ws: WebhookStore, cfg: DeliveryConfig, metrics: WebhookMetrics
         await ws.finish(job_id, "retry", now, status=status, error=error, next_at=now + wait)
         return _count(metrics, result)
     except FAULTS as exc:
+        _raise_if_cancelled()
         # The claim expires and the job is attempted again (by any process).
         log.warning("webhooks: recording a delivery failed (%s)", type(exc).__name__)
         return "failed"
@@ -255,6 +260,14 @@ async def post(session: aiohttp.ClientSession, cfg: DeliveryConfig, endpoint: we
     if 200 <= status < 300:
         return status, ""
     return status, f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
+
+
+def _raise_if_cancelled() -> None:
+    """redis-py may swallow a cancellation in the middle of a command or turn it into a connection
+    error: a task being cancelled (shutdown) stops instead of going round again."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
 
 
 def _count(metrics: WebhookMetrics | None, result: str) -> str:
