@@ -21,6 +21,7 @@ from admin_api.ops import ORG, PRINCIPAL, AdminMetrics, log_request
 from admin_api.signin import SIGNIN, SignIn, add_routes as add_signin_routes
 from admin_api.secret_scanning import SCANNING, Scanning, github_report
 from admin_api.org_settings import get_settings, patch_settings
+from admin_api import webhooks as webhook_routes
 from gateway import errors
 from gateway.errors import FieldError, OrgNotFound
 from gateway import store as store_mod
@@ -134,6 +135,7 @@ def make_admin_app(
     r.add_patch("/v1/orgs/{org_id}/settings", patch_settings)
     r.add_post("/v1/secret-scanning/github", github_report)  # public: the report's signature authenticates it
     add_signin_routes(app)
+    webhook_routes.add_routes(app, st)
     r.add_get("/openapi.json", openapi)
     r.add_get("/", page)
     r.add_get("/static/{file}", static_file)
@@ -150,6 +152,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     tasks = [watcher, flusher, backfill, asyncio.create_task(check_limits_config(st.store.limits, st.limits))]
     if st.oidc is not None:
         tasks.append(asyncio.create_task(load_provider(st.oidc)))
+    tasks += webhook_routes.start_tasks(app)  # the webhook dispatcher and delivery workers
     yield
     for task in tasks:
         task.cancel()

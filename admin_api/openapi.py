@@ -14,7 +14,8 @@ from gateway.store import AUDIT_CURSOR_PATTERN, CURSOR_PATTERN
 
 REF = "#/components/schemas/{name}"
 STATIC_FILES = ("app.js", "session.js", "ui.js", "detail.js", "keyform.js", "reveal.js", "revoke.js", "roll.js", "permissions.js",
-                "format.js", "listview.js", "chart.js", "activity.js", "signin.js", "limits.js", "leak.js", "app.css", "favicon.svg")
+                "format.js", "listview.js", "chart.js", "activity.js", "signin.js", "limits.js", "leak.js", "webhooks.js",
+                "app.css", "favicon.svg")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -140,12 +141,14 @@ USAGE_DESCRIPTION = (
 def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
     """The document served at /openapi.json; ``scopes`` is the current catalogue (the create
     body may name only these), so the document follows a reloaded scopes.yaml."""
+    from admin_api import webhooks, webhooks_openapi  # they import this module's helpers
+
     _, components = msgspec.json.schema_components(
         [schemas.Caller, schemas.CreateKeyRequest, schemas.RevokeKeyRequest, schemas.RevokedApiKey,
          schemas.CreatedApiKey, schemas.ApiKey, schemas.KeyDetail, schemas.ApiKeyList,
          schemas.RollKeyRequest, schemas.RolledApiKey, schemas.EditKeyRequest,
          schemas.PermissionList, schemas.AuditEventList, schemas.KeyUsage, schemas.Error,
-         schemas.OrgSettingsOut, schemas.OrgSettingsPatch],
+         schemas.OrgSettingsOut, schemas.OrgSettingsPatch, *webhooks.SCHEMAS],
         ref_template=REF,
     )
     if scopes:
@@ -355,6 +358,7 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                             "headers": ERROR_HEADERS[503]},
                 },
             }},
+            **webhooks_openapi.paths(),
             "/": {"get": {
                 "operationId": "apiKeysPage",
                 "summary": "The Settings -> API Keys web page (sign in with the same credentials)",

@@ -18,6 +18,7 @@ from admin_api.guard import AuthGuard
 from admin_api.signin import REASONS as SIGNIN_FAILURE_REASONS
 from gateway import accesslog
 from gateway.metrics import LATENCY_BUCKETS, ThrottleCollector
+from gateway.webhook_delivery import WebhookMetrics
 
 
 # What the handlers learn about a request, for its log line.
@@ -64,6 +65,7 @@ class AdminMetrics:
                                         "report found them", ["action"], registry=r)
         for action in ("revoked", "flagged"):
             self.scanning_actions.labels(action)
+        self.webhooks = WebhookMetrics(r)  # webhook delivery (gateway.webhook_delivery)
         r.register(_ThrottledCollector(guard))
         r.register(ThrottleCollector(guard.throttle, prefix="gateway_admin"))
 

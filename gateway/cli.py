@@ -1,5 +1,5 @@
 """The `gateway` command: serve, admin, dev, keys create|list|show|revoke|roll|edit|usage|audit|backfill-activity,
-scopes check|explain."""
+webhooks create|list|show|edit|delete|rotate|test|deliveries, scopes check|explain."""
 
 from __future__ import annotations
 
@@ -552,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     usage.set_defaults(func=cmd_keys_usage)
 
     orgs_cli.add_parser(sub, command)  # gateway orgs settings (issue 17)
+    from gateway.webhooks_cli import add_parser as add_webhooks_parser
+
+    add_webhooks_parser(sub, command)  # `gateway webhooks ...` (issue 17)
 
     scopes = command(sub, "scopes", help="check scopes.yaml or explain how a request is authorized")
     scopes_sub = scopes.add_subparsers(dest="scopes_cmd", required=True)

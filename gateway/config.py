@@ -256,6 +256,19 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     secret_scanning_min_refetch: Annotated[float, Meta(ge=0, le=3600, description="Least seconds between fetches of the public keys caused by a report signed with a key id they lack")] = 60.0
     secret_scanning_timeout: Annotated[Seconds, Meta(description="Timeout of each fetch of the public keys, seconds")] = 5.0
     secret_scanning_rate: Annotated[int, Meta(ge=0, le=100000, description="Reports one client address may send per minute before 429 too_many_reports (0: no limit)")] = 60
+    # Webhooks (docs/webhooks.md): delivery from the Redis outbox, in every admin API process.
+    webhooks_allow_private: Annotated[bool, Meta(description="Deliver webhooks to loopback, link-local and private addresses too (SSRF: only for tests and closed networks)")] = False
+    webhooks_max_attempts: Annotated[int, Meta(ge=1, le=50, description="Attempts of a webhook delivery before it is dead-lettered")] = 10
+    webhooks_retry_base: Annotated[float, Meta(gt=0, le=86400, description="Seconds before the first retry of a failed webhook delivery (doubled per attempt, with jitter)")] = 300.0
+    webhooks_retry_cap: Annotated[float, Meta(gt=0, le=7 * 86400, description="Most seconds between two attempts of a webhook delivery")] = 28800.0
+    webhooks_timeout: Annotated[Seconds, Meta(description="Seconds a webhook delivery may take in all (connect, send, answer)")] = 10.0
+    webhooks_connect_timeout: Annotated[Seconds, Meta(description="Seconds to connect to a webhook endpoint")] = 3.0
+    webhooks_max_response: Annotated[int, Meta(ge=0, le=1 << 20, description="Most bytes of a webhook endpoint's answer that are read")] = 65536
+    webhooks_concurrency: Annotated[int, Meta(ge=1, le=1024, description="Webhook deliveries in flight per admin API process")] = 16
+    webhooks_per_endpoint: Annotated[int, Meta(ge=1, le=256, description="Webhook deliveries in flight per endpoint, across processes (one slow endpoint holds no more)")] = 4
+    webhooks_visibility: Annotated[float, Meta(ge=1, le=3600, description="Seconds a claimed webhook delivery is hidden from other processes (at least --webhooks-timeout + 1): a process that dies loses it for this long")] = 60.0
+    webhooks_poll: Annotated[float, Meta(gt=0, le=60, description="Seconds between polls of the webhook outbox and job queue when idle")] = 0.5
+    webhooks_grace: Annotated[float, Meta(ge=0, le=3600, description="Seconds a key change's outbox entry waits for its activity log event before it is dropped")] = 30.0
 
     def __post_init__(self) -> None:
         _check_listen(self.listen, "--listen")

@@ -4,15 +4,15 @@ ApiError
 ├── BadRequest (400): MalformedRequest, InvalidPath, AmbiguousCredentials, KeyInQuery, KeyInPath,
 │   MethodOverrideRefused, PathOverrideRefused, HostOverrideRefused, MissingOriginalRequest
 │   (AmbiguousOriginalRequest, InvalidOriginalMethod: the same code), InvalidJson,
-│   ValidationFailed (FieldError: naming the field), InvalidHost, SignInFailed, InvalidReport
+│   ValidationFailed (FieldError: naming the field; WebhookUrlRefused), InvalidHost, SignInFailed, InvalidReport
 ├── Unauthorized (401, with WWW-Authenticate): MissingApiKey, InvalidApiKey, ExpiredApiKey,
 │   RevokedApiKey, RolledApiKey, InvalidToken, MissingToken, SessionExpired
 ├── InvalidSignature (401, a secret-scanning report's signature; its own challenge): MissingSignature
 ├── Forbidden (403): InsufficientScope, NoOrgRole, InsufficientRole, ScopeNotGrantable, KeyOutlivesCaller,
 │   LimitsExceedCaller, CsrfFailed
-├── NotFound (404): RouteNotFound, KeyNotFound, OrgNotFound
+├── NotFound (404): RouteNotFound, KeyNotFound, OrgNotFound, WebhookNotFound
 ├── MethodNotAllowed (405, with Allow)
-├── KeyLimitReached (409), KeyConflict (409): KeyIsRevoked, KeyIsExpired
+├── KeyLimitReached (409), WebhookLimitReached (409), KeyConflict (409): KeyIsRevoked, KeyIsExpired
 ├── VersionMismatch (412)
 ├── RequestTimeout (408), PayloadTooLarge (413), UriTooLong (414), UnsupportedMediaType (415),
 │   TooManyFailedAttempts (429), TooManyCreates (429), TooManySignIns (429), TooManyReports (429),
@@ -164,6 +164,13 @@ class InvalidSignature(ApiError):
 class MissingSignature(InvalidSignature):
     code = "missing_signature"
     message = "Send the report with its Github-Public-Key-Identifier and Github-Public-Key-Signature headers."
+class WebhookUrlRefused(FieldError):
+    """400: the endpoint URL is not one webhooks may be sent to (SSRF policy, gateway.urlpolicy)."""
+
+    code = "webhook_url_refused"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("url", reason)
 
 
 class Unauthorized(ApiError):
@@ -295,6 +302,10 @@ class KeyNotFound(NotFound):
     code, message = "key_not_found", "No such API key in this organization."
 
 
+class WebhookNotFound(NotFound):
+    code, message = "webhook_not_found", "No such webhook endpoint in this organization."
+
+
 class OrgNotFound(NotFound):
     code, message = "org_not_found", "No such organization, or no access to it."
 
@@ -316,6 +327,14 @@ class KeyLimitReached(ApiError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"This organization has {limit} keys that are not revoked, its limit; "
                          "revoke keys it no longer needs, then create again.", limit=limit)
+
+
+class WebhookLimitReached(ApiError):
+    status, code = 409, "webhook_limit_reached"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"This organization has {limit} webhook endpoints, its limit; delete one first.",
+                         limit=limit)
 
 
 class KeyConflict(ApiError):

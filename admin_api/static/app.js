@@ -20,6 +20,7 @@ import { REVEAL_CLOSED } from "./reveal.js";
 import { openRevoke } from "./revoke.js";
 import "./roll.js";
 import { activityPath, api, ApiError, hooks, orgPath, state } from "./session.js";
+import { loadWebhooks } from "./webhooks.js";
 import {
   cookieSession, currentSession, endSession, hideIdpDown, isCookieSession, offerAccountSignIn, SESSION_ENDED,
   showIdpDown, showNoAccess, showPerson, SIGNED_OUT_TEXT, stopWatching, watchIdle,
@@ -365,14 +366,17 @@ function keyRow(key) {
 
 // ---------- the org's activity ----------
 
+const TABS = ["keys", "activity", "webhooks"];
+
 function selectTab(name) {
-  for (const tab of ["keys", "activity"]) {
+  for (const tab of TABS) {
     const on = tab === name;
     $("tab-" + tab).setAttribute("aria-selected", String(on));
     $("tab-" + tab).tabIndex = on ? 0 : -1;
     $(tab + "-panel").hidden = !on;
   }
   if (name === "activity") loadActivity(false);
+  if (name === "webhooks") loadWebhooks();
 }
 
 async function loadActivity(more) {
@@ -445,9 +449,11 @@ $("load-all").addEventListener("click", () => {
 $("activity-more").addEventListener("click", () => loadActivity(true));
 $("tab-keys").addEventListener("click", () => selectTab("keys"));
 $("tab-activity").addEventListener("click", () => selectTab("activity"));
+$("tab-webhooks").addEventListener("click", () => selectTab("webhooks"));
 $("tab-keys").parentElement.addEventListener("keydown", (event) => {
   if (event.key !== "ArrowLeft" && event.key !== "ArrowRight") return;
-  const next = document.activeElement.id === "tab-keys" ? "activity" : "keys";
+  const at = TABS.indexOf(document.activeElement.id.replace("tab-", ""));
+  const next = TABS[(at + (event.key === "ArrowRight" ? 1 : TABS.length - 1)) % TABS.length];
   selectTab(next);
   $("tab-" + next).focus();
 });

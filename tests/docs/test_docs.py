@@ -9,8 +9,10 @@ import re
 import msgspec
 import redis.asyncio
 
+
 from gateway.config import ServeSettings, env_names, flag
 from gateway.store import KeyStore, SessionStore, UsageLedger
+from gateway.store.webhooks import WebhookStore
 from tests.support import ROOT
 
 
@@ -45,6 +47,9 @@ def test_redis_layout_names_exactly_the_keys_the_store_builds():
              store.limits.op_key("<key_id>", "<node_id>:<n>"), store.limits.config_key,
              store.limits.rates_key("<key_id>", "<window>"), store.events.stream,
              store.orgs.settings_key("<org_id>")}
+    hooks = WebhookStore(store)
+    built |= {hooks.endpoints_key("<org_id>"), hooks.job_key("<job_id>"), hooks.queue, hooks.dead,
+              hooks.busy_key("<endpoint_id>"), hooks.log_key("<endpoint_id>")}
     assert documented == built
 
 

@@ -3,6 +3,8 @@ record's pure helpers (the cascade's tree walk)."""
 
 from __future__ import annotations
 
+from gateway.webhooks import ENDPOINT_ID
+
 import json
 import re
 
@@ -23,7 +25,8 @@ def test_the_openapi_document_takes_the_choices_and_patterns_from_the_model():
     expires_in = doc["components"]["schemas"]["CreateKeyRequest"]["properties"]["expires_in"]
     assert sorted(expires_in["enum"]) == sorted(EXPIRY_CHOICES)
     params = {p["name"]: p["schema"]["pattern"] for p in _path_parameters(doc["paths"]) if p["name"] != "file"}
-    assert params == {"org_id": f"^{ORG_ID_PATTERN}$", "key_id": f"^{KEY_ID_PATTERN}$"}
+    assert params == {"org_id": f"^{ORG_ID_PATTERN}$", "key_id": f"^{KEY_ID_PATTERN}$",
+                      "webhook_id": ENDPOINT_ID.pattern}
     assert CURSOR_PATTERN.endswith(f"\\.{KEY_ID_PATTERN}$") and AUDIT_CURSOR_PATTERN.endswith(f"\\.{KEY_ID_PATTERN}:[0-9]{{1,10}}$")
 
 
