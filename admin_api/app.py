@@ -12,7 +12,7 @@ from typing import AsyncIterator, Callable
 import msgspec
 from aiohttp import web
 
-from admin_api import schemas
+from admin_api import finder, schemas
 from admin_api.auth import MANAGE, READ, Principal, authenticate
 from admin_api.guard import AuthGuard
 from admin_api.oidc import OidcVerifier
@@ -143,6 +143,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     tasks = [watcher, flusher, backfill, asyncio.create_task(check_limits_config(st.store.limits, st.limits))]
     if st.oidc is not None:
         tasks.append(asyncio.create_task(load_provider(st.oidc)))
+    tasks.append(asyncio.create_task(finder.run(st, ACK_TIMEOUT)))  # expiring, expired, unused keys (issue 17)
     yield
     for task in tasks:
         task.cancel()

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 from redis.asyncio.cluster import RedisCluster
 
+from gateway.store.finder import lastused_index
 from gateway.history import DAY, DAY_MS, HOUR, Window, day_slot, hour_slot
 from gateway.store.codec import SEQ_FIELD, decode_counts, decode_usage, encode_counts, encode_usage, merge_usage
 
@@ -411,6 +412,7 @@ class UsageLedger:
         self.node_prefix = f"{tag}:node:"
         self.late_prefix = f"{tag}:late:"  # + node id: its hash, moved aside while a late write runs
         self.base_prefix = f"{tag}:base:"
+        self.lastused = lastused_index(prefix)  # the finder's index by last use, raised by each write
         self.hist_prefix = f"{tag}:hist:"  # + node id + ":" + hour index: a node's counts of an hour
         self.hist_open = f"{tag}:hist:open"  # "<node id>:<hour>" of the hashes not folded yet, by hour
         self.histday_prefix = f"{tag}:histday:"  # + node id + ":" + day index: a node's counts of a day
@@ -472,6 +474,10 @@ class UsageLedger:
             # (A cluster client cannot send MULTI inside the flush's pipeline: one script there.
             # EVAL, not a registered script, for the reason below.)
             calls.append((lambda c: c.eval(_WRITE, 1, node, gen, seq, *items[2:])) if cluster else guarded)
+            # The finder's index by last use (gateway.store.finder), in the same round trip: only
+            # keys that are there (a revoked key is not added back), only ever later.
+            last = {key_id: last_ms for key_id, (last_ms, _) in values.items()}
+            calls.append(lambda c: c.zadd(self.lastused, last, xx=True, gt=True))
         if history is not None and len(history):
             keys, args = [self.hist_open, self.histday_open], [node_id, FOLDED_TTL_MS, history.seq]
             for index, kind, prefix, by in ((1, "h", self.hist_prefix, history.hours),
