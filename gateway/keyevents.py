@@ -70,3 +70,11 @@ def window(watermark: int | None, head: int, slack_ms: int, first: int | None) -
     if watermark is None:
         return first, head
     return min(watermark - slack_ms, head), head
+
+
+def index_due(values: dict[str, tuple[int, int]], indexed: dict[str, int], step_ms: int) -> dict[str, int]:
+    """The last uses of a flush's ``values`` (key id -> (last used ms, count)) to raise in the index
+    by last use: those ``step_ms`` or more past what this process last raised the key to
+    (``indexed``), so that a key in steady use costs the index one write an interval, not one a flush."""
+    return {key_id: last for key_id, (last, _) in values.items()
+            if key_id not in indexed or last - indexed[key_id] >= step_ms}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from gateway.keyevents import (DAY_MS, EXPIRED, EXPIRING_1D, EXPIRING_7D, days_left, expiry_event_id, passed_line,
-                               unused_event_id, unused_plan, window)
+from gateway.keyevents import (DAY_MS, EXPIRED, EXPIRING_1D, EXPIRING_7D, days_left, expiry_event_id, index_due,
+                               passed_line, unused_event_id, unused_plan, window)
 
 E = 1_800_000_000_000  # an expiry
 
@@ -70,3 +70,10 @@ def test_windows_start_above_the_last_head_less_the_slack():
     assert window(None, 1000, 60, 940) == (940, 1000)
     assert window(1000, 1600, 60, None) == (940, 1600)
     assert window(2000, 1600, 60, None) == (1600, 1600)  # a clock set back: an empty window
+
+
+def test_a_flush_raises_the_index_by_last_use_at_most_once_a_step_per_key():
+    values = {"key_a": (10_000, 3), "key_b": (10_000, 1), "key_c": (4_000, 9)}
+    assert index_due(values, {}, 5_000) == {"key_a": 10_000, "key_b": 10_000, "key_c": 4_000}
+    indexed = {"key_a": 5_000, "key_b": 5_001, "key_c": 4_000}
+    assert index_due(values, indexed, 5_000) == {"key_a": 10_000}
