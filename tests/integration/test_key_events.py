@@ -216,3 +216,30 @@ async def test_an_unused_key_of_an_org_that_asks_expires_on_every_gateway(make_s
     _, log, _ = await stack.admin_call("GET", "/v1/orgs/acme/audit-events", params={"key_id": created["id"]})
     update = next(e for e in log["data"] if e["action"] == "api_key.updated")
     assert update["actor"] == "system:unused" and list(update["changes"]) == ["expires_at"]
+
+
+async def test_cluster_indexes_and_finder(cluster):
+    """On a real Redis Cluster: the indexes written with create, edit, revoke and the flush (other
+    slots than the records'), the finder's claims (its own slot), the backfill's SCAN of every node."""
+    store = KeyStore(connect(cluster.url), prefix="gwkev")
+    try:
+        clock = Clock()
+        f = finder(store, clock)
+        ending = await create(store, clock, expires_in_ms=30 * DAY_MS)
+        gone = await create(store, clock, expires_in_ms=30 * DAY_MS)
+        await store.lifecycle.edit(org_id="org_ev", key_id=ending.id, actor="usr_1", now_ms=now_ms(clock),
+                                   ack_timeout=0.0, expires_at=now_ms(clock) + 3 * DAY_MS)
+        await store.revoke(org_id="org_ev", key_id=gone.id, actor="usr_1", now_ms=now_ms(clock))
+        assert [m for m, _ in await store.redis.zrange(store.finder.expiry, 0, -1, withscores=True)] == [
+            expiry_member(ending.id, now_ms(clock) + 3 * DAY_MS).encode()]
+        await store.ledger.beat("node_c", False)
+        await store.ledger.write("node_c", 1, {ending.id: (now_ms(clock) + 1, 1), gone.id: (now_ms(clock) + 1, 1)})
+        assert await store.redis.zrange(store.finder.lastused, 0, -1) == [ending.id.encode()]
+        assert await f.tick()
+        events = [decode_entry(fields[b"e"]) for _, fields in await store.redis.xrange(store.events.stream)]
+        assert [(e.type, e.key_id, e.data["days_left"]) for e in events if e.type in FOUND] == [
+            (EXPIRING, ending.id, 3)]
+        await store.redis.delete(store.finder.backfilled, store.finder.found, store.finder.marks)
+        assert await store.finder.backfill() == 1  # the one key not revoked, found on its node
+    finally:
+        await store.redis.aclose()
