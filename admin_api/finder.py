@@ -60,6 +60,10 @@ class KeyEventFinder:
                 self.metrics.finder_ticks.labels("error").inc()
                 log.warning("key-event finder: tick failed (%s); next in %.0f s", type(exc).__name__, interval)
                 continue
+            except Exception:  # a bug must not stop the finder for the process's life
+                self.metrics.finder_ticks.labels("error").inc()
+                log.exception("key-event finder: tick failed; next in %.0f s", interval)
+                continue
             self.metrics.finder_ticks.labels("ok" if ran else "skipped").inc()
 
     async def tick(self) -> bool:
