@@ -12,7 +12,7 @@ from typing import AsyncIterator, Callable
 import msgspec
 from aiohttp import web
 
-from admin_api import schemas
+from admin_api import finder, schemas
 from admin_api.auth import MANAGE, READ, Principal, authenticate
 from admin_api.guard import AuthGuard
 from admin_api.oidc import OidcVerifier
@@ -153,6 +153,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if st.oidc is not None:
         tasks.append(asyncio.create_task(load_provider(st.oidc)))
     tasks += webhook_routes.start_tasks(app)  # the webhook dispatcher and delivery workers
+    tasks.append(asyncio.create_task(finder.run(st, ACK_TIMEOUT)))  # expiring, expired, unused keys (issue 17)
     yield
     for task in tasks:
         task.cancel()

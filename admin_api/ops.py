@@ -43,6 +43,17 @@ class AdminMetrics:
         self.flush_size = Histogram("gateway_admin_usage_flush_keys", "Keys written per last-used flush",
                                     buckets=(1, 10, 100, 1000, 10000), registry=r)
         self.usage_pending = Gauge("gateway_admin_usage_pending_keys", "Keys waiting for the next flush", registry=r)
+        # The key-event finder (admin_api/finder.py).
+        self.key_events = Counter("gateway_admin_key_events_found", "Key events found and emitted to the outbox, by type",
+                                  ["type"], registry=r)
+        for event_type in ("api_key.expiring", "api_key.expired", "api_key.unused"):
+            self.key_events.labels(event_type)
+        self.keys_auto_expired = Counter("gateway_admin_keys_auto_expired",
+                                         "Keys expired by the finder for their org's expire_unused_days", registry=r)
+        self.finder_ticks = Counter("gateway_admin_key_event_ticks", "Key-event finder ticks by result (ok, skipped: "
+                                    "another process held the lock, error: Redis failed)", ["result"], registry=r)
+        for result in ("ok", "skipped", "error"):
+            self.finder_ticks.labels(result)
         # Page sign-in (admin_api/signin.py).
         self.signins = Counter("gateway_admin_signins", "Completed page sign-ins (sessions created)", registry=r)
         self.signin_failures = Counter("gateway_admin_signin_failures", "Failed page sign-ins by reason", ["reason"],

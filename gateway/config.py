@@ -201,6 +201,7 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     redis_min_replicas: Annotated[str, Meta(pattern=r"^(auto|[0-9]|1[0-6])$", description="Replicas that must confirm each key create or revoke (Redis WAIT) before it is answered, else 503 store_unavailable, and each last-used flush (else retried): auto (1 once the deployment has had a replica, 0 until then) or 0 to 16")] = "auto"
     reload_interval: Annotated[float, Meta(ge=0, le=3600, description="Seconds between scopes.yaml change checks (0: only on SIGHUP)")] = 2.0
     flush_interval: Annotated[Seconds, Meta(description="Seconds between last-used flushes to Redis (uses by org keys)")] = 1.0
+    key_events_interval: Annotated[Seconds, Meta(description="Seconds between the key-event finder's ticks (expiring, expired and unused keys; one admin API process at a time runs one: docs/key-events.md)")] = 60.0
     usage_hourly_days: Annotated[int, Meta(ge=1, le=366, description="Days a key's hourly usage buckets are kept in Redis")] = 90
     usage_daily_days: Annotated[int, Meta(ge=1, le=3660, description="Days a key's daily usage buckets are kept in Redis (at least --usage-hourly-days)")] = 400
     operator_tokens: Annotated[

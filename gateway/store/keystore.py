@@ -30,6 +30,7 @@ from gateway.store.limits import BudgetStore
 from gateway.store.events import EventFeed
 from gateway.store.orgs import OrgSettingsStore
 from gateway.store.leaks import LeakMarks
+from gateway.store.finder import FinderStore
 
 __all__ = ["AuditPage", "Contended", "KeyStore", "NotReplicated", "Page", "WriteTooLate", "decode_cursor"]
 
@@ -147,6 +148,7 @@ class KeyStore:
         self._backfill = client.register_script(_BACKFILL)
         self.backfilled = f"{prefix}:activity:backfilled"
         self.lifecycle = Lifecycle(self)
+        self.finder = FinderStore(self)  # the indexes by expiry and last use (issue 17: gateway.store.finder)
         self.roll = self.lifecycle.roll  # KeyStore.roll / .edit: gateway.store.lifecycle
         self.edit = self.lifecycle.edit
         self.leaks = LeakMarks(self)  # secret-scanning leak marks (issue 17)
@@ -239,10 +241,11 @@ class KeyStore:
             event = KeyEvent("api_key.created", record.id, org_id, actor, now_ms, 1)
             try:
                 # The activity index entry and the outbox entry first (the org's slot, the
-                # outbox's), then the record and its event.
+                # outbox's), the finder's indexes, then the record and its event.
                 *_, created = await self._confirmed(lambda c, r=record, e=event: self._gather(
                     lambda: c.zadd(self._org_activity(org_id), {event_id(r.id, 1): now_ms}),
                     lambda: self.events.add_change(c, org_id, r.id, 1, now_ms),
+                    *self.finder.add_key(c, r.id, now_ms, r.expires_at),
                     lambda: self._create(keys=[self._rec(r.id), self._key_log(r.id)],
                                          args=[self._deadline(), encode_event(e), *encode_record(r)], client=c)))
                 if created == -1:
@@ -264,6 +267,21 @@ class KeyStore:
         With ``ack_timeout``, returns only once every live gateway has dropped the key from its
         cache, or ``ack_timeout`` seconds have passed (see ``broadcast_revocation``).
         """
+        try:
+            return await self._revoke_once(org_id=org_id, key_id=key_id, actor=actor, now_ms=now_ms,
+                                           ack_timeout=ack_timeout)
+        except (WriteTooLate, Contended):
+            # Not revoked after all: the finder's indexes (dropped in the attempts' round trips) back.
+            try:
+                current = decode_record(key_id, await self.redis.hgetall(self._rec(key_id)))
+            except RedisError:
+                current = None
+            if current is not None and current.revoked_at is None and current.alias_id is None:
+                await self.finder.restore_key(current)
+            raise
+
+    async def _revoke_once(self, *, org_id: str, key_id: str, actor: str, now_ms: int,
+                           ack_timeout: float) -> KeyRecord | None:
         revoked_aliases: set[str] = set()
         for _ in range(REVOKE_ATTEMPTS):
             # (read as the writes below are: a Redis error, not Unavailable, as for every write here)
@@ -285,10 +303,11 @@ class KeyStore:
             # score), so the WAIT also covers an earlier revocation of the key that no replica
             # had confirmed (a retry after a 503 is confirmed like the first attempt).
             index = {} if current.revoked_at is not None else {event_id(key_id, version): now_ms}
-            *_, raw = await self._confirmed(lambda c, ev=event, v=version, i=index: self._gather(
+            *_, raw = await self._confirmed(lambda c, ev=event, v=version, i=index, ex=current.expires_at: self._gather(
                 lambda: c.zadd(self._org_revoked(org_id), {key_id: now_ms}),
                 *([lambda: c.zadd(self._org_activity(org_id), i),
-                   lambda: self.events.add_change(c, org_id, key_id, v, now_ms)] if i else []),
+                   lambda: self.events.add_change(c, org_id, key_id, v, now_ms),
+                   *self.finder.drop_key(c, key_id, ex)] if i else []),
                 lambda: self._revoke(keys=[self._rec(key_id), self._key_log(key_id)],
                                      args=[self._deadline(), org_id, now_ms, actor, v, ev], client=c)))
             if raw == -1:
@@ -358,18 +377,22 @@ class KeyStore:
         indexes (SCAN, every node of a cluster); marks its completion in Redis."""
         if not force and await self.redis.exists(self.backfilled):
             return None
-        head, tail = f"{self.p}:org:{{", "}:keys"
         done = 0
-        async for name in self.redis.scan_iter(match=f"{self.p}:org:*:keys", count=1000, _type="zset"):
-            name = name.decode()
-            org_id = name[len(head):-len(tail)]
-            if not (name.startswith(head) and name.endswith(tail) and is_org_id(org_id)):
-                continue
+        async for org_id in self.org_ids():
             records = await self.org_records(org_id)
             for first in range(0, len(records), BACKFILL_BATCH):
                 done += await self.backfill_records(records[first:first + BACKFILL_BATCH])
         await self.redis.set(self.backfilled, int(time.time() * 1000))
         return done
+
+    async def org_ids(self):
+        """Every org's id, from its key index (SCAN, every node of a cluster): for backfills only."""
+        head, tail = f"{self.p}:org:{{", "}:keys"
+        async for name in self.redis.scan_iter(match=f"{self.p}:org:*:keys", count=1000, _type="zset"):
+            name = name.decode()
+            org_id = name[len(head):-len(tail)]
+            if name.startswith(head) and name.endswith(tail) and is_org_id(org_id):
+                yield org_id
 
     async def broadcast_revocation(self, key_id: str | Sequence[str], timeout: float) -> tuple[set[str], set[str]]:
         """Publish the revocation (or roll, or edit) of ``key_id`` (one id, or all of a rolled

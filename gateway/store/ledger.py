@@ -4,6 +4,8 @@ Each gateway process (a *node*) keeps its own absolute totals per key and writes
 with ONE ``HSET`` per flush into its own hash, whatever the number of keys, between two small
 scripts in a transaction (``_GUARD``, ``_SETTLE``; on Redis Cluster, the ``_WRITE`` script).
 Readers merge: last_used_at = the latest over the base and every node, request_count = the sum.
+A flush also raises its keys' entries in the key-event finder's index by last use (one ``ZADD XX
+GT`` in its round trip, each key at most hourly per process: gateway.store.finder).
 A node's totals only grow, until its hash is folded: then they restart, as the node's
 next *generation* (``UsageBuffer.rebase``, ``retire``). Each write carries the node's generation
 and its sequence number; the hash keeps the generation (``^``, absent: 0) and the latest sequence
@@ -59,9 +61,13 @@ from __future__ import annotations
 
 from redis.asyncio.cluster import RedisCluster
 
+from gateway.keyevents import index_due
+from gateway.store.finder import lastused_index
 from gateway.history import DAY, DAY_MS, HOUR, Window, day_slot, hour_slot
 from gateway.store.codec import SEQ_FIELD, decode_counts, decode_usage, encode_counts, encode_usage, merge_usage
 
+INDEX_STEP_MS = 3_600_000  # a key's entry in the finder's index by last use is raised at most hourly per process
+INDEX_MEMORY = 200_000  # keys whose last raise a process remembers before it forgets the older ones
 FOLD_AFTER_MS = 600_000  # a node not heard from for 10 minutes is folded by whoever notices
 FOLD_CHUNK = 1000  # fields per fold script call: 3-4 ms of Redis time (measured here)
 FOLDED_TTL_MS = 7 * 86_400_000  # how long a folded node's last sequence number is remembered
@@ -402,6 +408,8 @@ class UsageLedger:
         self.node_prefix = f"{tag}:node:"
         self.late_prefix = f"{tag}:late:"  # + node id: its hash, moved aside while a late write runs
         self.base_prefix = f"{tag}:base:"
+        self.lastused = lastused_index(prefix)  # the finder's index by last use, raised by the writes
+        self._indexed: dict[str, int] = {}  # key id -> the last use this process raised it to
         self.hist_prefix = f"{tag}:hist:"  # + node id + ":" + hour index: a node's counts of an hour
         self.hist_open = f"{tag}:hist:open"  # "<node id>:<hour>" of the hashes not folded yet, by hour
         self.histday_prefix = f"{tag}:histday:"  # + node id + ":" + day index: a node's counts of a day
@@ -442,10 +450,11 @@ class UsageLedger:
                     gen: int = 0) -> bool:
         """ONE ``HSET`` (in its MULTI/EXEC with ``_GUARD`` and ``_SETTLE``; on Cluster, the
         ``_WRITE`` script): this node's absolute totals for ``values``, of its generation ``gen``,
-        with the write's sequence number; and ONE more command (a script) for a ``history`` write
-        (gateway.usage.HistoryWrite), when given, all in one round trip. False if the totals were
+        with the write's sequence number; ONE more command (a script) for a ``history`` write
+        (gateway.usage.HistoryWrite), when given; and ONE ``ZADD XX GT`` of the keys due a raise
+        in the key-event finder's index by last use (hourly per key), all in one round trip. False if the totals were
         refused: the node's hash was folded into the base (its generation is older than the hash's)."""
-        calls = []
+        calls, raise_index = [], {}
         cluster = isinstance(self.redis, RedisCluster)
         if values:
             node, aside = self.node_key(node_id), self.late_key(node_id)
@@ -463,6 +472,14 @@ class UsageLedger:
             # (A cluster client cannot send MULTI inside the flush's pipeline: one script there.
             # EVAL, not a registered script, for the reason below.)
             calls.append((lambda c: c.eval(_WRITE, 1, node, gen, seq, *items[2:])) if cluster else guarded)
+            # The finder's index by last use (gateway.store.finder), in the same round trip: only
+            # keys that are there (a revoked key is not added back), only ever later, and only
+            # keys this process has not raised within INDEX_STEP_MS (the finder counts in days and
+            # reads the true last use from the ledger: an index an hour behind only wakes it early).
+            # A ZADD of all 2,048 keys of a flush cost 1.1-1.3 ms of Redis time, 5 times the flush.
+            raise_index = index_due(values, self._indexed, INDEX_STEP_MS)
+            if raise_index:
+                calls.append(lambda c: c.zadd(self.lastused, raise_index, xx=True, gt=True))
         if history is not None and len(history):
             keys, args = [self.hist_open, self.histday_open], [node_id, FOLDED_TTL_MS, history.seq]
             for index, kind, prefix, by in ((1, "h", self.hist_prefix, history.hours),
@@ -482,6 +499,11 @@ class UsageLedger:
         results = await self._confirmed(lambda c: self._together(c, calls))
         if not values:
             return True
+        if raise_index:
+            self._indexed.update(raise_index)
+            if len(self._indexed) > INDEX_MEMORY:  # forget what the next use would raise anyway
+                newest = max(raise_index.values())
+                self._indexed = {k: at for k, at in self._indexed.items() if at > newest - INDEX_STEP_MS}
         if cluster:
             return bool(results[0])
         # The pipeline's answers: MULTI, three QUEUED, then EXEC's: the guard's, the HSET's and

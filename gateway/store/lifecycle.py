@@ -29,6 +29,7 @@ from gateway.model import Change, KeyEvent, KeyRecord, Secret, grace_end, rolled
 from gateway.ratelimit import WINDOWS, Limit, narrower
 from gateway.store.codec import (ALIAS_OF, EXPIRES_AT, LIMITS, SECRETS, SECRET_ENDS_AT, decode_record,
                                  encode_alias, encode_event, encode_limits, encode_secrets, shared_fields)
+from gateway.store.finder import expiry_member
 
 # How long the hash of a secret that a roll ended is kept after its end: a client still sending
 # it gets 401 rolled_api_key (use the new secret) instead of invalid_api_key (which looks like a
@@ -160,11 +161,14 @@ class Lifecycle:
     async def _commit(self, before: KeyRecord, after: KeyRecord, event: KeyEvent, now_ms: int | None,
                       deleted: tuple[str, ...]) -> KeyRecord:
         st = self.store
-        # Event-log protocol: the org's activity index entry (and the outbox's) first, then the
-        # change with its event.
+        # Event-log protocol: the org's activity index entry (and the outbox's, and a new expiry's
+        # in the finder's index) first, then the change with its event.
+        new_expiry = after.expires_at if after.expires_at != before.expires_at else None
         await st._confirmed(lambda c: st._gather(
             lambda: c.zadd(st._org_activity(before.org_id), {f"{before.id}:{after.version}": event.at}),
-            lambda: st.events.add_change(c, before.org_id, before.id, after.version, event.at)))
+            lambda: st.events.add_change(c, before.org_id, before.id, after.version, event.at),
+            *([lambda: c.zadd(st.finder.expiry, {expiry_member(before.id, new_expiry): new_expiry})]
+              if new_expiry is not None else [])))
         fields = shared_fields(after) + [SECRETS, encode_secrets(after.secrets)] if after.rolled_at is not None \
             else shared_fields(after)
         if after.secret_ends_at is not None:
@@ -182,6 +186,8 @@ class Lifecycle:
             if code == -4:
                 raise errors.KeyIsExpired()
             raise errors.KeyNotFound()
+        if before.expires_at is not None and after.expires_at != before.expires_at:
+            await st.finder.forget_expiry(before.id, before.expires_at)  # the expiry it replaced
         return decode_record(before.id, raw)
 
     async def _narrow_aliases(self, record: KeyRecord, ids: list[str], *, ends: dict[str, int] | None = None,

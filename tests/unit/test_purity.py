@@ -15,7 +15,7 @@ PURE = [
     "gateway.keys", "gateway.paths", "gateway.scopes", "gateway.headers", "gateway.framing", "gateway.httplimits", "gateway.signing",
     "gateway.credentials", "gateway.query", "gateway.clientaddr", "gateway.throttle", "gateway.cache",
     "gateway.usage", "gateway.history", "gateway.ratelimit", "gateway.leases", "gateway.plans", "gateway.model", "gateway.validation", "gateway.errors", "gateway.store.codec",
-    "gateway.events", "gateway.orgsettings", "gateway.leaks", "gateway.webhooks", "gateway.urlpolicy",
+    "gateway.events", "gateway.orgsettings", "gateway.leaks", "gateway.webhooks", "gateway.urlpolicy", "gateway.keyevents",
     "admin_api.claims", "admin_api.signin_rules",
 ]
 # I/O a pure module may not import (a name or anything under it).

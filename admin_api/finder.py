@@ -1,0 +1,211 @@
+"""The key-event finder (issue 17): a task of each admin API process that finds keys crossing a
+line (7 days and 1 day before their expiry, expired, unused for their org's ``unused_days``),
+emits one event per finding to the org event outbox, and expires unused keys for orgs that set
+``expire_unused_days`` (docs/key-events.md).
+
+Each tick reads windows of the two indexes (gateway.store.finder), never every key: the entries
+that crossed a line since the previous tick (its watermark, less a slack for entries written a
+little late). One process at a time runs a tick (a lock in Redis); each finding is claimed by an
+atomic marker and kept pending until emitted, so it is emitted once, or, if the process dies
+between the emit and clearing it, once more by the next tick (at least once, never lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from gateway import errors
+from gateway.events import EXPIRED, EXPIRING, UNUSED, FeedEntry
+from gateway.keyevents import (DAY_MS, EXPIRY_LINES, UNUSED_WINDOW_MS, days_left, expiry_event_id, passed_line,
+                               unused_event_id, unused_plan, window)
+from gateway.model import KeyRecord, rfc3339
+from gateway.orgsettings import OrgSettings
+from gateway.store import FAULTS, KeyStore
+from gateway.store.events import found_entry
+from gateway.store.finder import parse_expiry_member
+
+log = logging.getLogger("admin_api.finder")
+
+UNUSED_MARK = "unused"  # the watermark of the index by last use (the expiry lines' are their names)
+SLACK_MS = 60_000  # each window reaches this far below the previous tick's head (entries written late)
+BATCH = 500  # index entries per round trip
+DUE_BATCHES = 20  # batches of due keys looked at per tick at most
+LOCK_MS = 30_000  # the tick lock's lease: a process that dies holding it blocks the others this long
+RETRY_MS = 60_000  # a key whose auto-expiry failed is looked at again this much later
+BAD_SETTINGS_RETRY_MS = 3_600_000  # an org whose stored settings do not decode: its keys an hour later
+AUTO_EXPIRY_ACTOR = "system:unused"
+
+
+class KeyEventFinder:
+    """One admin API process's finder. ``clock``: the wall clock (seconds; injected in tests);
+    ``metrics``: AdminMetrics; ``ack_timeout``: how long an auto-expiry waits for the gateways."""
+
+    def __init__(self, store: KeyStore, clock: Callable[[], float], metrics, ack_timeout: float) -> None:
+        self.store = store
+        self.finder = store.finder
+        self.clock = clock
+        self.metrics = metrics
+        self.ack_timeout = ack_timeout
+        self.backfilled = False
+
+    async def run(self, interval: float) -> None:
+        """Tick every ``interval`` seconds (the first after one interval); a Redis fault skips a tick."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                ran = await self.tick()
+            except FAULTS as exc:
+                self.metrics.finder_ticks.labels("error").inc()
+                log.warning("key-event finder: tick failed (%s); next in %.0f s", type(exc).__name__, interval)
+                continue
+            except Exception:  # a bug must not stop the finder for the process's life
+                self.metrics.finder_ticks.labels("error").inc()
+                log.exception("key-event finder: tick failed; next in %.0f s", interval)
+                continue
+            self.metrics.finder_ticks.labels("ok" if ran else "skipped").inc()
+
+    async def tick(self) -> bool:
+        """One tick, if no other process is running one: True if it ran."""
+        now = int(self.clock() * 1000)
+        token = await self.finder.acquire(LOCK_MS)
+        if token is None:
+            return False
+        try:
+            if not self.backfilled:
+                indexed = await self.finder.backfill()
+                if indexed:
+                    log.info("key-event finder: indexed %d keys created before the finder's indexes", indexed)
+                self.backfilled = True
+            await self._settle()
+            marks, heads = await self.finder.watermarks(), {}
+            for line, before in EXPIRY_LINES:
+                heads[line] = now + before
+                low, high = window(marks.get(line), heads[line], SLACK_MS, now - SLACK_MS)
+                async for batch in self.finder.window(self.finder.expiry, low, high, BATCH):
+                    await self._expiry_batch(line, batch, now)
+            heads[UNUSED_MARK] = now - UNUSED_WINDOW_MS
+            low, high = window(marks.get(UNUSED_MARK), heads[UNUSED_MARK], SLACK_MS, None)
+            async for batch in self.finder.window(self.finder.lastused, low, high, BATCH):
+                await self._unused_batch([m.decode() for m, _ in batch], now)
+            for _ in range(DUE_BATCHES):
+                due = await self.finder.due_now(now, BATCH)
+                if not due:
+                    break
+                await self._unused_batch(due, now)
+            await self.finder.set_watermarks(heads)
+            await self.finder.prune(now)
+        finally:
+            await self.finder.release(token)
+        return True
+
+    # -- emitting -------------------------------------------------------------------------------
+    async def _emit(self, entries: list[FeedEntry], now: int) -> None:
+        """Claim the findings (those found before are dropped), emit each, then clear them as emitted."""
+        claimed = await self.finder.claim(entries, now)
+        for entry in claimed:
+            await self.emit_one(entry)
+        await self.finder.emitted([e.id for e in claimed])
+
+    async def emit_one(self, entry: FeedEntry) -> None:
+        await self.store.events.emit(entry)
+        self.metrics.key_events.labels(entry.type).inc()
+
+    async def _settle(self) -> None:
+        """Emit what an earlier tick claimed but did not clear (it stopped between the two)."""
+        pending = await self.finder.unsettled()
+        for entry in pending:
+            await self.emit_one(entry)
+        await self.finder.emitted([e.id for e in pending])
+
+    # -- expiry -----------------------------------------------------------------------------------
+    async def _expiry_batch(self, line: str, batch: list[tuple[bytes, int]], now: int) -> None:
+        parsed = [(member, p) for member, _ in batch if (p := parse_expiry_member(member)) is not None]
+        records = await self.store.get_many([key_id for _, (key_id, _) in parsed])
+        found, drop = [], []
+        for (member, (key_id, expires_at)), record in zip(parsed, records, strict=True):
+            if record is None or record.alias_id is not None or record.expires_at != expires_at:
+                continue  # a change that did not land (or has not yet): skipped, never removed
+            if record.revoked_at is not None:
+                drop.append(member)
+                continue
+            if passed_line(expires_at, now) != line:
+                continue  # another line's (a later one passed too: only the latest is sent)
+            data = {**_about(record), "expires_at": rfc3339(expires_at), "days_left": days_left(expires_at, now)}
+            found.append(found_entry(expiry_event_id(key_id, line, expires_at), record.org_id, now,
+                                     EXPIRED if line == "expired" else EXPIRING, key_id, data))
+            if line == "expired":
+                drop.append(member)  # nothing more to find about this expiry
+        await self._emit(found, now)
+        await self.finder.drop(self.finder.expiry, drop)
+
+    # -- unused -----------------------------------------------------------------------------------
+    async def _unused_batch(self, key_ids: list[str], now: int) -> None:
+        """Keys that have been idle a day or more, or whose unused time came: their events,
+        auto-expiries, and when to look at them again."""
+        records = await self.store.get_many(key_ids)
+        live = [r for r in records if r is not None and r.alias_id is None and r.revoked_at is None
+                and r.status(now) == "active"]
+        gone = [r.id for r in records if r is not None and r.revoked_at is not None]
+        usage, _ = await self.store.ledger.read([r.id for r in live]) if live else ({}, [])
+        settings: dict[str, OrgSettings | None] = {}
+        found, expire, later = [], [], {}
+        for record in live:
+            org = await self._settings(record.org_id, settings)
+            if org is None:
+                later[record.id] = now + BAD_SETTINGS_RETRY_MS
+                continue
+            used = usage[record.id][0]
+            last = max(record.created_at, used or 0)
+            plan = unused_plan(last, now, org.unused_days, org.expire_unused_days)
+            if plan.event:
+                data = {**_about(record), "last_used_at": rfc3339(used), "days": (now - last) // DAY_MS}
+                found.append(found_entry(unused_event_id(record.id, last), record.org_id, now, UNUSED, record.id,
+                                         data))
+            if plan.expire:
+                expire.append(record)
+            if plan.next_due is not None:
+                later[record.id] = plan.next_due
+        await self._emit(found, now)
+        for record in expire:
+            if not await self._expire(record, now):
+                later[record.id] = now + RETRY_MS
+        await self.finder.drop(self.finder.lastused, gone)
+        await self.finder.schedule(later, [k for k in key_ids if k not in later])
+
+    async def _settings(self, org_id: str, cache: dict[str, OrgSettings | None]) -> OrgSettings | None:
+        if org_id not in cache:
+            try:
+                cache[org_id] = await self.store.orgs.get(org_id)
+            except ValueError as exc:
+                log.warning("key-event finder: org %s: %s; its keys are looked at again later", org_id, exc)
+                cache[org_id] = None
+        return cache[org_id]
+
+    async def _expire(self, record: KeyRecord, now: int) -> bool:
+        """Expire an unused key now, through the normal edit path (every gateway drops it before
+        the edit answers): True once it is expired (or revoked: nothing more to do)."""
+        try:
+            done = await self.store.lifecycle.edit(org_id=record.org_id, key_id=record.id, actor=AUTO_EXPIRY_ACTOR,
+                                                   now_ms=now, ack_timeout=self.ack_timeout, expires_at=now)
+        except (errors.KeyIsRevoked, errors.KeyNotFound):
+            return True
+        except (errors.VersionMismatch, *FAULTS) as exc:
+            log.warning("key-event finder: expiring unused key %s failed (%s); retried later", record.id,
+                        type(exc).__name__)
+            return False
+        if done is not None:
+            self.metrics.keys_auto_expired.inc()
+            log.info("key-event finder: expired key %s of org %s (unused)", record.id, record.org_id)
+        return True
+
+
+def _about(record: KeyRecord) -> dict:
+    """What a found event's data says of its key (never a secret)."""
+    return {"org_id": record.org_id, "name": record.name, "prefix": record.prefix}
+
+
+async def run(state, ack_timeout: float) -> None:
+    """The finder of an admin API process (``state``: its AdminState), every --key-events-interval."""
+    await KeyEventFinder(state.store, state.clock, state.metrics, ack_timeout).run(state.settings.key_events_interval)

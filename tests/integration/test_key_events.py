@@ -1,0 +1,245 @@
+"""The key-event finder (issue 17): keys crossing 7 days / 1 day before expiry, expiry and their org's
+unused_days make exactly one event each in the outbox; revoked keys none; a finder that dies between
+the emit and clearing it makes the event at least once, never zero; auto-expiry of unused keys goes
+through the edit path (every gateway drops the key). A real redis-server and an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from admin_api.finder import KeyEventFinder
+from admin_api.guard import AuthGuard
+from admin_api.ops import AdminMetrics
+from gateway.config import AdminSettings
+from gateway.events import EXPIRED, EXPIRING, UNUSED
+from gateway.keyevents import DAY_MS
+from gateway.model import rfc3339
+from gateway.orgsettings import OrgSettings
+from gateway.store import KeyStore, connect
+from gateway.store.events import decode_entry
+from gateway.store.finder import expiry_member
+from tests.support import Clock, eventually
+
+FOUND = (EXPIRING, EXPIRED, UNUSED)
+MINUTE = 60_000
+
+
+@pytest.fixture
+async def store(redis_url):
+    s = KeyStore(connect(redis_url))
+    yield s
+    await s.redis.aclose()
+
+
+def finder(store: KeyStore, clock: Clock) -> KeyEventFinder:
+    return KeyEventFinder(store, clock, AdminMetrics(AuthGuard(AdminSettings(), clock)), ack_timeout=0.0)
+
+
+def found(redis_server) -> list:
+    """The found events in the outbox, oldest first."""
+    entries = [decode_entry(f[b"e"]) for _, f in redis_server.client.xrange("gw:events")]
+    return [e for e in entries if e is not None and e.type in FOUND]
+
+
+def now_ms(clock: Clock) -> int:
+    return int(clock() * 1000)
+
+
+async def create(store: KeyStore, clock: Clock, expires_in_ms: int | None = None, org: str = "org_ev"):
+    now = now_ms(clock)
+    record, _ = await store.create(org_id=org, name="k", scopes=("tasks:read",), actor="usr_1", now_ms=now,
+                                   expires_at=None if expires_in_ms is None else now + expires_in_ms)
+    return record
+
+
+async def ticks(clock: Clock, finders, advance_ms: int, n: int = 2) -> None:
+    """Advance the clock, then tick each finder ``n`` times (some at once: one runs, one skips)."""
+    clock.advance(advance_ms / 1000)
+    for _ in range(n):
+        await asyncio.gather(*(f.tick() for f in finders))
+
+
+async def test_expiring_7d_and_1d_then_expired_each_make_exactly_one_event(store, redis_server):
+    clock = Clock()
+    a, b = finder(store, clock), finder(store, clock)  # two admin API processes
+    key = await create(store, clock, expires_in_ms=30 * DAY_MS)
+    quiet = await create(store, clock)  # never expires: no expiry event
+    expires = key.expires_at
+    await ticks(clock, [a, b], 0)
+    assert found(redis_server) == []
+    await ticks(clock, [a, b], 23 * DAY_MS - MINUTE)  # just before the 7-day line
+    assert found(redis_server) == []
+    await ticks(clock, [a, b], 2 * MINUTE)
+    [seven] = found(redis_server)
+    assert (seven.type, seven.key_id, seven.org_id, seven.id) == (EXPIRING, key.id, "org_ev",
+                                                                   f"evt_{key.id}_expiring_7d_{expires}")
+    assert seven.data["days_left"] == 7 and seven.data["expires_at"] == rfc3339(expires)
+    assert seven.data["prefix"] == key.prefix and "digest" not in seven.data
+    await ticks(clock, [a, b], 3 * DAY_MS)
+    assert len(found(redis_server)) == 1
+    await ticks(clock, [a, b], 3 * DAY_MS)  # the 1-day line
+    assert [(e.type, e.data["days_left"]) for e in found(redis_server)] == [(EXPIRING, 7), (EXPIRING, 1)]
+    await ticks(clock, [a, b], DAY_MS)  # expired
+    events = [e for e in found(redis_server) if e.key_id == key.id]
+    assert [(e.type, e.data["days_left"]) for e in events] == [(EXPIRING, 7), (EXPIRING, 1), (EXPIRED, 0)]
+    assert len({e.id for e in events}) == 3
+    await ticks(clock, [a, b], 40 * DAY_MS)  # nothing more about it (an expired key is not "unused")
+    assert [e for e in found(redis_server) if e.key_id == key.id] == events
+    [idle] = [e for e in found(redis_server) if e.key_id == quiet.id]  # never used: 30 days after its creation
+    assert idle.type == UNUSED and idle.data["last_used_at"] is None and idle.data["days"] == 30
+    assert redis_server.client.zscore(store.finder.expiry, expiry_member(key.id, expires)) is None
+
+
+async def test_a_revoked_key_makes_no_event(store, redis_server):
+    clock = Clock()
+    f = finder(store, clock)
+    await f.tick()
+    keys = [await create(store, clock, expires_in_ms=3 * DAY_MS), await create(store, clock)]
+    for k in keys:
+        await store.revoke(org_id="org_ev", key_id=k.id, actor="usr_1", now_ms=now_ms(clock))
+    assert redis_server.client.zcard(store.finder.expiry) == redis_server.client.zcard(store.finder.lastused) == 0
+    await store.ledger.write("node_a", 1, {keys[1].id: (now_ms(clock), 1)})  # a late flush: not indexed again
+    assert redis_server.client.zcard(store.finder.lastused) == 0
+    for step in (DAY_MS, 3 * DAY_MS, 40 * DAY_MS):
+        await ticks(clock, [f], step)
+    assert found(redis_server) == []
+
+
+async def test_unused_after_the_orgs_days_from_the_last_use_once(store, redis_server):
+    clock = Clock()
+    f = finder(store, clock)
+    await store.orgs.put("org_ev", OrgSettings(unused_days=10))
+    used, other_org = await create(store, clock), await create(store, clock, org="org_other")  # 30 days there
+    await f.tick()
+    clock.advance(2 * 86400)
+    last = now_ms(clock)
+    await store.ledger.beat("node_a", False)  # a gateway's flusher: it beats before it writes
+    await store.ledger.write("node_a", 1, {used.id: (last, 3)})  # the last-used flush raises its index entry
+    assert redis_server.client.zscore(store.finder.lastused, used.id) == last
+    await ticks(clock, [f], 10 * DAY_MS - MINUTE)
+    assert found(redis_server) == []  # other_org's key is idle 12 days: under its 30
+    await ticks(clock, [f], 2 * MINUTE)
+    [event] = found(redis_server)
+    assert (event.type, event.key_id, event.id) == (UNUSED, used.id, f"evt_{used.id}_unused_{last}")
+    assert event.data["last_used_at"] == rfc3339(last) and event.data["days"] == 10
+    await ticks(clock, [f], 5 * DAY_MS)
+    assert len(found(redis_server)) == 1
+    await ticks(clock, [f], 16 * DAY_MS)  # other_org's key: 33 days since its creation
+    assert [(e.type, e.key_id) for e in found(redis_server)[1:]] == [(UNUSED, other_org.id)]
+    clock.advance(86400)
+    await store.ledger.write("node_a", 2, {used.id: (now_ms(clock), 4)})  # used again, idle again: a new event
+    await ticks(clock, [f], 11 * DAY_MS)
+    assert [e.key_id for e in found(redis_server)] == [used.id, other_org.id, used.id]
+
+
+class Killed(BaseException):
+    """The process stops here (nothing after it runs: not the clearing of what it emitted)."""
+
+
+class DiesAfterEmit(KeyEventFinder):
+    async def emit_one(self, entry) -> None:
+        await super().emit_one(entry)
+        raise Killed()
+
+
+class DiesBeforeEmit(KeyEventFinder):
+    async def emit_one(self, entry) -> None:
+        raise Killed()
+
+
+@pytest.mark.parametrize("dying, copies", [(DiesAfterEmit, 2), (DiesBeforeEmit, 1)])
+async def test_a_finder_that_dies_mid_emit_loses_nothing(store, redis_server, dying, copies):
+    clock = Clock()
+    key = await create(store, clock, expires_in_ms=DAY_MS + 10 * MINUTE)
+    clock.advance(11 * 60)
+    metrics = AdminMetrics(AuthGuard(AdminSettings(), clock))
+    with pytest.raises(Killed):
+        await dying(store, clock, metrics, 0.0).tick()
+    redis_server.client.delete(store.finder.lock)  # (a real death leaves it to its lease)
+    after = finder(store, clock)
+    await after.tick()
+    await ticks(clock, [after], MINUTE)
+    events = found(redis_server)
+    assert [(e.id, e.type) for e in events] == [(f"evt_{key.id}_expiring_1d_{key.expires_at}", EXPIRING)] * copies
+    assert redis_server.client.hlen(store.finder.pending) == 0
+
+
+async def test_one_process_at_a_time_runs_a_tick(store, redis_server):
+    clock = Clock()
+    await create(store, clock, expires_in_ms=DAY_MS)
+    redis_server.client.set(store.finder.lock, "someone else", px=60_000)
+    assert await finder(store, clock).tick() is False
+    assert found(redis_server) == []
+    redis_server.client.delete(store.finder.lock)
+    assert await finder(store, clock).tick() is True
+    assert [e.type for e in found(redis_server)] == [EXPIRING]
+
+
+async def test_keys_created_before_the_indexes_are_backfilled_once(store, redis_server):
+    clock = Clock()
+    key = await create(store, clock, expires_in_ms=5 * DAY_MS)
+    redis_server.client.delete(store.finder.expiry, store.finder.lastused)  # as before this change
+    await finder(store, clock).tick()
+    assert [(e.type, e.key_id, e.data["days_left"]) for e in found(redis_server)] == [(EXPIRING, key.id, 5)]
+    assert redis_server.client.zscore(store.finder.lastused, key.id) == key.created_at
+    assert redis_server.client.exists(store.finder.backfilled)
+
+
+async def test_an_unused_key_of_an_org_that_asks_expires_on_every_gateway(make_stack, redis_server):
+    stack = await make_stack(flush_interval=0.05, admin_settings={"key_events_interval": 0.05})
+    store = stack.admin_state.store
+    await store.orgs.put("acme", OrgSettings(unused_days=30, expire_unused_days=60))
+    created = await stack.create_key(org="acme")
+    born = (await store.get(created["id"])).created_at
+    stack.clock.advance(5)
+    for _ in range(2):  # cached by the gateway
+        assert (await stack.call("GET", "/v1/tasks", created["key"]))[0] == 200
+
+    async def flushed():  # the gateway's last-used flush raised the key's score in the index
+        return redis_server.client.zscore(store.finder.lastused, created["id"]) == born + 5000
+    await eventually(flushed)
+    stack.clock.advance(2 * 86400)  # idle for more than a day: scheduled
+    await asyncio.sleep(0.3)
+    stack.clock.advance(29 * 86400)
+
+    async def types(*expected):
+        return [e.type for e in found(redis_server)] == list(expected)
+    await eventually(lambda: types(UNUSED))
+    assert (await store.get(created["id"])).expires_at is None  # unused, not expired yet (a call would use it)
+    await asyncio.sleep(0.3)
+    stack.clock.advance(30 * 86400)
+    await eventually(lambda: types(UNUSED, EXPIRED))
+    status, body, _ = await stack.call("GET", "/v1/tasks", created["key"])
+    assert (status, body["error"]["code"]) == (401, "expired_api_key")
+    _, log, _ = await stack.admin_call("GET", "/v1/orgs/acme/audit-events", params={"key_id": created["id"]})
+    update = next(e for e in log["data"] if e["action"] == "api_key.updated")
+    assert update["actor"] == "system:unused" and list(update["changes"]) == ["expires_at"]
+
+
+async def test_cluster_indexes_and_finder(cluster):
+    """On a real Redis Cluster: the indexes written with create, edit, revoke and the flush (other
+    slots than the records'), the finder's claims (its own slot), the backfill's SCAN of every node."""
+    store = KeyStore(connect(cluster.url), prefix="gwkev")
+    try:
+        clock = Clock()
+        f = finder(store, clock)
+        ending = await create(store, clock, expires_in_ms=30 * DAY_MS)
+        gone = await create(store, clock, expires_in_ms=30 * DAY_MS)
+        await store.lifecycle.edit(org_id="org_ev", key_id=ending.id, actor="usr_1", now_ms=now_ms(clock),
+                                   ack_timeout=0.0, expires_at=now_ms(clock) + 3 * DAY_MS)
+        await store.revoke(org_id="org_ev", key_id=gone.id, actor="usr_1", now_ms=now_ms(clock))
+        assert [m for m, _ in await store.redis.zrange(store.finder.expiry, 0, -1, withscores=True)] == [
+            expiry_member(ending.id, now_ms(clock) + 3 * DAY_MS).encode()]
+        await store.ledger.beat("node_c", False)
+        await store.ledger.write("node_c", 1, {ending.id: (now_ms(clock) + 1, 1), gone.id: (now_ms(clock) + 1, 1)})
+        assert await store.redis.zrange(store.finder.lastused, 0, -1) == [ending.id.encode()]
+        assert await f.tick()
+        events = [decode_entry(fields[b"e"]) for _, fields in await store.redis.xrange(store.events.stream)]
+        assert [(e.type, e.key_id, e.data["days_left"]) for e in events if e.type in FOUND] == [
+            (EXPIRING, ending.id, 3)]
+        await store.redis.delete(store.finder.backfilled, store.finder.found, store.finder.marks)
+        assert await store.finder.backfill() == 1  # the one key not revoked, found on its node
+    finally:
+        await store.redis.aclose()
