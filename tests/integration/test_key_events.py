@@ -6,6 +6,7 @@ through the edit path (every gateway drops the key). A real redis-server and an 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -21,6 +22,7 @@ from gateway.store import KeyStore, connect
 from gateway.store.events import decode_entry
 from gateway.store.finder import expiry_member
 from tests.support import Clock, eventually
+from tests.support.webhooks import GOT, receiver_app
 
 FOUND = (EXPIRING, EXPIRED, UNUSED)
 MINUTE = 60_000
@@ -187,11 +189,17 @@ async def test_keys_created_before_the_indexes_are_backfilled_once(store, redis_
     assert redis_server.client.exists(store.finder.backfilled)
 
 
-async def test_an_unused_key_of_an_org_that_asks_expires_on_every_gateway(make_stack, redis_server):
-    stack = await make_stack(flush_interval=0.05, admin_settings={"key_events_interval": 0.05})
+async def test_an_unused_key_of_an_org_that_asks_expires_on_every_gateway(make_stack, redis_server, aiohttp_server):
+    # The found events are checked where the org hears of them: its webhook endpoint (a real
+    # receiver; the admin API's dispatcher takes entries out of the outbox as it delivers them).
+    stack = await make_stack(flush_interval=0.05, admin_settings={"key_events_interval": 0.05, "webhooks_allow_private": True})
     store = stack.admin_state.store
     await store.orgs.put("acme", OrgSettings(unused_days=30, expire_unused_days=60))
+    receiver = await aiohttp_server(receiver_app())
     created = await stack.create_key(org="acme")
+    status, hook, _ = await stack.admin_call("POST", "/v1/orgs/acme/webhooks",
+                                             json={"url": str(receiver.make_url("/hook")), "events": list(FOUND)})
+    assert status == 201, hook
     born = (await store.get(created["id"])).created_at
     stack.clock.advance(5)
     for _ in range(2):  # cached by the gateway
@@ -205,12 +213,13 @@ async def test_an_unused_key_of_an_org_that_asks_expires_on_every_gateway(make_s
     stack.clock.advance(29 * 86400)
 
     async def types(*expected):
-        return [e.type for e in found(redis_server)] == list(expected)
-    await eventually(lambda: types(UNUSED))
+        got = [json.loads(r["body"]) for r in receiver.app[GOT]]
+        return [(e["type"], e["data"]["key_id"]) for e in got] == [(t, created["id"]) for t in expected]
+    await eventually(lambda: types(UNUSED), timeout=10)
     assert (await store.get(created["id"])).expires_at is None  # unused, not expired yet (a call would use it)
     await asyncio.sleep(0.3)
     stack.clock.advance(30 * 86400)
-    await eventually(lambda: types(UNUSED, EXPIRED))
+    await eventually(lambda: types(UNUSED, EXPIRED), timeout=10)
     status, body, _ = await stack.call("GET", "/v1/tasks", created["key"])
     assert (status, body["error"]["code"]) == (401, "expired_api_key")
     _, log, _ = await stack.admin_call("GET", "/v1/orgs/acme/audit-events", params={"key_id": created["id"]})

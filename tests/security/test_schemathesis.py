@@ -63,6 +63,10 @@ def positive_data_acceptance_but_cursors(ctx, response, case):
         code = response.json()["error"]
         if response.status_code != 400 or code.get("field") == "expires_at":
             return None
+    # Nor where a webhook URL's host resolves (the SSRF policy refuses loopback, private and
+    # unresolvable hosts at create and edit: generated URLs are all of these here, with no DNS).
+    if response.status_code == 400 and response.json()["error"].get("code") == "webhook_url_refused":
+        return None
     return positive_data_acceptance(ctx, response, case)
 
 
@@ -111,7 +115,7 @@ def test_the_served_document_is_the_built_one(api_schema, admin_url):
         assert json.loads(resp.read()) == DOCUMENT
     # (schemathesis leaves out the document's own path)
     served = {(op.ok().method.upper(), op.ok().path) for op in api_schema.get_all_operations()}
-    assert served | {("GET", "/openapi.json")} == set(OPERATIONS) and len(OPERATIONS) == 22
+    assert served | {("GET", "/openapi.json")} == set(OPERATIONS) and len(OPERATIONS) == 30
     links = DOCUMENT["paths"]["/v1/orgs/{org_id}/api-keys"]["post"]["responses"]["201"]["links"]
     assert set(links) == {"getApiKey", "getApiKeyUsage", "revokeApiKey", "rollApiKey", "editApiKey", "listAuditEvents"}
 
@@ -144,12 +148,18 @@ def test_every_operation_conforms_to_the_document(api_schema, method, path, mode
         # Schema-valid requests carry the operator token: none may be refused as unauthenticated
         # (the acceptance check would let a 401 pass), and those not naming a key id succeed.
         assert 401 not in calls, calls
-        if "{key_id}" not in path:
+        # A made-up key or webhook id is 404; a generated webhook URL never resolves to a public
+        # address here (tests/security/test_webhook_ssrf.py and tests/integration create real ones).
+        if "{key_id}" not in path and "{webhook_id}" not in path and (method, path) != ("POST", "/v1/orgs/{org_id}/webhooks"):
             assert any(200 <= c < 300 for c in calls), calls
 
 
 def test_stateful_create_then_get_and_revoke(api_schema):
-    class AdminWorkflow(api_schema.as_state_machine()):
+    # The keys' operations and their links only: the webhook operations' links start from a create
+    # that never succeeds here (no generated URL resolves to a public address) and took the budget.
+    keys_only = api_schema.include(path_regex=r"^/v1/(orgs/\{org_id\}/(api-keys|audit-events)|me|permissions)")
+
+    class AdminWorkflow(keys_only.as_state_machine()):
         def validate_response(self, response, case, additional_checks=None, **kwargs):
             statuses.append((case.operation.label, response.status_code))
             case.validate_response(response, checks=CHECKS)
