@@ -149,3 +149,12 @@ async def test_a_huge_answer_is_read_only_up_to_the_cap(make_stack, aiohttp_serv
 def _epoch(text: str) -> float:
     from datetime import datetime
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+async def test_readyz_reports_a_dead_webhook_task(make_stack):
+    stack = await make_stack(admin_settings=FAST)
+    assert (await stack.admin_state.ready_checks())["webhook_tasks"] is True
+    wh = stack.admin_state.webhook_tasks_alive.__self__  # admin_api.webhooks.Webhooks of this process
+    wh.tasks[0].cancel()  # as if the dispatcher had ended
+    await asyncio.gather(wh.tasks[0], return_exceptions=True)
+    assert (await stack.admin_state.ready_checks())["webhook_tasks"] is False
