@@ -245,11 +245,15 @@ async def workers(ws: WebhookStore, cfg: DeliveryConfig, metrics: WebhookMetrics
     """Claim and deliver due jobs for ever, at most ``cfg.concurrency`` at a time in this process."""
     inflight: set[asyncio.Task] = set()
     gauges_at = 0.0
+    migrated = False
     async with new_session(cfg) as session:
         try:
             while True:
                 claimed = []
                 try:
+                    if not migrated:
+                        await ws.migrate()
+                        migrated = True
                     free = cfg.concurrency - len(inflight)
                     if free > 0:
                         claimed = await ws.claim(int(clock() * 1000), int(cfg.visibility * 1000), free, cfg.scan,

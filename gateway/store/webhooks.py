@@ -42,6 +42,26 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
 
+# Jobs queued before the per-endpoint queues (one shared {wh}:queue scanned by the claim) get their
+# endpoint's queue and a place in {wh}:ready; idempotent, once per deployment (KEYS[3]: the marker).
+_MIGRATE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local rows = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #rows, 2 do
+  local job, score = rows[i], rows[i + 1]
+  local ep = string.match(job, '|([^|]+)$')
+  if ep then
+    local eq = ARGV[1] .. 'eq:' .. ep
+    if not redis.call('ZSCORE', eq, job) then
+      redis.call('ZADD', eq, score, job)
+      redis.call('ZADD', KEYS[2], 'LT', score, ep)
+    end
+  end
+end
+redis.call('SET', KEYS[3], '2')
+return #rows / 2
+"""
+
 _ENQUEUE = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[2], 'org', ARGV[3], 'event', ARGV[4], 'type', ARGV[5], 'body', ARGV[6],
@@ -185,6 +205,8 @@ class WebhookStore:
         self._claim = self.redis.register_script(_CLAIM)
         self._finish = self.redis.register_script(_FINISH)
         self._swap = self.redis.register_script(_SWAP)
+        self._migrate = self.redis.register_script(_MIGRATE)
+        self.layout = self.q + "layout"
 
     def endpoints_key(self, org_id: str) -> str:
         return f"{self.p}:org:{{{org_id}}}:webhooks"
@@ -261,6 +283,12 @@ class WebhookStore:
                 args=[job, due_ms, org_id, event_id, event_type, body, now_ms, RECENT, self.max_queued, endpoint_id,
                       DONE_TTL, DEAD_KEEP], client=client)
         return int(got) != 2
+
+    async def migrate(self) -> int:
+        """Give jobs queued by an earlier version (shared queue only) their endpoint's queue: once
+        per deployment (the ``{wh}:layout`` marker); how many were looked at."""
+        with _mapped():
+            return int(await self._migrate(keys=[self.queue, self.ready, self.layout], args=[self.q]))
 
     async def claim(self, now_ms: int, visibility_ms: int, want: int, scan: int, per_endpoint: int) -> list[Claimed]:
         """Up to ``want`` due jobs, fairly across endpoints (at most ``per_endpoint`` in flight each;

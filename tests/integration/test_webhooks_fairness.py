@@ -138,3 +138,21 @@ async def _now(value):
 
 async def _async(value):
     return await value
+
+
+async def test_jobs_queued_by_the_earlier_layout_are_delivered(ws, aiohttp_server):
+    receiver = await aiohttp_server(receiver_app())
+    endpoint = await _endpoint(ws, str(receiver.make_url("/in")))
+    job = webhooks.job_id("evt_old", endpoint.id)
+    now = int(time.time() * 1000)
+    # As the earlier version queued it: the job's hash and the shared queue only.
+    await ws.redis.hset(ws.job_key(job), mapping={"org": "acme", "event": "evt_old", "type": "webhook.test",
+                                                  "body": b"{}", "attempts": 0, "state": "pending", "next_at": now,
+                                                  "created_at": now})
+    await ws.redis.zadd(ws.queue, {job: now})
+    task = asyncio.create_task(workers(ws, CFG, None))
+    try:
+        await eventually(lambda: _now(len(receiver.app[GOT]) == 1), timeout=5)
+        assert await ws.redis.zcard(ws.queue) == 0 and await ws.migrate() == 0  # done once
+    finally:
+        await _stop(task)
