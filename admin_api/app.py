@@ -76,6 +76,7 @@ class AdminState:
     usage: UsageBuffer = field(default_factory=UsageBuffer)  # org keys' uses, flushed like a gateway's
     oidc: OidcVerifier | None = None  # with --oidc-issuer: the provider's access tokens
     signin: SignIn | None = None  # with --oidc-client-id: page sign-in
+    webhook_tasks_alive: Callable[[], bool] | None = None  # admin_api.webhooks: the delivery tasks run
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -83,9 +84,10 @@ class AdminState:
     async def ready_checks(self) -> dict[str, bool]:
         """/readyz beyond Redis and the rules: the provider's metadata and JWKS are loaded (and
         the last fetch did not fail within --oidc-backoff)."""
+        checks = {"webhook_tasks": self.webhook_tasks_alive()} if self.webhook_tasks_alive else {}
         if self.oidc is None:
-            return {}
-        return {"oidc_provider": self.oidc.loaded and not self.oidc.backoff(self.clock())}
+            return checks
+        return {**checks, "oidc_provider": self.oidc.loaded and not self.oidc.backoff(self.clock())}
 
     async def update_metrics(self) -> None:
         """Before /metrics renders: the live-sessions gauge (left as it was while Redis fails)."""
@@ -136,6 +138,7 @@ def make_admin_app(
     r.add_post("/v1/secret-scanning/github", github_report)  # public: the report's signature authenticates it
     add_signin_routes(app)
     webhook_routes.add_routes(app, st)
+    st.webhook_tasks_alive = app[webhook_routes.WEBHOOKS].tasks_alive
     r.add_get("/openapi.json", openapi)
     r.add_get("/", page)
     r.add_get("/static/{file}", static_file)

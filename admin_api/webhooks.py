@@ -9,7 +9,7 @@ import asyncio
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 import msgspec
@@ -66,6 +66,13 @@ class CreatedWebhookEndpoint(WebhookEndpoint):
     secret: str
 
 
+class RotatedWebhookEndpoint(CreatedWebhookEndpoint):
+    """An endpoint with its new signing secret; the previous one still signs (a second signature)
+    until ``previous_secret_expires_at`` (null: it stopped at once, --webhooks-rotation-grace 0)."""
+
+    previous_secret_expires_at: str | None
+
+
 class WebhookEndpointList(msgspec.Struct):
     data: list[WebhookEndpoint]
 
@@ -96,7 +103,8 @@ class WebhookDeliveryList(msgspec.Struct):
     data: list[WebhookDelivery]
 
 
-SCHEMAS = (CreateWebhookRequest, EditWebhookRequest, WebhookEndpoint, CreatedWebhookEndpoint, WebhookEndpointList,
+SCHEMAS = (CreateWebhookRequest, EditWebhookRequest, WebhookEndpoint, CreatedWebhookEndpoint, RotatedWebhookEndpoint,
+           WebhookEndpointList,
            WebhookTestQueued, WebhookDeliveryList)
 
 
@@ -109,6 +117,11 @@ class Webhooks:
     store: WebhookStore
     config: DeliveryConfig
     metrics: WebhookMetrics
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    def tasks_alive(self) -> bool:
+        """/readyz: the dispatcher and the workers still run (they survive errors; one that ended is a bug)."""
+        return all(not t.done() for t in self.tasks)
 
 
 WEBHOOKS = web.AppKey("webhooks", Webhooks)
@@ -116,8 +129,8 @@ WEBHOOKS = web.AppKey("webhooks", Webhooks)
 
 def add_routes(app: web.Application, state) -> None:
     """The routes, and this process's webhook state over ``state`` (AdminState)."""
-    app[WEBHOOKS] = Webhooks(WebhookStore(state.store), DeliveryConfig.from_settings(state.settings),
-                             state.metrics.webhooks)
+    cfg = DeliveryConfig.from_settings(state.settings)
+    app[WEBHOOKS] = Webhooks(WebhookStore(state.store, cfg.max_queued), cfg, state.metrics.webhooks)
     r = app.router
     base = "/v1/orgs/{org_id}/webhooks"
     r.add_post(base, create_webhook)
@@ -134,8 +147,9 @@ def start_tasks(app: web.Application) -> list[asyncio.Task]:
     """The dispatcher and the workers of this process (cancelled by the app's _lifecycle)."""
     wh = app[WEBHOOKS]
     consumer = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
-    return [asyncio.create_task(dispatcher(wh.store, wh.config, consumer)),
-            asyncio.create_task(workers(wh.store, wh.config, wh.metrics))]
+    wh.tasks = [asyncio.create_task(dispatcher(wh.store, wh.config, consumer, metrics=wh.metrics)),
+                asyncio.create_task(workers(wh.store, wh.config, wh.metrics))]
+    return list(wh.tasks)
 
 
 # -- views ------------------------------------------------------------------------------
@@ -269,21 +283,31 @@ async def delete_webhook(request: web.Request) -> web.Response:
 
 
 async def rotate_secret(request: web.Request) -> web.Response:
-    """POST .../webhooks/{id}/rotate-secret: a new signing secret, in this response only (the old
-    one stops signing at once)."""
+    """POST .../webhooks/{id}/rotate-secret: a new signing secret, in this response only; the old
+    one keeps signing beside it (two signatures) for --webhooks-rotation-grace, then is deleted."""
     _, st, _, org_id = await _caller(request, MANAGE)
-    endpoint = msgspec.structs.replace(await _endpoint(request, org_id), updated_at=st.now_ms(),
-                                       secret=webhooks.secret_from(os.urandom(webhooks.SECRET_BYTES)))
-    await request.app[WEBHOOKS].store.put_endpoint(endpoint)
-    return _json(created_out(endpoint))
+    wh = request.app[WEBHOOKS]
+    # The grace runs on the wall clock, as deliveries do.
+    now = int(time.time() * 1000)
+    endpoint = (await _endpoint(request, org_id)).rotated(webhooks.secret_from(os.urandom(webhooks.SECRET_BYTES)),
+                                                         now, int(wh.config.rotation_grace * 1000))
+    await wh.store.put_endpoint(endpoint)
+    until = rfc3339(endpoint.previous_until) if endpoint.previous_secret else None
+    return _json(endpoint_out(endpoint, RotatedWebhookEndpoint, secret=endpoint.secret,
+                              previous_secret_expires_at=until))
 
 
 async def test_webhook(request: web.Request) -> web.Response:
-    """POST .../webhooks/{id}/test: queue a webhook.test delivery to this endpoint only."""
+    """POST .../webhooks/{id}/test: queue a webhook.test delivery to this endpoint only
+    (--webhooks-test-sends a minute per endpoint)."""
     _, st, _, org_id = await _caller(request, MANAGE)
     endpoint = await _endpoint(request, org_id)
+    wh = request.app[WEBHOOKS]
+    wait = await wh.store.test_send_allowed(endpoint.id, wh.config.test_sends, 60)
+    if wait:
+        raise errors.TooManyTestSends(wh.config.test_sends, wait)
     # Deliveries run on the wall clock (their timestamps are checked by receivers), the test too.
-    event_id = await queue_test(request.app[WEBHOOKS].store, endpoint, int(time.time() * 1000))
+    event_id = await queue_test(wh.store, endpoint, int(time.time() * 1000), wh.metrics)
     return _json(WebhookTestQueued(event_id, webhooks.TEST_TYPE), 202)
 
 

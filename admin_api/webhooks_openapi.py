@@ -44,7 +44,7 @@ def paths() -> dict[str, Any]:
         base + "/{webhook_id}/rotate-secret": {
             "parameters": [ORG, HOOK],
             "post": {"operationId": "rotateWebhookSecret", "summary": "A new signing secret (returned once)",
-                     "responses": {"200": _json("CreatedWebhookEndpoint", "The endpoint with its new secret"),
+                     "responses": {"200": _json("RotatedWebhookEndpoint", "The endpoint with its new secret; the previous one still signs until `previous_secret_expires_at`"),
                                    **_errors(*_READ)}},
         },
         base + "/{webhook_id}/test": {

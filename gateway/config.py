@@ -270,6 +270,9 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     webhooks_visibility: Annotated[float, Meta(ge=1, le=3600, description="Seconds a claimed webhook delivery is hidden from other processes (at least --webhooks-timeout + 1): a process that dies loses it for this long")] = 60.0
     webhooks_poll: Annotated[float, Meta(gt=0, le=60, description="Seconds between polls of the webhook outbox and job queue when idle")] = 0.5
     webhooks_grace: Annotated[float, Meta(ge=0, le=3600, description="Seconds a key change's outbox entry waits for its activity log event before it is dropped")] = 30.0
+    webhooks_max_queued: Annotated[int, Meta(ge=1, le=1_000_000, description="Webhook deliveries queued per endpoint; past it a new delivery is dead-lettered at once (not queued)")] = 10_000
+    webhooks_test_sends: Annotated[int, Meta(ge=1, le=1000, description="Test-sends per webhook endpoint per minute (429 past it)")] = 10
+    webhooks_rotation_grace: Annotated[float, Meta(ge=0, le=30 * 86400, description="Seconds a rotated webhook secret still signs deliveries beside the new one (Standard Webhooks: two signatures)")] = 86400.0
 
     def __post_init__(self) -> None:
         _check_listen(self.listen, "--listen")

@@ -15,7 +15,7 @@ ApiError
 ├── KeyLimitReached (409), WebhookLimitReached (409), KeyConflict (409): KeyIsRevoked, KeyIsExpired
 ├── VersionMismatch (412)
 ├── RequestTimeout (408), PayloadTooLarge (413), UriTooLong (414), UnsupportedMediaType (415),
-│   TooManyFailedAttempts (429), TooManyCreates (429), TooManySignIns (429), TooManyReports (429),
+│   TooManyFailedAttempts (429), TooManyCreates (429), TooManySignIns (429), TooManyReports (429), TooManyTestSends (429),
 │   HeadersTooLarge (431)
 ├── LimitExceeded (429, with Retry-After and the limit headers): RateLimited, QuotaExceeded
 │   (their CostOverRate / CostOverQuota: the route costs more than the whole limit)
@@ -404,6 +404,17 @@ class TooManyCreates(ApiError):
     def __init__(self, limit: int, retry_after: int) -> None:
         super().__init__(f"This organization may create {limit} keys a minute; retry after {retry_after} s.",
                          limit=limit)
+        self.retry_after = retry_after
+
+
+class TooManyTestSends(ApiError):
+    """Test-sends of one webhook endpoint past --webhooks-test-sends a minute (each queues a delivery)."""
+
+    status, code = 429, "too_many_test_sends"
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        super().__init__(f"This webhook endpoint may be test-sent {limit} times a minute; retry after "
+                         f"{retry_after} s.", limit=limit)
         self.retry_after = retry_after
 
 

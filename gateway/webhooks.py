@@ -41,6 +41,29 @@ class Endpoint(msgspec.Struct, frozen=True, omit_defaults=True):
     created_at: int = 0
     created_by: str = ""
     updated_at: int = 0
+    previous_secret: str = ""  # after a rotation: still signs beside ``secret`` until previous_until (ms)
+    previous_until: int = 0
+
+    def signing_secrets(self, now_ms: int) -> tuple[str, ...]:
+        """The secrets an attempt at ``now_ms`` is signed with: the current one, and the rotated-out
+        one during its grace (Standard Webhooks: receivers accept any one of the signatures)."""
+        if self.previous_secret and now_ms < self.previous_until:
+            return (self.secret, self.previous_secret)
+        return (self.secret,)
+
+    def rotated(self, new_secret: str, now_ms: int, grace_ms: int) -> Endpoint:
+        """This endpoint with ``new_secret``; the current secret keeps signing for ``grace_ms``."""
+        keep = grace_ms > 0
+        return msgspec.structs.replace(self, secret=new_secret, updated_at=now_ms,
+                                       previous_secret=self.secret if keep else "",
+                                       previous_until=now_ms + grace_ms if keep else 0)
+
+    def expired_previous(self, now_ms: int) -> bool:
+        """Whether a rotated-out secret is past its grace (and is to be deleted)."""
+        return bool(self.previous_secret) and now_ms >= self.previous_until
+
+    def without_previous(self) -> Endpoint:
+        return msgspec.structs.replace(self, previous_secret="", previous_until=0)
 
     def wants(self, event_type: str) -> bool:
         """Whether this endpoint is subscribed to ``event_type`` (a test goes only where it is sent)."""
@@ -80,10 +103,12 @@ def signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(secret_bytes(secret), signed, hashlib.sha256).digest()).decode()
 
 
-def headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    """The headers of one delivery attempt."""
+def headers(secrets: str | tuple[str, ...], msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The headers of one delivery attempt, signed with each of ``secrets`` (space-separated
+    signatures, as Standard Webhooks has them during a secret rotation)."""
+    secrets = (secrets,) if isinstance(secrets, str) else secrets
     return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature(secret, msg_id, timestamp, body),
+            "webhook-signature": " ".join(signature(s, msg_id, timestamp, body) for s in secrets),
             "Content-Type": "application/json", "User-Agent": "api-key-gateway-webhooks/1"}
 
 

@@ -9,7 +9,8 @@ import time
 
 from gateway import config, validation
 
-SETTINGS = ("redis", "redis_prefix", "redis_min_replicas", "webhooks_allow_private")
+SETTINGS = ("redis", "redis_prefix", "redis_min_replicas", "webhooks_allow_private", "webhooks_max_queued",
+            "webhooks_rotation_grace")
 COMMANDS = {"create": "add an endpoint (prints its signing secret, once)", "list": "the org's endpoints",
             "show": "one endpoint", "edit": "change an endpoint's URL, events or description",
             "delete": "delete an endpoint", "rotate": "a new signing secret (printed once)",
@@ -43,10 +44,11 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     async def work(store):
         from admin_api import webhooks as api
         from gateway import errors, webhooks
+        from gateway.model import rfc3339
         from gateway.store.webhooks import WebhookStore
         from gateway.webhook_delivery import queue_test
 
-        hooks = WebhookStore(store)
+        hooks = WebhookStore(store, settings.webhooks_max_queued)
         cmd = args.webhooks_cmd
         if cmd == "list":
             return api.WebhookEndpointList([api.endpoint_out(e) for e in await hooks.endpoints(org_id)])
@@ -79,10 +81,13 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
             import msgspec
 
             if cmd == "rotate":
-                endpoint = msgspec.structs.replace(endpoint, updated_at=now,
-                                                   secret=webhooks.secret_from(os.urandom(webhooks.SECRET_BYTES)))
+                # The old secret signs beside the new one for --webhooks-rotation-grace (0: cut at once).
+                endpoint = endpoint.rotated(webhooks.secret_from(os.urandom(webhooks.SECRET_BYTES)), now,
+                                            int(settings.webhooks_rotation_grace * 1000))
                 await hooks.put_endpoint(endpoint)
-                return api.created_out(endpoint)
+                until = rfc3339(endpoint.previous_until) if endpoint.previous_secret else None
+                return api.endpoint_out(endpoint, api.RotatedWebhookEndpoint, secret=endpoint.secret,
+                                        previous_secret_expires_at=until)
             changes: dict = {}
             if args.event:
                 changes["events"] = webhooks.check_events(_events(args))

@@ -5,7 +5,10 @@ event, in the same confirmed round trip as the org's activity index entry and be
 script (the event-log protocol: an entry whose event never landed in the key's log is dropped by
 its reader), and every found event (leaked, expiring, expired, unused) appends one with its data.
 Readers (the webhook dispatcher) use a consumer group, so an entry is handled at least once
-whatever process dies. The stream is capped (approximately) at MAX_ENTRIES as a last resort.
+whatever process dies. The stream is not capped by length (a MAXLEN cap dropped entries the group
+had not read yet): handled entries are deleted, and the dispatcher trims below the group's oldest
+pending entry (gateway.store.webhooks.WebhookStore.trim_outbox). While no admin API runs, the stream
+grows with every change (about 150 bytes an entry; docs/webhooks.md).
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ from redis.exceptions import RedisError
 
 from gateway.events import FeedEntry, change_id
 from gateway.store.faults import Unavailable
-
-MAX_ENTRIES = 100_000  # the stream's cap (XADD MAXLEN ~, ~15 MB): older entries past it are lost (documented)
 
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(FeedEntry)
@@ -47,14 +48,13 @@ class EventFeed:
         """The XADD of a key's change (queued on ``client``, a pipeline or the client: the caller
         awaits it with the activity index entry)."""
         entry = FeedEntry(change_id(key_id, version), org_id, at_ms, key_id=key_id, version=version)
-        return client.xadd(self.stream, {"e": encode_entry(entry)}, maxlen=MAX_ENTRIES, approximate=True)
+        return client.xadd(self.stream, {"e": encode_entry(entry)})
 
     async def emit(self, entry: FeedEntry, client=None) -> None:
         """Append a found event. Raises Unavailable on a Redis fault (the caller keeps what it
         found and tries again: the finder's own bookkeeping says what was emitted)."""
         try:
-            await (client or self.redis).xadd(self.stream, {"e": encode_entry(entry)}, maxlen=MAX_ENTRIES,
-                                              approximate=True)
+            await (client or self.redis).xadd(self.stream, {"e": encode_entry(entry)})
         except (RedisError, OSError) as err:
             raise Unavailable(str(err)) from err
 

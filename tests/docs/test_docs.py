@@ -50,7 +50,8 @@ def test_redis_layout_names_exactly_the_keys_the_store_builds():
              store.finder.pending, store.finder.due, store.finder.marks, store.finder.lock, store.finder.backfilled}
     hooks = WebhookStore(store)
     built |= {hooks.endpoints_key("<org_id>"), hooks.job_key("<job_id>"), hooks.queue, hooks.dead,
-              hooks.busy_key("<endpoint_id>"), hooks.log_key("<endpoint_id>")}
+              hooks.busy_key("<endpoint_id>"), hooks.log_key("<endpoint_id>"), hooks.endpoint_queue_key("<endpoint_id>"),
+              hooks.ready, hooks.tests_key("<endpoint_id>"), hooks.layout}
     assert documented == built
 
 

@@ -65,3 +65,18 @@ def test_the_pages_event_labels_are_the_event_types():
     source = (ROOT / "admin_api" / "static" / "webhooks.js").read_text()
     block = source.split("export const EVENT_LABEL = {", 1)[1].split("};", 1)[0]
     assert tuple(re.findall(r'"(api_key\.[a-z]+)":', block)) == EVENT_TYPES
+
+
+def test_a_rotated_secret_signs_beside_the_new_one_until_its_grace_ends():
+    old, new = webhooks.secret_from(b"o" * 32), webhooks.secret_from(b"n" * 32)
+    endpoint = webhooks.Endpoint("wh_0000000000000000", "acme", "https://x", old).rotated(new, 1000, 500)
+    assert endpoint.secret == new and endpoint.previous_until == 1500
+    assert endpoint.signing_secrets(1499) == (new, old) and not endpoint.expired_previous(1499)
+    assert endpoint.signing_secrets(1500) == (new,) and endpoint.expired_previous(1500)
+    assert endpoint.without_previous().previous_secret == ""
+    h = webhooks.headers(endpoint.signing_secrets(1000), "evt_1", 100, b"{}")
+    assert h["webhook-signature"] == (webhooks.signature(new, "evt_1", 100, b"{}") + " "
+                                      + webhooks.signature(old, "evt_1", 100, b"{}"))
+    # No grace: the old secret stops at once.
+    cut = webhooks.Endpoint("wh_0000000000000000", "acme", "https://x", old).rotated(new, 1000, 0)
+    assert cut.signing_secrets(1000) == (new,) and cut.previous_secret == "" and not cut.expired_previous(1000)
