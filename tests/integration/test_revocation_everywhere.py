@@ -13,6 +13,7 @@ from gateway.cache import MISS
 from gateway.store import KeyStore
 from gateway.tasks import ACK_TIMEOUT, RESUBSCRIBE_AFTER, SILENCE_LIMIT
 from tests.support import wait_for
+from tests.support.webhooks import outbox_handled
 
 
 async def test_revoke_is_answered_after_every_gateway_dropped_the_key(make_stack):
@@ -62,16 +63,6 @@ def _hgetalls(redis_server) -> int:
     return int(redis_server.client.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0))
 
 
-def _outbox_handled(redis_server) -> bool:
-    """The admin API's webhook dispatcher has read every outbox entry (it reads the key of each):
-    its reads are not the gateway's."""
-    client = redis_server.client
-    if not client.exists("gw:events"):
-        return True
-    groups = client.xinfo_groups("gw:events")
-    return bool(groups) and all(g["pending"] == 0 and g["lag"] == 0 for g in groups)
-
-
 async def test_a_loop_that_lagged_past_the_silence_limit_keeps_its_cache(make_stack, redis_server):
     # A burst (or a starved machine) can hold the event loop past SILENCE_LIMIT: no heartbeat is
     # heard, so trust lapses. The cache is bypassed at once, but not emptied: the next beat that
@@ -80,7 +71,7 @@ async def test_a_loop_that_lagged_past_the_silence_limit_keeps_its_cache(make_st
     created = await stack.create_key()
     st = stack.state
     assert (await stack.call("GET", "/v1/tasks", created["key"]))[0] == 200  # now cached
-    await wait_for(lambda: _outbox_handled(redis_server), timeout=5)
+    await wait_for(lambda: outbox_handled(redis_server.client), timeout=5)  # the dispatcher's reads are done
     resyncs = st.metrics.resyncs._value.get()
     time.sleep(SILENCE_LIMIT + 0.5)  # the loop is blocked: the listener hears nothing
     assert not st.cache.trusted

@@ -15,14 +15,15 @@ from gateway import webhooks
 from gateway.store import KeyStore, Unavailable, connect
 from gateway.store.webhooks import WebhookStore
 from tests.integration.test_webhooks import FAST, _hook
-from tests.support import eventually
-from tests.support.webhooks import Verifier, verifier_install
+from tests.support import eventually, wait_for
+from tests.support.webhooks import Verifier, outbox_handled, verifier_install
 
 
-async def test_test_sends_are_rate_limited_and_the_queue_is_bounded(make_stack):
+async def test_test_sends_are_rate_limited_and_the_queue_is_bounded(make_stack, redis_server):
     stack = await make_stack(admin_settings={**FAST, "webhooks_test_sends": 5, "webhooks_max_queued": 3,
                                              "webhooks_retry_base": 60.0, "webhooks_retry_cap": 60.0})
     await stack.create_key(org="acme")
+    await wait_for(lambda: outbox_handled(redis_server.client))  # the key's created event: before the endpoint
     hook = await _hook(stack, "acme", "http://127.0.0.1:9/closed")  # refused: every job waits its retry
     path = f"/v1/orgs/acme/webhooks/{hook['id']}"
     for _ in range(5):

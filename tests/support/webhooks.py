@@ -73,6 +73,15 @@ class Verifier:
 GOT = web.AppKey("got", list)
 
 
+def outbox_handled(client) -> bool:
+    """The admin API's webhook dispatcher has read and handled every outbox entry (a sync redis
+    client): an endpoint created after this hears of no earlier event."""
+    if not client.exists("gw:events"):
+        return True
+    groups = client.xinfo_groups("gw:events")
+    return bool(groups) and all(g["pending"] == 0 and g["lag"] == 0 for g in groups)
+
+
 def receiver_app(status: int = 204, delay: float = 0.0, hold: asyncio.Event | None = None,
                  headers: dict | None = None, body: bytes = b"") -> web.Application:
     """An aiohttp receiver that records each request (headers, body, path) in app[GOT] and answers
