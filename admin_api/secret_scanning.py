@@ -1,7 +1,7 @@
 """``POST /v1/secret-scanning/github``: GitHub's secret-scanning partner reports (issue 17;
 docs/secret-scanning.md). Public (no org credential): the body's signature authenticates it.
 
-In this order, nothing changed by any refusal: the per-address rate limit (429), both signature
+In this order, nothing changed by any refusal: the per-address rate limit of refused reports (429), both signature
 headers (401), the media type (415), the body read up to MAX_REPORT_BYTES and no further (413),
 the signature over those exact bytes with a key GitHub publishes (fetched from
 --secret-scanning-keys-url and cached; an unknown key id refetches, at most once per
@@ -108,11 +108,18 @@ class Scanning:
         self.reports, self.tokens, self.actions = m.scanning_reports, m.scanning_tokens, m.scanning_actions
 
     def limit(self, client: str) -> None:
-        """429 while ``client`` is over --secret-scanning-rate; every report counts."""
+        """429 while ``client`` is over --secret-scanning-rate (refused reports count: refused())."""
         wait = self.rate.retry_after(client)
         if wait:
             raise errors.TooManyReports(self.settings.secret_scanning_rate, wait)
-        self.rate.record_failure(client)
+
+    def refused(self, client: str, err: errors.ApiError) -> None:
+        """Count a report refused for what it is (a 4xx but the 429 itself) against ``client``.
+        SECURITY: a verified report never counts: GitHub sends from few addresses, and a burst of
+        real reports answered 429 would be dropped (a verified report is bounded by its size and
+        token count instead). Our own 503s do not count either: GitHub sends those again."""
+        if 400 <= err.status < 500 and err.status != 429:
+            self.rate.record_failure(client)
 
 
 SCANNING = web.AppKey("secret_scanning", Scanning)
@@ -123,10 +130,12 @@ async def github_report(request: web.Request) -> web.Response:
     scan = request.app.get(SCANNING)
     if scan is None:
         raise errors.NotFound("Secret-scanning reports are not taken here (--secret-scanning-keys-url is empty).")
+    client = scan.state.guard.client(request.remote or "", list(request.headers.items()))
     try:
-        body = await receive(request, scan.state, scan)
+        body = await receive(request, scan.state, scan, client)
     except errors.ApiError as err:
         scan.reports.labels(err.code).inc()
+        scan.refused(client, err)
         raise
     except FAULTS:
         scan.reports.labels("store_unavailable").inc()
@@ -166,9 +175,9 @@ async def read_capped(request: web.Request, cap: int, timeout: float) -> bytes:
     return b"".join(chunks)
 
 
-async def receive(request: web.Request, st, scan: Scanning) -> bytes:
+async def receive(request: web.Request, st, scan: Scanning, client: str) -> bytes:
     """The verified report's feedback body (every refusal raises its ApiError)."""
-    scan.limit(st.guard.client(request.remote or "", list(request.headers.items())))
+    scan.limit(client)
     key_id = _one_header(request, KEY_ID_HEADER)
     signature = _one_header(request, SIGNATURE_HEADER)
     if request.content_type != "application/json" or (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):

@@ -264,14 +264,34 @@ async def test_unicode_in_fields_is_kept_and_a_rolled_away_secret_is_only_a_true
     assert key["status"] == "revoked" and key["leak"]["url"] == "https://github.com/ö/ü/blob/☃"
 
 
-async def test_reports_are_rate_limited_per_client_address(make_stack, key_server, signer):
+async def test_refused_reports_are_rate_limited_per_client_address(make_stack, key_server, signer):
     stack = await make_stack(admin_settings={"secret_scanning_keys_url": key_server.url, "secret_scanning_rate": 3})
-    for _ in range(3):
-        assert (await send(stack, report("x"), signer))[0] == 200
-    status, err, resp = await send(stack, report("x"), signer)
+    assert (await send(stack, report("x"), None))[0] == 401  # unsigned
+    assert (await send(stack, report("x"), signer, signature=signer.sign(b"other")))[0] == 401  # badly signed
+    assert (await send(stack, b"not json", signer))[0] == 400  # signed but malformed
+    status, err, resp = await send(stack, report("x"), signer)  # the address is over: refused first
     assert (status, err["error"]["code"]) == (429, "too_many_reports") and int(resp.headers["Retry-After"]) >= 1
-    status, err, _ = await send(stack, report("x"), None)  # unsigned ones count too, and are refused first
-    assert status == 429
+    assert (await send(stack, report("x"), None))[0] == 429
+    stack.clock.advance(61)
+    assert (await send(stack, report("x"), signer))[0] == 200
+
+
+async def test_verified_reports_do_not_count_against_the_address(make_stack, key_server, signer):
+    # GitHub sends from few addresses: a burst of real reports must not be answered 429 (GitHub drops them).
+    stack = await make_stack(admin_settings={"secret_scanning_keys_url": key_server.url, "secret_scanning_rate": 3})
+    created = await stack.create_key()
+    for _ in range(20):
+        status, body, _ = await send(stack, report("x", created["key"]), signer)
+        assert status == 200, body
+    assert body[1]["label"] == "true_positive"
+    # ...and neither do the 503s of our own key fetch (GitHub sends those again).
+    key_server.down = True
+    stack.clock.advance(3601)
+    for _ in range(5):
+        assert (await send(stack, report("x"), signer))[0] == 503
+    key_server.down = False
+    stack.clock.advance(120)
+    assert (await send(stack, report("x"), signer))[0] == 200
 
 
 async def test_a_report_of_1000_real_keys_is_answered_well_within_30_s(scan, signer):
