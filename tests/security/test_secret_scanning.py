@@ -9,6 +9,7 @@ normal acknowledged revocation, with an api_key.leaked event carrying the URL an
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -17,6 +18,7 @@ import time
 import msgspec
 import pytest
 
+from admin_api.secret_scanning import STALE_FOR
 from gateway.keys import generate_key
 from gateway.orgsettings import OrgSettings
 from gateway.store.events import decode_entry
@@ -208,7 +210,52 @@ async def test_key_server_down_is_a_503_with_nothing_changed(scan, key_server, s
     assert resp.headers["Retry-After"]
     assert await snapshot(scan, created["id"]) == before
     key_server.down = False
+    status, err, resp = await send(scan, report(created["key"]), signer)  # the back-off: no fetch yet
+    assert (status, err["error"]["code"], key_server.fetches) == (503, "scanner_keys_unavailable", 1)
+    assert 1 <= int(resp.headers["Retry-After"]) <= 60
+    scan.clock.advance(61)
     assert (await send(scan, report(created["key"]), signer))[0] == 200
+
+
+async def test_a_stopped_key_server_costs_one_fetch_however_many_reports_arrive(scan, key_server, signer):
+    def failed_fetches() -> int:
+        return int(scan.admin_state.metrics.scanning_key_fetches.labels("failed")._value.get())
+    created = await scan.create_key()
+    await key_server.stop()  # connections refused
+    started = time.perf_counter()
+    answers = await asyncio.gather(*(send(scan, report(created["key"]), signer) for _ in range(100)))
+    elapsed = time.perf_counter() - started
+    print(f"100 concurrent reports, key server stopped: {elapsed:.2f} s")
+    assert {(s, e["error"]["code"]) for s, e, _ in answers} == {(503, "scanner_keys_unavailable")}
+    assert all(int(r.headers["Retry-After"]) >= 1 for _, _, r in answers)
+    assert 1 <= failed_fetches() <= 2
+    assert elapsed < 5
+    # During the back-off every report is answered at once, without a fetch.
+    for _ in range(20):
+        assert (await send(scan, report(created["key"]), signer))[0] == 503
+    assert failed_fetches() <= 2
+    await key_server.resume()
+    scan.clock.advance(61)
+    status, body, _ = await send(scan, report(created["key"]), signer)
+    assert status == 200 and body[0]["label"] == "true_positive"
+    assert key_server.fetches == 1  # the only fetch that reached the server
+
+
+async def test_stale_keys_serve_for_a_bounded_time_while_their_refetch_fails(scan, key_server, signer):
+    assert (await send(scan, report("x"), signer))[0] == 200  # fetched
+    key_server.down = True
+    scan.clock.advance(3601)  # past max-age: the refetch fails, the keys held still verify
+    assert (await send(scan, report("x"), signer))[0] == 200
+    assert key_server.fetches == 2
+    for _ in range(10):  # and in the back-off, without a fetch
+        assert (await send(scan, report("x"), signer))[0] == 200
+    assert key_server.fetches == 2
+    scan.clock.advance(STALE_FOR)  # past max-age + STALE_FOR: no longer trusted
+    status, err, _ = await send(scan, report("x"), signer)
+    assert (status, err["error"]["code"]) == (503, "scanner_keys_unavailable")
+    key_server.down = False
+    scan.clock.advance(61)
+    assert (await send(scan, report("x"), signer))[0] == 200
 
 
 async def test_flag_mode_leaves_the_key_active_and_marked(scan, signer):
@@ -286,7 +333,7 @@ async def test_verified_reports_do_not_count_against_the_address(make_stack, key
     assert body[1]["label"] == "true_positive"
     # ...and neither do the 503s of our own key fetch (GitHub sends those again).
     key_server.down = True
-    stack.clock.advance(3601)
+    stack.clock.advance(3600 + STALE_FOR)  # the keys held are too old to serve
     for _ in range(5):
         assert (await send(stack, report("x"), signer))[0] == 503
     key_server.down = False
