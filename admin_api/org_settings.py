@@ -51,6 +51,8 @@ async def patch_settings(request: web.Request) -> web.Response:
         settings = msgspec.convert({**msgspec.structs.asdict(current), **given}, OrgSettings)
     except msgspec.ValidationError as exc:
         raise app._field_error(str(exc)) from None
-    if settings != current:
-        await st.store.orgs.put(org_id, settings)
+    # Only the fields given are written (atomically): a concurrent PATCH of another field stays.
+    changed = {name: getattr(settings, name) for name in given}
+    if changed:
+        _, settings = await st.store.orgs.change(org_id, changed)
     return _out(org_id, settings)

@@ -59,8 +59,9 @@ def cmd_orgs_settings(args: argparse.Namespace) -> int:
         except msgspec.ValidationError as exc:
             flag = str(exc).rpartition("$.")[2].rstrip("`").replace("_", "-")
             raise CliError(f"--{flag}: {str(exc).split(' - at ')[0]}") from None
-        if new != current:
-            await store.orgs.put(org_id, new)
+        changed = {name: getattr(new, name) for name in given}
+        if changed:
+            _, new = await store.orgs.change(org_id, changed)
         return OrgSettingsOut(org_id, new.leak_action, new.unused_days, new.expire_unused_days)
 
     _print_json(_on_store(settings, work, parse_min_replicas(settings.redis_min_replicas)))

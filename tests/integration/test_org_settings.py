@@ -3,6 +3,7 @@ real redis-server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -65,3 +66,18 @@ def test_the_cli_shows_and_changes_settings(redis_url):
         bad = run(*flags)
         assert bad.returncode != 0 and fragment in bad.stderr
     assert json.loads(run().stdout)["unused_days"] == 90
+
+
+async def test_concurrent_patches_of_different_fields_both_stay(stack):
+    # Each PATCH writes only the fields it names, atomically: none overwrites another's field with
+    # the value it read before.
+    await stack.create_key()
+    for round_ in range(10):
+        days = 40 + round_
+        action = "flag" if round_ % 2 == 0 else "revoke"
+        answers = await asyncio.gather(*[
+            stack.admin_call("PATCH", "/v1/orgs/acme/settings", json=patch) for patch in (
+                {"leak_action": action}, {"unused_days": days}, {"expire_unused_days": 100 + round_})] * 3)
+        assert all(status == 200 for status, _, _ in answers), answers
+        stored = await stack.store.orgs.get("acme")
+        assert (stored.leak_action, stored.unused_days, stored.expire_unused_days) == (action, days, 100 + round_)
