@@ -402,3 +402,28 @@ async def test_a_reported_token_is_never_stored_or_logged(scan, signer, caplog):
         secret_part = token[len("sop_"):]
         assert secret_part.encode() not in stored, "a reported token reached Redis"
         assert secret_part not in logged, "a reported token reached a log line"
+
+
+async def test_a_roll_of_a_flagged_key_clears_the_mark_on_its_new_secret(scan, signer):
+    created = await scan.create_key()
+    await scan.store.orgs.put("acme", OrgSettings(leak_action="flag"))
+    assert (await send(scan, report(created["key"]), signer))[0] == 200
+    _, key, _ = await scan.admin_call("GET", f"/v1/orgs/acme/api-keys/{created['id']}")
+    assert key["leak"]["action"] == "flag"
+    status, rolled, _ = await scan.admin_call("POST", f"/v1/orgs/acme/api-keys/{created['id']}/roll",
+                                              json={"grace_period": "1h"})
+    assert status == 200, rolled
+    assert rolled["leak"] is None  # the new secret has not leaked
+    _, key, _ = await scan.admin_call("GET", f"/v1/orgs/acme/api-keys/{created['id']}")
+    assert key["leak"] is None and key["status"] == "active"
+    # The old secret's leak stays in the activity log: its api_key.leaked event, and the roll's change.
+    _, events, _ = await scan.admin_call("GET", f"/v1/orgs/acme/audit-events?key_id={created['id']}")
+    assert [e["action"] for e in events["data"]] == ["api_key.rolled", "api_key.leaked", "api_key.created"]
+    assert events["data"][0]["changes"]["leak"] == {"before": {
+        "url": "https://github.com/octo/repo/blob/abc/config.py", "source": "content", "scanner": "github",
+        "action": "flag"}, "after": None}
+    assert (await scan.call("GET", "/v1/tasks", rolled["key"]))[0] == 200
+    # Reported again (still in its grace period), the old secret marks the key again.
+    assert (await send(scan, report(created["key"]), signer))[0] == 200
+    _, key, _ = await scan.admin_call("GET", f"/v1/orgs/acme/api-keys/{created['id']}")
+    assert key["leak"]["action"] == "flag"
