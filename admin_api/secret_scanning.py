@@ -257,6 +257,7 @@ async def receive(request: web.Request, st, scan: Scanning, client: str) -> byte
 async def act_on(st, scan: Scanning, entries: list[leaks.ReportedToken]) -> set[str]:
     """Mark (and, by the org's leak_action, revoke) the live keys the report names; the tokens
     that are real keys of ours."""
+    from admin_api.app import _revoke_descendants  # (app imports this module)
     from gateway.tasks import ACK_TIMEOUT
 
     now = st.now_ms()
@@ -308,4 +309,11 @@ async def act_on(st, scan: Scanning, entries: list[leaks.ReportedToken]) -> set[
     for result in results:
         if isinstance(result, BaseException):
             raise result  # a 503: GitHub sends the report again; the marks made stay, revokes are idempotent
+    # SECURITY: whoever held a leaked key may have made keys with it (api_keys:manage): they go
+    # too, as a revoke with cascade does (each acknowledged; a key created meanwhile is refused by
+    # its create's own check of its creator). One walk of each org for the whole report.
+    for org_id in sorted({r.org_id for r in to_revoke}):
+        children = await _revoke_descendants(st, org_id, {r.id for r in to_revoke if r.org_id == org_id},
+                                             leaks.ACTOR, now)
+        scan.actions.labels("revoked").inc(len(children))
     return ours

@@ -427,3 +427,25 @@ async def test_a_roll_of_a_flagged_key_clears_the_mark_on_its_new_secret(scan, s
     assert (await send(scan, report(created["key"]), signer))[0] == 200
     _, key, _ = await scan.admin_call("GET", f"/v1/orgs/acme/api-keys/{created['id']}")
     assert key["leak"]["action"] == "flag"
+
+
+async def test_a_revoked_leaked_key_takes_the_keys_it_created_with_it(scan, signer):
+    # Whoever found the key may have made keys with it: a revoke with cascade, by the scanner.
+    leaked = await scan.create_key(scopes=("api_keys:manage", "api_keys:read", "tasks:read"))
+    body = {"name": "made by the leaked key", "scopes": ["api_keys:manage", "tasks:read"], "expires_in": "never"}
+    status, child, _ = await scan.admin_call("POST", "/v1/orgs/acme/api-keys", token=leaked["key"], json=body)
+    assert status == 201, child
+    status, grandchild, _ = await scan.admin_call("POST", "/v1/orgs/acme/api-keys", token=child["key"],
+                                                  json={**body, "scopes": ["tasks:read"]})
+    assert status == 201, grandchild
+    bystander = await scan.create_key()
+    status, feedback, _ = await send(scan, report(leaked["key"]), signer)
+    assert status == 200 and feedback[0]["label"] == "true_positive"
+    for made in (leaked, child, grandchild):
+        status, err, _ = await scan.call("GET", "/v1/tasks", made["key"])
+        assert (status, err["error"]["code"]) == (401, "revoked_api_key")
+        _, key, _ = await scan.admin_call("GET", f"/v1/orgs/acme/api-keys/{made['id']}")
+        assert key["revoked_by"] == "secret_scanning:github"
+    assert (await scan.call("GET", "/v1/tasks", bystander["key"]))[0] == 200
+    _, key, _ = await scan.admin_call("GET", f"/v1/orgs/acme/api-keys/{child['id']}")
+    assert key["leak"] is None  # only the reported key is marked leaked
