@@ -66,6 +66,7 @@ export function describeChanges(changes) {
     else if (field === "secret") lines.push(`Secret: ${shown(before)}… → ${shown(after)}…`);
     else if (field === "limits") lines.push(`Limits: ${before ? limitsText(before) : "the default"} → ${after ? limitsText(after) : "the default"}`);
     else if (field === "previous_secret_expires_at") lines.push(`Previous secret works until ${when(after)}`);
+    else if (field === "leak_action") lines.push(`Leak action: ${before === "flag" ? "flag" : "revoke"} → ${after === "flag" ? "flag, leave active" : "revoke"}`);
     else if (field === "leak" && !after) lines.push("Leak mark cleared: the leaked secret was rolled away");
     else if (field === "leak" && after) lines.push(`Found at ${after.url || "an unnamed place"} (${after.source || "unknown source"}, reported by ${after.scanner}); ${after.action === "flag" ? "flagged, left active" : "revoked"}`);
     else lines.push(`${field}: ${shown(before)} → ${shown(after)}`);

@@ -87,3 +87,17 @@ async def test_the_leak_note_follows_the_keys_state_not_the_action_asked(stack, 
     await expect(cell.locator(".badge.revoked")).to_have_text("Revoked")
     await expect(cell.locator(".leak")).to_have_text(f"Revoked: leaked (found at {FOUND})")
     await expect(cell.locator(".badge.leaked")).to_have_count(0)
+
+
+async def test_a_settings_change_shows_in_the_activity_view(stack, browser, signer):
+    page = browser.page
+    await stack.create_key(name="Any")
+    assert (await stack.admin_call("PATCH", "/v1/orgs/acme/settings", json={"leak_action": "flag"}))[0] == 200
+    await sign_in(browser, stack)
+    await page.get_by_role("tab", name="Activity").click()
+    first = page.locator("#activity-body tr").first
+    await expect(first).to_have_attribute("data-action", "org.settings_updated")
+    await expect(first.locator(".action")).to_have_text("Changed the org's settings")
+    await expect(first.locator(".key-ref")).to_have_text("Org settings")
+    await expect(first.locator(".changes")).to_have_text("Leak action: revoke → flag, leave active")
+    await expect(first.locator(".actor")).to_have_text("Operator")
