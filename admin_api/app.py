@@ -622,10 +622,10 @@ async def _read_cascade(request: web.Request) -> bool:
     return in_query or in_body
 
 
-async def _revoke_descendants(st: AdminState, org_id: str, key_id: str, actor: str, now: int) -> list[str]:
-    """Revoke every key the key created, recursively, each acknowledged like a single revoke;
-    return their ids, level by level."""
-    done, order = {key_id}, []
+async def _revoke_descendants(st: AdminState, org_id: str, key_id: str | set[str], actor: str, now: int) -> list[str]:
+    """Revoke every key the key (or each of a set of keys: a leak report's) created, recursively,
+    each acknowledged like a single revoke; return their ids, level by level."""
+    done, order = ({key_id} if isinstance(key_id, str) else set(key_id)), []
     while True:
         # SECURITY: each level is revoked before its own children are looked for, so a key one
         # of them creates meanwhile is found by the next walk, or refused by that create's own

@@ -323,7 +323,7 @@ def build_openapi(scopes: tuple[str, ...] = ()) -> dict[str, Any]:
                 },
                 "patch": {
                     "operationId": "editOrgSettings",
-                    "summary": "Change some of the org's settings (api_keys:manage)",
+                    "summary": "Change some of the org's settings (api_keys:manage; setting leak_action to flag takes a person or an operator: 403 leak_handling_needs_person for a key)",
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("OrgSettingsPatch")}}},
                     "responses": {"200": _json("OrgSettingsOut", "The settings now"),
                                   **_errors(400, 401, 403, 404, 408, 413, 415, 429, 503)},

@@ -76,6 +76,10 @@ class AdminMetrics:
                                         "report found them", ["action"], registry=r)
         for action in ("revoked", "flagged"):
             self.scanning_actions.labels(action)
+        self.scanning_key_fetches = Counter("gateway_admin_secret_scanning_key_fetches", "Fetches of the secret "
+                                            "scanner's public keys by result (ok, failed)", ["result"], registry=r)
+        for result in ("ok", "failed"):
+            self.scanning_key_fetches.labels(result)
         self.webhooks = WebhookMetrics(r)  # webhook delivery (gateway.webhook_delivery)
         r.register(_ThrottledCollector(guard))
         r.register(ThrottleCollector(guard.throttle, prefix="gateway_admin"))

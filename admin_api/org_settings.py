@@ -11,7 +11,8 @@ from aiohttp import web
 
 from admin_api import schemas
 from admin_api.auth import MANAGE, READ
-from gateway.orgsettings import OrgSettings
+from gateway import errors
+from gateway.orgsettings import FLAG, OrgSettings
 
 _PATCH = msgspec.json.Decoder(dict[str, Any])
 
@@ -51,6 +52,14 @@ async def patch_settings(request: web.Request) -> web.Response:
         settings = msgspec.convert({**msgspec.structs.asdict(current), **given}, OrgSettings)
     except msgspec.ValidationError as exc:
         raise app._field_error(str(exc)) from None
-    if settings != current:
-        await st.store.orgs.put(org_id, settings)
+    # SECURITY: a leaked key holding api_keys:manage must not be able to make its own later leaks
+    # (or its siblings') only flagged: weakening leak handling takes a person or an operator.
+    if principal.key_id is not None and settings.leak_action == FLAG and given.get("leak_action") == FLAG \
+            and current.leak_action != FLAG:
+        raise errors.LeakHandlingNeedsPerson()
+    # Only the fields given are written (atomically, with the audit event): a concurrent PATCH of
+    # another field stays.
+    changed = {name: getattr(settings, name) for name in given}
+    if changed:
+        _, settings, _ = await st.store.orgs.change(org_id, changed, principal.actor, st.now_ms())
     return _out(org_id, settings)

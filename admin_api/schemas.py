@@ -7,7 +7,8 @@ from typing import Annotated, Any, Callable, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from gateway.model import EXPIRY_CHOICES, GRACE_CHOICES, KEY_ACTIONS, KEY_ID_PATTERN, KeyEvent, KeyRecord, rfc3339
+from gateway.model import (EXPIRY_CHOICES, GRACE_CHOICES, KEY_ACTIONS, KEY_ID_PATTERN, ORG_ACTIONS, ORG_SETTINGS_LOG, KeyEvent,
+                           KeyRecord, rfc3339)
 from gateway.ratelimit import MAX_LIMIT, WINDOWS, Limit
 
 ExpiresIn = Literal[tuple(EXPIRY_CHOICES)]
@@ -221,18 +222,23 @@ class AuditChange(msgspec.Struct):
 
 
 class AuditEvent(msgspec.Struct):
-    """One create, edit, roll or revoke of a key: who, when, and what changed."""
+    """One create, edit, roll, revoke or leak of a key, or a change of the org's settings: who,
+    when, and what changed."""
 
-    id: Annotated[str, Meta(description="The event's id: <key_id>:<version>", pattern=rf"^{KEY_ID_PATTERN}:[0-9]+$")]
-    action: Literal[KEY_ACTIONS]
-    key_id: str
+    id: Annotated[str, Meta(description="The event's id: <key_id>:<version>, or org_settings:<version> for a "
+                                        "change of the org's settings",
+                            pattern=rf"^(?:{KEY_ID_PATTERN}|{ORG_SETTINGS_LOG}):[0-9]+$")]
+    action: Literal[KEY_ACTIONS + ORG_ACTIONS]
+    key_id: Annotated[str | None, Meta(description="The key (null for a change of the org's settings)")]
     org_id: str
     actor: Annotated[str, Meta(description="operator, cli or key:<key_id>")]
     at: Timestamp
-    version: Annotated[int, Meta(ge=1, description="The key's version after the change (its ETag)")]
+    version: Annotated[int, Meta(ge=1, description="The key's version after the change (its ETag); the settings' "
+                                                   "own count of changes for org.settings_updated")]
     changes: Annotated[dict[str, AuditChange], Meta(
         description="field -> before/after: name, scopes, expires_at, limits (edits; limits: the list or null); secret (display prefixes), "
-                    "previous_secret_expires_at (rolls); empty for creates and revokes")]
+                    "previous_secret_expires_at (rolls); leak (leaks); leak_action, unused_days, expire_unused_days (org.settings_updated); "
+                    "empty for creates and revokes")]
 
 
 class AuditEventList(msgspec.Struct):
@@ -375,7 +381,8 @@ def _fields(r: KeyRecord, now_ms: int, effective: Effective) -> dict:
 
 def audit_event_out(e: KeyEvent) -> AuditEvent:
     return AuditEvent(
-        id=f"{e.key_id}:{e.version}", action=e.action, key_id=e.key_id, org_id=e.org_id, actor=e.actor,
+        id=f"{e.key_id}:{e.version}", action=e.action, key_id=None if e.key_id == ORG_SETTINGS_LOG else e.key_id,
+        org_id=e.org_id, actor=e.actor,
         at=rfc3339(e.at), version=e.version,
         changes={name: AuditChange(_out(c.before, name), _out(c.after, name)) for name, c in e.changes.items()},
     )

@@ -1,7 +1,7 @@
 """``POST /v1/secret-scanning/github``: GitHub's secret-scanning partner reports (issue 17;
 docs/secret-scanning.md). Public (no org credential): the body's signature authenticates it.
 
-In this order, nothing changed by any refusal: the per-address rate limit (429), both signature
+In this order, nothing changed by any refusal: the per-address rate limit of refused reports (429), both signature
 headers (401), the media type (415), the body read up to MAX_REPORT_BYTES and no further (413),
 the signature over those exact bytes with a key GitHub publishes (fetched from
 --secret-scanning-keys-url and cached; an unknown key id refetches, at most once per
@@ -14,6 +14,8 @@ trip, the leak marks of the real, live ones in two, and the revocations (org set
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 from typing import Callable
 
 import aiohttp
@@ -31,50 +33,97 @@ SIGNATURE_HEADER = "Github-Public-Key-Signature"
 MAX_KEYS_DOCUMENT = 256 * 1024  # bytes of the public keys document read at most
 REVOKE_CONCURRENCY = 16  # acknowledged revocations of one report in flight at once
 RATE_WINDOW = 60.0
+MIN_BACKOFF = 5.0  # seconds without a fetch after a failed one, at least (else --secret-scanning-min-refetch)
+STALE_FOR = 6 * 3600.0  # seconds keys past max-age stay usable while their refetch fails
+MAX_WAITERS = 64  # reports waiting for one fetch of the keys at most; more: 503 at once
+
+log = logging.getLogger("admin_api.secret_scanning")
 
 
 class ScannerKeys:
     """The scanner's public keys: fetched on first use, again after max_age, and on a key id
     they lack at most once per min_refetch seconds. ScannerKeysUnavailable when they cannot be
-    had (never a verdict on the report)."""
+    had (never a verdict on the report).
 
-    def __init__(self, settings: AdminSettings, clock: Callable[[], float]) -> None:
+    SECURITY: the key server is not ours, and reports are public: while it is down, reports must
+    not each cause a fetch or a wait. One fetch at a time, shared by every report that needs it
+    (at most MAX_WAITERS wait for it; the rest are answered 503 at once); after a failed fetch
+    none for ``backoff`` seconds, answered meanwhile from the keys held if they are usable, else
+    503 at once; keys past max_age whose refetch fails stay usable STALE_FOR seconds more."""
+
+    def __init__(self, settings: AdminSettings, clock: Callable[[], float], fetched=None) -> None:
         self.url = settings.secret_scanning_keys_url
+        self.fetched = fetched  # the fetches counter by result (admin_api.ops), if any
         self.max_age = settings.secret_scanning_keys_max_age
         self.min_refetch = settings.secret_scanning_min_refetch
+        self.backoff = max(self.min_refetch, MIN_BACKOFF)
         self.timeout = settings.secret_scanning_timeout
         self.clock = clock
         self.keys: dict | None = None
         self.fetched_at = float("-inf")
+        self.failed_at = float("-inf")  # the last failed fetch
         self.refetched_at = float("-inf")  # the last fetch caused by an unknown key id
         self.fetches = 0
-        self._lock = asyncio.Lock()
+        self._flight: asyncio.Future | None = None
+        self._waiting = 0
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
+        if self._flight is not None:
+            self._flight.cancel()
         if self._session is not None:
             await self._session.close()
+
+    def _usable(self) -> bool:
+        """Are the keys held fit to verify with (fresh, or stale by at most STALE_FOR)?"""
+        return self.keys is not None and self.clock() - self.fetched_at < self.max_age + STALE_FOR
+
+    def _unavailable(self) -> errors.ScannerKeysUnavailable:
+        err = errors.ScannerKeysUnavailable()
+        err.retry_after = max(1, math.ceil(self.failed_at + self.backoff - self.clock()))
+        return err
 
     async def key(self, key_id: str):
         """The public key ``key_id`` names, or None when the scanner does not publish it."""
         if self.keys is None or self.clock() - self.fetched_at >= self.max_age:
-            await self._fetch(self.fetched_at)
+            try:
+                await self._refresh()
+            except errors.ScannerKeysUnavailable:
+                if not self._usable():
+                    raise  # else the stale keys serve until STALE_FOR past max_age
         assert self.keys is not None
         if key_id in self.keys:
             return self.keys[key_id]
         # SECURITY: bounded, so reports naming made-up key ids cannot make us hammer the key server.
-        async with self._lock:
-            if key_id not in self.keys and self.clock() - self.refetched_at >= self.min_refetch:
-                self.refetched_at = self.clock()
-                await self._fetch(None, locked=True)
+        if self.clock() - self.refetched_at >= self.min_refetch:
+            self.refetched_at = self.clock()
+            await self._refresh()  # a failure: 503 (GitHub may have rotated; it sends the report again)
         return self.keys.get(key_id)
 
-    async def _fetch(self, seen: float | None, locked: bool = False) -> None:
-        if not locked:
-            async with self._lock:
-                if seen is not None and self.fetched_at != seen and self.keys is not None:
-                    return  # another request fetched them meanwhile
-                return await self._fetch(None, locked=True)
+    async def _refresh(self) -> None:
+        """Fetch the keys, joining the fetch in flight; ScannerKeysUnavailable at once while the
+        back-off after a failure lasts, or when MAX_WAITERS already wait."""
+        if self._flight is None:
+            if self.clock() - self.failed_at < self.backoff:
+                raise self._unavailable()
+            self._flight = asyncio.ensure_future(self._fetch())
+            self._flight.add_done_callback(self._landed)
+        if self._waiting >= MAX_WAITERS:
+            raise errors.ScannerKeysUnavailable()
+        self._waiting += 1
+        try:
+            await asyncio.shield(self._flight)  # a cancelled report does not cancel the others' fetch
+        except errors.ScannerKeysUnavailable:
+            raise self._unavailable() from None
+        finally:
+            self._waiting -= 1
+
+    def _landed(self, flight: asyncio.Future) -> None:
+        self._flight = None
+        if not flight.cancelled():
+            flight.exception()  # retrieved: a fetch nobody waits for any more must not warn
+
+    async def _fetch(self) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         self.fetches += 1
@@ -90,8 +139,16 @@ class ScannerKeys:
             if not found:
                 raise ValueError("no P-256 public key in the document")
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as err:
+            self.failed_at = self.clock()
+            if self.fetched is not None:
+                self.fetched.labels("failed").inc()
+            log.warning("secret scanning: the public keys cannot be fetched (%s); no fetch for %.0f s; keys held: %s",
+                        err if isinstance(err, ValueError) else type(err).__name__, self.backoff,
+                        "none" if self.keys is None else f"fetched {self.clock() - self.fetched_at:.0f} s ago")
             raise errors.ScannerKeysUnavailable() from err
-        self.keys, self.fetched_at = found, self.clock()
+        self.keys, self.fetched_at, self.failed_at = found, self.clock(), float("-inf")
+        if self.fetched is not None:
+            self.fetched.labels("ok").inc()
 
 
 class Scanning:
@@ -100,7 +157,7 @@ class Scanning:
     def __init__(self, state, clock: Callable[[], float]) -> None:
         self.state = state  # the admin API's AdminState (store, guard, settings)
         settings = self.settings = state.settings
-        self.keys = ScannerKeys(settings, clock)
+        self.keys = ScannerKeys(settings, clock, state.metrics.scanning_key_fetches)
         self.rate = FailureThrottle(limit=settings.secret_scanning_rate, window=RATE_WINDOW,
                                     max_clients=settings.throttle_max_clients, clock=clock,
                                     ipv6_prefix=settings.throttle_ipv6_prefix)
@@ -108,11 +165,18 @@ class Scanning:
         self.reports, self.tokens, self.actions = m.scanning_reports, m.scanning_tokens, m.scanning_actions
 
     def limit(self, client: str) -> None:
-        """429 while ``client`` is over --secret-scanning-rate; every report counts."""
+        """429 while ``client`` is over --secret-scanning-rate (refused reports count: refused())."""
         wait = self.rate.retry_after(client)
         if wait:
             raise errors.TooManyReports(self.settings.secret_scanning_rate, wait)
-        self.rate.record_failure(client)
+
+    def refused(self, client: str, err: errors.ApiError) -> None:
+        """Count a report refused for what it is (a 4xx but the 429 itself) against ``client``.
+        SECURITY: a verified report never counts: GitHub sends from few addresses, and a burst of
+        real reports answered 429 would be dropped (a verified report is bounded by its size and
+        token count instead). Our own 503s do not count either: GitHub sends those again."""
+        if 400 <= err.status < 500 and err.status != 429:
+            self.rate.record_failure(client)
 
 
 SCANNING = web.AppKey("secret_scanning", Scanning)
@@ -123,10 +187,12 @@ async def github_report(request: web.Request) -> web.Response:
     scan = request.app.get(SCANNING)
     if scan is None:
         raise errors.NotFound("Secret-scanning reports are not taken here (--secret-scanning-keys-url is empty).")
+    client = scan.state.guard.client(request.remote or "", list(request.headers.items()))
     try:
-        body = await receive(request, scan.state, scan)
+        body = await receive(request, scan.state, scan, client)
     except errors.ApiError as err:
         scan.reports.labels(err.code).inc()
+        scan.refused(client, err)
         raise
     except FAULTS:
         scan.reports.labels("store_unavailable").inc()
@@ -166,9 +232,9 @@ async def read_capped(request: web.Request, cap: int, timeout: float) -> bytes:
     return b"".join(chunks)
 
 
-async def receive(request: web.Request, st, scan: Scanning) -> bytes:
+async def receive(request: web.Request, st, scan: Scanning, client: str) -> bytes:
     """The verified report's feedback body (every refusal raises its ApiError)."""
-    scan.limit(st.guard.client(request.remote or "", list(request.headers.items())))
+    scan.limit(client)
     key_id = _one_header(request, KEY_ID_HEADER)
     signature = _one_header(request, SIGNATURE_HEADER)
     if request.content_type != "application/json" or (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
@@ -191,6 +257,7 @@ async def receive(request: web.Request, st, scan: Scanning) -> bytes:
 async def act_on(st, scan: Scanning, entries: list[leaks.ReportedToken]) -> set[str]:
     """Mark (and, by the org's leak_action, revoke) the live keys the report names; the tokens
     that are real keys of ours."""
+    from admin_api.app import _revoke_descendants  # (app imports this module)
     from gateway.tasks import ACK_TIMEOUT
 
     now = st.now_ms()
@@ -242,4 +309,11 @@ async def act_on(st, scan: Scanning, entries: list[leaks.ReportedToken]) -> set[
     for result in results:
         if isinstance(result, BaseException):
             raise result  # a 503: GitHub sends the report again; the marks made stay, revokes are idempotent
+    # SECURITY: whoever held a leaked key may have made keys with it (api_keys:manage): they go
+    # too, as a revoke with cascade does (each acknowledged; a key created meanwhile is refused by
+    # its create's own check of its creator). One walk of each org for the whole report.
+    for org_id in sorted({r.org_id for r in to_revoke}):
+        children = await _revoke_descendants(st, org_id, {r.id for r in to_revoke if r.org_id == org_id},
+                                             leaks.ACTOR, now)
+        scan.actions.labels("revoked").inc(len(children))
     return ours

@@ -256,7 +256,7 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     secret_scanning_keys_max_age: Annotated[float, Meta(gt=0, le=86400, description="Seconds the fetched public keys are used before they are fetched again")] = 3600.0
     secret_scanning_min_refetch: Annotated[float, Meta(ge=0, le=3600, description="Least seconds between fetches of the public keys caused by a report signed with a key id they lack")] = 60.0
     secret_scanning_timeout: Annotated[Seconds, Meta(description="Timeout of each fetch of the public keys, seconds")] = 5.0
-    secret_scanning_rate: Annotated[int, Meta(ge=0, le=100000, description="Reports one client address may send per minute before 429 too_many_reports (0: no limit)")] = 60
+    secret_scanning_rate: Annotated[int, Meta(ge=0, le=100000, description="Refused reports (bad or missing signature, malformed) one client address may send per minute before 429 too_many_reports; verified reports never count (0: no limit)")] = 60
     # Webhooks (docs/webhooks.md): delivery from the Redis outbox, in every admin API process.
     webhooks_allow_private: Annotated[bool, Meta(description="Deliver webhooks to loopback, link-local and private addresses too (SSRF: only for tests and closed networks)")] = False
     webhooks_max_attempts: Annotated[int, Meta(ge=1, le=50, description="Attempts of a webhook delivery before it is dead-lettered")] = 10

@@ -9,7 +9,7 @@ ApiError
 │   RevokedApiKey, RolledApiKey, InvalidToken, MissingToken, SessionExpired
 ├── InvalidSignature (401, a secret-scanning report's signature; its own challenge): MissingSignature
 ├── Forbidden (403): InsufficientScope, NoOrgRole, InsufficientRole, ScopeNotGrantable, KeyOutlivesCaller,
-│   LimitsExceedCaller, CsrfFailed
+│   LimitsExceedCaller, LeakHandlingNeedsPerson, CsrfFailed
 ├── NotFound (404): RouteNotFound, KeyNotFound, OrgNotFound, WebhookNotFound
 ├── MethodNotAllowed (405, with Allow)
 ├── KeyLimitReached (409), WebhookLimitReached (409), KeyConflict (409): KeyIsRevoked, KeyIsExpired
@@ -283,6 +283,12 @@ class ScopeNotGrantable(Forbidden):
 class KeyOutlivesCaller(Forbidden):
     code = "key_outlives_caller"
     message = "A key can only roll keys that expire no later than itself."
+
+
+class LeakHandlingNeedsPerson(Forbidden):
+    code = "leak_handling_needs_person"
+    message = ("An API key cannot weaken the handling of leaked keys (leak_action flag): a leaked key could "
+               "otherwise keep itself alive. An org admin signed in to the page, or an operator, can.")
 
 
 class LimitsExceedCaller(Forbidden):

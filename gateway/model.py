@@ -135,6 +135,11 @@ def verdict(record: KeyRecord | None, digest: str, now_ms: int) -> KeyRecord:
 
 # The actions of a key's activity log.
 KEY_ACTIONS = ("api_key.created", "api_key.updated", "api_key.rolled", "api_key.revoked", "api_key.leaked")
+# An org's settings changes share the org's activity log with key events: their index entries
+# are "org_settings:<version>" (gateway.store.orgs).
+ORG_SETTINGS_LOG = "org_settings"
+SETTINGS_UPDATED = "org.settings_updated"
+ORG_ACTIONS = (SETTINGS_UPDATED,)
 
 
 class Change(msgspec.Struct, frozen=True, array_like=True):

@@ -5,6 +5,7 @@ printed as the admin API's GET /v1/orgs/{org_id}/settings answers them."""
 from __future__ import annotations
 
 import argparse
+import time
 
 import msgspec
 
@@ -59,8 +60,9 @@ def cmd_orgs_settings(args: argparse.Namespace) -> int:
         except msgspec.ValidationError as exc:
             flag = str(exc).rpartition("$.")[2].rstrip("`").replace("_", "-")
             raise CliError(f"--{flag}: {str(exc).split(' - at ')[0]}") from None
-        if new != current:
-            await store.orgs.put(org_id, new)
+        changed = {name: getattr(new, name) for name in given}
+        if changed:
+            _, new, _ = await store.orgs.change(org_id, changed, "cli", int(time.time() * 1000))
         return OrgSettingsOut(org_id, new.leak_action, new.unused_days, new.expire_unused_days)
 
     _print_json(_on_store(settings, work, parse_min_replicas(settings.redis_min_replicas)))

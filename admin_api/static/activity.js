@@ -9,6 +9,7 @@ export const ACTION_LABEL = {
   "api_key.rolled": "Rolled the secret",
   "api_key.revoked": "Revoked",
   "api_key.leaked": "Reported leaked",
+  "org.settings_updated": "Changed the org's settings",
 };
 
 // Who did it, as shown and as told on hover: "operator" -> "Operator"; "key:key_abc" -> "Key key_abc";
@@ -65,6 +66,8 @@ export function describeChanges(changes) {
     else if (field === "secret") lines.push(`Secret: ${shown(before)}… → ${shown(after)}…`);
     else if (field === "limits") lines.push(`Limits: ${before ? limitsText(before) : "the default"} → ${after ? limitsText(after) : "the default"}`);
     else if (field === "previous_secret_expires_at") lines.push(`Previous secret works until ${when(after)}`);
+    else if (field === "leak_action") lines.push(`Leak action: ${before === "flag" ? "flag" : "revoke"} → ${after === "flag" ? "flag, leave active" : "revoke"}`);
+    else if (field === "leak" && !after) lines.push("Leak mark cleared: the leaked secret was rolled away");
     else if (field === "leak" && after) lines.push(`Found at ${after.url || "an unnamed place"} (${after.source || "unknown source"}, reported by ${after.scanner}); ${after.action === "flag" ? "flagged, left active" : "revoked"}`);
     else lines.push(`${field}: ${shown(before)} → ${shown(after)}`);
   }
@@ -98,9 +101,13 @@ export function activityRow(event, keyName, timeCell) {
   const key = cell("td", "");
   key.dataset.label = "Key";
   const ref = cell("span", "", "key-ref"); // one box: on a narrow screen the cell is label + value
-  const name = keyName(event.key_id);
-  if (name) ref.append(cell("span", name, "key-title"), " ");
-  ref.append(cell("code", event.key_id));
+  if (event.key_id) {
+    const name = keyName(event.key_id);
+    if (name) ref.append(cell("span", name, "key-title"), " ");
+    ref.append(cell("code", event.key_id));
+  } else {
+    ref.append(cell("span", "Org settings", "key-title")); // org.settings_updated names no key
+  }
   key.append(ref);
   const by = actorNode(event.actor, "td");
   by.dataset.label = "By";

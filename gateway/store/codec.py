@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import msgspec
 
-from gateway.model import KEY_ID_PATTERN, Change, KeyEvent, KeyRecord, Leak, Secret
+from gateway.model import KEY_ID_PATTERN, ORG_SETTINGS_LOG, Change, KeyEvent, KeyRecord, Leak, Secret
 from gateway.ratelimit import WINDOWS, Limit
 
 # Record fields. The key id is not stored: it is in the Redis key's name.
@@ -258,7 +258,7 @@ def usage_bucket(key_id: str) -> tuple[str, str]:
 # "<key_id>:<version>".
 
 CURSOR_PATTERN = rf"^[0-9]{{1,15}}\.{KEY_ID_PATTERN}$"
-AUDIT_CURSOR_PATTERN = rf"^[0-9]{{1,15}}\.{KEY_ID_PATTERN}:[0-9]{{1,10}}$"
+AUDIT_CURSOR_PATTERN = rf"^[0-9]{{1,15}}\.(?:{KEY_ID_PATTERN}|{ORG_SETTINGS_LOG}):[0-9]{{1,10}}$"
 _CURSOR = re.compile(CURSOR_PATTERN[1:-1])
 _AUDIT_CURSOR = re.compile(AUDIT_CURSOR_PATTERN[1:-1])
 

@@ -14,7 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from gateway import keys
-from gateway.model import KeyEvent, KeyRecord, verdict
+from gateway.model import ORG_SETTINGS_LOG, KeyEvent, KeyRecord, verdict
 from gateway.ratelimit import Limit
 from gateway.store.faults import Unavailable
 from gateway.validation import is_org_id
@@ -590,14 +590,21 @@ class KeyStore:
         not the org's (the record says; the stored event names neither), is skipped."""
         if not wanted:
             return []
+        owner = org_id.encode()
         async with self.redis.pipeline(transaction=False) as pipe:
             for key_id, version, _ in wanted:
+                if key_id == ORG_SETTINGS_LOG:  # the org's own settings changes (gateway.store.orgs)
+                    pipe.lindex(self.orgs.settings_log(org_id), version - 1)
+                    continue
                 pipe.lindex(self._key_log(key_id), version - 1)
                 pipe.hget(self._rec(key_id), ORG)
-            raws = await pipe.execute()
+            results = iter(await pipe.execute())
+        raws, orgs = [], []
+        for key_id, _, _ in wanted:
+            raws.append(next(results))
+            orgs.append(owner if key_id == ORG_SETTINGS_LOG else next(results))
         out = []
-        owner = org_id.encode()
-        for (key_id, version, at), raw, org in zip(wanted, raws[::2], raws[1::2], strict=True):
+        for (key_id, version, at), raw, org in zip(wanted, raws, orgs, strict=True):
             event = decode_event(raw, key_id, org_id) if raw and org == owner else None
             if event is not None and event.version == version and event.at == at:
                 out.append(event)

@@ -25,9 +25,9 @@ from __future__ import annotations
 import msgspec
 
 from gateway import errors, keys
-from gateway.model import Change, KeyEvent, KeyRecord, Secret, grace_end, rolled_secrets
+from gateway.model import Change, KeyEvent, KeyRecord, Leak, Secret, grace_end, rolled_secrets
 from gateway.ratelimit import WINDOWS, Limit, narrower
-from gateway.store.codec import (ALIAS_OF, EXPIRES_AT, LIMITS, SECRETS, SECRET_ENDS_AT, decode_record,
+from gateway.store.codec import (ALIAS_OF, EXPIRES_AT, LEAK, LIMITS, SECRETS, SECRET_ENDS_AT, decode_record,
                                  encode_alias, encode_event, encode_limits, encode_secrets, shared_fields)
 from gateway.store.finder import expiry_member
 
@@ -233,10 +233,15 @@ class Lifecycle:
         previous_end = grace_end(grace, now_ms, record.expires_at)
         secrets = rolled_secrets(record, Secret(parsed.key_id, parsed.prefix, now_ms), previous_end, now_ms)
         ends = {s.id: s.ends_at for s in secrets if s.ends_at is not None}
-        after = msgspec.structs.replace(record, prefix=parsed.prefix, secrets=secrets, rolled_at=now_ms,
+        # A flagged (leaked, left active) key's mark names the secret that leaked: the new one has
+        # not, so the key no longer shows as leaked; the mark stays in the activity log (the
+        # api_key.leaked event, and this event's "leak" change).
+        after = msgspec.structs.replace(record, prefix=parsed.prefix, secrets=secrets, rolled_at=now_ms, leak=None,
                                         version=record.version + 1, secret_ends_at=ends.get(record.id, record.secret_ends_at))
-        event = KeyEvent("api_key.rolled", key_id, org_id, actor, now_ms, after.version, {
-            "secret": Change(record.prefix, parsed.prefix), "previous_secret_expires_at": Change(None, previous_end)})
+        changes = {"secret": Change(record.prefix, parsed.prefix), "previous_secret_expires_at": Change(None, previous_end)}
+        if record.leak is not None:
+            changes["leak"] = Change(_leak_out(record.leak), None)
+        event = KeyEvent("api_key.rolled", key_id, org_id, actor, now_ms, after.version, changes)
         st = self.store
         # 1. The new secret's alias: harmless until the answer hands its secret out.
         [created] = await self._write(lambda c: self._alias_create(
@@ -246,7 +251,7 @@ class Lifecycle:
         # 2. End the older secrets' aliases: less permissive than the record until step 3.
         await self._narrow_aliases(record, [i for i in ends if i != record.id], ends=ends)
         # 3. The record (its own secret's end with it), if still the version read, with the event.
-        done = await self._commit(record, after, event, now_ms, ())
+        done = await self._commit(record, after, event, now_ms, (LEAK,) if record.leak is not None else ())
         await self._sync_aliases(done)  # the older aliases' copies to the new version (prefix)
         await st.broadcast_revocation(all_ids(done), ack_timeout)
         return done, secret, previous_end
@@ -339,6 +344,11 @@ class Lifecycle:
 def _limits_out(limits: tuple[Limit, ...] | None) -> list[dict] | None:
     """Limits as an activity-log event holds them (the admin API's shape; None: the default)."""
     return None if limits is None else [{"window": x.window, "limit": x.limit} for x in limits]
+
+
+def _leak_out(leak: Leak) -> dict:
+    """A leak mark as the activity log holds it (as the api_key.leaked event's "after")."""
+    return {"url": leak.url, "source": leak.source, "scanner": leak.scanner, "action": leak.action}
 
 
 def _alias_ids(record: KeyRecord) -> list[str]:

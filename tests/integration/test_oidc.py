@@ -41,6 +41,17 @@ async def test_an_admin_creates_and_revokes_and_the_log_names_the_person(oidc_st
     assert (await oidc_stack.call("GET", "/v1/tasks/1", created["key"]))[0] == 401  # revoked
 
 
+async def test_a_person_may_set_leak_action_flag_and_the_log_names_them(oidc_stack, oidc_provider):
+    # An org key may not weaken leak handling (test_org_settings.py); an org admin signed in may.
+    token = oidc_provider.token("alice")
+    await oidc_stack.admin_call("POST", "/v1/orgs/org-a/api-keys", token, json=BODY)
+    status, body, _ = await oidc_stack.admin_call("PATCH", "/v1/orgs/org-a/settings", token, json={"leak_action": "flag"})
+    assert (status, body["leak_action"]) == (200, "flag"), body
+    _, log, _ = await oidc_stack.admin_call("GET", "/v1/orgs/org-a/audit-events", token)
+    assert (log["data"][0]["action"], log["data"][0]["actor"], log["data"][0]["changes"]) == (
+        "org.settings_updated", "user:alice <alice@a.example>", {"leak_action": {"before": "revoke", "after": "flag"}})
+
+
 async def test_an_admin_may_grant_any_permission_of_the_catalogue(oidc_stack, oidc_provider):
     body = {**BODY, "scopes": ["tasks:read", "tasks:write", "guests:write"]}
     status, created, _ = await oidc_stack.admin_call("POST", "/v1/orgs/org-a/api-keys", oidc_provider.token("alice"),

@@ -9,6 +9,7 @@ normal acknowledged revocation, with an api_key.leaked event carrying the URL an
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -17,6 +18,7 @@ import time
 import msgspec
 import pytest
 
+from admin_api.secret_scanning import STALE_FOR
 from gateway.keys import generate_key
 from gateway.orgsettings import OrgSettings
 from gateway.store.events import decode_entry
@@ -208,7 +210,52 @@ async def test_key_server_down_is_a_503_with_nothing_changed(scan, key_server, s
     assert resp.headers["Retry-After"]
     assert await snapshot(scan, created["id"]) == before
     key_server.down = False
+    status, err, resp = await send(scan, report(created["key"]), signer)  # the back-off: no fetch yet
+    assert (status, err["error"]["code"], key_server.fetches) == (503, "scanner_keys_unavailable", 1)
+    assert 1 <= int(resp.headers["Retry-After"]) <= 60
+    scan.clock.advance(61)
     assert (await send(scan, report(created["key"]), signer))[0] == 200
+
+
+async def test_a_stopped_key_server_costs_one_fetch_however_many_reports_arrive(scan, key_server, signer):
+    def failed_fetches() -> int:
+        return int(scan.admin_state.metrics.scanning_key_fetches.labels("failed")._value.get())
+    created = await scan.create_key()
+    await key_server.stop()  # connections refused
+    started = time.perf_counter()
+    answers = await asyncio.gather(*(send(scan, report(created["key"]), signer) for _ in range(100)))
+    elapsed = time.perf_counter() - started
+    print(f"100 concurrent reports, key server stopped: {elapsed:.2f} s")
+    assert {(s, e["error"]["code"]) for s, e, _ in answers} == {(503, "scanner_keys_unavailable")}
+    assert all(int(r.headers["Retry-After"]) >= 1 for _, _, r in answers)
+    assert 1 <= failed_fetches() <= 2
+    assert elapsed < 5
+    # During the back-off every report is answered at once, without a fetch.
+    for _ in range(20):
+        assert (await send(scan, report(created["key"]), signer))[0] == 503
+    assert failed_fetches() <= 2
+    await key_server.resume()
+    scan.clock.advance(61)
+    status, body, _ = await send(scan, report(created["key"]), signer)
+    assert status == 200 and body[0]["label"] == "true_positive"
+    assert key_server.fetches == 1  # the only fetch that reached the server
+
+
+async def test_stale_keys_serve_for_a_bounded_time_while_their_refetch_fails(scan, key_server, signer):
+    assert (await send(scan, report("x"), signer))[0] == 200  # fetched
+    key_server.down = True
+    scan.clock.advance(3601)  # past max-age: the refetch fails, the keys held still verify
+    assert (await send(scan, report("x"), signer))[0] == 200
+    assert key_server.fetches == 2
+    for _ in range(10):  # and in the back-off, without a fetch
+        assert (await send(scan, report("x"), signer))[0] == 200
+    assert key_server.fetches == 2
+    scan.clock.advance(STALE_FOR)  # past max-age + STALE_FOR: no longer trusted
+    status, err, _ = await send(scan, report("x"), signer)
+    assert (status, err["error"]["code"]) == (503, "scanner_keys_unavailable")
+    key_server.down = False
+    scan.clock.advance(61)
+    assert (await send(scan, report("x"), signer))[0] == 200
 
 
 async def test_flag_mode_leaves_the_key_active_and_marked(scan, signer):
@@ -264,14 +311,34 @@ async def test_unicode_in_fields_is_kept_and_a_rolled_away_secret_is_only_a_true
     assert key["status"] == "revoked" and key["leak"]["url"] == "https://github.com/ö/ü/blob/☃"
 
 
-async def test_reports_are_rate_limited_per_client_address(make_stack, key_server, signer):
+async def test_refused_reports_are_rate_limited_per_client_address(make_stack, key_server, signer):
     stack = await make_stack(admin_settings={"secret_scanning_keys_url": key_server.url, "secret_scanning_rate": 3})
-    for _ in range(3):
-        assert (await send(stack, report("x"), signer))[0] == 200
-    status, err, resp = await send(stack, report("x"), signer)
+    assert (await send(stack, report("x"), None))[0] == 401  # unsigned
+    assert (await send(stack, report("x"), signer, signature=signer.sign(b"other")))[0] == 401  # badly signed
+    assert (await send(stack, b"not json", signer))[0] == 400  # signed but malformed
+    status, err, resp = await send(stack, report("x"), signer)  # the address is over: refused first
     assert (status, err["error"]["code"]) == (429, "too_many_reports") and int(resp.headers["Retry-After"]) >= 1
-    status, err, _ = await send(stack, report("x"), None)  # unsigned ones count too, and are refused first
-    assert status == 429
+    assert (await send(stack, report("x"), None))[0] == 429
+    stack.clock.advance(61)
+    assert (await send(stack, report("x"), signer))[0] == 200
+
+
+async def test_verified_reports_do_not_count_against_the_address(make_stack, key_server, signer):
+    # GitHub sends from few addresses: a burst of real reports must not be answered 429 (GitHub drops them).
+    stack = await make_stack(admin_settings={"secret_scanning_keys_url": key_server.url, "secret_scanning_rate": 3})
+    created = await stack.create_key()
+    for _ in range(20):
+        status, body, _ = await send(stack, report("x", created["key"]), signer)
+        assert status == 200, body
+    assert body[1]["label"] == "true_positive"
+    # ...and neither do the 503s of our own key fetch (GitHub sends those again).
+    key_server.down = True
+    stack.clock.advance(3600 + STALE_FOR)  # the keys held are too old to serve
+    for _ in range(5):
+        assert (await send(stack, report("x"), signer))[0] == 503
+    key_server.down = False
+    stack.clock.advance(120)
+    assert (await send(stack, report("x"), signer))[0] == 200
 
 
 async def test_a_report_of_1000_real_keys_is_answered_well_within_30_s(scan, signer):
@@ -335,3 +402,50 @@ async def test_a_reported_token_is_never_stored_or_logged(scan, signer, caplog):
         secret_part = token[len("sop_"):]
         assert secret_part.encode() not in stored, "a reported token reached Redis"
         assert secret_part not in logged, "a reported token reached a log line"
+
+
+async def test_a_roll_of_a_flagged_key_clears_the_mark_on_its_new_secret(scan, signer):
+    created = await scan.create_key()
+    await scan.store.orgs.put("acme", OrgSettings(leak_action="flag"))
+    assert (await send(scan, report(created["key"]), signer))[0] == 200
+    _, key, _ = await scan.admin_call("GET", f"/v1/orgs/acme/api-keys/{created['id']}")
+    assert key["leak"]["action"] == "flag"
+    status, rolled, _ = await scan.admin_call("POST", f"/v1/orgs/acme/api-keys/{created['id']}/roll",
+                                              json={"grace_period": "1h"})
+    assert status == 200, rolled
+    assert rolled["leak"] is None  # the new secret has not leaked
+    _, key, _ = await scan.admin_call("GET", f"/v1/orgs/acme/api-keys/{created['id']}")
+    assert key["leak"] is None and key["status"] == "active"
+    # The old secret's leak stays in the activity log: its api_key.leaked event, and the roll's change.
+    _, events, _ = await scan.admin_call("GET", f"/v1/orgs/acme/audit-events?key_id={created['id']}")
+    assert [e["action"] for e in events["data"]] == ["api_key.rolled", "api_key.leaked", "api_key.created"]
+    assert events["data"][0]["changes"]["leak"] == {"before": {
+        "url": "https://github.com/octo/repo/blob/abc/config.py", "source": "content", "scanner": "github",
+        "action": "flag"}, "after": None}
+    assert (await scan.call("GET", "/v1/tasks", rolled["key"]))[0] == 200
+    # Reported again (still in its grace period), the old secret marks the key again.
+    assert (await send(scan, report(created["key"]), signer))[0] == 200
+    _, key, _ = await scan.admin_call("GET", f"/v1/orgs/acme/api-keys/{created['id']}")
+    assert key["leak"]["action"] == "flag"
+
+
+async def test_a_revoked_leaked_key_takes_the_keys_it_created_with_it(scan, signer):
+    # Whoever found the key may have made keys with it: a revoke with cascade, by the scanner.
+    leaked = await scan.create_key(scopes=("api_keys:manage", "api_keys:read", "tasks:read"))
+    body = {"name": "made by the leaked key", "scopes": ["api_keys:manage", "tasks:read"], "expires_in": "never"}
+    status, child, _ = await scan.admin_call("POST", "/v1/orgs/acme/api-keys", token=leaked["key"], json=body)
+    assert status == 201, child
+    status, grandchild, _ = await scan.admin_call("POST", "/v1/orgs/acme/api-keys", token=child["key"],
+                                                  json={**body, "scopes": ["tasks:read"]})
+    assert status == 201, grandchild
+    bystander = await scan.create_key()
+    status, feedback, _ = await send(scan, report(leaked["key"]), signer)
+    assert status == 200 and feedback[0]["label"] == "true_positive"
+    for made in (leaked, child, grandchild):
+        status, err, _ = await scan.call("GET", "/v1/tasks", made["key"])
+        assert (status, err["error"]["code"]) == (401, "revoked_api_key")
+        _, key, _ = await scan.admin_call("GET", f"/v1/orgs/acme/api-keys/{made['id']}")
+        assert key["revoked_by"] == "secret_scanning:github"
+    assert (await scan.call("GET", "/v1/tasks", bystander["key"]))[0] == 200
+    _, key, _ = await scan.admin_call("GET", f"/v1/orgs/acme/api-keys/{child['id']}")
+    assert key["leak"] is None  # only the reported key is marked leaked

@@ -45,9 +45,18 @@ class KeyServer:
     async def start(self, aiohttp_server) -> KeyServer:
         app = web.Application()
         app.router.add_get("/meta/public_keys/secret_scanning", self.handle)
-        running = await aiohttp_server(app)
+        running = self._running = await aiohttp_server(app)
         self.url = str(running.make_url("/meta/public_keys/secret_scanning"))
         return self
+
+    async def stop(self) -> None:
+        """Stop listening (connections are refused) until resume()."""
+        for site in list(self._running.runner.sites):
+            await site.stop()
+
+    async def resume(self) -> None:
+        """Listen again on the same port."""
+        await web.TCPSite(self._running.runner, self._running.host, self._running.port).start()
 
 
 def report(*tokens: str, url: str = "https://github.com/octo/repo/blob/abc/config.py", source: str = "content"):

@@ -27,7 +27,7 @@ def test_the_openapi_document_takes_the_choices_and_patterns_from_the_model():
     params = {p["name"]: p["schema"]["pattern"] for p in _path_parameters(doc["paths"]) if p["name"] != "file"}
     assert params == {"org_id": f"^{ORG_ID_PATTERN}$", "key_id": f"^{KEY_ID_PATTERN}$",
                       "webhook_id": ENDPOINT_ID.pattern}
-    assert CURSOR_PATTERN.endswith(f"\\.{KEY_ID_PATTERN}$") and AUDIT_CURSOR_PATTERN.endswith(f"\\.{KEY_ID_PATTERN}:[0-9]{{1,10}}$")
+    assert CURSOR_PATTERN.endswith(f"\\.{KEY_ID_PATTERN}$") and AUDIT_CURSOR_PATTERN.endswith(f"\\.(?:{KEY_ID_PATTERN}|org_settings):[0-9]{{1,10}}$")
 
 
 def _path_parameters(node):
