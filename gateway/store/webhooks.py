@@ -58,7 +58,7 @@ for i = 1, #rows, 2 do
     end
   end
 end
-redis.call('SET', KEYS[3], '2')
+if #rows > 0 then redis.call('SET', KEYS[3], '2') end  -- (none: nothing to mark, no key written)
 return #rows / 2
 """
 
