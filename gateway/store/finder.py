@@ -26,7 +26,6 @@ from typing import AsyncIterator
 from redis.exceptions import RedisError
 
 from gateway.events import FeedEntry
-from gateway.model import KeyRecord
 from gateway.store.events import decode_entry, encode_entry
 
 MARKER_TTL_MS = 8 * 86_400_000  # a found event's marker outlives every window that could find it again
@@ -98,23 +97,17 @@ class FinderStore:
             calls.append(lambda: c.zadd(self.expiry, {expiry_member(key_id, expires_at): expires_at}))
         return calls
 
-    def drop_key(self, c, key_id: str, expires_at: int | None) -> list:
-        """The calls that take a revoked key out of both indexes (queued in the revoke's round trip)."""
-        calls = [lambda: c.zrem(self.lastused, key_id)]
-        if expires_at is not None:
-            calls.append(lambda: c.zrem(self.expiry, expiry_member(key_id, expires_at)))
-        return calls
-
-    async def restore_key(self, record: KeyRecord) -> None:
-        """Index a key again whose revoke did not happen after all (best effort)."""
+    async def forget_key(self, key_id: str, expires_at: int | None) -> None:
+        """Take a revoked key out of both indexes (after the revoke; best effort: the finder drops
+        a revoked key's entries when it reads them)."""
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(self.lastused, {record.id: record.created_at}, nx=True)
-                if record.expires_at is not None:
-                    pipe.zadd(self.expiry, {expiry_member(record.id, record.expires_at): record.expires_at})
+                pipe.zrem(self.lastused, key_id)
+                if expires_at is not None:
+                    pipe.zrem(self.expiry, expiry_member(key_id, expires_at))
                 await pipe.execute()
         except RedisError:
-            pass  # the backfill (force) repairs it; a missed reminder is not a security matter
+            pass
 
     async def forget_expiry(self, key_id: str, expires_at: int) -> None:
         """Remove an expiry a change replaced (after the change; best effort: a stale member is

@@ -252,3 +252,25 @@ async def test_cluster_indexes_and_finder(cluster):
         assert await store.finder.backfill() == 1  # the one key not revoked, found on its node
     finally:
         await store.redis.aclose()
+
+
+async def test_a_revoke_that_fails_leaves_the_key_indexed(store, redis_server):
+    # (review of issue 17, 5) the index entries go only once the revoke is done
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    clock = Clock()
+    key = await create(store, clock, expires_in_ms=30 * DAY_MS)
+    real = store._revoke
+
+    def broken(*args, **kwargs):
+        raise RedisConnectionError("lost before the revoke script ran")
+
+    store._revoke = broken
+    with pytest.raises(Exception):
+        await store.revoke(org_id="org_ev", key_id=key.id, actor="usr_1", now_ms=now_ms(clock))
+    store._revoke = real
+    assert (await store.get(key.id)).revoked_at is None
+    assert redis_server.client.zscore(store.finder.lastused, key.id) is not None
+    assert redis_server.client.zscore(store.finder.expiry, expiry_member(key.id, key.expires_at)) is not None
+    await store.revoke(org_id="org_ev", key_id=key.id, actor="usr_1", now_ms=now_ms(clock))
+    assert redis_server.client.zscore(store.finder.lastused, key.id) is None
+    assert redis_server.client.zcard(store.finder.expiry) == 0
