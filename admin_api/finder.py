@@ -101,9 +101,9 @@ class KeyEventFinder:
         return True
 
     # -- emitting -------------------------------------------------------------------------------
-    async def _emit(self, entries: list[FeedEntry], now: int) -> None:
+    async def _emit(self, entries: list[FeedEntry], now: int, keep: dict[str, int] | None = None) -> None:
         """Claim the findings (those found before are dropped), emit each, then clear them as emitted."""
-        claimed = await self.finder.claim(entries, now)
+        claimed = await self.finder.claim(entries, now, keep)
         for entry in claimed:
             await self.emit_one(entry)
         await self.finder.emitted([e.id for e in claimed])
@@ -150,7 +150,7 @@ class KeyEventFinder:
         gone = [r.id for r in records if r is not None and r.revoked_at is not None]
         usage, _ = await self.store.ledger.read([r.id for r in live]) if live else ({}, [])
         settings: dict[str, OrgSettings | None] = {}
-        found, expire, later = [], [], {}
+        found, expire, later, keep = [], [], {}, {}
         for record in live:
             org = await self._settings(record.org_id, settings)
             if org is None:
@@ -161,13 +161,15 @@ class KeyEventFinder:
             plan = unused_plan(last, now, org.unused_days, org.expire_unused_days)
             if plan.event:
                 data = {**_about(record), "last_used_at": rfc3339(used), "days": (now - last) // DAY_MS}
-                found.append(found_entry(unused_event_id(record.id, last), record.org_id, now, UNUSED, record.id,
-                                         data))
+                event_id = unused_event_id(record.id, last)
+                found.append(found_entry(event_id, record.org_id, now, UNUSED, record.id, data))
+                if plan.next_due is not None:  # its marker outlives the key's next look (no repeat then)
+                    keep[event_id] = plan.next_due + DAY_MS
             if plan.expire:
                 expire.append(record)
             if plan.next_due is not None:
                 later[record.id] = plan.next_due
-        await self._emit(found, now)
+        await self._emit(found, now, keep)
         for record in expire:
             if not await self._expire(record, now):
                 later[record.id] = now + RETRY_MS

@@ -32,15 +32,18 @@ MARKER_TTL_MS = 8 * 86_400_000  # a found event's marker outlives every window t
 BACKFILL_BATCH = 500  # records per round trip of the index backfill
 
 # Claim findings not claimed before. KEYS: the markers (zset: event id -> marker end), the pending
-# findings (hash: event id -> FeedEntry JSON). ARGV: marker end, then event id, entry pairs.
+# findings (hash: event id -> FeedEntry JSON). ARGV: event id, entry, marker end triples (a marker
+# already there is only made to last longer).
 # Returns the ids claimed now (the caller emits those, then clears them from pending).
 _CLAIM = """
 local out = {}
-for i = 2, #ARGV, 2 do
+for i = 1, #ARGV, 3 do
   if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then
-    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('ZADD', KEYS[1], ARGV[i + 2], ARGV[i])
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
     out[#out + 1] = ARGV[i]
+  else
+    redis.call('ZADD', KEYS[1], 'XX', 'GT', ARGV[i + 2], ARGV[i])
   end
 end
 return out
@@ -162,13 +165,17 @@ class FinderStore:
         if marks:
             await self.redis.hset(self.marks, mapping=marks)
 
-    async def claim(self, entries: list[FeedEntry], now_ms: int) -> list[FeedEntry]:
-        """The entries not found before, marked found and pending in one script call."""
+    async def claim(self, entries: list[FeedEntry], now_ms: int, keep: dict[str, int] | None = None
+                    ) -> list[FeedEntry]:
+        """The entries not found before, marked found and pending in one script call. A marker
+        lasts MARKER_TTL_MS, or until ``keep[event id]`` if later (an unused event's marker lasts
+        until its key is looked at again: it is not announced twice for the same last use)."""
         if not entries:
             return []
-        args: list[object] = [now_ms + MARKER_TTL_MS]
+        args: list[object] = []
+        keep = keep or {}
         for entry in entries:
-            args += (entry.id, encode_entry(entry))
+            args += (entry.id, encode_entry(entry), max(now_ms + MARKER_TTL_MS, keep.get(entry.id, 0)))
         claimed = {m.decode() for m in await self._claim(keys=[self.found, self.pending], args=args)}
         return [e for e in entries if e.id in claimed]
 

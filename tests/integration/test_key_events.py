@@ -274,3 +274,18 @@ async def test_a_revoke_that_fails_leaves_the_key_indexed(store, redis_server):
     await store.revoke(org_id="org_ev", key_id=key.id, actor="usr_1", now_ms=now_ms(clock))
     assert redis_server.client.zscore(store.finder.lastused, key.id) is None
     assert redis_server.client.zcard(store.finder.expiry) == 0
+
+
+async def test_no_second_unused_event_at_auto_expiry_long_after_it(store, redis_server):
+    # (review of issue 17, 4) expire_unused_days - unused_days > the 8 days a marker lasts
+    clock = Clock()
+    f = finder(store, clock)
+    await store.orgs.put("org_ev", OrgSettings(unused_days=30, expire_unused_days=60))
+    key = await create(store, clock)
+    await f.tick()
+    for _ in range(65):
+        clock.advance(86400)
+        await f.tick()
+    unused = [e for e in found(redis_server) if e.type == UNUSED]
+    assert [e.id for e in unused] == [f"evt_{key.id}_unused_{key.created_at}"]
+    assert (await store.get(key.id)).status(now_ms(clock)) == "expired"
