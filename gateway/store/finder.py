@@ -49,6 +49,12 @@ end
 return out
 """
 
+# KEYS: the lock. ARGV: its token, its new lease (ms). Renews the lock if this process still holds it.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 # KEYS: the lock. ARGV: its token. Deletes the lock if this process still holds it.
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -91,6 +97,7 @@ class FinderStore:
         self.backfilled = f"{tag}:backfilled"
         self._claim = self.redis.register_script(_CLAIM)
         self._unlock = self.redis.register_script(_UNLOCK)
+        self._renew = self.redis.register_script(_RENEW)
 
     # -- index writes queued with the key changes (one command each, on ``c``) -------------
     def add_key(self, c, key_id: str, created_at: int, expires_at: int | None) -> list:
@@ -195,6 +202,10 @@ class FinderStore:
         """The tick lock for ``ttl_ms`` (by Redis's clock), or None while another process holds it."""
         token = secrets.token_hex(8)
         return token if await self.redis.set(self.lock, token, nx=True, px=ttl_ms) else None
+
+    async def renew(self, token: str, ttl_ms: int) -> bool:
+        """Extend the tick lock to ``ttl_ms`` from now, if this process (``token``) still holds it."""
+        return bool(await self._renew(keys=[self.lock], args=[token, ttl_ms]))
 
     async def release(self, token: str) -> None:
         await self._unlock(keys=[self.lock], args=[token])

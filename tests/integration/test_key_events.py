@@ -141,14 +141,17 @@ class Killed(BaseException):
 
 
 class DiesAfterEmit(KeyEventFinder):
-    async def emit_one(self, entry) -> None:
-        await super().emit_one(entry)
-        raise Killed()
+    async def emit_all(self, entries) -> None:
+        await super().emit_all(entries)
+        if entries:
+            raise Killed()
 
 
 class DiesBeforeEmit(KeyEventFinder):
-    async def emit_one(self, entry) -> None:
-        raise Killed()
+    async def emit_all(self, entries) -> None:
+        if entries:
+            raise Killed()
+        await super().emit_all(entries)
 
 
 @pytest.mark.parametrize("dying, copies", [(DiesAfterEmit, 2), (DiesBeforeEmit, 1)])
@@ -289,3 +292,80 @@ async def test_no_second_unused_event_at_auto_expiry_long_after_it(store, redis_
     unused = [e for e in found(redis_server) if e.type == UNUSED]
     assert [e.id for e in unused] == [f"evt_{key.id}_unused_{key.created_at}"]
     assert (await store.get(key.id)).status(now_ms(clock)) == "expired"
+
+
+def auto_updates(redis_server, key_id: str) -> int:
+    """The api_key.updated events the auto-expiry wrote in the key's activity log."""
+    return sum(1 for raw in redis_server.client.lrange(f"gw:key:{{{key_id}}}:log", 0, -1)
+               if b"api_key.updated" in raw and b"system:unused" in raw)
+
+
+async def test_a_tick_that_lost_its_lock_stops_at_the_next_batch(store, redis_server, monkeypatch):
+    # (review of issue 17, 2) no two processes expire the same keys
+    import admin_api.finder as finder_module
+    monkeypatch.setattr(finder_module, "BATCH", 2)
+    clock = Clock()
+    await store.orgs.put("org_ev", OrgSettings(unused_days=1, expire_unused_days=2))
+    keys = [await create(store, clock) for _ in range(6)]
+    b = finder(store, clock)
+
+    class LosesItsLock(KeyEventFinder):
+        batches = 0
+
+        async def _unused_batch(self, key_ids, now):
+            self.batches += 1
+            await super()._unused_batch(key_ids, now)
+            redis_server.client.delete(store.finder.lock)  # its lease ran out: b takes the next tick
+            assert await b.tick()
+
+    a = LosesItsLock(store, clock, AdminMetrics(AuthGuard(AdminSettings(), clock)), 0.0)
+    await f_tick(b)
+    clock.advance(3 * 86400)
+    await a.tick()
+    assert a.batches == 1 and a.metrics.keys_auto_expired._value.get() == 2  # its first batch, then it stopped
+    assert [auto_updates(redis_server, k.id) for k in keys] == [1] * 6
+
+
+async def f_tick(f) -> None:
+    assert await f.tick()
+
+
+async def test_a_tick_emits_at_most_its_cap_and_the_next_goes_on(store, redis_server, monkeypatch):
+    # (review of issue 17, 2 and 7) a partial tick's watermark is where it got to
+    import admin_api.finder as finder_module
+    monkeypatch.setattr(finder_module, "BATCH", 2)
+    clock = Clock()
+    keys = [await create(store, clock, expires_in_ms=7 * DAY_MS + 10 * MINUTE) for _ in range(6)]
+    f = finder(store, clock)
+    f.found_cap = 2
+    await f.tick()
+    clock.advance(11 * 60)
+    counts = []
+    for _ in range(4):
+        await f.tick()
+        counts.append(len(found(redis_server)))
+    assert counts == [2, 4, 6, 6]
+    assert sorted(e.key_id for e in found(redis_server)) == sorted(k.id for k in keys)
+
+
+async def test_a_key_used_while_its_batch_is_handled_is_not_expired(store, redis_server):
+    # (review of issue 17, 3) the last use is read again right before each key's edit
+    clock = Clock()
+    await store.orgs.put("org_ev", OrgSettings(unused_days=30, expire_unused_days=60))
+    keys = [await create(store, clock) for _ in range(3)]
+    used = keys[1]
+
+    class UsedMeanwhile(KeyEventFinder):
+        async def _emit(self, entries, now, keep=None):
+            await super()._emit(entries, now, keep)
+            if entries:
+                await store.ledger.beat("node_a", False)
+                await store.ledger.write("node_a", 1, {used.id: (now + 1000, 1)})  # a request now
+
+    f = UsedMeanwhile(store, clock, AdminMetrics(AuthGuard(AdminSettings(), clock)), 0.0)
+    await f.tick()
+    clock.advance(61 * 86400)
+    await f.tick()
+    states = [(await store.get(k.id)).status(now_ms(clock)) for k in keys]
+    assert states == ["expired", "active", "expired"]
+    assert auto_updates(redis_server, used.id) == 0
