@@ -115,6 +115,7 @@ class KeyEventFinder:
                     break
                 await self._unused_batch(due, now)
                 await self._go_on()
+            await self._rescan(now)
             await self.finder.prune(now)
         except _Stop as stop:
             log.info("key-event finder: tick stopped (%s); the next one goes on", stop)
@@ -134,6 +135,27 @@ class KeyEventFinder:
             raise _Stop("time budget spent")
         if not await self.finder.renew(self._token, LOCK_MS):
             raise _Stop("lock lost")
+
+    async def _rescan(self, now: int) -> None:
+        """The keys of the orgs whose settings changed so that keys already idle may be due
+        (gateway.store.finder.settings_changed): a batch at a time from the org's cursor, each
+        planned again under the new settings (an unused event the old ones had made due before the
+        change is not announced again)."""
+        for org_id, value in (await self.finder.rescans()).items():
+            cursor, old, at = value.split(":")
+            quiet = (int(old), int(at)) if old else None
+            start = int(cursor)
+            while True:
+                ids = await self.finder.org_key_ids(org_id, start, BATCH)
+                if ids:
+                    await self._unused_batch(ids, now, quiet)
+                start += len(ids)
+                done = len(ids) < BATCH
+                await self.finder.rescan_step(org_id, value, None if done else f"{start}:{old}:{at}")
+                value = f"{start}:{old}:{at}"
+                await self._go_on()
+                if done:
+                    break
 
     # -- emitting -------------------------------------------------------------------------------
     async def _emit(self, entries: list[FeedEntry], now: int, keep: dict[str, int] | None = None) -> None:
@@ -177,16 +199,17 @@ class KeyEventFinder:
         await self.finder.drop(self.finder.expiry, drop)
 
     # -- unused -----------------------------------------------------------------------------------
-    async def _unused_batch(self, key_ids: list[str], now: int) -> None:
+    async def _unused_batch(self, key_ids: list[str], now: int, quiet: tuple[int, int] | None = None) -> None:
         """Keys that have been idle a day or more, or whose unused time came: their events,
-        auto-expiries, and when to look at them again."""
+        auto-expiries, and when to look at them again. ``quiet``: (unused_days, time) of a
+        rescan: no unused event for a key those days had already made due at that time."""
         records = await self.store.get_many(key_ids)
         live = [r for r in records if r is not None and r.alias_id is None and r.revoked_at is None
                 and r.status(now) == "active"]
         gone = [r.id for r in records if r is not None and r.revoked_at is not None]
         usage, _ = await self.store.ledger.read([r.id for r in live]) if live else ({}, [])
         settings: dict[str, OrgSettings | None] = {}
-        found, expire, later, keep = [], [], {}, {}
+        found, expire, later, keep, announced = [], [], {}, {}, {}
         for record in live:
             org = await self._settings(record.org_id, settings)
             if org is None:
@@ -195,7 +218,10 @@ class KeyEventFinder:
             used = usage[record.id][0]
             last = max(record.created_at, used or 0)
             plan = unused_plan(last, now, org.unused_days, org.expire_unused_days)
-            if plan.event:
+            if plan.event and quiet and last + quiet[0] * DAY_MS <= quiet[1]:
+                # announced under the old settings: marked found again (until the key's next look)
+                announced[unused_event_id(record.id, last)] = (plan.next_due or now) + DAY_MS
+            elif plan.event:
                 data = {**_about(record), "last_used_at": rfc3339(used), "days": (now - last) // DAY_MS}
                 event_id = unused_event_id(record.id, last)
                 found.append(found_entry(event_id, record.org_id, now, UNUSED, record.id, data))
@@ -205,6 +231,7 @@ class KeyEventFinder:
                 expire.append((record, last))
             if plan.next_due is not None:
                 later[record.id] = plan.next_due
+        await self.finder.mark(announced)
         await self._emit(found, now, keep)
         await self._expire_all(expire, now, later)
         await self.finder.drop(self.finder.lastused, gone)

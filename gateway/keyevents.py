@@ -41,6 +41,16 @@ def unused_event_id(key_id: str, last_ms: int) -> str:
     return f"evt_{key_id}_unused_{last_ms}"
 
 
+def rescan_needed(before: tuple[int, int | None] | None, after: tuple[int, int | None]) -> bool:
+    """Whether an org's change of ``(unused_days, expire_unused_days)`` must have the finder look
+    at its keys again: it lowers either, or turns auto-expiry on (keys already idle, and not
+    scheduled any more, would never meet the new setting). ``before`` None: not known (yes)."""
+    if before is None:
+        return True
+    (unused, expire), (new_unused, new_expire) = before, after
+    return new_unused < unused or (new_expire is not None and (expire is None or new_expire < expire))
+
+
 @dataclass(frozen=True, slots=True)
 class UnusedPlan:
     """What is due for a key last used (or created) at ``last_ms``: the api_key.unused event,

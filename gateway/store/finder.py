@@ -19,6 +19,7 @@ watermarks and the lock that lets one admin API process at a time run a tick.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from typing import AsyncIterator
@@ -26,7 +27,10 @@ from typing import AsyncIterator
 from redis.exceptions import RedisError
 
 from gateway.events import FeedEntry
+from gateway.keyevents import rescan_needed
 from gateway.store.events import decode_entry, encode_entry
+
+log = logging.getLogger("gateway.store.finder")
 
 MARKER_TTL_MS = 8 * 86_400_000  # a found event's marker outlives every window that could find it again
 BACKFILL_BATCH = 500  # records per round trip of the index backfill
@@ -62,6 +66,35 @@ return 0
 """
 
 
+# KEYS: the rescan queue. ARGV: an org, the value read, the new one ('' : the org is done). Moves the
+# org's cursor on if no change of its settings queued it again meanwhile.
+_RESCAN_STEP = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+return 1
+"""
+
+
+def finder_tag(prefix: str) -> str:
+    return f"{prefix}:finder:{{{prefix}}}"
+
+
+async def settings_changed(client, prefix: str, org_id: str, before, after, now_ms: int) -> None:
+    """After a change of an org's settings (OrgSettings; ``before`` None: not known): queue the org
+    for a rescan of its keys when the change lowers ``unused_days`` or sets or lowers
+    ``expire_unused_days`` (keys already idle and no longer scheduled meet the new setting). The
+    value: ``<cursor>:<unused_days before>:<time>`` (what the rescan must not announce again).
+    Best effort: a Redis fault here loses the rescan, not the change."""
+    old = None if before is None else (before.unused_days, before.expire_unused_days)
+    if not rescan_needed(old, (after.unused_days, after.expire_unused_days)):
+        return
+    value = f"0:{'' if before is None else before.unused_days}:{now_ms}"
+    try:
+        await client.hset(f"{finder_tag(prefix)}:rescan", org_id, value)
+    except RedisError:
+        log.warning("key-event finder: could not queue org %s for a rescan after its settings changed", org_id)
+
+
 def expiry_index(prefix: str) -> str:
     return f"{prefix}:keys:expiry"
 
@@ -88,13 +121,15 @@ class FinderStore:
         p = store.p
         self.expiry = expiry_index(p)
         self.lastused = lastused_index(p)
-        tag = f"{p}:finder:{{{p}}}"
+        tag = finder_tag(p)
         self.found = f"{tag}:found"
         self.pending = f"{tag}:pending"
         self.due = f"{tag}:due"
         self.marks = f"{tag}:marks"
         self.lock = f"{tag}:lock"
         self.backfilled = f"{tag}:backfilled"
+        self.rescan = f"{tag}:rescan"
+        self._rescan_step = self.redis.register_script(_RESCAN_STEP)
         self._claim = self.redis.register_script(_CLAIM)
         self._unlock = self.redis.register_script(_UNLOCK)
         self._renew = self.redis.register_script(_RENEW)
@@ -164,6 +199,18 @@ class FinderStore:
         if members:
             await self.redis.zrem(index, *members)
 
+    # -- rescans of orgs whose settings changed ----------------------------------------------
+    async def rescans(self) -> dict[str, str]:
+        """The orgs queued for a rescan: org id -> ``<cursor>:<unused_days before>:<time>``."""
+        return {k.decode(): v.decode() for k, v in (await self.redis.hgetall(self.rescan)).items()}
+
+    async def org_key_ids(self, org_id: str, start: int, n: int) -> list[str]:
+        return [m.decode() for m in await self.redis.zrange(self.store._org_keys(org_id), start, start + n - 1)]
+
+    async def rescan_step(self, org_id: str, read: str, value: str | None) -> None:
+        """Move the org's cursor on to ``value`` (None: done), unless it was queued again meanwhile."""
+        await self._rescan_step(keys=[self.rescan], args=[org_id, read, value or ""])
+
     # -- marks, claims, the lock --------------------------------------------------------------
     async def watermarks(self) -> dict[str, int]:
         return {k.decode(): int(v) for k, v in (await self.redis.hgetall(self.marks)).items()}
@@ -185,6 +232,11 @@ class FinderStore:
             args += (entry.id, encode_entry(entry), max(now_ms + MARKER_TTL_MS, keep.get(entry.id, 0)))
         claimed = {m.decode() for m in await self._claim(keys=[self.found, self.pending], args=args)}
         return [e for e in entries if e.id in claimed]
+
+    async def mark(self, ends: dict[str, int]) -> None:
+        """Mark events found (event id -> marker end; a marker there only lasts longer), emitting nothing."""
+        if ends:
+            await self.redis.zadd(self.found, ends, gt=True)
 
     async def emitted(self, ids: list[str]) -> None:
         if ids:

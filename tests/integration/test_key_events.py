@@ -369,3 +369,26 @@ async def test_a_key_used_while_its_batch_is_handled_is_not_expired(store, redis
     states = [(await store.get(k.id)).status(now_ms(clock)) for k in keys]
     assert states == ["expired", "active", "expired"]
     assert auto_updates(redis_server, used.id) == 0
+
+
+async def test_turning_auto_expiry_on_reaches_keys_already_idle(store, redis_server):
+    # (review of issue 17, 1) a key announced unused and no longer scheduled
+    clock = Clock()
+    f = finder(store, clock)
+    key = await create(store, clock)
+    await f.tick()
+    for _ in range(35):
+        clock.advance(86400)
+        await f.tick()
+    assert [e.type for e in found(redis_server)] == [UNUSED] and redis_server.client.zcard(store.finder.due) == 0
+    clock.advance(10 * 86400)  # longer than an unused marker lasts
+    await store.orgs.change("org_ev", {"expire_unused_days": 60}, "usr_1", now_ms(clock))
+    await store.orgs.change("org_ev", {"unused_days": 40}, "usr_1", now_ms(clock))  # raised: no rescan of its own
+    await f.tick()
+    assert redis_server.client.hlen(store.finder.rescan) == 0
+    assert (await store.get(key.id)).status(now_ms(clock)) == "active"  # 45 days idle
+    for _ in range(16):
+        clock.advance(86400)
+        await f.tick()
+    assert (await store.get(key.id)).status(now_ms(clock)) == "expired"
+    assert [e.type for e in found(redis_server)] == [UNUSED, EXPIRED]  # not announced unused again

@@ -77,3 +77,15 @@ def test_a_flush_raises_the_index_by_last_use_at_most_once_a_step_per_key():
     assert index_due(values, {}, 5_000) == {"key_a": 10_000, "key_b": 10_000, "key_c": 4_000}
     indexed = {"key_a": 5_000, "key_b": 5_001, "key_c": 4_000}
     assert index_due(values, indexed, 5_000) == {"key_a": 10_000}
+
+
+def test_a_rescan_is_needed_when_a_setting_is_lowered_or_auto_expiry_turned_on():
+    from gateway.keyevents import rescan_needed
+    assert rescan_needed((30, None), (7, None))
+    assert rescan_needed((30, None), (30, 60))
+    assert rescan_needed((30, 90), (30, 60))
+    assert rescan_needed(None, (30, None))
+    assert not rescan_needed((30, None), (60, None))
+    assert not rescan_needed((30, 60), (30, 90))
+    assert not rescan_needed((30, 60), (30, None))
+    assert not rescan_needed((30, 60), (30, 60))
