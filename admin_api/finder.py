@@ -184,7 +184,11 @@ class KeyEventFinder:
         found, drop = [], []
         for (member, (key_id, expires_at)), record in zip(parsed, records, strict=True):
             if record is None or record.alias_id is not None or record.expires_at != expires_at:
-                continue  # a change that did not land (or has not yet): skipped, never removed
+                # A change that did not land (or has not yet): skipped; once its expiry is more than
+                # the slack past (no change in flight writes that late), the expired window drops it.
+                if line == "expired" and expires_at <= now - SLACK_MS:
+                    drop.append(member)
+                continue
             if record.revoked_at is not None:
                 drop.append(member)
                 continue

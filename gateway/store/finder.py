@@ -6,7 +6,8 @@ and by the last-used flush (UsageLedger.write: one ``ZADD XX GT``):
 - ``<prefix>:keys:expiry``: members ``<key_id>:<expires_at>`` scored by expires_at, for the keys
   that expire and are not revoked. An edit of the expiry adds the new member before the change
   (the event-log protocol's order) and removes the old one after it; a member whose record says
-  another expiry (a change that did not land) is skipped when read.
+  another expiry (a change that did not land) is skipped when read, and dropped by the finder's
+  expired window once that expiry is a minute past.
 - ``<prefix>:keys:lastused``: every key that is not revoked, scored by its last request (its
   creation until it is used); the flush only raises a score that is there (``XX GT``), so a
   revoked key is never added back, and a late flush never moves a score back.

@@ -392,3 +392,19 @@ async def test_turning_auto_expiry_on_reaches_keys_already_idle(store, redis_ser
         await f.tick()
     assert (await store.get(key.id)).status(now_ms(clock)) == "expired"
     assert [e.type for e in found(redis_server)] == [UNUSED, EXPIRED]  # not announced unused again
+
+
+async def test_the_expired_window_drops_members_their_record_denies(store, redis_server):
+    # (review of issue 17, 9) a change that did not land leaves a member: not skipped forever
+    clock = Clock()
+    f = finder(store, clock)
+    key = await create(store, clock, expires_in_ms=30 * DAY_MS)
+    await f.tick()
+    stale = expiry_member(key.id, now_ms(clock) + 5 * MINUTE)
+    redis_server.client.zadd(store.finder.expiry, {stale: now_ms(clock) + 5 * MINUTE})
+    await ticks(clock, [f], 5 * MINUTE + MINUTE // 2, n=1)
+    assert redis_server.client.zscore(store.finder.expiry, stale) is not None  # within the slack: kept
+    await ticks(clock, [f], MINUTE, n=1)
+    assert redis_server.client.zscore(store.finder.expiry, stale) is None
+    assert redis_server.client.zscore(store.finder.expiry, expiry_member(key.id, key.expires_at)) is not None
+    assert found(redis_server) == []
