@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from typing import Callable
 
 from gateway import errors
@@ -151,10 +152,10 @@ class KeyEventFinder:
                     await self._unused_batch(ids, now, quiet)
                 start += len(ids)
                 done = len(ids) < BATCH
-                await self.finder.rescan_step(org_id, value, None if done else f"{start}:{old}:{at}")
+                moved = await self.finder.rescan_step(org_id, value, None if done else f"{start}:{old}:{at}")
                 value = f"{start}:{old}:{at}"
                 await self._go_on()
-                if done:
+                if done or not moved:  # (not moved: queued again meanwhile, from the start next tick)
                     break
 
     # -- emitting -------------------------------------------------------------------------------
@@ -252,7 +253,8 @@ class KeyEventFinder:
 
     async def _expire_all(self, expire: list[tuple[KeyRecord, int]], now: int, later: dict[str, int]) -> None:
         """Expire a batch's unused keys (each with the last use it was planned for) through the
-        normal edit path, then one broadcast of all their ids (every gateway drops them). A key
+        normal edit path, each invalidated on every gateway as it is done, then one broadcast of
+        all their ids that waits for every gateway's acknowledgement. A key
         whose last use moved since the batch read it (used meanwhile: read again right before
         its edit) or that changed meanwhile (``if_version``) is looked at again instead."""
         ids: list[str] = []
@@ -266,6 +268,9 @@ class KeyEventFinder:
                 if done is None:
                     later[record.id] = now + RETRY_MS
                 elif done:
+                    # every gateway drops it now (one PUBLISH); the batch's broadcast below waits for
+                    # their acknowledgements of all of them at once
+                    await self.store.publish_invalidation(all_ids(done), secrets.token_hex(8))
                     ids += all_ids(done)
         finally:
             if ids:

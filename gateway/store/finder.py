@@ -208,9 +208,10 @@ class FinderStore:
     async def org_key_ids(self, org_id: str, start: int, n: int) -> list[str]:
         return [m.decode() for m in await self.redis.zrange(self.store._org_keys(org_id), start, start + n - 1)]
 
-    async def rescan_step(self, org_id: str, read: str, value: str | None) -> None:
-        """Move the org's cursor on to ``value`` (None: done), unless it was queued again meanwhile."""
-        await self._rescan_step(keys=[self.rescan], args=[org_id, read, value or ""])
+    async def rescan_step(self, org_id: str, read: str, value: str | None) -> bool:
+        """Move the org's cursor on to ``value`` (None: done), unless it was queued again meanwhile
+        (False)."""
+        return bool(await self._rescan_step(keys=[self.rescan], args=[org_id, read, value or ""]))
 
     # -- marks, claims, the lock --------------------------------------------------------------
     async def watermarks(self) -> dict[str, int]:
