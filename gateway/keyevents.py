@@ -4,6 +4,7 @@ a tick reads (docs/key-events.md; the Redis side is gateway.store.finder)."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 DAY_MS = 86_400_000
@@ -88,3 +89,15 @@ def index_due(values: dict[str, tuple[int, int]], indexed: dict[str, int], step_
     (``indexed``), so that a key in steady use costs the index one write an interval, not one a flush."""
     return {key_id: last for key_id, (last, _) in values.items()
             if key_id not in indexed or last - indexed[key_id] >= step_ms}
+
+
+def remember(indexed: OrderedDict[str, int], raised: dict[str, int], cap: int) -> None:
+    """Note the last uses a flush raised in the index (``indexed``: key id -> last use raised to,
+    least recently raised first), forgetting the least recently raised beyond ``cap``: a bounded
+    LRU, O(raised) a flush however many keys are in use (a forgotten key's next use only costs
+    one more ZADD)."""
+    for key_id, last in raised.items():
+        indexed.pop(key_id, None)
+        indexed[key_id] = last
+    while len(indexed) > cap:
+        indexed.popitem(last=False)
