@@ -337,6 +337,17 @@ def cmd_backfill_activity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backfill_index(args: argparse.Namespace) -> int:
+    """`keys backfill-index`: index every key that is not revoked in the key-event finder's
+    indexes again (gateway.store.finder.FinderStore.backfill, force: the admin API's finder does
+    it once per Redis; keys written since by code older than the indexes need this; idempotent).
+    Prints {"indexed": n}."""
+    settings = config.load(config.AdminSettings, {name: getattr(args, name, None) for name in BACKFILL_SETTINGS})
+    done = _on_store(settings, lambda store: store.finder.backfill(force=True))
+    _print_json({"indexed": done})
+    return 0
+
+
 USAGE_SETTINGS = ("redis", "redis_prefix", "usage_hourly_days")
 
 
@@ -540,6 +551,11 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_arguments(backfill, config.AdminSettings, only=BACKFILL_SETTINGS)
     backfill.add_argument("--force", action="store_true", help="run it again even if an earlier run completed")
     backfill.set_defaults(func=cmd_backfill_activity)
+    index = command(keys_sub, "backfill-index",
+                    help="index every key that is not revoked for the key-event finder again (after an upgrade "
+                         "in which processes older than the indexes created keys)")
+    config.add_arguments(index, config.AdminSettings, only=BACKFILL_SETTINGS)
+    index.set_defaults(func=cmd_backfill_index)
     usage = command(keys_sub, "usage", help="a key's requests per UTC hour or day, by outcome class")
     config.add_arguments(usage, config.AdminSettings, only=USAGE_SETTINGS)
     usage.add_argument("key_id", metavar="KEY_ID", help="the key's id, key_...")

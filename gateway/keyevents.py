@@ -4,6 +4,7 @@ a tick reads (docs/key-events.md; the Redis side is gateway.store.finder)."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 DAY_MS = 86_400_000
@@ -39,6 +40,16 @@ def unused_event_id(key_id: str, last_ms: int) -> str:
     """Stable per key and last use (its creation if never used): a key used again and then
     idle again makes a new event."""
     return f"evt_{key_id}_unused_{last_ms}"
+
+
+def rescan_needed(before: tuple[int, int | None] | None, after: tuple[int, int | None]) -> bool:
+    """Whether an org's change of ``(unused_days, expire_unused_days)`` must have the finder look
+    at its keys again: it lowers either, or turns auto-expiry on (keys already idle, and not
+    scheduled any more, would never meet the new setting). ``before`` None: not known (yes)."""
+    if before is None:
+        return True
+    (unused, expire), (new_unused, new_expire) = before, after
+    return new_unused < unused or (new_expire is not None and (expire is None or new_expire < expire))
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +89,15 @@ def index_due(values: dict[str, tuple[int, int]], indexed: dict[str, int], step_
     (``indexed``), so that a key in steady use costs the index one write an interval, not one a flush."""
     return {key_id: last for key_id, (last, _) in values.items()
             if key_id not in indexed or last - indexed[key_id] >= step_ms}
+
+
+def remember(indexed: OrderedDict[str, int], raised: dict[str, int], cap: int) -> None:
+    """Note the last uses a flush raised in the index (``indexed``: key id -> last use raised to,
+    least recently raised first), forgetting the least recently raised beyond ``cap``: a bounded
+    LRU, O(raised) a flush however many keys are in use (a forgotten key's next use only costs
+    one more ZADD)."""
+    for key_id, last in raised.items():
+        indexed.pop(key_id, None)
+        indexed[key_id] = last
+    while len(indexed) > cap:
+        indexed.popitem(last=False)

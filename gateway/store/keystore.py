@@ -267,18 +267,8 @@ class KeyStore:
         With ``ack_timeout``, returns only once every live gateway has dropped the key from its
         cache, or ``ack_timeout`` seconds have passed (see ``broadcast_revocation``).
         """
-        try:
-            return await self._revoke_once(org_id=org_id, key_id=key_id, actor=actor, now_ms=now_ms,
-                                           ack_timeout=ack_timeout)
-        except (WriteTooLate, Contended):
-            # Not revoked after all: the finder's indexes (dropped in the attempts' round trips) back.
-            try:
-                current = decode_record(key_id, await self.redis.hgetall(self._rec(key_id)))
-            except RedisError:
-                current = None
-            if current is not None and current.revoked_at is None and current.alias_id is None:
-                await self.finder.restore_key(current)
-            raise
+        return await self._revoke_once(org_id=org_id, key_id=key_id, actor=actor, now_ms=now_ms,
+                                       ack_timeout=ack_timeout)
 
     async def _revoke_once(self, *, org_id: str, key_id: str, actor: str, now_ms: int,
                            ack_timeout: float) -> KeyRecord | None:
@@ -303,11 +293,10 @@ class KeyStore:
             # score), so the WAIT also covers an earlier revocation of the key that no replica
             # had confirmed (a retry after a 503 is confirmed like the first attempt).
             index = {} if current.revoked_at is not None else {event_id(key_id, version): now_ms}
-            *_, raw = await self._confirmed(lambda c, ev=event, v=version, i=index, ex=current.expires_at: self._gather(
+            *_, raw = await self._confirmed(lambda c, ev=event, v=version, i=index: self._gather(
                 lambda: c.zadd(self._org_revoked(org_id), {key_id: now_ms}),
                 *([lambda: c.zadd(self._org_activity(org_id), i),
-                   lambda: self.events.add_change(c, org_id, key_id, v, now_ms),
-                   *self.finder.drop_key(c, key_id, ex)] if i else []),
+                   lambda: self.events.add_change(c, org_id, key_id, v, now_ms)] if i else []),
                 lambda: self._revoke(keys=[self._rec(key_id), self._key_log(key_id)],
                                      args=[self._deadline(), org_id, now_ms, actor, v, ev], client=c)))
             if raw == -1:
@@ -322,6 +311,9 @@ class KeyStore:
         record = decode_record(key_id, raw)
         if record is None:
             return None
+        # The finder's indexes only once the revoke is done (best effort: the finder drops a revoked
+        # key's entries when it reads them), so a revoke that fails leaves the key indexed.
+        await self.finder.forget_key(record.id, record.expires_at)
         if record.revoked_at != now_ms:  # revoked before: index it at its real time
             await self.redis.zadd(self._org_revoked(org_id), {key_id: record.revoked_at})
         await self.lifecycle.revoke_aliases(record, (record.revoked_at, record.revoked_by or actor), revoked_aliases)

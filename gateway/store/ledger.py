@@ -59,9 +59,11 @@ its hours is open). Same hash tag as every usage key: single-slot on Cluster.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from redis.asyncio.cluster import RedisCluster
 
-from gateway.keyevents import index_due
+from gateway.keyevents import index_due, remember
 from gateway.store.finder import lastused_index
 from gateway.history import DAY, DAY_MS, HOUR, Window, day_slot, hour_slot
 from gateway.store.codec import SEQ_FIELD, decode_counts, decode_usage, encode_counts, encode_usage, merge_usage
@@ -409,7 +411,7 @@ class UsageLedger:
         self.late_prefix = f"{tag}:late:"  # + node id: its hash, moved aside while a late write runs
         self.base_prefix = f"{tag}:base:"
         self.lastused = lastused_index(prefix)  # the finder's index by last use, raised by the writes
-        self._indexed: dict[str, int] = {}  # key id -> the last use this process raised it to
+        self._indexed: OrderedDict[str, int] = OrderedDict()  # key id -> the last use this process raised it to
         self.hist_prefix = f"{tag}:hist:"  # + node id + ":" + hour index: a node's counts of an hour
         self.hist_open = f"{tag}:hist:open"  # "<node id>:<hour>" of the hashes not folded yet, by hour
         self.histday_prefix = f"{tag}:histday:"  # + node id + ":" + day index: a node's counts of a day
@@ -500,10 +502,7 @@ class UsageLedger:
         if not values:
             return True
         if raise_index:
-            self._indexed.update(raise_index)
-            if len(self._indexed) > INDEX_MEMORY:  # forget what the next use would raise anyway
-                newest = max(raise_index.values())
-                self._indexed = {k: at for k, at in self._indexed.items() if at > newest - INDEX_STEP_MS}
+            remember(self._indexed, raise_index, INDEX_MEMORY)  # (the least recently raised forgotten)
         if cluster:
             return bool(results[0])
         # The pipeline's answers: MULTI, three QUEUED, then EXEC's: the guard's, the HSET's and

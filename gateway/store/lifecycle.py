@@ -260,25 +260,26 @@ class Lifecycle:
     async def edit(self, *, org_id: str, key_id: str, actor: str, now_ms: int, ack_timeout: float,
                    if_version: int | None = None, name: str | None = None, scopes: list[str] | None = None,
                    expires_at: object = _UNSET, limits: object = _UNSET,
-                   default_limits: tuple[Limit, ...] = ()) -> KeyRecord | None:
+                   default_limits: tuple[Limit, ...] = (), broadcast: bool = True) -> KeyRecord | None:
         """Change name, scopes, expiry and limits (a tuple, or None: ``default_limits``, the
         configured default, applies); None for no such key of the org. VersionMismatch when
         ``if_version`` is not the record's version (or a concurrent change won), KeyIsRevoked.
         Answered once every live gateway has dropped the key's ids from its cache. Without
-        ``if_version`` a concurrent change is retried (read again, then applied)."""
+        ``if_version`` a concurrent change is retried (read again, then applied). ``broadcast``
+        False: the caller broadcasts the ids (``all_ids``) itself, with other edits' (the finder)."""
         for attempt in range(3):
             try:
                 return await self._edit_once(org_id=org_id, key_id=key_id, actor=actor, now_ms=now_ms,
                                              ack_timeout=ack_timeout, if_version=if_version, name=name,
                                              scopes=scopes, expires_at=expires_at, limits=limits,
-                                             default_limits=default_limits)
+                                             default_limits=default_limits, broadcast=broadcast)
             except errors.VersionMismatch:
                 if if_version is not None or attempt == 2:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _edit_once(self, *, org_id, key_id, actor, now_ms, ack_timeout, if_version, name, scopes,
-                         expires_at, limits, default_limits) -> KeyRecord | None:
+                         expires_at, limits, default_limits, broadcast=True) -> KeyRecord | None:
         record = await self._record(org_id, key_id)
         if record is None:
             return None
@@ -328,7 +329,8 @@ class Lifecycle:
                     await self._sync_aliases(current, repair=True)
             raise
         await self._sync_aliases(done)
-        await self.store.broadcast_revocation(all_ids(done), ack_timeout)
+        if broadcast:
+            await self.store.broadcast_revocation(all_ids(done), ack_timeout)
         return done
 
     # -- revoke ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ both stay: the later one reads again)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
@@ -16,6 +17,7 @@ from gateway.model import ORG_SETTINGS_LOG, SETTINGS_UPDATED, Change, KeyEvent
 from gateway.orgsettings import OrgSettings, decode_settings, encode_settings
 from gateway.store.codec import encode_event, event_id
 from gateway.store.faults import Unavailable
+from gateway.store.finder import settings_changed
 
 # Write the settings, their event and its activity-index entry, if the settings and their log are
 # still as they were read. KEYS: the settings, their log, the org's activity index. ARGV: the value
@@ -88,6 +90,7 @@ class OrgSettingsStore:
             else:
                 [done] = await self._confirmed(lambda c, keys=keys, args=args: _one(self._change(keys=keys, args=args, client=c)))
             if done:
+                await settings_changed(self.redis, self.p, org_id, before, after, now_ms)  # (issue 17: the finder)
                 return before, after, event
         from gateway.store.keystore import Contended
         raise Contended(f"the org's settings changed on each of {CHANGE_ATTEMPTS} attempts to change them")
@@ -100,6 +103,7 @@ class OrgSettingsStore:
             await self.redis.set(self.settings_key(org_id), value)
         else:
             await self._confirmed(lambda c: _one(c.set(self.settings_key(org_id), value)))
+        await settings_changed(self.redis, self.p, org_id, None, settings, int(time.time() * 1000))  # (the finder)
 
 
 async def _one(call) -> list:

@@ -47,7 +47,8 @@ def test_redis_layout_names_exactly_the_keys_the_store_builds():
              store.limits.op_key("<key_id>", "<node_id>:<n>"), store.limits.config_key,
              store.limits.rates_key("<key_id>", "<window>"), store.events.stream,
              store.orgs.settings_key("<org_id>"), store.orgs.settings_log("<org_id>"), store.finder.expiry, store.finder.lastused, store.finder.found,
-             store.finder.pending, store.finder.due, store.finder.marks, store.finder.lock, store.finder.backfilled}
+             store.finder.pending, store.finder.due, store.finder.marks, store.finder.lock, store.finder.backfilled,
+             store.finder.rescan}
     hooks = WebhookStore(store)
     built |= {hooks.endpoints_key("<org_id>"), hooks.job_key("<job_id>"), hooks.queue, hooks.dead,
               hooks.busy_key("<endpoint_id>"), hooks.log_key("<endpoint_id>"), hooks.endpoint_queue_key("<endpoint_id>"),

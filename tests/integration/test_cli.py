@@ -505,3 +505,22 @@ def test_keys_refuse_bad_limits_with_one_line(redis_url, redis_server, tmp_path,
     assert result.returncode == 2 and result.stderr.startswith(f"gateway: {message}"), result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert redis_server.client.keys("*") == []
+
+
+def test_keys_backfill_index_indexes_keys_written_without_the_indexes(redis_url, redis_server):
+    # (review of issue 17, 6) keys created by old code after the finder's first backfill
+    from gateway.model import KeyRecord
+    from gateway.store import KeyStore
+    from gateway.store.codec import encode_record
+
+    names, client = KeyStore(redis_server.client), redis_server.client
+    client.set(names.finder.backfilled, 1)  # the finder's first backfill ran
+    r = KeyRecord(id="key_OLDIDX0000000000000", org_id="acme", name="old", prefix="sop_AbCdEf", scopes=("tasks:read",),
+                  digest="ab" * 32, created_at=1000, created_by="cli", expires_at=5000)
+    raw = encode_record(r)
+    client.hset(names._rec(r.id), mapping=dict(zip(raw[::2], raw[1::2], strict=True)))
+    client.zadd(names._org_keys("acme"), {r.id: r.created_at})
+    result = gateway("keys", "backfill-index", env={"GATEWAY_REDIS_URL": redis_url}, check=True)
+    assert json.loads(result.stdout) == {"indexed": 1}
+    assert client.zscore(names.finder.lastused, r.id) == 1000
+    assert client.zscore(names.finder.expiry, f"{r.id}:5000") == 5000

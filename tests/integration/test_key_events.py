@@ -141,14 +141,17 @@ class Killed(BaseException):
 
 
 class DiesAfterEmit(KeyEventFinder):
-    async def emit_one(self, entry) -> None:
-        await super().emit_one(entry)
-        raise Killed()
+    async def emit_all(self, entries) -> None:
+        await super().emit_all(entries)
+        if entries:
+            raise Killed()
 
 
 class DiesBeforeEmit(KeyEventFinder):
-    async def emit_one(self, entry) -> None:
-        raise Killed()
+    async def emit_all(self, entries) -> None:
+        if entries:
+            raise Killed()
+        await super().emit_all(entries)
 
 
 @pytest.mark.parametrize("dying, copies", [(DiesAfterEmit, 2), (DiesBeforeEmit, 1)])
@@ -252,3 +255,156 @@ async def test_cluster_indexes_and_finder(cluster):
         assert await store.finder.backfill() == 1  # the one key not revoked, found on its node
     finally:
         await store.redis.aclose()
+
+
+async def test_a_revoke_that_fails_leaves_the_key_indexed(store, redis_server):
+    # (review of issue 17, 5) the index entries go only once the revoke is done
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    clock = Clock()
+    key = await create(store, clock, expires_in_ms=30 * DAY_MS)
+    real = store._revoke
+
+    def broken(*args, **kwargs):
+        raise RedisConnectionError("lost before the revoke script ran")
+
+    store._revoke = broken
+    with pytest.raises(RedisConnectionError):
+        await store.revoke(org_id="org_ev", key_id=key.id, actor="usr_1", now_ms=now_ms(clock))
+    store._revoke = real
+    assert (await store.get(key.id)).revoked_at is None
+    assert redis_server.client.zscore(store.finder.lastused, key.id) is not None
+    assert redis_server.client.zscore(store.finder.expiry, expiry_member(key.id, key.expires_at)) is not None
+    await store.revoke(org_id="org_ev", key_id=key.id, actor="usr_1", now_ms=now_ms(clock))
+    assert redis_server.client.zscore(store.finder.lastused, key.id) is None
+    assert redis_server.client.zcard(store.finder.expiry) == 0
+
+
+async def test_no_second_unused_event_at_auto_expiry_long_after_it(store, redis_server):
+    # (review of issue 17, 4) expire_unused_days - unused_days > the 8 days a marker lasts
+    clock = Clock()
+    f = finder(store, clock)
+    await store.orgs.put("org_ev", OrgSettings(unused_days=30, expire_unused_days=60))
+    key = await create(store, clock)
+    await f.tick()
+    for _ in range(65):
+        clock.advance(86400)
+        await f.tick()
+    unused = [e for e in found(redis_server) if e.type == UNUSED]
+    assert [e.id for e in unused] == [f"evt_{key.id}_unused_{key.created_at}"]
+    assert (await store.get(key.id)).status(now_ms(clock)) == "expired"
+
+
+def auto_updates(redis_server, key_id: str) -> int:
+    """The api_key.updated events the auto-expiry wrote in the key's activity log."""
+    return sum(1 for raw in redis_server.client.lrange(f"gw:key:{{{key_id}}}:log", 0, -1)
+               if b"api_key.updated" in raw and b"system:unused" in raw)
+
+
+async def test_a_tick_that_lost_its_lock_stops_at_the_next_batch(store, redis_server, monkeypatch):
+    # (review of issue 17, 2) no two processes expire the same keys
+    import admin_api.finder as finder_module
+    monkeypatch.setattr(finder_module, "BATCH", 2)
+    clock = Clock()
+    await store.orgs.put("org_ev", OrgSettings(unused_days=1, expire_unused_days=2))
+    keys = [await create(store, clock) for _ in range(6)]
+    b = finder(store, clock)
+
+    class LosesItsLock(KeyEventFinder):
+        batches = 0
+
+        async def _unused_batch(self, key_ids, now):
+            self.batches += 1
+            await super()._unused_batch(key_ids, now)
+            redis_server.client.delete(store.finder.lock)  # its lease ran out: b takes the next tick
+            assert await b.tick()
+
+    a = LosesItsLock(store, clock, AdminMetrics(AuthGuard(AdminSettings(), clock)), 0.0)
+    await f_tick(b)
+    clock.advance(3 * 86400)
+    await a.tick()
+    assert a.batches == 1 and a.metrics.keys_auto_expired._value.get() == 2  # its first batch, then it stopped
+    assert [auto_updates(redis_server, k.id) for k in keys] == [1] * 6
+
+
+async def f_tick(f) -> None:
+    assert await f.tick()
+
+
+async def test_a_tick_emits_at_most_its_cap_and_the_next_goes_on(store, redis_server, monkeypatch):
+    # (review of issue 17, 2 and 7) a partial tick's watermark is where it got to
+    import admin_api.finder as finder_module
+    monkeypatch.setattr(finder_module, "BATCH", 2)
+    clock = Clock()
+    keys = [await create(store, clock, expires_in_ms=7 * DAY_MS + 10 * MINUTE) for _ in range(6)]
+    f = finder(store, clock)
+    f.found_cap = 2
+    await f.tick()
+    clock.advance(11 * 60)
+    counts = []
+    for _ in range(4):
+        await f.tick()
+        counts.append(len(found(redis_server)))
+    assert counts == [2, 4, 6, 6]
+    assert sorted(e.key_id for e in found(redis_server)) == sorted(k.id for k in keys)
+
+
+async def test_a_key_used_while_its_batch_is_handled_is_not_expired(store, redis_server):
+    # (review of issue 17, 3) the last use is read again right before each key's edit
+    clock = Clock()
+    await store.orgs.put("org_ev", OrgSettings(unused_days=30, expire_unused_days=60))
+    keys = [await create(store, clock) for _ in range(3)]
+    used = keys[1]
+
+    class UsedMeanwhile(KeyEventFinder):
+        async def _emit(self, entries, now, keep=None):
+            await super()._emit(entries, now, keep)
+            if entries:
+                await store.ledger.beat("node_a", False)
+                await store.ledger.write("node_a", 1, {used.id: (now + 1000, 1)})  # a request now
+
+    f = UsedMeanwhile(store, clock, AdminMetrics(AuthGuard(AdminSettings(), clock)), 0.0)
+    await f.tick()
+    clock.advance(61 * 86400)
+    await f.tick()
+    states = [(await store.get(k.id)).status(now_ms(clock)) for k in keys]
+    assert states == ["expired", "active", "expired"]
+    assert auto_updates(redis_server, used.id) == 0
+
+
+async def test_turning_auto_expiry_on_reaches_keys_already_idle(store, redis_server):
+    # (review of issue 17, 1) a key announced unused and no longer scheduled
+    clock = Clock()
+    f = finder(store, clock)
+    key = await create(store, clock)
+    await f.tick()
+    for _ in range(35):
+        clock.advance(86400)
+        await f.tick()
+    assert [e.type for e in found(redis_server)] == [UNUSED] and redis_server.client.zcard(store.finder.due) == 0
+    clock.advance(10 * 86400)  # longer than an unused marker lasts
+    await store.orgs.change("org_ev", {"expire_unused_days": 60}, "usr_1", now_ms(clock))
+    await store.orgs.change("org_ev", {"unused_days": 40}, "usr_1", now_ms(clock))  # raised: no rescan of its own
+    await f.tick()
+    assert redis_server.client.hlen(store.finder.rescan) == 0
+    assert (await store.get(key.id)).status(now_ms(clock)) == "active"  # 45 days idle
+    for _ in range(16):
+        clock.advance(86400)
+        await f.tick()
+    assert (await store.get(key.id)).status(now_ms(clock)) == "expired"
+    assert [e.type for e in found(redis_server)] == [UNUSED, EXPIRED]  # not announced unused again
+
+
+async def test_the_expired_window_drops_members_their_record_denies(store, redis_server):
+    # (review of issue 17, 9) a change that did not land leaves a member: not skipped forever
+    clock = Clock()
+    f = finder(store, clock)
+    key = await create(store, clock, expires_in_ms=30 * DAY_MS)
+    await f.tick()
+    stale = expiry_member(key.id, now_ms(clock) + 5 * MINUTE)
+    redis_server.client.zadd(store.finder.expiry, {stale: now_ms(clock) + 5 * MINUTE})
+    await ticks(clock, [f], 5 * MINUTE + MINUTE // 2, n=1)
+    assert redis_server.client.zscore(store.finder.expiry, stale) is not None  # within the slack: kept
+    await ticks(clock, [f], MINUTE, n=1)
+    assert redis_server.client.zscore(store.finder.expiry, stale) is None
+    assert redis_server.client.zscore(store.finder.expiry, expiry_member(key.id, key.expires_at)) is not None
+    assert found(redis_server) == []

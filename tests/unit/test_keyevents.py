@@ -77,3 +77,34 @@ def test_a_flush_raises_the_index_by_last_use_at_most_once_a_step_per_key():
     assert index_due(values, {}, 5_000) == {"key_a": 10_000, "key_b": 10_000, "key_c": 4_000}
     indexed = {"key_a": 5_000, "key_b": 5_001, "key_c": 4_000}
     assert index_due(values, indexed, 5_000) == {"key_a": 10_000}
+
+
+def test_a_rescan_is_needed_when_a_setting_is_lowered_or_auto_expiry_turned_on():
+    from gateway.keyevents import rescan_needed
+    assert rescan_needed((30, None), (7, None))
+    assert rescan_needed((30, None), (30, 60))
+    assert rescan_needed((30, 90), (30, 60))
+    assert rescan_needed(None, (30, None))
+    assert not rescan_needed((30, None), (60, None))
+    assert not rescan_needed((30, 60), (30, 90))
+    assert not rescan_needed((30, 60), (30, None))
+    assert not rescan_needed((30, 60), (30, 60))
+
+
+def test_remember_is_a_bounded_lru_of_what_was_raised():
+    # (review of issue 17, 8) more keys in use within the hour than the memory holds
+    import time
+    from collections import OrderedDict
+
+    from gateway.keyevents import remember
+    indexed: OrderedDict[str, int] = OrderedDict()
+    remember(indexed, {"a": 1, "b": 1, "c": 1}, 3)
+    remember(indexed, {"a": 2}, 3)  # raised again: the most recent
+    remember(indexed, {"d": 2}, 3)
+    assert list(indexed.items()) == [("c", 1), ("a", 2), ("d", 2)]
+    for i in range(300):  # 300 flushes of 2,048 keys, all at once: each costs its own size
+        flush = {f"k{i}_{j}": 10 for j in range(2048)}
+        t = time.perf_counter()
+        remember(indexed, flush, 200_000)
+        assert time.perf_counter() - t < 0.05
+    assert len(indexed) == 200_000 and "k299_2047" in indexed and "k0_0" not in indexed
