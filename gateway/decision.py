@@ -134,7 +134,7 @@ def rate_headers(st: GatewayState, limited: LimitedKey | None) -> dict[str, str]
 
 def rate_header_bytes(st: GatewayState, limited: LimitedKey) -> bytes:
     """``rate_headers`` as the response head's lines (one CRLF-ended line each), for the proxy."""
-    return limited.rate_lines.render(limited.limiter.leases, st.limits.now_ms())  # (Entry.header_bytes)
+    return limited.header_bytes(st.limits.now_ms())
 
 
 async def authenticate(st: GatewayState, headers: list[tuple[str, str]], peer: str, credential: str,

@@ -102,6 +102,24 @@ class RateMeter:
             self.gap = self.alpha * (now - last if now > last else 0) / cost + self.beta * self.gap
         self.last = now
 
+    def add_many(self, units: int, admits: int, last: int) -> None:
+        """``add`` of ``admits`` admits of ``units`` in all, the last at ``last``, all in one
+        second (gateway.limiter's fast path settles so): the count is exact; the gap EWMA takes
+        them as evenly spaced since the previous admit (exact for one admit)."""
+        if admits == 1:
+            self.add(units, last)
+            return
+        if last // 1000 != self.second:
+            self._fold(last)
+        self.count += units
+        previous = self.last
+        if previous is not None:
+            cost = units / admits
+            gap = (last - previous if last > previous else 0) / admits / cost
+            keep = self.beta ** admits  # an EWMA of one value over ``admits`` steps
+            self.gap = keep * self.gap + (1 - keep) * gap
+        self.last = last
+
     def rate(self, now: int) -> float:
         self._fold(now)
         if self.gap >= 1000 and self.last is not None:  # sparse: one unit per gap, slowing while none comes
@@ -357,6 +375,31 @@ class KeyLimiter:
                 return self._admit_all(cost, now)
         return self._admit_slow(cost, now)
 
+    def spend(self, units: int, admits: int, last: int) -> None:
+        """Settle what was admitted outside ``admit`` (gateway.limiter's fast path, from
+        ``fast_budget``): ``admits`` requests of ``units`` in all, the last at ``last``, in the
+        current window of every lease and within one second of the meter."""
+        for lease in self.leases:
+            assert lease.held >= units and lease.start <= last < lease.end
+            lease.held -= units
+            lease.admitted += units
+            lease.last_admit = last
+        self.meter.add_many(units, admits, last)
+
+    def fast_budget(self, now: int) -> tuple[int, int]:
+        """What may be admitted without ``admit`` (units, and until when: ms): the least held
+        budget of the leases, until the first of them ends or the second ends (the meter's
+        bucket, the RateLimit header's ``t``); (0, 0) when a lease is not of the current window."""
+        budget, until = -1, now - now % 1000 + 1000
+        for lease in self.leases:
+            if not lease.start <= now < lease.end:
+                return 0, 0
+            if budget < 0 or lease.held < budget:
+                budget = lease.held
+            if lease.end < until:
+                until = lease.end
+        return budget, until
+
     def _admit_all(self, cost: int, now: int) -> Decision:
         """``admit`` of a key with three limits or more."""
         leases = self.leases
@@ -464,6 +507,13 @@ class RateHeaders:
         self.head = self.suffix = b""
 
     def render(self, leases: Sequence[Lease], now: int) -> bytes:
+        head, remaining, suffix = self.parts(leases, now)
+        return head + b"%d" % remaining + suffix
+
+    def parts(self, leases: Sequence[Lease], now: int) -> tuple[bytes, int, bytes]:
+        """``render`` as (the lines up to ``r=``, r, the rest): gateway.limiter keeps the two
+        byte strings while no lease changes but by admits, which lower every lease's remaining
+        alike (the tightest stays the tightest) and r with them."""
         if now >= self.until:
             head = b"RateLimit-Policy: " + policy_header(self.limits, now).encode() + b"\r\nRateLimit: "
             self.prefixes = {limit.window: head + f'"{limit.policy_name}";r='.encode() for limit in self.limits}
@@ -490,4 +540,4 @@ class RateHeaders:
             assert tight.end % 1000 == 0  # (window_bounds: every window ends on a whole second)
             self.second, self.t_lease, self.head = second, tight, self.prefixes[tight.limit.window]
             self.suffix = b";t=%d\r\n" % seconds_until(tight.end, now)
-        return self.head + (b"%d" % remaining if remaining > 0 else b"0") + self.suffix
+        return self.head, remaining if remaining > 0 else 0, self.suffix

@@ -58,17 +58,36 @@ class LimiterStats:
 
 
 class Entry:
-    """One key's limiter on this node, memoized by the record it was built from."""
+    """One key's limiter on this node, memoized by the record it was built from.
 
-    __slots__ = ("key_id", "record", "limits", "limiter", "by_window", "kinds", "flight", "woken",
+    The fast path: after an admit through the leases (``KeyLimiter.admit``), the entry is armed
+    with one flat budget (``KeyLimiter.fast_budget``: the least any lease holds, until a lease's
+    window or the second ends), and the key's next requests are admitted from it by ``Limiter.admit``
+    (a compare and four counters), their RateLimit lines from two memoized byte strings. What it
+    admitted is settled into the leases (``KeyLimiter.spend``) before anything else reads or
+    changes them: ``limiter`` settles and disarms (the next admit goes through the leases and arms
+    again), and so does every path but the fast one.
+    """
+
+    __slots__ = ("key_id", "record", "limits", "_limiter", "by_window", "kinds", "flight", "woken",
                  "reclaimed", "last_seen", "waiting", "policy", "policy_until", "fault_until", "rate_lines",
-                 "kinds_index", "fruitless", "need", "back")
+                 "kinds_index", "fruitless", "need", "back", "budget", "until", "spent", "admits", "last_at",
+                 "r_head", "r_left", "r_suffix", "r_until", "counts")
 
-    def __init__(self, key_id: str, record, limits: tuple[Limit, ...], now: int) -> None:
+    def __init__(self, key_id: str, record, limits: tuple[Limit, ...], now: int,
+                 counts: list[int] | None = None) -> None:
         self.key_id = key_id
         self.record = record
         self.limits = limits
-        self.limiter = KeyLimiter(limits, now) if limits else None
+        self._limiter = KeyLimiter(limits, now) if limits else None
+        # The fast path (see the class): admit from ``budget`` while now < ``until``; ``spent``
+        # units by ``admits`` requests (the last at ``last_at``) are not yet in the leases.
+        self.budget = self.until = self.spent = self.admits = self.last_at = 0
+        # RateLimit lines while armed: r_head + (r_left - spent) + r_suffix, valid while r_until == until.
+        self.r_head = self.r_suffix = b""
+        self.r_left = 0
+        self.r_until = -1
+        self.counts = counts if counts is not None else [0, 0, 0]  # LimiterStats.fast_admits
         self.by_window = {limit.window: limit for limit in limits}
         self.kinds = tuple(k for k in (RATE, QUOTA) if any((lim.is_quota) == (k == QUOTA) for lim in limits))
         self.kinds_index = {(RATE,): 0, (QUOTA,): 1}.get(self.kinds, 2)  # LimiterStats.fast_admits
@@ -85,8 +104,46 @@ class Entry:
         self.fault_until = 0.0  # monotonic: this key's leases fail fast until then (the policy answers)
         self.rate_lines = RateHeaders(limits)  # the same headers as bytes, for the proxy's answers
 
+    @property
+    def limiter(self) -> KeyLimiter | None:
+        """The key's leases, with what the fast path admitted settled into them; disarms the
+        fast path (the caller may change the leases: the next admit arms it again)."""
+        if self.admits:
+            self.settle()
+        self.disarm()
+        return self._limiter
+
+    def disarm(self) -> None:
+        self.budget = self.until = 0
+        self.r_until = -1
+
+    def settle(self) -> None:
+        """Spend what the fast path admitted from the leases (and count it), leaving it armed."""
+        admits, spent = self.admits, self.spent
+        if not admits:
+            return
+        self.admits = self.spent = 0
+        self.r_left -= spent
+        self._limiter.spend(spent, admits, self.last_at)
+        self.last_seen = self.last_at
+        self.counts[self.kinds_index] += admits
+
+    def arm(self, now: int) -> None:
+        """After an admit through the leases: the flat budget the next requests spend."""
+        self.budget, self.until = self._limiter.fast_budget(now)
+        self.r_until = -1
+
     def header_bytes(self, now: int) -> bytes:
-        """``headers(now)`` as the response head's lines (the proxy's hot path: memoized parts)."""
+        """``headers(now)`` as the response head's lines (the proxy's hot path): while armed,
+        from the parts memoized at the first answer of the armed second (every admit since
+        lowered r by its cost; nothing else changed the leases)."""
+        if now < self.until:
+            if self.r_until == self.until:
+                return self.r_head + b"%d" % (self.r_left - self.spent) + self.r_suffix
+            self.settle()
+            head, left, suffix = self.rate_lines.parts(self._limiter.leases, now)
+            self.r_head, self.r_left, self.r_suffix, self.r_until = head, left, suffix, self.until
+            return head + b"%d" % left + suffix
         return self.rate_lines.render(self.limiter.leases, now)
 
     def headers(self, now: int) -> dict[str, str]:
@@ -153,7 +210,7 @@ class Limiter:
         unlimited key without a default (the clock is read only when an entry is built)."""
         found = self.entries.get(record.id)
         if found is not None and found.record is record:
-            return found if found.limiter is not None else None
+            return found if found._limiter is not None else None
         own = record.limits
         if own is None and not self._any_default and found is None:
             return None
@@ -163,22 +220,37 @@ class Limiter:
         if found is not None:
             if found.limits == limits:
                 found.record = record
-                return found if found.limiter is not None else None
+                return found if found._limiter is not None else None
             self._drop(found, now)  # changed limits: its budget goes back, a new limiter starts
         elif not limits:
             return None
         if len(self.entries) >= MAX_KEYS:
             self._evict(now)
-        made = self.entries[record.id] = Entry(record.id, record, limits, now)
-        return made if made.limiter is not None else None
+        made = self.entries[record.id] = Entry(record.id, record, limits, now, self._fast_admits)
+        return made if made._limiter is not None else None
 
     def admit(self, entry: Entry, cost: int, now: int) -> Decision:
-        """The synchronous decision (no I/O); NEEDS_LEASE and REFUSED go to ``settle``."""
-        decision = entry.limiter.admit(cost, now)
+        """The synchronous decision (no I/O); NEEDS_LEASE and REFUSED go to ``settle``. First
+        from the entry's flat budget (Entry: the fast path), else through the leases."""
+        if entry.budget >= cost and now < entry.until:
+            entry.budget -= cost
+            entry.spent += cost
+            entry.admits += 1
+            entry.last_at = now
+            return ADMIT
+        limiter = entry.limiter  # (settled, disarmed)
+        decision = limiter.admit(cost, now)
         if decision is ADMIT:
             self._fast_admits[entry.kinds_index] += 1  # (one list slot, not a dict entry per kind)
             entry.last_seen = now
+            entry.arm(now)
         return decision
+
+    def settle_all(self) -> None:
+        """Settle every entry's fast admits into its leases and counters (at scrape time)."""
+        for entry in self.entries.values():
+            if entry.admits:
+                entry.settle()
 
     async def settle(self, entry: Entry, decision: Decision, cost: int) -> None:
         """Lease and admit again (bounded), or raise the refusal: 429 rate_limited /
@@ -379,15 +451,18 @@ class Limiter:
         that hold nothing and have not been used for EVICT_AFTER_MS."""
         out, self.pending = self.pending, []
         for key_id, entry in list(self.entries.items()):
-            if entry.limiter is None:
+            limiter = entry._limiter
+            if limiter is None:
                 if now - entry.last_seen >= EVICT_AFTER_MS:
                     del self.entries[key_id]
                 continue
-            wants = entry.limiter.release(now, everything=everything)
+            entry.settle()  # (armed still: release changes the leases only when it returns budget)
+            wants = limiter.release(now, everything=everything)
             if wants:
+                entry.disarm()
                 out.append((key_id, wants))
             elif now - entry.last_seen >= EVICT_AFTER_MS and entry.flight is None \
-                    and all(lease.held == 0 for lease in entry.limiter.leases):
+                    and all(lease.held == 0 for lease in limiter.leases):
                 del self.entries[key_id]
         return out
 
@@ -451,6 +526,7 @@ class Limiter:
     def _evict(self, now: int) -> None:
         """Make room: the least recently used sixteenth, their budget returned at the next tick
         (a sort once per MAX_KEYS // 16 new keys)."""
+        self.settle_all()  # (last_seen of the fast path's admits)
         idle = sorted(self.entries.values(), key=lambda e: e.last_seen)[: max(1, MAX_KEYS // 16)]
         for entry in idle:
             self._drop(entry, now)

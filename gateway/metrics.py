@@ -141,6 +141,7 @@ class LimiterCollector:
         return []
 
     def collect(self):
+        self.limits.settle_all()  # (the hot path's admits are counted when settled)
         s = self.limits.stats
         admitted = CounterMetricFamily("gateway_limit_admitted", "Requests of limited keys admitted, by limit kind "
                                        "(a key with rate windows and a quota counts in both)", labels=["kind"])

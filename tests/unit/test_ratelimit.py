@@ -790,3 +790,58 @@ def test_a_sparse_key_leases_on_few_of_its_requests(gap_ms, most):
             for want in key.release(tick):
                 store[(want.window, want.start)] += want.amount
     assert leases <= most
+
+
+# --- the limiter's fast path (gateway.limiter.Entry): a flat budget, settled into the leases ---
+
+def test_the_fast_budget_is_the_least_held_until_a_window_or_the_second_ends():
+    key = limiter(("second", 10), ("minute", 100), now=1_200)
+    key.grant("second", 1_000, 4, 0, 1_200)
+    key.grant("minute", 0, 9, 50, 1_200)
+    assert key.fast_budget(1_200) == (4, 2_000)  # the second's window ends with the second
+    key = limiter(("minute", 100), ("month", 10_000), now=59_500)
+    key.grant("minute", 0, 30, 0, 59_500)
+    key.grant("month", key.leases[1].start, 7, 0, 59_500)
+    assert key.fast_budget(59_500) == (7, 60_000)
+    assert key.fast_budget(60_000) == (0, 0)  # the minute is over: through the leases first
+    assert limiter(("hour", 5), now=100).fast_budget(100) == (0, 1_000)  # nothing held
+
+
+def test_spending_the_fast_budget_is_admitting_one_by_one():
+    one, many = limiter(("minute", 100), ("day", 500)), limiter(("minute", 100), ("day", 500))
+    for key in (one, many):
+        key.grant("minute", 0, 40, 0, 1_000)
+        key.grant("day", 0, 40, 0, 1_000)
+    for t in (1_100, 1_300, 1_500, 1_900):
+        assert one.admit(2, t) is ADMIT
+    many.spend(8, 4, 1_900)
+    assert snapshot(many) == snapshot(one)
+    assert [l.last_admit for l in many.leases] == [l.last_admit for l in one.leases] == [1_900, 1_900]
+
+
+def test_the_meters_batch_counts_exactly_and_one_admit_is_add():
+    single, batch = RateMeter(), RateMeter()
+    for meter in (single, batch):
+        meter.add(1, 500)
+    single.add(3, 2_700)
+    batch.add_many(3, 1, 2_700)
+    assert (batch.second, batch.count, batch.previous, batch.ewma, batch.gap, batch.last) == \
+           (single.second, single.count, single.previous, single.ewma, single.gap, single.last)
+    evenly = RateMeter()
+    evenly.add(1, 0)
+    for t in (100, 200, 300, 400):
+        evenly.add(2, t)
+    batched = RateMeter()
+    batched.add(1, 0)
+    batched.add_many(8, 4, 400)  # evenly spaced admits: the same gap EWMA
+    assert batched.count == evenly.count == 9 and batched.gap == pytest.approx(evenly.gap)
+
+
+def test_the_header_parts_are_the_header_bytes():
+    key = limiter(("minute", 100), ("month", 10_000), now=ms(2026, 2, 28, 23, 59))
+    lines = RateHeaders([lease.limit for lease in key.leases])
+    now = ms(2026, 2, 28, 23, 59, 1)
+    key.grant("minute", ms(2026, 2, 28, 23, 59), 10, 50, now)
+    head, left, suffix = lines.parts(key.leases, now)
+    assert (left, head + b"%d" % left + suffix) == (60, lines.render(key.leases, now))
+    assert head.endswith(b'RateLimit: "per-minute";r=') and suffix == b";t=59\r\n"
