@@ -17,6 +17,7 @@ import hashlib
 import http.client
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -43,10 +44,25 @@ def check(condition: bool, what: str, detail: object = "") -> None:
     print(f"  ok  {what}", flush=True)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port below Linux's ephemeral range (32768-60999), so that no outgoing connection takes it
+    before its process binds it (tests/support.free_port's rule); never the same one twice."""
+    for _ in range(1000):
+        port = random.randint(10000, 19999)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise SmokeFailed("no free port in 10000-19999")
 
 
 def free_block(size: int, offsets: tuple[int, ...]) -> int:

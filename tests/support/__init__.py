@@ -23,11 +23,21 @@ SCOPES = ROOT / "scopes.yaml"
 OPERATOR_TOKEN = "test-operator-token-0123456789"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (the kernel's pick)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on, drawn from 10000-19999: below Linux's
+    ephemeral range (32768-60999), so that no outgoing connection (this suite's Redis clients,
+    another process's) is given it between this call and the listener's bind, as a port the
+    kernel picks with bind(0) could be (CI failed so: "address already in use"); never the same
+    port twice in one process, and apart from free_port_block's bases (20000-29999)."""
+    for _ in range(1000):
+        port = random.randint(10000, 19999)
+        if port not in _HANDED_OUT and bindable(port):
+            _HANDED_OUT.add(port)
+            return port
+    raise AssertionError("no free port in 10000-19999")
 
 
 def free_port_block(*offsets: int) -> int:
